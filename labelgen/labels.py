@@ -1,0 +1,156 @@
+"""Pseudo-labels of one category: chains -> candidate labels -> vote -> label rows.
+
+Map: a chunk of tuples shares one cache of pair structures (`pair_nn`), so an
+adjacent pair that recurs across the chunk is matched once; every ordered pair
+of each tuple gets the chains' matches as candidates, and `support` counts the
+tuples that proposed each one. Reduce: the candidates of a category are summed
+and, per source patch of an image pair, the target proposed by most tuples wins.
+On the demo this lifts far-pose precision well above the union of all chains.
+"""
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import torch
+
+from .chain import chain, merge_labels, pair_labels, pair_nn
+from .features import ImageFeatures
+
+default_conf = {
+    "radius": 2.0,  # relaxed cycle check: back-match within this many patches
+    "topk": 16,  # backward candidates kept per patch and pair (exact fallback beyond)
+    "tuples_per_task": 256,
+    "vote": True,  # keep, per source patch and image pair, the target most tuples agree on
+    "min_support": 1,  # tuples that must propose a label
+}
+
+LABEL_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("category", pa.string()),
+        ("src_image_id", pa.string()),
+        ("tgt_image_id", pa.string()),
+        ("src_x", pa.float32()),
+        ("src_y", pa.float32()),
+        ("tgt_x", pa.float32()),
+        ("tgt_y", pa.float32()),
+        ("hops", pa.int32()),
+        ("cycle_error", pa.float32()),
+        ("similarity", pa.float32()),
+        ("sphere_angle", pa.float32()),
+        ("support", pa.int32()),  # tuples whose chains proposed this label
+    ]
+)
+
+
+@dataclass
+class Foreground:
+    """An image's foreground patches, ready for matching."""
+
+    feats: torch.Tensor  # (N, C)
+    grid: torch.Tensor  # (N, 2) grid (col, row)
+    pixels: torch.Tensor  # (N, 2) original pixels
+    cell_px: float
+    size: tuple[int, int]  # original (width, height)
+
+    @classmethod
+    def of(cls, f: ImageFeatures) -> "Foreground":
+        idx = f.fg_index()
+        grid = f.cell_xy(idx)
+        feats = f.feats.flatten(0, 1)[idx].contiguous()
+        return cls(feats, grid, f.to_pixels(grid), f.cell_px, (f.width, f.height))
+
+
+class PairCache:
+    """Pair structures by ordered image pair; one matmul fills both directions."""
+
+    def __init__(self, fgs: dict[str, Foreground], topk: int):
+        self.fgs, self.topk, self.cache = fgs, topk, {}
+
+    def __call__(self, a: str, b: str):
+        if (a, b) not in self.cache:
+            self.cache[(a, b)], self.cache[(b, a)] = pair_nn(self.fgs[a].feats, self.fgs[b].feats, self.topk)
+        return self.cache[(a, b)]
+
+
+def candidates(run_id: str, category: str, tuples: list[tuple[str, ...]], features: dict[str, ImageFeatures], conf):
+    """Chain every tuple of the chunk; return candidate label rows and counts per stage."""
+    fgs = {i: Foreground.of(f) for i, f in features.items()}
+    pairs = PairCache(fgs, conf.topk)
+    k = len(tuples[0]) if tuples else 0
+    stats = {"tuples": len(tuples), "tuples_empty": 0, "seeds": 0, **{f"after_hop{h}": 0 for h in range(1, k)}}
+    found = defaultdict(list)
+    for t in tuples:
+        fg = [fgs[i] for i in t]
+        if any(len(f.feats) == 0 for f in fg):
+            stats["tuples_empty"] += 1
+            continue
+        nns = [pairs(t[h], t[h + 1]) for h in range(k - 1)]
+        ch = chain(nns, [f.feats for f in fg], [f.grid for f in fg], conf.radius)
+        for h, n in enumerate(ch.survivors):
+            stats["seeds" if h == 0 else f"after_hop{h}"] += n
+        hop_px = torch.tensor([f.cell_px for f in fg[:-1]])
+        for pl in pair_labels(ch, [f.feats for f in fg], hop_px):
+            found[(t[pl.i], t[pl.j], abs(pl.j - pl.i))].append(pl)
+    parts = []
+    for (a, b, hops), pls in found.items():
+        cat = [torch.cat([getattr(p, f) for p in pls]) for f in ("src", "tgt", "cycle_error", "similarity")]
+        src, tgt, cyc, sim, support = merge_labels(*cat, len(fgs[b].feats))
+        sp, tp = fgs[a].pixels[src].numpy(), fgs[b].pixels[tgt].numpy()
+        parts.append(
+            {
+                "src_image_id": np.full(len(src), a, dtype=object),
+                "tgt_image_id": np.full(len(src), b, dtype=object),
+                "src_x": sp[:, 0],
+                "src_y": sp[:, 1],
+                "tgt_x": tp[:, 0],
+                "tgt_y": tp[:, 1],
+                "hops": np.full(len(src), hops, dtype=np.int32),
+                "cycle_error": cyc.numpy(),
+                "similarity": sim.numpy(),
+                "support": support.numpy().astype(np.int32),
+            }
+        )
+    table = to_table(run_id, category, parts)
+    stats["candidates"] = table.num_rows
+    return table, stats
+
+
+def to_table(run_id: str, category: str, parts: list[dict]) -> pa.Table:
+    names = [n for n in LABEL_SCHEMA.names if n not in ("run_id", "category", "sphere_angle")]
+    data = {name: np.concatenate([p[name] for p in parts]) if parts else [] for name in names}
+    n = len(data["src_x"])
+    data.update(run_id=[run_id] * n, category=[category] * n, sphere_angle=pa.nulls(n, pa.float32()))
+    return pa.table({name: data[name] for name in LABEL_SCHEMA.names}, schema=LABEL_SCHEMA)
+
+
+def vote(tables: list[pa.Table], conf) -> pa.Table:
+    """Sum the support of identical candidates across chunks, then keep per source patch
+    and image pair the best-supported target (ties: higher similarity, then position)."""
+    cands = pa.concat_tables(tables) if tables else LABEL_SCHEMA.empty_table()
+    con = duckdb.connect()
+    con.register("cands", cands)
+    pick = (
+        "QUALIFY row_number() OVER (PARTITION BY src_image_id, tgt_image_id, src_x, src_y "
+        "ORDER BY support DESC, similarity DESC, tgt_y, tgt_x) = 1"
+        if conf.vote
+        else ""
+    )
+    out = con.sql(
+        f"""
+        WITH summed AS (
+            SELECT run_id, category, src_image_id, tgt_image_id, src_x, src_y, tgt_x, tgt_y,
+                   min(hops) AS hops, min(cycle_error) AS cycle_error, max(similarity) AS similarity,
+                   any_value(sphere_angle) AS sphere_angle, sum(support)::INTEGER AS support
+            FROM cands GROUP BY ALL
+        )
+        SELECT * FROM summed WHERE support >= $min_support {pick}
+        ORDER BY src_image_id, tgt_image_id, src_y, src_x, tgt_y, tgt_x
+        """,
+        params={"min_support": conf.min_support},
+    ).to_arrow_table()
+    con.close()
+    return out.cast(LABEL_SCHEMA)

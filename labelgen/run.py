@@ -1,0 +1,208 @@
+"""`python -m labelgen.run [key=value ...]`: manifest -> features -> tuples -> chains -> store.
+
+With no arguments it renders the embedded demo collection (once) and labels it
+on a local Ray instance; with RAY_ADDRESS set, or under `ray job submit`, it
+runs on that cluster. The algorithms live in plain modules; this file only
+schedules them.
+"""
+
+import logging
+import math
+import sys
+import time
+import uuid
+
+import numpy as np
+import pandas as pd
+import ray
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from . import backbones, demo, features, labels, pairing, ray_utils
+from .config import ConfigError, config_hash, parse_overrides
+from .features import FeatureWorker, cache_uri, cached_ids, load_features, plan_actors
+from .io import join
+from .manifest import ManifestError, read_manifest
+from .store import LabelStore
+
+log = logging.getLogger("labelgen")
+
+default_conf = {
+    "data": {"manifest": None, "demo": demo.default_conf},  # no manifest: the demo collection
+    "store": "labelstore",
+    "run_id": None,  # default: a new id from the time
+    "backbone": backbones.default_conf,
+    "features": features.default_conf,
+    "pairing": pairing.default_conf,
+    "labels": labels.default_conf,
+    "ray": ray_utils.default_conf,
+}
+# The demo's views are 15 deg apart: 30 deg bins make a 4-tuple sweep about 90 deg.
+DEMO_PRESET = {"pairing": {"bin_deg": 30.0}}
+
+
+def new_run_id() -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def extract_features(df: pd.DataFrame, conf, backbone_conf, image_size, cache_root, fingerprint):
+    """Features for the images not cached yet, on a Ray Data actor pool; returns per-image results."""
+    todo = df[~df["image_id"].isin(cached_ids(cache_root, fingerprint, df["image_id"]))]
+    if todo.empty:
+        return pd.DataFrame(columns=["image_id", "n_fg", "error", "seconds"]), 0.0
+    plan = plan_actors(conf, ray.cluster_resources())
+    log.info("features: %d images on %d actor(s) (%s)", len(todo), plan["actors"],
+             "1 GPU each" if plan["num_gpus"] else f"{plan['threads']} threads each")
+    blocks = max(plan["actors"], math.ceil(len(todo) / conf.batch_size))
+    ds = (
+        ray.data.from_pandas(todo[["image_id", "uri", "mask_uri"]].astype(object))
+        .repartition(blocks)
+        .map_batches(
+            FeatureWorker,
+            fn_constructor_kwargs={
+                "backbone_conf": backbone_conf,
+                "image_size": image_size,
+                "cache_root": cache_root,
+                "fingerprint": fingerprint,
+                "threads": None if plan["num_gpus"] else plan["threads"],
+            },
+            batch_size=conf.batch_size,
+            compute=ray.data.ActorPoolStrategy(size=plan["actors"]),
+            num_cpus=plan["num_cpus"],
+            num_gpus=plan["num_gpus"],
+        )
+    )
+    t0, out = time.perf_counter(), []
+    with tqdm(total=len(todo), desc="features", unit="img") as bar:
+        for batch in ds.iter_batches(batch_size=None, batch_format="pandas"):
+            out.append(batch)
+            bar.update(len(batch))
+    return pd.concat(out, ignore_index=True), time.perf_counter() - t0
+
+
+@ray.remote(num_cpus=1)
+def candidate_task(run_id, category, tuples, cache_root, fingerprint, conf):
+    """Map: chain one chunk of tuples into candidate labels."""
+    ids = sorted({i for t in tuples for i in t})
+    feats = {i: load_features(cache_uri(cache_root, fingerprint, i)) for i in ids}
+    return labels.candidates(run_id, category, tuples, feats, conf)
+
+
+@ray.remote(num_cpus=1)
+def vote_task(run_id, category, conf, store_root, *chunks):
+    """Reduce: vote over a category's candidates and write its label file."""
+    table = labels.vote([c[0] for c in chunks], conf)
+    LabelStore(store_root).write_part(table, run_id, category, 0)
+    return table.num_rows
+
+
+def make_tuples(df: pd.DataFrame, conf) -> dict[str, list[tuple[str, ...]]]:
+    out = {}
+    for category, rows in df.groupby("category", sort=True):
+        idx = pairing.sample_tuples(rows["azimuth"].to_numpy(), conf)
+        ids = rows["image_id"].to_numpy()
+        out[category] = [tuple(ids[t]) for t in idx]
+    return out
+
+
+def run_labels(tuples_by_cat, conf, run_id, cache_root, fingerprint, store_root):
+    """Candidate tasks per chunk of tuples, then one vote task per category."""
+    conf = OmegaConf.create(OmegaConf.to_container(conf))
+    step = conf.tuples_per_task
+    chunks = {
+        c: [candidate_task.remote(run_id, c, t[s : s + step], cache_root, fingerprint, conf) for s in range(0, len(t), step)]
+        for c, t in tuples_by_cat.items()
+        if t
+    }
+    votes = [vote_task.remote(run_id, c, conf, store_root, *refs) for c, refs in chunks.items()]
+    totals, t0 = {"labels": 0}, time.perf_counter()
+    pending = [r for refs in chunks.values() for r in refs]
+    with tqdm(total=sum(len(t) for t in tuples_by_cat.values()), desc="chains", unit="tuple") as bar:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            _, stats = ray.get(done[0])
+            for k, v in stats.items():
+                totals[k] = totals.get(k, 0) + v
+            bar.update(stats["tuples"])
+    totals["labels"] = sum(ray.get(votes))
+    return totals, time.perf_counter() - t0
+
+
+def summary(run_id, store, counts) -> str:
+    c = counts
+    hops = " -> ".join(f"{c.get(f'after_hop{h}', 0):,}" for h in range(1, c["k"]))
+    return "\n".join(
+        [
+            f"run {run_id}: {c['status']}",
+            f"  images    {c['images']:,} in {c['categories']} categories; {c['bad_inputs']} bad (see bad_inputs)",
+            f"  features  {c['features_computed']:,} computed ({c['features_per_s']:.1f} images/s overall, "
+            f"{c['features_per_actor_s']:.1f} per busy actor), "
+            f"{c['features_cached']:,} from cache; backbone {c['backbone']} ({c['backbone_reason']})",
+            f"  tuples    {c.get('tuples', 0):,} of K={c['k']} ({c['tuples_per_s']:.1f} tuples/s)",
+            f"  chains    {c.get('seeds', 0):,} foreground seeds -> cycle check per hop: {hops}",
+            f"  labels    {c.get('candidates', 0):,} distinct candidates over all ordered pairs -> "
+            f"{c.get('labels', 0):,} stored after the vote ({c['labels_per_s']:,.0f} labels/s)",
+            f"  store     {store.root}  (python -m queries labels_per_category --store {store.root})",
+        ]
+    )
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        presets = DEMO_PRESET if not any(a.startswith("data.manifest=") for a in argv) else None
+        conf = parse_overrides(default_conf, argv, presets)
+        print("resolved config:\n" + OmegaConf.to_yaml(conf), flush=True)
+        manifest_uri = conf.data.manifest or demo.build_demo(conf.data.demo)
+        df = read_manifest(manifest_uri)
+        backbone, reason = backbones.build_backbone(conf.backbone)
+        image_size = backbone.check_size(conf.backbone.image_size or backbone.image_size)
+    except (ConfigError, ManifestError, backbones.WeightsNotFound, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    fingerprint = backbone.fingerprint(image_size)
+    backbone_conf = OmegaConf.merge(conf.backbone, {"name": backbone.name, "weights": backbone.weights})
+    del backbone  # the actors load their own copy
+    log.info("backbone %s (%s), features %s", backbone_conf.name, reason, fingerprint)
+
+    where = ray_utils.init_ray(conf.ray)
+    log.info("ray: %s, resources %s", where, ray.cluster_resources())
+    store = LabelStore(conf.store)
+    cache_root = conf.features.cache or join(store.root, "features")
+    run_id = conf.run_id or new_run_id()
+    store.begin_run(run_id, manifest_uri, backbone_conf.name, fingerprint, OmegaConf.to_yaml(conf), config_hash(conf))
+
+    results, feat_s = extract_features(df, conf.features, backbone_conf, image_size, cache_root, fingerprint)
+    failed = results[results["error"] != ""]
+    uris = dict(zip(df["image_id"], df["uri"]))
+    bad = [{"image_id": i, "uri": uris[i], "stage": "features", "error": e} for i, e in zip(failed.image_id, failed.error)]
+    store.add_bad_inputs(run_id, bad)
+    good = df[~df["image_id"].isin(failed["image_id"])]
+    tuples = make_tuples(good, conf.pairing)
+    totals, chain_s = run_labels(tuples, conf.labels, run_id, cache_root, fingerprint, store.root)
+
+    counts = {
+        **totals,
+        "status": "committed",
+        "images": len(df),
+        "categories": int(df["category"].nunique()),
+        "bad_inputs": len(bad),
+        "features_computed": len(results) - len(failed),
+        "features_cached": len(df) - len(results),
+        "features_per_s": (len(results) - len(failed)) / feat_s if feat_s else 0.0,
+        "features_per_actor_s": len(results) / results["seconds"].sum() if len(results) else 0.0,
+        "backbone": fingerprint,
+        "backbone_reason": reason,
+        "k": conf.pairing.k,
+        "tuples_per_s": totals.get("tuples", 0) / chain_s if chain_s else 0.0,
+        "labels_per_s": totals.get("labels", 0) / chain_s if chain_s else 0.0,
+        "ray": where,
+    }
+    store.finish_run(run_id, {k: (v.item() if isinstance(v, np.generic) else v) for k, v in counts.items()})
+    print(summary(run_id, store, counts), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

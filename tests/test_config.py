@@ -1,0 +1,19 @@
+import pytest
+
+from labelgen.config import ConfigError, config_hash, parse_overrides
+from labelgen.run import DEMO_PRESET, default_conf
+
+
+def test_overrides_and_presets_merge_in_order():
+    conf = parse_overrides(default_conf, ["pairing.k=3", "labels.radius=1.5"], DEMO_PRESET)
+    assert conf.pairing.k == 3 and conf.labels.radius == 1.5 and conf.pairing.bin_deg == 30.0
+    conf = parse_overrides(default_conf, ["pairing.bin_deg=45"], DEMO_PRESET)
+    assert conf.pairing.bin_deg == 45
+    assert config_hash(conf) != config_hash(parse_overrides(default_conf, []))
+
+
+def test_unknown_keys_and_malformed_arguments_are_clear_errors():
+    with pytest.raises(ConfigError, match=r"Key 'radius' is not in struct.*known keys: .*labels\.radius"):
+        parse_overrides(default_conf, ["pairing.radius=2"])
+    with pytest.raises(ConfigError, match="not key=value overrides"):
+        parse_overrides(default_conf, ["--fast"])

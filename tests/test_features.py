@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from labelgen.features import ImageFeatures, cache_uri, cached_ids, load_features, preprocess, save_features
+
+
+def test_preprocess_pads_right_and_bottom_and_pools_the_mask():
+    image = Image.new("RGB", (200, 100), (255, 0, 0))
+    mask = Image.new("L", (200, 100), 0)
+    mask.paste(255, (0, 0, 100, 100))  # left half is the object
+    x, fg, scale = preprocess(image, mask, 64, 8, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    assert x.shape == (3, 64, 64) and scale == pytest.approx(0.32)
+    assert torch.allclose(x[:, :32], torch.tensor([1.0, -1.0, -1.0])[:, None, None].expand(3, 32, 64), atol=1e-2)
+    assert (x[:, 32:] == 0).all()  # padding is the mean colour
+    # 8x8 grid: image rows 0-3, the object in columns 0-3
+    expect = torch.zeros(8, 8, dtype=torch.bool)
+    expect[:4, :4] = True
+    assert torch.equal(fg, expect)
+    # no mask: the whole image, not the padding
+    _, fg, _ = preprocess(image, None, 64, 8, (0.5,) * 3, (0.5,) * 3)
+    assert fg.sum() == 32 and fg[:4].all()
+
+
+def test_cell_centres_map_back_to_original_pixels():
+    f = ImageFeatures(torch.zeros(8, 8, 4), torch.ones(8, 8, dtype=torch.bool), scale=0.32, stride=8, width=200, height=100)
+    xy = f.cell_xy(torch.tensor([0, 9, 63]))
+    assert xy.tolist() == [[0, 0], [1, 1], [7, 7]]
+    assert f.to_pixels(xy).flatten().tolist() == pytest.approx([12.5, 12.5, 37.5, 37.5, 187.5, 187.5])
+    assert f.cell_px == pytest.approx(25.0)
+
+
+def test_mask_of_the_wrong_size_is_an_error():
+    with pytest.raises(ValueError, match="mask is 10x10 but the image is 200x100"):
+        preprocess(Image.new("RGB", (200, 100)), Image.new("L", (10, 10)), 64, 8, (0,) * 3, (1,) * 3)
+
+
+def test_cache_round_trip_and_listing(tmp_path):
+    feats = torch.nn.functional.normalize(torch.randn(16, 5, 6), dim=0)
+    fg = torch.rand(5, 6) > 0.5
+    uri = cache_uri(str(tmp_path), "fp", "cat/001.jpg")
+    save_features(uri, feats, fg, 0.25, 14, (300, 280))
+    got = load_features(uri)
+    assert got.feats.shape == (5, 6, 16)
+    assert torch.allclose(got.feats, feats.permute(1, 2, 0), atol=1e-3)  # float16 on disk
+    assert torch.equal(got.fg, fg)
+    assert (got.scale, got.stride, got.width, got.height) == (0.25, 14, 300, 280)
+    assert cached_ids(str(tmp_path), "fp", ["cat/001.jpg", "cat/002.jpg"]) == {"cat/001.jpg"}
+    assert cached_ids(str(tmp_path), "other", ["cat/001.jpg"]) == set()
+    assert not list(tmp_path.rglob("*.tmp"))  # written whole, then renamed

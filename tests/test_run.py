@@ -1,0 +1,111 @@
+"""End to end on local Ray: the user's commands, run as the user runs them."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from conftest import tiny_demo_args
+from labelgen.labels import LABEL_SCHEMA
+from labelgen.store import LabelStore
+
+pytestmark = pytest.mark.slow
+
+
+def run(args, env=None, timeout=600):
+    return subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
+
+
+def test_pipeline_writes_queryable_labels_and_reuses_the_feature_cache(tiny_demo, tmp_path):
+    store = tmp_path / "store"
+    first = run(["labelgen.run", *tiny_demo_args(tiny_demo), f"store={store}"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "committed" in first.stdout and "stored after the vote" in first.stdout
+    con = LabelStore(str(store)).connect()
+    assert [c[0] for c in con.execute("DESCRIBE labels").fetchall()] == LABEL_SCHEMA.names
+    n, cats, pairs, max_hops = con.execute(
+        "SELECT count(*), count(DISTINCT category), count(DISTINCT (src_image_id, tgt_image_id)), max(hops) FROM labels"
+    ).fetchone()
+    # 2 categories x 2 tuples (both sweep directions) x 12 ordered pairs
+    assert cats == 2 and pairs == 24 and max_hops == 3 and n > 1000
+    assert con.execute("SELECT count(*) FROM labels WHERE src_x < 0 OR src_x > 320 OR tgt_y < 0 OR tgt_y > 320").fetchone() == (0,)
+    counts = json.loads(con.execute("SELECT counts FROM runs").fetchone()[0])
+    assert counts["features_computed"] == 8 and counts["labels"] == n
+    con.close()
+
+    second = run(["labelgen.run", *tiny_demo_args(tiny_demo), f"store={store}", "run_id=again"])
+    assert second.returncode == 0, second.stderr[-3000:]
+    con = LabelStore(str(store)).connect()
+    counts = json.loads(con.execute("SELECT counts FROM runs WHERE run_id = 'again'").fetchone()[0])
+    assert counts["features_cached"] == 8 and counts["features_computed"] == 0
+    # same features, same config: the same labels
+    diff = con.execute(
+        "SELECT count(*) FROM (SELECT * EXCLUDE run_id FROM labels WHERE run_id = 'again' "
+        "EXCEPT SELECT * EXCLUDE run_id FROM labels WHERE run_id <> 'again')"
+    ).fetchone()
+    assert diff == (0,)
+    con.close()
+
+    report = run(["labelgen.evaluate", f"store={store}", "run_id=again", f"output={tmp_path / 'eval.json'}"])
+    assert report.returncode == 0, report.stderr[-3000:]
+    rows = {r["kind"]: r for r in json.load(open(tmp_path / "eval.json"))["rows"] if r["category"] == "ALL"}
+    # the demo's 30-deg hops are easy: labels are precise at 5% of the image side
+    assert rows["chained hops=1"]["P@0.05"] > 0.9
+    assert rows["far: chained"]["P@0.10"] > 0.9
+    assert rows["direct raw hops=3"]["P@0.05"] < rows["direct cycle hops=3"]["P@0.05"]
+
+    query = run(["queries", "labels_per_category", "--store", str(store), "--format", "csv"])
+    assert query.returncode == 0 and query.stdout.count("\n") == 5  # header + 2 runs x 2 categories
+
+
+def test_bad_arguments_fail_before_any_work(tmp_path):
+    out = run(["labelgen.run", "pairing.radius=2", f"store={tmp_path}"])
+    assert out.returncode == 2 and "known keys" in out.stderr
+    (tmp_path / "m.csv").write_text("image_id,uri\n1,a.png\n")
+    out = run(["labelgen.run", f"data.manifest={tmp_path / 'm.csv'}", f"store={tmp_path}"])
+    assert out.returncode == 2 and "missing column(s) ['category']" in out.stderr
+    assert not (tmp_path / "catalog.duckdb").exists()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ray_job_submit_against_a_local_head(tiny_demo, tmp_path):
+    """`ray start --head` on loopback, then `ray job submit -- python -m labelgen.run`.
+
+    Ray turns token authentication on for local clusters; the client opts in with
+    RAY_AUTH_MODE=token and finds the head's token in ~/.ray/auth_token.
+    """
+    gcs, dashboard = free_port(), free_port()
+    bin_dir = os.path.dirname(sys.executable)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token", "RAY_ADDRESS": ""}
+    ray = os.path.join(bin_dir, "ray")
+    start = subprocess.run(
+        [ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dashboard}", "--num-cpus=2", "--disable-usage-stats"],
+        capture_output=True, text=True, timeout=180, env={**os.environ, **env},
+    )
+    assert start.returncode == 0, start.stderr[-3000:]
+    try:
+        store = tmp_path / "store"
+        job = subprocess.run(
+            [ray, "job", "submit", f"--address=http://127.0.0.1:{dashboard}", "--",
+             "python", "-m", "labelgen.run", *tiny_demo_args(tiny_demo), f"store={store}", "run_id=from-job"],
+            capture_output=True, text=True, timeout=600, env={**os.environ, **env},
+        )
+        assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
+        assert "cluster at" in job.stdout and "succeeded" in job.stdout + job.stderr
+        con = LabelStore(str(store)).connect()
+        assert con.execute("SELECT status FROM runs WHERE run_id = 'from-job'").fetchone() == ("committed",)
+        assert con.execute("SELECT count(*) FROM labels").fetchone()[0] > 1000
+        con.close()
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120, env={**os.environ, **env})
