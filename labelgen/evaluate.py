@@ -1,7 +1,7 @@
 """`python -m labelgen.evaluate [store=... run_id=...]`: label precision against truth.
 
-Needs a manifest with a `homography` column (photo -> view, 9 numbers), as the
-demo writes. A label is correct at a when its target lies within a * (longer
+Needs the truth: a manifest column `homography` (photo -> view, 9 numbers), as
+the demo has. A label is correct at a when its target lies within a * (longer
 side of the target image) of the true position. For the image pairs of the run
 it reports: raw nearest neighbours, nearest neighbours after the cycle check,
 the stored (chained) labels by hop distance, and, for the farthest pairs, the
@@ -22,7 +22,6 @@ from .features import cache_uri, load_features
 from .geometry import transfer
 from .io import join
 from .labels import Foreground
-from .manifest import read_manifest
 from .store import LabelStore
 
 default_conf = {
@@ -85,20 +84,22 @@ def evaluate(conf) -> pd.DataFrame:
     if not run_id:
         raise ValueError(f"store {store.root} has no committed run to evaluate")
     run_id = run_id if isinstance(run_id, str) else run_id[0]
-    row = con.execute("SELECT manifest, backbone_fingerprint, config FROM runs WHERE run_id = ?", [run_id]).fetchone()
+    row = con.execute("SELECT backbone_fingerprint, config FROM runs WHERE run_id = ?", [run_id]).fetchone()
     if row is None:
-        raise ValueError(f"run_id={run_id} is not in {store.catalog}")
-    manifest_uri, fingerprint, run_conf = row[0], row[1], OmegaConf.create(row[2])
-    manifest = read_manifest(manifest_uri).set_index("image_id")
-    if "homography" not in manifest.columns:
-        raise ValueError(f"{manifest_uri} has no 'homography' column: there is no truth to evaluate against")
-    hom = {i: np.asarray(h, dtype=np.float64).reshape(3, 3) for i, h in manifest["homography"].items()}
+        raise ValueError(f"run_id={run_id} is not in the store {store}")
+    fingerprint, run_conf = row[0], OmegaConf.create(row[1])
+    truth = con.execute(
+        "SELECT image_id, homography FROM images WHERE run_id = ? AND homography IS NOT NULL", [run_id]
+    ).fetchall()
+    if not truth:
+        raise ValueError(f"run {run_id} has no images with a homography: there is no truth to evaluate against")
+    hom = {i: np.asarray(h, dtype=np.float64).reshape(3, 3) for i, h in truth}
     labels = con.execute(
         "SELECT category, src_image_id, tgt_image_id, src_x, src_y, tgt_x, tgt_y, hops FROM labels WHERE run_id = ?",
         [run_id],
     ).df()
     con.close()
-    cache_root = run_conf.features.cache or join(store.root, "features")
+    cache_root = run_conf.features.cache or join(store.uri, "features")
     feats = {}
 
     def fg(image_id) -> Foreground:

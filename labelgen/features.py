@@ -22,7 +22,7 @@ from PIL import Image
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
-from .io import filesystem, join, read_bytes, write_bytes
+from .io import join, list_files, read_bytes, write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -128,14 +128,7 @@ def load_features(uri: str) -> ImageFeatures:
 
 def cached_ids(cache_root: str, fingerprint: str, image_ids) -> set[str]:
     """Which images already have features, from one listing of the cache."""
-    from pyarrow.fs import FileSelector
-
-    fs, path = filesystem(join(cache_root, fingerprint))
-    present = {
-        os.path.basename(info.path)
-        for info in fs.get_file_info(FileSelector(path, recursive=True, allow_not_found=True))
-        if info.path.endswith(".safetensors")
-    }
+    present = {os.path.basename(p) for p in list_files(join(cache_root, fingerprint)) if p.endswith(".safetensors")}
     return {i for i in image_ids if f"{hashlib.sha1(i.encode()).hexdigest()}.safetensors" in present}
 
 

@@ -35,11 +35,13 @@ def plane_homography(
 
 
 def apply_homography(hom: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Map (N, 2) points through a 3x3 homography."""
-    pts = np.concatenate([points, np.ones((len(points), 1))], axis=1) @ hom.T
+    """Map (N, 2) points through a 3x3 homography, or each through its own (N, 3, 3) one."""
+    pts = np.concatenate([points, np.ones((len(points), 1))], axis=1)
+    pts = (hom @ pts[..., None])[..., 0]
     return pts[:, :2] / pts[:, 2:3]
 
 
 def transfer(hom_src: np.ndarray, hom_tgt: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """True position in the target view of (N, 2) pixels of the source view."""
+    """True position in the target view of (N, 2) pixels of the source view.
+    The homographies are (3, 3), or (N, 3, 3): one pair per point."""
     return apply_homography(hom_tgt @ np.linalg.inv(hom_src), points)

@@ -23,7 +23,7 @@ from .config import ConfigError, config_hash, parse_overrides
 from .features import FeatureWorker, cache_uri, cached_ids, load_features, plan_actors
 from .io import join
 from .manifest import ManifestError, read_manifest
-from .store import LabelStore
+from .store import IMAGE_SCHEMA, LabelStore, images_table
 
 log = logging.getLogger("labelgen")
 
@@ -82,18 +82,26 @@ def extract_features(df: pd.DataFrame, conf, backbone_conf, image_size, cache_ro
 
 @ray.remote(num_cpus=1)
 def candidate_task(run_id, category, tuples, cache_root, fingerprint, conf):
-    """Map: chain one chunk of tuples into candidate labels."""
+    """Map: chain one chunk of tuples into candidate labels; also counts each image's foreground."""
     ids = sorted({i for t in tuples for i in t})
     feats = {i: load_features(cache_uri(cache_root, fingerprint, i)) for i in ids}
-    return labels.candidates(run_id, category, tuples, feats, conf)
+    table, stats = labels.candidates(run_id, category, tuples, feats, conf)
+    return table, stats, {i: (f.width, f.height, int(f.fg.sum())) for i, f in feats.items()}
 
 
 @ray.remote(num_cpus=1)
-def vote_task(run_id, category, conf, store_root, *chunks):
-    """Reduce: vote over a category's candidates and write its label file."""
+def vote_task(run_id, category, images: pd.DataFrame, conf, store_uri, *chunks):
+    """Reduce: vote over a category's candidates; write its labels, images and counts."""
     table = labels.vote([c[0] for c in chunks], conf)
-    LabelStore(store_root).write_part(table, run_id, category, 0)
-    return table.num_rows
+    stats, seen = {"labels": table.num_rows}, {}
+    for _, chunk_stats, chunk_seen in chunks:
+        seen.update(chunk_seen)
+        for k, v in chunk_stats.items():
+            stats[k] = stats.get(k, 0) + v
+    sizes = pd.DataFrame.from_dict(seen, orient="index", columns=["width", "height", "n_fg"])
+    images = images.join(sizes, on="image_id").assign(run_id=run_id)
+    LabelStore(store_uri).write_category(run_id, category, table, images_table(images), stats)
+    return stats
 
 
 def make_tuples(df: pd.DataFrame, conf) -> dict[str, list[tuple[str, ...]]]:
@@ -105,27 +113,29 @@ def make_tuples(df: pd.DataFrame, conf) -> dict[str, list[tuple[str, ...]]]:
     return out
 
 
-def run_labels(tuples_by_cat, conf, run_id, cache_root, fingerprint, store_root):
-    """Candidate tasks per chunk of tuples, then one vote task per category."""
+IMAGE_COLUMNS = [n for n in IMAGE_SCHEMA.names if n not in ("run_id", "width", "height", "n_fg")]
+
+
+def run_labels(df, tuples_by_cat, conf, run_id, cache_root, fingerprint, store_uri):
+    """Candidate tasks per chunk of tuples, then one vote task per category; returns seconds."""
     conf = OmegaConf.create(OmegaConf.to_container(conf))
     step = conf.tuples_per_task
-    chunks = {
-        c: [candidate_task.remote(run_id, c, t[s : s + step], cache_root, fingerprint, conf) for s in range(0, len(t), step)]
-        for c, t in tuples_by_cat.items()
-        if t
-    }
-    votes = [vote_task.remote(run_id, c, conf, store_root, *refs) for c, refs in chunks.items()]
-    totals, t0 = {"labels": 0}, time.perf_counter()
-    pending = [r for refs in chunks.values() for r in refs]
+    columns = [c for c in IMAGE_COLUMNS if c in df.columns]
+    chunks, votes = {}, []
+    for category, tuples in tuples_by_cat.items():
+        chunks[category] = [
+            candidate_task.remote(run_id, category, tuples[s : s + step], cache_root, fingerprint, conf)
+            for s in range(0, len(tuples), step)
+        ]
+        images = df.loc[df["category"] == category, columns]
+        votes.append(vote_task.remote(run_id, category, images, conf, store_uri, *chunks[category]))
+    t0, pending = time.perf_counter(), [r for refs in chunks.values() for r in refs]
     with tqdm(total=sum(len(t) for t in tuples_by_cat.values()), desc="chains", unit="tuple") as bar:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            _, stats = ray.get(done[0])
-            for k, v in stats.items():
-                totals[k] = totals.get(k, 0) + v
-            bar.update(stats["tuples"])
-    totals["labels"] = sum(ray.get(votes))
-    return totals, time.perf_counter() - t0
+            bar.update(ray.get(done[0])[1]["tuples"])
+    ray.get(votes)
+    return time.perf_counter() - t0
 
 
 def summary(run_id, store, counts) -> str:
@@ -133,7 +143,7 @@ def summary(run_id, store, counts) -> str:
     hops = " -> ".join(f"{c.get(f'after_hop{h}', 0):,}" for h in range(1, c["k"]))
     return "\n".join(
         [
-            f"run {run_id}: {c['status']}",
+            f"run {run_id}: committed",
             f"  images    {c['images']:,} in {c['categories']} categories; {c['bad_inputs']} bad (see bad_inputs)",
             f"  features  {c['features_computed']:,} computed ({c['features_per_s']:.1f} images/s overall, "
             f"{c['features_per_actor_s']:.1f} per busy actor), "
@@ -142,64 +152,95 @@ def summary(run_id, store, counts) -> str:
             f"  chains    {c.get('seeds', 0):,} foreground seeds -> cycle check per hop: {hops}",
             f"  labels    {c.get('candidates', 0):,} distinct candidates over all ordered pairs -> "
             f"{c.get('labels', 0):,} stored after the vote ({c['labels_per_s']:,.0f} labels/s)",
-            f"  store     {store.root}  (python -m queries labels_per_category --store {store.root})",
+            f"  store     {store}  (python -m queries labels_per_category --store {store})",
         ]
     )
+
+
+def prepare(argv):
+    """Everything that can fail on bad input, before any work: config, manifest, weights."""
+    presets = DEMO_PRESET if not any(a.startswith("data.manifest=") for a in argv) else None
+    conf = parse_overrides(default_conf, argv, presets)
+    print("resolved config:\n" + OmegaConf.to_yaml(conf), flush=True)
+    manifest_uri = conf.data.manifest or demo.build_demo(conf.data.demo)
+    df = read_manifest(manifest_uri)
+    backbone, reason = backbones.build_backbone(conf.backbone)
+    image_size = backbone.check_size(conf.backbone.image_size or backbone.image_size)
+    backbone_conf = OmegaConf.merge(conf.backbone, {"name": backbone.name, "weights": backbone.weights})
+    return conf, manifest_uri, df, backbone_conf, reason, image_size, backbone.fingerprint(image_size)
+
+
+def execute(conf, store, run_id, df, backbone_conf, reason, image_size, fingerprint) -> dict:
+    """Features, tuples, chains, vote, commit; categories a previous attempt finished are skipped."""
+    where = ray_utils.init_ray(conf.ray)
+    log.info("ray: %s, resources %s", where, ray.cluster_resources())
+    cache_root = conf.features.cache or join(store.uri, "features")
+    results, feat_s = extract_features(df, conf.features, backbone_conf, image_size, cache_root, fingerprint)
+    failed = results[results["error"] != ""]
+    uris = dict(zip(df["image_id"], df["uri"]))
+    bad = [{"image_id": i, "uri": uris[i], "stage": "features", "error": e} for i, e in zip(failed.image_id, failed.error)]
+    good = df[~df["image_id"].isin(failed["image_id"])]
+    tuples = make_tuples(good, conf.pairing)
+    done = store.staged_categories(run_id)
+    if done:
+        log.info("resuming run %s: %d of %d categories already done", run_id, len(done & set(tuples)), len(tuples))
+    chain_s = run_labels(good, {c: t for c, t in tuples.items() if c not in done}, conf.labels, run_id, cache_root, fingerprint, store.uri)
+    totals = {}
+    for stats in store.category_stats(run_id).values():
+        for k, v in stats.items():
+            totals[k] = totals.get(k, 0) + v
+    counts = {
+        **totals,
+        "images": len(df),
+        "categories": len(tuples),
+        "bad_inputs": len(bad),
+        "features_computed": len(results) - len(failed),
+        "features_cached": len(df) - len(results),
+        "features_s": round(feat_s, 3),
+        "features_per_s": (len(results) - len(failed)) / feat_s if feat_s else 0.0,
+        "features_per_actor_s": len(results) / results["seconds"].sum() if len(results) else 0.0,
+        "backbone": fingerprint,
+        "backbone_reason": reason,
+        "k": conf.pairing.k,
+        "chain_s": round(chain_s, 3),
+        "tuples_per_s": totals.get("tuples", 0) / chain_s if chain_s else 0.0,
+        "labels_per_s": totals.get("labels", 0) / chain_s if chain_s else 0.0,
+        "ray": where,
+    }
+    counts = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in counts.items()}
+    store.commit(run_id, counts, bad)
+    return counts
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
-        presets = DEMO_PRESET if not any(a.startswith("data.manifest=") for a in argv) else None
-        conf = parse_overrides(default_conf, argv, presets)
-        print("resolved config:\n" + OmegaConf.to_yaml(conf), flush=True)
-        manifest_uri = conf.data.manifest or demo.build_demo(conf.data.demo)
-        df = read_manifest(manifest_uri)
-        backbone, reason = backbones.build_backbone(conf.backbone)
-        image_size = backbone.check_size(conf.backbone.image_size or backbone.image_size)
+        conf, manifest_uri, df, backbone_conf, reason, image_size, fingerprint = prepare(argv)
     except (ConfigError, ManifestError, backbones.WeightsNotFound, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    fingerprint = backbone.fingerprint(image_size)
-    backbone_conf = OmegaConf.merge(conf.backbone, {"name": backbone.name, "weights": backbone.weights})
-    del backbone  # the actors load their own copy
     log.info("backbone %s (%s), features %s", backbone_conf.name, reason, fingerprint)
-
-    where = ray_utils.init_ray(conf.ray)
-    log.info("ray: %s, resources %s", where, ray.cluster_resources())
     store = LabelStore(conf.store)
-    cache_root = conf.features.cache or join(store.root, "features")
     run_id = conf.run_id or new_run_id()
-    store.begin_run(run_id, manifest_uri, backbone_conf.name, fingerprint, OmegaConf.to_yaml(conf), config_hash(conf))
-
-    results, feat_s = extract_features(df, conf.features, backbone_conf, image_size, cache_root, fingerprint)
-    failed = results[results["error"] != ""]
-    uris = dict(zip(df["image_id"], df["uri"]))
-    bad = [{"image_id": i, "uri": uris[i], "stage": "features", "error": e} for i, e in zip(failed.image_id, failed.error)]
-    store.add_bad_inputs(run_id, bad)
-    good = df[~df["image_id"].isin(failed["image_id"])]
-    tuples = make_tuples(good, conf.pairing)
-    totals, chain_s = run_labels(tuples, conf.labels, run_id, cache_root, fingerprint, store.root)
-
-    counts = {
-        **totals,
-        "status": "committed",
-        "images": len(df),
-        "categories": int(df["category"].nunique()),
-        "bad_inputs": len(bad),
-        "features_computed": len(results) - len(failed),
-        "features_cached": len(df) - len(results),
-        "features_per_s": (len(results) - len(failed)) / feat_s if feat_s else 0.0,
-        "features_per_actor_s": len(results) / results["seconds"].sum() if len(results) else 0.0,
-        "backbone": fingerprint,
-        "backbone_reason": reason,
-        "k": conf.pairing.k,
-        "tuples_per_s": totals.get("tuples", 0) / chain_s if chain_s else 0.0,
-        "labels_per_s": totals.get("labels", 0) / chain_s if chain_s else 0.0,
-        "ray": where,
-    }
-    store.finish_run(run_id, {k: (v.item() if isinstance(v, np.generic) else v) for k, v in counts.items()})
+    digest = config_hash(OmegaConf.masked_copy(conf, [k for k in conf if k not in ("run_id", "ray")]))
+    record = store.begin_run(
+        {"run_id": run_id, "manifest": manifest_uri, "backbone": backbone_conf.name, "backbone_fingerprint": fingerprint,
+         "config": OmegaConf.to_yaml(conf), "config_hash": digest}
+    )
+    if record["config_hash"] != digest:
+        print(f"error: run_id={run_id} was started with another config (hash {record['config_hash']}, now {digest}); "
+              "resume it with the same overrides, or choose a new run_id", file=sys.stderr)
+        return 2
+    if store.is_committed(run_id):
+        print(f"run {run_id} is already committed in {store}; nothing to do")
+        return 0
+    log.info("run %s; if it stops, the same command with run_id=%s resumes it", run_id, run_id)
+    try:
+        counts = execute(conf, store, run_id, df, backbone_conf, reason, image_size, fingerprint)
+    except BaseException as e:
+        store.fail_run(run_id, f"{type(e).__name__}: {e}")
+        raise
     print(summary(run_id, store, counts), flush=True)
     return 0
 

@@ -1,113 +1,250 @@
-"""The label store: Parquet label files and a DuckDB catalog of runs.
+"""The label store: immutable Parquet files plus one small JSON record per run and commit.
 
-Layout under the store folder:
-    labels/run_id=<run>/category=<category>/part-<n>.parquet
-    catalog.duckdb   runs, bad_inputs
-Label files carry every column (run_id and category included), so each file
-stands alone. Readers see a run's labels through the `labels` view only once
-the run's status is 'committed'.
+Layout under the store URI (a local folder or s3://bucket/prefix):
+
+    runs/<run>/run.json                              written when the run starts
+    runs/<run>/labels/category=<c>/part-00000.parquet   staged labels of a category
+    runs/<run>/images/category=<c>.parquet             the category's images, n_fg
+    runs/<run>/bad_inputs.parquet                      images the run skipped, and why
+    commits/<run>.json                                 the commit: its files and counts
+    features/<backbone fingerprint>/...                the feature cache
+
+Why this shape: S3 has no rename and no lock, and workers share no disk. A run's
+files are invisible until its commit record appears, and that record is one
+PUT (or one rename locally), so a reader sees all of a run or none of it, and a
+killed run leaves nothing visible. Shard names are deterministic, so a retried
+or resumed task overwrites its own file instead of adding rows. The DuckDB
+catalog is derived from the records on every `connect()` (a throw-away local
+file, opened read-only), so it never goes stale and needs no shared disk.
 """
 
-import glob
 import io as _io
 import json
 import os
-from contextlib import contextmanager
+import posixpath
+import subprocess
+import tempfile
 from datetime import datetime, timezone
 
 import duckdb
+import numpy as np
+import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from .io import is_remote, write_bytes
+from . import __version__
+from .geometry import transfer
+from .io import exists, filesystem, is_remote, join, list_dirs, list_files, read_bytes, write_bytes
 from .labels import LABEL_SCHEMA
 
-CATALOG_DDL = [
-    """CREATE TABLE IF NOT EXISTS runs (
-        run_id VARCHAR PRIMARY KEY, status VARCHAR, started TIMESTAMPTZ, finished TIMESTAMPTZ,
-        manifest VARCHAR, backbone VARCHAR, backbone_fingerprint VARCHAR,
-        config VARCHAR, config_hash VARCHAR, counts JSON)""",
-    """CREATE TABLE IF NOT EXISTS bad_inputs (
-        run_id VARCHAR, image_id VARCHAR, uri VARCHAR, stage VARCHAR, error VARCHAR)""",
+RUN_COLUMNS = [
+    "run_id", "status", "started", "finished", "manifest", "backbone", "backbone_fingerprint",
+    "config", "config_hash", "code_version", "counts", "error",
 ]
+BAD_INPUT_SCHEMA = pa.schema(
+    [("run_id", pa.string()), ("image_id", pa.string()), ("uri", pa.string()), ("stage", pa.string()), ("error", pa.string())]
+)
+IMAGE_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("image_id", pa.string()),
+        ("category", pa.string()),
+        ("uri", pa.string()),
+        ("mask_uri", pa.string()),
+        ("azimuth", pa.float64()),
+        ("elevation", pa.float64()),
+        ("split", pa.string()),
+        ("width", pa.int32()),  # original pixels; null when the image took part in no tuple
+        ("height", pa.int32()),
+        ("n_fg", pa.int32()),  # foreground patches; null when the image took part in no tuple
+        ("homography", pa.list_(pa.float64())),  # photo -> view, where truth is known (the demo)
+    ]
+)
+VIEWS = {
+    "run_stats": """
+        SELECT run_id, category, count(*) AS labels,
+               count(DISTINCT (src_image_id, tgt_image_id)) AS image_pairs,
+               avg(cycle_error) AS mean_cycle_error, avg(similarity) AS mean_similarity,
+               avg(support) AS mean_support, max(hops) AS max_hops
+        FROM labels GROUP BY run_id, category""",
+}
 
 
-def _now():
-    return datetime.now(timezone.utc)
+def images_table(frame: pd.DataFrame) -> pa.Table:
+    """Image rows in IMAGE_SCHEMA; columns the manifest lacks (e.g. homography) are null."""
+    cols = {n: frame[n] if n in frame.columns else [None] * len(frame) for n in IMAGE_SCHEMA.names}
+    return pa.table({n: pa.array(list(v), type=IMAGE_SCHEMA.field(n).type, from_pandas=True) for n, v in cols.items()})
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def code_version() -> str:
+    """The package version, and the git commit when running from a checkout."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=os.path.dirname(__file__),
+            capture_output=True, text=True, timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{__version__}+{sha}" if sha else __version__
+
+
+def table_bytes(table: pa.Table) -> bytes:
+    buf = _io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def _true_xy(hom_src: pa.Array, hom_tgt: pa.Array, x: pa.Array, y: pa.Array) -> pa.Array:
+    """SQL `true_xy(src homography, tgt homography, x, y)`: where a source pixel truly lands."""
+    if len(x) == 0:
+        return pa.array([], type=pa.list_(pa.float64()))
+    hs = np.stack(hom_src.to_numpy(zero_copy_only=False)).reshape(-1, 3, 3)
+    ht = np.stack(hom_tgt.to_numpy(zero_copy_only=False)).reshape(-1, 3, 3)
+    xy = transfer(hs, ht, np.stack([x.to_numpy(), y.to_numpy()], axis=1))
+    return pa.array(list(xy), type=pa.list_(pa.float64()))
 
 
 class LabelStore:
     def __init__(self, uri: str):
-        if is_remote(uri):
-            raise ValueError(f"store={uri}: the label store must be a local folder for now")
-        self.root = os.path.abspath(os.path.expanduser(uri))
-        self.catalog = os.path.join(self.root, "catalog.duckdb")
+        uri = str(uri)
+        self.uri = uri.rstrip("/") if is_remote(uri) else os.path.abspath(os.path.expanduser(uri))
 
-    @contextmanager
-    def _db(self, read_only=False):
-        if read_only and not os.path.exists(self.catalog):
-            raise FileNotFoundError(f"no label store at {self.root} (no catalog.duckdb); run `python -m labelgen.run` first")
-        os.makedirs(self.root, exist_ok=True)
-        con = duckdb.connect(self.catalog, read_only=read_only)
-        try:
-            if not read_only:
-                for ddl in CATALOG_DDL:
-                    con.execute(ddl)
-            yield con
-        finally:
-            con.close()
+    def __str__(self):
+        return self.uri
 
-    def part_uri(self, run_id: str, category: str, part: int) -> str:
-        return os.path.join(self.root, "labels", f"run_id={run_id}", f"category={category}", f"part-{part:05d}.parquet")
+    # paths
+    def _run(self, run_id: str, *parts: str) -> str:
+        return join(self.uri, "runs", run_id, *parts)
 
-    def write_part(self, table: pa.Table, run_id: str, category: str, part: int) -> str:
-        """Write one part file whole; the same (run, category, part) overwrites, never duplicates."""
-        buf = _io.BytesIO()
-        pq.write_table(table, buf, compression="zstd")
-        uri = self.part_uri(run_id, category, part)
-        write_bytes(uri, buf.getvalue())
-        return uri
+    def part_uri(self, run_id: str, category: str, part: int = 0) -> str:
+        return self._run(run_id, "labels", f"category={category}", f"part-{part:05d}.parquet")
 
-    def begin_run(self, run_id, manifest, backbone, fingerprint, config_yaml, config_hash):
-        with self._db() as con:
-            con.execute(
-                "INSERT OR REPLACE INTO runs VALUES (?, 'running', ?, NULL, ?, ?, ?, ?, ?, NULL)",
-                [run_id, _now(), manifest, backbone, fingerprint, config_yaml, config_hash],
-            )
+    def images_uri(self, run_id: str, category: str) -> str:
+        return self._run(run_id, "images", f"category={category}.parquet")
 
-    def add_bad_inputs(self, run_id: str, rows: list[dict]):
-        if not rows:
-            return
-        with self._db() as con:
-            con.executemany(
-                "INSERT INTO bad_inputs VALUES (?, ?, ?, ?, ?)",
-                [[run_id, r["image_id"], r.get("uri"), r["stage"], r["error"]] for r in rows],
-            )
+    def commit_uri(self, run_id: str) -> str:
+        return join(self.uri, "commits", f"{run_id}.json")
 
-    def finish_run(self, run_id: str, counts: dict, status: str = "committed"):
-        with self._db() as con:
-            con.execute(
-                "UPDATE runs SET status = ?, finished = ?, counts = ? WHERE run_id = ?",
-                [status, _now(), json.dumps(counts), run_id],
-            )
+    # writing a run
+    def run_record(self, run_id: str) -> dict | None:
+        uri = self._run(run_id, "run.json")
+        return json.loads(read_bytes(uri)) if exists(uri) else None
+
+    def begin_run(self, record: dict) -> dict:
+        """Write the run record, or return the one a previous attempt wrote (resume)."""
+        previous = self.run_record(record["run_id"])
+        if previous is not None:
+            return previous
+        record = {**record, "started": now(), "code_version": code_version()}
+        write_bytes(self._run(record["run_id"], "run.json"), json.dumps(record, indent=1).encode())
+        return record
+
+    def fail_run(self, run_id: str, error: str):
+        record = self.run_record(run_id) or {"run_id": run_id}
+        record.update(error=error, failed=now())
+        write_bytes(self._run(run_id, "run.json"), json.dumps(record, indent=1).encode())
+
+    def is_committed(self, run_id: str) -> bool:
+        return exists(self.commit_uri(run_id))
+
+    def staged_categories(self, run_id: str) -> set[str]:
+        """Categories whose labels a previous attempt of this run already wrote."""
+        names = list_files(self._run(run_id, "labels"))
+        return {posixpath.basename(posixpath.dirname(p))[len("category="):] for p in names}
+
+    def write_category(self, run_id: str, category: str, labels: pa.Table, images: pa.Table, stats: dict):
+        """Stats and images first, labels last: a category is done once its label file exists."""
+        write_bytes(self._run(run_id, "stats", f"category={category}.json"), json.dumps(stats).encode())
+        write_bytes(self.images_uri(run_id, category), table_bytes(images))
+        write_bytes(self.part_uri(run_id, category), table_bytes(labels.cast(LABEL_SCHEMA)))
+
+    def category_stats(self, run_id: str) -> dict[str, dict]:
+        """Per-category counts of the categories done so far."""
+        out = {}
+        for path in list_files(self._run(run_id, "stats")):
+            name = posixpath.basename(path)[len("category="):-len(".json")]
+            out[name] = json.loads(read_bytes(self._run(run_id, "stats", posixpath.basename(path))))
+        return out
+
+    def commit(self, run_id: str, counts: dict, bad_inputs: list[dict]) -> dict:
+        """Make the run visible: one record naming every file of the run."""
+        bad = pa.Table.from_pylist([{**b, "run_id": run_id} for b in bad_inputs], schema=BAD_INPUT_SCHEMA)
+        write_bytes(self._run(run_id, "bad_inputs.parquet"), table_bytes(bad))
+        fs, root = filesystem(self.uri)
+        files = [posixpath.relpath(p, root) for p in list_files(self._run(run_id)) if p.endswith(".parquet")]
+        record = {"run_id": run_id, "committed": now(), "files": files, "counts": counts}
+        write_bytes(self.commit_uri(run_id), json.dumps(record, indent=1).encode())
+        return record
+
+    # reading
+    def commits(self) -> list[dict]:
+        return [json.loads(read_bytes(join(self.uri, "commits", posixpath.basename(p))))
+                for p in list_files(join(self.uri, "commits"), recursive=False) if p.endswith(".json")]
+
+    def committed_files(self, kind: str, commits: list[dict] | None = None) -> list[str]:
+        """Store-relative paths of committed files of one kind: labels, images or bad_inputs."""
+        commits = self.commits() if commits is None else commits
+        return [f for c in commits for f in c["files"] if f.split("/")[2].startswith(kind)]
+
+    def dataset(self, files: list[str], schema: pa.Schema | None = None) -> pads.Dataset:
+        fs, root = filesystem(self.uri)
+        return pads.dataset([posixpath.join(root, f) for f in files], filesystem=fs, format="parquet", schema=schema)
+
+    def _runs_frame(self, commits: list[dict]) -> pd.DataFrame:
+        committed = {c["run_id"]: c for c in commits}
+        rows = []
+        for run_id in list_dirs(join(self.uri, "runs")):
+            record = self.run_record(run_id)
+            if record is None:  # a folder without its record: nothing usable was written
+                continue
+            c = committed.get(run_id)
+            status = "committed" if c else ("failed" if record.get("error") else "incomplete")
+            rows.append({
+                **{k: record.get(k) for k in RUN_COLUMNS},
+                "status": status,
+                "finished": c["committed"] if c else record.get("failed"),
+                "counts": json.dumps(c["counts"]) if c else None,
+            })
+        frame = pd.DataFrame(rows, columns=RUN_COLUMNS)
+        for col in ("started", "finished"):
+            frame[col] = pd.to_datetime(frame[col], utc=True)
+        return frame
 
     def connect(self) -> duckdb.DuckDBPyConnection:
-        """A read-only connection with a `labels` view over committed runs."""
-        con = duckdb.connect(self.catalog, read_only=True) if os.path.exists(self.catalog) else None
-        if con is None:
-            raise FileNotFoundError(f"no label store at {self.root} (no catalog.duckdb); run `python -m labelgen.run` first")
-        pattern = os.path.join(self.root, "labels", "*", "*", "*.parquet")
-        if glob.glob(pattern):
-            source = f"read_parquet('{pattern}', union_by_name = true)"
-        else:
-            cols = ", ".join(f"NULL::{_duck_type(f.type)} AS {f.name}" for f in LABEL_SCHEMA)
-            source = f"(SELECT {cols} WHERE false)"
-        con.execute(
-            f"CREATE TEMP VIEW labels AS SELECT l.* FROM {source} l "
-            "JOIN runs r USING (run_id) WHERE r.status = 'committed'"
-        )
+        """A read-only DuckDB connection: tables runs, images, bad_inputs; views labels
+        (committed runs only) and run_stats; the function true_xy. It cannot read or
+        write any other file."""
+        if not exists(join(self.uri, "runs")):
+            raise FileNotFoundError(f"no label store at {self.uri} (no runs/); run `python -m labelgen.run` first")
+        commits = self.commits()
+        fd, path = tempfile.mkstemp(suffix=".duckdb", prefix="labelgen-catalog-")
+        os.close(fd)
+        os.unlink(path)
+        try:
+            con = duckdb.connect(path)
+            runs = self._runs_frame(commits)
+            con.execute("CREATE TABLE runs AS SELECT * REPLACE (counts::JSON AS counts) FROM runs")
+            for name, schema in (("images", IMAGE_SCHEMA), ("bad_inputs", BAD_INPUT_SCHEMA)):
+                files = self.committed_files(name, commits)
+                data = self.dataset(files, schema).to_table() if files else schema.empty_table()
+                con.register("data", data)
+                con.execute(f"CREATE TABLE {name} AS SELECT * FROM data")
+                con.unregister("data")
+            con.close()
+            con = duckdb.connect(path, read_only=True)
+        finally:
+            if os.path.exists(path):
+                os.unlink(path)  # the open connection keeps it; nothing is left behind
+        con.register("labels_data", self.dataset(self.committed_files("labels", commits), LABEL_SCHEMA))
+        con.execute("CREATE TEMP VIEW labels AS SELECT * FROM labels_data")
+        for name, sql in VIEWS.items():
+            con.execute(f"CREATE TEMP VIEW {name} AS {sql}")
+        con.create_function("true_xy", _true_xy, ["DOUBLE[]", "DOUBLE[]", "DOUBLE", "DOUBLE"], "DOUBLE[]", type="arrow")
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
         return con
-
-
-def _duck_type(t: pa.DataType) -> str:
-    return {pa.string(): "VARCHAR", pa.float32(): "FLOAT", pa.int32(): "INTEGER"}[t]

@@ -1,8 +1,15 @@
-"""SQL reports over the label store: one .sql file per report, run by `python -m queries`."""
+"""SQL reports over the label store: one .sql file per report, run by `python -m queries`.
 
+A report's leading comment lines describe it; a line `-- plot: KIND key=value ...`
+says how `--plot` draws it (see `queries.plot`). Reports read parameters with
+`getvariable('name')`, set by `--param name=value`.
+"""
+
+import re
 from importlib import resources
 
 import duckdb
+import pandas as pd
 
 from labelgen.store import LabelStore
 
@@ -13,15 +20,27 @@ def report_names() -> list[str]:
 
 def report_sql(name: str) -> str:
     path = resources.files(__package__) / f"{name}.sql"
-    if not path.is_file():
+    if not re.fullmatch(r"\w+", name) or not path.is_file():
         raise ValueError(f"no report '{name}'; reports: {', '.join(report_names())}, or `sql \"SELECT ...\"`")
     return path.read_text()
 
 
-def run_sql(store_uri: str, sql: str):
+def header(sql: str) -> dict[str, str]:
+    """The report's description and plot spec, from its leading comments."""
+    lines = [line[2:].strip() for line in sql.splitlines() if line.startswith("--")]
+    plot = next((line[len("plot:"):].strip() for line in lines if line.startswith("plot:")), "")
+    about = " ".join(line for line in lines if not line.startswith("plot:"))
+    return {"about": about, "plot": plot}
+
+
+def run_sql(store_uri: str, sql: str, params: dict[str, str] | None = None) -> pd.DataFrame:
     """Run SQL on a read-only connection with the `labels` view (committed runs only)."""
     con = LabelStore(store_uri).connect()
     try:
+        for name, value in (params or {}).items():
+            if not re.fullmatch(r"\w+", name):
+                raise ValueError(f"--param {name}: names are letters, digits and _")
+            con.execute(f"SET VARIABLE {name} = ?", [value])
         return con.sql(sql).df()
     except duckdb.Error as e:
         raise ValueError(f"query failed: {e}") from None

@@ -1,4 +1,5 @@
 -- Labels per run and category: how many, over how many image pairs, and their quality.
+-- plot: bar x=category y=labels hue=run_id
 SELECT run_id, category,
        count(*) AS labels,
        count(DISTINCT (src_image_id, tgt_image_id)) AS image_pairs,

@@ -1,5 +1,7 @@
--- Runs in the catalog, newest first, with their label counts.
-SELECT run_id, status, started, finished, backbone, backbone_fingerprint,
-       counts->>'images' AS images, counts->>'tuples' AS tuples, counts->>'labels' AS labels
+-- Runs in the store, newest first: status, backbone, code version, counts and timings.
+SELECT run_id, status, started, finished, backbone, backbone_fingerprint, code_version,
+       (counts->>'images')::INT AS images, (counts->>'tuples')::INT AS tuples, (counts->>'labels')::INT AS labels,
+       round((counts->>'features_s')::DOUBLE, 1) AS features_s, round((counts->>'chain_s')::DOUBLE, 1) AS chain_s,
+       error
 FROM runs
 ORDER BY started DESC;

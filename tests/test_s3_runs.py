@@ -1,0 +1,92 @@
+"""Whole runs against a real S3-compatible server: commit, queries, kill and resume."""
+
+import json
+import subprocess
+import sys
+import time
+
+import boto3
+import psutil
+import pytest
+
+from conftest import tiny_demo_args
+from labelgen.demo import build_demo
+from labelgen.store import LabelStore
+from test_run import run
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_whole_run_to_s3_and_reports_over_it(tiny_demo, s3_server):
+    store = f"{s3_server}/whole"
+    out = run(["labelgen.run", *tiny_demo_args(tiny_demo), f"store={store}", "run_id=s3run"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="labels", Prefix="whole/")["Contents"]]
+    assert "whole/commits/s3run.json" in keys
+    assert sum(k.startswith("whole/features/") for k in keys) == 8  # the feature cache lives in the store too
+    report = run(["queries", "precision", "--store", store, "--format", "json"])
+    assert report.returncode == 0, report.stderr[-3000:]
+    rows = json.loads(report.stdout)
+    assert {r["category"] for r in rows} == {"chelsea", "motorcycle"}
+    assert all(r["p_10"] > 0.9 for r in rows if r["hops"] == 1)
+
+
+def staged_keys(prefix):
+    listing = boto3.client("s3").list_objects_v2(Bucket="labels", Prefix=prefix)
+    return [o["Key"] for o in listing.get("Contents", [])]
+
+
+def kill_tree(proc):
+    parent = psutil.Process(proc.pid)
+    for p in [*parent.children(recursive=True), parent]:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait(timeout=60)
+
+
+def test_a_killed_run_shows_nothing_and_its_resume_equals_an_undisturbed_run(tmp_path_factory, s3_server):
+    manifest = build_demo({"root": str(tmp_path_factory.mktemp("demo8")), "azimuths": [-45, -15, 15, 45], "elevations": [0]})
+    store = f"{s3_server}/resume"
+    args = ["labelgen.run", *tiny_demo_args(manifest), f"store={store}", "labels.tuples_per_task=1"]
+
+    # the undisturbed reference (it also fills the feature cache, so the killed run reaches chaining fast)
+    ref = run([*args, "run_id=reference"])
+    assert ref.returncode == 0, ref.stderr[-3000:]
+
+    proc = subprocess.Popen([sys.executable, "-m", *args, "run_id=victim"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not any("/labels/" in k for k in staged_keys("resume/runs/victim/")):
+        assert proc.poll() is None and time.time() < deadline, "the run ended before it staged anything"
+        time.sleep(0.05)
+    kill_tree(proc)
+    staged = LabelStore(store).staged_categories("victim")
+    assert 1 <= len(staged) < 8, staged
+    con = LabelStore(store).connect()
+    assert con.execute("SELECT status FROM runs WHERE run_id = 'victim'").fetchone() == ("incomplete",)
+    assert con.execute("SELECT count(*) FROM labels WHERE run_id = 'victim'").fetchone() == (0,)
+    assert con.execute("SELECT count(*) FROM images WHERE run_id = 'victim'").fetchone() == (0,)
+    con.close()
+
+    resumed = run([*args, "run_id=victim"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"categories already done" in resumed.stderr + resumed.stdout
+    con = LabelStore(store).connect()
+    n_ref, n_victim = (con.execute(f"SELECT count(*) FROM labels WHERE run_id = '{r}'").fetchone()[0] for r in ("reference", "victim"))
+    assert n_ref == n_victim > 1000
+    differ = con.execute(
+        "SELECT count(*) FROM ((SELECT * EXCLUDE run_id FROM labels WHERE run_id = 'reference' "
+        "EXCEPT ALL SELECT * EXCLUDE run_id FROM labels WHERE run_id = 'victim') UNION ALL "
+        "(SELECT * EXCLUDE run_id FROM labels WHERE run_id = 'victim' "
+        "EXCEPT ALL SELECT * EXCLUDE run_id FROM labels WHERE run_id = 'reference'))"
+    ).fetchone()
+    assert differ == (0,)
+    counts = dict(con.execute("SELECT run_id, (counts->>'tuples')::INT FROM runs").fetchall())
+    assert counts["victim"] == counts["reference"]  # counts cover the categories done before the kill too
+    con.close()
+
+    again = run([*args, "run_id=victim"])
+    assert again.returncode == 0 and "already committed" in again.stdout
+    changed = run([*args, "run_id=victim", "labels.radius=1"])
+    assert changed.returncode == 2 and "was started with another config" in changed.stderr
