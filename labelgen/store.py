@@ -78,7 +78,7 @@ def images_table(frame: pd.DataFrame) -> pa.Table:
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def code_version() -> str:
@@ -245,6 +245,7 @@ class LabelStore:
         for name, sql in VIEWS.items():
             con.execute(f"CREATE TEMP VIEW {name} AS {sql}")
         con.create_function("true_xy", _true_xy, ["DOUBLE[]", "DOUBLE[]", "DOUBLE", "DOUBLE"], "DOUBLE[]", type="arrow")
+        con.execute("SET enable_progress_bar = false")
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
         return con

@@ -1,0 +1,87 @@
+"""The query CLI over a small store written through the store's own API (no Ray)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from labelgen.labels import LABEL_SCHEMA
+from labelgen.store import LabelStore, images_table
+from queries import report_names
+from queries.__main__ import main
+
+SHIFT = np.array([1.0, 0, 10, 0, 1, 0, 0, 0, 1])  # the target view is the source shifted 10 px right
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("q")
+    for name in ("a", "b"):
+        Image.new("RGB", (100, 80), (200, 100, 50)).save(root / f"{name}.png")
+    store = LabelStore(str(root / "store"))
+    for run_id, offsets in (("r1", [10.0, 10.0, 40.0]), ("r2", [10.0, 10.0])):
+        store.begin_run({"run_id": run_id, "config_hash": "h", "config": "k: 1"})
+        rows = [dict(run_id=run_id, category="cat", src_image_id="a", tgt_image_id="b", src_x=10.0 * i, src_y=5.0,
+                     tgt_x=10.0 * i + d, tgt_y=5.0, hops=1, cycle_error=float(i), similarity=0.8, sphere_angle=None,
+                     support=2) for i, d in enumerate(offsets)]
+        images = pd.DataFrame({"run_id": run_id, "image_id": ["a", "b", "c"], "category": "cat",
+                               "uri": [str(root / "a.png"), str(root / "b.png"), str(root / "a.png")],
+                               "azimuth": [0.0, 30.0, None], "width": 100, "height": 80, "n_fg": [20, 20, None],
+                               "homography": [np.eye(3).flatten().tolist(), SHIFT.tolist(), None]})
+        store.write_category(run_id, "cat", pa.Table.from_pylist(rows, schema=LABEL_SCHEMA), images_table(images), {})
+        store.commit(run_id, {"seeds": 10, "after_hop1": 8, "candidates": 5, "labels": len(rows)}, [])
+    return str(root / "store")
+
+
+def cli(capsys, *args):
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_every_report_runs(store, capsys):
+    for name in report_names():
+        code, out, err = cli(capsys, name, "--store", store, "--format", "json")
+        assert code == 0, (name, err)
+        json.loads(out)
+
+
+def test_precision_against_truth(store, capsys):
+    code, out, _ = cli(capsys, "precision", "--store", store, "--format", "json", "--param", "unused=1")
+    rows = {r["run_id"]: r for r in json.loads(out)}
+    # r1: two labels on the true shift, one 30 px off (side 100 px: 5 px and 10 px thresholds)
+    assert rows["r1"]["labels"] == 3 and rows["r1"]["p_05"] == pytest.approx(0.667, abs=1e-3)
+    assert rows["r2"]["p_10"] == 1.0
+
+
+def test_compare_empty_images_and_stage_yield(store, capsys):
+    _, out, _ = cli(capsys, "compare", "--store", store, "--format", "json")
+    assert json.loads(out) == [{"run_a": "r1", "run_b": "r2", "category": "cat", "labels_a": 3, "labels_b": 2,
+                                "shared": 2, "only_a": 1, "only_b": 0}]
+    _, out, _ = cli(capsys, "compare", "--store", store, "--format", "json", "--param", "a=r2", "--param", "b=r1")
+    assert json.loads(out)[0]["only_b"] == 1
+    _, out, _ = cli(capsys, "empty_images", "--store", store, "--format", "json")
+    assert {(r["image_id"], r["likely_reason"]) for r in json.loads(out)} == {("c", "no azimuth: takes part in no tuple")}
+    _, out, _ = cli(capsys, "stage_yield", "--store", store, "--format", "csv")
+    assert "r1,after_hop1,8,0.8,0.8" in out
+
+
+def test_plots_are_drawn(store, capsys, tmp_path):
+    for name in ("labels_per_category", "pairs", "cycle_error"):
+        code, _, err = cli(capsys, name, "--store", store, "--plot", str(tmp_path / f"{name}.png"))
+        assert code == 0, err
+        assert Image.open(tmp_path / f"{name}.png").size[0] > 100
+
+
+def test_free_sql_is_read_only_and_errors_are_clear(store, capsys):
+    code, out, _ = cli(capsys, "sql", "SELECT count(*) AS n FROM labels", "--store", store, "--format", "csv")
+    assert code == 0 and out.splitlines() == ["n", "5"]
+    code, _, err = cli(capsys, "sql", "DELETE FROM runs", "--store", store)
+    assert code == 2 and "read-only" in err
+    code, _, err = cli(capsys, "nope", "--store", store)
+    assert code == 2 and "no report 'nope'" in err
+    code, _, err = cli(capsys, "runs", "--store", store, "--plot", "x.png")
+    assert code == 2 and "has no chart" in err
