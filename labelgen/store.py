@@ -42,6 +42,13 @@ RUN_COLUMNS = [
     "run_id", "status", "started", "finished", "manifest", "backbone", "backbone_fingerprint",
     "config", "config_hash", "code_version", "counts", "error",
 ]
+# times are UTC
+RUNS_DDL = """run_id VARCHAR, status VARCHAR, started TIMESTAMP, finished TIMESTAMP, manifest VARCHAR,
+    backbone VARCHAR, backbone_fingerprint VARCHAR, config VARCHAR, config_hash VARCHAR, code_version VARCHAR,
+    counts JSON, error VARCHAR"""
+MODELS_DDL = """model_id VARCHAR, status VARCHAR, parent VARCHAR, label_runs JSON, backbone_fingerprint VARCHAR,
+    metrics JSON, checkpoint VARCHAR, config VARCHAR, created TIMESTAMP, decided TIMESTAMP, reason VARCHAR"""
+MODEL_COLUMNS = [c.split()[0] for c in MODELS_DDL.split(",")]
 BAD_INPUT_SCHEMA = pa.schema(
     [("run_id", pa.string()), ("image_id", pa.string()), ("uri", pa.string()), ("stage", pa.string()), ("error", pa.string())]
 )
@@ -181,6 +188,33 @@ class LabelStore:
         write_bytes(self.commit_uri(run_id), json.dumps(record, indent=1).encode())
         return record
 
+    # the model registry: one record per model, decisions written into it (one PUT)
+    def model_uri(self, model_id: str, *parts: str) -> str:
+        return join(self.uri, "models", model_id, *parts) if parts else join(self.uri, "models", f"{model_id}.json")
+
+    def save_model(self, record: dict, weights: bytes | None = None) -> dict:
+        if weights is not None:
+            write_bytes(self.model_uri(record["model_id"], "adapter.pt"), weights)
+            record = {**record, "checkpoint": self.model_uri(record["model_id"], "adapter.pt")}
+        write_bytes(self.model_uri(record["model_id"]), json.dumps(record, indent=1).encode())
+        return record
+
+    def models(self) -> list[dict]:
+        """Model records, oldest first; `status` is derived: the latest promotion is
+        'promoted', earlier ones 'retired'."""
+        records = [json.loads(read_bytes(join(self.uri, "models", posixpath.basename(p))))
+                   for p in list_files(join(self.uri, "models"), recursive=False) if p.endswith(".json")]
+        records.sort(key=lambda r: r["created"])
+        promoted = [r for r in records if r.get("decision") == "promoted"]
+        current = max(promoted, key=lambda r: r["decided"])["model_id"] if promoted else None
+        for r in records:
+            decision = r.get("decision") or "training"
+            r["status"] = "retired" if decision == "promoted" and r["model_id"] != current else decision
+        return records
+
+    def promoted_model(self) -> dict | None:
+        return next((r for r in self.models() if r["status"] == "promoted"), None)
+
     # reading
     def commits(self) -> list[dict]:
         return [json.loads(read_bytes(join(self.uri, "commits", posixpath.basename(p))))
@@ -194,6 +228,11 @@ class LabelStore:
     def dataset(self, files: list[str], schema: pa.Schema | None = None) -> pads.Dataset:
         fs, root = filesystem(self.uri)
         return pads.dataset([posixpath.join(root, f) for f in files], filesystem=fs, format="parquet", schema=schema)
+
+    def _models_frame(self) -> pd.DataFrame:
+        rows = [{k: json.dumps(r.get(k)) if k in ("label_runs", "metrics") else r.get(k) for k in MODEL_COLUMNS}
+                for r in self.models()]
+        return pd.DataFrame(rows, columns=MODEL_COLUMNS)
 
     def _runs_frame(self, commits: list[dict]) -> pd.DataFrame:
         committed = {c["run_id"]: c for c in commits}
@@ -210,13 +249,10 @@ class LabelStore:
                 "finished": c["committed"] if c else record.get("failed"),
                 "counts": json.dumps(c["counts"]) if c else None,
             })
-        frame = pd.DataFrame(rows, columns=RUN_COLUMNS)
-        for col in ("started", "finished"):
-            frame[col] = pd.to_datetime(frame[col], utc=True)
-        return frame
+        return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
     def connect(self) -> duckdb.DuckDBPyConnection:
-        """A read-only DuckDB connection: tables runs, images, bad_inputs; views labels
+        """A read-only DuckDB connection: tables runs, images, bad_inputs, models; views labels
         (committed runs only) and run_stats; the function true_xy. It cannot read or
         write any other file."""
         if not exists(join(self.uri, "runs")):
@@ -228,7 +264,12 @@ class LabelStore:
         try:
             con = duckdb.connect(path)
             runs = self._runs_frame(commits)
-            con.execute("CREATE TABLE runs AS SELECT * REPLACE (counts::JSON AS counts) FROM runs")
+            for name, ddl, frame in (("runs", RUNS_DDL, runs), ("models", MODELS_DDL, self._models_frame())):
+                con.execute(f"CREATE TABLE {name} ({ddl})")
+                if len(frame):
+                    con.register("frame", frame)
+                    con.execute(f"INSERT INTO {name} SELECT * FROM frame")
+                    con.unregister("frame")
             for name, schema in (("images", IMAGE_SCHEMA), ("bad_inputs", BAD_INPUT_SCHEMA)):
                 files = self.committed_files(name, commits)
                 data = self.dataset(files, schema).to_table() if files else schema.empty_table()

@@ -18,6 +18,13 @@ default_conf = {
 NAMES = ["auto", "mobilenetv2", *DINO_ARCHS]
 
 
+def feature_groups(name: str) -> list[int]:
+    """Channels per feature group of a backbone's cached features, without loading it."""
+    if name == "mobilenetv2":
+        return list(MobileNetV2.groups)
+    return [DINO_ARCHS[name][1]]
+
+
 def resolve_name(conf) -> tuple[str, str]:
     """The concrete backbone and why it was chosen."""
     if conf.name != "auto":
@@ -38,4 +45,4 @@ def build_backbone(conf) -> tuple[Backbone, str]:
     return DinoV2(name, conf.weights), reason
 
 
-__all__ = ["Backbone", "WeightsNotFound", "build_backbone", "resolve_name", "default_conf", "NAMES"]
+__all__ = ["Backbone", "WeightsNotFound", "build_backbone", "feature_groups", "resolve_name", "default_conf", "NAMES"]

@@ -19,13 +19,16 @@ class WeightsNotFound(FileNotFoundError):
 class Backbone(nn.Module):
     """Maps normalised images (B, 3, S, S) to unit-norm features (B, C, S/stride, S/stride).
 
-    Subclasses set `name`, `stride`, `dim`, `image_size` (the default input side,
-    a multiple of `size_multiple`) and `weights` (the file the weights came from).
+    Subclasses set `name`, `stride`, `dim`, `groups` (channels of each feature group,
+    in order, summing to `dim`: the adapter gives each its own block), `image_size`
+    (the default input side, a multiple of `size_multiple`) and `weights` (the file
+    the weights came from).
     """
 
     name: str
     stride: int
     dim: int
+    groups: tuple[int, ...]
     image_size: int
     size_multiple: int
     weights: str

@@ -37,7 +37,7 @@ class DinoV2(Backbone):
         if name not in ARCHS:
             raise ValueError(f"backbone '{name}' is unknown; choose from {sorted(ARCHS)}")
         arch, self.dim = ARCHS[name]
-        self.name = name
+        self.name, self.groups = name, (self.dim,)
         path = find_weights(name, weights)
         if path is None:
             raise WeightsNotFound(

@@ -47,6 +47,7 @@ class MobileNetV2(Backbone):
     name = "mobilenetv2"
     stride = 8
     dim = 288
+    groups = (32, 96, 160)
     image_size = 320
     size_multiple = 32
 

@@ -1,0 +1,1 @@
+"""Fine-tuning the matching adapter on pseudo-labels from the label store."""

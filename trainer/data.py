@@ -1,0 +1,128 @@
+"""Training data: labelled image pairs of committed label runs, features from the cache.
+
+Images are split by the manifest's `split` column: pairs of two held-out images
+validate, pairs of two training images train, and mixed pairs are dropped, so
+no held-out image is ever seen in training.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import OmegaConf
+
+from labelgen.backbones import feature_groups
+from labelgen.features import ImageFeatures, cache_uri, load_features
+from labelgen.io import join
+from labelgen.store import LabelStore
+
+default_conf = {
+    "store": "labelstore",
+    "runs": None,  # label runs to learn from; default: every committed run with the latest run's backbone
+    "val_split": "val",  # images of this split are held out
+    "max_labels": 50,  # labels per pair and step
+}
+
+
+@dataclass
+class Pair:
+    category: str
+    src: str
+    tgt: str
+    src_xy: np.ndarray  # (L, 2) original pixels
+    tgt_xy: np.ndarray
+
+
+@dataclass
+class LabelData:
+    runs: list[str]
+    backbone: str
+    fingerprint: str
+    cache_root: str
+    train: list[Pair]
+    val: list[Pair]
+    images: pd.DataFrame  # image_id -> category, split, azimuth, width, height, homography
+
+    @property
+    def groups(self) -> list[int]:
+        return feature_groups(self.backbone)
+
+
+def choose_runs(con, runs) -> list[str]:
+    committed = con.execute(
+        "SELECT run_id, backbone, backbone_fingerprint FROM runs WHERE status = 'committed' ORDER BY finished"
+    ).fetchall()
+    if not committed:
+        raise ValueError("the store has no committed label run to train on; run `python -m labelgen.run` first")
+    if runs:
+        known = {r[0] for r in committed}
+        missing = [r for r in runs if r not in known]
+        if missing:
+            raise ValueError(f"label runs {missing} are not committed in the store; committed: {sorted(known)}")
+        return list(runs)
+    latest = committed[-1][2]
+    return [r[0] for r in committed if r[2] == latest]
+
+
+def load_label_data(conf) -> LabelData:
+    store = LabelStore(conf.store)
+    con = store.connect()
+    try:
+        runs = choose_runs(con, conf.runs)
+        marks = ", ".join("?" * len(runs))
+        info = con.execute(
+            f"SELECT DISTINCT backbone, backbone_fingerprint FROM runs WHERE run_id IN ({marks})", runs
+        ).fetchall()
+        if len(info) != 1:
+            raise ValueError(f"label runs {runs} used different backbones {info}: train on runs of one backbone")
+        backbone, fingerprint = info[0]
+        run_conf = OmegaConf.create(con.execute("SELECT config FROM runs WHERE run_id = ?", [runs[-1]]).fetchone()[0])
+        images = con.execute(
+            f"SELECT image_id, any_value(category) AS category, any_value(split) AS split, any_value(azimuth) AS azimuth, "
+            f"any_value(width) AS width, any_value(height) AS height, any_value(homography) AS homography "
+            f"FROM images WHERE run_id IN ({marks}) GROUP BY image_id",
+            runs,
+        ).df().set_index("image_id")
+        labels = con.execute(
+            f"SELECT DISTINCT category, src_image_id, tgt_image_id, src_x, src_y, tgt_x, tgt_y "
+            f"FROM labels WHERE run_id IN ({marks}) ORDER BY src_image_id, tgt_image_id, src_y, src_x, tgt_y, tgt_x",
+            runs,
+        ).df()
+    finally:
+        con.close()
+    held_out = set(images.index[images["split"] == conf.val_split])
+    train, val = [], []
+    for (category, a, b), g in labels.groupby(["category", "src_image_id", "tgt_image_id"], sort=True):
+        pair = Pair(category, a, b, g[["src_x", "src_y"]].to_numpy(np.float32), g[["tgt_x", "tgt_y"]].to_numpy(np.float32))
+        if a in held_out and b in held_out:
+            val.append(pair)
+        elif a not in held_out and b not in held_out:
+            train.append(pair)
+    cache_root = run_conf.features.cache or join(store.uri, "features")
+    return LabelData(runs, backbone, fingerprint, cache_root, train, val, images)
+
+
+@dataclass
+class FeatureBank:
+    """Cached backbone features by image, loaded once per process, kept as float16."""
+
+    cache_root: str
+    fingerprint: str
+    _cache: dict = field(default_factory=dict)
+
+    def __call__(self, image_id: str) -> ImageFeatures:
+        if image_id not in self._cache:
+            f = load_features(cache_uri(self.cache_root, self.fingerprint, image_id))
+            f.feats = f.feats.to(torch.float16)
+            self._cache[image_id] = f
+        return self._cache[image_id]
+
+    def grid(self, image_id: str) -> torch.Tensor:
+        """(C, h, w) float32."""
+        return self(image_id).feats.permute(2, 0, 1).float()
+
+    def to_grid(self, image_id: str, xy_px: np.ndarray) -> torch.Tensor:
+        """Original pixels -> grid coordinates (cell centres at integers)."""
+        f = self(image_id)
+        return torch.tensor(np.asarray(xy_px, dtype=np.float32)) * f.scale / f.stride - 0.5

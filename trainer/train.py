@@ -1,0 +1,225 @@
+"""`python -m trainer.train [key=value ...]`: fine-tune the adapter on pseudo-labels with Ray Train.
+
+A TorchTrainer runs the loop on `scaling.workers` workers (DDP; a GPU each when
+`scaling.use_gpu`); each worker reads the committed labels and the cached
+features itself, trains on its shard of the training pairs, and rank 0 writes a
+checkpoint every `checkpoint.every` steps (local or S3). A failed worker restarts
+from the last checkpoint (FailureConfig). The driver then evaluates the raw
+backbone and the adapter side by side, registers the model in the store and
+promotes it only if it beats the promoted one (or the raw backbone).
+"""
+
+import io as _io
+import logging
+import os
+import sys
+import tempfile
+import time
+import uuid
+
+import numpy as np
+import ray
+import ray.train
+import torch
+from omegaconf import OmegaConf
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer, prepare_model
+
+from labelgen import ray_utils
+from labelgen.config import ConfigError, parse_overrides
+from labelgen.io import filesystem, join, read_bytes
+from labelgen.store import LabelStore, now
+
+from . import data as data_mod
+from . import evaluate as eval_mod
+from .adapter import Adapter, load_adapter, save_adapter
+from .losses import clip_loss, dense_loss, sample
+
+log = logging.getLogger("trainer")
+
+default_conf = {
+    "data": data_mod.default_conf,
+    "model": {"out_dim": None, "dropout": 0.2},  # out_dim default: the backbone's channels
+    "optim": {
+        "lr": 5e-3,
+        "weight_decay": 1e-3,
+        "steps": 300,
+        "pairs_per_step": 4,  # per worker
+        "dense_weight": 1.0,
+        "temperature": 0.02,  # dense soft-argmax
+        "label_noise": 0.25,  # Gaussian noise on dense targets, grid units
+        "log_every": 25,
+    },
+    "eval": eval_mod.default_conf,
+    "scaling": {"workers": 1, "use_gpu": False, "cpus_per_worker": 1.0},
+    "checkpoint": {"every": 100, "storage": None, "keep": 2},  # storage default: <store>/checkpoints
+    "max_failures": 2,
+    "model_id": None,  # default: a new id
+    "seed": 0,
+    "ray": ray_utils.default_conf,
+}
+
+
+def pair_batch_loss(model, logit_scale, bank, pairs, conf, rng) -> torch.Tensor:
+    """Mean loss over a batch of pairs: both images of every pair go through one forward."""
+    device = next(model.parameters()).device
+    grids = torch.stack([bank.grid(i) for p in pairs for i in (p.src, p.tgt)]).to(device)
+    out = model(grids)
+    total = 0.0
+    for k, p in enumerate(pairs):
+        pick = rng.choice(len(p.src_xy), size=min(len(p.src_xy), conf.data.max_labels), replace=False)
+        sxy = bank.to_grid(p.src, p.src_xy[pick]).to(device)
+        txy = bank.to_grid(p.tgt, p.tgt_xy[pick]).to(device)
+        fs, ft = sample(out[2 * k], sxy), sample(out[2 * k + 1], txy)
+        total = total + clip_loss(fs, ft, logit_scale) + conf.optim.dense_weight * dense_loss(
+            fs, out[2 * k + 1], txy, conf.optim.temperature, conf.optim.label_noise
+        )
+    return total / len(pairs)
+
+
+def train_loop(config: dict):
+    """One Ray Train worker: its shard of the training pairs, DDP, checkpoints from rank 0."""
+    conf = OmegaConf.create(config)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(conf.seed)
+    data = data_mod.load_label_data(conf.data)
+    bank = data_mod.FeatureBank(data.cache_root, data.fingerprint)
+    adapter = Adapter(data.groups, conf.model.out_dim, conf.model.dropout)
+    model = prepare_model(adapter)
+    opt = torch.optim.AdamW(adapter.parameters(), lr=conf.optim.lr, weight_decay=conf.optim.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=conf.optim.lr, total_steps=conf.optim.steps)
+    start = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=True)
+        adapter.load_state_dict(state["adapter"])
+        opt.load_state_dict(state["optim"])
+        sched.load_state_dict(state["sched"])
+        start = state["step"]
+    shard = data.train[rank::world]
+    if not shard:
+        raise ValueError(f"worker {rank} of {world} has no training pair: fewer pairs ({len(data.train)}) than workers")
+    rng = np.random.default_rng([conf.seed, rank, start])
+    recent = []
+    for step in range(start, conf.optim.steps):
+        model.train()
+        batch = [shard[i] for i in rng.choice(len(shard), size=min(len(shard), conf.optim.pairs_per_step), replace=False)]
+        loss = pair_batch_loss(model, adapter.logit_scale, bank, batch, conf, rng)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        recent.append(loss.item())
+        done = step + 1
+        save = done % conf.checkpoint.every == 0 or done == conf.optim.steps
+        if save or done % conf.optim.log_every == 0:
+            metrics = {"step": done, "loss": float(np.mean(recent)), "lr": sched.get_last_lr()[0]}
+            recent = []
+            with tempfile.TemporaryDirectory() as d:
+                ckpt = None
+                if save and rank == 0:
+                    state = {"adapter": adapter.state_dict(), "optim": opt.state_dict(), "sched": sched.state_dict(), "step": done}
+                    torch.save(state, os.path.join(d, "state.pt"))
+                    save_adapter(adapter, os.path.join(d, "adapter.pt"), {"step": done})
+                    ckpt = Checkpoint.from_directory(d)
+                ray.train.report(metrics, checkpoint=ckpt)
+
+
+def compare(data, adapter, baseline, conf) -> dict:
+    """Raw backbone, baseline (the promoted adapter, if any) and the new adapter, on the same data."""
+    bank = data_mod.FeatureBank(data.cache_root, data.fingerprint)
+    out = {}
+    for name, model in (("raw", None), ("promoted", baseline), ("adapter", adapter)):
+        if name == "promoted" and baseline is None:
+            continue
+        matcher = eval_mod.Matcher(bank, model, conf.eval)
+        out.update({f"{name}_val_{k}": v for k, v in eval_mod.pseudo_pck(matcher, data.val, conf.eval.alphas).items()})
+        if data.images["homography"].notna().any():
+            out.update({f"{name}_truth_{k}": v for k, v in eval_mod.truth_pck(matcher, data, conf.eval).items()})
+    return out
+
+
+def decide(metrics: dict, promoted: dict | None) -> tuple[str, str]:
+    """Promote only on a strictly better held-out pseudo-label PCK@0.10 than the promoted
+    adapter (or the raw backbone when none is promoted), measured now on the same pairs."""
+    key = "adapter_val_pck@0.10"
+    base_key = "promoted_val_pck@0.10" if promoted else "raw_val_pck@0.10"
+    new, old = metrics[key], metrics[base_key]
+    if np.isnan(new):
+        return "rejected", "no held-out pairs to validate on"
+    against = f"promoted model {promoted['model_id']}" if promoted else "the raw backbone"
+    if new > old:
+        return "promoted", f"{key} {new:.4f} > {old:.4f} of {against}"
+    return "rejected", f"{key} {new:.4f} <= {old:.4f} of {against}"
+
+
+def train(conf, parent: dict | None = None) -> dict:
+    """Train, evaluate, register; returns the model record."""
+    store = LabelStore(conf.data.store)
+    data = data_mod.load_label_data(conf.data)  # fail here, before Ray, on bad input
+    if not data.train:
+        raise ValueError(f"no training pair in runs {data.runs}: every labelled pair touches a held-out image")
+    conf.data.runs = data.runs
+    model_id = conf.model_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    log.info("model %s: %d training and %d held-out pairs from runs %s", model_id, len(data.train), len(data.val), data.runs)
+    promoted = parent if parent is not None else store.promoted_model()
+    record = store.save_model({"model_id": model_id, "parent": promoted and promoted["model_id"], "label_runs": data.runs,
+                               "backbone_fingerprint": data.fingerprint, "config": OmegaConf.to_yaml(conf), "created": now()})
+    where = ray_utils.init_ray(conf.ray)
+    fs, path = filesystem(conf.checkpoint.storage or join(store.uri, "checkpoints"))
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=OmegaConf.to_container(conf),
+        scaling_config=ScalingConfig(num_workers=conf.scaling.workers, use_gpu=conf.scaling.use_gpu,
+                                     resources_per_worker={"CPU": conf.scaling.cpus_per_worker}),
+        run_config=RunConfig(name=model_id, storage_path=path, storage_filesystem=fs,
+                             failure_config=FailureConfig(max_failures=conf.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=conf.checkpoint.keep)),
+    )
+    t0 = time.perf_counter()
+    result = trainer.fit()
+    if result.error:
+        raise RuntimeError(f"training failed: {result.error}")
+    with result.checkpoint.as_directory() as d:
+        weights = open(os.path.join(d, "adapter.pt"), "rb").read()
+    adapter = load_adapter(_io.BytesIO(weights))
+    baseline = load_adapter(_io.BytesIO(read_bytes(promoted["checkpoint"]))) if promoted else None
+    metrics = {"train_s": round(time.perf_counter() - t0, 1), "steps": conf.optim.steps, "final_loss": result.metrics["loss"],
+               "train_pairs": len(data.train), "val_pairs": len(data.val), **compare(data, adapter, baseline, conf)}
+    decision, reason = decide(metrics, promoted)
+    record = store.save_model({**record, "metrics": metrics, "decision": decision, "decided": now(), "reason": reason,
+                               "ray": where, "ray_checkpoint": result.checkpoint.path}, weights)
+    return record
+
+
+def summary(record: dict) -> str:
+    m = record["metrics"]
+    lines = [f"model {record['model_id']}: {record['decision']} ({record['reason']})",
+             f"  trained   {m['steps']} steps in {m['train_s']} s on {m['train_pairs']} pairs, final loss {m['final_loss']:.3f}"]
+    for kind in ("val", "truth_near", "truth_far"):
+        for a in ("0.05", "0.10"):
+            key = f"{kind}_pck@{a}"
+            if f"adapter_{key}" in m:
+                row = "  ".join(f"{who} {m[f'{who}_{key}']:.3f}" for who in ("raw", "promoted", "adapter") if f"{who}_{key}" in m)
+                lines.append(f"  {key:18s} {row}")
+    lines.append(f"  weights   {record['checkpoint']}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        conf = parse_overrides(default_conf, argv)
+        record = train(conf)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(summary(record), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
