@@ -1,0 +1,66 @@
+"""`python -m trainer.schedule every_s=3600 [address=http://head:8265] [max_runs=N] -- RETRAIN ARGS`
+
+Runs `python -m trainer.retrain RETRAIN ARGS` every `every_s` seconds: as a Ray job on
+the cluster whose dashboard is at `address` (the job API), else as a local process.
+For cron, call `python -m trainer.retrain` directly instead.
+"""
+
+import logging
+import shlex
+import subprocess
+import sys
+import time
+
+from labelgen.config import ConfigError, parse_overrides
+
+log = logging.getLogger("trainer.schedule")
+
+default_conf = {
+    "every_s": 3600.0,
+    "address": None,  # a Ray dashboard address: submit through the job API
+    "max_runs": None,  # stop after this many runs (default: run forever)
+    "job_timeout_s": 24 * 3600.0,
+}
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+def run_once(conf, args: list[str]) -> bool:
+    """One retrain: True if it succeeded."""
+    entrypoint = shlex.join(["python", "-m", "trainer.retrain", *args])
+    if not conf.address:
+        return subprocess.run([sys.executable, "-m", "trainer.retrain", *args]).returncode == 0
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(conf.address)
+    job = client.submit_job(entrypoint=entrypoint)
+    log.info("submitted %s as job %s", entrypoint, job)
+    deadline = time.time() + conf.job_timeout_s
+    while (status := str(client.get_job_status(job)).rsplit(".", 1)[-1]) not in TERMINAL and time.time() < deadline:
+        time.sleep(5)
+    log.info("job %s %s:\n%s", job, status, client.get_job_logs(job)[-2000:])
+    return status == "SUCCEEDED"
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    ours, args = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    try:
+        conf = parse_overrides(default_conf, ours)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    runs = ok = 0
+    while conf.max_runs is None or runs < conf.max_runs:
+        started = time.time()
+        ok += run_once(conf, args)
+        runs += 1
+        log.info("retrain %d done (%d succeeded)", runs, ok)
+        if conf.max_runs is not None and runs >= conf.max_runs:
+            break
+        time.sleep(max(0.0, conf.every_s - (time.time() - started)))
+    return 0 if ok == runs else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
