@@ -33,7 +33,9 @@ default_conf = {
     "threads": None,  # torch threads per CPU actor; default: the node's cores / actors
     "device": "auto",  # auto (GPU when the cluster has one) | cpu | cuda
     "cache": None,  # feature cache URI; default: <store>/features
+    "flips": True,  # also cache features of the mirrored image (flip augmentation, pose alignment)
 }
+FLIPPED = "#flipped"  # cache id suffix of an image's mirrored twin: x -> width - x
 
 
 @dataclass
@@ -126,16 +128,20 @@ def load_features(uri: str) -> ImageFeatures:
     )
 
 
-def cached_ids(cache_root: str, fingerprint: str, image_ids) -> set[str]:
-    """Which images already have features, from one listing of the cache."""
+def cached_ids(cache_root: str, fingerprint: str, image_ids, flips: bool = False) -> set[str]:
+    """Which images already have features (and their mirrored twin's), from one listing of the cache."""
     present = {os.path.basename(p) for p in list_files(join(cache_root, fingerprint)) if p.endswith(".safetensors")}
-    return {i for i in image_ids if f"{hashlib.sha1(i.encode()).hexdigest()}.safetensors" in present}
+
+    def have(i):
+        return f"{hashlib.sha1(i.encode()).hexdigest()}.safetensors" in present
+
+    return {i for i in image_ids if have(i) and (not flips or have(i + FLIPPED))}
 
 
 class FeatureWorker:
     """A Ray Data actor: loads the backbone once, then turns batches of rows into cache files."""
 
-    def __init__(self, backbone_conf, image_size: int, cache_root: str, fingerprint: str, threads=None):
+    def __init__(self, backbone_conf, image_size: int, cache_root: str, fingerprint: str, threads=None, flips=False):
         from .backbones import build_backbone
 
         if threads:
@@ -145,25 +151,33 @@ class FeatureWorker:
         self.backbone.to(self.device)
         if self.device.type == "cuda":
             self.backbone.to(memory_format=torch.channels_last)
-        self.size, self.cache_root, self.fingerprint = image_size, cache_root, fingerprint
+        self.size, self.cache_root, self.fingerprint, self.flips = image_size, cache_root, fingerprint, flips
         log.info("feature actor on %s, CUDA_VISIBLE_DEVICES=%s", self.device, os.environ.get("CUDA_VISIBLE_DEVICES"))
 
-    def _prepare(self, uri, mask_uri):
+    def _prepare(self, image_id, uri, mask_uri) -> list[tuple]:
+        """(cache id, input, foreground, scale, size) of the image, and of its mirror if asked."""
         image = load_image(uri)
         mask = load_image(mask_uri, "L") if mask_uri else None
         b = self.backbone
-        x, fg, scale = preprocess(image, mask, self.size, b.stride, b.mean, b.std)
-        return x, fg, scale, image.size
+        views = [(image_id, image, mask)]
+        if self.flips:
+            flip = Image.Transpose.FLIP_LEFT_RIGHT
+            views.append((image_id + FLIPPED, image.transpose(flip), mask and mask.transpose(flip)))
+        return [(i, *preprocess(im, m, self.size, b.stride, b.mean, b.std), im.size) for i, im, m in views]
 
     @torch.inference_mode()
     def __call__(self, batch: dict) -> dict:
-        t0, ok, errors = time.perf_counter(), [], []
+        t0, ok, errors, n_fg = time.perf_counter(), [], [], []
         for image_id, uri, mask_uri in zip(batch["image_id"], batch["uri"], batch["mask_uri"]):
             try:
-                ok.append((image_id, *self._prepare(uri, mask_uri)))
-                errors.append("")
+                views = self._prepare(image_id, uri, mask_uri)
             except Exception as e:  # a bad file must not stop the run: it is reported
                 errors.append(f"{type(e).__name__}: {e}")
+                n_fg.append(0)
+                continue
+            ok.extend(views)
+            errors.append("")
+            n_fg.append(int(views[0][2].sum()))
         if ok:
             x = torch.stack([o[1] for o in ok]).to(self.device)
             if self.device.type == "cuda":
@@ -172,8 +186,6 @@ class FeatureWorker:
                 feats = self.backbone(x).float().cpu()
             for (image_id, _, fg, scale, size), f in zip(ok, feats):
                 save_features(cache_uri(self.cache_root, self.fingerprint, image_id), f, fg, scale, self.backbone.stride, size)
-        fg_count = iter([int(o[2].sum()) for o in ok])
-        n_fg = [0 if e else next(fg_count) for e in errors]
         return {
             "image_id": np.asarray(batch["image_id"]),
             "n_fg": np.asarray(n_fg, dtype=np.int64),

@@ -47,7 +47,7 @@ def new_run_id() -> str:
 
 def extract_features(df: pd.DataFrame, conf, backbone_conf, image_size, cache_root, fingerprint):
     """Features for the images not cached yet, on a Ray Data actor pool; returns per-image results."""
-    todo = df[~df["image_id"].isin(cached_ids(cache_root, fingerprint, df["image_id"]))]
+    todo = df[~df["image_id"].isin(cached_ids(cache_root, fingerprint, df["image_id"], conf.flips))]
     if todo.empty:
         return pd.DataFrame(columns=["image_id", "n_fg", "error", "seconds"]), 0.0
     plan = plan_actors(conf, ray.cluster_resources())
@@ -65,6 +65,7 @@ def extract_features(df: pd.DataFrame, conf, backbone_conf, image_size, cache_ro
                 "cache_root": cache_root,
                 "fingerprint": fingerprint,
                 "threads": None if plan["num_gpus"] else plan["threads"],
+                "flips": conf.flips,
             },
             batch_size=conf.batch_size,
             compute=ray.data.ActorPoolStrategy(size=plan["actors"]),

@@ -23,7 +23,7 @@ def test_a_whole_run_to_s3_and_reports_over_it(tiny_demo, s3_server):
     assert out.returncode == 0, out.stderr[-3000:]
     keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="labels", Prefix="whole/")["Contents"]]
     assert "whole/commits/s3run.json" in keys
-    assert sum(k.startswith("whole/features/") for k in keys) == 8  # the feature cache lives in the store too
+    assert sum(k.startswith("whole/features/") for k in keys) == 16  # the cache lives in the store: 8 images, 8 mirrors
     report = run(["queries", "precision", "--store", store, "--format", "json"])
     assert report.returncode == 0, report.stderr[-3000:]
     rows = json.loads(report.stdout)

@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 from labelgen.backbones import feature_groups
-from labelgen.features import ImageFeatures, cache_uri, load_features
+from labelgen.features import FLIPPED, ImageFeatures, cache_uri, load_features
 from labelgen.io import join
 from labelgen.store import LabelStore
 
@@ -43,7 +43,7 @@ class LabelData:
     train: list[Pair]
     val: list[Pair]
     images: pd.DataFrame  # image_id -> category, split, azimuth, width, height, homography
-
+    flips: bool  # the runs cached mirrored features too
     @property
     def groups(self) -> list[int]:
         return feature_groups(self.backbone)
@@ -100,7 +100,8 @@ def load_label_data(conf) -> LabelData:
         elif a not in held_out and b not in held_out:
             train.append(pair)
     cache_root = run_conf.features.cache or join(store.uri, "features")
-    return LabelData(runs, backbone, fingerprint, cache_root, train, val, images)
+    flips = bool(OmegaConf.select(run_conf, "features.flips", default=False))
+    return LabelData(runs, backbone, fingerprint, cache_root, train, val, images, flips)
 
 
 @dataclass
@@ -121,6 +122,14 @@ class FeatureBank:
     def grid(self, image_id: str) -> torch.Tensor:
         """(C, h, w) float32."""
         return self(image_id).feats.permute(2, 0, 1).float()
+
+    def view(self, image_id: str, xy_px: np.ndarray, flip: bool) -> tuple[str, np.ndarray]:
+        """The cache id and pixel coordinates of the image, or of its mirrored twin."""
+        if not flip:
+            return image_id, xy_px
+        mirrored = np.array(xy_px, dtype=np.float32)
+        mirrored[:, 0] = self(image_id).width - mirrored[:, 0]
+        return image_id + FLIPPED, mirrored
 
     def to_grid(self, image_id: str, xy_px: np.ndarray) -> torch.Tensor:
         """Original pixels -> grid coordinates (cell centres at integers)."""

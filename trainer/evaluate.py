@@ -8,13 +8,23 @@
 PCK@a: within a * (longer side of the target image) of the reference position.
 """
 
+import io as _io
+import sys
+
 import numpy as np
+import pandas as pd
 import torch
+from omegaconf import OmegaConf
 
+from labelgen.config import ConfigError, parse_overrides
+from labelgen.features import FLIPPED
 from labelgen.geometry import transfer
+from labelgen.io import read_bytes
+from labelgen.readers.spair import read_pairs
+from labelgen.store import LabelStore
 
-from .adapter import Adapter
-from .data import FeatureBank, LabelData, Pair
+from .adapter import Adapter, load_adapter
+from .data import FeatureBank, LabelData, Pair, load_label_data
 from .losses import sample, window_soft_argmax
 
 default_conf = {
@@ -22,6 +32,7 @@ default_conf = {
     "temperature": 0.02,
     "alphas": [0.05, 0.10],
     "far_deg": 60.0,  # azimuth gap from which a pair counts as far
+    "flip_align": False,  # GeoAware test-time pose alignment: match the mirrored source when closer
 }
 
 
@@ -39,8 +50,19 @@ class Matcher:
         return self._feats[image_id]
 
     @torch.inference_mode()
+    def instance_distance(self, src: str, tgt: str) -> float:
+        """Mean over the source's foreground of the distance (1 - cosine) to its nearest
+        target foreground feature: low when the two are seen in a similar pose."""
+        fs = self.feats(src).flatten(1)[:, self.bank(src).fg.flatten()]
+        ft = self.feats(tgt).flatten(1)[:, self.bank(tgt).fg.flatten()]
+        return float((1 - (fs.T @ ft).amax(dim=1)).mean())
+
+    @torch.inference_mode()
     def predict(self, src: str, tgt: str, src_xy_px: np.ndarray) -> np.ndarray:
-        """Target pixels for source pixels."""
+        """Target pixels for source pixels; with flip_align, through the mirrored source
+        when that one is closer to the target."""
+        if self.conf.flip_align and self.instance_distance(src + FLIPPED, tgt) < self.instance_distance(src, tgt):
+            src, src_xy_px = self.bank.view(src, src_xy_px, flip=True)
         q = sample(self.feats(src), self.bank.to_grid(src, src_xy_px))
         grid_xy = window_soft_argmax(q, self.feats(tgt), self.conf.window, self.conf.temperature)
         f = self.bank(tgt)
@@ -97,3 +119,74 @@ def truth_pck(matcher: Matcher, data: LabelData, conf) -> dict[str, float]:
         out.update({f"{kind}_{k}": v for k, v in pck(err, conf.alphas).items()})
         out[f"{kind}_points"] = int(len(err))
     return out
+
+
+def keypoint_pck(matcher: Matcher, pairs, alphas) -> pd.DataFrame:
+    """SPair-style PCK on keypoint pairs: threshold a * max side of the target bounding box;
+    per keypoint (all keypoints pooled) and per image (mean over pairs), per category and ALL."""
+    rows = []
+    for p in pairs:
+        visible = np.isfinite(p.src_kps).all(1) & np.isfinite(p.tgt_kps).all(1) & (p.src_kps >= 0).all(1) & (p.tgt_kps >= 0).all(1)
+        if not visible.any():
+            continue
+        pred = matcher.predict(p.src, p.tgt, p.src_kps[visible].astype(np.float32))
+        side = max(p.tgt_bbox[2] - p.tgt_bbox[0], p.tgt_bbox[3] - p.tgt_bbox[1])
+        rel = np.linalg.norm(pred - p.tgt_kps[visible], axis=1) / side
+        rows.append({"category": p.category, "n": len(rel), **{a: (rel <= a).sum() for a in alphas}})
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    out = []
+    for category, g in [*frame.groupby("category"), ("ALL", frame)]:
+        rec = {"category": category, "pairs": len(g), "keypoints": int(g["n"].sum())}
+        for a in alphas:
+            rec[f"pck@{a:.2f} per kpt"] = g[a].sum() / g["n"].sum()
+            rec[f"pck@{a:.2f} per img"] = (g[a] / g["n"]).mean()
+        out.append(rec)
+    return pd.DataFrame(out)
+
+
+main_conf = {
+    "store": "labelstore",
+    "model": "promoted",  # promoted | a model id; the raw backbone is always evaluated beside it
+    "spair": None,  # an SPair-71k folder: evaluate on its pairs (features must be in the store's cache)
+    "split": "test",
+    "eval": default_conf,
+    "val_split": "val",
+}
+
+
+def main(argv=None) -> int:
+    """`python -m trainer.evaluate [model=ID] [spair=/data/SPair-71k]`: raw backbone vs adapter."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        conf = parse_overrides(main_conf, argv)
+        store = LabelStore(conf.store)
+        record = store.promoted_model() if conf.model == "promoted" else next(
+            (m for m in store.models() if m["model_id"] == conf.model), None)
+        if record is None:
+            raise ValueError(f"model={conf.model}: no such model in {store}; see `python -m queries sql 'SELECT * FROM models'`")
+        adapter = load_adapter(_io.BytesIO(read_bytes(record["checkpoint"])))
+        data = load_label_data(OmegaConf.create({"store": conf.store, "runs": record["label_runs"],
+                                                 "val_split": conf.val_split, "max_labels": 0}))
+        bank = FeatureBank(data.cache_root, data.fingerprint)
+        results = []
+        for name, model in (("raw", None), (record["model_id"], adapter)):
+            matcher = Matcher(bank, model, conf.eval)
+            if conf.spair:
+                table = keypoint_pck(matcher, read_pairs(conf.spair, conf.split), conf.eval.alphas)
+            else:
+                metrics = {**{f"val_{k}": v for k, v in pseudo_pck(matcher, data.val, conf.eval.alphas).items()},
+                           **{f"truth_{k}": v for k, v in truth_pck(matcher, data, conf.eval).items()}}
+                table = pd.DataFrame([metrics])
+            results.append(table.assign(model=name))
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    with pd.option_context("display.width", 200, "display.max_columns", 50):
+        print(pd.concat(results, ignore_index=True).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

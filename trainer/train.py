@@ -48,6 +48,7 @@ default_conf = {
         "dense_weight": 1.0,
         "temperature": 0.02,  # dense soft-argmax
         "label_noise": 0.25,  # Gaussian noise on dense targets, grid units
+        "flip_prob": 0.5,  # mirror both images of a pair (needs features.flips=true in the label runs)
         "log_every": 25,
     },
     "eval": eval_mod.default_conf,
@@ -61,15 +62,20 @@ default_conf = {
 
 
 def pair_batch_loss(model, logit_scale, bank, pairs, conf, rng) -> torch.Tensor:
-    """Mean loss over a batch of pairs: both images of every pair go through one forward."""
+    """Mean loss over a batch of pairs: both images of every pair go through one forward.
+    A pair is mirrored (both images, and the labels' x) with probability `flip_prob`."""
     device = next(model.parameters()).device
-    grids = torch.stack([bank.grid(i) for p in pairs for i in (p.src, p.tgt)]).to(device)
+    views = []
+    for p in pairs:
+        pick = rng.choice(len(p.src_xy), size=min(len(p.src_xy), conf.data.max_labels), replace=False)
+        flip = rng.random() < conf.optim.flip_prob
+        views.append((*bank.view(p.src, p.src_xy[pick], flip), *bank.view(p.tgt, p.tgt_xy[pick], flip)))
+    grids = torch.stack([bank.grid(i) for src, _, tgt, _ in views for i in (src, tgt)]).to(device)
     out = model(grids)
     total = 0.0
-    for k, p in enumerate(pairs):
-        pick = rng.choice(len(p.src_xy), size=min(len(p.src_xy), conf.data.max_labels), replace=False)
-        sxy = bank.to_grid(p.src, p.src_xy[pick]).to(device)
-        txy = bank.to_grid(p.tgt, p.tgt_xy[pick]).to(device)
+    for k, (src, src_xy, tgt, tgt_xy) in enumerate(views):
+        sxy = bank.to_grid(src, src_xy).to(device)
+        txy = bank.to_grid(tgt, tgt_xy).to(device)
         fs, ft = sample(out[2 * k], sxy), sample(out[2 * k + 1], txy)
         total = total + clip_loss(fs, ft, logit_scale) + conf.optim.dense_weight * dense_loss(
             fs, out[2 * k + 1], txy, conf.optim.temperature, conf.optim.label_noise
@@ -161,6 +167,9 @@ def train(conf, parent: dict | None = None) -> dict:
     data = data_mod.load_label_data(conf.data)  # fail here, before Ray, on bad input
     if not data.train:
         raise ValueError(f"no training pair in runs {data.runs}: every labelled pair touches a held-out image")
+    if conf.optim.flip_prob > 0 and not data.flips:
+        raise ValueError(f"label runs {data.runs} cached no mirrored features: re-run them with features.flips=true "
+                         "(the cache is reused) or set optim.flip_prob=0")
     conf.data.runs = data.runs
     model_id = conf.model_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     log.info("model %s: %d training and %d held-out pairs from runs %s", model_id, len(data.train), len(data.val), data.runs)

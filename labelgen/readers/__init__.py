@@ -1,0 +1,1 @@
+"""Readers that turn data sets on disk into manifests and evaluation pairs."""

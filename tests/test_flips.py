@@ -1,0 +1,39 @@
+"""Mirrored features: cached by the feature worker, used by pose alignment."""
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from labelgen.backbones import default_conf as backbones_conf
+from labelgen.features import FLIPPED, FeatureWorker, cache_uri, load_features
+from trainer.data import FeatureBank
+from trainer.evaluate import Matcher, default_conf
+
+
+def test_worker_caches_the_mirrored_twin_and_pose_alignment_uses_it(tiny_demo, tmp_path):
+    manifest = pd.read_parquet(tiny_demo)
+    row = manifest[manifest.image_id.str.startswith("chelsea")].iloc[0]
+    root = tiny_demo.rsplit("/", 1)[0]
+    src = f"{root}/{row.uri}"
+    mirror = tmp_path / "mirror.png"
+    Image.open(src).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirror)
+    backbone_conf = OmegaConf.merge(OmegaConf.create(backbones_conf), {"name": "mobilenetv2"})
+    worker = FeatureWorker(backbone_conf, 320, str(tmp_path / "cache"), "fp", threads=2, flips=True)
+    out = worker({"image_id": np.array(["a", "b"]), "uri": np.array([src, str(mirror)]), "mask_uri": np.array([None, None])})
+    assert out["error"].tolist() == ["", ""]
+    a, a_flip = (load_features(cache_uri(str(tmp_path / "cache"), "fp", i)) for i in ("a", "a" + FLIPPED))
+    assert torch.equal(a_flip.fg, a.fg.flip(1))  # 320 x 320: the mirror is cell for cell
+    b = load_features(cache_uri(str(tmp_path / "cache"), "fp", "b"))
+    assert torch.allclose(a_flip.feats, b.feats, atol=1e-2)  # the mirrored twin is the mirrored image's features
+
+    bank = FeatureBank(str(tmp_path / "cache"), "fp")
+    conf = OmegaConf.create({**default_conf, "flip_align": True})
+    matcher = Matcher(bank, None, conf)
+    assert matcher.instance_distance("a" + FLIPPED, "b") < 1e-3 < matcher.instance_distance("a", "b")
+    pts = np.array([[100.0, 120.0], [200.0, 150.0], [160.0, 100.0]], dtype=np.float32)
+    truth = np.stack([320 - pts[:, 0], pts[:, 1]], axis=1)  # where a's points are in the mirror b
+    aligned = matcher.predict("a", "b", pts)
+    assert np.abs(aligned - truth).max() < 8  # within a patch
+    assert bank.view("a", pts, flip=True)[1][:, 0].tolist() == (320 - pts[:, 0]).tolist()
