@@ -1,6 +1,8 @@
 """One config system: omegaconf defaults per stage, `key=value` overrides on the command line."""
 
 import hashlib
+import logging
+import sys
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
@@ -34,3 +36,15 @@ def parse_overrides(defaults: dict, argv: list[str], presets: dict | None = None
 
 def config_hash(conf: DictConfig) -> str:
     return hashlib.sha256(OmegaConf.to_yaml(conf, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def run_command(defaults: dict, body, argv=None) -> int:
+    """A command line: parse `key=value` overrides of `defaults`, run `body(conf)` for its
+    exit code; a user's mistake (bad key, bad input, missing file) prints one line, exit 2."""
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        return body(parse_overrides(defaults, argv))
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -17,7 +17,7 @@ import torch
 from omegaconf import OmegaConf
 
 from .chain import cycle_hop, pair_nn
-from .config import ConfigError, parse_overrides
+from .config import run_command
 from .features import cache_uri, load_features
 from .geometry import transfer
 from .io import join
@@ -131,14 +131,8 @@ def evaluate(conf) -> pd.DataFrame:
     return result
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        conf = parse_overrides(default_conf, argv)
-        result = evaluate(conf)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def report(conf) -> int:
+    result = evaluate(conf)
     pd.set_option("display.width", 200)
     print(f"label precision of run {result.attrs['run_id']} (yield = labels / source foreground patches)")
     print(result.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
@@ -146,6 +140,10 @@ def main(argv=None) -> int:
         with open(conf.output, "w") as f:
             json.dump({"run_id": result.attrs["run_id"], "rows": result.to_dict(orient="records")}, f, indent=1)
     return 0
+
+
+def main(argv=None) -> int:
+    return run_command(default_conf, report, argv)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,8 @@
 """Connecting to Ray: a cluster when an address is given, else a private local instance."""
 
-import logging
 import os
 
 import ray
-
-log = logging.getLogger(__name__)
 
 default_conf = {
     "address": None,  # default: RAY_ADDRESS (set under `ray job submit`), else a local instance

@@ -71,7 +71,7 @@ def test_a_killed_run_shows_nothing_and_its_resume_equals_an_undisturbed_run(tmp
 
     resumed = run([*args, "run_id=victim"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"categories already done" in resumed.stderr + resumed.stdout
+    assert "categories already done" in resumed.stderr + resumed.stdout
     con = LabelStore(store).connect()
     n_ref, n_victim = (con.execute(f"SELECT count(*) FROM labels WHERE run_id = '{r}'").fetchone()[0] for r in ("reference", "victim"))
     assert n_ref == n_victim > 1000
@@ -90,3 +90,15 @@ def test_a_killed_run_shows_nothing_and_its_resume_equals_an_undisturbed_run(tmp
     assert again.returncode == 0 and "already committed" in again.stdout
     changed = run([*args, "run_id=victim", "labels.radius=1"])
     assert changed.returncode == 2 and "was started with another config" in changed.stderr
+
+
+def test_training_checkpoints_to_s3(tiny_demo, s3_server):
+    store = f"{s3_server}/train"
+    out = run(["labelgen.run", *tiny_demo_args(tiny_demo), f"store={store}", "run_id=lab"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    out = run(["trainer.train", f"data.store={store}", "model_id=s3model", "data.val_split=none", "optim.steps=2",
+               "optim.log_every=1", "checkpoint.every=2"])
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    keys = staged_keys("train/")
+    assert any(k.startswith("train/checkpoints/s3model/checkpoint_") and k.endswith("/adapter.pt") for k in keys)
+    assert "train/models/s3model/adapter.pt" in keys and "train/models/s3model.json" in keys

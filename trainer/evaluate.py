@@ -9,14 +9,13 @@ PCK@a: within a * (longer side of the target image) of the reference position.
 """
 
 import io as _io
-import sys
 
 import numpy as np
 import pandas as pd
 import torch
 from omegaconf import OmegaConf
 
-from labelgen.config import ConfigError, parse_overrides
+from labelgen.config import run_command
 from labelgen.features import FLIPPED
 from labelgen.geometry import transfer
 from labelgen.io import read_bytes
@@ -156,36 +155,35 @@ main_conf = {
 }
 
 
-def main(argv=None) -> int:
-    """`python -m trainer.evaluate [model=ID] [spair=/data/SPair-71k]`: raw backbone vs adapter."""
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        conf = parse_overrides(main_conf, argv)
-        store = LabelStore(conf.store)
-        record = store.promoted_model() if conf.model == "promoted" else next(
-            (m for m in store.models() if m["model_id"] == conf.model), None)
-        if record is None:
-            raise ValueError(f"model={conf.model}: no such model in {store}; see `python -m queries sql 'SELECT * FROM models'`")
-        adapter = load_adapter(_io.BytesIO(read_bytes(record["checkpoint"])))
-        data = load_label_data(OmegaConf.create({"store": conf.store, "runs": record["label_runs"],
-                                                 "val_split": conf.val_split, "max_labels": 0}))
-        bank = FeatureBank(data.cache_root, data.fingerprint)
-        results = []
-        for name, model in (("raw", None), (record["model_id"], adapter)):
-            matcher = Matcher(bank, model, conf.eval)
-            if conf.spair:
-                table = keypoint_pck(matcher, read_pairs(conf.spair, conf.split), conf.eval.alphas)
-            else:
-                metrics = {**{f"val_{k}": v for k, v in pseudo_pck(matcher, data.val, conf.eval.alphas).items()},
-                           **{f"truth_{k}": v for k, v in truth_pck(matcher, data, conf.eval).items()}}
-                table = pd.DataFrame([metrics])
-            results.append(table.assign(model=name))
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def compare_models(conf) -> int:
+    """Raw backbone vs an adapter, on SPair pairs or on the store's held-out data."""
+    store = LabelStore(conf.store)
+    record = store.promoted_model() if conf.model == "promoted" else next(
+        (m for m in store.models() if m["model_id"] == conf.model), None)
+    if record is None:
+        raise ValueError(f"model={conf.model}: no such model in {store}; see `python -m queries sql 'SELECT * FROM models'`")
+    adapter = load_adapter(_io.BytesIO(read_bytes(record["checkpoint"])))
+    data = load_label_data(OmegaConf.create({"store": conf.store, "runs": record["label_runs"],
+                                             "val_split": conf.val_split, "max_labels": 0}))
+    bank = FeatureBank(data.cache_root, data.fingerprint)
+    results = []
+    for name, model in (("raw", None), (record["model_id"], adapter)):
+        matcher = Matcher(bank, model, conf.eval)
+        if conf.spair:
+            table = keypoint_pck(matcher, read_pairs(conf.spair, conf.split), conf.eval.alphas)
+        else:
+            metrics = {**{f"val_{k}": v for k, v in pseudo_pck(matcher, data.val, conf.eval.alphas).items()},
+                       **{f"truth_{k}": v for k, v in truth_pck(matcher, data, conf.eval).items()}}
+            table = pd.DataFrame([metrics])
+        results.append(table.assign(model=name))
     with pd.option_context("display.width", 200, "display.max_columns", 50):
         print(pd.concat(results, ignore_index=True).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 0
+
+
+def main(argv=None) -> int:
+    """`python -m trainer.evaluate [model=ID] [spair=/data/SPair-71k]`: raw backbone vs adapter."""
+    return run_command(main_conf, compare_models, argv)
 
 
 if __name__ == "__main__":

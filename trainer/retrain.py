@@ -7,18 +7,13 @@ latest decided model (promoted or rejected) did not train on: a rejected model's
 does not trigger the same training again.
 """
 
-import logging
 import sys
 
-from omegaconf import OmegaConf
-
-from labelgen.config import ConfigError, parse_overrides
+from labelgen.config import run_command
 from labelgen.store import LabelStore
 
 from . import train as train_mod
 from .data import choose_runs
-
-log = logging.getLogger("trainer")
 
 default_conf = {"min_new_labels": 100_000, "train": train_mod.default_conf}
 
@@ -48,19 +43,16 @@ def retrain(conf) -> tuple[str, dict | None]:
     return f"trained on {n:,} new labels {since}", record
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    try:
-        conf = parse_overrides(default_conf, argv)
-        message, record = retrain(conf)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def report(conf) -> int:
+    message, record = retrain(conf)
     print(message, flush=True)
     if record:
         print(train_mod.summary(record), flush=True)
     return 0
+
+
+def main(argv=None) -> int:
+    return run_command(default_conf, report, argv)
 
 
 if __name__ == "__main__":

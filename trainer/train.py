@@ -26,7 +26,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer, prepare_model
 
 from labelgen import ray_utils
-from labelgen.config import ConfigError, parse_overrides
+from labelgen.config import run_command
 from labelgen.io import filesystem, join, read_bytes
 from labelgen.store import LabelStore, now
 
@@ -218,16 +218,7 @@ def summary(record: dict) -> str:
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    try:
-        conf = parse_overrides(default_conf, argv)
-        record = train(conf)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(summary(record), flush=True)
-    return 0
+    return run_command(default_conf, lambda conf: print(summary(train(conf)), flush=True) or 0, argv)
 
 
 if __name__ == "__main__":
