@@ -62,6 +62,11 @@ class ImageFeatures:
         """Grid coordinates to original-image pixels (cell centres)."""
         return (xy + 0.5) * self.stride / self.scale
 
+    def descriptor(self) -> np.ndarray:
+        """A global descriptor: the unit mean of the foreground features (all, without any)."""
+        cells = self.feats[self.fg] if self.fg.any() else self.feats.flatten(0, 1)
+        return F.normalize(cells.float().mean(0), dim=0).numpy()
+
     @property
     def cell_px(self) -> float:
         """One grid unit in original pixels."""

@@ -3,12 +3,20 @@
 import numpy as np
 
 
-def rotation(azimuth_deg: float, elevation_deg: float) -> np.ndarray:
-    """Object rotation: azimuth about the vertical (y) axis, then elevation about x."""
-    a, e = np.deg2rad(azimuth_deg), np.deg2rad(elevation_deg)
+def rotation(azimuth_deg: float, elevation_deg: float, theta_deg: float = 0.0) -> np.ndarray:
+    """Object rotation: azimuth about the vertical (y) axis, then elevation about x,
+    then the in-plane angle theta about the viewing axis (z)."""
+    a, e, t = np.deg2rad(azimuth_deg), np.deg2rad(elevation_deg), np.deg2rad(theta_deg)
     ry = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
     rx = np.array([[1, 0, 0], [0, np.cos(e), -np.sin(e)], [0, np.sin(e), np.cos(e)]])
-    return rx @ ry
+    rz = np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1]])
+    return rz @ rx @ ry
+
+
+def geodesic_deg(rotations: np.ndarray) -> np.ndarray:
+    """(N, N) angles in degrees between (N, 3, 3) rotations: arccos((tr(Ri^T Rj) - 1) / 2)."""
+    trace = np.einsum("iab,jab->ij", rotations, rotations)
+    return np.rad2deg(np.arccos(np.clip((trace - 1) / 2, -1.0, 1.0)))
 
 
 def plane_homography(

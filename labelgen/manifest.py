@@ -9,7 +9,7 @@ import pandas as pd
 from .io import is_remote, read_bytes, resolve
 
 REQUIRED = {"image_id": "string", "uri": "string", "category": "string"}
-OPTIONAL = {"azimuth": "float", "elevation": "float", "mask_uri": "string", "split": "string"}
+OPTIONAL = {"azimuth": "float", "elevation": "float", "theta": "float", "mask_uri": "string", "split": "string"}
 
 
 class ManifestError(ValueError):
@@ -65,7 +65,7 @@ def validate(df: pd.DataFrame, source: str = "manifest", max_errors: int = 20) -
                     errors.append(f"row {i}, column '{col}': empty; every image needs a {col}")
             elif not isinstance(v, str):
                 errors.append(f"row {i}, column '{col}': {v!r} is not a string; quote it")
-    for col in ("azimuth", "elevation"):
+    for col in ("azimuth", "elevation", "theta"):
         values = pd.to_numeric(df[col], errors="coerce")
         for i, (raw, num) in enumerate(zip(df[col], values)):
             if not _is_missing(raw) and (math.isnan(num) or math.isinf(num)):

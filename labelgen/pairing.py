@@ -1,19 +1,35 @@
-"""K-tuples of pose neighbours: a monotone sweep through azimuth bins, easy steps to hard.
+"""K-tuples of pose neighbours: a monotone sweep, easy steps to hard.
 
-A tuple is (anchor, one image of the next bin, one of the bin after, ...) in either
-direction. The full product grows as N * (N / bins)^(K-1), so tuples are sampled:
-first a bin sequence, weighted by how many tuples it holds, then one image per bin.
+Azimuth only (SPair): a tuple is (anchor, one image of the next azimuth bin, one of
+the bin after, ...) in either direction. The full product grows as N * (N / bins)^(K-1),
+so tuples are sampled: first a bin sequence, weighted by how many tuples it holds, then
+one image per bin.
+
+Full 3D pose (azimuth, elevation and in-plane theta all given): hops are measured by
+the geodesic angle between rotations; each hop moves about `bin_deg` from the previous
+image and farther from the anchor.
+
+No pose at all (the documented fallback): hops follow global feature similarity
+(mean foreground feature of each image), each to one of the previous image's nearest
+neighbours and less similar to the anchor, a sweep in appearance instead of pose.
 """
 
 import math
 
 import numpy as np
+import pandas as pd
+
+from .geometry import geodesic_deg, rotation
 
 default_conf = {
     "k": 4,  # images per tuple
-    "bin_deg": 45.0,  # azimuth bin width: one hop moves one bin
+    "bin_deg": 45.0,  # one hop: an azimuth bin, or this many degrees of rotation
     "max_tuples": 2000,  # per category
     "both_directions": True,
+    # auto: geodesic when azimuth, elevation and theta are all given, bins with azimuth,
+    # similarity (global feature neighbours) without any pose | bins | geodesic | similarity
+    "pose": "auto",
+    "neighbours": 5,  # similarity: hops go to one of the most similar images
     "seed": 0,
 }
 
@@ -72,3 +88,67 @@ def sample_tuples(azimuth: np.ndarray, conf, rng: np.random.Generator | None = N
         tuples = np.array(chosen, dtype=np.int64)
     order = np.lexsort(tuples.T[::-1])  # neighbours in order: tuples sharing pairs run together
     return tuples[order]
+
+
+def sweep_tuples(dist: np.ndarray, hop: np.ndarray, margin: float, conf, rng=None) -> np.ndarray:
+    """(T, K) random walks from random anchors: each step goes along an allowed `hop`
+    (N, N) and ends at least `margin` farther from the anchor (by `dist`) than before."""
+    rng = rng or np.random.default_rng(conf.seed)
+    n = len(dist)
+    chosen, seen = [], set()
+    for _ in range(20 * conf.max_tuples if n else 0):
+        t = [int(rng.integers(n))]
+        for _ in range(conf.k - 1):
+            prev = t[-1]
+            ok = hop[prev] & (dist[t[0]] >= dist[t[0], prev] + margin)
+            ok[t] = False
+            cand = np.flatnonzero(ok)
+            if not len(cand):
+                break
+            t.append(int(rng.choice(cand)))
+        if len(t) == conf.k and tuple(t) not in seen:
+            seen.add(tuple(t))
+            chosen.append(t)
+            if len(chosen) == conf.max_tuples:
+                break
+    tuples = np.array(chosen, dtype=np.int64).reshape(-1, conf.k)
+    return tuples[np.lexsort(tuples.T[::-1])] if len(tuples) else tuples
+
+
+def geodesic_tuples(rotations: np.ndarray, conf) -> np.ndarray:
+    """Each hop turns the object by bin_deg (+-50%) and a quarter step farther from the anchor."""
+    dist = geodesic_deg(rotations)
+    return sweep_tuples(dist, np.abs(dist - conf.bin_deg) <= 0.5 * conf.bin_deg, 0.25 * conf.bin_deg, conf)
+
+
+def similarity_tuples(descriptors: np.ndarray, conf) -> np.ndarray:
+    """No pose at all: walks on the graph of each image's `neighbours` most similar images
+    (cosine of global descriptors), each step less similar to the anchor than the last."""
+    dist = 1 - descriptors @ descriptors.T
+    np.fill_diagonal(dist, np.inf)
+    hop = np.zeros(dist.shape, dtype=bool)
+    nearest = np.argsort(dist, axis=1)[:, : conf.neighbours]
+    np.put_along_axis(hop, nearest, True, axis=1)
+    np.fill_diagonal(dist, 0.0)
+    return sweep_tuples(dist, hop, 1e-6, conf)
+
+
+def category_tuples(rows: pd.DataFrame, conf, descriptors=None) -> np.ndarray:
+    """Tuples of one category's rows (positions into `rows`), by the pose the rows have:
+    geodesic with full 3D pose, azimuth bins with azimuth, feature similarity without pose
+    (`descriptors`: a function giving unit (N, C) global descriptors of the rows)."""
+    full = rows.reindex(columns=["azimuth", "elevation", "theta"]).notna().all(axis=1).to_numpy()
+    if conf.pose == "auto":
+        mode = "geodesic" if full.sum() >= conf.k else "bins" if rows["azimuth"].notna().any() else "similarity"
+    else:
+        mode = conf.pose
+    if mode == "bins":
+        return sample_tuples(rows["azimuth"].to_numpy(), conf)
+    if mode == "similarity":
+        return similarity_tuples(descriptors(rows), conf) if descriptors else np.zeros((0, conf.k), dtype=np.int64)
+    if mode != "geodesic":
+        raise ValueError(f"pairing.pose={conf.pose!r}: choose auto, bins, geodesic or similarity")
+    posed = np.flatnonzero(full)
+    r = rows.iloc[posed]
+    rotations = np.stack([rotation(a, e, t) for a, e, t in zip(r["azimuth"], r["elevation"], r["theta"])]).reshape(-1, 3, 3)
+    return posed[geodesic_tuples(rotations, conf)] if len(posed) else np.zeros((0, conf.k), dtype=np.int64)

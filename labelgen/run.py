@@ -105,10 +105,13 @@ def vote_task(run_id, category, images: pd.DataFrame, conf, store_uri, *chunks):
     return stats
 
 
-def make_tuples(df: pd.DataFrame, conf) -> dict[str, list[tuple[str, ...]]]:
+def make_tuples(df: pd.DataFrame, conf, cache_root: str, fingerprint: str) -> dict[str, list[tuple[str, ...]]]:
+    def descriptors(rows):  # only categories without pose need them
+        return np.stack([load_features(cache_uri(cache_root, fingerprint, i)).descriptor() for i in rows["image_id"]])
+
     out = {}
     for category, rows in df.groupby("category", sort=True):
-        idx = pairing.sample_tuples(rows["azimuth"].to_numpy(), conf)
+        idx = pairing.category_tuples(rows, conf, descriptors)
         ids = rows["image_id"].to_numpy()
         out[category] = [tuple(ids[t]) for t in idx]
     return out
@@ -181,7 +184,7 @@ def execute(conf, store, run_id, df, backbone_conf, reason, image_size, fingerpr
     uris = dict(zip(df["image_id"], df["uri"]))
     bad = [{"image_id": i, "uri": uris[i], "stage": "features", "error": e} for i, e in zip(failed.image_id, failed.error)]
     good = df[~df["image_id"].isin(failed["image_id"])]
-    tuples = make_tuples(good, conf.pairing)
+    tuples = make_tuples(good, conf.pairing, cache_root, fingerprint)
     done = store.staged_categories(run_id)
     if done:
         log.info("resuming run %s: %d of %d categories already done", run_id, len(done & set(tuples)), len(tuples))

@@ -7,11 +7,12 @@ bounding boxes, category).
 
 import json
 import os
-import sys
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
+from . import write_manifest
 
 SPLITS = {"trn": "train", "val": "val", "test": "test"}
 
@@ -90,10 +91,4 @@ def read_manifest(root: str) -> pd.DataFrame:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit(__doc__)
-    root, out = sys.argv[1], sys.argv[2]
-    df = read_manifest(root)
-    df["uri"] = [os.path.join(os.path.abspath(root), u) for u in df["uri"]]
-    df.to_parquet(out, index=False)
-    print(f"{len(df)} images in {df['category'].nunique()} categories -> {out}")
+    raise SystemExit(write_manifest(read_manifest))
