@@ -34,6 +34,7 @@ default_conf = {
     "device": "auto",  # auto (GPU when the cluster has one) | cpu | cuda
     "cache": None,  # feature cache URI; default: <store>/features
     "flips": True,  # also cache features of the mirrored image (flip augmentation, pose alignment)
+    "mask_fallback": "pca",  # images without a mask: pca (foreground from the features) | image (all of it)
 }
 FLIPPED = "#flipped"  # cache id suffix of an image's mirrored twin: x -> width - x
 
@@ -103,6 +104,25 @@ def preprocess(image: Image.Image, mask: Image.Image | None, size: int, stride: 
     return canvas.permute(2, 0, 1), fg, scale
 
 
+def pca_foreground(feats: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+    """Foreground without a mask: the sign of the first principal component of the image's
+    features, oriented so that the centre of the image is foreground (objects are framed
+    there), kept inside the image. (C, h, w), (h, w) -> (h, w) bool."""
+    x = feats.flatten(1).T[inside.flatten()].float()
+    if len(x) < 2:
+        return inside.clone()
+    x = x - x.mean(0)
+    pc = torch.linalg.svd(x, full_matrices=False).Vh[0]
+    proj = torch.zeros(inside.numel())
+    proj[inside.flatten()] = x @ pc
+    proj = proj.reshape(inside.shape)
+    h, w = inside.shape
+    centre = proj[h // 4 : h - h // 4, w // 4 : w - w // 4]
+    if centre.mean() < 0:
+        proj = -proj
+    return inside & (proj > 0)
+
+
 def cache_uri(cache_root: str, fingerprint: str, image_id: str) -> str:
     h = hashlib.sha1(image_id.encode()).hexdigest()
     return join(cache_root, fingerprint, h[:2], f"{h}.safetensors")
@@ -146,7 +166,8 @@ def cached_ids(cache_root: str, fingerprint: str, image_ids, flips: bool = False
 class FeatureWorker:
     """A Ray Data actor: loads the backbone once, then turns batches of rows into cache files."""
 
-    def __init__(self, backbone_conf, image_size: int, cache_root: str, fingerprint: str, threads=None, flips=False):
+    def __init__(self, backbone_conf, image_size: int, cache_root: str, fingerprint: str, threads=None, flips=False,
+                 mask_fallback="pca"):
         from .backbones import build_backbone
 
         if threads:
@@ -157,10 +178,13 @@ class FeatureWorker:
         if self.device.type == "cuda":
             self.backbone.to(memory_format=torch.channels_last)
         self.size, self.cache_root, self.fingerprint, self.flips = image_size, cache_root, fingerprint, flips
+        if mask_fallback not in ("pca", "image"):
+            raise ValueError(f"features.mask_fallback={mask_fallback!r}: choose pca or image")
+        self.mask_fallback = mask_fallback
         log.info("feature actor on %s, CUDA_VISIBLE_DEVICES=%s", self.device, os.environ.get("CUDA_VISIBLE_DEVICES"))
 
     def _prepare(self, image_id, uri, mask_uri) -> list[tuple]:
-        """(cache id, input, foreground, scale, size) of the image, and of its mirror if asked."""
+        """(cache id, input, foreground, scale, size, has mask) of the image, and of its mirror."""
         image = load_image(uri)
         mask = load_image(mask_uri, "L") if mask_uri else None
         b = self.backbone
@@ -168,32 +192,33 @@ class FeatureWorker:
         if self.flips:
             flip = Image.Transpose.FLIP_LEFT_RIGHT
             views.append((image_id + FLIPPED, image.transpose(flip), mask and mask.transpose(flip)))
-        return [(i, *preprocess(im, m, self.size, b.stride, b.mean, b.std), im.size) for i, im, m in views]
+        return [(i, *preprocess(im, m, self.size, b.stride, b.mean, b.std), im.size, m is not None) for i, im, m in views]
 
     @torch.inference_mode()
     def __call__(self, batch: dict) -> dict:
-        t0, ok, errors, n_fg = time.perf_counter(), [], [], []
+        t0, ok, errors, fgs = time.perf_counter(), [], [], {}
         for image_id, uri, mask_uri in zip(batch["image_id"], batch["uri"], batch["mask_uri"]):
             try:
                 views = self._prepare(image_id, uri, mask_uri)
             except Exception as e:  # a bad file must not stop the run: it is reported
                 errors.append(f"{type(e).__name__}: {e}")
-                n_fg.append(0)
                 continue
             ok.extend(views)
             errors.append("")
-            n_fg.append(int(views[0][2].sum()))
         if ok:
             x = torch.stack([o[1] for o in ok]).to(self.device)
             if self.device.type == "cuda":
                 x = x.to(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
                 feats = self.backbone(x).float().cpu()
-            for (image_id, _, fg, scale, size), f in zip(ok, feats):
+            for (image_id, _, fg, scale, size, has_mask), f in zip(ok, feats):
+                if not has_mask and self.mask_fallback == "pca":
+                    fg = pca_foreground(f, fg)
+                fgs[image_id] = int(fg.sum())
                 save_features(cache_uri(self.cache_root, self.fingerprint, image_id), f, fg, scale, self.backbone.stride, size)
         return {
             "image_id": np.asarray(batch["image_id"]),
-            "n_fg": np.asarray(n_fg, dtype=np.int64),
+            "n_fg": np.asarray([fgs.get(i, 0) for i in batch["image_id"]], dtype=np.int64),
             "error": np.asarray(errors, dtype=object),
             "seconds": np.full(len(errors), (time.perf_counter() - t0) / max(1, len(errors))),
         }

@@ -66,6 +66,7 @@ def extract_features(df: pd.DataFrame, conf, backbone_conf, image_size, cache_ro
                 "fingerprint": fingerprint,
                 "threads": None if plan["num_gpus"] else plan["threads"],
                 "flips": conf.flips,
+                "mask_fallback": conf.mask_fallback,
             },
             batch_size=conf.batch_size,
             compute=ray.data.ActorPoolStrategy(size=plan["actors"]),
@@ -171,7 +172,8 @@ def prepare(argv):
     backbone, reason = backbones.build_backbone(conf.backbone)
     image_size = backbone.check_size(conf.backbone.image_size or backbone.image_size)
     backbone_conf = OmegaConf.merge(conf.backbone, {"name": backbone.name, "weights": backbone.weights})
-    return conf, manifest_uri, df, backbone_conf, reason, image_size, backbone.fingerprint(image_size)
+    fingerprint = backbone.fingerprint(image_size, variant=f"mask={conf.features.mask_fallback}")
+    return conf, manifest_uri, df, backbone_conf, reason, image_size, fingerprint
 
 
 def execute(conf, store, run_id, df, backbone_conf, reason, image_size, fingerprint) -> dict:

@@ -44,9 +44,10 @@ class Backbone(nn.Module):
             )
         return size
 
-    def fingerprint(self, image_size: int) -> str:
-        """Names the features: same fingerprint, same numbers, so caches can be shared."""
-        key = f"{self.name}|{self.recipe}|{image_size}|{file_digest(self.weights)}"
+    def fingerprint(self, image_size: int, variant: str = "") -> str:
+        """Names the features: same fingerprint, same numbers, so caches can be shared.
+        `variant` names anything else that changes what is cached (the mask fallback)."""
+        key = f"{self.name}|{self.recipe}|{image_size}|{file_digest(self.weights)}|{variant}"
         return f"{self.name}-{image_size}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
