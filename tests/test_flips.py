@@ -20,7 +20,7 @@ def test_worker_caches_the_mirrored_twin_and_pose_alignment_uses_it(tiny_demo, t
     mirror = tmp_path / "mirror.png"
     Image.open(src).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirror)
     backbone_conf = OmegaConf.merge(OmegaConf.create(backbones_conf), {"name": "mobilenetv2"})
-    worker = FeatureWorker(backbone_conf, 320, str(tmp_path / "cache"), "fp", threads=2, flips=True)
+    worker = FeatureWorker(backbone_conf, 320, str(tmp_path / "cache"), "fp", threads=2, flips=True, mask_fallback="image")
     out = worker({"image_id": np.array(["a", "b"]), "uri": np.array([src, str(mirror)]), "mask_uri": np.array([None, None])})
     assert out["error"].tolist() == ["", ""]
     a, a_flip = (load_features(cache_uri(str(tmp_path / "cache"), "fp", i)) for i in ("a", "a" + FLIPPED))
