@@ -1,0 +1,89 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from labelgen.sphere import (SphereMapper, angle_deg, default_conf, orientation_loss, train_mapper, triplet_loss,
+                             viewpoint_loss)
+
+
+def conf(**kw):
+    return OmegaConf.merge(OmegaConf.create(default_conf), kw)
+
+
+def grid(h=12, w=12):
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    return torch.stack([xs.flatten(), ys.flatten()], 1).float()
+
+
+def cap(g, scale=0.15, mirror=False):
+    """The image plane laid on a cap of the sphere, optionally mirrored."""
+    x = (g[:, 0] - g[:, 0].mean()) * scale * (-1 if mirror else 1)
+    y = (g[:, 1] - g[:, 1].mean()) * scale
+    return F.normalize(torch.stack([x, y, torch.ones_like(x)], 1), dim=1)
+
+
+def equidistant(g, scale=0.15):
+    """The image plane wrapped on the sphere keeping distances from its centre."""
+    d = g - g.mean(0)
+    r = d.norm(dim=1) * scale
+    u = d / d.norm(dim=1, keepdim=True).clamp_min(1e-9)
+    return torch.cat([u * torch.sin(r)[:, None], torch.cos(r)[:, None]], 1)
+
+
+def test_angles_between_known_directions():
+    p = torch.tensor([[1.0, 0, 0], [1, 0, 0], [1, 0, 0]])
+    q = torch.tensor([[0.0, 1, 0], [1, 0, 0], [-1, 0, 0]])
+    assert angle_deg(p, q).tolist() == pytest.approx([90, 0, 180], abs=1e-3)
+    assert default_conf["threshold_deg"] == pytest.approx(0.15 * 180)
+
+
+def test_triplet_loss_is_zero_for_a_faithful_map_and_the_margin_for_a_collapsed_one():
+    g = grid()
+    valid = torch.ones(1, len(g), dtype=torch.bool)
+    gen = torch.Generator().manual_seed(0)
+    assert triplet_loss(equidistant(g)[None], g[None], valid, conf(), gen).item() == 0.0
+    collapsed = F.normalize(torch.ones(1, len(g), 3), dim=-1)
+    assert triplet_loss(collapsed, g[None], valid, conf(), gen).item() == pytest.approx(0.5)
+
+
+def test_orientation_loss_tells_a_mirrored_map_apart():
+    g = grid()
+    valid = torch.ones(1, len(g), dtype=torch.bool)
+    gen = torch.Generator().manual_seed(0)
+    straight = orientation_loss(cap(g)[None], g[None], valid, conf(), gen).item()
+    mirrored = orientation_loss(cap(g, mirror=True)[None], g[None], valid, conf(), gen).item()
+    assert min(straight, mirrored) == 0.0 and max(straight, mirrored) > 0.01
+
+
+def test_viewpoint_loss_matches_mean_directions_to_azimuth_gaps():
+    az = torch.tensor([0.0, 30.0, 90.0])
+    rad = torch.deg2rad(az)
+    means = torch.stack([torch.sin(rad), torch.zeros(3), torch.cos(rad)], 1)  # turned by the azimuth
+    points, valid, cat = means[:, None].repeat(1, 4, 1), torch.ones(3, 4, dtype=torch.bool), torch.zeros(3, dtype=torch.long)
+    assert viewpoint_loss(points, valid, az, cat).item() < 1e-6
+    assert viewpoint_loss(points, valid, torch.tensor([0.0, 60.0, 90.0]), cat).item() == pytest.approx(
+        2 * (math.radians(30) ** 2) / 6 * 2, rel=1e-3)  # pairs (0,1) and (1,2) off by 30 deg, both orders
+    assert viewpoint_loss(points, valid, az, torch.tensor([0, 1, 2])).item() == 0.0  # no same-category pair
+
+
+def test_mapper_size_and_training_lowers_the_loss():
+    mapper = SphereMapper(768, ["a"])
+    n = sum(p.numel() for p in mapper.parameters())
+    core = sum(p.numel() for name, p in mapper.named_parameters() if not name.startswith(("prototype", "category")))
+    assert 1.8e6 < core < 2.4e6  # the published head: about 2M
+    gen = torch.Generator().manual_seed(0)
+    images = []
+    g = grid(8, 8)
+    for cat in ("a", "b"):
+        base = F.normalize(torch.randn(64, 32, generator=gen), dim=1)
+        for az in (0.0, 30.0, 60.0):
+            images.append({"feats": base + 0.05 * torch.randn(64, 32, generator=gen), "grid": g, "category": cat, "azimuth": az})
+    mapper, history = train_mapper(images, conf(steps=60, dim=64, heads=4, images_per_step=6, samples=64))
+    assert history[-1]["loss"] < 0.7 * history[0]["loss"]
+    pts = mapper(images[0]["feats"][None])[0]
+    assert torch.allclose(pts.norm(dim=1), torch.ones(64), atol=1e-5)
+    assert n > core
