@@ -25,6 +25,8 @@ default_conf = {
     "tuples_per_task": 256,
     "vote": True,  # keep, per source patch and image pair, the target most tuples agree on
     "min_support": 1,  # tuples that must propose a label
+    "sphere": None,  # a spherical mapper id (or latest): keep labels whose ends map within sphere_deg
+    "sphere_deg": 27.0,  # 0.15 * pi
 }
 
 LABEL_SCHEMA = pa.schema(
@@ -154,3 +156,33 @@ def vote(tables: list[pa.Table], conf) -> pa.Table:
     ).to_arrow_table()
     con.close()
     return out.cast(LABEL_SCHEMA)
+
+
+def patch_index(fg: Foreground, xy_px: np.ndarray) -> np.ndarray:
+    """Index into the image's foreground patches of label pixels (patch centres)."""
+    grid = np.rint(xy_px / fg.cell_px - 0.5).astype(np.int64)
+    keys = fg.grid[:, 1].long().numpy() * 1_000_000 + fg.grid[:, 0].long().numpy()  # row-major: sorted
+    want = grid[:, 1] * 1_000_000 + grid[:, 0]
+    idx = np.searchsorted(keys, want)
+    if len(keys) == 0 or (idx >= len(keys)).any() or (keys[np.minimum(idx, len(keys) - 1)] != want).any():
+        raise ValueError("a label does not sit on a foreground patch centre of its image")
+    return idx
+
+
+def sphere_angles(table: pa.Table, fgs: dict[str, Foreground], points: dict[str, torch.Tensor]) -> np.ndarray:
+    """Angle (degrees) between the sphere points of each label's two ends."""
+    out = np.zeros(table.num_rows, dtype=np.float32)
+    frame = table.select(["src_image_id", "tgt_image_id", "src_x", "src_y", "tgt_x", "tgt_y"]).to_pandas()
+    for (a, b), g in frame.groupby(["src_image_id", "tgt_image_id"]):
+        i = patch_index(fgs[a], g[["src_x", "src_y"]].to_numpy())
+        j = patch_index(fgs[b], g[["tgt_x", "tgt_y"]].to_numpy())
+        cos = (points[a][i] * points[b][j]).sum(-1).clamp(-1, 1)
+        out[g.index.to_numpy()] = np.degrees(np.arccos(cos.numpy()))
+    return out
+
+
+def sphere_filter(table: pa.Table, fgs, points, threshold_deg: float) -> pa.Table:
+    """Fill sphere_angle and keep the labels within the threshold."""
+    angles = sphere_angles(table, fgs, points)
+    table = table.set_column(table.schema.get_field_index("sphere_angle"), "sphere_angle", pa.array(angles, pa.float32()))
+    return table.filter(pa.array(angles <= threshold_deg))

@@ -21,7 +21,10 @@ from tqdm import tqdm
 from . import backbones, demo, features, labels, pairing, ray_utils
 from .config import ConfigError, config_hash, parse_overrides
 from .features import FeatureWorker, cache_uri, cached_ids, load_features, plan_actors
-from .io import join
+from .io import join, read_bytes
+from .sphere import map_image
+from .train_sphere import load_mapper
+from .train_sphere import resolve as resolve_sphere
 from .manifest import ManifestError, read_manifest
 from .store import IMAGE_SCHEMA, LabelStore, images_table
 
@@ -92,10 +95,18 @@ def candidate_task(run_id, category, tuples, cache_root, fingerprint, conf):
 
 
 @ray.remote(num_cpus=1)
-def vote_task(run_id, category, images: pd.DataFrame, conf, store_uri, *chunks):
-    """Reduce: vote over a category's candidates; write its labels, images and counts."""
+def vote_task(run_id, category, images: pd.DataFrame, conf, store_uri, sphere, *chunks):
+    """Reduce: vote over a category's candidates, filter on the sphere if asked;
+    write the category's labels, images and counts."""
     table = labels.vote([c[0] for c in chunks], conf)
-    stats, seen = {"labels": table.num_rows}, {}
+    stats, seen = {"voted": table.num_rows}, {}
+    if sphere is not None and table.num_rows:
+        mapper, (cache_root, fingerprint) = load_mapper(read_bytes(sphere["checkpoint"])), sphere["cache"]
+        ids = sorted(set(table.column("src_image_id").to_pylist()) | set(table.column("tgt_image_id").to_pylist()))
+        fgs = {i: labels.Foreground.of(load_features(cache_uri(cache_root, fingerprint, i))) for i in ids}
+        points = {i: map_image(mapper, fg.feats) for i, fg in fgs.items()}
+        table = labels.sphere_filter(table, fgs, points, conf.sphere_deg)
+    stats["labels"] = table.num_rows
     for _, chunk_stats, chunk_seen in chunks:
         seen.update(chunk_seen)
         for k, v in chunk_stats.items():
@@ -121,7 +132,7 @@ def make_tuples(df: pd.DataFrame, conf, cache_root: str, fingerprint: str) -> di
 IMAGE_COLUMNS = [n for n in IMAGE_SCHEMA.names if n not in ("run_id", "width", "height", "n_fg")]
 
 
-def run_labels(df, tuples_by_cat, conf, run_id, cache_root, fingerprint, store_uri):
+def run_labels(df, tuples_by_cat, conf, run_id, cache_root, fingerprint, store_uri, sphere=None):
     """Candidate tasks per chunk of tuples, then one vote task per category; returns seconds."""
     conf = OmegaConf.create(OmegaConf.to_container(conf))
     step = conf.tuples_per_task
@@ -133,7 +144,7 @@ def run_labels(df, tuples_by_cat, conf, run_id, cache_root, fingerprint, store_u
             for s in range(0, len(tuples), step)
         ]
         images = df.loc[df["category"] == category, columns]
-        votes.append(vote_task.remote(run_id, category, images, conf, store_uri, *chunks[category]))
+        votes.append(vote_task.remote(run_id, category, images, conf, store_uri, sphere, *chunks[category]))
     t0, pending = time.perf_counter(), [r for refs in chunks.values() for r in refs]
     with tqdm(total=sum(len(t) for t in tuples_by_cat.values()), desc="chains", unit="tuple") as bar:
         while pending:
@@ -156,7 +167,8 @@ def summary(run_id, store, counts) -> str:
             f"  tuples    {c.get('tuples', 0):,} of K={c['k']} ({c['tuples_per_s']:.1f} tuples/s)",
             f"  chains    {c.get('seeds', 0):,} foreground seeds -> cycle check per hop: {hops}",
             f"  labels    {c.get('candidates', 0):,} distinct candidates over all ordered pairs -> "
-            f"{c.get('labels', 0):,} stored after the vote ({c['labels_per_s']:,.0f} labels/s)",
+            f"{c.get('voted', 0):,} after the vote -> {c.get('labels', 0):,} stored"
+            f"{' after the spherical filter' if c.get('voted') != c.get('labels') else ''} ({c['labels_per_s']:,.0f} labels/s)",
             f"  store     {store}  (python -m queries labels_per_category --store {store})",
         ]
     )
@@ -176,7 +188,7 @@ def prepare(argv):
     return conf, manifest_uri, df, backbone_conf, reason, image_size, fingerprint
 
 
-def execute(conf, store, run_id, df, backbone_conf, reason, image_size, fingerprint) -> dict:
+def execute(conf, store, run_id, df, backbone_conf, reason, image_size, fingerprint, sphere) -> dict:
     """Features, tuples, chains, vote, commit; categories a previous attempt finished are skipped."""
     where = ray_utils.init_ray(conf.ray)
     log.info("ray: %s, resources %s", where, ray.cluster_resources())
@@ -190,7 +202,11 @@ def execute(conf, store, run_id, df, backbone_conf, reason, image_size, fingerpr
     done = store.staged_categories(run_id)
     if done:
         log.info("resuming run %s: %d of %d categories already done", run_id, len(done & set(tuples)), len(tuples))
-    chain_s = run_labels(good, {c: t for c, t in tuples.items() if c not in done}, conf.labels, run_id, cache_root, fingerprint, store.uri)
+    if sphere:
+        sphere = {**sphere, "cache": (cache_root, fingerprint)}
+        log.info("spherical filter: mapper %s, %.1f deg", sphere["sphere_id"], conf.labels.sphere_deg)
+    todo = {c: t for c, t in tuples.items() if c not in done}
+    chain_s = run_labels(good, todo, conf.labels, run_id, cache_root, fingerprint, store.uri, sphere)
     totals = {}
     for stats in store.category_stats(run_id).values():
         for k, v in stats.items():
@@ -228,6 +244,11 @@ def main(argv=None) -> int:
         return 2
     log.info("backbone %s (%s), features %s", backbone_conf.name, reason, fingerprint)
     store = LabelStore(conf.store)
+    try:
+        sphere = resolve_sphere(store, conf.labels.sphere, fingerprint) if conf.labels.sphere else None
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     run_id = conf.run_id or new_run_id()
     digest = config_hash(OmegaConf.masked_copy(conf, [k for k in conf if k not in ("run_id", "ray")]))
     record = store.begin_run(
@@ -243,7 +264,7 @@ def main(argv=None) -> int:
         return 0
     log.info("run %s; if it stops, the same command with run_id=%s resumes it", run_id, run_id)
     try:
-        counts = execute(conf, store, run_id, df, backbone_conf, reason, image_size, fingerprint)
+        counts = execute(conf, store, run_id, df, backbone_conf, reason, image_size, fingerprint, sphere)
     except BaseException as e:
         store.fail_run(run_id, f"{type(e).__name__}: {e}")
         raise

@@ -49,6 +49,9 @@ RUNS_DDL = """run_id VARCHAR, status VARCHAR, started TIMESTAMP, finished TIMEST
 MODELS_DDL = """model_id VARCHAR, status VARCHAR, parent VARCHAR, label_runs JSON, backbone_fingerprint VARCHAR,
     metrics JSON, checkpoint VARCHAR, config VARCHAR, created TIMESTAMP, decided TIMESTAMP, reason VARCHAR"""
 MODEL_COLUMNS = [c.split()[0] for c in MODELS_DDL.split(",")]
+SPHERES_DDL = """sphere_id VARCHAR, label_run VARCHAR, backbone_fingerprint VARCHAR, images INTEGER, train_s DOUBLE,
+    checkpoint VARCHAR, created TIMESTAMP"""
+SPHERE_COLUMNS = [c.split()[0] for c in SPHERES_DDL.split(",")]
 BAD_INPUT_SCHEMA = pa.schema(
     [("run_id", pa.string()), ("image_id", pa.string()), ("uri", pa.string()), ("stage", pa.string()), ("error", pa.string())]
 )
@@ -212,6 +215,20 @@ class LabelStore:
             r["status"] = "retired" if decision == "promoted" and r["model_id"] != current else decision
         return records
 
+    def save_sphere(self, record: dict, weights: bytes) -> dict:
+        """A trained spherical mapper: weights, then its record (the record makes it visible)."""
+        uri = join(self.uri, "spheres", record["sphere_id"], "mapper.pt")
+        write_bytes(uri, weights)
+        record = {**record, "checkpoint": uri}
+        write_bytes(join(self.uri, "spheres", f"{record['sphere_id']}.json"), json.dumps(record, indent=1).encode())
+        return record
+
+    def spheres(self) -> list[dict]:
+        """Spherical mapper records, oldest first."""
+        records = [json.loads(read_bytes(join(self.uri, "spheres", posixpath.basename(p))))
+                   for p in list_files(join(self.uri, "spheres"), recursive=False) if p.endswith(".json")]
+        return sorted(records, key=lambda r: r["created"])
+
     def promoted_model(self) -> dict | None:
         return next((r for r in self.models() if r["status"] == "promoted"), None)
 
@@ -252,7 +269,7 @@ class LabelStore:
         return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
     def connect(self) -> duckdb.DuckDBPyConnection:
-        """A read-only DuckDB connection: tables runs, images, bad_inputs, models; views labels
+        """A read-only DuckDB connection: tables runs, images, bad_inputs, models, spheres; views labels
         (committed runs only) and run_stats; the function true_xy. It cannot read or
         write any other file."""
         if not exists(join(self.uri, "runs")):
@@ -264,7 +281,9 @@ class LabelStore:
         try:
             con = duckdb.connect(path)
             runs = self._runs_frame(commits)
-            for name, ddl, frame in (("runs", RUNS_DDL, runs), ("models", MODELS_DDL, self._models_frame())):
+            spheres = pd.DataFrame([{k: r.get(k) for k in SPHERE_COLUMNS} for r in self.spheres()], columns=SPHERE_COLUMNS)
+            for name, ddl, frame in (("runs", RUNS_DDL, runs), ("models", MODELS_DDL, self._models_frame()),
+                                     ("spheres", SPHERES_DDL, spheres)):
                 con.execute(f"CREATE TABLE {name} ({ddl})")
                 if len(frame):
                     con.register("frame", frame)

@@ -25,7 +25,7 @@ def test_pipeline_writes_queryable_labels_and_reuses_the_feature_cache(tiny_demo
     store = tmp_path / "store"
     first = run(["labelgen.run", *tiny_demo_args(tiny_demo), f"store={store}"])
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "committed" in first.stdout and "stored after the vote" in first.stdout
+    assert "committed" in first.stdout and "after the vote" in first.stdout
     con = LabelStore(str(store)).connect()
     assert [c[0] for c in con.execute("DESCRIBE labels").fetchall()] == LABEL_SCHEMA.names
     n, cats, pairs, max_hops = con.execute(

@@ -1,6 +1,7 @@
 import math
 
 import numpy as np
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -87,3 +88,49 @@ def test_mapper_size_and_training_lowers_the_loss():
     pts = mapper(images[0]["feats"][None])[0]
     assert torch.allclose(pts.norm(dim=1), torch.ones(64), atol=1e-5)
     assert n > core
+
+
+def test_sphere_filter_fills_angles_and_drops_far_labels():
+    import pyarrow as pa
+
+    from labelgen.features import ImageFeatures
+    from labelgen.labels import LABEL_SCHEMA, Foreground, patch_index, sphere_filter
+
+    fg = torch.zeros(4, 4, dtype=torch.bool)
+    fg[1:3, 1:3] = True  # cells (col, row): (1,1) (2,1) (1,2) (2,2)
+    f = Foreground.of(ImageFeatures(torch.zeros(4, 4, 8), fg, scale=0.5, stride=8, width=64, height=64))
+    assert f.cell_px == 16.0
+    assert patch_index(f, np.array([[24.0, 24.0], [40.0, 24.0], [24.0, 40.0]])).tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="foreground patch centre"):
+        patch_index(f, np.array([[8.0, 8.0]]))
+    north, east = torch.tensor([0.0, 0, 1]), torch.tensor([1.0, 0, 0])
+    points = {"a": torch.stack([north, north, north, north]), "b": torch.stack([north, east, north, east])}
+    rows = [dict(run_id="r", category="c", src_image_id="a", tgt_image_id="b", src_x=24.0, src_y=24.0, tgt_x=tx,
+                 tgt_y=24.0, hops=1, cycle_error=0.0, similarity=1.0, sphere_angle=None, support=1) for tx in (24.0, 40.0)]
+    kept = sphere_filter(pa.Table.from_pylist(rows, schema=LABEL_SCHEMA), {"a": f, "b": f}, points, 27.0)
+    assert kept.column("tgt_x").to_pylist() == [24.0]  # 0 deg kept, 90 deg dropped
+    assert kept.column("sphere_angle").to_pylist() == [0.0]
+
+
+@pytest.mark.slow
+def test_pipeline_filters_with_a_trained_mapper(tiny_demo, tmp_path):
+    from conftest import tiny_demo_args
+    from labelgen.store import LabelStore
+    from test_run import run
+
+    store = str(tmp_path / "store")
+    args = ["labelgen.run", *tiny_demo_args(tiny_demo), f"store={store}"]
+    out = run([*args, "labels.sphere=latest"])
+    assert out.returncode == 2 and "no such spherical mapper" in out.stderr and "train_sphere" in out.stderr
+    assert run([*args, "run_id=base"]).returncode == 0
+    out = run(["labelgen.train_sphere", f"store={store}", "sphere.steps=5", "sphere.dim=32", "sphere.heads=2"])
+    assert out.returncode == 0 and "use it: python -m labelgen.run labels.sphere=" in out.stdout, out.stderr[-2000:]
+    out = run([*args, "run_id=filtered", "labels.sphere=latest", "labels.sphere_deg=20"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    con = LabelStore(store).connect()
+    (base,), (n, worst, nulls) = (con.execute("SELECT count(*) FROM labels WHERE run_id = 'base'").fetchone(),
+                                  con.execute("SELECT count(*), max(sphere_angle), count(*) - count(sphere_angle) "
+                                              "FROM labels WHERE run_id = 'filtered'").fetchone())
+    assert nulls == 0 and worst <= 20 and 0 < n <= base
+    assert con.execute("SELECT count(*) FROM spheres").fetchone() == (1,)
+    con.close()
