@@ -44,6 +44,7 @@ class LabelData:
     val: list[Pair]
     images: pd.DataFrame  # image_id -> category, split, azimuth, width, height, homography
     flips: bool  # the runs cached mirrored features too
+    val_split: str  # the held-out split
     @property
     def groups(self) -> list[int]:
         return feature_groups(self.backbone)
@@ -101,7 +102,7 @@ def load_label_data(conf) -> LabelData:
             train.append(pair)
     cache_root = run_conf.features.cache or join(store.uri, "features")
     flips = bool(OmegaConf.select(run_conf, "features.flips", default=False))
-    return LabelData(runs, backbone, fingerprint, cache_root, train, val, images, flips)
+    return LabelData(runs, backbone, fingerprint, cache_root, train, val, images, flips, conf.val_split)
 
 
 @dataclass

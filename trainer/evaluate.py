@@ -83,7 +83,7 @@ def pseudo_pck(matcher: Matcher, pairs: list[Pair], alphas) -> dict[str, float]:
 
 def truth_pairs(data: LabelData) -> list[tuple[str, str, float]]:
     """Ordered pairs of held-out images of one category with known truth, and their azimuth gap."""
-    imgs = data.images[(data.images["split"] == "val") & data.images["homography"].notna()]
+    imgs = data.images[(data.images["split"] == data.val_split) & data.images["homography"].notna()]
     out = []
     for _, g in imgs.groupby("category"):
         for a in g.index:
