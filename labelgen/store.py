@@ -103,6 +103,10 @@ def code_version() -> str:
     return f"{__version__}+{sha}" if sha else __version__
 
 
+def put_json(uri: str, record) -> None:
+    write_bytes(uri, json.dumps(record, indent=1).encode())
+
+
 def table_bytes(table: pa.Table) -> bytes:
     buf = _io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
@@ -126,6 +130,12 @@ class LabelStore:
 
     def __str__(self):
         return self.uri
+
+    def _records(self, *folder: str) -> dict[str, dict]:
+        """The JSON records directly in a store folder, by file name without `.json`."""
+        base = join(self.uri, *folder)
+        return {posixpath.basename(p)[: -len(".json")]: json.loads(read_bytes(join(base, posixpath.basename(p))))
+                for p in list_files(base, recursive=False) if p.endswith(".json")}
 
     # paths
     def _run(self, run_id: str, *parts: str) -> str:
@@ -151,13 +161,13 @@ class LabelStore:
         if previous is not None:
             return previous
         record = {**record, "started": now(), "code_version": code_version()}
-        write_bytes(self._run(record["run_id"], "run.json"), json.dumps(record, indent=1).encode())
+        put_json(self._run(record["run_id"], "run.json"), record)
         return record
 
     def fail_run(self, run_id: str, error: str):
         record = self.run_record(run_id) or {"run_id": run_id}
         record.update(error=error, failed=now())
-        write_bytes(self._run(run_id, "run.json"), json.dumps(record, indent=1).encode())
+        put_json(self._run(run_id, "run.json"), record)
 
     def is_committed(self, run_id: str) -> bool:
         return exists(self.commit_uri(run_id))
@@ -169,17 +179,13 @@ class LabelStore:
 
     def write_category(self, run_id: str, category: str, labels: pa.Table, images: pa.Table, stats: dict):
         """Stats and images first, labels last: a category is done once its label file exists."""
-        write_bytes(self._run(run_id, "stats", f"category={category}.json"), json.dumps(stats).encode())
+        put_json(self._run(run_id, "stats", f"category={category}.json"), stats)
         write_bytes(self.images_uri(run_id, category), table_bytes(images))
         write_bytes(self.part_uri(run_id, category), table_bytes(labels.cast(LABEL_SCHEMA)))
 
     def category_stats(self, run_id: str) -> dict[str, dict]:
         """Per-category counts of the categories done so far."""
-        out = {}
-        for path in list_files(self._run(run_id, "stats")):
-            name = posixpath.basename(path)[len("category="):-len(".json")]
-            out[name] = json.loads(read_bytes(self._run(run_id, "stats", posixpath.basename(path))))
-        return out
+        return {name[len("category="):]: stats for name, stats in self._records("runs", run_id, "stats").items()}
 
     def commit(self, run_id: str, counts: dict, bad_inputs: list[dict]) -> dict:
         """Make the run visible: one record naming every file of the run."""
@@ -188,7 +194,7 @@ class LabelStore:
         fs, root = filesystem(self.uri)
         files = [posixpath.relpath(p, root) for p in list_files(self._run(run_id)) if p.endswith(".parquet")]
         record = {"run_id": run_id, "committed": now(), "files": files, "counts": counts}
-        write_bytes(self.commit_uri(run_id), json.dumps(record, indent=1).encode())
+        put_json(self.commit_uri(run_id), record)
         return record
 
     # the model registry: one record per model, decisions written into it (one PUT)
@@ -199,15 +205,13 @@ class LabelStore:
         if weights is not None:
             write_bytes(self.model_uri(record["model_id"], "adapter.pt"), weights)
             record = {**record, "checkpoint": self.model_uri(record["model_id"], "adapter.pt")}
-        write_bytes(self.model_uri(record["model_id"]), json.dumps(record, indent=1).encode())
+        put_json(self.model_uri(record["model_id"]), record)
         return record
 
     def models(self) -> list[dict]:
         """Model records, oldest first; `status` is derived: the latest promotion is
         'promoted', earlier ones 'retired'."""
-        records = [json.loads(read_bytes(join(self.uri, "models", posixpath.basename(p))))
-                   for p in list_files(join(self.uri, "models"), recursive=False) if p.endswith(".json")]
-        records.sort(key=lambda r: r["created"])
+        records = sorted(self._records("models").values(), key=lambda r: r["created"])
         promoted = [r for r in records if r.get("decision") == "promoted"]
         current = max(promoted, key=lambda r: r["decided"])["model_id"] if promoted else None
         for r in records:
@@ -220,22 +224,19 @@ class LabelStore:
         uri = join(self.uri, "spheres", record["sphere_id"], "mapper.pt")
         write_bytes(uri, weights)
         record = {**record, "checkpoint": uri}
-        write_bytes(join(self.uri, "spheres", f"{record['sphere_id']}.json"), json.dumps(record, indent=1).encode())
+        put_json(join(self.uri, "spheres", f"{record['sphere_id']}.json"), record)
         return record
 
     def spheres(self) -> list[dict]:
         """Spherical mapper records, oldest first."""
-        records = [json.loads(read_bytes(join(self.uri, "spheres", posixpath.basename(p))))
-                   for p in list_files(join(self.uri, "spheres"), recursive=False) if p.endswith(".json")]
-        return sorted(records, key=lambda r: r["created"])
+        return sorted(self._records("spheres").values(), key=lambda r: r["created"])
 
     def promoted_model(self) -> dict | None:
         return next((r for r in self.models() if r["status"] == "promoted"), None)
 
     # reading
     def commits(self) -> list[dict]:
-        return [json.loads(read_bytes(join(self.uri, "commits", posixpath.basename(p))))
-                for p in list_files(join(self.uri, "commits"), recursive=False) if p.endswith(".json")]
+        return list(self._records("commits").values())
 
     def committed_files(self, kind: str, commits: list[dict] | None = None) -> list[str]:
         """Store-relative paths of committed files of one kind: labels, images or bad_inputs."""
