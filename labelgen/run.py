@@ -183,7 +183,7 @@ def prepare(argv):
     df = read_manifest(manifest_uri)
     backbone, reason = backbones.build_backbone(conf.backbone)
     image_size = backbone.check_size(conf.backbone.image_size or backbone.image_size)
-    backbone_conf = OmegaConf.merge(conf.backbone, {"name": backbone.name, "weights": backbone.weights})
+    backbone_conf = OmegaConf.merge(conf.backbone, {"name": backbone.name, **backbone.sources()})
     fingerprint = backbone.fingerprint(image_size, variant=f"mask={conf.features.mask_fallback}")
     return conf, manifest_uri, df, backbone_conf, reason, image_size, fingerprint
 

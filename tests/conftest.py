@@ -20,6 +20,18 @@ def offline_backbone():
 
 
 @pytest.fixture(scope="session")
+def dino_small_file(tmp_path_factory):
+    """A DINOv2 ViT-S/14 checkpoint in timm's format (random weights: no hub here)."""
+    import timm
+    from safetensors.torch import save_file
+
+    model = timm.create_model("vit_small_patch14_dinov2.lvd142m", pretrained=False, dynamic_img_size=True)
+    path = tmp_path_factory.mktemp("weights") / "model.safetensors"
+    save_file(model.state_dict(), str(path))
+    return path, model
+
+
+@pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory):
     from labelgen.demo import build_demo
 

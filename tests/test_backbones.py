@@ -1,9 +1,7 @@
 import numpy as np
 import pytest
-import timm
 import torch
 from omegaconf import OmegaConf
-from safetensors.torch import save_file
 
 from labelgen.backbones import WeightsNotFound, build_backbone, default_conf, resolve_name
 from labelgen.backbones.dinov2 import DinoV2
@@ -34,15 +32,6 @@ def test_offline_features_are_unit_vectors_on_the_stride_8_grid(offline_backbone
 def test_image_size_must_suit_the_backbone(offline_backbone):
     with pytest.raises(ValueError, match="multiple of 32, e.g. 320"):
         offline_backbone.check_size(330)
-
-
-@pytest.fixture(scope="module")
-def dino_small_file(tmp_path_factory):
-    """A DINOv2 ViT-S/14 checkpoint in timm's format (random weights: no hub here)."""
-    model = timm.create_model("vit_small_patch14_dinov2.lvd142m", pretrained=False, dynamic_img_size=True)
-    path = tmp_path_factory.mktemp("weights") / "model.safetensors"
-    save_file(model.state_dict(), str(path))
-    return path, model
 
 
 def test_dinov2_loads_a_local_file_and_gives_last_block_tokens(dino_small_file):

@@ -5,23 +5,32 @@ import logging
 from .base import Backbone, WeightsNotFound
 from .dinov2 import ARCHS as DINO_ARCHS, DinoV2, find_weights
 from .mobilenet import MobileNetV2
+from .stable_diffusion import FUSED, NAMES as SD_NAMES, SD_LEVELS, StableDiffusion, StableDiffusionDino
 
 log = logging.getLogger(__name__)
 
 default_conf = {
-    "name": "auto",  # auto | mobilenetv2 | dinov2_vits14 | dinov2_vitb14
+    "name": "auto",  # auto | mobilenetv2 | dinov2_vits14 | dinov2_vitb14 | sd15 | sd15_dinov2_vit{s,b}14
     "weights": None,  # a local file; default: the package / Hugging Face cache
     "image_size": None,  # input side after padding to a square; default: the backbone's
     "auto_prefers": "dinov2_vitb14",
+    "sd_weights": None,  # a diffusers Stable Diffusion folder; default: the Hugging Face cache
+    "sd_timestep": 100,  # noise level the UNet sees (of 1000)
+    "sd_image_size": 960,  # SD branch input side of the fused backbones
 }
 
-NAMES = ["auto", "mobilenetv2", *DINO_ARCHS]
+NAMES = ["auto", "mobilenetv2", *DINO_ARCHS, *SD_NAMES]
 
 
 def feature_groups(name: str) -> list[int]:
-    """Channels per feature group of a backbone's cached features, without loading it."""
+    """Channels per feature group of a backbone's cached features, without loading it
+    (Stable Diffusion: the up-block widths of SD 1.x / 2.x)."""
     if name == "mobilenetv2":
         return list(MobileNetV2.groups)
+    if name == "sd15":
+        return list(SD_LEVELS)
+    if name in FUSED:
+        return [DINO_ARCHS[FUSED[name]][1], *SD_LEVELS]
     return [DINO_ARCHS[name][1]]
 
 
@@ -42,6 +51,10 @@ def build_backbone(conf) -> tuple[Backbone, str]:
     if name == "mobilenetv2":
         weights = None if conf.name == "auto" else conf.weights
         return MobileNetV2(weights), reason
+    if name == "sd15":
+        return StableDiffusion(conf.sd_weights, conf.sd_timestep), reason
+    if name in FUSED:
+        return StableDiffusionDino(name, conf.weights, conf.sd_weights, conf.sd_timestep, conf.sd_image_size), reason
     return DinoV2(name, conf.weights), reason
 
 

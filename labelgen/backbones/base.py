@@ -44,10 +44,23 @@ class Backbone(nn.Module):
             )
         return size
 
+    def digest(self) -> str:
+        """Identifies the weights."""
+        return file_digest(self.weights)
+
+    def recipe_key(self) -> str:
+        """Settings besides the weights that change the features."""
+        return ""
+
+    def sources(self) -> dict:
+        """Config keys that pin these weights, so every feature actor loads the same ones."""
+        return {"weights": self.weights}
+
     def fingerprint(self, image_size: int, variant: str = "") -> str:
         """Names the features: same fingerprint, same numbers, so caches can be shared.
         `variant` names anything else that changes what is cached (the mask fallback)."""
-        key = f"{self.name}|{self.recipe}|{image_size}|{file_digest(self.weights)}|{variant}"
+        recipe = "|".join(filter(None, [self.recipe, self.recipe_key()]))
+        key = f"{self.name}|{recipe}|{image_size}|{self.digest()}|{variant}"
         return f"{self.name}-{image_size}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
