@@ -181,7 +181,8 @@ class FeatureWorker:
         if mask_fallback not in ("pca", "image"):
             raise ValueError(f"features.mask_fallback={mask_fallback!r}: choose pca or image")
         self.mask_fallback = mask_fallback
-        log.info("feature actor on %s, CUDA_VISIBLE_DEVICES=%s", self.device, os.environ.get("CUDA_VISIBLE_DEVICES"))
+        self.where = device_name(self.device)
+        log.info("feature actor on %s (%s)", self.where, self.device)
 
     def _prepare(self, image_id, uri, mask_uri) -> list[tuple]:
         """(cache id, input, foreground, scale, size, has mask) of the image, and of its mirror."""
@@ -221,7 +222,17 @@ class FeatureWorker:
             "n_fg": np.asarray([fgs.get(i, 0) for i in batch["image_id"]], dtype=np.int64),
             "error": np.asarray(errors, dtype=object),
             "seconds": np.full(len(errors), (time.perf_counter() - t0) / max(1, len(errors))),
+            "actor": np.full(len(errors), self.where, dtype=object),
         }
+
+
+def device_name(device: torch.device) -> str:
+    """Where an actor runs: its Ray node and, with a GPU, the devices Ray gave it."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()[-8:] if ray.is_initialized() else "local"
+    gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return f"node {node} " + (f"CUDA_VISIBLE_DEVICES={gpus}" if gpus is not None else device.type)
 
 
 def plan_actors(conf, resources: dict) -> dict:

@@ -1,6 +1,7 @@
 """Connecting to Ray: a cluster when an address is given, else a private local instance."""
 
 import os
+import time
 
 import ray
 
@@ -22,3 +23,35 @@ def init_ray(conf) -> str:
     # Bind a local instance to loopback: nothing outside this machine can reach it.
     ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=conf.num_cpus)
     return "local instance on 127.0.0.1"
+
+
+
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+def submit_job(address: str, argv: list[str], runtime_env: dict | None = None):
+    """Submit `argv` as a Ray job to the cluster whose dashboard is at `address`;
+    returns (client, job id)."""
+    import shlex
+
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(address)
+    return client, client.submit_job(entrypoint=shlex.join(argv), runtime_env=runtime_env)
+
+
+def follow_job(client, job: str, timeout_s: float = 24 * 3600.0, echo=print) -> str:
+    """Echo a job's log as it grows until it ends (or is stopped at the timeout); its final status."""
+    deadline, shown = time.time() + timeout_s, 0
+    while True:
+        status = str(client.get_job_status(job)).rsplit(".", 1)[-1]
+        logs = client.get_job_logs(job)
+        if len(logs) > shown:
+            echo(logs[shown:].rstrip("\n"))
+            shown = len(logs)
+        if status in TERMINAL:
+            return status
+        if time.time() > deadline:
+            client.stop_job(job)
+            return f"STOPPED after {timeout_s:.0f} s"
+        time.sleep(2)

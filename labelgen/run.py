@@ -52,7 +52,7 @@ def extract_features(df: pd.DataFrame, conf, backbone_conf, image_size, cache_ro
     """Features for the images not cached yet, on a Ray Data actor pool; returns per-image results."""
     todo = df[~df["image_id"].isin(cached_ids(cache_root, fingerprint, df["image_id"], conf.flips))]
     if todo.empty:
-        return pd.DataFrame(columns=["image_id", "n_fg", "error", "seconds"]), 0.0
+        return pd.DataFrame(columns=["image_id", "n_fg", "error", "seconds", "actor"]), 0.0
     plan = plan_actors(conf, ray.cluster_resources())
     log.info("features: %d images on %d actor(s) (%s)", len(todo), plan["actors"],
              "1 GPU each" if plan["num_gpus"] else f"{plan['threads']} threads each")
@@ -164,6 +164,7 @@ def summary(run_id, store, counts) -> str:
             f"  features  {c['features_computed']:,} computed ({c['features_per_s']:.1f} images/s overall, "
             f"{c['features_per_actor_s']:.1f} per busy actor), "
             f"{c['features_cached']:,} from cache; backbone {c['backbone']} ({c['backbone_reason']})",
+            *([f"            by {'; '.join(f'{k}: {v}' for k, v in c['feature_actors'].items())}"] if c.get("feature_actors") else []),
             f"  tuples    {c.get('tuples', 0):,} of K={c['k']} ({c['tuples_per_s']:.1f} tuples/s)",
             f"  chains    {c.get('seeds', 0):,} foreground seeds -> cycle check per hop: {hops}",
             f"  labels    {c.get('candidates', 0):,} distinct candidates over all ordered pairs -> "
@@ -221,6 +222,7 @@ def execute(conf, store, run_id, df, backbone_conf, reason, image_size, fingerpr
         "features_s": round(feat_s, 3),
         "features_per_s": (len(results) - len(failed)) / feat_s if feat_s else 0.0,
         "features_per_actor_s": len(results) / results["seconds"].sum() if len(results) else 0.0,
+        "feature_actors": results["actor"].value_counts().sort_index().to_dict(),  # where -> images
         "backbone": fingerprint,
         "backbone_reason": reason,
         "k": conf.pairing.k,

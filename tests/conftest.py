@@ -1,4 +1,5 @@
 import os
+import socket
 
 import pytest
 
@@ -37,6 +38,12 @@ def tiny_demo(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("demo")
     return build_demo({**TINY_DEMO, "root": str(root)})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def tiny_demo_args(manifest: str) -> list[str]:

@@ -2,13 +2,12 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 
-from conftest import tiny_demo_args
+from conftest import free_port, tiny_demo_args
 from labelgen.labels import LABEL_SCHEMA
 from labelgen.store import LabelStore
 
@@ -70,12 +69,6 @@ def test_bad_arguments_fail_before_any_work(tmp_path):
     out = run(["labelgen.run", f"data.manifest={tmp_path / 'm.csv'}", f"store={tmp_path}"])
     assert out.returncode == 2 and "missing column(s) ['category']" in out.stderr
     assert not (tmp_path / "catalog.duckdb").exists()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_ray_job_submit_against_a_local_head(tiny_demo, tmp_path):

@@ -12,6 +12,7 @@ import sys
 import time
 
 from labelgen.config import ConfigError, parse_overrides
+from labelgen.ray_utils import follow_job, submit_job
 
 log = logging.getLogger("trainer.schedule")
 
@@ -21,23 +22,16 @@ default_conf = {
     "max_runs": None,  # stop after this many runs (default: run forever)
     "job_timeout_s": 24 * 3600.0,
 }
-TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
 def run_once(conf, args: list[str]) -> bool:
     """One retrain: True if it succeeded."""
-    entrypoint = shlex.join(["python", "-m", "trainer.retrain", *args])
     if not conf.address:
         return subprocess.run([sys.executable, "-m", "trainer.retrain", *args]).returncode == 0
-    from ray.job_submission import JobSubmissionClient
-
-    client = JobSubmissionClient(conf.address)
-    job = client.submit_job(entrypoint=entrypoint)
-    log.info("submitted %s as job %s", entrypoint, job)
-    deadline = time.time() + conf.job_timeout_s
-    while (status := str(client.get_job_status(job)).rsplit(".", 1)[-1]) not in TERMINAL and time.time() < deadline:
-        time.sleep(5)
-    log.info("job %s %s:\n%s", job, status, client.get_job_logs(job)[-2000:])
+    client, job = submit_job(conf.address, ["python", "-m", "trainer.retrain", *args])
+    log.info("submitted trainer.retrain %s as job %s", shlex.join(args), job)
+    status = follow_job(client, job, conf.job_timeout_s, echo=log.info)
+    log.info("job %s: %s", job, status)
     return status == "SUCCEEDED"
 
 

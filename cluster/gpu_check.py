@@ -1,0 +1,51 @@
+"""`python -m cluster.gpu_check [--address A] [--actors N]`: are GPUs pinned one per actor?
+
+Starts N actors that each ask for one GPU, as the feature stage's do, and prints
+(as JSON) where each landed and what it sees (node, CUDA_VISIBLE_DEVICES, Ray's GPU
+ids, whether torch sees CUDA), then the cluster's live nodes. With --actors 0 it
+only lists the nodes: handy to watch the autoscaler add and remove them.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import ray
+
+
+@ray.remote(num_gpus=1, num_cpus=1)
+class GpuProbe:
+    def report(self) -> dict:
+        import torch
+
+        return {
+            "node": ray.get_runtime_context().get_node_id(),
+            "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+            "torch_cuda": torch.cuda.is_available(),
+        }
+
+
+def check(actors: int) -> dict:
+    probes = [GpuProbe.remote() for _ in range(actors)]  # pending until the autoscaler adds GPU nodes
+    reports = ray.get([p.report.remote() for p in probes])
+    for p in probes:
+        ray.kill(p)
+    nodes = [{"node": n["NodeID"], "resources": {k: v for k, v in n["Resources"].items() if k in ("CPU", "GPU")}}
+             for n in ray.nodes() if n["Alive"]]
+    return {"actors": reports, "nodes": nodes}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cluster.gpu_check", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS", "auto"))
+    parser.add_argument("--actors", type=int, default=2)
+    a = parser.parse_args(argv)
+    ray.init(address=a.address, logging_level="ERROR", log_to_driver=False)
+    print(json.dumps(check(a.actors), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
