@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: run test evaluate clean
+.PHONY: run test evaluate bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -18,6 +18,9 @@ run: $(STAMP)
 
 evaluate: $(STAMP)
 	$(PY) -m labelgen.evaluate $(ARGS)
+
+bench: $(STAMP)
+	$(PY) -m benchmarks $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)

@@ -45,6 +45,7 @@ PHOTOS = {
 default_conf = {
     "root": "data",  # the collection lands in <root>/demo-<config hash>/
     "photos": list(PHOTOS),
+    "instances": 1,  # categories per photo (own view jitter each): a larger collection for benchmarks
     "azimuths": [-60, -45, -30, -15, 0, 15, 30, 45, 60],
     "elevations": [0, 15],
     "size": 320,  # square views, pixels
@@ -92,8 +93,9 @@ def build_demo(conf=None) -> str:
         return manifest_path
     rng = np.random.default_rng(conf.seed)
     rows = []
-    for name in conf.photos:
-        photo = load_photo(name)
+    categories = [(p, p if conf.instances == 1 else f"{p}{i}") for p in conf.photos for i in range(conf.instances)]
+    for photo_name, name in categories:
+        photo = load_photo(photo_name)
         os.makedirs(os.path.join(root, "images", name), exist_ok=True)
         os.makedirs(os.path.join(root, "masks", name), exist_ok=True)
         for elevation in conf.elevations:

@@ -133,15 +133,30 @@ def similarity_tuples(descriptors: np.ndarray, conf) -> np.ndarray:
     return sweep_tuples(dist, hop, 1e-6, conf)
 
 
+POSE_COLUMNS = {"geodesic": ["azimuth", "elevation", "theta"], "bins": ["azimuth"], "similarity": []}
+
+
+def pose_mode(rows: pd.DataFrame, conf) -> str:
+    """auto: geodesic when at least K rows have a full 3D pose, bins when any has an azimuth,
+    else similarity."""
+    if conf.pose != "auto":
+        return conf.pose
+    full = rows.reindex(columns=POSE_COLUMNS["geodesic"]).notna().all(axis=1)
+    return "geodesic" if full.sum() >= conf.k else "bins" if rows["azimuth"].notna().any() else "similarity"
+
+
+def unplaced(rows: pd.DataFrame, mode: str) -> pd.Series:
+    """Rows that lack the pose `mode` pairs by: they take part in no tuple."""
+    cols = POSE_COLUMNS.get(mode, [])
+    return rows.reindex(columns=cols).isna().any(axis=1) if cols else pd.Series(False, index=rows.index)
+
+
 def category_tuples(rows: pd.DataFrame, conf, descriptors=None) -> np.ndarray:
     """Tuples of one category's rows (positions into `rows`), by the pose the rows have:
     geodesic with full 3D pose, azimuth bins with azimuth, feature similarity without pose
     (`descriptors`: a function giving unit (N, C) global descriptors of the rows)."""
+    mode = pose_mode(rows, conf)
     full = rows.reindex(columns=["azimuth", "elevation", "theta"]).notna().all(axis=1).to_numpy()
-    if conf.pose == "auto":
-        mode = "geodesic" if full.sum() >= conf.k else "bins" if rows["azimuth"].notna().any() else "similarity"
-    else:
-        mode = conf.pose
     if mode == "bins":
         return sample_tuples(rows["azimuth"].to_numpy(), conf)
     if mode == "similarity":

@@ -56,7 +56,7 @@ def extract_features(df: pd.DataFrame, conf, backbone_conf, image_size, cache_ro
     plan = plan_actors(conf, ray.cluster_resources())
     log.info("features: %d images on %d actor(s) (%s)", len(todo), plan["actors"],
              "1 GPU each" if plan["num_gpus"] else f"{plan['threads']} threads each")
-    blocks = max(plan["actors"], math.ceil(len(todo) / conf.batch_size))
+    blocks = max(plan["actors"], math.ceil(len(todo) / plan["batch_size"]))
     ds = (
         ray.data.from_pandas(todo[["image_id", "uri", "mask_uri"]].astype(object))
         .repartition(blocks)
@@ -71,7 +71,7 @@ def extract_features(df: pd.DataFrame, conf, backbone_conf, image_size, cache_ro
                 "flips": conf.flips,
                 "mask_fallback": conf.mask_fallback,
             },
-            batch_size=conf.batch_size,
+            batch_size=plan["batch_size"],
             compute=ray.data.ActorPoolStrategy(size=plan["actors"]),
             num_cpus=plan["num_cpus"],
             num_gpus=plan["num_gpus"],
@@ -117,16 +117,24 @@ def vote_task(run_id, category, images: pd.DataFrame, conf, store_uri, sphere, *
     return stats
 
 
-def make_tuples(df: pd.DataFrame, conf, cache_root: str, fingerprint: str) -> dict[str, list[tuple[str, ...]]]:
+def make_tuples(df: pd.DataFrame, conf, cache_root: str, fingerprint: str):
+    """Tuples per category, and the images left out because they lack the pose their
+    category is paired by (bad_inputs rows)."""
     def descriptors(rows):  # only categories without pose need them
         return np.stack([load_features(cache_uri(cache_root, fingerprint, i)).descriptor() for i in rows["image_id"]])
 
-    out = {}
+    out, left_out = {}, []
     for category, rows in df.groupby("category", sort=True):
+        mode = pairing.pose_mode(rows, conf)
+        cols = " and ".join(pairing.POSE_COLUMNS.get(mode, []))
+        for _, r in rows[pairing.unplaced(rows, mode)].iterrows():
+            left_out.append({"image_id": r["image_id"], "uri": r["uri"], "stage": "pairing",
+                             "error": f"no {cols} while category '{category}' is paired by {mode} pose: left out of "
+                                      "every tuple; give its pose, or run with pairing.pose=similarity"})
         idx = pairing.category_tuples(rows, conf, descriptors)
         ids = rows["image_id"].to_numpy()
         out[category] = [tuple(ids[t]) for t in idx]
-    return out
+    return out, left_out
 
 
 IMAGE_COLUMNS = [n for n in IMAGE_SCHEMA.names if n not in ("run_id", "width", "height", "n_fg")]
@@ -199,7 +207,8 @@ def execute(conf, store, run_id, df, backbone_conf, reason, image_size, fingerpr
     uris = dict(zip(df["image_id"], df["uri"]))
     bad = [{"image_id": i, "uri": uris[i], "stage": "features", "error": e} for i, e in zip(failed.image_id, failed.error)]
     good = df[~df["image_id"].isin(failed["image_id"])]
-    tuples = make_tuples(good, conf.pairing, cache_root, fingerprint)
+    tuples, left_out = make_tuples(good, conf.pairing, cache_root, fingerprint)
+    bad += left_out
     done = store.staged_categories(run_id)
     if done:
         log.info("resuming run %s: %d of %d categories already done", run_id, len(done & set(tuples)), len(tuples))

@@ -69,3 +69,17 @@ def test_pca_foreground_finds_the_object_without_its_mask(tiny_demo, offline_bac
     iou = (fg & truth).sum() / (fg | truth).sum()
     assert iou > 0.7, float(iou)  # measured 0.91
     assert not (fg & ~inside).any()
+
+
+def test_actor_plan_pins_one_gpu_per_actor_else_shares_the_cpus():
+    from omegaconf import OmegaConf
+
+    from labelgen.features import default_conf, plan_actors
+
+    conf = OmegaConf.create(default_conf)
+    gpu = plan_actors(conf, {"CPU": 16, "GPU": 4})
+    assert (gpu["actors"], gpu["num_gpus"], gpu["batch_size"]) == (4, 1, 32)
+    cpu = plan_actors(conf, {"CPU": 8})
+    assert (cpu["actors"], cpu["num_gpus"], cpu["threads"], cpu["batch_size"]) == (4, 0, 2, 8)
+    forced = plan_actors(OmegaConf.merge(conf, {"device": "cuda", "actors": 2}), {"CPU": 2})  # GPUs the autoscaler adds
+    assert (forced["actors"], forced["num_gpus"]) == (2, 1)

@@ -1,0 +1,64 @@
+"""Label generation: the published per-tuple loop against the service's chain stage,
+on the same cached features and the same tuples, one core each."""
+
+import time
+
+import torch
+from omegaconf import OmegaConf
+
+from labelgen import labels
+from labelgen.features import cache_uri, load_features
+from labelgen.run import make_tuples
+
+from .reference import reference_candidates
+
+
+KEY = ("src_image_id", "tgt_image_id", "hops", "src_x", "src_y", "tgt_x", "tgt_y")
+
+
+def service_candidates(tuples_by_cat, cache_root, fingerprint, conf) -> list:
+    """What the service's candidate tasks compute (features loaded once per chunk)."""
+    tables = []
+    for category, tuples in tuples_by_cat.items():
+        for s in range(0, len(tuples), conf.tuples_per_task):
+            chunk = tuples[s : s + conf.tuples_per_task]
+            ids = sorted({i for t in chunk for i in t})
+            feats = {i: load_features(cache_uri(cache_root, fingerprint, i)) for i in ids}
+            tables.append(labels.candidates("bench", category, chunk, feats, conf)[0])
+    return tables
+
+
+def as_dict(tables) -> dict:
+    out = {}
+    for table in tables:
+        cols = table.to_pydict()
+        for r in range(table.num_rows):
+            out[tuple(cols[c][r] for c in KEY)] = [cols["support"][r], cols["cycle_error"][r], cols["similarity"][r]]
+    return out
+
+
+def same_labels(ref: dict, svc: dict) -> dict:
+    """Identical label sets, support counts equal, errors and similarities equal to float32 precision."""
+    missing, extra = len(ref.keys() - svc.keys()), len(svc.keys() - ref.keys())
+    common = ref.keys() & svc.keys()
+    support = sum(ref[k][0] != svc[k][0] for k in common)
+    values = sum(abs(ref[k][1] - svc[k][1]) > 1e-3 or abs(ref[k][2] - svc[k][2]) > 1e-4 for k in common)
+    return {"labels": len(ref), "missing": missing, "extra": extra, "support_differs": support,
+            "values_differ": values, "identical": missing == extra == support == values == 0}
+
+
+def bench_chains(df, conf, cache_root, fingerprint, tuples_per_category: int) -> dict:
+    """Tuples/s of both on one thread; the service's stage includes reading the chunk's features."""
+    torch.set_num_threads(1)
+    tuples = {c: t[:tuples_per_category] for c, t in make_tuples(df, conf.pairing, cache_root, fingerprint)[0].items()}
+    n = sum(len(t) for t in tuples.values())
+    lconf = OmegaConf.create(OmegaConf.to_container(conf.labels))
+    t0 = time.perf_counter()
+    tables = service_candidates(tuples, cache_root, fingerprint, lconf)
+    svc_s = time.perf_counter() - t0
+    svc = as_dict(tables)
+    t0 = time.perf_counter()
+    ref = reference_candidates([t for ts in tuples.values() for t in ts], cache_root, fingerprint, lconf.radius)
+    ref_s = time.perf_counter() - t0
+    return {"tuples": n, "service_s": svc_s, "reference_s": ref_s, "service_tuples_per_s": n / svc_s,
+            "reference_tuples_per_s": n / ref_s, "speedup": ref_s / svc_s, **same_labels(ref, svc)}

@@ -1,0 +1,89 @@
+"""A scale model: wall time and cost of 1M images on N GPU nodes, from measured stage costs.
+
+Measured here (one CPU core): the chain stage's pair structure (`pair_nn`) at the demo's
+size and at DINOv2-B's (60 x 60 grid, 768-d), and its per-tuple remainder on the demo.
+Taken from the hardware's data sheets (stated, not measured): the GPU's bf16 rate and
+the fraction of it a ViT reaches, prices, and the network. The FLOPs of DINOv2-B at
+840 px are counted, not assumed.
+"""
+
+import math
+import time
+
+import timm
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from labelgen.chain import pair_nn
+
+# Stated assumptions (AWS us-west-2 on-demand prices, NVIDIA A10G data sheet)
+A10G_BF16_FLOPS = 125e12  # dense tensor-core peak
+VIT_GPU_EFFICIENCY = 0.4  # share of the peak a ViT-B forward at batch 32 reaches on an A10G
+G5_XLARGE_USD_H = 1.006  # 1 A10G, 4 vCPU
+HEAD_USD_H = 0.384  # m5.2xlarge, 8 vCPU
+CPUS_PER_GPU_NODE = 4
+HEAD_CPUS = 8
+S3_USD_GB_MONTH = 0.023
+NODE_GBYTES_S = 1.25  # 10 Gbit/s per node from S3
+FEATURE_BYTES = 60 * 60 * 768 * 2  # one DINOv2-B grid in float16
+
+# The workload
+IMAGES = 1_000_000
+IMAGES_PER_CATEGORY = 1000
+TUPLES_PER_CATEGORY = 2000  # pairing.max_tuples
+K = 4
+FG_PATCHES = 1800  # half of the 60 x 60 grid
+PAIRS_PER_TUPLE = 0.5  # distinct adjacent pairs per tuple after sharing (demo: 0.4-0.6)
+TUPLES_PER_TASK = 256  # labels.tuples_per_task: a task reads each image of its chunk once
+
+
+def dinov2_b_flops() -> int:
+    with torch.device("meta"):
+        model = timm.create_model("vit_base_patch14_dinov2", pretrained=False, dynamic_img_size=True)
+        x = torch.randn(1, 3, 840, 840)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model.forward_features(x)
+    return counter.get_total_flops()
+
+
+def pair_nn_seconds(n: int, dim: int, reps: int = 3) -> float:
+    fa = torch.nn.functional.normalize(torch.randn(n, dim), dim=1)
+    fb = torch.nn.functional.normalize(torch.randn(n, dim), dim=1)
+    pair_nn(fa, fb)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        pair_nn(fa, fb)
+    return (time.perf_counter() - t0) / reps
+
+
+def scale_model(chain: dict, demo_fg: float, demo_dim: int, nodes=(1, 4, 16, 64)) -> dict:
+    """`chain`: the chain benchmark (service seconds and tuples on the demo, one core)."""
+    torch.set_num_threads(1)
+    flops = dinov2_b_flops()
+    gpu_img_s = A10G_BF16_FLOPS * VIT_GPU_EFFICIENCY / flops / 2  # the image and its mirrored twin
+    pair_demo, pair_dino = pair_nn_seconds(round(demo_fg), demo_dim), pair_nn_seconds(FG_PATCHES, 768)
+    per_tuple_demo = max(chain["service_s"] / chain["tuples"] - PAIRS_PER_TUPLE * pair_demo, 0.0)
+    tuple_s = PAIRS_PER_TUPLE * pair_dino + per_tuple_demo * FG_PATCHES / demo_fg  # index work grows with patches
+    categories = IMAGES // IMAGES_PER_CATEGORY
+    tuples = categories * TUPLES_PER_CATEGORY
+    # a chunk's distinct images: the category's, each drawn with probability 1 - exp(-slots / images)
+    per_chunk = IMAGES_PER_CATEGORY * (1 - math.exp(-TUPLES_PER_TASK * K / IMAGES_PER_CATEGORY))
+    read_bytes = categories * math.ceil(TUPLES_PER_CATEGORY / TUPLES_PER_TASK) * per_chunk * FEATURE_BYTES
+    rows = []
+    for n in nodes:
+        stages = {
+            "features (GPU)": IMAGES / (gpu_img_s * n) / 3600,
+            "chains (CPU)": tuples * tuple_s / (HEAD_CPUS + CPUS_PER_GPU_NODE * n) / 3600,
+            "feature reads (network)": read_bytes / (NODE_GBYTES_S * 1e9 * (n + 1)) / 3600,
+        }
+        chain_h = max(stages["chains (CPU)"], stages["feature reads (network)"])  # reads overlap compute
+        wall_h = stages["features (GPU)"] + chain_h  # the stages run one after the other
+        rows.append({"gpus": n, **{k: round(v, 3) for k, v in stages.items()}, "wall_h": wall_h,
+                     "bottleneck": max(stages, key=stages.get),
+                     "usd": wall_h * (HEAD_USD_H + n * G5_XLARGE_USD_H)})
+    return {"dinov2_b_gflops": flops / 1e9, "gpu_images_per_s": gpu_img_s, "pair_nn_demo_s": pair_demo,
+            "pair_nn_dino_s": pair_dino, "tuple_s": tuple_s, "tuples": tuples, "rows": rows,
+            "chain_read_tb": read_bytes / 1e12,
+            "cache_tb": IMAGES * 2 * FEATURE_BYTES / 1e12,
+            "cache_usd_month": IMAGES * 2 * FEATURE_BYTES / 1e9 * S3_USD_GB_MONTH}

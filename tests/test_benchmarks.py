@@ -1,0 +1,22 @@
+"""The benchmark's yardstick must be the same computation: the published per-tuple loop
+and the service's chain stage give identical candidate labels."""
+
+from benchmarks.chains import as_dict, same_labels, service_candidates
+from benchmarks.reference import reference_candidates
+from conftest import tiny_demo_args
+from labelgen import run
+from labelgen.features import FeatureWorker
+from labelgen.run import make_tuples
+
+
+def test_reference_generator_and_service_give_identical_candidates(tiny_demo, tmp_path):
+    conf, _, df, backbone_conf, _, size, fingerprint = run.prepare([*tiny_demo_args(tiny_demo), f"store={tmp_path}"])
+    cache = str(tmp_path / "features")
+    worker = FeatureWorker(backbone_conf, size, cache, fingerprint, flips=False)
+    worker(df[["image_id", "uri", "mask_uri"]].astype(object).to_dict("list"))
+    tuples, _ = make_tuples(df, conf.pairing, cache, fingerprint)
+    assert sum(map(len, tuples.values())) == 4  # 2 categories x 1 sweep x both directions
+    svc = as_dict(service_candidates(tuples, cache, fingerprint, conf.labels))
+    ref = reference_candidates([t for ts in tuples.values() for t in ts], cache, fingerprint, conf.labels.radius)
+    result = same_labels(ref, svc)
+    assert result["labels"] > 10_000 and result["identical"], result
