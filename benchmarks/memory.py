@@ -7,6 +7,7 @@ counted in each) is sampled every 0.2 s and its peak kept.
 """
 
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -61,6 +62,7 @@ def bench_memory(root: str, instances: tuple[int, int] = (1, 10)) -> list[dict]:
         demo = {"root": root, "instances": n, "azimuths": [-30, -15, 0, 15, 30], "elevations": [0]}
         manifest = build_demo(demo)
         store = os.path.join(root, f"store-x{n}")
+        shutil.rmtree(store, ignore_errors=True)  # a cold run: features are computed, not read from a cache
         r = peak_memory([f"data.manifest={manifest}", f"store={store}", "pairing.bin_deg=15", "ray.num_cpus=2"])
         images = pd.read_parquet(manifest, columns=["category"])
         rows.append({"images": len(images), "categories": images["category"].nunique(), **r})

@@ -4,8 +4,8 @@ Features are unit vectors of the foreground patches of each image, so the
 similarity is a dot product. An adjacent image pair recurs in many tuples, so
 its nearest-neighbour structure is computed once (`pair_nn`): the forward match
 never depends on the tuple, and the backward match among a tuple's surviving
-patches is the first survivor in a short top-k list, with an exact fallback
-when none of the top-k survived. Per tuple, only index lookups remain.
+patches is the first survivor in a short top-k list (by default just the
+nearest), with an exact fallback when none of the list survived. Per tuple, only index lookups remain.
 """
 
 from dataclasses import dataclass
@@ -26,14 +26,23 @@ class PairNN:
 def pair_nn(fa: torch.Tensor, fb: torch.Tensor, topk: int = 16) -> tuple[PairNN, PairNN]:
     """Both directions (A->B, B->A) from one similarity matmul."""
     sim = fa @ fb.T
-    ab_sim, ab_idx = sim.max(dim=1)
-    ba_sim, ba_idx = sim.max(dim=0)
-    top_a = sim.topk(min(topk, sim.shape[0]), dim=0)  # for each B, best patches of A
-    top_b = sim.topk(min(topk, sim.shape[1]), dim=1)  # for each A, best patches of B
+    a_sim, a_idx = best(sim, topk, dim=0)  # for each B, best patches of A, best first
+    b_sim, b_idx = best(sim, topk, dim=1)  # for each A, best patches of B
+    back_a, back_a_sim = a_idx.T.contiguous(), a_sim.T.contiguous()
     return (
-        PairNN(ab_idx, ab_sim, top_a.indices.T.contiguous(), top_a.values.T.contiguous()),
-        PairNN(ba_idx, ba_sim, top_b.indices, top_b.values),
+        PairNN(b_idx[:, 0], b_sim[:, 0], back_a, back_a_sim),  # the nearest is the first of the list
+        PairNN(back_a[:, 0], back_a_sim[:, 0], b_idx, b_sim),
     )
+
+
+def best(sim: torch.Tensor, k: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, indices) of the k largest along `dim`, best first. k=1 is a max: on the CPU
+    ten times cheaper than torch's top-k, whose cost hardly depends on k."""
+    k = min(k, sim.shape[dim])
+    if k == 1:
+        return sim.max(dim=dim, keepdim=True)
+    top = sim.topk(k, dim=dim)
+    return top.values, top.indices
 
 
 def backward_match(
@@ -112,29 +121,28 @@ class PairLabels:
 
 def merge_labels(src, tgt, cycle_error, similarity, n_tgt: int):
     """Merge repeated (src, tgt) labels: worst-case becomes best-case cycle error
-    (the smallest seen), and `count` says how often the pair was found."""
+    (the smallest seen), and `count` says how often the pair was found. `similarity`
+    may be None (then so is the merged one)."""
     key = src * n_tgt + tgt
     uniq, inverse, count = key.unique(return_inverse=True, return_counts=True)
     cyc = torch.full((len(uniq),), float("inf")).scatter_reduce(0, inverse, cycle_error.float(), reduce="amin")
-    sim = torch.zeros(len(uniq)).scatter(0, inverse, similarity.float())  # same patches, same cosine
+    sim = None if similarity is None else torch.zeros(len(uniq)).scatter(0, inverse, similarity.float())  # same patches, same cosine
     return uniq // n_tgt, uniq % n_tgt, cyc, sim, count
 
 
 def pair_labels(chains: Chains, feats: list[torch.Tensor], hop_px: torch.Tensor) -> list[PairLabels]:
     """Every ordered pair of the tuple shares the chains' matches (composition).
 
-    `hop_px` (K-1,) converts each hop's grid-unit cycle error to source pixels.
+    `hop_px` (K-1,) converts each hop's grid-unit cycle error to source pixels. The
+    labels of (j, i) are those of (i, j) turned around, so each unordered pair is merged once.
     """
     k = chains.idx.shape[1]
     err_px = chains.err * hop_px[None, :]
     out = []
     for i in range(k):
-        for j in range(k):
-            if i == j:
-                continue
-            src, tgt = chains.idx[:, i], chains.idx[:, j]
-            cyc = err_px[:, min(i, j) : max(i, j)].amax(dim=1)
-            sim = (feats[i][src] * feats[j][tgt]).sum(dim=1)
-            src, tgt, cyc, sim, _ = merge_labels(src, tgt, cyc, sim, len(feats[j]))
-            out.append(PairLabels(i, j, src, tgt, cyc, sim))
+        for j in range(i + 1, k):
+            cyc = err_px[:, i:j].amax(dim=1)
+            src, tgt, cyc, _, _ = merge_labels(chains.idx[:, i], chains.idx[:, j], cyc, None, len(feats[j]))
+            sim = (feats[i][src] * feats[j][tgt]).sum(dim=1)  # once per distinct label
+            out += [PairLabels(i, j, src, tgt, cyc, sim), PairLabels(j, i, tgt, src, cyc, sim)]
     return out

@@ -3,9 +3,19 @@
 S3 credentials come from the standard AWS chain (environment, profile, instance
 role). Arrow ignores AWS_ENDPOINT_URL, so it is read here: set AWS_ENDPOINT_URL
 (or AWS_ENDPOINT_URL_S3) for S3-compatible servers.
+
+Object-store calls are retried here as well as in the AWS SDK: the SDK does not
+retry a 503 without a body (a throttled HEAD), and under sustained throttling its
+retry quota runs out and it stops retrying at all (seen against a proxy failing 2
+requests in 7: the SDK coped alone for ~30 objects, then this layer took over).
+Every write is also checked against the object's size and every read against the
+size the store reports; a mismatch or a transient error is tried again, with backoff.
 """
 
+import logging
 import os
+import re
+import time
 import uuid
 from functools import lru_cache
 
@@ -50,14 +60,46 @@ def resolve(uri: str, base_dir: str) -> str:
     return join(base_dir, uri)
 
 
+log = logging.getLogger(__name__)
+TRANSIENT = re.compile(r"HTTP status 5\d\d|slow_?down|SERVICE_UNAVAILABLE|RequestTimeout|InternalError|curl|connection|timed? ?out|"
+                       r"Broken pipe|size mismatch", re.IGNORECASE)
+ATTEMPTS = 6
+
+
+class Incomplete(OSError):
+    """An object store answered with fewer bytes than the object has (or stored fewer than sent)."""
+
+
+def retrying(uri: str, fn):
+    """fn() for an object-store URI, again after a transient error (0.2 s, 0.4 s, ... up to 5 s)."""
+    if not is_remote(uri):
+        return fn()
+    for attempt in range(ATTEMPTS):
+        try:
+            return fn()
+        except OSError as e:
+            if attempt == ATTEMPTS - 1 or not TRANSIENT.search(str(e)):
+                raise
+            log.warning("%s: %s; trying again (%d of %d)", uri, str(e).splitlines()[0], attempt + 2, ATTEMPTS)
+            time.sleep(min(5.0, 0.2 * 2**attempt))
+
+
 def read_bytes(uri: str) -> bytes:
     fs, path = filesystem(uri)
-    with fs.open_input_stream(path) as f:
-        return f.read()
+
+    def read():
+        with fs.open_input_file(path) as f:
+            size, data = f.size(), f.read()
+        if len(data) != size:
+            raise Incomplete(f"{uri}: read {len(data)} of {size} bytes (size mismatch)")
+        return data
+
+    return retrying(uri, read)
 
 
 def write_bytes(uri: str, data: bytes) -> None:
-    """Write so that readers see the whole file or nothing (rename locally, one PUT on S3)."""
+    """Write so that readers see the whole file or nothing (rename locally, one object on S3,
+    checked for its size and written again if it came out short)."""
     fs, path = filesystem(uri)
     if isinstance(fs, pafs.LocalFileSystem):
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -66,24 +108,31 @@ def write_bytes(uri: str, data: bytes) -> None:
             f.write(data)
         os.replace(tmp, path)
         return
-    with fs.open_output_stream(path) as f:
-        f.write(data)
+
+    def write():
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+        stored = fs.get_file_info(path).size
+        if stored != len(data):
+            raise Incomplete(f"{uri}: stored {stored} of {len(data)} bytes (size mismatch)")
+
+    retrying(uri, write)
 
 
 def exists(uri: str) -> bool:
     fs, path = filesystem(uri)
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
+    return retrying(uri, lambda: fs.get_file_info(path).type != pafs.FileType.NotFound)
 
 
 def list_files(uri: str, recursive: bool = True) -> list[str]:
     """Paths (inside the filesystem) of the files under a folder; none if it is absent."""
     fs, path = filesystem(uri)
-    infos = fs.get_file_info(pafs.FileSelector(path, recursive=recursive, allow_not_found=True))
+    infos = retrying(uri, lambda: fs.get_file_info(pafs.FileSelector(path, recursive=recursive, allow_not_found=True)))
     return sorted(i.path for i in infos if i.type == pafs.FileType.File)
 
 
 def list_dirs(uri: str) -> list[str]:
     """Names of the folders directly under a folder."""
     fs, path = filesystem(uri)
-    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True))
+    infos = retrying(uri, lambda: fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True)))
     return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)

@@ -21,7 +21,7 @@ from .features import ImageFeatures
 
 default_conf = {
     "radius": 2.0,  # relaxed cycle check: back-match within this many patches
-    "topk": 16,  # backward candidates kept per patch and pair (exact fallback beyond)
+    "topk": 1,  # backward candidates kept per patch and pair (exact fallback beyond; 1 = a max, fastest on CPUs)
     "tuples_per_task": 256,
     "vote": True,  # keep, per source patch and image pair, the target most tuples agree on
     "min_support": 1,  # tuples that must propose a label

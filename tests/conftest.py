@@ -46,9 +46,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def labels_of(store: str, run_id: str, categories=None):
+    """A run's committed labels (without run_id) in a canonical order, to compare runs exactly."""
+    from labelgen.store import LabelStore
+
+    con = LabelStore(store).connect()
+    df = con.execute(f"SELECT * EXCLUDE (run_id) FROM labels WHERE run_id = '{run_id}'").df()
+    con.close()
+    if categories is not None:
+        df = df[df["category"].isin(categories)]
+    return df.sort_values(list(df.columns)).reset_index(drop=True)
+
+
 def tiny_demo_args(manifest: str) -> list[str]:
     """Command-line overrides that run the pipeline on the tiny demo."""
     return [f"data.manifest={manifest}", "pairing.bin_deg=30"]
+
+
+SECRET = "labelgen-test-secret-9f2c7e"
 
 
 @pytest.fixture(scope="session")
@@ -63,8 +78,8 @@ def s3_server():
     host, port = server.get_host_and_port()
     env = {
         "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_ACCESS_KEY_ID": "AKIALABELGENTEST",
+        "AWS_SECRET_ACCESS_KEY": SECRET,  # distinctive: tests look for it where it must never be
         "AWS_DEFAULT_REGION": "us-east-1",
     }
     saved = {k: os.environ.get(k) for k in env}

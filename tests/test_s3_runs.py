@@ -1,6 +1,7 @@
 """Whole runs against a real S3-compatible server: commit, queries, kill and resume."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -9,7 +10,8 @@ import boto3
 import psutil
 import pytest
 
-from conftest import tiny_demo_args
+from conftest import SECRET, labels_of, tiny_demo_args
+from faults import FaultyS3Proxy
 from labelgen.demo import build_demo
 from labelgen.store import LabelStore
 from test_run import run
@@ -17,13 +19,46 @@ from test_run import run
 pytestmark = pytest.mark.slow
 
 
-def test_a_whole_run_to_s3_and_reports_over_it(tiny_demo, s3_server):
-    store = f"{s3_server}/whole"
-    out = run(["labelgen.run", *tiny_demo_args(tiny_demo), f"store={store}", "run_id=s3run"])
+@pytest.fixture(scope="module")
+def undisturbed(tiny_demo, s3_server):
+    """A tiny-demo run straight to the S3 server: the labels every faulted run must reproduce."""
+    store = f"{s3_server}/train"
+    out = run(["labelgen.run", *tiny_demo_args(tiny_demo), f"store={store}", "run_id=lab"])
     assert out.returncode == 0, out.stderr[-3000:]
-    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="labels", Prefix="whole/")["Contents"]]
+    return store
+
+
+def test_a_whole_run_through_s3_faults_equals_an_undisturbed_one_and_never_shows_a_secret(
+        tiny_demo, s3_server, undisturbed):
+    proxy = FaultyS3Proxy(os.environ["AWS_ENDPOINT_URL"], every=10)  # 1 in 10 requests: 503; 1 in 10: dropped
+    store = f"{s3_server}/whole"
+    try:
+        out = run(["labelgen.run", *tiny_demo_args(tiny_demo), f"store={store}", "run_id=s3run"],
+                  env={"AWS_ENDPOINT_URL": proxy.url})
+    finally:
+        proxy.close()
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert proxy.slow_downs >= 10 and proxy.drops >= 10, (proxy.requests, proxy.slow_downs, proxy.drops)
+    keys = staged_keys("whole/")
     assert "whole/commits/s3run.json" in keys
     assert sum(k.startswith("whole/features/") for k in keys) == 16  # the cache lives in the store: 8 images, 8 mirrors
+    # retried, not lost or doubled: the same labels as the run that met no fault
+    faulted, reference = labels_of(store, "s3run"), labels_of(undisturbed, "lab")
+    assert len(faulted) > 1000 and faulted.equals(reference)
+
+    # credentials: not in the logs, not in anything stored, not in an error message
+    assert SECRET not in out.stdout + out.stderr
+    s3 = boto3.client("s3")
+    for key in keys:
+        if key.endswith((".json", ".parquet", ".yaml")):
+            assert SECRET.encode() not in s3.get_object(Bucket="labels", Key=key)["Body"].read(), key
+    con = LabelStore(store).connect()
+    assert SECRET not in con.execute("SELECT config FROM runs WHERE run_id = 's3run'").fetchone()[0]
+    con.close()
+    denied = run(["labelgen.run", *tiny_demo_args(tiny_demo), "store=s3://no-such-bucket/x"])
+    assert denied.returncode != 0 and "no-such-bucket" in denied.stderr
+    assert SECRET not in denied.stdout + denied.stderr
+
     report = run(["queries", "precision", "--store", store, "--format", "json"])
     assert report.returncode == 0, report.stderr[-3000:]
     rows = json.loads(report.stdout)
@@ -92,10 +127,8 @@ def test_a_killed_run_shows_nothing_and_its_resume_equals_an_undisturbed_run(tmp
     assert changed.returncode == 2 and "was started with another config" in changed.stderr
 
 
-def test_training_checkpoints_to_s3(tiny_demo, s3_server):
-    store = f"{s3_server}/train"
-    out = run(["labelgen.run", *tiny_demo_args(tiny_demo), f"store={store}", "run_id=lab"])
-    assert out.returncode == 0, out.stderr[-3000:]
+def test_training_checkpoints_to_s3(undisturbed):
+    store = undisturbed
     out = run(["trainer.train", f"data.store={store}", "model_id=s3model", "data.val_split=none", "optim.steps=2",
                "optim.log_every=1", "checkpoint.every=2"])
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
