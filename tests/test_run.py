@@ -62,15 +62,6 @@ def test_pipeline_writes_queryable_labels_and_reuses_the_feature_cache(tiny_demo
     assert query.returncode == 0 and query.stdout.count("\n") == 5  # header + 2 runs x 2 categories
 
 
-def test_bad_arguments_fail_before_any_work(tmp_path):
-    out = run(["labelgen.run", "pairing.radius=2", f"store={tmp_path}"])
-    assert out.returncode == 2 and "known keys" in out.stderr
-    (tmp_path / "m.csv").write_text("image_id,uri\n1,a.png\n")
-    out = run(["labelgen.run", f"data.manifest={tmp_path / 'm.csv'}", f"store={tmp_path}"])
-    assert out.returncode == 2 and "missing column(s) ['category']" in out.stderr
-    assert not (tmp_path / "catalog.duckdb").exists()
-
-
 @pytest.mark.skipif(os.environ.get("LABELGEN_SSH_TESTS") == "1",
                     reason="test_cluster's ray up test submits the same job to a head started over ssh")
 def test_ray_job_submit_against_a_local_head(tiny_demo, tmp_path):

@@ -12,6 +12,7 @@ import pytest
 
 from conftest import SECRET, labels_of, tiny_demo_args
 from faults import FaultyS3Proxy
+from labelgen import run as run_mod
 from labelgen.demo import build_demo
 from labelgen.store import LabelStore
 from test_run import run
@@ -81,7 +82,7 @@ def kill_tree(proc):
     proc.wait(timeout=60)
 
 
-def test_a_killed_run_shows_nothing_and_its_resume_equals_an_undisturbed_run(tmp_path_factory, s3_server):
+def test_a_killed_run_shows_nothing_and_its_resume_equals_an_undisturbed_run(tmp_path_factory, s3_server, capsys):
     manifest = build_demo({"root": str(tmp_path_factory.mktemp("demo8")), "azimuths": [-45, -15, 15, 45], "elevations": [0]})
     store = f"{s3_server}/resume"
     args = ["labelgen.run", *tiny_demo_args(manifest), f"store={store}", "labels.tuples_per_task=1"]
@@ -121,10 +122,10 @@ def test_a_killed_run_shows_nothing_and_its_resume_equals_an_undisturbed_run(tmp
     assert counts["victim"] == counts["reference"]  # counts cover the categories done before the kill too
     con.close()
 
-    again = run([*args, "run_id=victim"])
-    assert again.returncode == 0 and "already committed" in again.stdout
-    changed = run([*args, "run_id=victim", "labels.radius=1"])
-    assert changed.returncode == 2 and "was started with another config" in changed.stderr
+    assert run_mod.main([*args[1:], "run_id=victim"]) == 0  # in-process: these two stop before any work
+    assert "already committed" in capsys.readouterr().out
+    assert run_mod.main([*args[1:], "run_id=victim", "labels.radius=1"]) == 2
+    assert "was started with another config" in capsys.readouterr().err
 
 
 def test_training_checkpoints_to_s3(undisturbed):
