@@ -6,9 +6,7 @@ import time
 import torch
 from omegaconf import OmegaConf
 
-from labelgen import labels
-from labelgen.features import cache_uri, load_features
-from labelgen.run import make_tuples
+from labelgen.run import chunk_candidates, make_tuples
 
 from .reference import reference_candidates
 
@@ -18,14 +16,9 @@ KEY = ("src_image_id", "tgt_image_id", "hops", "src_x", "src_y", "tgt_x", "tgt_y
 
 def service_candidates(tuples_by_cat, cache_root, fingerprint, conf) -> list:
     """What the service's candidate tasks compute (features loaded once per chunk)."""
-    tables = []
-    for category, tuples in tuples_by_cat.items():
-        for s in range(0, len(tuples), conf.tuples_per_task):
-            chunk = tuples[s : s + conf.tuples_per_task]
-            ids = sorted({i for t in chunk for i in t})
-            feats = {i: load_features(cache_uri(cache_root, fingerprint, i)) for i in ids}
-            tables.append(labels.candidates("bench", category, chunk, feats, conf)[0])
-    return tables
+    step = conf.tuples_per_task
+    return [chunk_candidates("bench", category, tuples[s : s + step], cache_root, fingerprint, conf)[0]
+            for category, tuples in tuples_by_cat.items() for s in range(0, len(tuples), step)]
 
 
 def as_dict(tables) -> dict:

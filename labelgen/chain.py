@@ -5,7 +5,8 @@ similarity is a dot product. An adjacent image pair recurs in many tuples, so
 its nearest-neighbour structure is computed once (`pair_nn`): the forward match
 never depends on the tuple, and the backward match among a tuple's surviving
 patches is the first survivor in a short top-k list (by default just the
-nearest), with an exact fallback when none of the list survived. Per tuple, only index lookups remain.
+nearest), with an exact fallback when none of the list survived. Per tuple,
+only index lookups remain.
 """
 
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ class PairNN:
     back_sim: torch.Tensor  # (Nb, k)
 
 
-def pair_nn(fa: torch.Tensor, fb: torch.Tensor, topk: int = 16) -> tuple[PairNN, PairNN]:
+def pair_nn(fa: torch.Tensor, fb: torch.Tensor, topk: int = 1) -> tuple[PairNN, PairNN]:
     """Both directions (A->B, B->A) from one similarity matmul."""
     sim = fa @ fb.T
     a_sim, a_idx = best(sim, topk, dim=0)  # for each B, best patches of A, best first
@@ -37,7 +38,7 @@ def pair_nn(fa: torch.Tensor, fb: torch.Tensor, topk: int = 16) -> tuple[PairNN,
 
 def best(sim: torch.Tensor, k: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(values, indices) of the k largest along `dim`, best first. k=1 is a max: on the CPU
-    ten times cheaper than torch's top-k, whose cost hardly depends on k."""
+    ~8x cheaper than torch's top-k, whose cost hardly depends on k."""
     k = min(k, sim.shape[dim])
     if k == 1:
         return sim.max(dim=dim, keepdim=True)

@@ -1,6 +1,7 @@
 """Connecting to Ray: a cluster when an address is given, else a private local instance."""
 
 import os
+import shlex
 import time
 
 import ray
@@ -25,15 +26,12 @@ def init_ray(conf) -> str:
     return "local instance on 127.0.0.1"
 
 
-
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
 def submit_job(address: str, argv: list[str], runtime_env: dict | None = None):
     """Submit `argv` as a Ray job to the cluster whose dashboard is at `address`;
     returns (client, job id)."""
-    import shlex
-
     from ray.job_submission import JobSubmissionClient
 
     client = JobSubmissionClient(address)

@@ -85,12 +85,19 @@ def extract_features(df: pd.DataFrame, conf, backbone_conf, image_size, cache_ro
     return pd.concat(out, ignore_index=True), time.perf_counter() - t0
 
 
-@ray.remote(num_cpus=1)
-def candidate_task(run_id, category, tuples, cache_root, fingerprint, conf):
-    """Map: chain one chunk of tuples into candidate labels; also counts each image's foreground."""
+def chunk_candidates(run_id, category, tuples, cache_root, fingerprint, conf):
+    """Chain one chunk of tuples into candidate labels, reading each of its images once;
+    returns the labels, the counts per stage and the features read."""
     ids = sorted({i for t in tuples for i in t})
     feats = {i: load_features(cache_uri(cache_root, fingerprint, i)) for i in ids}
     table, stats = labels.candidates(run_id, category, tuples, feats, conf)
+    return table, stats, feats
+
+
+@ray.remote(num_cpus=1)
+def candidate_task(run_id, category, tuples, cache_root, fingerprint, conf):
+    """Map: one chunk's candidate labels; also counts each image's foreground."""
+    table, stats, feats = chunk_candidates(run_id, category, tuples, cache_root, fingerprint, conf)
     return table, stats, {i: (f.width, f.height, int(f.fg.sum())) for i, f in feats.items()}
 
 

@@ -82,8 +82,8 @@ class StableDiffusion(Backbone):
         if not 0 <= timestep < self.scheduler.config.num_train_timesteps:
             raise ValueError(f"backbone.sd_timestep={timestep}: use 0..{self.scheduler.config.num_train_timesteps - 1}")
         self.timestep, self.seed = timestep, seed
-        self.levels = tuple(reversed(self.unet.config.block_out_channels))[:3]
-        self.groups, self.dim = self.levels, sum(self.levels)
+        self.groups = tuple(reversed(self.unet.config.block_out_channels))[:3]  # the three up-block widths
+        self.dim = sum(self.groups)
         self.register_buffer("empty_prompt", self._encode_empty_prompt(
             CLIPTokenizer.from_pretrained(path, subfolder="tokenizer"),
             CLIPTextModel.from_pretrained(path, subfolder="text_encoder")), persistent=False)
@@ -166,7 +166,7 @@ class StableDiffusionDino(Backbone):
         self.weights = self.dino.weights
 
     def digest(self) -> str:
-        return f"{file_digest(self.dino.weights)}+{self.sd.digest()}"
+        return f"{self.dino.digest()}+{self.sd.digest()}"
 
     def recipe_key(self) -> str:
         return f"{self.sd.recipe_key()}|sd_size={self.sd_image_size}"
