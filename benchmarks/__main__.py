@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from labelgen import run
+from labelgen.cli import HelpFormatter
 from labelgen.features import FeatureWorker
 
 from .chains import bench_chains
@@ -55,17 +56,17 @@ def table(rows: list[dict], fmt: dict | None = None) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer tuples, no memory runs (~3 min)")
-    parser.add_argument("--out", default="BENCHMARKS.md")
-    parser.add_argument("--workdir", default="data/bench")
+    parser.add_argument("--out", default="BENCHMARKS.md", help="the report to write")
+    parser.add_argument("--workdir", default="data/bench", help="demo images, features and stores of the runs")
     a = parser.parse_args(argv)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     m = machine()
     print(f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']:.0f} GiB; torch {m['torch']}", flush=True)
 
-    conf, _, df, backbone_conf, _, size, fingerprint = run.prepare(
-        [f"data.demo.root={a.workdir}", f"store={a.workdir}/store"])
+    conf = run.parse([f"data.demo.root={a.workdir}", f"store={a.workdir}/store"])
+    _, df, backbone_conf, _, size, fingerprint = run.prepare(conf)
     cache_root = os.path.join(a.workdir, "features")
     torch.set_num_threads(m["cores"])
     peak = matmul_flops()

@@ -13,6 +13,8 @@ import sys
 
 import ray
 
+from labelgen.cli import HelpFormatter
+
 
 @ray.remote(num_gpus=1, num_cpus=1)
 class GpuProbe:
@@ -38,9 +40,9 @@ def check(actors: int) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cluster.gpu_check", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS", "auto"))
-    parser.add_argument("--actors", type=int, default=2)
+    parser = argparse.ArgumentParser(prog="python -m cluster.gpu_check", description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS", "auto"), help="the cluster (RAY_ADDRESS)")
+    parser.add_argument("--actors", type=int, default=2, help="actors asking for one GPU each")
     a = parser.parse_args(argv)
     ray.init(address=a.address, logging_level="ERROR", log_to_driver=False)
     print(json.dumps(check(a.actors), indent=1))

@@ -14,6 +14,7 @@ import sys
 
 import yaml
 
+from labelgen.cli import HelpFormatter
 from labelgen.ray_utils import follow_job, submit_job
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,12 +37,13 @@ def runtime_env(path: str = RUNTIME_ENV) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cluster.jobs", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265")
+    parser = argparse.ArgumentParser(prog="python -m cluster.jobs", description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265",
+                        help="the dashboard of the cluster (RAY_ADDRESS)")
     parser.add_argument("--detach", action="store_true", help="submit and return; follow with `ray job logs -f`")
-    parser.add_argument("--timeout-s", type=float, default=7 * 24 * 3600.0)
-    parser.add_argument("job", choices=sorted(ENTRYPOINTS))
-    parser.add_argument("args", nargs=argparse.REMAINDER)
+    parser.add_argument("--timeout-s", type=float, default=7 * 24 * 3600.0, help="stop the job after this long")
+    parser.add_argument("job", choices=sorted(ENTRYPOINTS), help="which entry point: " + ", ".join(f"{k} = {v}" for k, v in ENTRYPOINTS.items()))
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="its key=value overrides (see python -m ENTRY --help)")
     a = parser.parse_args(argv)
     command = ["python", "-m", ENTRYPOINTS[a.job], *a.args]
     client, job = submit_job(a.address, command, runtime_env())

@@ -24,6 +24,8 @@ import time
 import psutil
 import yaml
 
+from labelgen.cli import HelpFormatter
+
 from .jobs import ROOT
 
 KEY = os.path.expanduser("~/.ssh/labelgen_local")
@@ -166,7 +168,7 @@ def up_job_down(jobs: list[list[str]], gcs_port: int = 6390, dashboard_port: int
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cluster.local_up", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m cluster.local_up", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--keep", action="store_true", help="leave the cluster up (then: ray down)")
     parser.add_argument("overrides", nargs=argparse.REMAINDER, help="labelgen.run overrides (default: the demo)")
     a = parser.parse_args(argv)

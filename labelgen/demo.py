@@ -44,17 +44,17 @@ PHOTOS = {
 
 default_conf = {
     "root": "data",  # the collection lands in <root>/demo-<config hash>/
-    "photos": list(PHOTOS),
+    "photos": list(PHOTOS),  # one category per photo
     "instances": 1,  # categories per photo (own view jitter each): a larger collection for benchmarks
-    "azimuths": [-60, -45, -30, -15, 0, 15, 30, 45, 60],
-    "elevations": [0, 15],
+    "azimuths": [-60, -45, -30, -15, 0, 15, 30, 45, 60],  # degrees, each view
+    "elevations": [0, 15],  # degrees, each view
     "size": 320,  # square views, pixels
     "focal": 384.0,  # pixels; the frontal plane fills about 80% of the view
     "scale_jitter": 0.08,  # relative focal jitter per view
     "shift_jitter": 0.04,  # principal point jitter, fraction of the view
-    "val_fraction": 0.2,
-    "background": 114,
-    "seed": 0,
+    "val_fraction": 0.2,  # views in the held-out val split
+    "background": 114,  # grey level around the plane
+    "seed": 0,  # jitter and splits
 }
 
 
@@ -128,6 +128,6 @@ def build_demo(conf=None) -> str:
 
 
 if __name__ == "__main__":
-    import sys
+    from .cli import run_command
 
-    print(build_demo(OmegaConf.from_dotlist(sys.argv[1:])))
+    raise SystemExit(run_command(default_conf, lambda conf: print(build_demo(conf)) or 0))

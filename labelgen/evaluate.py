@@ -17,7 +17,7 @@ import torch
 from omegaconf import OmegaConf
 
 from .chain import cycle_hop, pair_nn
-from .config import run_command
+from .cli import run_command
 from .features import cache_uri, load_features
 from .geometry import transfer
 from .io import join
@@ -25,11 +25,11 @@ from .labels import Foreground
 from .store import LabelStore
 
 default_conf = {
-    "store": "labelstore",
+    "store": "labelstore",  # a folder or s3://bucket/prefix
     "run_id": None,  # default: the latest committed run
-    "alphas": [0.05, 0.10],
+    "alphas": [0.05, 0.10],  # thresholds, fractions of the longer image side
     "max_pairs": 40,  # image pairs per category and hop distance for the direct baselines
-    "seed": 0,
+    "seed": 0,  # which pairs the direct baselines sample
     "output": None,  # also write the table as JSON here
 }
 

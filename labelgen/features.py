@@ -13,10 +13,12 @@ import logging
 import math
 import os
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -24,6 +26,7 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from .backbones.base import IMAGENET_MEAN
+from .console import Progress, quiet_ray_data
 from .io import join, list_files, read_bytes, write_bytes
 
 log = logging.getLogger(__name__)
@@ -37,6 +40,7 @@ default_conf = {
     "cache": None,  # feature cache URI; default: <store>/features
     "flips": True,  # also cache features of the mirrored image (flip augmentation, pose alignment)
     "mask_fallback": "pca",  # images without a mask: pca (foreground from the features) | image (all of it)
+    "attempts": 3,  # a lost actor ends the pass; the next pass computes what is not cached yet
 }
 FLIPPED = "#flipped"  # cache id suffix of an image's mirrored twin: x -> width - x
 
@@ -76,11 +80,34 @@ class ImageFeatures:
         return self.stride / self.scale
 
 
+class BadInput(ValueError):
+    """An image or mask that cannot be used; the message names the file and the cause."""
+
+
+def open_image(uri: str) -> Image.Image:
+    """The decoded image at `uri`, or BadInput saying in words why not."""
+    try:
+        data = read_bytes(uri)
+    except FileNotFoundError:
+        raise BadInput(f"{uri}: no such file") from None
+    if not data:
+        raise BadInput(f"{uri}: empty file (0 bytes)")
+    try:
+        image = Image.open(_io.BytesIO(data))
+        image.load()
+    except Image.UnidentifiedImageError:
+        raise BadInput(f"{uri}: not an image format Pillow can read ({len(data):,} bytes)") from None
+    except Image.DecompressionBombError as e:
+        raise BadInput(f"{uri}: too large to decode safely: {e}") from None
+    except OSError as e:
+        raise BadInput(f"{uri}: broken or truncated image data ({e})") from None
+    return image
+
+
 def load_image(uri: str, mode: str = "RGB") -> Image.Image:
     """Any PIL image as 8-bit `mode`: 16-bit and float images are scaled, not clipped;
     transparent pixels become the mean grey the padding has."""
-    image = Image.open(_io.BytesIO(read_bytes(uri)))
-    image.load()
+    image = open_image(uri)
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
         x = np.asarray(image, dtype=np.float64)
         top = 65535.0 if image.mode.startswith("I;16") or x.max() > 255 else 255.0
@@ -207,10 +234,14 @@ class FeatureWorker:
         return [(i, *preprocess(im, m, self.size, b.stride, b.mean, b.std), im.size, m is not None) for i, im, m in views]
 
     def _try_prepare(self, row) -> list[tuple] | str:
+        """The prepared views, or why the image cannot be used (naming the file)."""
         try:
             return self._prepare(*row)
+        except BadInput as e:
+            return str(e)
         except Exception as e:
-            return f"{type(e).__name__}: {e}"
+            _, uri, mask_uri = row
+            return f"{uri}{f' (mask {mask_uri})' if mask_uri else ''}: {e or type(e).__name__}"
 
     def _finish(self, view, f: torch.Tensor) -> tuple[str, int]:
         """Foreground (the PCA fallback without a mask) and the cache write of one view."""
@@ -267,3 +298,76 @@ def plan_actors(conf, resources: dict) -> dict:
     threads = conf.threads or max(1, math.floor(cpus / actors))
     return {"actors": actors, "num_gpus": 0, "num_cpus": conf.cpus_per_actor, "threads": threads,
             "batch_size": conf.batch_size or 8}
+
+
+RESULT_COLUMNS = ["image_id", "n_fg", "error", "seconds", "actor"]
+
+
+def extract_features(df, conf, backbone_conf, image_size: int, cache_root: str, fingerprint: str):
+    """Features of the images not cached yet, on a Ray Data actor pool; returns the
+    per-image results (errors among them) and the seconds it took.
+
+    The actors are not restarted by Ray (`max_restarts=0`): Ray Data hands them their
+    arguments through the object store, where a restart can find them gone
+    (ray-project/ray#53727). A lost actor ends the pass instead, and the next pass
+    computes only what is neither cached nor reported yet.
+    """
+    import ray
+
+    quiet_ray_data()
+    todo = df[~df["image_id"].isin(cached_ids(cache_root, fingerprint, df["image_id"], conf.flips))]
+    out, t0 = [], time.perf_counter()
+    if todo.empty:
+        return pd.DataFrame(columns=RESULT_COLUMNS), 0.0
+    plan = plan_actors(conf, ray.cluster_resources())
+    log.info("features: %d images on %d actor(s), %s", len(todo), plan["actors"],
+             "1 GPU each" if plan["num_gpus"] else f"{plan['threads']} threads each")
+    with Progress(len(todo), "features", "images") as bar:
+        for attempt in range(1, conf.attempts + 1):
+            try:
+                for batch in feature_dataset(todo, conf, plan, backbone_conf, image_size, cache_root, fingerprint).iter_batches(
+                        batch_size=None, batch_format="pandas"):
+                    out.append(batch)
+                    bar.update(len(batch))
+                break
+            except ray.exceptions.RayError as e:
+                reported = set(pd.concat(out)["image_id"]) if out else set()
+                done = cached_ids(cache_root, fingerprint, todo["image_id"], conf.flips) | reported
+                todo = todo[~todo["image_id"].isin(done)]
+                cause = str(e).strip().splitlines()[0][:200]
+                if attempt == conf.attempts:
+                    raise RuntimeError(f"features: pass {attempt} of {conf.attempts} failed too ({cause}); "
+                                       f"{len(todo)} images left without features: rerun with the same run_id") from e
+                log.warning("features: pass %d failed (%s); %d images left, starting pass %d of %d",
+                            attempt, cause, len(todo), attempt + 1, conf.attempts)
+    return pd.concat(out, ignore_index=True), time.perf_counter() - t0
+
+
+def feature_dataset(todo, conf, plan, backbone_conf, image_size, cache_root, fingerprint):
+    """The Ray Data pipeline: rows of `todo` -> FeatureWorker actors -> per-image results."""
+    import ray
+    from ray.util.annotations import RayDeprecationWarning
+
+    blocks = max(plan["actors"], math.ceil(len(todo) / plan["batch_size"]))
+    rows = ray.data.from_pandas(todo[["image_id", "uri", "mask_uri"]].astype(object)).repartition(blocks)
+    # max_restarts reaches the actors through `ray_remote_args`, deprecated for Ray 2.64: revisit
+    # with ray-project/ray#53727 (then Ray's own actor restarts are safe to use).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RayDeprecationWarning)
+        return rows.map_batches(
+            FeatureWorker,
+            fn_constructor_kwargs={
+                "backbone_conf": backbone_conf,
+                "image_size": image_size,
+                "cache_root": cache_root,
+                "fingerprint": fingerprint,
+                "threads": None if plan["num_gpus"] else plan["threads"],
+                "flips": conf.flips,
+                "mask_fallback": conf.mask_fallback,
+            },
+            batch_size=plan["batch_size"],
+            compute=ray.data.ActorPoolStrategy(size=plan["actors"]),
+            num_cpus=plan["num_cpus"],
+            num_gpus=plan["num_gpus"],
+            max_restarts=0,
+        )

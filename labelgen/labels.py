@@ -22,7 +22,7 @@ from .features import ImageFeatures
 default_conf = {
     "radius": 2.0,  # relaxed cycle check: back-match within this many patches
     "topk": 1,  # backward candidates kept per patch and pair (exact fallback beyond; 1 = a max, fastest on CPUs)
-    "tuples_per_task": 256,
+    "tuples_per_task": 256,  # tuples chained per Ray task
     "vote": True,  # keep, per source patch and image pair, the target most tuples agree on
     "min_support": 1,  # tuples that must propose a label
     "sphere": None,  # a spherical mapper id (or latest): keep labels whose ends map within sphere_deg

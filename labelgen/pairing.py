@@ -25,12 +25,10 @@ default_conf = {
     "k": 4,  # images per tuple
     "bin_deg": 45.0,  # one hop: an azimuth bin, or this many degrees of rotation
     "max_tuples": 2000,  # per category
-    "both_directions": True,
-    # auto: geodesic when azimuth, elevation and theta are all given, bins with azimuth,
-    # similarity (global feature neighbours) without any pose | bins | geodesic | similarity
-    "pose": "auto",
+    "both_directions": True,  # sweep from each anchor towards larger and smaller azimuths
+    "pose": "auto",  # auto (geodesic with azimuth+elevation+theta, bins with azimuth, else similarity) | bins | geodesic | similarity
     "neighbours": 5,  # similarity: hops go to one of the most similar images
-    "seed": 0,
+    "seed": 0,  # tuple sampling
 }
 
 

@@ -6,6 +6,8 @@ import time
 
 import ray
 
+from . import console
+
 default_conf = {
     "address": None,  # default: RAY_ADDRESS (set under `ray job submit`), else a local instance
     "num_cpus": None,  # local instance only; default: all cores
@@ -13,17 +15,27 @@ default_conf = {
 
 
 def init_ray(conf) -> str:
-    """Start or join Ray; returns a short description for the log and the run record."""
+    """Start or join Ray; returns a short description for the log and the run record.
+
+    Ray's own loggers, here and in its workers, log at `console.ray_level()`. The local
+    instance runs the dashboard on 127.0.0.1 because Ray's state API lives there (Ray
+    Train's placement-group cleaner polls it)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if ray.is_initialized():
         return "already initialised"
     address = conf.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, logging_level=console.ray_level())
         return f"cluster at {address}"
+    # One machine: no node can be preempted, so Ray Train needs no preemption watcher (an
+    # actor that Ray warns about at every start, ray-project/ray#53727).
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     # Bind a local instance to loopback: nothing outside this machine can reach it.
-    ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=conf.num_cpus)
-    return "local instance on 127.0.0.1"
+    ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=True, dashboard_host="127.0.0.1",
+             num_cpus=conf.num_cpus, logging_level=console.ray_level())
+    auth = ("token authentication on (Ray's default: other clients join with RAY_AUTH_MODE=token, "
+            "RAY_AUTH_MODE=disabled opts out)") if os.environ.get("RAY_AUTH_MODE") == "token" else "no authentication"
+    return f"local instance on 127.0.0.1, {auth}"
 
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")

@@ -7,7 +7,6 @@ schedules them.
 """
 
 import logging
-import math
 import sys
 import time
 import uuid
@@ -16,23 +15,24 @@ import numpy as np
 import pandas as pd
 import ray
 from omegaconf import OmegaConf
-from tqdm import tqdm
 
 from . import backbones, demo, features, labels, pairing, ray_utils
-from .config import ConfigError, config_hash, parse_overrides
-from .features import FeatureWorker, cache_uri, cached_ids, load_features, plan_actors
+from .cli import run_command
+from .config import config_hash, parse_overrides
+from .console import Progress
+from .features import cache_uri, extract_features, load_features
 from .io import join, read_bytes
 from .sphere import map_image
 from .train_sphere import load_mapper
 from .train_sphere import resolve as resolve_sphere
-from .manifest import ManifestError, read_manifest
+from .manifest import read_manifest
 from .store import IMAGE_SCHEMA, LabelStore, images_table
 
 log = logging.getLogger("labelgen")
 
 default_conf = {
     "data": {"manifest": None, "demo": demo.default_conf},  # no manifest: the demo collection
-    "store": "labelstore",
+    "store": "labelstore",  # a folder or s3://bucket/prefix: labels, runs, feature cache
     "run_id": None,  # default: a new id from the time
     "backbone": backbones.default_conf,
     "features": features.default_conf,
@@ -46,43 +46,6 @@ DEMO_PRESET = {"pairing": {"bin_deg": 30.0}}
 
 def new_run_id() -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-
-
-def extract_features(df: pd.DataFrame, conf, backbone_conf, image_size, cache_root, fingerprint):
-    """Features for the images not cached yet, on a Ray Data actor pool; returns per-image results."""
-    todo = df[~df["image_id"].isin(cached_ids(cache_root, fingerprint, df["image_id"], conf.flips))]
-    if todo.empty:
-        return pd.DataFrame(columns=["image_id", "n_fg", "error", "seconds", "actor"]), 0.0
-    plan = plan_actors(conf, ray.cluster_resources())
-    log.info("features: %d images on %d actor(s) (%s)", len(todo), plan["actors"],
-             "1 GPU each" if plan["num_gpus"] else f"{plan['threads']} threads each")
-    blocks = max(plan["actors"], math.ceil(len(todo) / plan["batch_size"]))
-    ds = (
-        ray.data.from_pandas(todo[["image_id", "uri", "mask_uri"]].astype(object))
-        .repartition(blocks)
-        .map_batches(
-            FeatureWorker,
-            fn_constructor_kwargs={
-                "backbone_conf": backbone_conf,
-                "image_size": image_size,
-                "cache_root": cache_root,
-                "fingerprint": fingerprint,
-                "threads": None if plan["num_gpus"] else plan["threads"],
-                "flips": conf.flips,
-                "mask_fallback": conf.mask_fallback,
-            },
-            batch_size=plan["batch_size"],
-            compute=ray.data.ActorPoolStrategy(size=plan["actors"]),
-            num_cpus=plan["num_cpus"],
-            num_gpus=plan["num_gpus"],
-        )
-    )
-    t0, out = time.perf_counter(), []
-    with tqdm(total=len(todo), desc="features", unit="img") as bar:
-        for batch in ds.iter_batches(batch_size=None, batch_format="pandas"):
-            out.append(batch)
-            bar.update(len(batch))
-    return pd.concat(out, ignore_index=True), time.perf_counter() - t0
 
 
 def chunk_candidates(run_id, category, tuples, cache_root, fingerprint, conf):
@@ -136,11 +99,15 @@ def make_tuples(df: pd.DataFrame, conf, cache_root: str, fingerprint: str):
         cols = " and ".join(pairing.POSE_COLUMNS.get(mode, []))
         for _, r in rows[pairing.unplaced(rows, mode)].iterrows():
             left_out.append({"image_id": r["image_id"], "uri": r["uri"], "stage": "pairing",
-                             "error": f"no {cols} while category '{category}' is paired by {mode} pose: left out of "
+                             "error": f"{r['uri']}: no {cols} while category '{category}' is paired by {mode} pose: left out of "
                                       "every tuple; give its pose, or run with pairing.pose=similarity"})
         idx = pairing.category_tuples(rows, conf, descriptors)
         ids = rows["image_id"].to_numpy()
         out[category] = [tuple(ids[t]) for t in idx]
+        if not out[category]:
+            log.warning("category '%s' gets no labels: its %d images make no tuple of K=%d one hop (pairing.bin_deg=%g, "
+                        "%s pose) apart; lower pairing.k or widen pairing.bin_deg", category, len(rows), conf.k,
+                        conf.bin_deg, mode)
     return out, left_out
 
 
@@ -161,7 +128,7 @@ def run_labels(df, tuples_by_cat, conf, run_id, cache_root, fingerprint, store_u
         images = df.loc[df["category"] == category, columns]
         votes.append(vote_task.remote(run_id, category, images, conf, store_uri, sphere, *chunks[category]))
     t0, pending = time.perf_counter(), [r for refs in chunks.values() for r in refs]
-    with tqdm(total=sum(len(t) for t in tuples_by_cat.values()), desc="chains", unit="tuple") as bar:
+    with Progress(sum(len(t) for t in tuples_by_cat.values()), "chains", "tuples") as bar:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             bar.update(ray.get(done[0])[1]["tuples"])
@@ -190,24 +157,30 @@ def summary(run_id, store, counts) -> str:
     )
 
 
-def prepare(argv):
-    """Everything that can fail on bad input, before any work: config, manifest, weights."""
-    presets = DEMO_PRESET if not any(a.startswith("data.manifest=") for a in argv) else None
-    conf = parse_overrides(default_conf, argv, presets)
-    print("resolved config:\n" + OmegaConf.to_yaml(conf), flush=True)
+def presets(argv: list[str]) -> dict | None:
+    return DEMO_PRESET if not any(a.startswith("data.manifest=") for a in argv) else None
+
+
+def parse(argv: list[str]):
+    return parse_overrides(default_conf, argv, presets(argv))
+
+
+def prepare(conf):
+    """Everything that can fail on bad input, before any work: manifest, weights."""
     manifest_uri = conf.data.manifest or demo.build_demo(conf.data.demo)
     df = read_manifest(manifest_uri)
     backbone, reason = backbones.build_backbone(conf.backbone)
     image_size = backbone.check_size(conf.backbone.image_size or backbone.image_size)
     backbone_conf = OmegaConf.merge(conf.backbone, {"name": backbone.name, **backbone.sources()})
     fingerprint = backbone.fingerprint(image_size, variant=f"mask={conf.features.mask_fallback}")
-    return conf, manifest_uri, df, backbone_conf, reason, image_size, fingerprint
+    return manifest_uri, df, backbone_conf, reason, image_size, fingerprint
 
 
 def execute(conf, store, run_id, df, backbone_conf, reason, image_size, fingerprint, sphere) -> dict:
     """Features, tuples, chains, vote, commit; categories a previous attempt finished are skipped."""
     where = ray_utils.init_ray(conf.ray)
-    log.info("ray: %s, resources %s", where, ray.cluster_resources())
+    resources = ray.cluster_resources()
+    log.info("ray: %s; %g CPUs, %g GPUs", where, resources.get("CPU", 0), resources.get("GPU", 0))
     cache_root = conf.features.cache or join(store.uri, "features")
     results, feat_s = extract_features(df, conf.features, backbone_conf, image_size, cache_root, fingerprint)
     failed = results[results["error"] != ""]
@@ -252,21 +225,11 @@ def execute(conf, store, run_id, df, backbone_conf, reason, image_size, fingerpr
     return counts
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    try:
-        conf, manifest_uri, df, backbone_conf, reason, image_size, fingerprint = prepare(argv)
-    except (ConfigError, ManifestError, backbones.WeightsNotFound, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def label(conf) -> int:
+    manifest_uri, df, backbone_conf, reason, image_size, fingerprint = prepare(conf)
     log.info("backbone %s (%s), features %s", backbone_conf.name, reason, fingerprint)
     store = LabelStore(conf.store)
-    try:
-        sphere = resolve_sphere(store, conf.labels.sphere, fingerprint) if conf.labels.sphere else None
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    sphere = resolve_sphere(store, conf.labels.sphere, fingerprint) if conf.labels.sphere else None
     run_id = conf.run_id or new_run_id()
     digest = config_hash(OmegaConf.masked_copy(conf, [k for k in conf if k not in ("run_id", "ray")]))
     record = store.begin_run(
@@ -274,9 +237,8 @@ def main(argv=None) -> int:
          "config": OmegaConf.to_yaml(conf), "config_hash": digest}
     )
     if record["config_hash"] != digest:
-        print(f"error: run_id={run_id} was started with another config (hash {record['config_hash']}, now {digest}); "
-              "resume it with the same overrides, or choose a new run_id", file=sys.stderr)
-        return 2
+        raise ValueError(f"run_id={run_id} was started with another config (hash {record['config_hash']}, now {digest}); "
+                         "resume it with the same overrides, or choose a new run_id")
     if store.is_committed(run_id):
         print(f"run {run_id} is already committed in {store}; nothing to do")
         return 0
@@ -288,6 +250,10 @@ def main(argv=None) -> int:
         raise
     print(summary(run_id, store, counts), flush=True)
     return 0
+
+
+def main(argv=None) -> int:
+    return run_command(default_conf, label, argv, presets)
 
 
 if __name__ == "__main__":

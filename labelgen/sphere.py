@@ -21,17 +21,22 @@ from torch import nn
 
 default_conf = {
     "threshold_deg": 27.0,  # 0.15 * pi: labels whose ends map farther apart are dropped
-    "dim": 384,
-    "heads": 6,
-    "steps": 300,
-    "lr": 1e-3,
-    "images_per_step": 8,
+    "dim": 384,  # width of the mapper's transformer block
+    "heads": 6,  # its attention heads
+    "steps": 300,  # optimiser steps
+    "lr": 1e-3,  # AdamW
+    "images_per_step": 8,  # images per step (their foreground patches)
     "margin": 0.5,  # triplet margin (chord distance on the sphere)
     "near_cells": 2.0,  # positives lie within this many patches of the anchor
     "far_cells": 6.0,  # negatives lie at least this far
     "samples": 256,  # anchors / triangles per image and step
-    "weights": {"recon": 1.0, "triplet": 1.0, "orientation": 0.5, "viewpoint": 0.5},
-    "seed": 0,
+    "weights": {
+        "recon": 1.0,  # reconstruction through the category prototype
+        "triplet": 1.0,  # relative distance: image-near points are sphere-near
+        "orientation": 0.5,  # keeps handedness (no mirroring)
+        "viewpoint": 0.5,  # mean direction follows the azimuth gap
+    },
+    "seed": 0,  # weights and sampling
 }
 
 

@@ -12,13 +12,17 @@ import torch
 from omegaconf import OmegaConf
 
 from . import sphere
-from .config import run_command
+from .cli import run_command
 from .features import cache_uri, load_features
 from .io import join
 from .labels import Foreground
 from .store import LabelStore, now
 
-default_conf = {"store": "labelstore", "run_id": None, "sphere": sphere.default_conf}  # run_id: the latest run
+default_conf = {
+    "store": "labelstore",  # a folder or s3://bucket/prefix
+    "run_id": None,  # the label run whose features to learn from; default: the latest committed run
+    "sphere": sphere.default_conf,
+}
 
 
 def run_images(store: LabelStore, run_id: str | None) -> tuple[str, str, list[dict]]:

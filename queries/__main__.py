@@ -10,15 +10,17 @@ import sys
 
 import pandas as pd
 
+from labelgen.cli import HelpFormatter
+
 from . import header, report_names, report_sql, run_sql
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m queries", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m queries", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("report", help="a report name, 'sql', or 'list'")
     parser.add_argument("sql", nargs="?", help="the SQL text, with the 'sql' report")
-    parser.add_argument("--store", default="labelstore", help="label store: a folder or s3://bucket/prefix (default: ./labelstore)")
-    parser.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    parser.add_argument("--store", default="labelstore", help="label store: a folder or s3://bucket/prefix")
+    parser.add_argument("--format", choices=["table", "csv", "json"], default="table", help="how to print the result")
     parser.add_argument("--plot", metavar="PNG", help="also draw the report into this file")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="a report parameter")
     args = parser.parse_args(argv)

@@ -10,7 +10,8 @@ from labelgen.run import make_tuples
 
 
 def test_reference_generator_and_service_give_identical_candidates(tiny_demo, tmp_path):
-    conf, _, df, backbone_conf, _, size, fingerprint = run.prepare([*tiny_demo_args(tiny_demo), f"store={tmp_path}"])
+    conf = run.parse([*tiny_demo_args(tiny_demo), f"store={tmp_path}"])
+    _, df, backbone_conf, _, size, fingerprint = run.prepare(conf)
     cache = str(tmp_path / "features")
     worker = FeatureWorker(backbone_conf, size, cache, fingerprint, flips=False)
     worker(df[["image_id", "uri", "mask_uri"]].astype(object).to_dict("list"))

@@ -160,16 +160,17 @@ def test_a_killed_feature_actor_and_a_bad_input_corpus_leave_the_labels_of_an_un
     assert con.execute("SELECT count(*) FROM labels WHERE run_id = 'hurt' AND category = 'odd'").fetchone()[0] > 100
     con.close()
     expect = {
-        "truncated.jpg": "truncated",
-        "empty.png": "cannot identify image file",
-        "missing.png": "No such file|not found",
-        "masked.png": "mask is 10x10 but the image is 320x320",
-        "bomb.png": "decompression bomb",
+        "truncated.jpg": "truncated.jpg: broken or truncated image data",
+        "empty.png": "empty.png: empty file",
+        "missing.png": "missing.png: no such file",
+        "masked.png": "masked.png \\(mask .*small_mask.png\\): mask is 10x10 but the image is 320x320",
+        "bomb.png": "bomb.png: too large to decode safely: .*decompression bomb",
         "nopose.png": "no azimuth while category 'odd' is paired by bins pose",
     }
     assert set(bad) == set(expect), bad
-    for image_id, reason in expect.items():
+    for image_id, reason in expect.items():  # each names the file and the cause in words
         assert pd.Series([bad[image_id]]).str.contains(reason, case=False).item(), (image_id, bad[image_id])
+        assert " object at 0x" not in bad[image_id]
     assert "6 bad (see bad_inputs)" in out
 
 

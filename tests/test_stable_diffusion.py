@@ -112,7 +112,8 @@ def test_the_run_config_selects_fused_features_end_to_end_through_the_cache(tiny
     path, _ = dino_small_file
     argv = [*tiny_demo_args(tiny_demo), f"store={tmp_path}", "backbone.name=sd15_dinov2_vits14", f"backbone.weights={path}",
             f"backbone.sd_weights={tiny_sd}", "backbone.image_size=112", "backbone.sd_image_size=128"]
-    conf, _, df, backbone_conf, reason, size, fingerprint = run.prepare(argv)
+    conf = run.parse(argv)
+    _, df, backbone_conf, reason, size, fingerprint = run.prepare(conf)
     assert reason == "asked for" and fingerprint.startswith("sd15_dinov2_vits14-112-")
     worker = FeatureWorker(backbone_conf, size, str(tmp_path / "features"), fingerprint, mask_fallback="image")
     rows = df.head(2)

@@ -18,7 +18,7 @@ from labelgen.io import join
 from labelgen.store import LabelStore
 
 default_conf = {
-    "store": "labelstore",
+    "store": "labelstore",  # a folder or s3://bucket/prefix
     "runs": None,  # label runs to learn from; default: every committed run with the latest run's backbone
     "val_split": "val",  # images of this split are held out
     "max_labels": 50,  # labels per pair and step

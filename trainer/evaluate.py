@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from omegaconf import OmegaConf
 
-from labelgen.config import run_command
+from labelgen.cli import run_command
 from labelgen.features import FLIPPED
 from labelgen.geometry import transfer
 from labelgen.io import read_bytes
@@ -27,9 +27,9 @@ from .data import FeatureBank, LabelData, Pair, load_label_data
 from .losses import sample, window_soft_argmax
 
 default_conf = {
-    "window": 7,
-    "temperature": 0.02,
-    "alphas": [0.05, 0.10],
+    "window": 7,  # window soft-argmax: (2w+1)^2 cells around the best match
+    "temperature": 0.02,  # of that softmax
+    "alphas": [0.05, 0.10],  # PCK thresholds, fractions of the longer image side
     "far_deg": 60.0,  # azimuth gap from which a pair counts as far
     "flip_align": False,  # GeoAware test-time pose alignment: match the mirrored source when closer
 }
@@ -146,12 +146,12 @@ def keypoint_pck(matcher: Matcher, pairs, alphas) -> pd.DataFrame:
 
 
 main_conf = {
-    "store": "labelstore",
+    "store": "labelstore",  # a folder or s3://bucket/prefix
     "model": "promoted",  # promoted | a model id; the raw backbone is always evaluated beside it
     "spair": None,  # an SPair-71k folder: evaluate on its pairs (features must be in the store's cache)
-    "split": "test",
+    "split": "test",  # the SPair-71k pair split, with spair=
     "eval": default_conf,
-    "val_split": "val",
+    "val_split": "val",  # images of this manifest split are held out
 }
 
 

@@ -9,13 +9,16 @@ does not trigger the same training again.
 
 import sys
 
-from labelgen.config import run_command
+from labelgen.cli import run_command
 from labelgen.store import LabelStore
 
 from . import train as train_mod
 from .data import choose_runs
 
-default_conf = {"min_new_labels": 100_000, "train": train_mod.default_conf}
+default_conf = {
+    "min_new_labels": 100_000,  # train only when this many committed labels are new to the last model
+    "train": train_mod.default_conf,
+}
 
 
 def new_labels(conf) -> tuple[int, list[str], dict | None]:

@@ -11,16 +11,16 @@ import subprocess
 import sys
 import time
 
-from labelgen.config import ConfigError, parse_overrides
+from labelgen.cli import run_command
 from labelgen.ray_utils import follow_job, submit_job
 
 log = logging.getLogger("trainer.schedule")
 
 default_conf = {
-    "every_s": 3600.0,
+    "every_s": 3600.0,  # seconds from one retrain's start to the next
     "address": None,  # a Ray dashboard address: submit through the job API
     "max_runs": None,  # stop after this many runs (default: run forever)
-    "job_timeout_s": 24 * 3600.0,
+    "job_timeout_s": 24 * 3600.0,  # a retrain job still running then is stopped
 }
 
 
@@ -35,15 +35,7 @@ def run_once(conf, args: list[str]) -> bool:
     return status == "SUCCEEDED"
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    ours, args = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
-    try:
-        conf = parse_overrides(default_conf, ours)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def repeat(conf, args: list[str]) -> int:
     runs = ok = 0
     while conf.max_runs is None or runs < conf.max_runs:
         started = time.time()
@@ -54,6 +46,12 @@ def main(argv=None) -> int:
             break
         time.sleep(max(0.0, conf.every_s - (time.time() - started)))
     return 0 if ok == runs else 1
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    ours, args = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    return run_command(default_conf, lambda conf: repeat(conf, args), ours, tail=" [-- RETRAIN ARGS]")
 
 
 if __name__ == "__main__":

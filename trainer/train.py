@@ -22,11 +22,12 @@ import ray
 import ray.train
 import torch
 from omegaconf import OmegaConf
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer, prepare_model
+from ray.train.v2._internal.execution import context as train_context
 
-from labelgen import ray_utils
-from labelgen.config import run_command
+from labelgen import console, ray_utils
+from labelgen.cli import run_command
 from labelgen.io import filesystem, join, read_bytes
 from labelgen.store import LabelStore, now
 
@@ -39,24 +40,35 @@ log = logging.getLogger("trainer")
 
 default_conf = {
     "data": data_mod.default_conf,
-    "model": {"out_dim": None, "dropout": 0.2},  # out_dim default: the backbone's channels
+    "model": {
+        "out_dim": None,  # adapter output channels; default: the backbone's
+        "dropout": 0.2,  # on the adapter's input, in training
+    },
     "optim": {
-        "lr": 5e-3,
-        "weight_decay": 1e-3,
-        "steps": 300,
+        "lr": 5e-3,  # AdamW peak learning rate (one-cycle schedule)
+        "weight_decay": 1e-3,  # AdamW
+        "steps": 300,  # optimiser steps
         "pairs_per_step": 4,  # per worker
-        "dense_weight": 1.0,
+        "dense_weight": 1.0,  # dense soft-argmax loss, beside the sparse CLIP loss
         "temperature": 0.02,  # dense soft-argmax
         "label_noise": 0.25,  # Gaussian noise on dense targets, grid units
         "flip_prob": 0.5,  # mirror both images of a pair (needs features.flips=true in the label runs)
-        "log_every": 25,
+        "log_every": 25,  # steps between progress lines
     },
     "eval": eval_mod.default_conf,
-    "scaling": {"workers": 1, "use_gpu": False, "cpus_per_worker": 1.0},
-    "checkpoint": {"every": 100, "storage": None, "keep": 2},  # storage default: <store>/checkpoints
-    "max_failures": 2,
+    "scaling": {
+        "workers": 1,  # Ray Train workers (DDP)
+        "use_gpu": False,  # one GPU per worker
+        "cpus_per_worker": 1.0,  # CPUs Ray reserves per worker
+    },
+    "checkpoint": {
+        "every": 100,  # steps between checkpoints
+        "storage": None,  # a folder or s3:// URI; default: <store>/checkpoints
+        "keep": 2,  # checkpoints kept
+    },
+    "max_failures": 2,  # worker failures to recover from (from the last checkpoint)
     "model_id": None,  # default: a new id
-    "seed": 0,
+    "seed": 0,  # weights, pair sampling, augmentation
     "ray": ray_utils.default_conf,
 }
 
@@ -86,6 +98,9 @@ def pair_batch_loss(model, logit_scale, bank, pairs, conf, rng) -> torch.Tensor:
 def train_loop(config: dict):
     """One Ray Train worker: its shard of the training pairs, DDP, checkpoints from rank 0."""
     conf = OmegaConf.create(config)
+    # Ray Train names this one logger by its file path, out of reach of RunConfig's LoggingConfig:
+    # without this, every report prints a line.
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(conf.seed)
@@ -123,6 +138,8 @@ def train_loop(config: dict):
         if save or done % conf.optim.log_every == 0:
             metrics = {"step": done, "loss": float(np.mean(recent)), "lr": sched.get_last_lr()[0]}
             recent = []
+            if rank == 0:  # Ray forwards it to the driver's console
+                log.info("step %d/%d: loss %.3f, lr %.2g", done, conf.optim.steps, metrics["loss"], metrics["lr"])
             with tempfile.TemporaryDirectory() as d:
                 ckpt = None
                 if save and rank == 0:
@@ -185,7 +202,8 @@ def train(conf, parent: dict | None = None) -> dict:
                                      resources_per_worker={"CPU": conf.scaling.cpus_per_worker}),
         run_config=RunConfig(name=model_id, storage_path=path, storage_filesystem=fs,
                              failure_config=FailureConfig(max_failures=conf.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=conf.checkpoint.keep)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=conf.checkpoint.keep),
+                             logging_config=LoggingConfig(log_level=logging.getLevelName(console.ray_level()))),
     )
     t0 = time.perf_counter()
     result = trainer.fit()

@@ -13,7 +13,7 @@ default_conf = {
     "name": "auto",  # auto | mobilenetv2 | dinov2_vits14 | dinov2_vitb14 | sd15 | sd15_dinov2_vit{s,b}14
     "weights": None,  # a local file; default: the package / Hugging Face cache
     "image_size": None,  # input side after padding to a square; default: the backbone's
-    "auto_prefers": "dinov2_vitb14",
+    "auto_prefers": "dinov2_vitb14",  # what auto takes when its weights are found
     "sd_weights": None,  # a diffusers Stable Diffusion folder; default: the Hugging Face cache
     "sd_timestep": 100,  # noise level the UNet sees (of 1000)
     "sd_image_size": 960,  # SD branch input side of the fused backbones
