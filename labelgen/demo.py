@@ -1,15 +1,13 @@
 """The embedded demo collection: real photos shipped by PyPI packages, rendered as
 posed views of a plane, so the true correspondence of every pixel is known."""
 
-import hashlib
-import json
 import os
 
 import numpy as np
 import pandas as pd
-from omegaconf import OmegaConf
 from PIL import Image
 
+from .config import collection_manifest
 from .geometry import plane_homography
 
 
@@ -78,17 +76,10 @@ def render_view(photo: Image.Image, hom: np.ndarray, size: int, background: int)
     return view, mask
 
 
-def conf_hash(conf) -> str:
-    blob = json.dumps(OmegaConf.to_container(conf), sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:10]
-
-
 def build_demo(conf=None) -> str:
     """Render the collection if it is not there yet; return its manifest path."""
-    conf = OmegaConf.merge(OmegaConf.create(default_conf), conf or {})
-    body = OmegaConf.masked_copy(conf, [k for k in conf if k != "root"])
-    root = os.path.abspath(os.path.join(conf.root, f"demo-{conf_hash(body)}"))
-    manifest_path = os.path.join(root, "manifest.parquet")
+    conf, manifest_path = collection_manifest(default_conf, conf, "demo")
+    root = os.path.dirname(manifest_path)
     if os.path.exists(manifest_path):
         return manifest_path
     rng = np.random.default_rng(conf.seed)

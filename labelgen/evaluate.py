@@ -1,28 +1,40 @@
 """`python -m labelgen.evaluate [store=... run_id=...]`: label precision against truth.
 
-Needs the truth: a manifest column `homography` (photo -> view, 9 numbers), as
-the demo has. A label is correct at a when its target lies within a * (longer
-side of the target image) of the true position. For the image pairs of the run
-it reports: raw nearest neighbours, nearest neighbours after the cycle check,
-the stored (chained) labels by hop distance, and, for the farthest pairs, the
-chained labels against direct matching of the same pairs.
+Two kinds of truth:
+- part truth (the rendered 3D collection, a manifest column `truth_uri`): a label is
+  correct at a when its source point is visible in the target and the label lands
+  within a * (the target object's bounding-box side, SPair's unit) of it. Reported
+  by split (`val` is the figure to quote; defaults are chosen on `dev`), category,
+  hop distance and pose gap, with the share of labels whose source point is hidden
+  in the target and the mirror rate (labels from a left/right part that land on its
+  twin), side by side on the same image pairs: raw nearest neighbour, mutual nearest
+  neighbour, cycle check, and the stored chain + vote labels (after the spherical
+  filter when the run used it); precision-yield curves of each stored signal.
+- homographies (the planar demo, a column `homography`): within a * the longer
+  image side; raw and cycle-checked nearest neighbours, the stored labels by hop
+  distance, and the farthest pairs chained against matched directly.
 """
 
+import io as _io
 import json
+import os
 import sys
 
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from .chain import cycle_hop, pair_nn
 from .cli import run_command
 from .features import cache_uri, load_features
-from .geometry import transfer
-from .io import join
+from .geometry import geodesic_deg, rotation, transfer
+from .io import join, read_bytes, resolve, write_bytes
 from .labels import Foreground
+from .manifest import read_manifest
 from .store import LabelStore
+from .synthetic.categories import twin
+from .truth import PartTruth, judge
 
 default_conf = {
     "store": "labelstore",  # a folder or s3://bucket/prefix
@@ -31,6 +43,8 @@ default_conf = {
     "max_pairs": 40,  # image pairs per category and hop distance for the direct baselines
     "seed": 0,  # which pairs the direct baselines sample
     "output": None,  # also write the table as JSON here
+    "curves": None,  # part truth: draw the precision-yield curves into this PNG; default: <store>/eval/<run>-curves.png
+    "split": "val",  # part truth: the split whose figures are printed (all splits go to `output`)
 }
 
 
@@ -75,19 +89,22 @@ class Tally:
         return pd.DataFrame(recs)
 
 
-def evaluate(conf) -> pd.DataFrame:
-    store = LabelStore(conf.store)
+def run_record(store: LabelStore, run_id: str | None) -> tuple[str, str, DictConfig, str]:
+    """The run to evaluate (default: the latest committed): id, features, config, manifest."""
     con = store.connect()
-    run_id = conf.run_id or con.execute(
-        "SELECT run_id FROM runs WHERE status = 'committed' ORDER BY finished DESC LIMIT 1"
-    ).fetchone()
-    if not run_id:
-        raise ValueError(f"store {store.root} has no committed run to evaluate")
-    run_id = run_id if isinstance(run_id, str) else run_id[0]
-    row = con.execute("SELECT backbone_fingerprint, config FROM runs WHERE run_id = ?", [run_id]).fetchone()
+    try:
+        row = con.execute("SELECT run_id, backbone_fingerprint, config, manifest FROM runs WHERE status = 'committed' "
+                          "AND (run_id = $run OR $run IS NULL) ORDER BY finished DESC LIMIT 1", {"run": run_id}).fetchone()
+    finally:
+        con.close()
     if row is None:
-        raise ValueError(f"run_id={run_id} is not in the store {store}")
-    fingerprint, run_conf = row[0], OmegaConf.create(row[1])
+        raise ValueError(f"store {store.uri} has no committed run {run_id or ''} to evaluate")
+    return row[0], row[1], OmegaConf.create(row[2]), row[3]
+
+
+def evaluate_homographies(conf, store: LabelStore, run_id: str, fingerprint: str, run_conf) -> pd.DataFrame:
+    """Against homographies (the planar demo)."""
+    con = store.connect()
     truth = con.execute(
         "SELECT image_id, homography FROM images WHERE run_id = ? AND homography IS NOT NULL", [run_id]
     ).fetchall()
@@ -131,8 +148,174 @@ def evaluate(conf) -> pd.DataFrame:
     return result
 
 
+GAP_BINS = [0, 45, 90, 135, 181]  # pose gap (geodesic degrees between the two views' rotations)
+SIGNALS = {"support": False, "similarity": False, "cycle_error": True, "sphere_angle": True}  # signal -> lower is better
+
+
+def truth_sources(df: pd.DataFrame, manifest_uri: str):
+    """The manifest (with truth URIs resolved) and, per category, part id -> its twin's id."""
+    base = os.path.dirname(manifest_uri)
+    df["truth_uri"] = [resolve(u, base) for u in df["truth_uri"]]
+    parts = json.loads(read_bytes(join(base, "parts.json")))
+    twins = {c: {i + 1: names.index(twin(n)) + 1 for i, n in enumerate(names) if twin(n) in names} for c, names in parts.items()}
+    return df.set_index("image_id"), twins
+
+
+def pair_split(a: str, b: str) -> str:
+    return a if a == b else "mixed"
+
+
+def part_rows(judged: dict, meta: dict, tried: int, extra: dict | None = None) -> pd.DataFrame:
+    """One row per label: its group, its verdicts, the signals it carries."""
+    n = len(judged["hidden"])
+    frame = pd.DataFrame({**{k: np.full(n, v) for k, v in meta.items()}, "tried": np.zeros(n),
+                          "ok05": judged["correct"][:, 0], "ok10": judged["correct"][:, 1], "hidden": judged["hidden"],
+                          "twin_part": judged["twin_part"], "mirrored": judged["mirrored"], **(extra or {})})
+    if n:
+        frame.loc[0, "tried"] = tried  # the pair's source foreground patches, counted once
+    return frame
+
+
+def evaluate_parts(conf, store: LabelStore, run_id: str, fingerprint: str, run_conf, manifest: pd.DataFrame,
+                   manifest_uri: str):
+    """Per-label verdicts against part truth for a sample of each group's image pairs:
+    the stored labels and the direct baselines on the same pairs."""
+    images, twins = truth_sources(manifest, manifest_uri)
+    rot = {i: rotation(r.azimuth, r.elevation, 0.0 if pd.isna(r.theta) else r.theta) for i, r in images.iterrows()}
+    con = store.connect()
+    labels = con.execute("SELECT category, src_image_id, tgt_image_id, src_x, src_y, tgt_x, tgt_y, hops, support, "
+                         "similarity, cycle_error, sphere_angle FROM labels WHERE run_id = ?", [run_id]).df()
+    con.close()
+    if labels.empty:
+        raise ValueError(f"run {run_id} has no labels to evaluate")
+    cache_root = run_conf.features.cache or join(store.uri, "features")
+    truths, fgs = {}, {}
+
+    def truth(i) -> PartTruth:
+        if i not in truths:
+            truths[i] = PartTruth.load(images.at[i, "truth_uri"])
+        return truths[i]
+
+    def fg(i) -> Foreground:
+        if i not in fgs:
+            fgs[i] = Foreground.of(load_features(cache_uri(cache_root, fingerprint, i)))
+        return fgs[i]
+
+    split = images["split"].fillna("none").to_dict()
+    labels["split"] = [pair_split(split[a], split[b]) for a, b in zip(labels.src_image_id, labels.tgt_image_id)]
+    pairs = labels.groupby(["split", "category", "hops", "src_image_id", "tgt_image_id"]).size().reset_index()
+    rng, alphas, out = np.random.default_rng(conf.seed), [0.05, 0.10], []
+    by_pair = labels.groupby(["src_image_id", "tgt_image_id"])
+    for _, g in pairs.groupby(["split", "category", "hops"]):
+        for _, p in g.iloc[rng.permutation(len(g))[: conf.max_pairs]].iterrows():
+            a, b, cat = p.src_image_id, p.tgt_image_id, p.category
+            gap = float(geodesic_deg(np.stack([rot[a], rot[b]]))[0, 1])
+            meta = {"split": p.split, "category": cat, "hops": p.hops, "gap": gap}
+            stored = by_pair.get_group((a, b))
+            judged = judge(truth(a), truth(b), xy(stored, "src"), xy(stored, "tgt"), alphas, twins.get(cat, {}))
+            signals = {k: stored[k].to_numpy(dtype=float) for k in SIGNALS}
+            out.append(part_rows(judged, {**meta, "kind": "chain + vote"}, len(fg(a).feats), signals))
+            fa, fb = fg(a), fg(b)
+            ab, ba = pair_nn(fa.feats, fb.feats)
+            src = torch.arange(len(fa.feats))
+            _, _, keep = cycle_hop(ab, src, fa.grid, fa.feats, fb.feats, run_conf.labels.radius,
+                                   allowed=torch.ones(len(src), dtype=torch.bool))
+            mutual = ba.fwd_idx[ab.fwd_idx] == src
+            judged = judge(truth(a), truth(b), fa.pixels.numpy(), fb.pixels[ab.fwd_idx].numpy(), alphas, twins.get(cat, {}))
+            for kind, sel in (("raw NN", torch.ones_like(keep)), ("mutual NN", mutual), ("NN + cycle", keep)):
+                sel = sel.numpy()
+                out.append(part_rows({k: v[sel] for k, v in judged.items()}, {**meta, "kind": kind}, len(src)))
+    return pd.concat(out, ignore_index=True)
+
+
+def summarise(rows: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    g = rows.groupby(by)
+    table = pd.DataFrame({"labels": g.size(), "yield": g["tried"].sum(), "P@0.05": g["ok05"].mean(),
+                          "P@0.10": g["ok10"].mean(), "hidden": g["hidden"].mean()})
+    table["yield"] = table["labels"] / table["yield"]
+    twin_rows = rows[rows.twin_part].groupby(by)["mirrored"]
+    table["mirror"] = twin_rows.mean().reindex(table.index)
+    return table.reset_index()
+
+
+KINDS = ["raw NN", "mutual NN", "NN + cycle", "chain + vote"]
+
+
+def curves(rows: pd.DataFrame, png: str | None) -> pd.DataFrame:
+    """Precision (P@0.10) against the share of stored labels kept, ranking by each signal;
+    the best operating point of each (the largest F1 of precision and recall of correct labels)."""
+    stored = rows[rows.kind == "chain + vote"]
+    points, lines = [], {}
+    for signal, lower in SIGNALS.items():
+        values = stored[signal].to_numpy(dtype=float)
+        if np.isnan(values).all():
+            continue
+        order = np.argsort(values if lower else -values, kind="stable")
+        ok, ranked = stored["ok10"].to_numpy()[order], values[order]
+        kept = np.arange(1, len(ok) + 1)
+        precision, recall = np.cumsum(ok) / kept, np.cumsum(ok) / max(1, ok.sum())
+        f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-9)
+        cuts = np.r_[np.nonzero(ranked[1:] != ranked[:-1])[0], len(ok) - 1]  # a threshold keeps all of its ties
+        best = int(cuts[np.argmax(f1[cuts])])
+        lines[signal] = (kept / len(ok), precision)
+        points.append({"signal": signal, "keep": "<=" if lower else ">=", "threshold": ranked[best],
+                       "kept": kept[best] / len(ok), "P@0.10": precision[best], "P@0.10 all": precision[-1]})
+    if png and lines:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for signal, (x, y) in lines.items():
+            ax.plot(x, y, label=signal)
+        ax.set(xlabel="share of stored labels kept", ylabel="P@0.10 (box side)", title="precision-yield, stored labels")
+        ax.legend()
+        fig.tight_layout()
+        buf = _io.BytesIO()
+        fig.savefig(buf, format="png", dpi=120)
+        plt.close(fig)
+        write_bytes(png, buf.getvalue())
+    return pd.DataFrame(points)
+
+
+def show(title: str, frame: pd.DataFrame):
+    print(f"\n{title}")
+    print(frame.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
+def report_parts(conf, store, run_id, fingerprint, run_conf, manifest, manifest_uri) -> int:
+    rows = evaluate_parts(conf, store, run_id, fingerprint, run_conf, manifest, manifest_uri)
+    rows["kind"] = pd.Categorical(rows["kind"], KINDS)
+    rows["gap"] = pd.cut(rows["gap"], GAP_BINS, right=False, labels=[f"{a}-{b}" for a, b in zip(GAP_BINS, GAP_BINS[1:])])
+    mine = rows[rows.split == conf.split]
+    if mine.empty:
+        raise ValueError(f"run {run_id} has no labelled pair of two `{conf.split}` images; choose split= among "
+                         f"{sorted(rows.split.unique())}")
+    png = conf.curves or join(store.uri, "eval", f"{run_id}-curves.png")
+    print(f"label precision of run {run_id} against part truth, split {conf.split} (P@a: within a * the target's box side;"
+          " yield = labels / source foreground patches; hidden: source point not visible in the target;"
+          " mirror: labels from a left/right part that land on its twin)")
+    show("all categories, by method and hops", summarise(mine, ["kind", "hops"]))
+    show("by category (chain + vote)", summarise(mine[mine.kind == "chain + vote"], ["category"]))
+    show("by pose gap, degrees", summarise(mine, ["kind", "gap"]))
+    best = curves(mine, png)
+    show(f"precision-yield of the stored labels, best operating point per signal (curves: {png})", best)
+    if conf.output:
+        tables = {"by_kind_hops": summarise(rows, ["split", "kind", "hops"]), "by_category": summarise(rows, ["split", "kind", "category"]),
+                  "by_gap": summarise(rows, ["split", "kind", "gap"]), "curves": best}
+        with open(conf.output, "w") as f:
+            json.dump({"run_id": run_id, "split": conf.split, **{k: json.loads(v.to_json(orient="records")) for k, v in tables.items()}}, f, indent=1)
+    return 0
+
+
 def report(conf) -> int:
-    result = evaluate(conf)
+    store = LabelStore(conf.store)
+    run_id, fingerprint, run_conf, manifest_uri = run_record(store, conf.run_id)
+    manifest = read_manifest(manifest_uri)
+    if "truth_uri" in manifest.columns:
+        return report_parts(conf, store, run_id, fingerprint, run_conf, manifest, manifest_uri)
+    result = evaluate_homographies(conf, store, run_id, fingerprint, run_conf)
     pd.set_option("display.width", 200)
     print(f"label precision of run {result.attrs['run_id']} (yield = labels / source foreground patches)")
     print(result.to_string(index=False, float_format=lambda v: f"{v:.3f}"))

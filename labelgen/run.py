@@ -1,7 +1,8 @@
 """`python -m labelgen.run [key=value ...]`: manifest -> features -> tuples -> chains -> store.
 
-With no arguments it renders the embedded demo collection (once) and labels it
-on a local Ray instance; with RAY_ADDRESS set, or under `ray job submit`, it
+With no arguments it renders the built-in collection of 3D object categories
+(once; `data.builtin=demo` takes the planar photo demo instead) and labels it on
+a local Ray instance; with RAY_ADDRESS set, or under `ray job submit`, it
 runs on that cluster. The algorithms live in plain modules; this file only
 schedules them.
 """
@@ -16,7 +17,7 @@ import pandas as pd
 import ray
 from omegaconf import OmegaConf
 
-from . import backbones, demo, features, labels, pairing, ray_utils
+from . import backbones, demo, features, labels, pairing, ray_utils, synthetic
 from .cli import run_command
 from .config import config_hash, parse_overrides
 from .console import Progress
@@ -31,7 +32,12 @@ from .store import IMAGE_SCHEMA, LabelStore, images_table
 log = logging.getLogger("labelgen")
 
 default_conf = {
-    "data": {"manifest": None, "demo": demo.default_conf},  # no manifest: the demo collection
+    "data": {
+        "manifest": None,  # a manifest (Parquet or CSV); none: the built-in collection
+        "builtin": "objects",  # without a manifest: objects (rendered 3D categories) | demo (photos seen as planes)
+        "objects": synthetic.default_conf,
+        "demo": demo.default_conf,
+    },
     "store": "labelstore",  # a folder or s3://bucket/prefix: labels, runs, feature cache
     "run_id": None,  # default: a new id from the time
     "backbone": backbones.default_conf,
@@ -158,16 +164,25 @@ def summary(run_id, store, counts) -> str:
 
 
 def presets(argv: list[str]) -> dict | None:
-    return DEMO_PRESET if not any(a.startswith("data.manifest=") for a in argv) else None
+    return DEMO_PRESET if "data.builtin=demo" in argv and not any(a.startswith("data.manifest=") for a in argv) else None
 
 
 def parse(argv: list[str]):
     return parse_overrides(default_conf, argv, presets(argv))
 
 
+def builtin_collection(conf) -> str:
+    """The manifest of the built-in collection, rendered on first use."""
+    if conf.builtin == "demo":
+        return demo.build_demo(conf.demo)
+    if conf.builtin == "objects":
+        return synthetic.build_collection(conf.objects)
+    raise ValueError(f"data.builtin={conf.builtin}: choose objects or demo, or give data.manifest=")
+
+
 def prepare(conf):
     """Everything that can fail on bad input, before any work: manifest, weights."""
-    manifest_uri = conf.data.manifest or demo.build_demo(conf.data.demo)
+    manifest_uri = conf.data.manifest or builtin_collection(conf.data)
     df = read_manifest(manifest_uri)
     backbone, reason = backbones.build_backbone(conf.backbone)
     image_size = backbone.check_size(conf.backbone.image_size or backbone.image_size)

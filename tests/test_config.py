@@ -17,3 +17,11 @@ def test_unknown_keys_and_malformed_arguments_are_clear_errors():
         parse_overrides(default_conf, ["pairing.radius=2"])
     with pytest.raises(ConfigError, match="not key=value overrides"):
         parse_overrides(default_conf, ["--fast"])
+
+
+def test_the_demo_preset_applies_to_the_planar_demo_only():
+    from labelgen.run import parse
+
+    assert parse([]).pairing.bin_deg == 45.0 and parse([]).data.builtin == "objects"
+    assert parse(["data.builtin=demo"]).pairing.bin_deg == 30.0
+    assert parse(["data.builtin=demo", "data.manifest=m.parquet"]).pairing.bin_deg == 45.0

@@ -15,7 +15,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MARKER = "<!-- runnable: tests/test_readme.py runs these commands in order, as written, on a small demo -->"
 
-DEMO = "'data.demo.photos=[chelsea,motorcycle]' 'data.demo.azimuths=[-45,-15,15,45]' 'data.demo.elevations=[0,15]'"
+DEMO = "'data.objects.categories=[chair,figure]' data.objects.dev_instances=2 data.objects.val_instances=2 data.objects.views=6"
 SMALLER = [  # (what the command runs, the size knobs added to it)
     (r"^make run$", f'ARGS="{DEMO}"'),
     (r"-m labelgen\.run\b", DEMO),

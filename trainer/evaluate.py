@@ -147,7 +147,7 @@ def keypoint_pck(matcher: Matcher, pairs, alphas) -> pd.DataFrame:
 
 main_conf = {
     "store": "labelstore",  # a folder or s3://bucket/prefix
-    "model": "promoted",  # promoted | a model id; the raw backbone is always evaluated beside it
+    "model": "latest",  # latest (the last one trained, promoted or not) | promoted | a model id; the raw backbone is always evaluated beside it
     "spair": None,  # an SPair-71k folder: evaluate on its pairs (features must be in the store's cache)
     "split": "test",  # the SPair-71k pair split, with spair=
     "eval": default_conf,
@@ -158,10 +158,13 @@ main_conf = {
 def compare_models(conf) -> int:
     """Raw backbone vs an adapter, on SPair pairs or on the store's held-out data."""
     store = LabelStore(conf.store)
-    record = store.promoted_model() if conf.model == "promoted" else next(
-        (m for m in store.models() if m["model_id"] == conf.model), None)
+    decided = [m for m in store.models() if m["status"] != "training"]
+    record = {"latest": decided[-1] if decided else None, "promoted": store.promoted_model()}.get(conf.model) or next(
+        (m for m in decided if m["model_id"] == conf.model), None)
     if record is None:
-        raise ValueError(f"model={conf.model}: no such model in {store}; see `python -m queries sql 'SELECT * FROM models'`")
+        raise ValueError(f"model={conf.model}: no such model in {store}; train one with `python -m trainer.train`, "
+                         "or see `python -m queries sql 'SELECT * FROM models'`")
+    print(f"model {record['model_id']} ({record['status']}: {record.get('reason', '')})")
     adapter = load_adapter(_io.BytesIO(read_bytes(record["checkpoint"])))
     data = load_label_data(OmegaConf.create({"store": conf.store, "runs": record["label_runs"],
                                              "val_split": conf.val_split, "max_labels": 0}))

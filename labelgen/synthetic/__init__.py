@@ -1,0 +1,7 @@
+"""Posed 3D object categories rendered headless, with exact part-level truth: the
+yardstick for semantic correspondence (different instances, viewpoint change,
+self-occlusion, left/right twin parts)."""
+
+from .collection import build_collection, default_conf
+
+__all__ = ["build_collection", "default_conf"]

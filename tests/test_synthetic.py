@@ -1,0 +1,121 @@
+"""The rendered 3D collection's truth: known cameras give known correspondences, twins map to
+each other under mirroring, hidden points are reported hidden."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from labelgen.geometry import rotation
+from labelgen.synthetic.categories import CATEGORIES, part_names, twin
+from labelgen.synthetic.collection import build_collection, textures, truth_arrays
+from labelgen.synthetic.render import Renderer, project
+from labelgen.synthetic.shapes import MIRROR, PRIMITIVES
+from labelgen.truth import PartTruth, judge, true_targets
+
+SIZE = 160
+
+
+@pytest.fixture(scope="module")
+def scene():
+    """A chair (mirror-symmetric: every part is central or one of a twin pair), a renderer,
+    and a function that renders it from (azimuth, elevation, theta)."""
+    renderer = Renderer(SIZE)
+    rng = np.random.default_rng(3)
+    parts = CATEGORIES["chair"](rng)
+    names = part_names("chair")
+    ids = {n: i + 1 for i, n in enumerate(names)}
+    texs = [renderer.texture(t) for t in textures(rng, {"grey": Image.new("RGB", (64, 64), 128)})]
+    centre = np.array([0.0, -0.55, 0.0])
+    focal, principal = 1.2 * SIZE, (SIZE / 2, SIZE / 2)
+
+    def view(azimuth, elevation, theta):
+        R = rotation(azimuth, elevation, theta)
+        t = np.array([0.0, 0.0, 3.0]) - R @ centre
+        _, part, coord, depth = renderer.render(parts, [ids[p.name] for p in parts], texs, R, t, focal, principal,
+                                                np.array([0.0, -1.0, -1.0]))
+        return {"truth": PartTruth(**truth_arrays(part, coord, depth, parts, ids, R, t, focal, principal)), "depth": depth,
+                "R": R, "t": t}
+
+    yield parts, names, view, focal, principal
+    renderer.release()
+
+
+def test_twin_parts_are_mirror_images_with_the_same_canonical_coordinates():
+    parts = {p.name: p for p in CATEGORIES["quadruped"](np.random.default_rng(0))}
+    unit = PRIMITIVES["cylinder"].pos
+    assert np.allclose(parts["leg_front_r"].place(unit), parts["leg_front_l"].place(unit) @ MIRROR.T)
+    assert twin("leg_front_l") == "leg_front_r" and twin("ear_r") == "ear_l" and twin("torso") is None
+
+
+def test_a_known_camera_pair_gives_the_known_correspondence(scene):
+    _, _, view, focal, principal = scene
+    a, b = view(20.0, 25.0, 5.0), view(65.0, 15.0, -5.0)
+    ta, tb = a["truth"], b["truth"]
+    rows, cols = np.nonzero(ta.part)
+    xy = np.stack([cols, rows], 1) + 0.5
+    truth_xy, visible, _ = true_targets(ta, tb, xy)
+    # another way to the same answer: back-project each pixel of A with A's depth (no canonical
+    # coordinates), move it into B's camera with the known cameras, depth-test it there
+    z = a["depth"][rows, cols]
+    cam_a = np.stack([(xy[:, 0] - principal[0]) / focal * z, (xy[:, 1] - principal[1]) / focal * z, z], 1)
+    proj = project((cam_a - a["t"]) @ a["R"], b["R"], b["t"], focal, principal)
+    col, row = np.floor(proj[:, 0]).astype(int), np.floor(proj[:, 1]).astype(int)
+    inside = (col >= 0) & (col < SIZE) & (row >= 0) & (row < SIZE)
+    seen = np.zeros(len(xy), bool)
+    hit = b["depth"][row[inside], col[inside]]
+    seen[inside] = np.isfinite(hit) & (proj[inside, 2] <= hit * 1.01)  # on the object, and nothing in front
+    assert (visible == seen).mean() > 0.99
+    both = visible & seen
+    err = np.linalg.norm(truth_xy[both] - proj[both, :2], axis=1)
+    assert both.sum() > 500 and np.max(err) < 0.05
+
+
+def test_a_mirrored_camera_sees_each_twin_where_the_other_was(scene):
+    _, names, view, _, _ = scene
+    a, b = view(35.0, 20.0, 8.0), view(-35.0, 20.0, -8.0)  # the mirror image of view a
+    pa, pb = a["truth"].part, b["truth"].part[:, ::-1]
+    ids = {n: i + 1 for i, n in enumerate(names)}
+    twin_id = np.arange(len(names) + 1)
+    for n in names:
+        if twin(n) in ids:
+            twin_id[ids[n]] = ids[twin(n)]
+    on = (pa > 0) | (pb > 0)
+    assert (twin_id[pa][on] == pb[on]).mean() > 0.97
+    twins = np.isin(pa, [ids[n] for n in names if twin(n)]) & (twin_id[pa] == pb)
+    close = np.linalg.norm(a["truth"].coord[twins] - b["truth"].coord[:, ::-1][twins], axis=1) < 0.1
+    assert twins.sum() > 200 and close.mean() > 0.95
+    # a label that lands on the twin part is a mirror error; on the part itself it is not
+    rows, cols = np.nonzero(np.isin(pa, [ids["leg_front_l"], ids["leg_back_l"]]))
+    src = np.stack([cols, rows], 1) + 0.5
+    mirrored_tgt = np.stack([SIZE - src[:, 0], src[:, 1]], 1)  # where the twin is in view b
+    twin_of = {ids[n]: ids[twin(n)] for n in names if twin(n) in ids}
+    verdict = judge(a["truth"], b["truth"], src, mirrored_tgt, [0.05, 0.1], twin_of)
+    assert verdict["twin_part"].all() and verdict["mirrored"].mean() > 0.9 and not verdict["correct"][:, 1].any()
+
+
+def test_a_point_facing_away_from_the_target_camera_is_hidden(scene):
+    _, names, view, _, _ = scene
+    front, back = view(0.0, 20.0, 0.0), view(180.0, 20.0, 0.0)
+    tf = front["truth"]
+    facing = (tf.part == names.index("back") + 1) & (tf.coord[..., 2] < -0.95)  # the chair back's front face
+    rows, cols = np.nonzero(facing)
+    _, visible, _ = true_targets(tf, back["truth"], np.stack([cols, rows], 1) + 0.5)
+    assert len(rows) > 100 and (~visible).mean() > 0.95
+    verdict = judge(tf, back["truth"], np.stack([cols, rows], 1) + 0.5, np.full((len(rows), 2), SIZE / 2), [0.05, 0.1], {})
+    assert verdict["hidden"].mean() > 0.95 and not verdict["correct"][verdict["hidden"]].any()
+
+
+def test_a_collection_has_disjoint_dev_and_val_instances_with_full_truth(tmp_path):
+    manifest = build_collection({"root": str(tmp_path), "categories": ["bird", "lamp"], "dev_instances": 2,
+                                 "val_instances": 1, "views": 3, "size": 96})
+    df = pd.read_parquet(manifest)
+    assert len(df) == 2 * 3 * 3 and set(df.split) == {"dev", "val"}
+    assert not set(df[df.split == "dev"].instance) & set(df[df.split == "val"].instance)
+    assert {"azimuth", "elevation", "theta", "mask_uri", "truth_uri", "instance"} <= set(df.columns)
+    assert np.ptp(df.azimuth) > 200 and df.theta.abs().max() <= 10
+    kps = pd.read_parquet(manifest.replace("manifest.parquet", "keypoints.parquet"))
+    assert set(kps.image_id) == set(df.image_id) and 0.2 < kps.visible.mean() < 1.0
+    assert {"wing_tip_l", "wing_tip_r", "shade_top_l", "shade_top_r"} <= set(kps.name)
+    assert build_collection({"root": str(tmp_path), "categories": ["bird", "lamp"], "dev_instances": 2,
+                             "val_instances": 1, "views": 3, "size": 96}) == manifest  # rendered once
