@@ -43,7 +43,7 @@ default_conf = {
     "max_pairs": 40,  # image pairs per category and hop distance for the direct baselines
     "seed": 0,  # which pairs the direct baselines sample
     "output": None,  # also write the table as JSON here
-    "curves": None,  # part truth: draw the precision-yield curves into this PNG; default: <store>/eval/<run>-curves.png
+    "curves": None,  # part truth: draw the precision-yield curves into this PNG; default: <store>/eval/<run>-<split>-curves.png
     "split": "val",  # part truth: the split whose figures are printed (all splits go to `output`)
 }
 
@@ -292,7 +292,7 @@ def report_parts(conf, store, run_id, fingerprint, run_conf, manifest, manifest_
     if mine.empty:
         raise ValueError(f"run {run_id} has no labelled pair of two `{conf.split}` images; choose split= among "
                          f"{sorted(rows.split.unique())}")
-    png = conf.curves or join(store.uri, "eval", f"{run_id}-curves.png")
+    png = conf.curves or join(store.uri, "eval", f"{run_id}-{conf.split}-curves.png")
     print(f"label precision of run {run_id} against part truth, split {conf.split} (P@a: within a * the target's box side;"
           " yield = labels / source foreground patches; hidden: source point not visible in the target;"
           " mirror: labels from a left/right part that land on its twin)")
