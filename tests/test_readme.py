@@ -15,10 +15,10 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MARKER = "<!-- runnable: tests/test_readme.py runs these commands in order, as written, on a small demo -->"
 
-DEMO = "'data.objects.categories=[chair,figure]' data.objects.dev_instances=2 data.objects.val_instances=2 data.objects.views=6"
+SMALL_COLLECTION = "'data.objects.categories=[chair,figure]' data.objects.dev_instances=2 data.objects.val_instances=2 data.objects.views=6"
 SMALLER = [  # (what the command runs, the size knobs added to it)
-    (r"^make run$", f'ARGS="{DEMO}"'),
-    (r"-m labelgen\.run\b", DEMO),
+    (r"^make run$", f'ARGS="{SMALL_COLLECTION}"'),
+    (r"-m labelgen\.run\b", SMALL_COLLECTION),
     (r"-m trainer\.train\b", "optim.steps=20"),
     (r"-m trainer\.(retrain|schedule)\b", "train.optim.steps=20"),  # schedule: after its `--`, for retrain
     (r"-m labelgen\.train_sphere\b", "sphere.steps=20"),
