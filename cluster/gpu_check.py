@@ -16,7 +16,9 @@ import ray
 from labelgen.cli import HelpFormatter
 
 
-@ray.remote(num_gpus=1, num_cpus=1)
+# Restarted elsewhere when its node goes away: an idle node the autoscaler is removing can
+# still be handed a new actor.
+@ray.remote(num_gpus=1, num_cpus=1, max_restarts=2, max_task_retries=2)
 class GpuProbe:
     def report(self) -> dict:
         import torch

@@ -1,7 +1,7 @@
 """README.md's runnable commands, in order and as written, from a scratch copy of the repository.
 
 A fenced block right under the marker below is runnable. The test changes only the
-data size (a smaller demo, fewer training steps) and runs every command with bash in
+data size (a smaller collection, fewer training steps) and runs every command with bash in
 the copy's root, with relative paths, exactly as a new user would type it.
 """
 
