@@ -12,6 +12,7 @@ from labelgen.synthetic.collection import build_collection, textures, truth_arra
 from labelgen.synthetic.render import Renderer, project
 from labelgen.synthetic.shapes import MIRROR, PRIMITIVES
 from labelgen.truth import PartTruth, judge, true_targets
+from trainer.evaluate import collection_keypoint_pairs, keypoint_pck  # torch's triton before Mesa: see build_collection
 
 SIZE = 160
 
@@ -119,3 +120,38 @@ def test_a_collection_has_disjoint_dev_and_val_instances_with_full_truth(tmp_pat
     assert {"wing_tip_l", "wing_tip_r", "shade_top_l", "shade_top_r"} <= set(kps.name)
     assert build_collection({"root": str(tmp_path), "categories": ["bird", "lamp"], "dev_instances": 2,
                              "val_instances": 1, "views": 3, "size": 96}) == manifest  # rendered once
+
+
+def test_keypoint_pairs_of_held_out_instances_and_the_geometry_aware_subset(tmp_path):
+    from types import SimpleNamespace
+
+    manifest = build_collection({"root": str(tmp_path), "categories": ["bird", "figure"], "dev_instances": 1,
+                                 "val_instances": 2, "views": 3, "size": 96})
+    df = pd.read_parquet(manifest).set_index("image_id")
+    kps = pd.read_parquet(manifest.replace("manifest.parquet", "keypoints.parquet")).set_index(["image_id", "name"])
+    data = SimpleNamespace(manifests=[manifest], val_split="val", images=df)
+    pairs = collection_keypoint_pairs(data, per_category=20)
+    assert len(pairs) == 2 * 9 * 2  # per category: 6 val views, 2 instances: 2 x 3 x 3 ordered pairs
+    for p in pairs:
+        assert df.at[p.src, "split"] == df.at[p.tgt, "split"] == "val" and df.at[p.src, "instance"] != df.at[p.tgt, "instance"]
+        for k, name in enumerate(p.kps_ids):
+            both = kps.at[(p.src, name), "visible"] and kps.at[(p.tgt, name), "visible"]
+            assert np.isfinite(p.src_kps[k]).all() == both == np.isfinite(p.tgt_kps[k]).all()
+            other = twin(name)
+            assert p.geo[k] == (both and other is not None and bool(kps.at[(p.tgt, other), "visible"]))
+    assert any(p.geo.any() for p in pairs)
+
+    class Oracle:  # predicts the true target keypoint, or its twin's position (a mirror error)
+        def __init__(self, mirror):
+            self.mirror = mirror
+
+        def predict(self, src, tgt, xy):
+            p = next(q for q in pairs if q.src == src and q.tgt == tgt)
+            k = np.nonzero(np.isfinite(p.src_kps).all(1))[0]
+            names = [twin(p.kps_ids[i]) if self.mirror and twin(p.kps_ids[i]) else p.kps_ids[i] for i in k]
+            return np.stack([[kps.at[(tgt, n), "x"], kps.at[(tgt, n), "y"]] for n in names])
+
+    exact = keypoint_pck(Oracle(False), pairs, [0.1]).set_index("category")
+    mirrored = keypoint_pck(Oracle(True), pairs, [0.1]).set_index("category")
+    assert exact.at["ALL", "pck@0.10 per kpt"] == 1.0 and exact.at["ALL", "geo pck@0.10 per kpt"] == 1.0
+    assert mirrored.at["ALL", "geo pck@0.10 per kpt"] < mirrored.at["ALL", "pck@0.10 per kpt"] < 1.0  # twins are where it fails

@@ -45,6 +45,8 @@ class LabelData:
     images: pd.DataFrame  # image_id -> category, split, azimuth, width, height, homography
     flips: bool  # the runs cached mirrored features too
     val_split: str  # the held-out split
+    manifests: list[str]  # of the runs
+
     @property
     def groups(self) -> list[int]:
         return feature_groups(self.backbone)
@@ -79,6 +81,8 @@ def load_label_data(conf) -> LabelData:
             raise ValueError(f"label runs {runs} used different backbones {info}: train on runs of one backbone")
         backbone, fingerprint = info[0]
         run_conf = OmegaConf.create(con.execute("SELECT config FROM runs WHERE run_id = ?", [runs[-1]]).fetchone()[0])
+        manifests = [m for (m,) in con.execute(f"SELECT DISTINCT manifest FROM runs WHERE run_id IN ({marks}) ORDER BY 1",
+                                                runs).fetchall()]
         images = con.execute(
             f"SELECT image_id, any_value(category) AS category, any_value(split) AS split, any_value(azimuth) AS azimuth, "
             f"any_value(width) AS width, any_value(height) AS height, any_value(homography) AS homography "
@@ -102,7 +106,7 @@ def load_label_data(conf) -> LabelData:
             train.append(pair)
     cache_root = run_conf.features.cache or join(store.uri, "features")
     flips = bool(OmegaConf.select(run_conf, "features.flips", default=False))
-    return LabelData(runs, backbone, fingerprint, cache_root, train, val, images, flips, conf.val_split)
+    return LabelData(runs, backbone, fingerprint, cache_root, train, val, images, flips, conf.val_split, manifests)
 
 
 @dataclass

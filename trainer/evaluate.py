@@ -9,6 +9,7 @@ PCK@a: within a * (longer side of the target image) of the reference position.
 """
 
 import io as _io
+import posixpath
 
 import numpy as np
 import pandas as pd
@@ -18,8 +19,11 @@ from omegaconf import OmegaConf
 from labelgen.cli import run_command
 from labelgen.features import FLIPPED
 from labelgen.geometry import transfer
-from labelgen.io import read_bytes
-from labelgen.readers.spair import read_pairs
+from labelgen.io import exists, join, read_bytes, resolve
+from labelgen.manifest import read_manifest
+from labelgen.readers.spair import KeypointPair, read_pairs
+from labelgen.synthetic.categories import twin
+from labelgen.truth import PartTruth
 from labelgen.store import LabelStore
 
 from .adapter import Adapter, load_adapter
@@ -32,6 +36,7 @@ default_conf = {
     "alphas": [0.05, 0.10],  # PCK thresholds, fractions of the longer image side
     "far_deg": 60.0,  # azimuth gap from which a pair counts as far
     "flip_align": False,  # GeoAware test-time pose alignment: match the mirrored source when closer
+    "keypoint_pairs": 50,  # per category: held-out keypoint pairs of a rendered collection (different instances)
 }
 
 
@@ -122,7 +127,8 @@ def truth_pck(matcher: Matcher, data: LabelData, conf) -> dict[str, float]:
 
 def keypoint_pck(matcher: Matcher, pairs, alphas) -> pd.DataFrame:
     """SPair-style PCK on keypoint pairs: threshold a * max side of the target bounding box;
-    per keypoint (all keypoints pooled) and per image (mean over pairs), per category and ALL."""
+    per keypoint (all keypoints pooled) and per image (mean over pairs), per category and ALL;
+    `geo` columns for the geometry-aware subset where the pairs mark it."""
     rows = []
     for p in pairs:
         visible = np.isfinite(p.src_kps).all(1) & np.isfinite(p.tgt_kps).all(1) & (p.src_kps >= 0).all(1) & (p.tgt_kps >= 0).all(1)
@@ -131,7 +137,9 @@ def keypoint_pck(matcher: Matcher, pairs, alphas) -> pd.DataFrame:
         pred = matcher.predict(p.src, p.tgt, p.src_kps[visible].astype(np.float32))
         side = max(p.tgt_bbox[2] - p.tgt_bbox[0], p.tgt_bbox[3] - p.tgt_bbox[1])
         rel = np.linalg.norm(pred - p.tgt_kps[visible], axis=1) / side
-        rows.append({"category": p.category, "n": len(rel), **{a: (rel <= a).sum() for a in alphas}})
+        geo = p.geo[visible] if p.geo is not None else np.zeros(len(rel), bool)
+        rows.append({"category": p.category, "n": len(rel), "n_geo": int(geo.sum()), **{a: (rel <= a).sum() for a in alphas},
+                     **{("geo", a): (rel[geo] <= a).sum() for a in alphas}})
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
@@ -141,8 +149,59 @@ def keypoint_pck(matcher: Matcher, pairs, alphas) -> pd.DataFrame:
         for a in alphas:
             rec[f"pck@{a:.2f} per kpt"] = g[a].sum() / g["n"].sum()
             rec[f"pck@{a:.2f} per img"] = (g[a] / g["n"]).mean()
+        if g["n_geo"].sum():
+            rec["geo keypoints"] = int(g["n_geo"].sum())
+            for a in alphas:
+                rec[f"geo pck@{a:.2f} per kpt"] = g[("geo", a)].sum() / g["n_geo"].sum()
         out.append(rec)
     return pd.DataFrame(out)
+
+
+def collection_keypoint_pairs(data: LabelData, per_category: int, seed: int = 0) -> list[KeypointPair]:
+    """Keypoint pairs of two held-out views of one category showing different instances,
+    from a rendered collection (keypoints.parquet beside its manifest). A keypoint counts
+    where both views see it; `geo` marks those whose left/right twin the target sees too."""
+    rng, pairs = np.random.default_rng(seed), []
+    for uri in data.manifests:
+        kp_uri = join(posixpath.dirname(uri), "keypoints.parquet")
+        if not exists(kp_uri):
+            continue
+        manifest = read_manifest(uri)
+        manifest["truth_uri"] = [resolve(u, posixpath.dirname(uri)) for u in manifest["truth_uri"]]
+        views = manifest[(manifest["split"] == data.val_split) & manifest["image_id"].isin(data.images.index)].set_index("image_id")
+        kps = pd.read_parquet(_io.BytesIO(read_bytes(kp_uri)))
+        for category, g in views.groupby("category"):
+            names = sorted(kps.loc[kps["category"] == category, "name"].unique())
+            seen = kps[kps["image_id"].isin(g.index)].pivot(index="image_id", columns="name", values="visible")
+            seen = seen.reindex(columns=names).fillna(False).astype(bool)
+            xy = {c: kps.pivot(index="image_id", columns="name", values=c).reindex(columns=names) for c in ("x", "y")}
+            twins = np.asarray([names.index(twin(n)) if twin(n) in names else -1 for n in names])
+            candidates = [(a, b) for a in g.index for b in g.index if g.at[a, "instance"] != g.at[b, "instance"]]
+            for k in rng.permutation(len(candidates))[:per_category]:
+                a, b = candidates[k]
+                both = seen.loc[a].to_numpy() & seen.loc[b].to_numpy()
+                kp = {i: np.where(both[:, None], np.stack([xy["x"].loc[i], xy["y"].loc[i]], 1), np.nan) for i in (a, b)}
+                rows, cols = np.nonzero(PartTruth.load(g.at[b, "truth_uri"]).part)
+                bbox = np.array([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1], dtype=float)
+                geo = both & (twins >= 0) & seen.loc[b].to_numpy()[np.maximum(twins, 0)]
+                pairs.append(KeypointPair(category, a, b, kp[a], kp[b], bbox, names, geo))
+    return pairs
+
+
+def keypoint_metrics(bank: FeatureBank, model, pairs: list[KeypointPair], conf, aligned: bool) -> dict[str, float]:
+    """ALL-category keypoint PCK per keypoint, also on the geometry-aware subset, without and
+    (`aligned`: the mirrored features are cached) with test-time pose alignment."""
+    out = {}
+    for flip in (False, True) if aligned else (False,):
+        table = keypoint_pck(Matcher(bank, model, OmegaConf.merge(conf, {"flip_align": flip})), pairs, conf.alphas)
+        if table.empty:
+            continue
+        total = table[table["category"] == "ALL"].iloc[0]
+        tag = "kpt_aligned" if flip else "kpt"
+        for a in conf.alphas:
+            out[f"{tag}_pck@{a:.2f}"] = float(total[f"pck@{a:.2f} per kpt"])
+            out[f"{tag}_geo_pck@{a:.2f}"] = float(total.get(f"geo pck@{a:.2f} per kpt", np.nan))
+    return out
 
 
 main_conf = {
@@ -177,6 +236,8 @@ def compare_models(conf) -> int:
         else:
             metrics = {**{f"val_{k}": v for k, v in pseudo_pck(matcher, data.val, conf.eval.alphas).items()},
                        **{f"truth_{k}": v for k, v in truth_pck(matcher, data, conf.eval).items()}}
+            pairs = collection_keypoint_pairs(data, conf.eval.keypoint_pairs)
+            metrics.update(keypoint_metrics(bank, model, pairs, conf.eval, data.flips) if pairs else {})
             table = pd.DataFrame([metrics])
         results.append(table.assign(model=name))
     with pd.option_context("display.width", 200, "display.max_columns", 50):

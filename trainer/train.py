@@ -153,6 +153,7 @@ def train_loop(config: dict):
 def compare(data, adapter, baseline, conf) -> dict:
     """Raw backbone, baseline (the promoted adapter, if any) and the new adapter, on the same data."""
     bank = data_mod.FeatureBank(data.cache_root, data.fingerprint)
+    keypoints = eval_mod.collection_keypoint_pairs(data, conf.eval.keypoint_pairs, conf.seed)
     out = {}
     for name, model in (("raw", None), ("promoted", baseline), ("adapter", adapter)):
         if name == "promoted" and baseline is None:
@@ -161,6 +162,9 @@ def compare(data, adapter, baseline, conf) -> dict:
         out.update({f"{name}_val_{k}": v for k, v in eval_mod.pseudo_pck(matcher, data.val, conf.eval.alphas).items()})
         if data.images["homography"].notna().any():
             out.update({f"{name}_truth_{k}": v for k, v in eval_mod.truth_pck(matcher, data, conf.eval).items()})
+        if keypoints:
+            metrics = eval_mod.keypoint_metrics(bank, model, keypoints, conf.eval, data.flips)
+            out.update({f"{name}_{k}": v for k, v in metrics.items()})
     return out
 
 
@@ -225,7 +229,7 @@ def summary(record: dict) -> str:
     m = record["metrics"]
     lines = [f"model {record['model_id']}: {record['decision']} ({record['reason']})",
              f"  trained   {m['steps']} steps in {m['train_s']} s on {m['train_pairs']} pairs, final loss {m['final_loss']:.3f}"]
-    for kind in ("val", "truth_near", "truth_far"):
+    for kind in ("val", "truth_near", "truth_far", "kpt", "kpt_geo", "kpt_aligned", "kpt_aligned_geo"):
         for a in ("0.05", "0.10"):
             key = f"{kind}_pck@{a}"
             if f"adapter_{key}" in m:

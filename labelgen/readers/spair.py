@@ -26,6 +26,7 @@ class KeypointPair:
     tgt_kps: np.ndarray
     tgt_bbox: np.ndarray  # (4,) x1, y1, x2, y2
     kps_ids: list[str]
+    geo: np.ndarray | None = None  # (K,) bool: the keypoint's left/right twin is visible in the target (GeoAware's subset)
 
 
 def image_id(category: str, name: str) -> str:

@@ -146,12 +146,13 @@ def part_names(category: str) -> list[str]:
 
 
 def keypoints(category: str) -> dict[str, tuple[str, tuple]]:
-    """All keypoints of a category, the `_r` twins included."""
+    """All keypoints of a category, the `_r` twins included: on the twin part at the same
+    canonical point, or, on a central part, at the mirrored point (x -> -x)."""
     out = {}
     for name, (p, point) in KEYPOINTS[category].items():
         out[name] = (p, point)
         if name.endswith("_l"):
-            out[name[:-2] + "_r"] = (p[:-2] + "_r", point)
+            out[twin(name)] = (twin(p), point) if twin(p) else (p, (-point[0], *point[1:]))
     return out
 
 

@@ -11,10 +11,13 @@ their visibility (`keypoints.parquet`).
 """
 
 import json
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pandas as pd
+from omegaconf import OmegaConf
 from PIL import Image
 
 from ..config import collection_manifest
@@ -158,14 +161,24 @@ def truth_arrays(part, coord, depth, parts, ids: dict, R, t, focal, principal) -
 
 
 def build_collection(conf=None) -> str:
-    """Render the collection if it is not there yet; return its manifest path."""
+    """Render the collection if it is not there yet; return its manifest path.
+
+    The rendering runs in a process of its own: Mesa's llvmpipe and the LLVM inside
+    triton (which torch imports on demand) crash a process that loads both, Mesa first."""
     conf, manifest_path = collection_manifest(default_conf, conf, f"objects-v{FORMAT}")
-    root = os.path.dirname(manifest_path)
     if os.path.exists(manifest_path):
         return manifest_path
     unknown = sorted(set(conf.categories) - set(CATEGORIES))
     if unknown:
         raise ValueError(f"data.objects.categories: {unknown} are unknown; choose from {sorted(CATEGORIES)}")
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pool.submit(render_collection, OmegaConf.to_container(conf), manifest_path).result()
+    return manifest_path
+
+
+def render_collection(conf: dict, manifest_path: str):
+    """Render every view of the collection `conf` into the folder of `manifest_path`, the manifest last."""
+    conf, root = OmegaConf.create(conf), os.path.dirname(manifest_path)
     photos = {name: load_photo(name) for name in PHOTOS}
     renderer = Renderer(conf.size)
     rows, kps = [], []
@@ -186,4 +199,3 @@ def build_collection(conf=None) -> str:
     tmp = manifest_path + ".tmp"
     pd.DataFrame(rows).to_parquet(tmp, index=False)
     os.replace(tmp, manifest_path)  # the manifest appears last: its presence means complete
-    return manifest_path
