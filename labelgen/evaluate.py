@@ -203,7 +203,8 @@ def evaluate_parts(conf, store: LabelStore, run_id: str, fingerprint: str, run_c
 
     split = images["split"].fillna("none").to_dict()
     labels["split"] = [pair_split(split[a], split[b]) for a, b in zip(labels.src_image_id, labels.tgt_image_id)]
-    pairs = labels.groupby(["split", "category", "hops", "src_image_id", "tgt_image_id"]).size().reset_index()
+    # a pair's distance: its fewest hops (tuples can hold one pair at different distances)
+    pairs = labels.groupby(["split", "category", "src_image_id", "tgt_image_id"])["hops"].min().reset_index()
     rng, alphas, out = np.random.default_rng(conf.seed), [0.05, 0.10], []
     by_pair = labels.groupby(["src_image_id", "tgt_image_id"])
     for _, g in pairs.groupby(["split", "category", "hops"]):
