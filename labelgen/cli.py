@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from . import console
 from .config import describe, module_doc, overrides, parse_overrides
 
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """argparse help for the tools with flags: the module docstring as written, defaults shown."""
 

@@ -35,10 +35,6 @@ def setup(verbose: bool = False):
     logging.getLogger(RAY_AUTH_LOGGER).setLevel(logging.INFO if verbose else logging.ERROR)
 
 
-def verbose() -> bool:
-    return _verbose
-
-
 def ray_level() -> int:
     """The level of Ray's loggers, here and in Ray's workers."""
     return logging.INFO if _verbose else logging.WARNING

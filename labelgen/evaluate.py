@@ -29,7 +29,7 @@ from .chain import cycle_hop, pair_nn
 from .cli import run_command
 from .features import cache_uri, load_features
 from .geometry import geodesic_deg, rotation, transfer
-from .io import join, read_bytes, resolve, write_bytes
+from .io import join, read_bytes, write_bytes
 from .labels import Foreground
 from .manifest import read_manifest
 from .store import LabelStore
@@ -153,10 +153,8 @@ SIGNALS = {"support": False, "similarity": False, "cycle_error": True, "sphere_a
 
 
 def truth_sources(df: pd.DataFrame, manifest_uri: str):
-    """The manifest (with truth URIs resolved) and, per category, part id -> its twin's id."""
-    base = os.path.dirname(manifest_uri)
-    df["truth_uri"] = [resolve(u, base) for u in df["truth_uri"]]
-    parts = json.loads(read_bytes(join(base, "parts.json")))
+    """The manifest by image id and, per category, part id -> its twin's id."""
+    parts = json.loads(read_bytes(join(os.path.dirname(manifest_uri), "parts.json")))
     twins = {c: {i + 1: names.index(twin(n)) + 1 for i, n in enumerate(names) if twin(n) in names} for c, names in parts.items()}
     return df.set_index("image_id"), twins
 

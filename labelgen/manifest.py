@@ -32,7 +32,9 @@ def read_manifest(uri: str) -> pd.DataFrame:
     df = validate(df, source=uri)
     base = posixpath.dirname(uri) if is_remote(uri) else posixpath.dirname(posixpath.abspath(uri))
     df["uri"] = _objects(resolve(u, base) for u in df["uri"])
-    df["mask_uri"] = _objects(None if m is None else resolve(m, base) for m in df["mask_uri"])
+    for col in ("mask_uri", "truth_uri"):  # truth_uri: the part truth of a rendered collection
+        if col in df.columns:
+            df[col] = _objects(None if _is_missing(m) else resolve(m, base) for m in df[col])
     return df
 
 

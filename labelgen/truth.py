@@ -35,11 +35,18 @@ class PartTruth:
         data = np.load(_io.BytesIO(read_bytes(uri)))
         return cls(**{k: data[k].astype(np.float32) if k == "coord" else data[k] for k in cls.__dataclass_fields__})
 
+    def box(self) -> np.ndarray:
+        """The object's bounding box (x1, y1, x2, y2), pixels; nan without an object."""
+        rows, cols = np.nonzero(self.part)
+        if not len(rows):
+            return np.full(4, np.nan)
+        return np.array([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1], dtype=float)
+
     @property
     def box_side(self) -> float:
         """The longer side of the object's bounding box, pixels (SPair's PCK unit)."""
-        rows, cols = np.nonzero(self.part)
-        return float(max(rows.max() - rows.min(), cols.max() - cols.min()) + 1) if len(rows) else float("nan")
+        x1, y1, x2, y2 = self.box()
+        return float(max(x2 - x1, y2 - y1))
 
     def at(self, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Part id, canonical coordinate, pixel column and row at (N, 2) positions (x, y)."""

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from labelgen.cli import run_command
 from labelgen.features import FLIPPED
 from labelgen.geometry import transfer
-from labelgen.io import exists, join, read_bytes, resolve
+from labelgen.io import exists, join, read_bytes
 from labelgen.manifest import read_manifest
 from labelgen.readers.spair import KeypointPair, read_pairs
 from labelgen.synthetic.categories import twin
@@ -167,7 +167,6 @@ def collection_keypoint_pairs(data: LabelData, per_category: int, seed: int = 0)
         if not exists(kp_uri):
             continue
         manifest = read_manifest(uri)
-        manifest["truth_uri"] = [resolve(u, posixpath.dirname(uri)) for u in manifest["truth_uri"]]
         views = manifest[(manifest["split"] == data.val_split) & manifest["image_id"].isin(data.images.index)].set_index("image_id")
         kps = pd.read_parquet(_io.BytesIO(read_bytes(kp_uri)))
         for category, g in views.groupby("category"):
@@ -177,14 +176,15 @@ def collection_keypoint_pairs(data: LabelData, per_category: int, seed: int = 0)
             xy = {c: kps.pivot(index="image_id", columns="name", values=c).reindex(columns=names) for c in ("x", "y")}
             twins = np.asarray([names.index(twin(n)) if twin(n) in names else -1 for n in names])
             candidates = [(a, b) for a in g.index for b in g.index if g.at[a, "instance"] != g.at[b, "instance"]]
+            boxes = {}  # target image -> its object's box, from the truth file, once
             for k in rng.permutation(len(candidates))[:per_category]:
                 a, b = candidates[k]
                 both = seen.loc[a].to_numpy() & seen.loc[b].to_numpy()
                 kp = {i: np.where(both[:, None], np.stack([xy["x"].loc[i], xy["y"].loc[i]], 1), np.nan) for i in (a, b)}
-                rows, cols = np.nonzero(PartTruth.load(g.at[b, "truth_uri"]).part)
-                bbox = np.array([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1], dtype=float)
+                if b not in boxes:
+                    boxes[b] = PartTruth.load(g.at[b, "truth_uri"]).box()
                 geo = both & (twins >= 0) & seen.loc[b].to_numpy()[np.maximum(twins, 0)]
-                pairs.append(KeypointPair(category, a, b, kp[a], kp[b], bbox, names, geo))
+                pairs.append(KeypointPair(category, a, b, kp[a], kp[b], boxes[b], names, geo))
     return pairs
 
 
