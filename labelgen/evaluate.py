@@ -19,6 +19,7 @@ import io as _io
 import json
 import os
 import sys
+from functools import cache
 
 import numpy as np
 import pandas as pd
@@ -102,6 +103,12 @@ def run_record(store: LabelStore, run_id: str | None) -> tuple[str, str, DictCon
     return row[0], row[1], OmegaConf.create(row[2]), row[3]
 
 
+def foregrounds(store: LabelStore, run_conf, fingerprint: str):
+    """image id -> its Foreground from the run's feature cache, each read once."""
+    cache_root = run_conf.features.cache or join(store.uri, "features")
+    return cache(lambda image_id: Foreground.of(load_features(cache_uri(cache_root, fingerprint, image_id))))
+
+
 def evaluate_homographies(conf, store: LabelStore, run_id: str, fingerprint: str, run_conf) -> pd.DataFrame:
     """Against homographies (the planar demo)."""
     con = store.connect()
@@ -116,14 +123,7 @@ def evaluate_homographies(conf, store: LabelStore, run_id: str, fingerprint: str
         [run_id],
     ).df()
     con.close()
-    cache_root = run_conf.features.cache or join(store.uri, "features")
-    feats = {}
-
-    def fg(image_id) -> Foreground:
-        if image_id not in feats:
-            feats[image_id] = Foreground.of(load_features(cache_uri(cache_root, fingerprint, image_id)))
-        return feats[image_id]
-
+    fg = foregrounds(store, run_conf, fingerprint)
     tally, rng, k = Tally(list(conf.alphas)), np.random.default_rng(conf.seed), run_conf.pairing.k
     for (category, a, b, hops), g in labels.groupby(["category", "src_image_id", "tgt_image_id", "hops"]):
         ok = correct(hom[a], hom[b], xy(g, "src"), xy(g, "tgt"), max(fg(b).size), conf.alphas)
@@ -186,18 +186,8 @@ def evaluate_parts(conf, store: LabelStore, run_id: str, fingerprint: str, run_c
     con.close()
     if labels.empty:
         raise ValueError(f"run {run_id} has no labels to evaluate")
-    cache_root = run_conf.features.cache or join(store.uri, "features")
-    truths, fgs = {}, {}
-
-    def truth(i) -> PartTruth:
-        if i not in truths:
-            truths[i] = PartTruth.load(images.at[i, "truth_uri"])
-        return truths[i]
-
-    def fg(i) -> Foreground:
-        if i not in fgs:
-            fgs[i] = Foreground.of(load_features(cache_uri(cache_root, fingerprint, i)))
-        return fgs[i]
+    fg = foregrounds(store, run_conf, fingerprint)
+    truth = cache(lambda i: PartTruth.load(images.at[i, "truth_uri"]))
 
     split = images["split"].fillna("none").to_dict()
     labels["split"] = [pair_split(split[a], split[b]) for a, b in zip(labels.src_image_id, labels.tgt_image_id)]
