@@ -8,8 +8,9 @@ Two kinds of truth:
   hop distance and pose gap, with the share of labels whose source point is hidden
   in the target and the mirror rate (labels from a left/right part that land on its
   twin), side by side on the same image pairs: raw nearest neighbour, mutual nearest
-  neighbour, cycle check, and the stored chain + vote labels (after the spherical
-  filter when the run used it); precision-yield curves of each stored signal.
+  neighbour, cycle check, the stored chain + vote labels, and those within a
+  spherical mapper's angle (`+ sphere`: the run's own filter, or a mapper trained on
+  its features); precision-yield curves of each stored signal.
 - homographies (the planar demo, a column `homography`): within a * the longer
   image side; raw and cycle-checked nearest neighbours, the stored labels by hop
   distance, and the farthest pairs chained against matched directly.
@@ -17,12 +18,12 @@ Two kinds of truth:
 
 import io as _io
 import json
-import os
 import sys
 from functools import cache
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -31,11 +32,13 @@ from .cli import run_command
 from .features import cache_uri, load_features
 from .geometry import geodesic_deg, rotation, transfer
 from .io import join, read_bytes, write_bytes
-from .labels import Foreground
+from .labels import Foreground, sphere_angles
 from .manifest import read_manifest
+from .sphere import map_image
 from .store import LabelStore
-from .synthetic.categories import twin
-from .truth import PartTruth, judge
+from .train_sphere import load_mapper
+from .train_sphere import resolve as resolve_sphere
+from .truth import judge, load_truth
 
 default_conf = {
     "store": "labelstore",  # a folder or s3://bucket/prefix
@@ -46,6 +49,7 @@ default_conf = {
     "output": None,  # also write the table as JSON here
     "curves": None,  # part truth: draw the precision-yield curves into this PNG; default: <store>/eval/<run>-<split>-curves.png
     "split": "val",  # part truth: the split whose figures are printed (all splits go to `output`)
+    "sphere": "auto",  # part truth: the mapper of the `+ sphere` rows: an id, latest, none; auto: the latest one on the run's features
 }
 
 
@@ -150,13 +154,7 @@ def evaluate_homographies(conf, store: LabelStore, run_id: str, fingerprint: str
 
 GAP_BINS = [0, 45, 90, 135, 181]  # pose gap (geodesic degrees between the two views' rotations)
 SIGNALS = {"support": False, "similarity": False, "cycle_error": True, "sphere_angle": True}  # signal -> lower is better
-
-
-def truth_sources(df: pd.DataFrame, manifest_uri: str):
-    """The manifest by image id and, per category, part id -> its twin's id."""
-    parts = json.loads(read_bytes(join(os.path.dirname(manifest_uri), "parts.json")))
-    twins = {c: {i + 1: names.index(twin(n)) + 1 for i, n in enumerate(names) if twin(n) in names} for c, names in parts.items()}
-    return df.set_index("image_id"), twins
+KINDS = ["raw NN", "mutual NN", "NN + cycle", "chain + vote", "+ sphere"]
 
 
 def pair_split(a: str, b: str) -> str:
@@ -164,21 +162,39 @@ def pair_split(a: str, b: str) -> str:
 
 
 def part_rows(judged: dict, meta: dict, tried: int, extra: dict | None = None) -> pd.DataFrame:
-    """One row per label: its group, its verdicts, the signals it carries."""
+    """One row per label (its group, verdicts and signals), or one row that is no label when
+    there is none, so that the pair's `tried` (source foreground patches) always counts once."""
     n = len(judged["hidden"])
-    frame = pd.DataFrame({**{k: np.full(n, v) for k, v in meta.items()}, "tried": np.zeros(n),
+    if n == 0:
+        judged = {"correct": np.zeros((1, 2), bool), **{k: np.zeros(1, bool) for k in ("hidden", "twin_part", "mirrored")}}
+        extra = {k: np.full(1, np.nan) for k in extra or {}}
+    m = max(n, 1)
+    frame = pd.DataFrame({**{k: np.full(m, v) for k, v in meta.items()}, "label": np.full(m, n > 0), "tried": np.zeros(m),
                           "ok05": judged["correct"][:, 0], "ok10": judged["correct"][:, 1], "hidden": judged["hidden"],
                           "twin_part": judged["twin_part"], "mirrored": judged["mirrored"], **(extra or {})})
-    if n:
-        frame.loc[0, "tried"] = tried  # the pair's source foreground patches, counted once
+    frame.loc[0, "tried"] = tried
     return frame
 
 
-def evaluate_parts(conf, store: LabelStore, run_id: str, fingerprint: str, run_conf, manifest: pd.DataFrame,
-                   manifest_uri: str):
+def sphere_for(conf, store: LabelStore, run_conf, fingerprint: str):
+    """The mapper of the `+ sphere` rows (None: no such rows), and whether the run's stored
+    labels already passed its own spherical filter (then they are those rows)."""
+    if run_conf.labels.sphere:
+        return None, True
+    if conf.sphere == "none":
+        return None, False
+    if conf.sphere == "auto":
+        mine = [r for r in store.spheres() if r["backbone_fingerprint"] == fingerprint]
+        record = mine[-1] if mine else None
+    else:
+        record = resolve_sphere(store, conf.sphere, fingerprint)
+    return (load_mapper(read_bytes(record["checkpoint"])) if record else None), False
+
+
+def evaluate_parts(conf, store: LabelStore, run_id: str, fingerprint: str, run_conf, manifest: pd.DataFrame):
     """Per-label verdicts against part truth for a sample of each group's image pairs:
-    the stored labels and the direct baselines on the same pairs."""
-    images, twins = truth_sources(manifest, manifest_uri)
+    the stored labels, after a spherical filter, and the direct baselines on the same pairs."""
+    images = manifest.set_index("image_id")
     rot = {i: rotation(r.azimuth, r.elevation, 0.0 if pd.isna(r.theta) else r.theta) for i, r in images.iterrows()}
     con = store.connect()
     labels = con.execute("SELECT category, src_image_id, tgt_image_id, src_x, src_y, tgt_x, tgt_y, hops, support, "
@@ -187,53 +203,59 @@ def evaluate_parts(conf, store: LabelStore, run_id: str, fingerprint: str, run_c
     if labels.empty:
         raise ValueError(f"run {run_id} has no labels to evaluate")
     fg = foregrounds(store, run_conf, fingerprint)
-    truth = cache(lambda i: PartTruth.load(images.at[i, "truth_uri"]))
+    truth = lambda i: load_truth(images.at[i, "truth_uri"])  # noqa: E731
+    mapper, run_filtered = sphere_for(conf, store, run_conf, fingerprint)
+    points = cache(lambda i: map_image(mapper, fg(i).feats))
+    stored_kind = "+ sphere" if run_filtered else "chain + vote"
 
     split = images["split"].fillna("none").to_dict()
     labels["split"] = [pair_split(split[a], split[b]) for a, b in zip(labels.src_image_id, labels.tgt_image_id)]
     # a pair's distance: its fewest hops (tuples can hold one pair at different distances)
     pairs = labels.groupby(["split", "category", "src_image_id", "tgt_image_id"])["hops"].min().reset_index()
-    rng, alphas, out = np.random.default_rng(conf.seed), [0.05, 0.10], []
+    rng, out = np.random.default_rng(conf.seed), []
     by_pair = labels.groupby(["src_image_id", "tgt_image_id"])
     for _, g in pairs.groupby(["split", "category", "hops"]):
         for _, p in g.iloc[rng.permutation(len(g))[: conf.max_pairs]].iterrows():
-            a, b, cat = p.src_image_id, p.tgt_image_id, p.category
-            gap = float(geodesic_deg(np.stack([rot[a], rot[b]]))[0, 1])
-            meta = {"split": p.split, "category": cat, "hops": p.hops, "gap": gap}
-            stored = by_pair.get_group((a, b))
-            judged = judge(truth(a), truth(b), xy(stored, "src"), xy(stored, "tgt"), alphas, twins.get(cat, {}))
-            signals = {k: stored[k].to_numpy(dtype=float) for k in SIGNALS}
-            out.append(part_rows(judged, {**meta, "kind": "chain + vote"}, len(fg(a).feats), signals))
+            a, b = p.src_image_id, p.tgt_image_id
             fa, fb = fg(a), fg(b)
+            meta = {"split": p.split, "category": p.category, "hops": p.hops,
+                    "gap": float(geodesic_deg(np.stack([rot[a], rot[b]]))[0, 1])}
+            stored = by_pair.get_group((a, b)).reset_index(drop=True)
+            judged = judge(truth(a), truth(b), xy(stored, "src"), xy(stored, "tgt"))
+            signals = {k: stored[k].to_numpy(dtype=float) for k in SIGNALS}
+            if mapper is not None:
+                angles = sphere_angles(pa.Table.from_pandas(stored), {a: fa, b: fb}, {a: points(a), b: points(b)})
+                signals["sphere_angle"] = angles.astype(float)
+                kept = angles <= run_conf.labels.sphere_deg
+                out.append(part_rows({k: v[kept] for k, v in judged.items()}, {**meta, "kind": "+ sphere"}, len(fa.feats)))
+            out.append(part_rows(judged, {**meta, "kind": stored_kind}, len(fa.feats), signals))
             ab, ba = pair_nn(fa.feats, fb.feats)
             src = torch.arange(len(fa.feats))
             _, _, keep = cycle_hop(ab, src, fa.grid, fa.feats, fb.feats, run_conf.labels.radius,
                                    allowed=torch.ones(len(src), dtype=torch.bool))
             mutual = ba.fwd_idx[ab.fwd_idx] == src
-            judged = judge(truth(a), truth(b), fa.pixels.numpy(), fb.pixels[ab.fwd_idx].numpy(), alphas, twins.get(cat, {}))
+            judged = judge(truth(a), truth(b), fa.pixels.numpy(), fb.pixels[ab.fwd_idx].numpy())
             for kind, sel in (("raw NN", torch.ones_like(keep)), ("mutual NN", mutual), ("NN + cycle", keep)):
                 sel = sel.numpy()
                 out.append(part_rows({k: v[sel] for k, v in judged.items()}, {**meta, "kind": kind}, len(src)))
-    return pd.concat(out, ignore_index=True)
+    return pd.concat(out, ignore_index=True), stored_kind, mapper is not None
 
 
 def summarise(rows: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    g = rows.groupby(by)
-    table = pd.DataFrame({"labels": g.size(), "yield": g["tried"].sum(), "P@0.05": g["ok05"].mean(),
-                          "P@0.10": g["ok10"].mean(), "hidden": g["hidden"].mean()})
+    g = rows.groupby(by, observed=True)
+    table = pd.DataFrame({"labels": g["label"].sum(), "yield": g["tried"].sum(), "P@0.05": g["ok05"].sum(),
+                          "P@0.10": g["ok10"].sum(), "hidden": g["hidden"].sum()})
+    for col in ("P@0.05", "P@0.10", "hidden"):
+        table[col] = table[col] / table["labels"].where(table["labels"] > 0)
     table["yield"] = table["labels"] / table["yield"]
-    twin_rows = rows[rows.twin_part].groupby(by)["mirrored"]
+    twin_rows = rows[rows.twin_part].groupby(by, observed=True)["mirrored"]
     table["mirror"] = twin_rows.mean().reindex(table.index)
     return table.reset_index()
 
 
-KINDS = ["raw NN", "mutual NN", "NN + cycle", "chain + vote"]
-
-
-def curves(rows: pd.DataFrame, png: str | None) -> pd.DataFrame:
+def curves(stored: pd.DataFrame, png: str | None) -> pd.DataFrame:
     """Precision (P@0.10) against the share of stored labels kept, ranking by each signal;
     the best operating point of each (the largest F1 of precision and recall of correct labels)."""
-    stored = rows[rows.kind == "chain + vote"]
     points, lines = [], {}
     for signal, lower in SIGNALS.items():
         values = stored[signal].to_numpy(dtype=float)
@@ -273,8 +295,8 @@ def show(title: str, frame: pd.DataFrame):
     print(frame.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 
-def report_parts(conf, store, run_id, fingerprint, run_conf, manifest, manifest_uri) -> int:
-    rows = evaluate_parts(conf, store, run_id, fingerprint, run_conf, manifest, manifest_uri)
+def report_parts(conf, store, run_id, fingerprint, run_conf, manifest) -> int:
+    rows, stored, sphere = evaluate_parts(conf, store, run_id, fingerprint, run_conf, manifest)
     rows["kind"] = pd.Categorical(rows["kind"], KINDS)
     rows["gap"] = pd.cut(rows["gap"], GAP_BINS, right=False, labels=[f"{a}-{b}" for a, b in zip(GAP_BINS, GAP_BINS[1:])])
     mine = rows[rows.split == conf.split]
@@ -285,16 +307,24 @@ def report_parts(conf, store, run_id, fingerprint, run_conf, manifest, manifest_
     print(f"label precision of run {run_id} against part truth, split {conf.split} (P@a: within a * the target's box side;"
           " yield = labels / source foreground patches; hidden: source point not visible in the target;"
           " mirror: labels from a left/right part that land on its twin)")
+    if stored == "+ sphere":
+        print(f"the run kept only labels within its spherical filter ({run_conf.labels.sphere}, "
+              f"{run_conf.labels.sphere_deg} deg): its labels before that filter are not stored")
+    elif not sphere:
+        print(f"no `+ sphere` rows: no spherical mapper for features {fingerprint} (sphere={conf.sphere}); "
+              f"train one with `python -m labelgen.train_sphere store={store.uri} run_id={run_id}`")
+    show("all categories, by method", summarise(mine, ["kind"]))
     show("all categories, by method and hops", summarise(mine, ["kind", "hops"]))
-    show("by category (chain + vote)", summarise(mine[mine.kind == "chain + vote"], ["category"]))
+    show(f"by category ({stored})", summarise(mine[mine.kind == stored], ["category"]))
     show("by pose gap, degrees", summarise(mine, ["kind", "gap"]))
-    best = curves(mine, png)
+    best = curves(mine[(mine.kind == stored) & mine.label], png)
     show(f"precision-yield of the stored labels, best operating point per signal (curves: {png})", best)
     if conf.output:
-        tables = {"by_kind_hops": summarise(rows, ["split", "kind", "hops"]), "by_category": summarise(rows, ["split", "kind", "category"]),
-                  "by_gap": summarise(rows, ["split", "kind", "gap"]), "curves": best}
+        tables = {name: summarise(rows, ["split", "kind", *by]) for name, by in
+                  (("by_kind", []), ("by_kind_hops", ["hops"]), ("by_category", ["category"]), ("by_gap", ["gap"]))}
+        tables = {name: json.loads(t.to_json(orient="records")) for name, t in {**tables, "curves": best}.items()}
         with open(conf.output, "w") as f:
-            json.dump({"run_id": run_id, "split": conf.split, **{k: json.loads(v.to_json(orient="records")) for k, v in tables.items()}}, f, indent=1)
+            json.dump({"run_id": run_id, "split": conf.split, "stored": stored, **tables}, f, indent=1)
     return 0
 
 
@@ -303,7 +333,7 @@ def report(conf) -> int:
     run_id, fingerprint, run_conf, manifest_uri = run_record(store, conf.run_id)
     manifest = read_manifest(manifest_uri)
     if "truth_uri" in manifest.columns:
-        return report_parts(conf, store, run_id, fingerprint, run_conf, manifest, manifest_uri)
+        return report_parts(conf, store, run_id, fingerprint, run_conf, manifest)
     result = evaluate_homographies(conf, store, run_id, fingerprint, run_conf)
     pd.set_option("display.width", 200)
     print(f"label precision of run {result.attrs['run_id']} (yield = labels / source foreground patches)")

@@ -1,6 +1,6 @@
 """Spherical maps (Spherical Maps, CVPR 2024; DIY-SC's filter): each foreground patch of an
 image goes to a point on the unit sphere, so that the same part of different instances
-lands on nearby points. A label survives when its two ends map within `threshold_deg`.
+lands on nearby points. A label survives when its two ends map within `labels.sphere_deg`.
 
 The mapper is a linear layer, one transformer block over the image's patches and a
 linear layer to 3-D, normalised (about 2M parameters at 768-d input). It learns from
@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from torch import nn
 
 default_conf = {
-    "threshold_deg": 27.0,  # 0.15 * pi: labels whose ends map farther apart are dropped
     "dim": 384,  # width of the mapper's transformer block
     "heads": 6,  # its attention heads
     "steps": 300,  # optimiser steps
@@ -175,8 +174,3 @@ def train_mapper(images: list[dict], conf, log=None) -> tuple[SphereMapper, list
 def map_image(mapper: SphereMapper, feats: torch.Tensor) -> torch.Tensor:
     """(N, C) foreground features of one image -> (N, 3) sphere points."""
     return mapper(feats[None])[0]
-
-
-def keep_mask(angles_deg: torch.Tensor, threshold_deg: float) -> torch.Tensor:
-    return angles_deg <= threshold_deg
-

@@ -37,6 +37,7 @@ from . import __version__
 from .geometry import transfer
 from .io import exists, filesystem, is_remote, join, list_dirs, list_files, read_bytes, write_bytes
 from .labels import LABEL_SCHEMA
+from .truth import judge, load_truth
 
 RUN_COLUMNS = [
     "run_id", "status", "started", "finished", "manifest", "backbone", "backbone_fingerprint",
@@ -69,6 +70,7 @@ IMAGE_SCHEMA = pa.schema(
         ("height", pa.int32()),
         ("n_fg", pa.int32()),  # foreground patches; null when the image took part in no tuple
         ("homography", pa.list_(pa.float64())),  # photo -> view, where truth is known (the demo)
+        ("truth_uri", pa.string()),  # part truth of a rendered view (labelgen.truth), where known
     ]
 )
 VIEWS = {
@@ -121,6 +123,31 @@ def _true_xy(hom_src: pa.Array, hom_tgt: pa.Array, x: pa.Array, y: pa.Array) -> 
     ht = np.stack(hom_tgt.to_numpy(zero_copy_only=False)).reshape(-1, 3, 3)
     xy = transfer(hs, ht, np.stack([x.to_numpy(), y.to_numpy()], axis=1))
     return pa.array(list(xy), type=pa.list_(pa.float64()))
+
+
+PART_VERDICT = pa.struct([("error", pa.float64()), ("hidden", pa.bool_()), ("twin", pa.bool_()), ("mirrored", pa.bool_())])
+
+
+def _part_truth(src_truth: pa.Array, tgt_truth: pa.Array, sx: pa.Array, sy: pa.Array, tx: pa.Array, ty: pa.Array) -> pa.Array:
+    """SQL `part_truth(src truth_uri, tgt truth_uri, [src_x], [src_y], [tgt_x], [tgt_y])`: the
+    verdicts of one image pair's labels (lists, aggregated per pair so that each pair's truth
+    is read and judged once) against part truth (labelgen.truth.judge): per label the error
+    in target box sides (NULL where the source point is not visible in the target), hidden,
+    from a twin part, mirrored."""
+    sx, sy, tx, ty = (c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c for c in (sx, sy, tx, ty))
+    src_xy, tgt_xy = (np.stack([u.flatten().to_numpy(zero_copy_only=False), v.flatten().to_numpy(zero_copy_only=False)], 1)
+                      for u, v in ((sx, sy), (tx, ty)))
+    offsets = sx.offsets.to_numpy() - sx.offsets[0].as_py()
+    out = {"error": np.full(len(src_xy), np.nan), **{k: np.zeros(len(src_xy), bool) for k in ("hidden", "twin_part", "mirrored")}}
+    for k, (a, b) in enumerate(zip(src_truth.to_pylist(), tgt_truth.to_pylist())):
+        lo, hi = offsets[k], offsets[k + 1]
+        verdict = judge(load_truth(a), load_truth(b), src_xy[lo:hi], tgt_xy[lo:hi])
+        for key, value in out.items():
+            value[lo:hi] = verdict[key]
+    error = pa.array(out["error"], mask=np.isnan(out["error"]))
+    verdicts = pa.StructArray.from_arrays([error, *(pa.array(out[k]) for k in ("hidden", "twin_part", "mirrored"))],
+                                          fields=list(PART_VERDICT))
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), verdicts)
 
 
 class LabelStore:
@@ -271,7 +298,7 @@ class LabelStore:
 
     def connect(self) -> duckdb.DuckDBPyConnection:
         """A read-only DuckDB connection: tables runs, images, bad_inputs, models, spheres; views labels
-        (committed runs only) and run_stats; the function true_xy. It cannot read or
+        (committed runs only) and run_stats; the functions true_xy and part_truth. It cannot read or
         write any other file."""
         if not exists(join(self.uri, "runs")):
             raise FileNotFoundError(f"no label store at {self.uri} (no runs/); run `python -m labelgen.run` first")
@@ -306,6 +333,8 @@ class LabelStore:
         for name, sql in VIEWS.items():
             con.execute(f"CREATE TEMP VIEW {name} AS {sql}")
         con.create_function("true_xy", _true_xy, ["DOUBLE[]", "DOUBLE[]", "DOUBLE", "DOUBLE"], "DOUBLE[]", type="arrow")
+        con.create_function("part_truth", _part_truth, ["VARCHAR", "VARCHAR"] + ["DOUBLE[]"] * 4,
+                            "STRUCT(error DOUBLE, hidden BOOLEAN, twin BOOLEAN, mirrored BOOLEAN)[]", type="arrow")
         con.execute("SET enable_progress_bar = false")
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")

@@ -11,6 +11,7 @@ coordinates: a label that lands on the twin of its source part is a mirror error
 
 import io as _io
 from dataclasses import dataclass
+from functools import cached_property, lru_cache
 
 import numpy as np
 
@@ -22,18 +23,19 @@ DEPTH_SLACK = 0.01  # relative: a point no deeper than the depth buffer by this 
 @dataclass
 class PartTruth:
     part: np.ndarray  # (H, W) uint8
-    coord: np.ndarray  # (H, W, 3) float32
+    coord: np.ndarray  # (H, W, 3) float16 as stored (float32 where made in memory)
     depth: np.ndarray  # (H, W) float32, inf on the background
     R: np.ndarray  # (3, 3) camera = R @ object + t
     t: np.ndarray  # (3,)
     intrinsics: np.ndarray  # focal, cx, cy
     affine: np.ndarray  # (P + 1, 3, 3) per part id: object point = affine @ canonical + centre (nan: no such part)
     centre: np.ndarray  # (P + 1, 3)
+    twin: np.ndarray  # (P + 1,) per part id: its left/right twin's id (0: a central part)
 
     @classmethod
     def load(cls, uri: str) -> "PartTruth":
         data = np.load(_io.BytesIO(read_bytes(uri)))
-        return cls(**{k: data[k].astype(np.float32) if k == "coord" else data[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
 
     def box(self) -> np.ndarray:
         """The object's bounding box (x1, y1, x2, y2), pixels; nan without an object."""
@@ -42,7 +44,7 @@ class PartTruth:
             return np.full(4, np.nan)
         return np.array([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1], dtype=float)
 
-    @property
+    @cached_property
     def box_side(self) -> float:
         """The longer side of the object's bounding box, pixels (SPair's PCK unit)."""
         x1, y1, x2, y2 = self.box()
@@ -53,7 +55,7 @@ class PartTruth:
         h, w = self.part.shape
         col = np.clip(np.floor(xy[:, 0]).astype(int), 0, w - 1)
         row = np.clip(np.floor(xy[:, 1]).astype(int), 0, h - 1)
-        return self.part[row, col], self.coord[row, col], col, row
+        return self.part[row, col], self.coord[row, col].astype(np.float32), col, row
 
     def project(self, part: np.ndarray, coord: np.ndarray) -> np.ndarray:
         """(N, 3): pixel x, y and camera depth of canonical points on this view's parts (nan
@@ -62,6 +64,13 @@ class PartTruth:
         cam = points @ self.R.T + self.t
         f, cx, cy = self.intrinsics
         return np.stack([f * cam[:, 0] / cam[:, 2] + cx, f * cam[:, 1] / cam[:, 2] + cy, cam[:, 2]], 1)
+
+
+@lru_cache(maxsize=512)
+def load_truth(uri: str) -> PartTruth:
+    """A view's truth, recently read ones kept (a label table visits each view many times;
+    about 1 MB each at 320 px)."""
+    return PartTruth.load(uri)
 
 
 def true_targets(src: PartTruth, tgt: PartTruth, xy: np.ndarray):
@@ -78,13 +87,13 @@ def true_targets(src: PartTruth, tgt: PartTruth, xy: np.ndarray):
     return out[:, :2], visible, part
 
 
-def judge(src: PartTruth, tgt: PartTruth, src_xy: np.ndarray, tgt_xy: np.ndarray, alphas, twin_of: dict[int, int]):
-    """Per label: correct at each alpha (the source point is visible in the target and the
-    label lies within alpha * the target's box side of it), source hidden in the target,
-    from a twin part, landed on that twin."""
+def judge(src: PartTruth, tgt: PartTruth, src_xy: np.ndarray, tgt_xy: np.ndarray, alphas=(0.05, 0.10)) -> dict:
+    """Per label: its error in target box sides (nan where the source point is not visible
+    in the target); correct at each alpha (error <= alpha); source hidden in the target
+    (on the object but not visible); from a twin part; landed on that twin."""
     truth, visible, part = true_targets(src, tgt, src_xy)
-    err = np.linalg.norm(truth - tgt_xy, axis=1)
-    correct = visible[:, None] & (err[:, None] <= np.asarray(alphas)[None, :] * tgt.box_side)
+    error = np.where(visible, np.linalg.norm(truth - tgt_xy, axis=1) / tgt.box_side, np.nan)
     landed, _, _, _ = tgt.at(tgt_xy)
-    twin = np.asarray([twin_of.get(int(p), -1) for p in part])
-    return {"correct": correct, "hidden": (part > 0) & ~visible, "twin_part": twin > 0, "mirrored": (twin > 0) & (landed == twin)}
+    twin = src.twin[part]
+    return {"error": error, "correct": error[:, None] <= np.asarray(alphas)[None, :], "hidden": (part > 0) & ~visible,
+            "twin_part": twin > 0, "mirrored": (twin > 0) & (landed == twin)}

@@ -74,19 +74,54 @@ def test_the_marked_blocks_hold_the_flow_the_readme_promises():
     assert commands[0].split("#")[0].strip() == "make run"  # the flow starts from nothing
 
 
-def test_every_runnable_readme_command_works_as_written(tmp_path):
-    repo = scratch_copy(str(tmp_path / "repo"))
+@pytest.fixture(scope="module")
+def readme_run(tmp_path_factory):
+    """Every runnable README command in a scratch copy: the copy, and per command its
+    result (stops at the first failure)."""
+    repo = scratch_copy(str(tmp_path_factory.mktemp("readme") / "repo"))
     # `make run` must not reinstall into the shared virtualenv from the copy
     assert subprocess.run(["make", "-q", ".venv/.installed"], cwd=repo).returncode == 0, "run `make test` (it installs) first"
-    env = {**os.environ, "RAY_ADDRESS": ""}
+    env, done = {**os.environ, "RAY_ADDRESS": ""}, []
     for command in runnable_commands(open(os.path.join(repo, "README.md")).read()):
         run = smaller(command)
-        done = subprocess.run(["bash", "-c", run], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
-        log = done.stdout + done.stderr
-        assert done.returncode == 0, f"README command failed: {command}\n(ran: {run})\n{log[-4000:]}"
+        result = subprocess.run(["bash", "-c", run], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+        done.append((command, run, result))
+        if result.returncode:
+            break
+    return repo, done
+
+
+def test_every_runnable_readme_command_works_as_written(readme_run):
+    _, done = readme_run
+    for command, run, result in done:
+        log = result.stdout + result.stderr
+        assert result.returncode == 0, f"README command failed: {command}\n(ran: {run})\n{log[-4000:]}"
         if command.startswith("make run"):  # a console a person reads: our lines, not Ray's
             assert len(log.splitlines()) < 30, log
             assert not re.search(r"logging_progress|core_worker\.cc|streaming_executor|Traceback", log), log
         if "trainer.train" in command:
             assert "Reporting training result" not in log and "State API" not in log, log
             assert re.search(r"^model \S+: (promoted|rejected)", log, re.M), log
+
+
+def test_the_spherical_filter_is_measured_beside_chain_and_vote(readme_run):
+    """The README's first run (no spherical filter) evaluated with the mapper trained
+    later: `+ sphere` rows on the same pairs as the stored labels, a subset of them."""
+    import json
+
+    from labelgen.store import LabelStore
+
+    repo, done = readme_run
+    assert all(r.returncode == 0 for _, _, r in done)
+    con = LabelStore(os.path.join(repo, "labelstore")).connect()
+    first = con.execute("SELECT run_id FROM runs WHERE status = 'committed' ORDER BY finished LIMIT 1").fetchone()[0]
+    con.close()
+    out = os.path.join(repo, "eval.json")
+    run = subprocess.run([".venv/bin/python", "-m", "labelgen.evaluate", "store=labelstore", f"run_id={first}", "max_pairs=4",
+                          "sphere=latest", f"output={out}"], cwd=repo, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = json.load(open(out))
+    by_kind = {r["kind"]: r for r in report["by_kind"] if r["split"] == "val"}
+    assert report["stored"] == "chain + vote" and set(by_kind) == {"raw NN", "mutual NN", "NN + cycle", "chain + vote", "+ sphere"}
+    assert 0 < by_kind["+ sphere"]["labels"] <= by_kind["chain + vote"]["labels"]
+    assert any(r["signal"] == "sphere_angle" for r in report["curves"])

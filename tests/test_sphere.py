@@ -39,7 +39,6 @@ def test_angles_between_known_directions():
     p = torch.tensor([[1.0, 0, 0], [1, 0, 0], [1, 0, 0]])
     q = torch.tensor([[0.0, 1, 0], [1, 0, 0], [-1, 0, 0]])
     assert angle_deg(p, q).tolist() == pytest.approx([90, 0, 180], abs=1e-3)
-    assert default_conf["threshold_deg"] == pytest.approx(0.15 * 180)
 
 
 def test_triplet_loss_is_zero_for_a_faithful_map_and_the_margin_for_a_collapsed_one():

@@ -90,8 +90,7 @@ def test_a_mirrored_camera_sees_each_twin_where_the_other_was(scene):
     rows, cols = np.nonzero(np.isin(pa, [ids["leg_front_l"], ids["leg_back_l"]]))
     src = np.stack([cols, rows], 1) + 0.5
     mirrored_tgt = np.stack([SIZE - src[:, 0], src[:, 1]], 1)  # where the twin is in view b
-    twin_of = {ids[n]: ids[twin(n)] for n in names if twin(n) in ids}
-    verdict = judge(a["truth"], b["truth"], src, mirrored_tgt, [0.05, 0.1], twin_of)
+    verdict = judge(a["truth"], b["truth"], src, mirrored_tgt)
     assert verdict["twin_part"].all() and verdict["mirrored"].mean() > 0.9 and not verdict["correct"][:, 1].any()
 
 
@@ -103,8 +102,56 @@ def test_a_point_facing_away_from_the_target_camera_is_hidden(scene):
     rows, cols = np.nonzero(facing)
     _, visible, _ = true_targets(tf, back["truth"], np.stack([cols, rows], 1) + 0.5)
     assert len(rows) > 100 and (~visible).mean() > 0.95
-    verdict = judge(tf, back["truth"], np.stack([cols, rows], 1) + 0.5, np.full((len(rows), 2), SIZE / 2), [0.05, 0.1], {})
+    verdict = judge(tf, back["truth"], np.stack([cols, rows], 1) + 0.5, np.full((len(rows), 2), SIZE / 2))
     assert verdict["hidden"].mean() > 0.95 and not verdict["correct"][verdict["hidden"]].any()
+
+
+def test_the_precision_report_judges_stored_labels_against_part_truth(scene, tmp_path, capsys):
+    """Labels on the true targets, from hidden points and onto twins, through the store's
+    catalog and the `precision` report."""
+    import json
+
+    import pyarrow as pa
+
+    from labelgen.labels import LABEL_SCHEMA
+    from labelgen.store import LabelStore, images_table
+    from queries.__main__ import main
+
+    _, names, view, _, _ = scene
+    views = {"a": view(20.0, 25.0, 5.0), "b": view(65.0, 15.0, -5.0), "c": view(35.0, 20.0, 8.0), "d": view(-35.0, 20.0, -8.0)}
+    for name, v in views.items():
+        np.savez(tmp_path / f"{name}.npz", **vars(v["truth"]))
+    ta, tb = views["a"]["truth"], views["b"]["truth"]
+    rows, cols = np.nonzero(ta.part)
+    xy = np.stack([cols, rows], 1) + 0.5
+    truth_xy, visible, _ = true_targets(ta, tb, xy)
+    hidden = ~visible
+    # pair a -> b, one hop: 8 labels on their true targets, 2 from points hidden in b
+    src = np.concatenate([xy[visible][:8], xy[hidden][:2]])
+    tgt = np.concatenate([truth_xy[visible][:8], np.full((2, 2), SIZE / 2)])
+    labels = [(("a", "b"), 1, s, t) for s, t in zip(src, tgt)]
+    # pair c -> d (its mirror image), two hops: 4 labels from the left front leg onto the right one
+    tc = views["c"]["truth"]
+    rows, cols = np.nonzero(tc.part == names.index("leg_front_l") + 1)
+    src = (np.stack([cols, rows], 1) + 0.5)[::5][:4]
+    labels += [(("c", "d"), 2, s, np.array([SIZE - s[0], s[1]])) for s in src]
+    store = LabelStore(str(tmp_path / "store"))
+    store.begin_run({"run_id": "r", "config_hash": "h", "config": "k: 1"})
+    table = pa.Table.from_pylist([
+        dict(run_id="r", category="chair", src_image_id=a, tgt_image_id=b, src_x=s[0], src_y=s[1], tgt_x=t[0], tgt_y=t[1],
+             hops=h, cycle_error=0.0, similarity=0.9, sphere_angle=None, support=1) for (a, b), h, s, t in labels],
+        schema=LABEL_SCHEMA)
+    images = pd.DataFrame({"run_id": "r", "image_id": list(views), "category": "chair", "uri": "unused.png",
+                           "split": "val", "width": SIZE, "height": SIZE, "n_fg": 1,
+                           "truth_uri": [str(tmp_path / f"{n}.npz") for n in views]})
+    store.write_category("r", "chair", table, images_table(images), {})
+    store.commit("r", {"labels": len(labels)}, [])
+    assert main(["precision", "--store", store.uri, "--format", "json"]) == 0
+    report = {r["hops"]: r for r in json.loads(capsys.readouterr().out)}
+    assert report[1]["truth"] == "parts" and report[1]["split"] == "val" and report[1]["labels"] == 10
+    assert report[1]["p_05"] == report[1]["p_10"] == 0.8 and report[1]["hidden"] == 0.2
+    assert report[1]["median_error"] < 0.01
+    assert report[2]["labels"] == 4 and report[2]["p_10"] == 0.0 and report[2]["mirror"] == 1.0
 
 
 def test_a_collection_has_disjoint_dev_and_val_instances_with_full_truth(tmp_path):

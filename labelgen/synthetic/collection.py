@@ -24,7 +24,7 @@ from ..config import collection_manifest
 from ..console import Progress
 from ..demo import PHOTOS, load_photo
 from ..geometry import rotation
-from .categories import CATEGORIES, keypoints, part_names
+from .categories import CATEGORIES, keypoints, part_names, twin
 from .render import Renderer, project
 from .shapes import PRIMITIVES
 
@@ -43,7 +43,7 @@ default_conf = {
     "seed": 0,  # the dev generator seed
 }
 SPLIT_SEEDS = {"dev": 0, "val": 1}  # added to `seed`
-FORMAT = 2  # of the files; part of the folder name, so a collection of an older format is rendered anew
+FORMAT = 3  # of the files; part of the folder name, so a collection of an older format is rendered anew
 
 
 def _crop(photo: Image.Image, rng, size: int) -> np.ndarray:
@@ -150,14 +150,24 @@ def render_instance(renderer, root: str, conf, category: str, instance: str, spl
 
 def truth_arrays(part, coord, depth, parts, ids: dict, R, t, focal, principal) -> dict:
     """A view's truth file: per pixel the part id, canonical coordinate and camera depth;
-    the camera; and where each part of the instance sits (by part id; nan where absent),
-    so that any canonical point maps to the object and into the view exactly."""
+    the camera; where each part of the instance sits (by part id; nan where absent), so
+    that any canonical point maps to the object and into the view exactly; each part's
+    left/right twin (0: none)."""
     affine = np.full((len(ids) + 1, 3, 3), np.nan)
     centre = np.full((len(ids) + 1, 3), np.nan)
     for p in parts:
         affine[ids[p.name]], centre[ids[p.name]] = p.affine, p.centre
     return {"part": part, "coord": coord.astype(np.float16), "depth": depth.astype(np.float32), "R": R, "t": t,
-            "intrinsics": np.array([focal, *principal]), "affine": affine, "centre": centre}
+            "intrinsics": np.array([focal, *principal]), "affine": affine, "centre": centre,
+            "twin": twin_ids(ids)}
+
+
+def twin_ids(ids: dict) -> np.ndarray:
+    """(P + 1,) per part id: the id of its left/right twin, 0 for a central part."""
+    out = np.zeros(len(ids) + 1, dtype=np.int32)
+    for name, i in ids.items():
+        out[i] = ids.get(twin(name), 0)
+    return out
 
 
 def build_collection(conf=None) -> str:
