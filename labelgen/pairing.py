@@ -18,6 +18,7 @@ import math
 
 import numpy as np
 import pandas as pd
+from omegaconf import OmegaConf
 
 from .geometry import geodesic_deg, rotation
 
@@ -152,7 +153,18 @@ def unplaced(rows: pd.DataFrame, mode: str) -> pd.Series:
 def category_tuples(rows: pd.DataFrame, conf, descriptors=None) -> np.ndarray:
     """Tuples of one category's rows (positions into `rows`), by the pose the rows have:
     geodesic with full 3D pose, azimuth bins with azimuth, feature similarity without pose
-    (`descriptors`: a function giving unit (N, C) global descriptors of the rows)."""
+    (`descriptors`: a function giving unit (N, C) global descriptors of the rows). Where
+    the poses make no K-tuple (azimuths that span fewer bins than K), the tuples shorten
+    to the longest the poses allow, down to pairs."""
+    for k in range(conf.k, 1, -1):
+        tuples = tuples_of(rows, OmegaConf.merge(conf, {"k": k}), descriptors)
+        if len(tuples):
+            return tuples
+    return np.zeros((0, conf.k), dtype=np.int64)
+
+
+def tuples_of(rows: pd.DataFrame, conf, descriptors=None) -> np.ndarray:
+    """(T, conf.k) tuples of one category by the pose its rows have (category_tuples)."""
     mode = pose_mode(rows, conf)
     full = rows.reindex(columns=["azimuth", "elevation", "theta"]).notna().all(axis=1).to_numpy()
     if mode == "bins":

@@ -94,12 +94,12 @@ def vote_task(run_id, category, images: pd.DataFrame, conf, store_uri, sphere, *
 
 
 def make_tuples(df: pd.DataFrame, conf, cache_root: str, fingerprint: str):
-    """Tuples per category, and the images left out because they lack the pose their
-    category is paired by (bad_inputs rows)."""
+    """Tuples per category; the images left out because they lack the pose their category
+    is paired by (bad_inputs rows); and per category without a tuple, why and what to do."""
     def descriptors(rows):  # only categories without pose need them
         return np.stack([load_features(cache_uri(cache_root, fingerprint, i)).descriptor() for i in rows["image_id"]])
 
-    out, left_out = {}, []
+    out, left_out, untupled = {}, [], {}
     for category, rows in df.groupby("category", sort=True):
         mode = pairing.pose_mode(rows, conf)
         cols = " and ".join(pairing.POSE_COLUMNS.get(mode, []))
@@ -111,10 +111,13 @@ def make_tuples(df: pd.DataFrame, conf, cache_root: str, fingerprint: str):
         ids = rows["image_id"].to_numpy()
         out[category] = [tuple(ids[t]) for t in idx]
         if not out[category]:
-            log.warning("category '%s' gets no labels: its %d images make no tuple of K=%d one hop (pairing.bin_deg=%g, "
-                        "%s pose) apart; lower pairing.k or widen pairing.bin_deg", category, len(rows), conf.k,
-                        conf.bin_deg, mode)
-    return out, left_out
+            untupled[category] = (f"its {len(rows)} images make no pair one hop apart ({mode} pose, pairing.bin_deg={conf.bin_deg:g}): "
+                                  "widen pairing.bin_deg, add views of other poses, or pair by pairing.pose=similarity")
+            log.warning("category '%s' gets no labels: %s", category, untupled[category])
+        elif idx.shape[1] < conf.k:
+            log.info("category '%s': its poses make no tuple of K=%d, so its tuples have %d images", category, conf.k,
+                     idx.shape[1])
+    return out, left_out, untupled
 
 
 IMAGE_COLUMNS = [n for n in IMAGE_SCHEMA.names if n not in ("run_id", "width", "height", "n_fg")]
@@ -153,7 +156,9 @@ def summary(run_id, store, counts) -> str:
             f"{c['features_per_actor_s']:.1f} per busy actor), "
             f"{c['features_cached']:,} from cache; backbone {c['backbone']} ({c['backbone_reason']})",
             *([f"            by {'; '.join(f'{k}: {v}' for k, v in c['feature_actors'].items())}"] if c.get("feature_actors") else []),
-            f"  tuples    {c.get('tuples', 0):,} of K={c['k']} ({c['tuples_per_s']:.1f} tuples/s)",
+            f"  tuples    {c.get('tuples', 0):,} of K={c['k']} ({c['tuples_per_s']:.1f} tuples/s)"
+            + "".join(f"; {cat}: K={k} (its poses allow no longer)" for cat, k in c.get("tuple_k", {}).items()),
+            *[f"            no tuple for '{cat}': {why}" for cat, why in c.get("no_tuples", {}).items()],
             f"  chains    {c.get('seeds', 0):,} foreground seeds -> cycle check per hop: {hops}",
             f"  labels    {c.get('candidates', 0):,} distinct candidates over all ordered pairs -> "
             f"{c.get('voted', 0):,} after the vote -> {c.get('labels', 0):,} stored"
@@ -202,7 +207,7 @@ def execute(conf, store, run_id, df, backbone_conf, reason, image_size, fingerpr
     uris = dict(zip(df["image_id"], df["uri"]))
     bad = [{"image_id": i, "uri": uris[i], "stage": "features", "error": e} for i, e in zip(failed.image_id, failed.error)]
     good = df[~df["image_id"].isin(failed["image_id"])]
-    tuples, left_out = make_tuples(good, conf.pairing, cache_root, fingerprint)
+    tuples, left_out, untupled = make_tuples(good, conf.pairing, cache_root, fingerprint)
     bad += left_out
     done = store.staged_categories(run_id)
     if done:
@@ -230,6 +235,8 @@ def execute(conf, store, run_id, df, backbone_conf, reason, image_size, fingerpr
         "backbone": fingerprint,
         "backbone_reason": reason,
         "k": conf.pairing.k,
+        "tuple_k": {c: len(t[0]) for c, t in tuples.items() if t and len(t[0]) < conf.pairing.k},  # shortened
+        "no_tuples": untupled,  # category -> why it got none, and the fix
         "chain_s": round(chain_s, 3),
         "tuples_per_s": totals.get("tuples", 0) / chain_s if chain_s else 0.0,
         "labels_per_s": totals.get("labels", 0) / chain_s if chain_s else 0.0,
@@ -264,6 +271,9 @@ def label(conf) -> int:
         store.fail_run(run_id, f"{type(e).__name__}: {e}")
         raise
     print(summary(run_id, store, counts), flush=True)
+    if not counts.get("labels"):
+        log.warning("run %s stored 0 labels: %s", run_id, "; ".join(f"'{c}': {why}" for c, why in counts["no_tuples"].items())
+                    or "every chain failed its cycle check or the filters removed every label (see python -m queries stage_yield)")
     return 0
 
 

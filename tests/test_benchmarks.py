@@ -15,7 +15,7 @@ def test_reference_generator_and_service_give_identical_candidates(tiny_demo, tm
     cache = str(tmp_path / "features")
     worker = FeatureWorker(backbone_conf, size, cache, fingerprint, flips=False)
     worker(df[["image_id", "uri", "mask_uri"]].astype(object).to_dict("list"))
-    tuples, _ = make_tuples(df, conf.pairing, cache, fingerprint)
+    tuples, _, _ = make_tuples(df, conf.pairing, cache, fingerprint)
     assert sum(map(len, tuples.values())) == 4  # 2 categories x 1 sweep x both directions
     svc = as_dict(service_candidates(tuples, cache, fingerprint, conf.labels))
     ref = reference_candidates([t for ts in tuples.values() for t in ts], cache, fingerprint, conf.labels.radius)

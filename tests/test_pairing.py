@@ -92,3 +92,18 @@ def test_without_pose_tuples_walk_feature_neighbours_away_from_the_anchor():
     assert (np.abs(steps) <= 2).all()  # one of the two nearest
     assert ((steps > 0).all(axis=1) | (steps < 0).all(axis=1)).all()  # always away from the anchor
     assert category_tuples(rows, conf(k=4)).shape == (0, 4)  # no descriptors offered: no tuples
+
+
+def test_poses_that_span_fewer_bins_than_k_give_shorter_tuples():
+    import pandas as pd
+
+    from labelgen.pairing import category_tuples
+
+    rows = pd.DataFrame({"azimuth": np.linspace(-60, 60, 13)})  # centred 45-deg bins -1, 0, 1: three
+    tuples = category_tuples(rows, conf(k=4, bin_deg=45, max_tuples=10_000))
+    assert tuples.shape[1] == 3 and len(tuples) > 0
+    bins = np.floor(rows.azimuth.to_numpy()[tuples] / 45 + 0.5)
+    assert (np.abs(np.diff(bins, axis=1)) == 1).all()
+    two = category_tuples(pd.DataFrame({"azimuth": [0.0, 10.0, 40.0]}), conf(k=4, bin_deg=45))
+    assert two.shape == (4, 2)  # bins 0 and 1: pairs, both directions
+    assert category_tuples(pd.DataFrame({"azimuth": [0.0, 10.0]}), conf(k=4, bin_deg=45)).shape == (0, 4)

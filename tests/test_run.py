@@ -62,6 +62,31 @@ def test_pipeline_writes_queryable_labels_and_reuses_the_feature_cache(tiny_demo
     assert query.returncode == 0 and query.stdout.count("\n") == 5  # header + 2 runs x 2 categories
 
 
+def test_categories_with_narrow_poses_get_shorter_tuples_and_a_run_without_labels_says_why(tiny_demo, tmp_path):
+    import pandas as pd
+
+    df = pd.read_parquet(tiny_demo)
+    narrow = df[(df.category == "chelsea") & (df.azimuth < 30) | (df.category == "motorcycle") & (df.azimuth == 15)]
+    manifest = os.path.join(os.path.dirname(tiny_demo), "manifest-narrow.parquet")  # next to the images it names
+    narrow.to_parquet(manifest)
+    store = tmp_path / "store"
+    out = run(["labelgen.run", *tiny_demo_args(manifest), f"store={store}", "run_id=narrow"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "chelsea: K=3 (its poses allow no longer)" in out.stdout
+    assert "no tuple for 'motorcycle': its 1 images make no pair one hop apart" in out.stdout
+    con = LabelStore(str(store)).connect()
+    assert con.execute("SELECT DISTINCT category, max(hops) FROM labels GROUP BY 1").fetchall() == [("chelsea", 2)]
+    counts = json.loads(con.execute("SELECT counts FROM runs").fetchone()[0])
+    assert counts["tuple_k"] == {"chelsea": 3} and set(counts["no_tuples"]) == {"motorcycle"}
+    con.close()
+
+    lone = os.path.join(os.path.dirname(tiny_demo), "manifest-lone.parquet")
+    df[df.category == "motorcycle"].iloc[:1].to_parquet(lone)
+    empty = run(["labelgen.run", *tiny_demo_args(lone), f"store={store}", "run_id=lone"])
+    assert empty.returncode == 0, empty.stderr[-3000:]
+    assert "warning: run lone stored 0 labels: 'motorcycle': its 1 images make no pair" in empty.stdout + empty.stderr
+
+
 @pytest.mark.skipif(os.environ.get("LABELGEN_SSH_TESTS") == "1",
                     reason="test_cluster's ray up test submits the same job to a head started over ssh")
 def test_ray_job_submit_against_a_local_head(tiny_demo, tmp_path):
