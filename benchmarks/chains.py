@@ -11,6 +11,7 @@ from labelgen.run import chunk_candidates, make_tuples
 from .reference import reference_candidates
 
 
+LIKE_REFERENCE = {"pair_radius": None, "max_gap_deg": None}  # the published generator has no co-visibility check
 KEY = ("src_image_id", "tgt_image_id", "hops", "src_x", "src_y", "tgt_x", "tgt_y")
 
 
@@ -45,7 +46,7 @@ def bench_chains(df, conf, cache_root, fingerprint, tuples_per_category: int) ->
     torch.set_num_threads(1)
     tuples = {c: t[:tuples_per_category] for c, t in make_tuples(df, conf.pairing, cache_root, fingerprint)[0].items()}
     n = sum(len(t) for t in tuples.values())
-    lconf = OmegaConf.create(OmegaConf.to_container(conf.labels))
+    lconf = OmegaConf.merge(conf.labels, LIKE_REFERENCE)
     t0 = time.perf_counter()
     tables = service_candidates(tuples, cache_root, fingerprint, lconf)
     svc_s = time.perf_counter() - t0

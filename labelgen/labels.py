@@ -14,10 +14,12 @@ from dataclasses import dataclass
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
-from .chain import chain, merge_labels, pair_labels, pair_nn
+from .chain import PairNN, chain, merge_labels, pair_labels, pair_nn
 from .features import ImageFeatures
+from .geometry import geodesic_deg
 
 default_conf = {
     "radius": 2.0,  # relaxed cycle check: back-match within this many patches
@@ -25,6 +27,8 @@ default_conf = {
     "tuples_per_task": 256,  # tuples chained per Ray task
     "vote": True,  # keep, per source patch and image pair, the target most tuples agree on
     "min_support": 1,  # tuples that must propose a label
+    "pair_radius": 1.0,  # co-visibility: after the vote, keep labels whose target's direct nearest neighbour back in the source lies within this many patches (none: off)
+    "max_gap_deg": 90.0,  # co-visibility: no labels between views whose poses differ by more (degrees of rotation; none: no cap)
     "sphere": None,  # a spherical mapper id (or latest): keep labels whose ends map within sphere_deg
     "sphere_deg": 27.0,  # 0.15 * pi
 }
@@ -44,6 +48,7 @@ LABEL_SCHEMA = pa.schema(
         ("similarity", pa.float32()),
         ("sphere_angle", pa.float32()),
         ("support", pa.int32()),  # tuples whose chains proposed this label
+        ("pair_error", pa.float32()),  # patches from the source to where the target's direct nearest neighbour lands
     ]
 )
 
@@ -78,12 +83,16 @@ class PairCache:
         return self.cache[(a, b)]
 
 
-def candidates(run_id: str, category: str, tuples: list[tuple[str, ...]], features: dict[str, ImageFeatures], conf):
-    """Chain every tuple of the chunk; return candidate label rows and counts per stage."""
+def candidates(run_id: str, category: str, tuples: list[tuple[str, ...]], features: dict[str, ImageFeatures], conf,
+               rotations: dict[str, np.ndarray] | None = None):
+    """Chain every tuple of the chunk; return candidate label rows and counts per stage.
+    Composed labels are made only between views within the pose-gap cap (`rotations`:
+    image -> 3x3, where known) and carry how far the pair's own direct match back lands."""
     fgs = {i: Foreground.of(f) for i, f in features.items()}
     pairs = PairCache(fgs, conf.topk)
     k = len(tuples[0]) if tuples else 0
-    stats = {"tuples": len(tuples), "tuples_empty": 0, "seeds": 0, **{f"after_hop{h}": 0 for h in range(1, k)}}
+    stats = {"tuples": len(tuples), "tuples_empty": 0, "seeds": 0, **{f"after_hop{h}": 0 for h in range(1, k)},
+             "composed": 0}
     found = defaultdict(list)
     for t in tuples:
         fg = [fgs[i] for i in t]
@@ -101,6 +110,10 @@ def candidates(run_id: str, category: str, tuples: list[tuple[str, ...]], featur
     for (a, b, hops), pls in found.items():
         cat = [torch.cat([getattr(p, f) for p in pls]) for f in ("src", "tgt", "cycle_error", "similarity")]
         src, tgt, cyc, sim, support = merge_labels(*cat, len(fgs[b].feats))
+        stats["composed"] += len(src)
+        if conf.max_gap_deg is not None and pose_gap(rotations, a, b) > conf.max_gap_deg + 1e-3:
+            continue
+        err = pair_error(pairs(b, a), fgs[a], src, tgt)
         sp, tp = fgs[a].pixels[src].numpy(), fgs[b].pixels[tgt].numpy()
         parts.append(
             {
@@ -114,11 +127,35 @@ def candidates(run_id: str, category: str, tuples: list[tuple[str, ...]], featur
                 "cycle_error": cyc.numpy(),
                 "similarity": sim.numpy(),
                 "support": support.numpy().astype(np.int32),
+                "pair_error": err.numpy(),
             }
         )
     table = to_table(run_id, category, parts)
     stats["candidates"] = table.num_rows
     return table, stats
+
+
+def pose_gap(rotations: dict[str, np.ndarray] | None, a: str, b: str) -> float:
+    """Degrees of rotation between two views; 0 where a pose is unknown (no cap applies)."""
+    if not rotations or a not in rotations or b not in rotations:
+        return 0.0
+    return float(geodesic_deg(np.stack([rotations[a], rotations[b]]))[0, 1])
+
+
+def pair_error(back: PairNN, fa: Foreground, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+    """Patches between each label's source and the direct nearest neighbour of its target
+    back in the source image (`back`: target image -> source image): a composed label
+    whose pair disagrees points from a part the target does not show."""
+    return (fa.grid[back.fwd_idx[tgt]] - fa.grid[src]).float().norm(dim=1)
+
+
+def pair_check(table: pa.Table, radius: float | None) -> pa.Table:
+    """Keep the labels whose pair agrees (co-visibility): the target's direct nearest
+    neighbour back in the source lies within `radius` patches. After the vote, so a
+    label the tuples agree on is not replaced by a runner-up that happens to pass."""
+    if radius is None:
+        return table
+    return table.filter(pc.less_equal(table["pair_error"], radius))
 
 
 def to_table(run_id: str, category: str, parts: list[dict]) -> pa.Table:
@@ -146,7 +183,8 @@ def vote(tables: list[pa.Table], conf) -> pa.Table:
         WITH summed AS (
             SELECT run_id, category, src_image_id, tgt_image_id, src_x, src_y, tgt_x, tgt_y,
                    min(hops) AS hops, min(cycle_error) AS cycle_error, max(similarity) AS similarity,
-                   any_value(sphere_angle) AS sphere_angle, sum(support)::INTEGER AS support
+                   any_value(sphere_angle) AS sphere_angle, sum(support)::INTEGER AS support,
+                   min(pair_error) AS pair_error
             FROM cands GROUP BY ALL
         )
         SELECT * FROM summed WHERE support >= $min_support {pick}

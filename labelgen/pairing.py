@@ -132,6 +132,13 @@ def similarity_tuples(descriptors: np.ndarray, conf) -> np.ndarray:
     return sweep_tuples(dist, hop, 1e-6, conf)
 
 
+def view_rotations(rows: pd.DataFrame) -> dict[str, np.ndarray]:
+    """image id -> 3x3 rotation of each row with an azimuth (no elevation or theta: 0)."""
+    posed = rows[rows["azimuth"].notna()] if "azimuth" in rows.columns else rows.iloc[:0]
+    angle = lambda col: posed[col].fillna(0.0) if col in posed.columns else np.zeros(len(posed))  # noqa: E731
+    return {i: rotation(a, e, t) for i, a, e, t in zip(posed["image_id"], posed["azimuth"], angle("elevation"), angle("theta"))}
+
+
 POSE_COLUMNS = {"geodesic": ["azimuth", "elevation", "theta"], "bins": ["azimuth"], "similarity": []}
 
 

@@ -54,28 +54,30 @@ def new_run_id() -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
-def chunk_candidates(run_id, category, tuples, cache_root, fingerprint, conf):
+def chunk_candidates(run_id, category, tuples, cache_root, fingerprint, conf, rotations=None):
     """Chain one chunk of tuples into candidate labels, reading each of its images once;
     returns the labels, the counts per stage and the features read."""
     ids = sorted({i for t in tuples for i in t})
     feats = {i: load_features(cache_uri(cache_root, fingerprint, i)) for i in ids}
-    table, stats = labels.candidates(run_id, category, tuples, feats, conf)
+    table, stats = labels.candidates(run_id, category, tuples, feats, conf, rotations)
     return table, stats, feats
 
 
 @ray.remote(num_cpus=1)
-def candidate_task(run_id, category, tuples, cache_root, fingerprint, conf):
+def candidate_task(run_id, category, tuples, cache_root, fingerprint, conf, rotations):
     """Map: one chunk's candidate labels; also counts each image's foreground."""
-    table, stats, feats = chunk_candidates(run_id, category, tuples, cache_root, fingerprint, conf)
+    table, stats, feats = chunk_candidates(run_id, category, tuples, cache_root, fingerprint, conf, rotations)
     return table, stats, {i: (f.width, f.height, int(f.fg.sum())) for i, f in feats.items()}
 
 
 @ray.remote(num_cpus=1)
 def vote_task(run_id, category, images: pd.DataFrame, conf, store_uri, sphere, *chunks):
-    """Reduce: vote over a category's candidates, filter on the sphere if asked;
+    """Reduce: vote over a category's candidates, keep those whose pair agrees, filter on the sphere if asked;
     write the category's labels, images and counts."""
     table = labels.vote([c[0] for c in chunks], conf)
     stats, seen = {"voted": table.num_rows}, {}
+    table = labels.pair_check(table, conf.pair_radius)
+    stats["after_pair_check"] = table.num_rows
     if sphere is not None and table.num_rows:
         mapper, (cache_root, fingerprint) = load_mapper(read_bytes(sphere["checkpoint"])), sphere["cache"]
         ids = sorted(set(table.column("src_image_id").to_pylist()) | set(table.column("tgt_image_id").to_pylist()))
@@ -130,8 +132,9 @@ def run_labels(df, tuples_by_cat, conf, run_id, cache_root, fingerprint, store_u
     columns = [c for c in IMAGE_COLUMNS if c in df.columns]
     chunks, votes = {}, []
     for category, tuples in tuples_by_cat.items():
+        rotations = ray.put(pairing.view_rotations(df[df["category"] == category]))
         chunks[category] = [
-            candidate_task.remote(run_id, category, tuples[s : s + step], cache_root, fingerprint, conf)
+            candidate_task.remote(run_id, category, tuples[s : s + step], cache_root, fingerprint, conf, rotations)
             for s in range(0, len(tuples), step)
         ]
         images = df.loc[df["category"] == category, columns]
@@ -160,9 +163,10 @@ def summary(run_id, store, counts) -> str:
             + "".join(f"; {cat}: K={k} (its poses allow no longer)" for cat, k in c.get("tuple_k", {}).items()),
             *[f"            no tuple for '{cat}': {why}" for cat, why in c.get("no_tuples", {}).items()],
             f"  chains    {c.get('seeds', 0):,} foreground seeds -> cycle check per hop: {hops}",
-            f"  labels    {c.get('candidates', 0):,} distinct candidates over all ordered pairs -> "
-            f"{c.get('voted', 0):,} after the vote -> {c.get('labels', 0):,} stored"
-            f"{' after the spherical filter' if c.get('voted') != c.get('labels') else ''} ({c['labels_per_s']:,.0f} labels/s)",
+            f"  labels    {c.get('composed', 0):,} composed over all ordered pairs -> {c.get('candidates', 0):,} within the "
+            f"pose-gap cap -> {c.get('voted', 0):,} after the vote -> {c.get('after_pair_check', 0):,} after the pair check -> "
+            f"{c.get('labels', 0):,} stored"
+            f"{' after the spherical filter' if c.get('after_pair_check') != c.get('labels') else ''} ({c['labels_per_s']:,.0f} labels/s)",
             f"  store     {store}  (python -m queries labels_per_category --store {store})",
         ]
     )

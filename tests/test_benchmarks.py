@@ -1,7 +1,9 @@
 """The benchmark's yardstick must be the same computation: the published per-tuple loop
 and the service's chain stage give identical candidate labels."""
 
-from benchmarks.chains import as_dict, same_labels, service_candidates
+from omegaconf import OmegaConf
+
+from benchmarks.chains import LIKE_REFERENCE, as_dict, same_labels, service_candidates
 from benchmarks.reference import reference_candidates
 from conftest import tiny_demo_args
 from labelgen import run
@@ -17,7 +19,7 @@ def test_reference_generator_and_service_give_identical_candidates(tiny_demo, tm
     worker(df[["image_id", "uri", "mask_uri"]].astype(object).to_dict("list"))
     tuples, _, _ = make_tuples(df, conf.pairing, cache, fingerprint)
     assert sum(map(len, tuples.values())) == 4  # 2 categories x 1 sweep x both directions
-    svc = as_dict(service_candidates(tuples, cache, fingerprint, conf.labels))
+    svc = as_dict(service_candidates(tuples, cache, fingerprint, OmegaConf.merge(conf.labels, LIKE_REFERENCE)))
     ref = reference_candidates([t for ts in tuples.values() for t in ts], cache, fingerprint, conf.labels.radius)
     result = same_labels(ref, svc)
     assert result["labels"] > 10_000 and result["identical"], result

@@ -4,7 +4,7 @@ import torch
 from omegaconf import OmegaConf
 
 from labelgen.features import ImageFeatures
-from labelgen.labels import LABEL_SCHEMA, candidates, default_conf, vote
+from labelgen.labels import LABEL_SCHEMA, candidates, default_conf, pair_check, vote
 
 
 def rows(*labels):
@@ -14,6 +14,7 @@ def rows(*labels):
         for name, v in dict(
             run_id="r", category="c", src_image_id=src_id, tgt_image_id=tgt_id, src_x=sx, src_y=0.0,
             tgt_x=tx, tgt_y=0.0, hops=1, cycle_error=1.0, similarity=sim, sphere_angle=None, support=support,
+            pair_error=0.0,
         ).items():
             cols[name].append(v)
     return pa.table(cols, schema=LABEL_SCHEMA)
@@ -52,3 +53,38 @@ def test_candidates_of_identical_images_are_exact_and_cover_all_ordered_pairs():
     assert sorted(t.src_x.unique()) == [24.0, 40.0, 56.0, 72.0]  # (col + 0.5) * 8 / 0.5
     assert sorted(t.hops.unique()) == [1, 2, 3]
     assert t.similarity.to_numpy() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_the_pair_check_drops_composed_labels_whose_direct_match_disagrees():
+    """Features on a circle, one row of four patches per image: chains w -> x -> y map
+    patch p to p, yet y's patches are nearest to w's next patch; the composed pair disagrees."""
+    def image(degrees):
+        a = torch.deg2rad(torch.tensor(degrees, dtype=torch.float32))
+        return ImageFeatures(torch.stack([a.cos(), a.sin()], -1)[None], torch.ones(1, 4, dtype=torch.bool), scale=1.0,
+                             stride=8, width=32, height=8)
+
+    images = {"w": image([0, 20, 40, 60]), "x": image([8, 28, 48, 68]), "y": image([16, 36, 56, 76])}
+    table, stats = candidates("r", "c", [("w", "x", "y")], images, OmegaConf.create(default_conf))
+    t = table.to_pandas()
+    assert stats["composed"] == table.num_rows == 3 * 2 * 4  # 3 pairs, both directions, 4 patches
+    assert (t[t.hops == 1].pair_error == 0).all()
+    assert sorted(t[t.hops == 2].pair_error) == [0, 0] + [1] * 6  # one patch off, but at the ends
+    c = pair_check(table, 0.5).to_pandas()
+    assert len(c) == 16 + 2 and (c[c.hops == 1].src_x == c[c.hops == 1].tgt_x).all()
+    assert sorted(zip(c[c.hops == 2].src_image_id, c[c.hops == 2].src_x)) == [("w", 28.0), ("y", 4.0)]
+    assert pair_check(table, None).num_rows == table.num_rows
+
+
+def test_no_labels_between_views_beyond_the_pose_gap_cap():
+    from labelgen.geometry import rotation
+
+    g = torch.Generator().manual_seed(0)
+    feats = torch.nn.functional.normalize(torch.randn(4, 4, 16, generator=g), dim=2)
+    images = {i: ImageFeatures(feats, torch.ones(4, 4, dtype=torch.bool), scale=1.0, stride=8, width=32, height=32)
+              for i in "wxyz"}
+    rotations = {i: rotation(az, 0.0, 0.0) for i, az in zip("wxyz", [0, 40, 80, 120])}
+    conf = OmegaConf.merge(default_conf, {"max_gap_deg": 90.0})
+    table, stats = candidates("r", "c", [tuple("wxyz")], images, conf, rotations)
+    pairs = set(zip(*table.select(["src_image_id", "tgt_image_id"]).to_pydict().values()))
+    assert stats["composed"] == 12 * 16 and stats["candidates"] == 10 * 16  # not w-z: 120 deg
+    assert ("w", "z") not in pairs and ("z", "w") not in pairs and ("w", "y") in pairs
