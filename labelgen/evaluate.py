@@ -153,7 +153,8 @@ def evaluate_homographies(conf, store: LabelStore, run_id: str, fingerprint: str
 
 
 GAP_BINS = [0, 45, 90, 135, 181]  # pose gap (geodesic degrees between the two views' rotations)
-SIGNALS = {"support": False, "similarity": False, "cycle_error": True, "pair_error": True, "sphere_angle": True}  # signal -> lower is better
+SIGNALS = {"support": False, "similarity": False, "cycle_error": True, "pair_error": True, "pose_gap": True,
+           "confidence": False, "sphere_angle": True}  # signal -> lower is better
 KINDS = ["raw NN", "mutual NN", "NN + cycle", "chain + vote", "+ sphere"]
 
 
@@ -198,7 +199,7 @@ def evaluate_parts(conf, store: LabelStore, run_id: str, fingerprint: str, run_c
     rot = {i: rotation(r.azimuth, r.elevation, 0.0 if pd.isna(r.theta) else r.theta) for i, r in images.iterrows()}
     con = store.connect()
     labels = con.execute("SELECT category, src_image_id, tgt_image_id, src_x, src_y, tgt_x, tgt_y, hops, support, "
-                         "similarity, cycle_error, pair_error, sphere_angle FROM labels WHERE run_id = ?", [run_id]).df()
+                         "similarity, cycle_error, pair_error, pose_gap, confidence, sphere_angle FROM labels WHERE run_id = ?", [run_id]).df()
     con.close()
     if labels.empty:
         raise ValueError(f"run {run_id} has no labels to evaluate")

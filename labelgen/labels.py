@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import duckdb
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
@@ -29,6 +30,16 @@ default_conf = {
     "min_support": 1,  # tuples that must propose a label
     "pair_radius": 1.0,  # co-visibility: after the vote, keep labels whose target's direct nearest neighbour back in the source lies within this many patches (none: off)
     "max_gap_deg": 90.0,  # co-visibility: no labels between views whose poses differ by more (degrees of rotation; none: no cap)
+    "confidence": {  # logistic weights of P(label within 0.10 of the box side) on the stored signals; fitted on dev (labelgen.calibrate)
+        "bias": 0.666,  # the logit of a label with every signal at 0
+        "log_support": 0.052,  # log of the tuples that proposed the label
+        "similarity": 1.049,  # cosine
+        "cycle_error": -0.008,  # pixels
+        "pair_error": 0.103,  # patches
+        "hops": 0.455,  # chain distance
+        "pose_gap": -0.045,  # degrees; 0 where the pose is unknown
+    },
+    "min_confidence": 0.3,  # keep labels at least this confident (chosen on dev: the most precise that keeps 20% of co-visible patches)
     "sphere": None,  # a spherical mapper id (or latest): keep labels whose ends map within sphere_deg
     "sphere_deg": 27.0,  # 0.15 * pi
 }
@@ -49,6 +60,8 @@ LABEL_SCHEMA = pa.schema(
         ("sphere_angle", pa.float32()),
         ("support", pa.int32()),  # tuples whose chains proposed this label
         ("pair_error", pa.float32()),  # patches from the source to where the target's direct nearest neighbour lands
+        ("pose_gap", pa.float32()),  # degrees of rotation between the two views; null without pose
+        ("confidence", pa.float32()),  # P(correct) from the signals (labels.confidence)
     ]
 )
 
@@ -111,7 +124,8 @@ def candidates(run_id: str, category: str, tuples: list[tuple[str, ...]], featur
         cat = [torch.cat([getattr(p, f) for p in pls]) for f in ("src", "tgt", "cycle_error", "similarity")]
         src, tgt, cyc, sim, support = merge_labels(*cat, len(fgs[b].feats))
         stats["composed"] += len(src)
-        if conf.max_gap_deg is not None and pose_gap(rotations, a, b) > conf.max_gap_deg + 1e-3:
+        gap = pose_gap(rotations, a, b)
+        if conf.max_gap_deg is not None and gap is not None and gap > conf.max_gap_deg + 1e-3:
             continue
         err = pair_error(pairs(b, a), fgs[a], src, tgt)
         sp, tp = fgs[a].pixels[src].numpy(), fgs[b].pixels[tgt].numpy()
@@ -128,6 +142,7 @@ def candidates(run_id: str, category: str, tuples: list[tuple[str, ...]], featur
                 "similarity": sim.numpy(),
                 "support": support.numpy().astype(np.int32),
                 "pair_error": err.numpy(),
+                "pose_gap": np.full(len(src), np.nan if gap is None else gap, dtype=np.float32),
             }
         )
     table = to_table(run_id, category, parts)
@@ -135,10 +150,10 @@ def candidates(run_id: str, category: str, tuples: list[tuple[str, ...]], featur
     return table, stats
 
 
-def pose_gap(rotations: dict[str, np.ndarray] | None, a: str, b: str) -> float:
-    """Degrees of rotation between two views; 0 where a pose is unknown (no cap applies)."""
+def pose_gap(rotations: dict[str, np.ndarray] | None, a: str, b: str) -> float | None:
+    """Degrees of rotation between two views; None where a pose is unknown (no cap applies)."""
     if not rotations or a not in rotations or b not in rotations:
-        return 0.0
+        return None
     return float(geodesic_deg(np.stack([rotations[a], rotations[b]]))[0, 1])
 
 
@@ -158,11 +173,39 @@ def pair_check(table: pa.Table, radius: float | None) -> pa.Table:
     return table.filter(pc.less_equal(table["pair_error"], radius))
 
 
+SIGNALS = ("log_support", "similarity", "cycle_error", "pair_error", "hops", "pose_gap")  # the confidence model's inputs
+
+
+def signal_frame(labels) -> pd.DataFrame:
+    """The confidence model's inputs of label rows (a table or a frame with the label columns)."""
+    cols = ["support", *SIGNALS[1:]]
+    df = labels.select(cols).to_pandas() if isinstance(labels, pa.Table) else labels[cols]
+    x = df[list(SIGNALS[1:])].astype(np.float64).fillna(0.0)  # no pose: gap 0
+    return x.assign(log_support=np.log(np.maximum(df["support"].to_numpy(np.float64), 1.0)))[list(SIGNALS)]
+
+
+def confidence(labels, weights) -> np.ndarray:
+    """P(correct) of each label: a logistic model of its signals (labels.confidence)."""
+    x = signal_frame(labels).to_numpy()
+    logit = weights["bias"] + x @ np.array([weights[k] for k in SIGNALS])
+    return 1.0 / (1.0 + np.exp(-logit))
+
+
+def confidence_filter(table: pa.Table, conf) -> pa.Table:
+    """Fill the confidence column and keep the labels at least labels.min_confidence sure."""
+    p = confidence(table, conf.confidence)
+    table = table.set_column(table.schema.get_field_index("confidence"), "confidence", pa.array(p, pa.float32()))
+    return table.filter(pa.array(p >= conf.min_confidence))
+
+
 def to_table(run_id: str, category: str, parts: list[dict]) -> pa.Table:
-    names = [n for n in LABEL_SCHEMA.names if n not in ("run_id", "category", "sphere_angle")]
+    later = ("run_id", "category", "sphere_angle", "confidence")
+    names = [n for n in LABEL_SCHEMA.names if n not in later]
     data = {name: np.concatenate([p[name] for p in parts]) if parts else [] for name in names}
     n = len(data["src_x"])
-    data.update(run_id=[run_id] * n, category=[category] * n, sphere_angle=pa.nulls(n, pa.float32()))
+    data.update(run_id=[run_id] * n, category=[category] * n, sphere_angle=pa.nulls(n, pa.float32()),
+                confidence=pa.nulls(n, pa.float32()))
+    data["pose_gap"] = pa.array(data["pose_gap"], pa.float32(), from_pandas=True)  # nan: no pose
     return pa.table({name: data[name] for name in LABEL_SCHEMA.names}, schema=LABEL_SCHEMA)
 
 
@@ -184,7 +227,7 @@ def vote(tables: list[pa.Table], conf) -> pa.Table:
             SELECT run_id, category, src_image_id, tgt_image_id, src_x, src_y, tgt_x, tgt_y,
                    min(hops) AS hops, min(cycle_error) AS cycle_error, max(similarity) AS similarity,
                    any_value(sphere_angle) AS sphere_angle, sum(support)::INTEGER AS support,
-                   min(pair_error) AS pair_error
+                   min(pair_error) AS pair_error, any_value(pose_gap) AS pose_gap, any_value(confidence) AS confidence
             FROM cands GROUP BY ALL
         )
         SELECT * FROM summed WHERE support >= $min_support {pick}

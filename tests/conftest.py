@@ -3,6 +3,8 @@ import socket
 
 import pytest
 
+from labelgen.run import DEMO_PRESET
+
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 # a tiny demo: 2 photos x 4 views, 30 deg apart
@@ -58,9 +60,14 @@ def labels_of(store: str, run_id: str, categories=None):
     return df.sort_values(list(df.columns)).reset_index(drop=True)
 
 
+def flat(d: dict, prefix: str = ""):
+    for k, v in d.items():
+        yield from flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)]
+
+
 def tiny_demo_args(manifest: str) -> list[str]:
     """Command-line overrides that run the pipeline on the tiny demo."""
-    return [f"data.manifest={manifest}", "pairing.bin_deg=30"]
+    return [f"data.manifest={manifest}", *(f"{k}={v}" for k, v in flat(DEMO_PRESET))]
 
 
 SECRET = "labelgen-test-secret-9f2c7e"

@@ -17,6 +17,7 @@ KEY_VALUE = {  # entry point -> its defaults
     "labelgen.run": "default_conf",
     "labelgen.train_sphere": "default_conf",
     "labelgen.evaluate": "default_conf",
+    "labelgen.calibrate": "default_conf",
     "trainer.train": "default_conf",
     "trainer.retrain": "default_conf",
     "trainer.evaluate": "main_conf",

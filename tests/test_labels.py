@@ -1,3 +1,4 @@
+import numpy as np
 import pyarrow as pa
 import pytest
 import torch
@@ -8,16 +9,11 @@ from labelgen.labels import LABEL_SCHEMA, candidates, default_conf, pair_check, 
 
 
 def rows(*labels):
-    """Candidate rows: (src_id, tgt_id, src_x, tgt_x, support, similarity)."""
-    cols = {n: [] for n in LABEL_SCHEMA.names}
-    for src_id, tgt_id, sx, tx, support, sim in labels:
-        for name, v in dict(
-            run_id="r", category="c", src_image_id=src_id, tgt_image_id=tgt_id, src_x=sx, src_y=0.0,
-            tgt_x=tx, tgt_y=0.0, hops=1, cycle_error=1.0, similarity=sim, sphere_angle=None, support=support,
-            pair_error=0.0,
-        ).items():
-            cols[name].append(v)
-    return pa.table(cols, schema=LABEL_SCHEMA)
+    """Candidate rows: (src_id, tgt_id, src_x, tgt_x, support, similarity); other columns null."""
+    return pa.Table.from_pylist([
+        dict(run_id="r", category="c", src_image_id=src_id, tgt_image_id=tgt_id, src_x=sx, src_y=0.0, tgt_x=tx, tgt_y=0.0,
+             hops=1, cycle_error=1.0, similarity=sim, support=support, pair_error=0.0)
+        for src_id, tgt_id, sx, tx, support, sim in labels], schema=LABEL_SCHEMA)
 
 
 def test_vote_sums_support_across_chunks_and_keeps_the_best_target():
@@ -88,3 +84,16 @@ def test_no_labels_between_views_beyond_the_pose_gap_cap():
     pairs = set(zip(*table.select(["src_image_id", "tgt_image_id"]).to_pydict().values()))
     assert stats["composed"] == 12 * 16 and stats["candidates"] == 10 * 16  # not w-z: 120 deg
     assert ("w", "z") not in pairs and ("z", "w") not in pairs and ("w", "y") in pairs
+
+
+def test_confidence_is_the_logistic_model_of_the_signals_and_filters_at_the_threshold():
+    from labelgen.labels import confidence_filter
+
+    table = rows(("a", "b", 4, 10, 1, 0.9), ("a", "b", 12, 20, 4, 0.2))
+    conf = OmegaConf.merge(default_conf, {"min_confidence": 0.5, "confidence": {
+        "bias": -1.0, "log_support": 1.0, "similarity": 2.0, "cycle_error": 0.0, "pair_error": 0.0, "hops": 0.0, "pose_gap": 0.0}})
+    # logits: -1 + 0 + 1.8 = 0.8 and -1 + log 4 + 0.4 = 0.786
+    out = confidence_filter(table, conf)
+    assert out.column("confidence").to_pylist() == pytest.approx([1 / (1 + np.exp(-0.8)), 1 / (1 + np.exp(-(np.log(4) - 0.6)))])
+    conf.min_confidence = 0.688
+    assert confidence_filter(table, conf).column("src_x").to_pylist() == [4.0]

@@ -22,7 +22,7 @@ SMALLER = [  # (what the command runs, the size knobs added to it)
     (r"-m trainer\.train\b", "optim.steps=20"),
     (r"-m trainer\.(retrain|schedule)\b", "train.optim.steps=20"),  # schedule: after its `--`, for retrain
     (r"-m labelgen\.train_sphere\b", "sphere.steps=20"),
-    (r"-m labelgen\.evaluate\b", "max_pairs=4"),
+    (r"-m labelgen\.(evaluate|calibrate)\b", "max_pairs=4"),
 ]
 
 pytestmark = pytest.mark.slow
@@ -68,7 +68,7 @@ def scratch_copy(dest: str) -> str:
 def test_the_marked_blocks_hold_the_flow_the_readme_promises():
     commands = runnable_commands(open(os.path.join(ROOT, "README.md")).read())
     flow = ["make run", "trainer.train", "trainer.evaluate", "trainer.retrain", "trainer.schedule",
-            "labelgen.train_sphere", "labels.sphere=latest", "queries", "labelgen.evaluate"]
+            "labelgen.train_sphere", "labels.sphere=latest", "queries", "labelgen.evaluate", "labelgen.calibrate"]
     for step in flow:
         assert any(step in c for c in commands), f"no runnable README command runs {step}"
     assert commands[0].split("#")[0].strip() == "make run"  # the flow starts from nothing
@@ -99,6 +99,8 @@ def test_every_runnable_readme_command_works_as_written(readme_run):
         if command.startswith("make run"):  # a console a person reads: our lines, not Ray's
             assert len(log.splitlines()) < 30, log
             assert not re.search(r"logging_progress|core_worker\.cc|streaming_executor|Traceback", log), log
+        if "labelgen.calibrate" in command:
+            assert re.search(r"^recommended labels.min_confidence=\S+: P@0.10", log, re.M), log
         if "trainer.train" in command:
             assert "Reporting training result" not in log and "State API" not in log, log
             assert re.search(r"^model \S+: (promoted|rejected)", log, re.M), log

@@ -137,7 +137,7 @@ def test_a_killed_feature_actor_and_a_bad_input_corpus_leave_the_labels_of_an_un
     reference_store, _ = concurrent_runs
     manifest = bad_corpus(tmp_path / "corpus", tiny_demo)
     store = str(tmp_path / "store")
-    proc = start([f"data.manifest={manifest}", "pairing.bin_deg=30", f"store={store}", "run_id=hurt",
+    proc = start([*tiny_demo_args(manifest), f"store={store}", "run_id=hurt",
                   "features.batch_size=1"])
     cache, killed, deadline = os.path.join(store, "features"), [], time.time() + 300
     while not killed and time.time() < deadline and proc.poll() is None:

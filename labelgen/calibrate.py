@@ -1,0 +1,82 @@
+"""`python -m labelgen.calibrate [store=... run_id=...]`: fit labels.confidence on part truth.
+
+Fits the logistic model of P(a label lies within 0.10 of the target's box side) on the
+stored labels of a run over a rendered collection, on its `dev` split (defaults are
+chosen there; `val` is only reported on), and prints the weights as overrides with the
+precision and yield each labels.min_confidence would give. Fit on labels stored with
+labels.min_confidence=0, so that the fit sees the labels a threshold would remove.
+"""
+
+import sys
+
+import numpy as np
+import pandas as pd
+from omegaconf import OmegaConf
+from sklearn.linear_model import LogisticRegression
+
+from . import evaluate
+from .cli import run_command
+from .labels import SIGNALS, signal_frame
+from .manifest import read_manifest
+from .store import LabelStore
+
+default_conf = {
+    "store": "labelstore",  # a folder or s3://bucket/prefix
+    "run_id": None,  # default: the latest committed run
+    "split": "dev",  # the split to fit on; val is refused (it is for reporting)
+    "max_pairs": 60,  # image pairs per category and hop distance
+    "seed": 0,  # which pairs are sampled
+    "target_yield": 0.2,  # the recommended threshold keeps at least this share of co-visible patches of pairs up to 90 deg
+}
+
+
+def thresholds(labels: pd.DataFrame, p: np.ndarray, covisible: int) -> pd.DataFrame:
+    """Precision and yield of the labels at or above each confidence threshold."""
+    rows = []
+    for t in np.round(np.arange(0.0, 0.96, 0.05), 2):
+        kept = labels[p >= t]
+        rows.append({"min_confidence": t, "kept": len(kept) / max(1, len(labels)), "yield": len(kept) / max(1, covisible),
+                     "P@0.05": kept.ok05.mean(), "P@0.10": kept.ok10.mean(), "hidden": kept.hidden.mean(),
+                     "mirror": kept[kept.twin_part].mirrored.mean()})
+    return pd.DataFrame(rows)
+
+
+def calibrate(conf) -> int:
+    if conf.split == "val":
+        raise ValueError("split=val: fit on dev; val is what the fit is reported on")
+    store = LabelStore(conf.store)
+    run_id, fingerprint, run_conf, manifest_uri = evaluate.run_record(store, conf.run_id)
+    manifest = read_manifest(manifest_uri)
+    if "truth_uri" not in manifest.columns:
+        raise ValueError(f"run {run_id}: its manifest {manifest_uri} has no part truth (truth_uri) to fit on")
+    econf = OmegaConf.merge(evaluate.default_conf, {k: conf[k] for k in ("max_pairs", "seed")}, {"sphere": "none"})
+    rows, stored, _ = evaluate.evaluate_parts(econf, store, run_id, fingerprint, run_conf, manifest)
+    rows = rows[rows.split == conf.split]
+    labels = rows[(rows.kind == stored) & rows.label]
+    if labels.ok10.nunique() < 2:
+        raise ValueError(f"run {run_id}, split {conf.split}: {len(labels)} labels, not both right and wrong ones to fit on")
+    if run_conf.labels.min_confidence > 0:
+        print(f"warning: run {run_id} kept only labels with confidence >= {run_conf.labels.min_confidence}; the fit "
+              "sees none of the others (run with labels.min_confidence=0)")
+    model = LogisticRegression(max_iter=1000).fit(signal_frame(labels).to_numpy(), labels.ok10)
+    weights = {"bias": float(model.intercept_[0]), **{k: float(w) for k, w in zip(SIGNALS, model.coef_[0])}}
+    raw = rows[(rows.kind == "raw NN") & (rows.gap <= 90)]
+    covisible = int((raw.label & ~raw.hidden).sum())  # one raw NN row per source foreground patch
+    table = thresholds(labels, model.predict_proba(signal_frame(labels).to_numpy())[:, 1], covisible)
+    ok = table[table["yield"] >= conf.target_yield]
+    best = ok.loc[ok["P@0.10"].idxmax()] if len(ok) else table.iloc[0]
+    print(f"confidence model of run {run_id}, fitted on {len(labels):,} labels of split {conf.split} "
+          f"({covisible:,} co-visible source patches of pairs up to 90 deg)")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"\nrecommended labels.min_confidence={best.min_confidence:g}: P@0.10 {best['P@0.10']:.3f} at yield "
+          f"{best['yield']:.3f} (the most precise keeping >= {conf.target_yield:g})")
+    print("weights: " + " ".join(f"labels.confidence.{k}={v:.3f}" for k, v in weights.items()))
+    return 0
+
+
+def main(argv=None) -> int:
+    return run_command(default_conf, calibrate, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
