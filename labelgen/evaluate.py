@@ -30,10 +30,11 @@ from omegaconf import DictConfig, OmegaConf
 from .chain import cycle_hop, pair_nn
 from .cli import run_command
 from .features import cache_uri, load_features
-from .geometry import geodesic_deg, rotation, transfer
+from .geometry import transfer
 from .io import join, read_bytes, write_bytes
-from .labels import Foreground, sphere_angles
+from .labels import Foreground, pose_gap, sphere_angles
 from .manifest import read_manifest
+from .pairing import view_rotations
 from .sphere import map_image
 from .store import LabelStore
 from .train_sphere import load_mapper
@@ -196,7 +197,7 @@ def evaluate_parts(conf, store: LabelStore, run_id: str, fingerprint: str, run_c
     """Per-label verdicts against part truth for a sample of each group's image pairs:
     the stored labels, after a spherical filter, and the direct baselines on the same pairs."""
     images = manifest.set_index("image_id")
-    rot = {i: rotation(r.azimuth, r.elevation, 0.0 if pd.isna(r.theta) else r.theta) for i, r in images.iterrows()}
+    rotations = view_rotations(manifest)
     con = store.connect()
     labels = con.execute("SELECT category, src_image_id, tgt_image_id, src_x, src_y, tgt_x, tgt_y, hops, support, "
                          "similarity, cycle_error, pair_error, pose_gap, confidence, sphere_angle FROM labels WHERE run_id = ?", [run_id]).df()
@@ -219,8 +220,7 @@ def evaluate_parts(conf, store: LabelStore, run_id: str, fingerprint: str, run_c
         for _, p in g.iloc[rng.permutation(len(g))[: conf.max_pairs]].iterrows():
             a, b = p.src_image_id, p.tgt_image_id
             fa, fb = fg(a), fg(b)
-            meta = {"split": p.split, "category": p.category, "hops": p.hops,
-                    "gap": float(geodesic_deg(np.stack([rot[a], rot[b]]))[0, 1])}
+            meta = {"split": p.split, "category": p.category, "hops": p.hops, "gap": pose_gap(rotations, a, b)}
             stored = by_pair.get_group((a, b)).reset_index(drop=True)
             judged = judge(truth(a), truth(b), xy(stored, "src"), xy(stored, "tgt"))
             signals = {k: stored[k].to_numpy(dtype=float) for k in SIGNALS}

@@ -137,12 +137,13 @@ def run_labels(df, tuples_by_cat, conf, run_id, cache_root, fingerprint, store_u
     columns = [c for c in IMAGE_COLUMNS if c in df.columns]
     chunks, votes = {}, []
     for category, tuples in tuples_by_cat.items():
-        rotations = ray.put(pairing.view_rotations(df[df["category"] == category]))
+        rows = df[df["category"] == category]
+        rotations = ray.put(pairing.view_rotations(rows))
         chunks[category] = [
             candidate_task.remote(run_id, category, tuples[s : s + step], cache_root, fingerprint, conf, rotations)
             for s in range(0, len(tuples), step)
         ]
-        images = df.loc[df["category"] == category, columns]
+        images = rows[columns]
         votes.append(vote_task.remote(run_id, category, images, conf, store_uri, sphere, *chunks[category]))
     t0, pending = time.perf_counter(), [r for refs in chunks.values() for r in refs]
     with Progress(sum(len(t) for t in tuples_by_cat.values()), "chains", "tuples") as bar:

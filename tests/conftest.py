@@ -2,8 +2,10 @@ import os
 import socket
 
 import pytest
+from omegaconf import OmegaConf
 
-from labelgen.run import DEMO_PRESET
+from labelgen.config import overrides
+from labelgen.run import DEMO_PRESET, default_conf
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -60,14 +62,9 @@ def labels_of(store: str, run_id: str, categories=None):
     return df.sort_values(list(df.columns)).reset_index(drop=True)
 
 
-def flat(d: dict, prefix: str = ""):
-    for k, v in d.items():
-        yield from flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)]
-
-
 def tiny_demo_args(manifest: str) -> list[str]:
     """Command-line overrides that run the pipeline on the tiny demo."""
-    return [f"data.manifest={manifest}", *(f"{k}={v}" for k, v in flat(DEMO_PRESET))]
+    return [f"data.manifest={manifest}", *overrides(OmegaConf.merge(default_conf, DEMO_PRESET), default_conf)]
 
 
 SECRET = "labelgen-test-secret-9f2c7e"
