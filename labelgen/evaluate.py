@@ -39,6 +39,7 @@ from .sphere import map_image
 from .store import LabelStore
 from .train_sphere import load_mapper
 from .train_sphere import resolve as resolve_sphere
+from .train_sphere import wanted
 from .truth import judge, load_truth
 
 default_conf = {
@@ -99,7 +100,7 @@ def run_record(store: LabelStore, run_id: str | None) -> tuple[str, str, DictCon
     """The run to evaluate (default: the latest committed): id, features, config, manifest."""
     con = store.connect()
     try:
-        row = con.execute("SELECT run_id, backbone_fingerprint, config, manifest FROM runs WHERE status = 'committed' "
+        row = con.execute("SELECT run_id, label_features, config, manifest FROM runs WHERE status = 'committed' "
                           "AND (run_id = $run OR $run IS NULL) ORDER BY finished DESC LIMIT 1", {"run": run_id}).fetchone()
     finally:
         con.close()
@@ -181,7 +182,7 @@ def part_rows(judged: dict, meta: dict, tried: int, extra: dict | None = None) -
 def sphere_for(conf, store: LabelStore, run_conf, fingerprint: str):
     """The mapper of the `+ sphere` rows (None: no such rows), and whether the run's stored
     labels already passed its own spherical filter (then they are those rows)."""
-    if run_conf.labels.sphere:
+    if wanted(run_conf.labels.sphere):
         return None, True
     if conf.sphere == "none":
         return None, False

@@ -27,6 +27,7 @@ from .geometry import geodesic_deg
 default_conf = {
     "radius": 2.0,  # relaxed cycle check: back-match within this many patches
     "topk": 1,  # backward candidates kept per patch and pair (exact fallback beyond; 1 = a max, fastest on CPUs)
+    "features": "backbone",  # chain on: backbone | promoted (the promoted adapter's refined features) | adapter:<model_id>
     "tuples_per_task": 256,  # tuples chained per Ray task
     "vote": True,  # keep, per source patch and image pair, the target most tuples agree on
     "min_support": 1,  # tuples that must propose a label
@@ -42,7 +43,7 @@ default_conf = {
         "pose_gap": -0.045,  # degrees; 0 where the pose is unknown
     },
     "min_confidence": 0.3,  # keep labels at least this confident (chosen on dev: the most precise that keeps 20% of co-visible patches)
-    "sphere": None,  # a spherical mapper id (or latest): keep labels whose ends map within sphere_deg
+    "sphere": "none",  # spherical filter (keeps labels whose ends map within sphere_deg): auto (a mapper registered for these features and categories, else one fitted to them first) | latest | an id | none
     "sphere_deg": 27.0,  # 0.15 * pi
 }
 

@@ -18,14 +18,18 @@ import ray
 from omegaconf import OmegaConf
 
 from . import backbones, demo, features, labels, pairing, ray_utils, synthetic
+from .adapted import adapt_features, label_fingerprint, resolve_model
 from .cli import run_command
 from .config import config_hash, parse_overrides
 from .console import Progress
 from .features import cache_uri, extract_features, load_features
 from .io import join, read_bytes
+from .sphere import default_conf as sphere_conf
 from .sphere import map_image
-from .train_sphere import load_mapper
+from .train_sphere import fit as fit_sphere
+from .train_sphere import load_mapper, mapper_inputs
 from .train_sphere import resolve as resolve_sphere
+from .train_sphere import wanted as sphere_wanted
 from .manifest import read_manifest
 from .store import IMAGE_SCHEMA, LabelStore, images_table
 
@@ -44,6 +48,7 @@ default_conf = {
     "features": features.default_conf,
     "pairing": pairing.default_conf,
     "labels": labels.default_conf,
+    "sphere": sphere_conf,  # training, when labels.sphere=auto finds no mapper for the run's features
     "ray": ray_utils.default_conf,
 }
 # The demo's views are 15 deg apart: 30 deg bins make a 4-tuple sweep about 90 deg. Its planar
@@ -84,11 +89,13 @@ def vote_task(run_id, category, images: pd.DataFrame, conf, store_uri, sphere, *
     table = labels.confidence_filter(table, conf)
     stats["confident"] = table.num_rows
     if sphere is not None and table.num_rows:
+        t0 = time.perf_counter()
         mapper, (cache_root, fingerprint) = load_mapper(read_bytes(sphere["checkpoint"])), sphere["cache"]
         ids = sorted(set(table.column("src_image_id").to_pylist()) | set(table.column("tgt_image_id").to_pylist()))
         fgs = {i: labels.Foreground.of(load_features(cache_uri(cache_root, fingerprint, i))) for i in ids}
         points = {i: map_image(mapper, fg.feats) for i, fg in fgs.items()}
         table = labels.sphere_filter(table, fgs, points, conf.sphere_deg)
+        stats["sphere_filter_s"] = time.perf_counter() - t0
     stats["labels"] = table.num_rows
     for _, chunk_stats, chunk_seen in chunks:
         seen.update(chunk_seen)
@@ -98,6 +105,19 @@ def vote_task(run_id, category, images: pd.DataFrame, conf, store_uri, sphere, *
     images = images.join(sizes, on="image_id").assign(run_id=run_id)
     LabelStore(store_uri).write_category(run_id, category, table, images_table(images), stats)
     return stats
+
+
+def train_sphere(conf, store, df, cache_root, fingerprint, run_id) -> dict:
+    """labels.sphere=auto without a mapper for these features: fit one to the run's images
+    (the driver's cores) and register it, so that later runs reuse it."""
+    pose = df["azimuth"] if "azimuth" in df.columns else pd.Series(np.nan, index=df.index)
+    images = mapper_inputs(cache_root, fingerprint, zip(df["image_id"], df["category"], pose))
+    log.info("spherical mapper: none registered for features %s and these categories; fitting one to %d images "
+             "(labels.sphere=auto; labels.sphere=none turns the filter off)", fingerprint, len(images))
+    with Progress(conf.steps, "sphere", "steps") as bar:
+        record = fit_sphere(store, images, fingerprint, run_id, conf, log=lambda h: bar.update(h["step"] - bar.done))
+    log.info("spherical mapper %s: %d steps in %.1f s, registered", record["sphere_id"], conf.steps, record["train_s"])
+    return record
 
 
 def make_tuples(df: pd.DataFrame, conf, cache_root: str, fingerprint: str):
@@ -154,7 +174,13 @@ def run_labels(df, tuples_by_cat, conf, run_id, cache_root, fingerprint, store_u
     return time.perf_counter() - t0
 
 
-def summary(run_id, store, counts) -> str:
+def sphere_line(s: dict, c: dict, sphere_deg: float) -> str:
+    how = f"fitted now to {s['images']} images in {s['trained_s']:.0f} s" if s["trained_s"] else "registered"
+    return (f"  sphere    mapper {s['sphere_id']} ({how}), filter {s['filter_s']:.1f} s: {c.get('labels', 0):,} of "
+            f"{c.get('confident', 0):,} confident labels map within {sphere_deg:g} deg")
+
+
+def summary(run_id, store, counts, sphere_deg) -> str:
     c = counts
     hops = " -> ".join(f"{c.get(f'after_hop{h}', 0):,}" for h in range(1, c["k"]))
     return "\n".join(
@@ -165,6 +191,7 @@ def summary(run_id, store, counts) -> str:
             f"{c['features_per_actor_s']:.1f} per busy actor), "
             f"{c['features_cached']:,} from cache; backbone {c['backbone']} ({c['backbone_reason']})",
             *([f"            by {'; '.join(f'{k}: {v}' for k, v in c['feature_actors'].items())}"] if c.get("feature_actors") else []),
+            *([f"            refined by the adapter in {c['adapter_s']:.1f} s (labels.features)"] if c.get("adapter_s") else []),
             f"  tuples    {c.get('tuples', 0):,} of K={c['k']} ({c['tuples_per_s']:.1f} tuples/s)"
             + "".join(f"; {cat}: K={k} (its poses allow no longer)" for cat, k in c.get("tuple_k", {}).items()),
             *[f"            no tuple for '{cat}': {why}" for cat, why in c.get("no_tuples", {}).items()],
@@ -173,6 +200,7 @@ def summary(run_id, store, counts) -> str:
             f"pose-gap cap -> {c.get('voted', 0):,} after the vote -> {c.get('after_pair_check', 0):,} after the pair check -> "
             f"{c.get('confident', 0):,} confident -> {c.get('labels', 0):,} stored"
             f"{' after the spherical filter' if c.get('confident') != c.get('labels') else ''} ({c['labels_per_s']:,.0f} labels/s)",
+            *([sphere_line(s, c, sphere_deg)] if (s := c.get("sphere")) else []),
             f"  store     {store}  (python -m queries labels_per_category --store {store})",
         ]
     )
@@ -206,8 +234,9 @@ def prepare(conf):
     return manifest_uri, df, backbone_conf, reason, image_size, fingerprint
 
 
-def execute(conf, store, run_id, df, backbone_conf, reason, image_size, fingerprint, sphere) -> dict:
-    """Features, tuples, chains, vote, commit; categories a previous attempt finished are skipped."""
+def execute(conf, store, run_id, df, backbone_conf, reason, image_size, fingerprint, sphere, model) -> dict:
+    """Features (and the adapter's, when relabelling), tuples, chains, vote, commit;
+    categories a previous attempt finished are skipped."""
     where = ray_utils.init_ray(conf.ray)
     resources = ray.cluster_resources()
     log.info("ray: %s; %g CPUs, %g GPUs", where, resources.get("CPU", 0), resources.get("GPU", 0))
@@ -217,12 +246,19 @@ def execute(conf, store, run_id, df, backbone_conf, reason, image_size, fingerpr
     uris = dict(zip(df["image_id"], df["uri"]))
     bad = [{"image_id": i, "uri": uris[i], "stage": "features", "error": e} for i, e in zip(failed.image_id, failed.error)]
     good = df[~df["image_id"].isin(failed["image_id"])]
+    adapt_s = adapt_features(good["image_id"].tolist(), model, cache_root, fingerprint) if model else 0.0
+    fingerprint = label_fingerprint(fingerprint, model)  # the features labels are made on
     tuples, left_out, untupled = make_tuples(good, conf.pairing, cache_root, fingerprint)
     bad += left_out
     done = store.staged_categories(run_id)
     if done:
         log.info("resuming run %s: %d of %d categories already done", run_id, len(done & set(tuples)), len(tuples))
-    if sphere:
+    sphere_s = 0.0
+    if sphere_wanted(conf.labels.sphere):
+        if sphere is None:  # auto, and no registered mapper knows these features and categories
+            sphere_s = time.perf_counter()
+            sphere = train_sphere(conf.sphere, store, good, cache_root, fingerprint, run_id)
+            sphere_s = time.perf_counter() - sphere_s
         sphere = {**sphere, "cache": (cache_root, fingerprint)}
         log.info("spherical filter: mapper %s, %.1f deg", sphere["sphere_id"], conf.labels.sphere_deg)
     todo = {c: t for c, t in tuples.items() if c not in done}
@@ -231,6 +267,7 @@ def execute(conf, store, run_id, df, backbone_conf, reason, image_size, fingerpr
     for stats in store.category_stats(run_id).values():
         for k, v in stats.items():
             totals[k] = totals.get(k, 0) + v
+    filter_s = totals.pop("sphere_filter_s", 0.0)
     counts = {
         **totals,
         "images": len(df),
@@ -244,10 +281,13 @@ def execute(conf, store, run_id, df, backbone_conf, reason, image_size, fingerpr
         "feature_actors": results["actor"].value_counts().sort_index().to_dict(),  # where -> images
         "backbone": fingerprint,
         "backbone_reason": reason,
+        "adapter_s": round(adapt_s, 1),
         "k": conf.pairing.k,
         "tuple_k": {c: len(t[0]) for c, t in tuples.items() if t and len(t[0]) < conf.pairing.k},  # shortened
         "no_tuples": untupled,  # category -> why it got none, and the fix
         "chain_s": round(chain_s, 3),
+        "sphere": sphere and {"sphere_id": sphere["sphere_id"], "trained_s": round(sphere_s, 1), "images": sphere["images"],
+                              "filter_s": round(filter_s, 1)},
         "tuples_per_s": totals.get("tuples", 0) / chain_s if chain_s else 0.0,
         "labels_per_s": totals.get("labels", 0) / chain_s if chain_s else 0.0,
         "ray": where,
@@ -261,12 +301,14 @@ def label(conf) -> int:
     manifest_uri, df, backbone_conf, reason, image_size, fingerprint = prepare(conf)
     log.info("backbone %s (%s), features %s", backbone_conf.name, reason, fingerprint)
     store = LabelStore(conf.store)
-    sphere = resolve_sphere(store, conf.labels.sphere, fingerprint) if conf.labels.sphere else None
+    model = resolve_model(store, conf.labels.features, fingerprint)
+    features = label_fingerprint(fingerprint, model)
+    sphere = resolve_sphere(store, conf.labels.sphere, features, df["category"].unique()) if sphere_wanted(conf.labels.sphere) else None
     run_id = conf.run_id or new_run_id()
     digest = config_hash(OmegaConf.masked_copy(conf, [k for k in conf if k not in ("run_id", "ray")]))
     record = store.begin_run(
         {"run_id": run_id, "manifest": manifest_uri, "backbone": backbone_conf.name, "backbone_fingerprint": fingerprint,
-         "config": OmegaConf.to_yaml(conf), "config_hash": digest}
+         "label_features": features, "config": OmegaConf.to_yaml(conf), "config_hash": digest}
     )
     if record["config_hash"] != digest:
         raise ValueError(f"run_id={run_id} was started with another config (hash {record['config_hash']}, now {digest}); "
@@ -276,11 +318,11 @@ def label(conf) -> int:
         return 0
     log.info("run %s; if it stops, the same command with run_id=%s resumes it", run_id, run_id)
     try:
-        counts = execute(conf, store, run_id, df, backbone_conf, reason, image_size, fingerprint, sphere)
+        counts = execute(conf, store, run_id, df, backbone_conf, reason, image_size, fingerprint, sphere, model)
     except BaseException as e:
         store.fail_run(run_id, f"{type(e).__name__}: {e}")
         raise
-    print(summary(run_id, store, counts), flush=True)
+    print(summary(run_id, store, counts, conf.labels.sphere_deg), flush=True)
     if not counts.get("labels"):
         log.warning("run %s stored 0 labels: %s", run_id, "; ".join(f"'{c}': {why}" for c, why in counts["no_tuples"].items())
                     or "every chain failed its cycle check or the filters removed every label (see python -m queries stage_yield)")

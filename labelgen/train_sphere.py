@@ -8,6 +8,7 @@ import time
 import uuid
 
 import numpy as np
+import pandas as pd
 import torch
 from omegaconf import OmegaConf
 
@@ -25,12 +26,24 @@ default_conf = {
 }
 
 
+def mapper_inputs(cache_root: str, fingerprint: str, rows) -> list[dict]:
+    """Mapper inputs of images (image_id, category, azimuth): foreground features, grid,
+    category, azimuth; images without foreground are left out."""
+    out = []
+    for image_id, category, azimuth in rows:
+        fg = Foreground.of(load_features(cache_uri(cache_root, fingerprint, image_id)))
+        if len(fg.feats):
+            out.append({"feats": fg.feats, "grid": fg.grid, "category": category,
+                        "azimuth": np.nan if azimuth is None or pd.isna(azimuth) else float(azimuth)})
+    return out
+
+
 def run_images(store: LabelStore, run_id: str | None) -> tuple[str, str, list[dict]]:
-    """The run's images as mapper inputs: foreground features, grid, category, azimuth."""
+    """A committed run's images as mapper inputs."""
     con = store.connect()
     try:
         row = con.execute(
-            "SELECT run_id, backbone_fingerprint, config FROM runs WHERE status = 'committed' "
+            "SELECT run_id, label_features, config FROM runs WHERE status = 'committed' "
             "AND (run_id = $run OR $run IS NULL) ORDER BY finished DESC LIMIT 1", {"run": run_id}
         ).fetchone()
         if row is None:
@@ -40,12 +53,7 @@ def run_images(store: LabelStore, run_id: str | None) -> tuple[str, str, list[di
     finally:
         con.close()
     cache_root = run_conf.features.cache or join(store.uri, "features")
-    out = []
-    for image_id, category, azimuth in images:
-        fg = Foreground.of(load_features(cache_uri(cache_root, fingerprint, image_id)))
-        out.append({"feats": fg.feats, "grid": fg.grid, "category": category,
-                    "azimuth": np.nan if azimuth is None else azimuth})
-    return run_id, fingerprint, out
+    return run_id, fingerprint, mapper_inputs(cache_root, fingerprint, images)
 
 
 def load_mapper(data: bytes) -> sphere.SphereMapper:
@@ -55,36 +63,53 @@ def load_mapper(data: bytes) -> sphere.SphereMapper:
     return mapper.eval()
 
 
+def fit(store: LabelStore, images: list[dict], fingerprint: str, label_run: str, conf, log=None) -> dict:
+    """Train a mapper on `images` (mapper inputs) and register it; returns its record."""
+    if not images:
+        raise ValueError(f"no image of run {label_run} has foreground features to fit a spherical mapper to")
+    t0 = time.perf_counter()
+    mapper, history = sphere.train_mapper(images, conf, log=log)
+    buf = _io.BytesIO()
+    torch.save({"config": mapper.config(), "state_dict": mapper.state_dict()}, buf)
+    return store.save_sphere({
+        "sphere_id": f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}", "label_run": label_run,
+        "backbone_fingerprint": fingerprint, "categories": mapper.categories, "images": len(images),
+        "history": history, "train_s": round(time.perf_counter() - t0, 1), "config": OmegaConf.to_yaml(conf),
+        "created": now()}, buf.getvalue())
+
+
 def train(conf) -> int:
     store = LabelStore(conf.store)
     run_id, fingerprint, images = run_images(store, conf.run_id)
-    t0 = time.perf_counter()
-    mapper, history = sphere.train_mapper(images, conf.sphere, log=lambda h: print(
+    record = fit(store, images, fingerprint, run_id, conf.sphere, log=lambda h: print(
         "step {step}: loss {loss:.3f} (recon {recon:.3f}, triplet {triplet:.3f}, orientation {orientation:.3f}, "
         "viewpoint {viewpoint:.3f})".format(**h), flush=True))
-    buf = _io.BytesIO()
-    torch.save({"config": mapper.config(), "state_dict": mapper.state_dict()}, buf)
-    record = store.save_sphere({
-        "sphere_id": f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}", "label_run": run_id,
-        "backbone_fingerprint": fingerprint, "categories": mapper.categories, "images": len(images),
-        "history": history, "train_s": round(time.perf_counter() - t0, 1), "config": OmegaConf.to_yaml(conf.sphere),
-        "created": now()}, buf.getvalue())
     print(f"sphere {record['sphere_id']}: {len(images)} images of run {run_id}, {conf.sphere.steps} steps in "
-          f"{record['train_s']} s, final loss {history[-1]['loss']:.3f}\n  weights {record['checkpoint']}\n"
+          f"{record['train_s']} s, final loss {record['history'][-1]['loss']:.3f}\n  weights {record['checkpoint']}\n"
           f"  use it: python -m labelgen.run labels.sphere={record['sphere_id']} (or latest)")
     return 0
 
 
-def resolve(store: LabelStore, name: str, fingerprint: str) -> dict:
-    """The mapper record named by `labels.sphere` (an id or 'latest'), checked against the features."""
+def wanted(name) -> bool:
+    """Whether `labels.sphere` asks for the spherical filter (none or null: no)."""
+    return name not in (None, "none")
+
+
+def resolve(store: LabelStore, name: str, fingerprint: str, categories=()) -> dict | None:
+    """The mapper record named by `labels.sphere`, checked against the features: an id,
+    latest, or auto (the latest on these features that knows every one of `categories`;
+    None when there is none, so the caller trains one)."""
+    if name == "auto":
+        fits = [r for r in store.spheres() if r["backbone_fingerprint"] == fingerprint and set(categories) <= set(r["categories"])]
+        return fits[-1] if fits else None
     records = [r for r in store.spheres() if name in ("latest", r["sphere_id"])]
     if not records:
         raise ValueError(f"labels.sphere={name}: no such spherical mapper in {store}; train one with "
-                         f"`python -m labelgen.train_sphere store={store}`")
+                         f"`python -m labelgen.train_sphere store={store}`, or use labels.sphere=auto")
     record = records[-1]
     if record["backbone_fingerprint"] != fingerprint:
         raise ValueError(f"spherical mapper {record['sphere_id']} was trained on features {record['backbone_fingerprint']}, "
-                         f"this run has {fingerprint}: train one on these features")
+                         f"this run has {fingerprint}: train one on these features, or use labels.sphere=auto")
     return record
 
 

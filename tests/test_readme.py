@@ -18,7 +18,7 @@ MARKER = "<!-- runnable: tests/test_readme.py runs these commands in order, as w
 SMALL_COLLECTION = "'data.objects.categories=[chair,figure]' data.objects.dev_instances=2 data.objects.val_instances=2 data.objects.views=6"
 SMALLER = [  # (what the command runs, the size knobs added to it)
     (r"^make run$", f'ARGS="{SMALL_COLLECTION}"'),
-    (r"-m labelgen\.run\b", SMALL_COLLECTION),
+    (r"-m labelgen\.run\b", f"{SMALL_COLLECTION} sphere.steps=20"),
     (r"-m trainer\.train\b", "optim.steps=20"),
     (r"-m trainer\.(retrain|schedule)\b", "train.optim.steps=20"),  # schedule: after its `--`, for retrain
     (r"-m labelgen\.train_sphere\b", "sphere.steps=20"),
@@ -68,7 +68,7 @@ def scratch_copy(dest: str) -> str:
 def test_the_marked_blocks_hold_the_flow_the_readme_promises():
     commands = runnable_commands(open(os.path.join(ROOT, "README.md")).read())
     flow = ["make run", "trainer.train", "trainer.evaluate", "trainer.retrain", "trainer.schedule",
-            "labelgen.train_sphere", "labels.sphere=latest", "queries", "labelgen.evaluate", "labelgen.calibrate"]
+            "labels.sphere=auto", "labelgen.train_sphere", "queries", "labelgen.evaluate", "labelgen.calibrate"]
     for step in flow:
         assert any(step in c for c in commands), f"no runnable README command runs {step}"
     assert commands[0].split("#")[0].strip() == "make run"  # the flow starts from nothing
