@@ -40,12 +40,12 @@ from .labels import LABEL_SCHEMA
 from .truth import judge, load_truth
 
 RUN_COLUMNS = [
-    "run_id", "status", "started", "finished", "manifest", "backbone", "backbone_fingerprint",
+    "run_id", "status", "started", "finished", "manifest", "backbone", "backbone_fingerprint", "label_features",
     "config", "config_hash", "code_version", "counts", "error",
 ]
 # times are UTC
 RUNS_DDL = """run_id VARCHAR, status VARCHAR, started TIMESTAMP, finished TIMESTAMP, manifest VARCHAR,
-    backbone VARCHAR, backbone_fingerprint VARCHAR, config VARCHAR, config_hash VARCHAR, code_version VARCHAR,
+    backbone VARCHAR, backbone_fingerprint VARCHAR, label_features VARCHAR, config VARCHAR, config_hash VARCHAR, code_version VARCHAR,
     counts JSON, error VARCHAR"""
 MODELS_DDL = """model_id VARCHAR, status VARCHAR, parent VARCHAR, label_runs JSON, backbone_fingerprint VARCHAR,
     metrics JSON, checkpoint VARCHAR, config VARCHAR, created TIMESTAMP, decided TIMESTAMP, reason VARCHAR"""
@@ -293,6 +293,8 @@ class LabelStore:
                 "status": status,
                 "finished": c["committed"] if c else record.get("failed"),
                 "counts": json.dumps(c["counts"]) if c else None,
+                # the features labels were made on: the backbone's, or an adapter's (labels.features)
+                "label_features": record.get("label_features") or record.get("backbone_fingerprint"),
             })
         return pd.DataFrame(rows, columns=RUN_COLUMNS)
 

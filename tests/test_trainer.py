@@ -3,10 +3,13 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import tiny_demo_args
+from labelgen.features import cache_uri, load_features
 from labelgen.store import LabelStore
 from test_run import run
+from trainer.adapter import load_adapter
 from trainer.train import decide
 
 FAST = ["optim.steps=6", "optim.pairs_per_step=2", "optim.log_every=2", "checkpoint.every=3"]
@@ -58,16 +61,46 @@ def test_two_worker_training_checkpoints_registers_and_retrain_waits_for_new_lab
     scheduled = run(["trainer.schedule", "every_s=0", "max_runs=1", "--", *retrain[1:]])
     assert scheduled.returncode == 0
 
+    relabel_with_the_adapter(labelled_store, tiny_demo, m1=model)
+
     second = run(["labelgen.run", *tiny_demo_args(tiny_demo), f"store={labelled_store}", "run_id=second"])
     assert second.returncode == 0, second.stderr[-3000:]
     trained = run([*retrain, "train.model_id=m2"])
     assert trained.returncode == 0, (trained.stdout + trained.stderr)[-4000:]
     assert "trained on" in trained.stdout and "since model m1" in trained.stdout
     m2 = next(m for m in store.models() if m["model_id"] == "m2")
-    assert m2["label_runs"] == ["first", "second"] and m2["parent"] is None
+    assert m2["label_runs"] == ["first", "relabel", "second"] and m2["parent"] is None
+
+
+def relabel_with_the_adapter(store_uri: str, tiny_demo: str, m1: dict):
+    """labels.features=adapter:m1 chains on m1's refined features, cached under their own
+    fingerprint; the run keeps the backbone's fingerprint, which the next adapter trains on."""
+    args = ["labelgen.run", *tiny_demo_args(tiny_demo), f"store={store_uri}"]
+    out = run([*args, "run_id=nothing", "labels.features=promoted"])
+    assert out.returncode == 2 and "has no promoted adapter" in out.stderr
+    out = run([*args, "run_id=relabel", "labels.features=adapter:m1"])
+    assert out.returncode == 0 and "refined by the adapter" in out.stdout, out.stderr[-3000:]
+    store = LabelStore(store_uri)
+    con = store.connect()
+    rows = {r: (b, f) for r, b, f in con.execute("SELECT run_id, backbone_fingerprint, label_features FROM runs").fetchall()}
+    (n,) = con.execute("SELECT count(*) FROM labels WHERE run_id = 'relabel'").fetchone()
+    image_id = con.execute("SELECT image_id FROM images WHERE run_id = 'relabel' LIMIT 1").fetchone()[0]
+    con.close()
+    fingerprint = rows["first"][0]
+    assert rows["first"] == (fingerprint, fingerprint) and n > 0
+    assert rows["relabel"] == (fingerprint, f"{fingerprint}+adapter-m1")
+    # the cached features are the adapter's output on the backbone's (float16 in the cache)
+    raw, refined = (load_features(cache_uri(str(Path(store_uri) / "features"), fp, image_id))
+                    for fp in (fingerprint, f"{fingerprint}+adapter-m1"))
+    with torch.inference_mode():
+        want = load_adapter(m1["checkpoint"])(raw.feats.permute(2, 0, 1)[None])[0].permute(1, 2, 0)
+    assert torch.allclose(refined.feats, want, atol=2e-3) and torch.equal(refined.fg, raw.fg)
+    assert (refined.scale, refined.stride, refined.width) == (raw.scale, raw.stride, raw.width)
 
 
 @pytest.mark.slow
 def test_training_refuses_unknown_runs(labelled_store):
     out = run(["trainer.train", f"data.store={labelled_store}", "data.runs=[nope]"])
     assert out.returncode == 2 and "label runs ['nope'] are not committed" in out.stderr
+    out = run(["trainer.retrain", f"train.data.store={labelled_store}", "relabel=[labels.radious=3]"])
+    assert out.returncode == 2 and "relabel=['labels.radious=3']" in out.stderr and "labels.radius" in out.stderr

@@ -1,6 +1,8 @@
 """`python -m trainer.retrain [min_new_labels=N] [train.key=value ...]`: train again when
 enough new labels have landed, then promote or reject. Safe to run from cron: it exits 0
-whether it trained or found nothing to do, and says which.
+whether it trained or found nothing to do, and says which. With `relabel` set, a promoted
+model relabels at once: `labelgen.run` with those overrides and `labels.features=adapter:<id>`,
+so the next retrain learns from labels made on the adapter's own features.
 
 "New" means committed labels (of the backbone of the latest run) in runs that the
 latest decided model (promoted or rejected) did not train on: a rejected model's data
@@ -9,6 +11,7 @@ does not trigger the same training again.
 
 import sys
 
+from labelgen import run as label_run
 from labelgen.cli import run_command
 from labelgen.store import LabelStore
 
@@ -18,6 +21,7 @@ from .data import choose_runs
 default_conf = {
     "min_new_labels": 100_000,  # train only when this many committed labels are new to the last model
     "train": train_mod.default_conf,
+    "relabel": None,  # after a promotion, relabel with the new adapter: labelgen.run overrides, a list ([]: the built-in collection, in train.data.store); null: no
 }
 
 
@@ -36,7 +40,16 @@ def new_labels(conf) -> tuple[int, list[str], dict | None]:
     return sum(counts[r] for r in runs if r not in seen), runs, last
 
 
+def relabel_args(conf, model_id: str) -> list[str]:
+    return [f"store={conf.train.data.store}", *conf.relabel, f"labels.features=adapter:{model_id}"]
+
+
 def retrain(conf) -> tuple[str, dict | None]:
+    if conf.relabel is not None:
+        try:  # a bad override fails now, not after training
+            label_run.parse(relabel_args(conf, "check"))
+        except ValueError as e:
+            raise ValueError(f"relabel={list(conf.relabel)}: {e}") from None
     n, runs, last = new_labels(conf)
     since = f"since model {last['model_id']} ({last['status']})" if last else "and no model trained yet"
     if n < conf.min_new_labels:
@@ -51,6 +64,9 @@ def report(conf) -> int:
     print(message, flush=True)
     if record:
         print(train_mod.summary(record), flush=True)
+    if record and record["decision"] == "promoted" and conf.relabel is not None:
+        print(f"relabelling with the promoted adapter {record['model_id']}", flush=True)
+        return label_run.label(label_run.parse(relabel_args(conf, record["model_id"])))
     return 0
 
 

@@ -1,0 +1,95 @@
+"""Relabelling with a trained adapter (label -> train -> relabel -> retrain).
+
+`labels.features=adapter:<model_id>|promoted` chains on the adapter's refined features
+instead of the backbone's: they are computed from the cached backbone features (the
+adapter's input), once, and cached beside them under their own fingerprint. The run's
+`backbone_fingerprint` stays the backbone's, which is what the next adapter trains on;
+`label_features` names the features the labels were made on.
+"""
+
+import io as _io
+import logging
+import time
+
+import ray
+import torch
+
+from trainer.adapter import load_adapter
+
+from .console import Progress
+from .features import cache_uri, cached_ids, load_features, save_features
+from .io import read_bytes
+
+log = logging.getLogger(__name__)
+
+
+def resolve_model(store, name: str, fingerprint: str) -> dict | None:
+    """The model record `labels.features` names (None: the backbone's own features),
+    checked against the run's backbone features."""
+    if name == "backbone":
+        return None
+    if name == "promoted":
+        record = store.promoted_model()
+        if record is None:
+            raise ValueError(f"labels.features=promoted: {store} has no promoted adapter; train one "
+                             f"(python -m trainer.train data.store={store}) or name one with labels.features=adapter:<model_id>")
+    elif name.startswith("adapter:"):
+        model_id = name[len("adapter:"):]
+        record = next((m for m in store.models() if m["model_id"] == model_id), None)
+        if record is None or not record.get("checkpoint"):
+            raise ValueError(f"labels.features={name}: {store} has no trained model {model_id} "
+                             "(python -m queries models lists them)")
+    else:
+        raise ValueError(f"labels.features={name}: choose backbone, promoted or adapter:<model_id>")
+    if record["backbone_fingerprint"] != fingerprint:
+        raise ValueError(f"labels.features={name}: adapter {record['model_id']} was trained on features "
+                         f"{record['backbone_fingerprint']}, this run's backbone gives {fingerprint}: run with that backbone")
+    return record
+
+
+def label_fingerprint(fingerprint: str, model: dict | None) -> str:
+    """The cache fingerprint of the features labels are made on."""
+    return f"{fingerprint}+adapter-{model['model_id']}" if model else fingerprint
+
+
+@torch.inference_mode()
+def adapt_images(checkpoint: str, cache_root: str, fingerprint: str, out_fingerprint: str, image_ids: list[str],
+                 batch: int = 16) -> int:
+    """Refine the cached backbone features of `image_ids` with the adapter and cache them."""
+    adapter = load_adapter(_io.BytesIO(read_bytes(checkpoint)))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    adapter.to(device)
+    for s in range(0, len(image_ids), batch):
+        ids = image_ids[s : s + batch]
+        feats = [load_features(cache_uri(cache_root, fingerprint, i)) for i in ids]
+        x = torch.stack([f.feats.permute(2, 0, 1) for f in feats]).to(device)  # one grid side per backbone and size
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out = adapter(x).float().cpu()
+        for i, f, o in zip(ids, feats, out):
+            save_features(cache_uri(cache_root, out_fingerprint, i), o, f.fg, f.scale, f.stride, (f.width, f.height))
+    return len(image_ids)
+
+
+@ray.remote(num_cpus=1)
+def adapt_task(*args) -> int:
+    return adapt_images(*args)
+
+
+def adapt_features(image_ids, model: dict, cache_root: str, fingerprint: str, per_task: int = 64) -> float:
+    """Adapter features of the images not cached yet, as Ray tasks (a GPU each where the
+    cluster has one); returns the seconds it took."""
+    out_fingerprint = label_fingerprint(fingerprint, model)
+    todo = sorted(set(image_ids) - cached_ids(cache_root, out_fingerprint, image_ids))
+    if not todo:
+        return 0.0
+    gpu = ray.cluster_resources().get("GPU", 0) > 0
+    log.info("adapter %s: refining the features of %d images", model["model_id"], len(todo))
+    task, t0 = adapt_task.options(num_gpus=1 if gpu else 0), time.perf_counter()
+    refs = [task.remote(model["checkpoint"], cache_root, fingerprint, out_fingerprint, todo[s : s + per_task])
+            for s in range(0, len(todo), per_task)]
+    with Progress(len(todo), "adapter features", "images") as bar:
+        while refs:
+            done, refs = ray.wait(refs, num_returns=1)
+            bar.update(ray.get(done[0]))
+    return time.perf_counter() - t0
+
