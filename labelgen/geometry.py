@@ -25,17 +25,18 @@ def plane_homography(
     elevation_deg: float,
     focal: float,
     principal: tuple[float, float],
+    theta_deg: float = 0.0,
     distance: float = 1.5,
 ) -> np.ndarray:
     """3x3 map from photo pixels (u, v) to view pixels (x, y).
 
     The photo is a plane of unit width (longer side) centred at the origin,
-    rotated by (azimuth, elevation) and seen from `distance` along +z.
+    rotated by (azimuth, elevation, in-plane theta) and seen from `distance` along +z.
     """
     w, h = photo_size
     s = 1.0 / max(w, h)
     photo_to_plane = np.array([[s, 0, -s * w / 2], [0, s, -s * h / 2], [0, 0, 1]])
-    r = rotation(azimuth_deg, elevation_deg)
+    r = rotation(azimuth_deg, elevation_deg, theta_deg)
     extrinsic = np.stack([r[:, 0], r[:, 1], np.array([0.0, 0.0, distance])], axis=1)
     intrinsic = np.array([[focal, 0, principal[0]], [0, focal, principal[1]], [0, 0, 1]])
     hom = intrinsic @ extrinsic @ photo_to_plane

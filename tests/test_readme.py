@@ -18,6 +18,7 @@ MARKER = "<!-- runnable: tests/test_readme.py runs these commands in order, as w
 SMALL_COLLECTION = "'data.objects.categories=[chair,figure]' data.objects.dev_instances=2 data.objects.val_instances=2 data.objects.views=6"
 SMALLER = [  # (what the command runs, the size knobs added to it)
     (r"^make run$", f'ARGS="{SMALL_COLLECTION}"'),
+    (r"-m labelgen\.run\b.*data\.builtin=demo", "'data.demo.azimuths=[-30,0,30,60]' 'data.demo.elevations=[0]'"),
     (r"-m labelgen\.run\b", f"{SMALL_COLLECTION} sphere.steps=20"),
     (r"-m trainer\.train\b", "optim.steps=20"),
     (r"-m trainer\.(retrain|schedule)\b", "train.optim.steps=20"),  # schedule: after its `--`, for retrain
