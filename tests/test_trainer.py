@@ -24,6 +24,9 @@ def test_promotion_needs_a_strictly_better_held_out_score():
     assert decision == "rejected" and "0.9500 <= 0.9500 of promoted model old" in reason
     m["adapter_val_pck@0.10"] = float("nan")
     assert decide(m, None) == ("rejected", "no held-out pairs to validate on")
+    # keypoints of the training split's views, where the collection has them, outrank the pseudo-labels
+    m.update({"adapter_val_pck@0.10": 0.88, "raw_train_kpt_pck@0.10": 0.47, "adapter_train_kpt_pck@0.10": 0.51})
+    assert decide(m, None) == ("promoted", "adapter_train_kpt_pck@0.10 0.5100 > 0.4700 of the raw backbone")
 
 
 @pytest.fixture(scope="module")

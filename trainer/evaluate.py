@@ -157,17 +157,19 @@ def keypoint_pck(matcher: Matcher, pairs, alphas) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def collection_keypoint_pairs(data: LabelData, per_category: int, seed: int = 0) -> list[KeypointPair]:
-    """Keypoint pairs of two held-out views of one category showing different instances,
-    from a rendered collection (keypoints.parquet beside its manifest). A keypoint counts
-    where both views see it; `geo` marks those whose left/right twin the target sees too."""
+def collection_keypoint_pairs(data: LabelData, per_category: int, seed: int = 0, held_out: bool = True) -> list[KeypointPair]:
+    """Keypoint pairs of two held-out views (`held_out=False`: two training views) of one
+    category showing different instances, from a rendered collection (keypoints.parquet
+    beside its manifest). A keypoint counts where both views see it; `geo` marks those
+    whose left/right twin the target sees too."""
     rng, pairs = np.random.default_rng(seed), []
     for uri in data.manifests:
         kp_uri = join(posixpath.dirname(uri), "keypoints.parquet")
         if not exists(kp_uri):
             continue
         manifest = read_manifest(uri)
-        views = manifest[(manifest["split"] == data.val_split) & manifest["image_id"].isin(data.images.index)].set_index("image_id")
+        split = manifest["split"] == data.val_split
+        views = manifest[(split if held_out else ~split) & manifest["image_id"].isin(data.images.index)].set_index("image_id")
         kps = pd.read_parquet(_io.BytesIO(read_bytes(kp_uri)))
         for category, g in views.groupby("category"):
             names = sorted(kps.loc[kps["category"] == category, "name"].unique())

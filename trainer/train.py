@@ -154,6 +154,8 @@ def compare(data, adapter, baseline, conf) -> dict:
     """Raw backbone, baseline (the promoted adapter, if any) and the new adapter, on the same data."""
     bank = data_mod.FeatureBank(data.cache_root, data.fingerprint)
     keypoints = eval_mod.collection_keypoint_pairs(data, conf.eval.keypoint_pairs, conf.seed)
+    # the training split's keypoints (never trained on: the adapter sees pseudo-labels only) decide the promotion
+    train_keypoints = eval_mod.collection_keypoint_pairs(data, conf.eval.keypoint_pairs, conf.seed, held_out=False)
     out = {}
     for name, model in (("raw", None), ("promoted", baseline), ("adapter", adapter)):
         if name == "promoted" and baseline is None:
@@ -165,14 +167,21 @@ def compare(data, adapter, baseline, conf) -> dict:
         if keypoints:
             metrics = eval_mod.keypoint_metrics(bank, model, keypoints, conf.eval, data.flips)
             out.update({f"{name}_{k}": v for k, v in metrics.items()})
+        if train_keypoints:
+            metrics = eval_mod.keypoint_metrics(bank, model, train_keypoints, conf.eval, aligned=False)
+            out.update({f"{name}_train_{k}": v for k, v in metrics.items()})
     return out
 
 
 def decide(metrics: dict, promoted: dict | None) -> tuple[str, str]:
-    """Promote only on a strictly better held-out pseudo-label PCK@0.10 than the promoted
-    adapter (or the raw backbone when none is promoted), measured now on the same pairs."""
-    key = "adapter_val_pck@0.10"
-    base_key = "promoted_val_pck@0.10" if promoted else "raw_val_pck@0.10"
+    """Promote only on a strictly better score than the promoted adapter (or the raw backbone
+    when none is promoted), measured now on the same pairs: keypoint PCK@0.10 on the training
+    split's views where the collection has keypoints (the held-out split stays for reporting),
+    else PCK@0.10 against the held-out pseudo-labels, which the raw backbone's own chains made
+    and so favour it."""
+    score = "train_kpt_pck@0.10" if "adapter_train_kpt_pck@0.10" in metrics else "val_pck@0.10"
+    key = f"adapter_{score}"
+    base_key = f"promoted_{score}" if promoted else f"raw_{score}"
     new, old = metrics[key], metrics[base_key]
     if np.isnan(new):
         return "rejected", "no held-out pairs to validate on"
@@ -229,7 +238,7 @@ def summary(record: dict) -> str:
     m = record["metrics"]
     lines = [f"model {record['model_id']}: {record['decision']} ({record['reason']})",
              f"  trained   {m['steps']} steps in {m['train_s']} s on {m['train_pairs']} pairs, final loss {m['final_loss']:.3f}"]
-    for kind in ("val", "truth_near", "truth_far", "kpt", "kpt_geo", "kpt_aligned", "kpt_aligned_geo"):
+    for kind in ("val", "truth_near", "truth_far", "train_kpt", "kpt", "kpt_geo", "kpt_aligned", "kpt_aligned_geo"):
         for a in ("0.05", "0.10"):
             key = f"{kind}_pck@{a}"
             if f"adapter_{key}" in m:
