@@ -37,8 +37,8 @@ def resolve_model(store, name: str, fingerprint: str) -> dict | None:
         model_id = name[len("adapter:"):]
         record = next((m for m in store.models() if m["model_id"] == model_id), None)
         if record is None or not record.get("checkpoint"):
-            raise ValueError(f"labels.features={name}: {store} has no trained model {model_id} "
-                             "(python -m queries models lists them)")
+            raise ValueError(f"labels.features={name}: {store} has no trained model {model_id}; list them with "
+                             f"python -m queries sql \"SELECT model_id, status FROM models\" --store {store}")
     else:
         raise ValueError(f"labels.features={name}: choose backbone, promoted or adapter:<model_id>")
     if record["backbone_fingerprint"] != fingerprint:

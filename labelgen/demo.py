@@ -104,7 +104,7 @@ def build_demo(conf=None) -> str:
                 shift = rng.uniform(-1, 1, 2) * conf.shift_jitter * conf.size
                 principal = (conf.size / 2 + shift[0], conf.size / 2 + shift[1])
                 theta = rng.uniform(-conf.roll, conf.roll) if conf.roll else 0.0
-                hom = plane_homography(photo.size, azimuth, elevation, focal, principal, theta)
+                hom = plane_homography(photo.size, azimuth, elevation, focal, principal, theta_deg=theta)
                 view, mask = render_view(photo, hom, conf.size, conf.background)
                 image_id = f"{name}_az{azimuth:+04d}_el{elevation:+03d}"
                 uri, mask_uri = f"images/{name}/{image_id}.png", f"masks/{name}/{image_id}.png"

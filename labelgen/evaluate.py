@@ -186,11 +186,7 @@ def sphere_for(conf, store: LabelStore, run_conf, fingerprint: str):
         return None, True
     if conf.sphere == "none":
         return None, False
-    if conf.sphere == "auto":
-        mine = [r for r in store.spheres() if r["backbone_fingerprint"] == fingerprint]
-        record = mine[-1] if mine else None
-    else:
-        record = resolve_sphere(store, conf.sphere, fingerprint)
+    record = resolve_sphere(store, conf.sphere, fingerprint)
     return (load_mapper(read_bytes(record["checkpoint"])) if record else None), False
 
 

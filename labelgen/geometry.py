@@ -25,6 +25,7 @@ def plane_homography(
     elevation_deg: float,
     focal: float,
     principal: tuple[float, float],
+    *,
     theta_deg: float = 0.0,
     distance: float = 1.5,
 ) -> np.ndarray:

@@ -43,7 +43,7 @@ default_conf = {
         "pose_gap": -0.045,  # degrees; 0 where the pose is unknown
     },
     "min_confidence": 0.3,  # keep labels at least this confident (chosen on dev: the most precise that keeps 20% of co-visible patches)
-    "sphere": "none",  # spherical filter (keeps labels whose ends map within sphere_deg): auto (a mapper registered for these features and categories, else one fitted to them first) | latest | an id | none
+    "sphere": "none",  # spherical filter (keeps labels whose ends map within sphere_deg): auto (a mapper registered for these features and categories, else one fitted to them first, with sphere.*) | latest | an id | none
     "sphere_deg": 27.0,  # 0.15 * pi
 }
 

@@ -115,7 +115,8 @@ def train_sphere(conf, store, df, cache_root, fingerprint, run_id) -> dict:
     log.info("spherical mapper: none registered for features %s and these categories; fitting one to %d images "
              "(labels.sphere=auto; labels.sphere=none turns the filter off)", fingerprint, len(images))
     with Progress(conf.steps, "sphere", "steps") as bar:
-        record = fit_sphere(store, images, fingerprint, run_id, conf, log=lambda h: bar.update(h["step"] - bar.done))
+        record = fit_sphere(store, images, fingerprint, run_id, conf, log=lambda h: bar.update(h["step"] - bar.done),
+                            categories=df["category"].unique())
     log.info("spherical mapper %s: %d steps in %.1f s, registered", record["sphere_id"], conf.steps, record["train_s"])
     return record
 
@@ -176,7 +177,7 @@ def run_labels(df, tuples_by_cat, conf, run_id, cache_root, fingerprint, store_u
 
 def sphere_line(s: dict, c: dict, sphere_deg: float) -> str:
     how = f"fitted now to {s['images']} images in {s['trained_s']:.0f} s" if s["trained_s"] else "registered"
-    return (f"  sphere    mapper {s['sphere_id']} ({how}), filter {s['filter_s']:.1f} s: {c.get('labels', 0):,} of "
+    return (f"  sphere    mapper {s['sphere_id']} ({how}), filter {s['filter_s']:.1f} s of task time: {c.get('labels', 0):,} of "
             f"{c.get('confident', 0):,} confident labels map within {sphere_deg:g} deg")
 
 
@@ -191,7 +192,8 @@ def summary(run_id, store, counts, sphere_deg) -> str:
             f"{c['features_per_actor_s']:.1f} per busy actor), "
             f"{c['features_cached']:,} from cache; backbone {c['backbone']} ({c['backbone_reason']})",
             *([f"            by {'; '.join(f'{k}: {v}' for k, v in c['feature_actors'].items())}"] if c.get("feature_actors") else []),
-            *([f"            refined by the adapter in {c['adapter_s']:.1f} s (labels.features)"] if c.get("adapter_s") else []),
+            *([f"            labels on {c['label_features']} (labels.features; refined in {c['adapter_s']:.1f} s)"]
+              if c["label_features"] != c["backbone"] else []),
             f"  tuples    {c.get('tuples', 0):,} of K={c['k']} ({c['tuples_per_s']:.1f} tuples/s)"
             + "".join(f"; {cat}: K={k} (its poses allow no longer)" for cat, k in c.get("tuple_k", {}).items()),
             *[f"            no tuple for '{cat}': {why}" for cat, why in c.get("no_tuples", {}).items()],
@@ -247,22 +249,25 @@ def execute(conf, store, run_id, df, backbone_conf, reason, image_size, fingerpr
     bad = [{"image_id": i, "uri": uris[i], "stage": "features", "error": e} for i, e in zip(failed.image_id, failed.error)]
     good = df[~df["image_id"].isin(failed["image_id"])]
     adapt_s = adapt_features(good["image_id"].tolist(), model, cache_root, fingerprint) if model else 0.0
-    fingerprint = label_fingerprint(fingerprint, model)  # the features labels are made on
-    tuples, left_out, untupled = make_tuples(good, conf.pairing, cache_root, fingerprint)
+    features = label_fingerprint(fingerprint, model)  # the features labels are made on
+    tuples, left_out, untupled = make_tuples(good, conf.pairing, cache_root, features)
     bad += left_out
     done = store.staged_categories(run_id)
     if done:
         log.info("resuming run %s: %d of %d categories already done", run_id, len(done & set(tuples)), len(tuples))
     sphere_s = 0.0
     if sphere_wanted(conf.labels.sphere):
-        if sphere is None:  # auto, and no registered mapper knows these features and categories
+        if sphere is None:  # auto: a mapper registered for these features and the categories that have features
+            sphere = resolve_sphere(store, "auto", features, good["category"].unique())
+        if sphere is None:
             sphere_s = time.perf_counter()
-            sphere = train_sphere(conf.sphere, store, good, cache_root, fingerprint, run_id)
+            sphere = train_sphere(conf.sphere, store, good, cache_root, features, run_id)
             sphere_s = time.perf_counter() - sphere_s
-        sphere = {**sphere, "cache": (cache_root, fingerprint)}
+        store.update_run(run_id, sphere_id=sphere["sphere_id"])  # a resumed attempt filters with the same mapper
+        sphere = {**sphere, "cache": (cache_root, features)}
         log.info("spherical filter: mapper %s, %.1f deg", sphere["sphere_id"], conf.labels.sphere_deg)
     todo = {c: t for c, t in tuples.items() if c not in done}
-    chain_s = run_labels(good, todo, conf.labels, run_id, cache_root, fingerprint, store.uri, sphere)
+    chain_s = run_labels(good, todo, conf.labels, run_id, cache_root, features, store.uri, sphere)
     totals = {}
     for stats in store.category_stats(run_id).values():
         for k, v in stats.items():
@@ -281,6 +286,7 @@ def execute(conf, store, run_id, df, backbone_conf, reason, image_size, fingerpr
         "feature_actors": results["actor"].value_counts().sort_index().to_dict(),  # where -> images
         "backbone": fingerprint,
         "backbone_reason": reason,
+        "label_features": features,
         "adapter_s": round(adapt_s, 1),
         "k": conf.pairing.k,
         "tuple_k": {c: len(t[0]) for c, t in tuples.items() if t and len(t[0]) < conf.pairing.k},  # shortened
@@ -303,16 +309,24 @@ def label(conf) -> int:
     store = LabelStore(conf.store)
     model = resolve_model(store, conf.labels.features, fingerprint)
     features = label_fingerprint(fingerprint, model)
-    sphere = resolve_sphere(store, conf.labels.sphere, features, df["category"].unique()) if sphere_wanted(conf.labels.sphere) else None
     run_id = conf.run_id or new_run_id()
+    # `latest` or an id: checked now, before any work; `auto` is resolved after the features
+    sphere = resolve_sphere(store, conf.labels.sphere, features) if conf.labels.sphere not in ("auto", "none", None) else None
     digest = config_hash(OmegaConf.masked_copy(conf, [k for k in conf if k not in ("run_id", "ray")]))
     record = store.begin_run(
         {"run_id": run_id, "manifest": manifest_uri, "backbone": backbone_conf.name, "backbone_fingerprint": fingerprint,
          "label_features": features, "config": OmegaConf.to_yaml(conf), "config_hash": digest}
     )
     if record["config_hash"] != digest:
-        raise ValueError(f"run_id={run_id} was started with another config (hash {record['config_hash']}, now {digest}); "
-                         "resume it with the same overrides, or choose a new run_id")
+        raise ValueError(f"run_id={run_id} was started with another config (hash {record['config_hash']}, now {digest}; "
+                         "or with another version of labelgen, whose defaults differ): resume it with the same overrides, "
+                         "or choose a new run_id")
+    if record.get("label_features", features) != features:  # labels.features=promoted, and another model promoted since
+        raise ValueError(f"run_id={run_id} was started on features {record['label_features']}, labels.features="
+                         f"{conf.labels.features} now gives {features}: resume it with labels.features=adapter:<that model>, "
+                         "or choose a new run_id")
+    if record.get("sphere_id"):  # the mapper a previous attempt filtered with, whatever is latest now
+        sphere = resolve_sphere(store, record["sphere_id"], features)
     if store.is_committed(run_id):
         print(f"run {run_id} is already committed in {store}; nothing to do")
         return 0

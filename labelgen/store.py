@@ -191,10 +191,12 @@ class LabelStore:
         put_json(self._run(record["run_id"], "run.json"), record)
         return record
 
-    def fail_run(self, run_id: str, error: str):
+    def update_run(self, run_id: str, **fields):
         record = self.run_record(run_id) or {"run_id": run_id}
-        record.update(error=error, failed=now())
-        put_json(self._run(run_id, "run.json"), record)
+        put_json(self._run(run_id, "run.json"), {**record, **fields})
+
+    def fail_run(self, run_id: str, error: str):
+        self.update_run(run_id, error=error, failed=now())
 
     def is_committed(self, run_id: str) -> bool:
         return exists(self.commit_uri(run_id))

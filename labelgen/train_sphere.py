@@ -63,17 +63,19 @@ def load_mapper(data: bytes) -> sphere.SphereMapper:
     return mapper.eval()
 
 
-def fit(store: LabelStore, images: list[dict], fingerprint: str, label_run: str, conf, log=None) -> dict:
-    """Train a mapper on `images` (mapper inputs) and register it; returns its record."""
+def fit(store: LabelStore, images: list[dict], fingerprint: str, label_run: str, conf, log=None, categories=()) -> dict:
+    """Train a mapper on `images` (mapper inputs) and register it for their categories and
+    `categories` (those it was asked to cover); returns its record."""
     if not images:
-        raise ValueError(f"no image of run {label_run} has foreground features to fit a spherical mapper to")
+        raise ValueError(f"no image of run {label_run} has foreground features to fit a spherical mapper to: "
+                         "check its masks (python -m queries empty_images), or run with labels.sphere=none")
     t0 = time.perf_counter()
     mapper, history = sphere.train_mapper(images, conf, log=log)
     buf = _io.BytesIO()
     torch.save({"config": mapper.config(), "state_dict": mapper.state_dict()}, buf)
     return store.save_sphere({
         "sphere_id": f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}", "label_run": label_run,
-        "backbone_fingerprint": fingerprint, "categories": mapper.categories, "images": len(images),
+        "backbone_fingerprint": fingerprint, "categories": sorted(set(mapper.categories) | set(categories)), "images": len(images),
         "history": history, "train_s": round(time.perf_counter() - t0, 1), "config": OmegaConf.to_yaml(conf),
         "created": now()}, buf.getvalue())
 
@@ -105,7 +107,8 @@ def resolve(store: LabelStore, name: str, fingerprint: str, categories=()) -> di
     records = [r for r in store.spheres() if name in ("latest", r["sphere_id"])]
     if not records:
         raise ValueError(f"labels.sphere={name}: no such spherical mapper in {store}; train one with "
-                         f"`python -m labelgen.train_sphere store={store}`, or use labels.sphere=auto")
+                         f"`python -m labelgen.train_sphere store={store}`, or use labels.sphere=auto (labels.sphere=none: "
+                         "no spherical filter)")
     record = records[-1]
     if record["backbone_fingerprint"] != fingerprint:
         raise ValueError(f"spherical mapper {record['sphere_id']} was trained on features {record['backbone_fingerprint']}, "

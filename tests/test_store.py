@@ -66,9 +66,12 @@ def test_a_run_is_invisible_until_its_commit_record_lands(store):
 def test_resume_finds_the_first_record_and_failures_are_recorded(store):
     first = begin(store, "r2", digest="one")
     assert begin(store, "r2", digest="two")["config_hash"] == "one" == first["config_hash"]
+    store.update_run("r2", sphere_id="s1")
     store.fail_run("r2", "RuntimeError: boom")
     assert count(store, "SELECT status, error FROM runs") == [("failed", "RuntimeError: boom")]
-    assert not store.is_committed("r2")
+    assert store.run_record("r2")["sphere_id"] == "s1" and not store.is_committed("r2")
+    # a record from before label_features: its labels were made on the backbone's features
+    assert count(store, "SELECT label_features FROM runs") == [("fp",)]
 
 
 def test_the_catalog_is_read_only_and_sealed(store):

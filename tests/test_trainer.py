@@ -82,7 +82,7 @@ def relabel_with_the_adapter(store_uri: str, tiny_demo: str, m1: dict):
     out = run([*args, "run_id=nothing", "labels.features=promoted"])
     assert out.returncode == 2 and "has no promoted adapter" in out.stderr
     out = run([*args, "run_id=relabel", "labels.features=adapter:m1"])
-    assert out.returncode == 0 and "refined by the adapter" in out.stdout, out.stderr[-3000:]
+    assert out.returncode == 0 and "+adapter-m1 (labels.features; refined in" in out.stdout, out.stderr[-3000:]
     store = LabelStore(store_uri)
     con = store.connect()
     rows = {r: (b, f) for r, b, f in con.execute("SELECT run_id, backbone_fingerprint, label_features FROM runs").fetchall()}
@@ -106,4 +106,20 @@ def test_training_refuses_unknown_runs(labelled_store):
     out = run(["trainer.train", f"data.store={labelled_store}", "data.runs=[nope]"])
     assert out.returncode == 2 and "label runs ['nope'] are not committed" in out.stderr
     out = run(["trainer.retrain", f"train.data.store={labelled_store}", "relabel=[labels.radious=3]"])
-    assert out.returncode == 2 and "relabel=['labels.radious=3']" in out.stderr and "labels.radius" in out.stderr
+    assert out.returncode == 2 and "relabel=['labels.radious=3'] over run " in out.stderr
+    assert "labels.radius" in out.stderr
+    out = run(["trainer.retrain", f"train.data.store={labelled_store}", "relabel=labels.radius=3"])
+    assert out.returncode == 2 and "give a list of labelgen.run overrides" in out.stderr
+
+
+def test_relabelling_takes_the_trained_on_run_s_config(labelled_store):
+    from omegaconf import OmegaConf
+
+    from trainer.retrain import default_conf, relabel_conf
+
+    conf = OmegaConf.merge(default_conf, {"train": {"data": {"store": labelled_store}}, "relabel": ["labels.radius=3"]})
+    first = OmegaConf.create(LabelStore(labelled_store).run_record("first")["config"])
+    got = relabel_conf(conf, "first", "m9")
+    assert got.labels.features == "adapter:m9" and got.run_id is None and got.labels.radius == 3
+    assert got.data.manifest == first.data.manifest and got.store == first.store
+    assert got.pairing == first.pairing and got.labels.min_confidence == first.labels.min_confidence  # the demo's preset

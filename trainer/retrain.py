@@ -1,8 +1,9 @@
 """`python -m trainer.retrain [min_new_labels=N] [train.key=value ...]`: train again when
 enough new labels have landed, then promote or reject. Safe to run from cron: it exits 0
 whether it trained or found nothing to do, and says which. With `relabel` set, a promoted
-model relabels at once: `labelgen.run` with those overrides and `labels.features=adapter:<id>`,
-so the next retrain learns from labels made on the adapter's own features.
+model relabels at once: `labelgen.run` with the config of the latest run it learnt from,
+`labels.features=adapter:<id>` and the overrides in `relabel`, so the next retrain learns
+from labels made on the adapter's own features.
 
 "New" means committed labels (of the backbone of the latest run) in runs that the
 latest decided model (promoted or rejected) did not train on: a rejected model's data
@@ -11,8 +12,11 @@ does not trigger the same training again.
 
 import sys
 
+from omegaconf import OmegaConf
+
 from labelgen import run as label_run
 from labelgen.cli import run_command
+from labelgen.config import parse_overrides
 from labelgen.store import LabelStore
 
 from . import train as train_mod
@@ -21,7 +25,7 @@ from .data import choose_runs
 default_conf = {
     "min_new_labels": 100_000,  # train only when this many committed labels are new to the last model
     "train": train_mod.default_conf,
-    "relabel": None,  # after a promotion, relabel with the new adapter: labelgen.run overrides, a list ([]: the built-in collection, in train.data.store); null: no
+    "relabel": None,  # after a promotion, relabel the latest trained-on run's collection with the new adapter, with these labelgen.run overrides (a list; []: none); null: no relabel
 }
 
 
@@ -40,17 +44,24 @@ def new_labels(conf) -> tuple[int, list[str], dict | None]:
     return sum(counts[r] for r in runs if r not in seen), runs, last
 
 
-def relabel_args(conf, model_id: str) -> list[str]:
-    return [f"store={conf.train.data.store}", *conf.relabel, f"labels.features=adapter:{model_id}"]
+def relabel_conf(conf, run_id: str, model_id: str):
+    """labelgen.run's config for relabelling: the run's own, a new run id, the adapter's
+    features, then the `relabel` overrides."""
+    if not OmegaConf.is_list(conf.relabel):
+        raise ValueError(f"relabel={conf.relabel}: give a list of labelgen.run overrides, e.g. relabel=[] or "
+                         "relabel=[labels.min_confidence=0.4]")
+    run_conf = OmegaConf.create(LabelStore(conf.train.data.store).run_record(run_id)["config"])
+    run_conf.merge_with({"run_id": None, "labels": {"features": f"adapter:{model_id}"}})
+    try:
+        return parse_overrides(label_run.default_conf, list(conf.relabel), OmegaConf.to_container(run_conf))
+    except ValueError as e:
+        raise ValueError(f"relabel={list(conf.relabel)} over run {run_id}'s config: {e}") from None
 
 
 def retrain(conf) -> tuple[str, dict | None]:
-    if conf.relabel is not None:
-        try:  # a bad override fails now, not after training
-            label_run.parse(relabel_args(conf, "check"))
-        except ValueError as e:
-            raise ValueError(f"relabel={list(conf.relabel)}: {e}") from None
     n, runs, last = new_labels(conf)
+    if conf.relabel is not None:
+        relabel_conf(conf, runs[-1], "check")  # a bad override fails now, not after training
     since = f"since model {last['model_id']} ({last['status']})" if last else "and no model trained yet"
     if n < conf.min_new_labels:
         return f"nothing to do: {n:,} new labels {since}, retraining needs {conf.min_new_labels:,}", None
@@ -65,8 +76,9 @@ def report(conf) -> int:
     if record:
         print(train_mod.summary(record), flush=True)
     if record and record["decision"] == "promoted" and conf.relabel is not None:
-        print(f"relabelling with the promoted adapter {record['model_id']}", flush=True)
-        return label_run.label(label_run.parse(relabel_args(conf, record["model_id"])))
+        run_id = record["label_runs"][-1]
+        print(f"relabelling run {run_id}'s collection with the promoted adapter {record['model_id']}", flush=True)
+        return label_run.label(relabel_conf(conf, run_id, record["model_id"]))
     return 0
 
 

@@ -184,7 +184,7 @@ def decide(metrics: dict, promoted: dict | None) -> tuple[str, str]:
     base_key = f"promoted_{score}" if promoted else f"raw_{score}"
     new, old = metrics[key], metrics[base_key]
     if np.isnan(new):
-        return "rejected", "no held-out pairs to validate on"
+        return "rejected", "no held-out pairs to validate on" if score == "val_pck@0.10" else f"no {score} to validate on"
     against = f"promoted model {promoted['model_id']}" if promoted else "the raw backbone"
     if new > old:
         return "promoted", f"{key} {new:.4f} > {old:.4f} of {against}"
