@@ -311,7 +311,8 @@ def label(conf) -> int:
     features = label_fingerprint(fingerprint, model)
     run_id = conf.run_id or new_run_id()
     # `latest` or an id: checked now, before any work; `auto` is resolved after the features
-    sphere = resolve_sphere(store, conf.labels.sphere, features) if conf.labels.sphere not in ("auto", "none", None) else None
+    named = sphere_wanted(conf.labels.sphere) and conf.labels.sphere != "auto"
+    sphere = resolve_sphere(store, conf.labels.sphere, features) if named else None
     digest = config_hash(OmegaConf.masked_copy(conf, [k for k in conf if k not in ("run_id", "ray")]))
     record = store.begin_run(
         {"run_id": run_id, "manifest": manifest_uri, "backbone": backbone_conf.name, "backbone_fingerprint": fingerprint,
