@@ -22,6 +22,7 @@ from .store import LabelStore
 
 default_conf = {
     "store": "labelstore",  # a folder or s3://bucket/prefix
+    "catalog": None,  # the store's catalog: none = the one it was made with (new: catalog.sqlite in it) | postgres:<libpq string> | sqlite:<file>
     "run_id": None,  # default: the latest committed run
     "split": "dev",  # the split to fit on; val is refused (it is for reporting)
     "max_pairs": 60,  # image pairs per category and hop distance
@@ -44,7 +45,7 @@ def thresholds(labels: pd.DataFrame, p: np.ndarray, covisible: int) -> pd.DataFr
 def calibrate(conf) -> int:
     if conf.split == "val":
         raise ValueError("split=val: fit on dev; val is what the fit is reported on")
-    store = LabelStore(conf.store)
+    store = LabelStore(conf.store, conf.catalog)
     run_id, fingerprint, run_conf, manifest_uri = evaluate.run_record(store, conf.run_id)
     manifest = read_manifest(manifest_uri)
     if "truth_uri" not in manifest.columns:

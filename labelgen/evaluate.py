@@ -44,6 +44,7 @@ from .truth import judge, load_truth
 
 default_conf = {
     "store": "labelstore",  # a folder or s3://bucket/prefix
+    "catalog": None,  # the store's catalog: none = the one it was made with (new: catalog.sqlite in it) | postgres:<libpq string> | sqlite:<file>
     "run_id": None,  # default: the latest committed run
     "alphas": [0.05, 0.10],  # thresholds, fractions of the longer image side
     "max_pairs": 40,  # image pairs per category and hop distance for the direct baselines
@@ -327,7 +328,7 @@ def report_parts(conf, store, run_id, fingerprint, run_conf, manifest) -> int:
 
 
 def report(conf) -> int:
-    store = LabelStore(conf.store)
+    store = LabelStore(conf.store, conf.catalog)
     run_id, fingerprint, run_conf, manifest_uri = run_record(store, conf.run_id)
     manifest = read_manifest(manifest_uri)
     if "truth_uri" in manifest.columns:

@@ -23,6 +23,7 @@ import torch
 from .chain import PairNN, chain, merge_labels, pair_labels, pair_nn
 from .features import ImageFeatures
 from .geometry import geodesic_deg
+from .store.schema import LABEL_SCHEMA
 
 default_conf = {
     "radius": 2.0,  # relaxed cycle check: back-match within this many patches
@@ -46,27 +47,6 @@ default_conf = {
     "sphere": "none",  # spherical filter (keeps labels whose ends map within sphere_deg): auto (a mapper registered for these features and categories, else one fitted to them first, with sphere.*) | latest | an id | none
     "sphere_deg": 27.0,  # 0.15 * pi
 }
-
-LABEL_SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("category", pa.string()),
-        ("src_image_id", pa.string()),
-        ("tgt_image_id", pa.string()),
-        ("src_x", pa.float32()),
-        ("src_y", pa.float32()),
-        ("tgt_x", pa.float32()),
-        ("tgt_y", pa.float32()),
-        ("hops", pa.int32()),
-        ("cycle_error", pa.float32()),
-        ("similarity", pa.float32()),
-        ("sphere_angle", pa.float32()),
-        ("support", pa.int32()),  # tuples whose chains proposed this label
-        ("pair_error", pa.float32()),  # patches from the source to where the target's direct nearest neighbour lands
-        ("pose_gap", pa.float32()),  # degrees of rotation between the two views; null without pose
-        ("confidence", pa.float32()),  # P(correct) from the signals (labels.confidence)
-    ]
-)
 
 
 @dataclass

@@ -43,6 +43,7 @@ default_conf = {
         "demo": demo.default_conf,
     },
     "store": "labelstore",  # a folder or s3://bucket/prefix: labels, runs, feature cache
+    "catalog": None,  # the store's catalog: none = the one it was made with (new: catalog.sqlite in it) | postgres:<libpq string> | sqlite:<file>
     "run_id": None,  # default: a new id from the time
     "backbone": backbones.default_conf,
     "features": features.default_conf,
@@ -306,23 +307,24 @@ def execute(conf, store, run_id, df, backbone_conf, reason, image_size, fingerpr
 def label(conf) -> int:
     manifest_uri, df, backbone_conf, reason, image_size, fingerprint = prepare(conf)
     log.info("backbone %s (%s), features %s", backbone_conf.name, reason, fingerprint)
-    store = LabelStore(conf.store)
+    store = LabelStore(conf.store, conf.catalog)
     model = resolve_model(store, conf.labels.features, fingerprint)
     features = label_fingerprint(fingerprint, model)
     run_id = conf.run_id or new_run_id()
     # `latest` or an id: checked now, before any work; `auto` is resolved after the features
     named = sphere_wanted(conf.labels.sphere) and conf.labels.sphere != "auto"
     sphere = resolve_sphere(store, conf.labels.sphere, features) if named else None
-    digest = config_hash(OmegaConf.masked_copy(conf, [k for k in conf if k not in ("run_id", "ray")]))
-    record = store.begin_run(
+    digest = config_hash(OmegaConf.masked_copy(conf, [k for k in conf if k not in ("run_id", "ray", "catalog")]))
+    record = store.begin_run(  # the config without the catalog, whose string may hold a password
         {"run_id": run_id, "manifest": manifest_uri, "backbone": backbone_conf.name, "backbone_fingerprint": fingerprint,
-         "label_features": features, "config": OmegaConf.to_yaml(conf), "config_hash": digest}
+         "label_features": features, "config": OmegaConf.to_yaml(OmegaConf.masked_copy(conf, [k for k in conf if k != "catalog"])),
+         "config_hash": digest}
     )
     if record["config_hash"] != digest:
         raise ValueError(f"run_id={run_id} was started with another config (hash {record['config_hash']}, now {digest}; "
                          "or with another version of labelgen, whose defaults differ): resume it with the same overrides, "
                          "or choose a new run_id")
-    if record.get("label_features", features) != features:  # labels.features=promoted, and another model promoted since
+    if record["label_features"] != features:  # labels.features=promoted, and another model promoted since
         raise ValueError(f"run_id={run_id} was started on features {record['label_features']}, labels.features="
                          f"{conf.labels.features} now gives {features}: resume it with labels.features=adapter:<that model>, "
                          "or choose a new run_id")

@@ -21,6 +21,7 @@ from .store import LabelStore, now
 
 default_conf = {
     "store": "labelstore",  # a folder or s3://bucket/prefix
+    "catalog": None,  # the store's catalog: none = the one it was made with (new: catalog.sqlite in it) | postgres:<libpq string> | sqlite:<file>
     "run_id": None,  # the label run whose features to learn from; default: the latest committed run
     "sphere": sphere.default_conf,
 }
@@ -81,7 +82,7 @@ def fit(store: LabelStore, images: list[dict], fingerprint: str, label_run: str,
 
 
 def train(conf) -> int:
-    store = LabelStore(conf.store)
+    store = LabelStore(conf.store, conf.catalog)
     run_id, fingerprint, images = run_images(store, conf.run_id)
     record = fit(store, images, fingerprint, run_id, conf.sphere, log=lambda h: print(
         "step {step}: loss {loss:.3f} (recon {recon:.3f}, triplet {triplet:.3f}, orientation {orientation:.3f}, "

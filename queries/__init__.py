@@ -33,9 +33,11 @@ def header(sql: str) -> dict[str, str]:
     return {"about": about, "plot": plot}
 
 
-def run_sql(store_uri: str, sql: str, params: dict[str, str] | None = None) -> pd.DataFrame:
-    """Run SQL on a read-only connection with the `labels` view (committed runs only)."""
-    con = LabelStore(store_uri).connect()
+def run_sql(store_uri: str, sql: str, params: dict[str, str] | None = None, catalog: str | None = None,
+            at: int | None = None) -> pd.DataFrame:
+    """Run SQL on a read-only connection to the store (committed runs only), at its latest
+    snapshot or at snapshot `at`."""
+    con = LabelStore(store_uri, catalog).connect(snapshot=at)
     try:
         for name, value in (params or {}).items():
             if not re.fullmatch(r"\w+", name):

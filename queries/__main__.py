@@ -1,6 +1,6 @@
 """Reports on a label store.
 
-    python -m queries NAME [--store URI] [--format table|csv|json] [--plot out.png] [--param k=v ...]
+    python -m queries NAME [--store URI] [--at SNAPSHOT] [--format table|csv|json] [--plot out.png] [--param k=v ...]
     python -m queries sql "SELECT ..." [--store URI]
     python -m queries list
 """
@@ -20,6 +20,9 @@ def main(argv=None) -> int:
     parser.add_argument("report", help="a report name, 'sql', or 'list'")
     parser.add_argument("sql", nargs="?", help="the SQL text, with the 'sql' report")
     parser.add_argument("--store", default="labelstore", help="label store: a folder or s3://bucket/prefix")
+    parser.add_argument("--catalog", help="the store's catalog; default: the one it was created with (catalog.json)")
+    parser.add_argument("--at", type=int, metavar="SNAPSHOT", help="read the store as it was at this snapshot "
+                        "(report `snapshots` lists them); default: the latest")
     parser.add_argument("--format", choices=["table", "csv", "json"], default="table", help="how to print the result")
     parser.add_argument("--plot", metavar="PNG", help="also draw the report into this file")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="a report parameter")
@@ -39,14 +42,14 @@ def main(argv=None) -> int:
         else:
             sql = report_sql(args.report)
             spec = header(sql)
-        df = run_sql(args.store, sql, params)
+        df = run_sql(args.store, sql, params, args.catalog, args.at)
         if args.plot:
             if not spec["plot"]:
                 raise ValueError(f"report '{args.report}' has no chart")
             from .plot import chart
 
             chart(df, spec["plot"], f"{args.report}: {spec['about']}", args.plot)
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.format == "csv":

@@ -1,5 +1,5 @@
 -- Runs in the store, newest first: status, backbone, code version, counts and timings.
-SELECT run_id, status, started, finished, backbone, backbone_fingerprint, label_features, code_version,
+SELECT run_id, status, snapshot, started, finished, backbone, backbone_fingerprint, label_features, code_version,
        (counts->>'images')::INT AS images, (counts->>'tuples')::INT AS tuples, (counts->>'labels')::INT AS labels,
        round((counts->>'features_s')::DOUBLE, 1) AS features_s, round((counts->>'chain_s')::DOUBLE, 1) AS chain_s,
        error

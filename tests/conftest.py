@@ -1,5 +1,6 @@
 import os
 import socket
+import tempfile
 
 import pytest
 from omegaconf import OmegaConf
@@ -8,6 +9,8 @@ from labelgen.config import overrides
 from labelgen.run import DEMO_PRESET, default_conf
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# the local catalogs of s3:// stores (labelgen.store.catalog) of this session only
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="labelgen-test-cache-")
 
 # a tiny demo: 2 photos x 4 views, 30 deg apart
 TINY_DEMO = {
@@ -96,3 +99,43 @@ def s3_server():
         else:
             os.environ[k] = v
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server (Debian's `postgresql`, which .ci/run installs) in a temp folder on
+    127.0.0.1, trust auth; yields `new_catalog(name)`, which makes a database and returns
+    its `catalog=postgres:...` string. Stopped after the session."""
+    import glob
+    import shutil
+    import subprocess
+    import tempfile
+
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    if not bins:
+        if os.environ.get("LABELGEN_POSTGRES_TESTS"):
+            pytest.fail("LABELGEN_POSTGRES_TESTS is set but no PostgreSQL server is installed")
+        pytest.skip("PostgreSQL is not installed (Debian package postgresql; .ci/run installs it)")
+    bindir = os.path.dirname(bins[-1])
+    root = tempfile.mkdtemp(prefix="labelgen-pg-")
+    as_user = []
+    if os.getuid() == 0:  # the server refuses to run as root
+        shutil.chown(root, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+
+    def pg(tool, *args):
+        subprocess.run([*as_user, os.path.join(bindir, tool), *args], check=True, capture_output=True, text=True)
+
+    pg("initdb", "-D", f"{root}/data", "-A", "trust", "-U", "labelgen", "--no-sync")
+    pg("pg_ctl", "-D", f"{root}/data", "-l", f"{root}/log", "-w", "start",
+       "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off")
+    dsn = f"host=127.0.0.1 port={port} user=labelgen"
+
+    def new_catalog(name: str) -> str:
+        pg("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "labelgen", name)
+        return f"postgres:{dsn} dbname={name}"
+
+    yield new_catalog
+    pg("pg_ctl", "-D", f"{root}/data", "-m", "immediate", "stop")
+    shutil.rmtree(root, ignore_errors=True)

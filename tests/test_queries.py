@@ -8,8 +8,7 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from labelgen.labels import LABEL_SCHEMA
-from labelgen.store import LabelStore, images_table
+from labelgen.store import LABEL_SCHEMA, LabelStore, images_table
 from queries import report_names
 from queries.__main__ import main
 
@@ -79,9 +78,25 @@ def test_plots_are_drawn(store, capsys, tmp_path):
 def test_free_sql_is_read_only_and_errors_are_clear(store, capsys):
     code, out, _ = cli(capsys, "sql", "SELECT count(*) AS n FROM labels", "--store", store, "--format", "csv")
     assert code == 0 and out.splitlines() == ["n", "5"]
-    code, _, err = cli(capsys, "sql", "DELETE FROM runs", "--store", store)
+    code, _, err = cli(capsys, "sql", "DELETE FROM labels", "--store", store)
     assert code == 2 and "read-only" in err
     code, _, err = cli(capsys, "nope", "--store", store)
     assert code == 2 and "no report 'nope'" in err
     code, _, err = cli(capsys, "runs", "--store", store, "--plot", "x.png")
     assert code == 2 and "has no chart" in err
+
+
+def test_snapshots_go_back_to_a_commit(store, capsys):
+    code, out, err = cli(capsys, "snapshots", "--store", store, "--format", "json")
+    assert code == 0, err
+    commits = {s["run_id"]: s["snapshot"] for s in json.loads(out) if s["run_id"]}
+    assert list(commits) == ["r2", "r1"] and commits["r1"] < commits["r2"]
+    code, out, err = cli(capsys, "runs", "--store", store, "--format", "json")
+    assert {r["run_id"]: r["snapshot"] for r in json.loads(out)} == commits  # each run records its commit
+    sql = "SELECT string_agg(DISTINCT run_id) AS runs, count(*) AS n FROM labels"
+    assert cli(capsys, "sql", sql, "--store", store, "--at", str(commits["r1"]), "--format", "csv")[1].splitlines() == [
+        "runs,n", "r1,3"]
+    assert cli(capsys, "sql", sql, "--store", store, "--at", str(commits["r1"] - 1), "--format", "csv")[1].splitlines() == [
+        "runs,n", ",0"]
+    code, _, err = cli(capsys, "runs", "--store", store, "--at", "999")
+    assert code == 2 and "snapshot 999" in err

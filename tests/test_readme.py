@@ -100,6 +100,8 @@ def test_every_runnable_readme_command_works_as_written(readme_run):
         if command.startswith("make run"):  # a console a person reads: our lines, not Ray's
             assert len(log.splitlines()) < 30, log
             assert not re.search(r"logging_progress|core_worker\.cc|streaming_executor|Traceback", log), log
+        if "duckdb -cmd" in command:  # the plain CLI reads the store the pipeline wrote
+            assert re.search(r"│\s+[1-9]\d*\s+│", result.stdout), log
         if "labelgen.calibrate" in command:
             assert re.search(r"^recommended labels.min_confidence=\S+: P@0.10", log, re.M), log
         if "trainer.train" in command:

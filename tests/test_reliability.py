@@ -19,7 +19,7 @@ from PIL import Image
 from conftest import labels_of, tiny_demo_args
 from labelgen import run as run_mod
 from labelgen.store import LabelStore
-from trainer.data import default_conf, load_label_data
+from trainer.data import default_conf, load_label_data, resolve_source
 
 
 def start(args, **kw):
@@ -46,7 +46,7 @@ def concurrent_runs(tiny_demo, tmp_path_factory):
             con.close()
             trained_on, committed_after = None, None
             if any(status == "committed" for _, status, _ in rows):
-                data = load_label_data(OmegaConf.merge(default_conf, {"store": store, "val_split": "none"}))
+                data = load_label_data(resolve_source(OmegaConf.merge(default_conf, {"store": store})), "none")
                 trained_on = sorted(data.runs)
                 con = LabelStore(store).connect()  # a run committed stays committed: check against a later look
                 committed_after = {r for (r,) in con.execute("SELECT run_id FROM runs WHERE status = 'committed'").fetchall()}

@@ -120,3 +120,18 @@ def test_ray_job_submit_against_a_local_head(tiny_demo, tmp_path):
         con.close()
     finally:
         subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120, env={**os.environ, **env})
+
+
+def test_a_run_on_a_postgresql_catalog_is_found_again_by_every_reader(tiny_demo, tmp_path, postgres):
+    store, catalog = tmp_path / "store", postgres("pipeline")
+    out = run(["labelgen.run", *tiny_demo_args(tiny_demo), f"store={store}", f"catalog={catalog}", "run_id=pg"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert not (store / "catalog.sqlite").exists()
+    # later commands name only the store: its catalog.json says where the catalog is
+    query = run(["queries", "sql", "SELECT status, counts->>'labels' AS n, (SELECT count(*) FROM labels) AS rows FROM runs",
+                 "--store", str(store), "--format", "json"])
+    assert query.returncode == 0, query.stderr[-3000:]
+    (row,) = json.loads(query.stdout)
+    assert row["status"] == "committed" and int(row["n"]) == row["rows"] > 1000
+    wrong = run(["queries", "runs", "--store", str(store), "--catalog", f"sqlite:{tmp_path / 'other.sqlite'}"])
+    assert wrong.returncode == 2 and "was created with catalog=postgres:" in wrong.stderr

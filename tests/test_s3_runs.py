@@ -41,7 +41,7 @@ def test_a_whole_run_through_s3_faults_equals_an_undisturbed_one_and_never_shows
     assert out.returncode == 0, out.stderr[-3000:]
     assert proxy.slow_downs >= 10 and proxy.drops >= 10, (proxy.requests, proxy.slow_downs, proxy.drops)
     keys = staged_keys("whole/")
-    assert "whole/commits/s3run.json" in keys
+    assert "whole/catalog.json" in keys and LabelStore(store).is_committed("s3run")
     assert sum(k.startswith("whole/features/") for k in keys) == 16  # the cache lives in the store: 8 images, 8 mirrors
     # retried, not lost or doubled: the same labels as the run that met no fault
     faulted, reference = labels_of(store, "s3run"), labels_of(undisturbed, "lab")
@@ -53,6 +53,8 @@ def test_a_whole_run_through_s3_faults_equals_an_undisturbed_one_and_never_shows
     for key in keys:
         if key.endswith((".json", ".parquet", ".yaml")):
             assert SECRET.encode() not in s3.get_object(Bucket="labels", Key=key)["Body"].read(), key
+    catalog = os.path.join(os.environ["XDG_CACHE_HOME"], "labelgen", "catalogs", "labels_whole.sqlite")  # s3:// default
+    assert SECRET.encode() not in open(catalog, "rb").read()
     con = LabelStore(store).connect()
     assert SECRET not in con.execute("SELECT config FROM runs WHERE run_id = 's3run'").fetchone()[0]
     con.close()
@@ -135,4 +137,6 @@ def test_training_checkpoints_to_s3(undisturbed):
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     keys = staged_keys("train/")
     assert any(k.startswith("train/checkpoints/s3model/checkpoint_") and k.endswith("/adapter.pt") for k in keys)
-    assert "train/models/s3model/adapter.pt" in keys and "train/models/s3model.json" in keys
+    assert "train/models/s3model/adapter.pt" in keys, [k for k in keys if "models" in k]
+    (model,) = LabelStore(store).models()
+    assert model["model_id"] == "s3model" and model["snapshot"] == LabelStore(store).current_snapshot() - 2  # then its own two rows

@@ -1,9 +1,11 @@
 
+import re
+
 import pyarrow as pa
 import pytest
 
-from labelgen.labels import LABEL_SCHEMA
-from labelgen.store import IMAGE_SCHEMA, LabelStore, images_table
+from labelgen.store import extensions
+from labelgen.store import IMAGE_SCHEMA, LABEL_SCHEMA, LabelStore, images_table
 
 
 def labels(run_id, n, category="cat"):
@@ -23,12 +25,17 @@ def images(run_id, category="cat"):
     return images_table(frame)
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "s3", "postgres"])
 def store(request, tmp_path):
+    """The three set-ups: SQLite catalog + local data, SQLite catalog + S3 data, PostgreSQL catalog + local data."""
     if request.param == "local":
         return LabelStore(str(tmp_path / "store"))
+    if request.param == "postgres":
+        name = "t_" + re.sub(r"\W", "_", request.node.name)[:50].lower()
+        return LabelStore(str(tmp_path / "store"), catalog=request.getfixturevalue("postgres")(name))
     bucket = request.getfixturevalue("s3_server")
-    return LabelStore(f"{bucket}/{request.node.name}")
+    name = request.node.name.replace("[", "-").rstrip("]")  # no glob characters
+    return LabelStore(f"{bucket}/{name}", catalog=f"sqlite:{tmp_path}/catalog.sqlite")
 
 
 def begin(store, run_id, digest="h"):
@@ -70,7 +77,7 @@ def test_resume_finds_the_first_record_and_failures_are_recorded(store):
     store.fail_run("r2", "RuntimeError: boom")
     assert count(store, "SELECT status, error FROM runs") == [("failed", "RuntimeError: boom")]
     assert store.run_record("r2")["sphere_id"] == "s1" and not store.is_committed("r2")
-    # a record from before label_features: its labels were made on the backbone's features
+    # a run that names no label features made its labels on the backbone's
     assert count(store, "SELECT label_features FROM runs") == [("fp",)]
 
 
@@ -79,8 +86,11 @@ def test_the_catalog_is_read_only_and_sealed(store):
     store.write_category("r3", "cat", labels("r3", 2), images("r3"), {"labels": 2})
     store.commit("r3", {"labels": 2}, [])
     con = store.connect()
+    # an extension of the same trusted wheels that this set-up has not loaded
+    other = "sqlite_scanner" if (store.catalog or "").startswith("postgres:") else "postgres_scanner"
     try:
-        for sql in ("DELETE FROM runs", "CREATE TABLE t (x INT)", "COPY runs TO '/tmp/runs.csv'",
+        for sql in ("DELETE FROM labels", "INSERT INTO run_log (run_id) VALUES ('x')", "CREATE TABLE t (x INT)", "COPY runs TO '/tmp/runs.csv'",
+                    f"LOAD '{extensions.extension_path(other)}'", "INSTALL spatial",
                     "SELECT * FROM read_csv('/etc/passwd')", "SET enable_external_access = true"):
             with pytest.raises(Exception, match="read-only|Permission|disabled|Cannot change"):
                 con.execute(sql)
@@ -98,5 +108,59 @@ def test_true_xy_maps_through_the_homographies(store):
 
 
 def test_missing_store_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no label store at .*run `python -m labelgen.run` first"):
+    with pytest.raises(FileNotFoundError, match="no label store at .*run `python -m labelgen.run store=.*` first"):
         LabelStore(str(tmp_path / "none")).connect()
+
+
+WRITER = """
+import sys
+import pyarrow as pa
+from labelgen.store import LABEL_SCHEMA, LabelStore, images_table
+import pandas as pd
+
+uri, catalog, prefix, n = sys.argv[1], sys.argv[2] or None, sys.argv[3], int(sys.argv[4])
+store = LabelStore(uri, catalog)
+for i in range(n):
+    run_id = f"{prefix}-{i}"
+    store.begin_run({"run_id": run_id, "config_hash": "h", "config": "k: 1"})
+    for category, size in (("cat", 7), ("dog", 5)):
+        rows = [dict(run_id=run_id, category=category, src_image_id="a", tgt_image_id="b", src_x=float(j), src_y=0.0,
+                     tgt_x=1.0, tgt_y=2.0, hops=1, support=1) for j in range(size)]
+        images = images_table(pd.DataFrame({"run_id": run_id, "image_id": ["a", "b"], "category": category, "uri": "x.png"}))
+        store.write_category(run_id, category, pa.Table.from_pylist(rows, schema=LABEL_SCHEMA), images, {"labels": size})
+    store.commit(run_id, {"labels": 12}, [])
+"""
+
+
+@pytest.mark.parametrize("setup", ["sqlite", "postgres"])
+def test_two_concurrent_writers_land_every_run_once_and_a_reader_never_sees_half_a_run(setup, tmp_path, request):
+    import subprocess
+    import sys
+
+    catalog = request.getfixturevalue("postgres")(f"concurrent_{setup}") if setup == "postgres" else ""
+    store, n = LabelStore(str(tmp_path / "store"), catalog or None), 8
+    store.begin_run({"run_id": "seed", "config_hash": "h", "config": "k: 1"})  # created before the writers race
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, store.uri, catalog, name, str(n)], stderr=subprocess.PIPE,
+                                text=True) for name in ("one", "two")]
+    looks = 0
+    while any(w.poll() is None for w in writers):
+        con = store.connect()
+        try:
+            con.execute("BEGIN")  # one snapshot for both queries
+            per_run = dict(con.execute("SELECT run_id, count(*) FROM labels GROUP BY run_id").fetchall())
+            committed = {r for (r,) in con.execute("SELECT run_id FROM runs WHERE status = 'committed'").fetchall()}
+            con.execute("COMMIT")
+        finally:
+            con.close()
+        assert set(per_run) == committed and set(per_run.values()) <= {12}, (per_run, committed)  # all of a run or none
+        looks += 1
+    assert [w.wait() for w in writers] == [0, 0], [w.stderr.read()[-2000:] for w in writers]
+    con = store.connect()
+    try:
+        assert con.execute("SELECT count(*), count(DISTINCT run_id) FROM labels").fetchone() == (24 * n, 2 * n)
+        assert con.execute("SELECT count(*) FROM runs WHERE status = 'committed'").fetchone() == (2 * n,)
+        assert con.execute("SELECT count(*), count(DISTINCT snapshot) FROM runs WHERE status = 'committed'").fetchone() == (
+            2 * n, 2 * n)  # a snapshot each
+    finally:
+        con.close()
+    assert looks > 3

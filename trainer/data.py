@@ -7,18 +7,24 @@ no held-out image is ever seen in training.
 
 from dataclasses import dataclass, field
 
+import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import torch
 from omegaconf import OmegaConf
 
 from labelgen.backbones import feature_groups
 from labelgen.features import FLIPPED, ImageFeatures, cache_uri, load_features
-from labelgen.io import join
-from labelgen.store import LabelStore
+from labelgen.io import filesystem, join
+from labelgen.store import IMAGE_SCHEMA, LABEL_SCHEMA, LabelStore
 
 default_conf = {
     "store": "labelstore",  # a folder or s3://bucket/prefix
+    "catalog": None,  # the store's catalog: none = the one it was made with (new: catalog.sqlite in it) | postgres:<libpq string> | sqlite:<file>
+    "snapshot": None,  # the store snapshot to read (python -m queries snapshots); default: the latest
     "runs": None,  # label runs to learn from; default: every committed run with the latest run's backbone
     "val_split": "val",  # images of this split are held out
     "max_labels": 50,  # labels per pair and step
@@ -37,6 +43,7 @@ class Pair:
 @dataclass
 class LabelData:
     runs: list[str]
+    snapshot: int  # of the store, which the runs were read at
     backbone: str
     fingerprint: str
     cache_root: str
@@ -68,9 +75,13 @@ def choose_runs(con, runs) -> list[str]:
     return [r[0] for r in committed if r[2] == latest]
 
 
-def load_label_data(conf) -> LabelData:
-    store = LabelStore(conf.store)
-    con = store.connect()
+def resolve_source(conf) -> dict:
+    """Driver side: the snapshot, the runs and the Parquet files that hold them, read from the
+    catalog once. Train workers get only this (they never open the catalog), and the model
+    records the snapshot, so it can say exactly which labels it saw."""
+    store = LabelStore(conf.store, conf.catalog)
+    snapshot = store.current_snapshot() if conf.snapshot is None else int(conf.snapshot)
+    con = store.connect(snapshot=snapshot)
     try:
         runs = choose_runs(con, conf.runs)
         marks = ", ".join("?" * len(runs))
@@ -79,24 +90,46 @@ def load_label_data(conf) -> LabelData:
         ).fetchall()
         if len(info) != 1:
             raise ValueError(f"label runs {runs} used different backbones {info}: train on runs of one backbone")
-        backbone, fingerprint = info[0]
-        run_conf = OmegaConf.create(con.execute("SELECT config FROM runs WHERE run_id = ?", [runs[-1]]).fetchone()[0])
+        run_config = con.execute("SELECT config FROM runs WHERE run_id = ?", [runs[-1]]).fetchone()[0]
         manifests = [m for (m,) in con.execute(f"SELECT DISTINCT manifest FROM runs WHERE run_id IN ({marks}) ORDER BY 1",
                                                 runs).fetchall()]
-        images = con.execute(
-            f"SELECT image_id, any_value(category) AS category, any_value(split) AS split, any_value(azimuth) AS azimuth, "
-            f"any_value(width) AS width, any_value(height) AS height, any_value(homography) AS homography "
-            f"FROM images WHERE run_id IN ({marks}) GROUP BY image_id",
-            runs,
-        ).df().set_index("image_id")
-        labels = con.execute(
-            f"SELECT DISTINCT category, src_image_id, tgt_image_id, src_x, src_y, tgt_x, tgt_y "
-            f"FROM labels WHERE run_id IN ({marks}) ORDER BY src_image_id, tgt_image_id, src_y, src_x, tgt_y, tgt_x",
-            runs,
-        ).df()
     finally:
         con.close()
-    held_out = set(images.index[images["split"] == conf.val_split])
+    run_conf = OmegaConf.create(run_config)
+    return {"snapshot": snapshot, "runs": runs, "backbone": info[0][0], "fingerprint": info[0][1], "manifests": manifests,
+            "cache_root": run_conf.features.cache or join(store.uri, "features"),
+            "flips": bool(OmegaConf.select(run_conf, "features.flips", default=False)),
+            "labels": store.data_files("labels", snapshot), "images": store.data_files("images", snapshot)}
+
+
+def _read(uris: list[str], schema: pa.Schema, columns: list[str], runs: list[str]) -> pa.Table:
+    """The rows of `runs` in a table's Parquet files."""
+    if not uris:
+        return schema.empty_table().select(columns)
+    fs, _ = filesystem(uris[0])
+    dataset = pads.dataset([filesystem(u)[1] for u in uris], schema=schema, filesystem=fs, format="parquet")
+    return dataset.to_table(columns=columns, filter=pc.field("run_id").isin(runs))
+
+
+def load_label_data(source: dict, val_split: str) -> LabelData:
+    """Any process: the labelled pairs of the source's runs, split into train and held-out."""
+    runs = source["runs"]
+    con = duckdb.connect()
+    try:
+        con.register("images_data", _read(source["images"], IMAGE_SCHEMA, ["image_id", "category", "split", "azimuth", "width",
+                                                                           "height", "homography"], runs))
+        con.register("labels_data", _read(source["labels"], LABEL_SCHEMA, ["category", "src_image_id", "tgt_image_id", "src_x",
+                                                                           "src_y", "tgt_x", "tgt_y"], runs))
+        images = con.execute(
+            "SELECT image_id, any_value(category) AS category, any_value(split) AS split, any_value(azimuth) AS azimuth, "
+            "any_value(width) AS width, any_value(height) AS height, any_value(homography) AS homography "
+            "FROM images_data GROUP BY image_id"
+        ).df().set_index("image_id")
+        labels = con.execute("SELECT DISTINCT * FROM labels_data "
+                             "ORDER BY src_image_id, tgt_image_id, src_y, src_x, tgt_y, tgt_x").df()
+    finally:
+        con.close()
+    held_out = set(images.index[images["split"] == val_split])
     train, val = [], []
     for (category, a, b), g in labels.groupby(["category", "src_image_id", "tgt_image_id"], sort=True):
         pair = Pair(category, a, b, g[["src_x", "src_y"]].to_numpy(np.float32), g[["tgt_x", "tgt_y"]].to_numpy(np.float32))
@@ -104,9 +137,8 @@ def load_label_data(conf) -> LabelData:
             val.append(pair)
         elif a not in held_out and b not in held_out:
             train.append(pair)
-    cache_root = run_conf.features.cache or join(store.uri, "features")
-    flips = bool(OmegaConf.select(run_conf, "features.flips", default=False))
-    return LabelData(runs, backbone, fingerprint, cache_root, train, val, images, flips, conf.val_split, manifests)
+    return LabelData(runs, source["snapshot"], source["backbone"], source["fingerprint"], source["cache_root"], train, val,
+                     images, source["flips"], val_split, source["manifests"])
 
 
 @dataclass

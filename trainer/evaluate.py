@@ -27,7 +27,7 @@ from labelgen.truth import PartTruth
 from labelgen.store import LabelStore
 
 from .adapter import Adapter, load_adapter
-from .data import FeatureBank, LabelData, Pair, load_label_data
+from .data import FeatureBank, LabelData, Pair, load_label_data, resolve_source
 from .losses import sample, window_soft_argmax
 
 default_conf = {
@@ -208,6 +208,7 @@ def keypoint_metrics(bank: FeatureBank, model, pairs: list[KeypointPair], conf, 
 
 main_conf = {
     "store": "labelstore",  # a folder or s3://bucket/prefix
+    "catalog": None,  # the store's catalog: none = the one it was made with (new: catalog.sqlite in it) | postgres:<libpq string> | sqlite:<file>
     "model": "latest",  # latest (the last one trained, promoted or not) | promoted | a model id; the raw backbone is always evaluated beside it
     "spair": None,  # an SPair-71k folder: evaluate on its pairs (features must be in the store's cache)
     "split": "test",  # the SPair-71k pair split, with spair=
@@ -218,7 +219,7 @@ main_conf = {
 
 def compare_models(conf) -> int:
     """Raw backbone vs an adapter, on SPair pairs or on the store's held-out data."""
-    store = LabelStore(conf.store)
+    store = LabelStore(conf.store, conf.catalog)
     decided = [m for m in store.models() if m["status"] != "training"]
     record = {"latest": decided[-1] if decided else None, "promoted": store.promoted_model()}.get(conf.model) or next(
         (m for m in decided if m["model_id"] == conf.model), None)
@@ -227,8 +228,9 @@ def compare_models(conf) -> int:
                          "or see `python -m queries sql 'SELECT * FROM models'`")
     print(f"model {record['model_id']} ({record['status']}: {record.get('reason', '')})")
     adapter = load_adapter(_io.BytesIO(read_bytes(record["checkpoint"])))
-    data = load_label_data(OmegaConf.create({"store": conf.store, "runs": record["label_runs"],
-                                             "val_split": conf.val_split, "max_labels": 0}))
+    source = resolve_source(OmegaConf.create({"store": conf.store, "catalog": conf.catalog, "runs": record["label_runs"],
+                                              "snapshot": record["snapshot"]}))  # the labels the model saw
+    data = load_label_data(source, conf.val_split)
     bank = FeatureBank(data.cache_root, data.fingerprint)
     results = []
     for name, model in (("raw", None), (record["model_id"], adapter)):

@@ -31,7 +31,7 @@ default_conf = {
 
 def new_labels(conf) -> tuple[int, list[str], dict | None]:
     """Labels not trained on yet, the runs to train on now, and the latest decided model."""
-    store = LabelStore(conf.train.data.store)
+    store = LabelStore(conf.train.data.store, conf.train.data.catalog)
     decided = [m for m in store.models() if m["status"] in ("promoted", "retired", "rejected")]
     last = max(decided, key=lambda m: m["decided"]) if decided else None
     con = store.connect()
@@ -50,8 +50,8 @@ def relabel_conf(conf, run_id: str, model_id: str):
     if not OmegaConf.is_list(conf.relabel):
         raise ValueError(f"relabel={conf.relabel}: give a list of labelgen.run overrides, e.g. relabel=[] or "
                          "relabel=[labels.min_confidence=0.4]")
-    run_conf = OmegaConf.create(LabelStore(conf.train.data.store).run_record(run_id)["config"])
-    run_conf.merge_with({"run_id": None, "labels": {"features": f"adapter:{model_id}"}})
+    run_conf = OmegaConf.create(LabelStore(conf.train.data.store, conf.train.data.catalog).run_record(run_id)["config"])
+    run_conf.merge_with({"run_id": None, "catalog": conf.train.data.catalog, "labels": {"features": f"adapter:{model_id}"}})
     try:
         return parse_overrides(label_run.default_conf, list(conf.relabel), OmegaConf.to_container(run_conf))
     except ValueError as e:

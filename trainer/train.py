@@ -97,14 +97,14 @@ def pair_batch_loss(model, logit_scale, bank, pairs, conf, rng) -> torch.Tensor:
 
 def train_loop(config: dict):
     """One Ray Train worker: its shard of the training pairs, DDP, checkpoints from rank 0."""
-    conf = OmegaConf.create(config)
+    conf = OmegaConf.create(config["conf"])
     # Ray Train names this one logger by its file path, out of reach of RunConfig's LoggingConfig:
     # without this, every report prints a line.
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(conf.seed)
-    data = data_mod.load_label_data(conf.data)
+    data = data_mod.load_label_data(config["source"], conf.data.val_split)  # files the driver resolved
     bank = data_mod.FeatureBank(data.cache_root, data.fingerprint)
     adapter = Adapter(data.groups, conf.model.out_dim, conf.model.dropout)
     model = prepare_model(adapter)
@@ -193,24 +193,26 @@ def decide(metrics: dict, promoted: dict | None) -> tuple[str, str]:
 
 def train(conf, parent: dict | None = None) -> dict:
     """Train, evaluate, register; returns the model record."""
-    store = LabelStore(conf.data.store)
-    data = data_mod.load_label_data(conf.data)  # fail here, before Ray, on bad input
+    store = LabelStore(conf.data.store, conf.data.catalog)
+    source = data_mod.resolve_source(conf.data)
+    data = data_mod.load_label_data(source, conf.data.val_split)  # fail here, before Ray, on bad input
     if not data.train:
         raise ValueError(f"no training pair in runs {data.runs}: every labelled pair touches a held-out image")
     if conf.optim.flip_prob > 0 and not data.flips:
         raise ValueError(f"label runs {data.runs} cached no mirrored features: re-run them with features.flips=true "
                          "(the cache is reused) or set optim.flip_prob=0")
-    conf.data.runs = data.runs
+    conf.data.runs, conf.data.snapshot = data.runs, data.snapshot
     model_id = conf.model_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     log.info("model %s: %d training and %d held-out pairs from runs %s", model_id, len(data.train), len(data.val), data.runs)
     promoted = parent if parent is not None else store.promoted_model()
     record = store.save_model({"model_id": model_id, "parent": promoted and promoted["model_id"], "label_runs": data.runs,
-                               "backbone_fingerprint": data.fingerprint, "config": OmegaConf.to_yaml(conf), "created": now()})
+                               "snapshot": data.snapshot, "backbone_fingerprint": data.fingerprint,
+                               "config": OmegaConf.to_yaml(conf), "created": now()})
     where = ray_utils.init_ray(conf.ray)
     fs, path = filesystem(conf.checkpoint.storage or join(store.uri, "checkpoints"))
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config=OmegaConf.to_container(conf),
+        train_loop_config={"conf": OmegaConf.to_container(conf), "source": source},
         scaling_config=ScalingConfig(num_workers=conf.scaling.workers, use_gpu=conf.scaling.use_gpu,
                                      resources_per_worker={"CPU": conf.scaling.cpus_per_worker}),
         run_config=RunConfig(name=model_id, storage_path=path, storage_filesystem=fs,

@@ -1,0 +1,179 @@
+"""Where a store's catalog lives, and DuckDB connections that attach it as `lake`.
+
+`catalog=` (every entry point that opens a store has it):
+- empty: the catalog the store was created with (its folder's `catalog.json` says), or for a
+  new store a SQLite file `catalog.sqlite` in the store's folder: nothing to start, and
+  many processes may read and write it.
+- `postgres:<libpq string>`, e.g. `postgres:dbname=labels host=head user=labelgen`: for a
+  cluster and many writers. Put the password in ~/.pgpass or PGPASSWORD, not here: the
+  string is written into the store's `catalog.json` so that later commands find it.
+- `sqlite:<path>`: a SQLite file elsewhere (relative paths: in the store's folder).
+
+A SQLite file cannot live on S3, so an `s3://` store without `catalog=` keeps its catalog
+in a SQLite file on the machine that created it ($XDG_CACHE_HOME or ~/.cache, then
+labelgen/catalogs/), with a
+warning: only that machine (the Ray head, where jobs run their drivers) can commit to or
+read the store. Use a PostgreSQL catalog to share it.
+
+Data files live under the store: Ray tasks write a run's Parquet files there, and the
+driver registers them in one transaction (`LabelStore.commit`).
+"""
+
+import json
+import logging
+import os
+import re
+import time
+from contextlib import contextmanager
+
+import duckdb
+
+from ..io import exists, filesystem, is_remote, join, read_bytes, write_bytes
+from . import extensions
+
+log = logging.getLogger(__name__)
+MARKER = "catalog.json"
+# SQLite admits one writer at a time; a losing transaction fails whole and leaves nothing
+CONFLICT = re.compile(r"database is locked|busy|conflict|could not serialize|deadlock", re.IGNORECASE)
+ATTEMPTS = 12
+
+
+def _public(spec: str) -> str:
+    """The catalog string without a password, as written into catalog.json."""
+    return re.sub(r"\s*password=\S+", "", spec)
+
+
+def default_catalog(uri: str) -> str:
+    if not is_remote(uri):
+        return "sqlite:catalog.sqlite"
+    name = re.sub(r"[^\w.-]+", "_", uri.split("://", 1)[1].strip("/"))
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser(os.path.join("~", ".cache"))
+    path = os.path.join(cache, "labelgen", "catalogs", f"{name}.sqlite")
+    log.warning("store %s: its catalog is the SQLite file %s on this machine; only this machine can use the store. "
+                "For a cluster, give every command catalog=postgres:<libpq string> (README: the label store).", uri, path)
+    return f"sqlite:{path}"
+
+
+def resolve_catalog(uri: str, catalog: str | None, create: bool) -> str:
+    """The catalog string to attach: the given one, else the one the store was created
+    with, else (creating) the default; a store of an older labelgen is refused."""
+    marker = join(uri, MARKER)
+    recorded = json.loads(read_bytes(marker))["catalog"] if exists(marker) else None
+    if catalog and recorded and _public(catalog) != recorded:
+        raise ValueError(f"store {uri} was created with catalog={recorded}, not catalog={_public(catalog)}: "
+                         f"drop catalog= or give that one")
+    if recorded is None and not create:
+        if exists(join(uri, "commits")) or exists(join(uri, "runs")):
+            raise FileNotFoundError(f"{uri} is a label store of an older labelgen (commit records, no catalog): "
+                                    f"copy it into a new one with `python -m labelgen.store migrate {uri} NEW`")
+        raise FileNotFoundError(f"no label store at {uri} (no {MARKER}); run `python -m labelgen.run store={uri}` first")
+    spec = catalog or recorded or default_catalog(uri)
+    kind = spec.split(":", 1)[0]
+    if kind not in ("sqlite", "postgres") or ":" not in spec:
+        raise ValueError(f"catalog={spec}: give postgres:<libpq string> (e.g. postgres:dbname=labels host=head), "
+                         "sqlite:<file>, or nothing for catalog.sqlite in the store's folder")
+    sqlite = sqlite_file(uri, spec)
+    if recorded is None and sqlite and os.path.exists(sqlite):
+        raise ValueError(f"store {uri} is new (no {MARKER}) but its catalog {sqlite} already exists, with the files of "
+                         "another store: remove that file, or give another catalog=")
+    return spec
+
+
+def sqlite_file(uri: str, spec: str) -> str | None:
+    """The local path of a SQLite catalog (None for PostgreSQL)."""
+    kind, rest = spec.split(":", 1)
+    if kind != "sqlite":
+        return None
+    rest = os.path.expanduser(rest)
+    if os.path.isabs(rest):
+        return rest
+    if is_remote(uri):
+        raise ValueError(f"catalog={spec}: a SQLite catalog cannot live on S3 ({uri}); give an absolute local path "
+                         "or postgres:<libpq string>")
+    return os.path.join(uri, rest)
+
+
+def _s3_setup() -> list[str]:
+    """S3 credentials from the AWS default chain; AWS_ENDPOINT_URL(_S3) for S3-compatible servers."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    options = [f"REGION '{region}'"]
+    if endpoint:
+        scheme, host = endpoint.split("://", 1) if "://" in endpoint else ("https", endpoint)
+        options += [f"ENDPOINT '{host.rstrip('/')}'", "URL_STYLE 'path'", f"USE_SSL {str(scheme == 'https').lower()}"]
+    return [f"CREATE OR REPLACE SECRET labelgen_s3 (TYPE s3, PROVIDER credential_chain, {', '.join(options)})",
+            # throttling and dropped connections: as labelgen.io, retry with backoff
+            "SET http_retries = 8", "SET http_retry_wait_ms = 200", "SET http_retry_backoff = 2"]
+
+
+def statements(uri: str, spec: str, *, read_only: bool = False, snapshot: int | None = None) -> list[str]:
+    """The SQL that attaches the store as `lake` in any DuckDB 1.4.4, the CLI included
+    (`python -m labelgen.store attach` prints it): extensions from the installed wheels,
+    S3 credentials, ATTACH, USE."""
+    names = ["ducklake", "sqlite_scanner" if spec.startswith("sqlite:") else "postgres_scanner"]
+    names += ["httpfs", "aws"] if is_remote(uri) else []
+    sql = [f"LOAD '{extensions.extension_path(n)}'" for n in names]
+    sql += _s3_setup() if is_remote(uri) else []
+    options = ["READ_ONLY"] if read_only else []
+    if snapshot is not None:
+        options.append(f"SNAPSHOT_VERSION {int(snapshot)}")
+    data = uri if is_remote(uri) else filesystem(uri)[1]
+    options.append(f"DATA_PATH '{join(data, 'lake')}/'")
+    sqlite = sqlite_file(uri, spec)
+    target = f"ducklake:sqlite:{sqlite}" if sqlite else f"ducklake:{spec}"
+    return [*sql, f"ATTACH '{target}' AS lake ({', '.join(options)})", "USE lake"]
+
+
+def attach(uri: str, catalog: str | None = None, *, read_only: bool = False, snapshot: int | None = None,
+           create: bool = False) -> duckdb.DuckDBPyConnection:
+    """A new in-memory DuckDB with the store attached as `lake` (and selected)."""
+    spec = resolve_catalog(uri, catalog, create)
+    sqlite = sqlite_file(uri, spec)
+    if sqlite and create:
+        os.makedirs(os.path.dirname(sqlite), exist_ok=True)
+    con = extensions.connect()
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("SET autoload_known_extensions = false")
+    try:
+        for sql in statements(uri, spec, read_only=read_only, snapshot=snapshot):
+            con.execute(sql)
+    except duckdb.Error as e:
+        con.close()
+        what = "snapshot " + str(snapshot) + " of " if snapshot is not None else ""
+        raise RuntimeError(f"could not open {what}the catalog {_public(spec)} of store {uri}: {e}") from None
+    if create and not exists(join(uri, MARKER)):
+        write_bytes(join(uri, MARKER), json.dumps({"catalog": _public(spec)}).encode())
+    return con
+
+
+def is_conflict(e: Exception) -> bool:
+    return isinstance(e, duckdb.Error) and bool(CONFLICT.search(str(e)))
+
+
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection):
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+        con.execute("COMMIT")
+    except BaseException:
+        try:
+            con.execute("ROLLBACK")
+        except duckdb.Error:
+            pass  # the failed COMMIT already ended it
+        raise
+
+
+def retrying(what: str, attempt, committed=lambda: False):
+    """attempt() (one whole transaction), again after a lock conflict, unless committed()
+    says the failed try did commit after all; backoff 0.05 s doubling to 2 s."""
+    for n in range(ATTEMPTS):
+        try:
+            return attempt()
+        except duckdb.Error as e:
+            if n == ATTEMPTS - 1 or not is_conflict(e):
+                raise
+            if committed():
+                return None
+            log.info("%s: %s; trying again (%d of %d)", what, str(e).splitlines()[0], n + 2, ATTEMPTS)
+            time.sleep(min(2.0, 0.05 * 2**n))

@@ -1,0 +1,322 @@
+"""The label store: a DuckLake (a SQL catalog over Parquet files) with tables labels,
+images, bad_inputs, run_stats, spheres and the logs behind the views runs and models.
+
+Layout under the store URI (a local folder or s3://bucket/prefix):
+
+    catalog.json                                      which catalog the store was created with
+    catalog.sqlite                                    the default catalog (catalog.py says which others)
+    runs/<run>/labels/category=<c>/part-00000.parquet  labels of a category, written by its Ray task
+    runs/<run>/images/category=<c>.parquet             the category's images, n_fg
+    lake/main/<table>/...                             files DuckLake writes itself (compaction, inserts)
+    models/<id>/adapter.pt, spheres/<id>/mapper.pt    weights; their rows live in the catalog
+    features/<backbone fingerprint>/...               the feature cache
+
+Why this shape: workers share no disk and S3 has no rename, so tasks write their own
+files under deterministic names (a retried task overwrites its own file) and never
+open the catalog. The driver then registers a run's files and inserts its rows in one
+DuckLake transaction: a reader, this project's or any DuckDB's, sees all of a run or
+none of it, a killed run leaves nothing visible, and each commit is a snapshot that a
+trained model can pin and a query can go back to.
+"""
+
+import json
+import os
+import posixpath
+import subprocess
+from contextlib import contextmanager
+from datetime import datetime, timezone
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .. import __version__
+from ..io import filesystem, is_remote, join, list_files, read_bytes, write_bytes
+from . import catalog as cat
+from .functions import register
+from .schema import (BAD_INPUT_SCHEMA, COLUMNS, COMMIT_MESSAGE, DATA_TABLES, JSON_COLUMNS, LABEL_SCHEMA, LOG_TABLES,
+                     VIEWS)
+
+STATS_KEY = b"labelgen.stats"  # a label file's metadata: the vote's counts for its category
+INLINE_ROWS = 1000  # inserts of up to this many rows live in the catalog, not in a Parquet file each
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def code_version() -> str:
+    """The package version, and the git commit when running from a checkout."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=os.path.dirname(__file__),
+            capture_output=True, text=True, timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{__version__}+{sha}" if sha else __version__
+
+
+def table_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue().to_pybytes()
+
+
+def _record(row: dict) -> dict:
+    """A catalog row as the pipeline's record: JSON parsed, times as ISO strings."""
+    out = {}
+    for k, v in row.items():
+        if k in JSON_COLUMNS and isinstance(v, str):
+            v = json.loads(v)
+        elif isinstance(v, datetime):
+            v = v.replace(tzinfo=timezone.utc).isoformat(timespec="milliseconds")
+        out[k] = v
+    return out
+
+
+def _row(table: str, record: dict) -> list:
+    """Values in the column order of a log table; JSON columns serialised; unknown keys refused."""
+    unknown = set(record) - set(COLUMNS[table]) - ({"status"} if table == "model_log" else set())  # status: derived
+    if unknown:
+        raise ValueError(f"{table} has no columns {sorted(unknown)}; columns: {COLUMNS[table]}")
+    return [json.dumps(record.get(c)) if c in JSON_COLUMNS and record.get(c) is not None else record.get(c)
+            for c in COLUMNS[table]]
+
+
+class LabelStore:
+    def __init__(self, uri: str, catalog: str | None = None):
+        uri = str(uri)
+        self.uri = uri.rstrip("/") if is_remote(uri) else os.path.abspath(os.path.expanduser(uri))
+        self.catalog = catalog or None
+
+    def __str__(self):
+        return self.uri
+
+    # connections: short-lived, so that no transaction or lock outlives the call that needs it
+    @contextmanager
+    def _writer(self):
+        con = cat.attach(self.uri, self.catalog, create=True)
+        try:
+            self._create_tables(con)
+            yield con
+        finally:
+            con.close()
+
+    def _create_tables(self, con):
+        have = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = 'lake'").fetchall()}
+        if {*DATA_TABLES, *LOG_TABLES} <= have:
+            return
+
+        def create():
+            with cat.transaction(con):
+                for name, schema in DATA_TABLES.items():
+                    con.register("empty", schema.empty_table())
+                    con.execute(f"CREATE TABLE IF NOT EXISTS lake.{name} AS SELECT * FROM empty")
+                    con.unregister("empty")
+                for name, ddl in LOG_TABLES.items():
+                    con.execute(f"CREATE TABLE IF NOT EXISTS lake.{name} ({ddl})")
+                for name, sql in VIEWS.items():
+                    con.execute(f"CREATE OR REPLACE VIEW lake.{name} AS {sql}")
+                con.execute(f"CALL lake.set_option('data_inlining_row_limit', {INLINE_ROWS})")
+
+        cat.retrying(f"create store {self}", create)
+
+    def _rows(self, sql: str, params=()) -> list[dict]:
+        """Rows of a query on the latest snapshot; none when the store does not exist yet."""
+        try:
+            con = cat.attach(self.uri, self.catalog, read_only=True)
+        except FileNotFoundError:
+            return []
+        try:
+            cur = con.execute(sql, params)
+            names = [d[0] for d in cur.description]
+            return [_record(dict(zip(names, r))) for r in cur.fetchall()]
+        finally:
+            con.close()
+
+    def _append(self, table: str, record: dict):
+        def insert():
+            with self._writer() as con:
+                con.execute(f"INSERT INTO lake.{table} VALUES ({', '.join('?' * len(COLUMNS[table]))})", _row(table, record))
+
+        cat.retrying(f"{table} {record}", insert)
+
+    # paths of the files a run's tasks write
+    def _run(self, run_id: str, *parts: str) -> str:
+        return join(self.uri, "runs", run_id, *parts)
+
+    def part_uri(self, run_id: str, category: str, part: int = 0) -> str:
+        return self._run(run_id, "labels", f"category={category}", f"part-{part:05d}.parquet")
+
+    def images_uri(self, run_id: str, category: str) -> str:
+        return self._run(run_id, "images", f"category={category}.parquet")
+
+    def _staged(self, run_id: str, kind: str) -> list[str]:
+        """URIs of the files of one kind (labels, images) that the run's tasks wrote."""
+        fs, root = filesystem(self.uri)
+        paths = [p for p in list_files(self._run(run_id, kind)) if p.endswith(".parquet")]
+        return [join(self.uri, posixpath.relpath(p, root)) for p in paths]
+
+    # runs: a row per state (incomplete, failed, committed) in run_log; `runs` shows the latest
+    def run_record(self, run_id: str) -> dict | None:
+        rows = self._rows("FROM lake.run_log WHERE run_id = ? ORDER BY logged DESC LIMIT 1", [run_id])
+        return rows[0] if rows else None
+
+    def begin_run(self, record: dict) -> dict:
+        """Log the run as started, or return the record a previous attempt logged (resume)."""
+        previous = self.run_record(record["run_id"])
+        if previous is not None:
+            return previous
+        record = {**record, "status": "incomplete", "started": now(), "code_version": code_version(),
+                  # the features its labels are made on: the backbone's unless the run says (labels.features)
+                  "label_features": record.get("label_features") or record.get("backbone_fingerprint")}
+        self._append("run_log", {**record, "logged": now()})
+        return record
+
+    def update_run(self, run_id: str, **fields):
+        record = self.run_record(run_id) or {"run_id": run_id}
+        self._append("run_log", {**record, **fields, "logged": now()})
+
+    def fail_run(self, run_id: str, error: str):
+        self.update_run(run_id, status="failed", error=error, finished=now())
+
+    def is_committed(self, run_id: str) -> bool:
+        return (self.run_record(run_id) or {}).get("status") == "committed"
+
+    def staged_categories(self, run_id: str) -> set[str]:
+        """Categories whose labels a previous attempt of this run already wrote."""
+        return {posixpath.basename(posixpath.dirname(p))[len("category="):] for p in self._staged(run_id, "labels")}
+
+    def write_category(self, run_id: str, category: str, labels: pa.Table, images: pa.Table, stats: dict):
+        """Images first, labels (with the vote's stats in their metadata) last: a category is
+        done once its label file exists. Called from Ray tasks: files only, no catalog."""
+        write_bytes(self.images_uri(run_id, category), table_bytes(images))
+        labels = labels.cast(LABEL_SCHEMA).replace_schema_metadata({STATS_KEY: json.dumps(stats).encode()})
+        write_bytes(self.part_uri(run_id, category), table_bytes(labels))
+
+    def category_stats(self, run_id: str) -> dict[str, dict]:
+        """Per-category counts of the categories done so far."""
+        out = {}
+        for uri in self._staged(run_id, "labels"):
+            meta = pq.read_schema(pa.BufferReader(read_bytes(uri))).metadata or {}
+            out[posixpath.basename(posixpath.dirname(uri))[len("category="):]] = json.loads(meta.get(STATS_KEY, b"{}"))
+        return out
+
+    def _label_stats(self, run_id: str, files: list[str]) -> pa.Table:
+        """run_stats rows of the run's staged label files, computed before the commit so
+        that its transaction stays short."""
+        stats = self.category_stats(run_id)
+        con = duckdb.connect()
+        try:
+            tables = [pq.read_table(pa.BufferReader(read_bytes(f)), columns=["category", "src_image_id", "tgt_image_id",
+                                                                            "cycle_error", "similarity", "support", "hops"])
+                      for f in files]
+            con.register("staged", pa.concat_tables(tables) if tables else LABEL_SCHEMA.empty_table())
+            out = con.execute("""
+                SELECT ? AS run_id, category, count(*) AS labels, count(DISTINCT (src_image_id, tgt_image_id)) AS image_pairs,
+                       avg(cycle_error) AS mean_cycle_error, avg(similarity) AS mean_similarity,
+                       avg(support) AS mean_support, max(hops) AS max_hops
+                FROM staged GROUP BY category ORDER BY category""", [run_id]).fetch_arrow_table()
+        finally:
+            con.close()
+        counts = [json.dumps(stats.get(c, {})) for c in out["category"].to_pylist()]
+        return out.append_column("counts", pa.array(counts, pa.string()))
+
+    def commit(self, run_id: str, counts: dict, bad_inputs: list[dict]) -> dict:
+        """Make the run visible in one transaction (one snapshot): register its label and image
+        files, insert its bad inputs, per-category stats and committed state. A lock conflict
+        retries the whole transaction, unless the failed try did commit."""
+        label_files, image_files = self._staged(run_id, "labels"), self._staged(run_id, "images")
+        stats = self._label_stats(run_id, label_files)
+        bad = pa.Table.from_pylist([{**b, "run_id": run_id} for b in bad_inputs], schema=BAD_INPUT_SCHEMA)
+        record = {**(self.run_record(run_id) or {"run_id": run_id}), "status": "committed", "finished": now(),
+                  "counts": counts, "error": None}
+
+        def attempt():
+            with self._writer() as con, cat.transaction(con):
+                con.execute("CALL lake.set_commit_message('labelgen', ?, extra_info => ?)", [COMMIT_MESSAGE, run_id])
+                for table, files in (("labels", label_files), ("images", image_files)):
+                    for f in files:
+                        con.execute(f"CALL ducklake_add_data_files('lake', '{table}', ?)", [f])
+                for table, rows in (("bad_inputs", bad), ("run_stats", stats)):
+                    if len(rows):
+                        con.register("new_rows", rows)
+                        con.execute(f"INSERT INTO lake.{table} BY NAME SELECT * FROM new_rows")
+                        con.unregister("new_rows")
+                con.execute(f"INSERT INTO lake.run_log VALUES ({', '.join('?' * len(COLUMNS['run_log']))})",
+                            _row("run_log", {**record, "logged": now()}))
+
+        cat.retrying(f"commit run {run_id}", attempt, committed=lambda: self.is_committed(run_id))
+        return record
+
+    # models: a row per state (trained, decided) in model_log; `models` shows the latest
+    def model_uri(self, model_id: str, name: str) -> str:
+        return join(self.uri, "models", model_id, name)
+
+    def save_model(self, record: dict, weights: bytes | None = None) -> dict:
+        if weights is not None:
+            write_bytes(self.model_uri(record["model_id"], "adapter.pt"), weights)
+            record = {**record, "checkpoint": self.model_uri(record["model_id"], "adapter.pt")}
+        self._append("model_log", {**record, "logged": now()})
+        return record
+
+    def models(self) -> list[dict]:
+        """Model records, oldest first; `status`: the latest promotion is 'promoted', earlier
+        ones 'retired', others 'rejected' or (undecided) 'training'."""
+        return self._rows("FROM lake.models ORDER BY created")
+
+    def promoted_model(self) -> dict | None:
+        return next((r for r in self.models() if r["status"] == "promoted"), None)
+
+    def save_sphere(self, record: dict, weights: bytes) -> dict:
+        """A trained spherical mapper: weights, then its row (the row makes it visible)."""
+        uri = join(self.uri, "spheres", record["sphere_id"], "mapper.pt")
+        write_bytes(uri, weights)
+        record = {**record, "checkpoint": uri}
+        self._append("spheres", record)
+        return record
+
+    def spheres(self) -> list[dict]:
+        """Spherical mapper records, oldest first."""
+        return self._rows("FROM lake.spheres ORDER BY created")
+
+    # snapshots
+    def current_snapshot(self) -> int:
+        con = cat.attach(self.uri, self.catalog, read_only=True)
+        try:
+            return con.execute("SELECT max(snapshot_id) FROM lake.snapshots()").fetchone()[0]
+        finally:
+            con.close()
+
+    def data_files(self, table: str, snapshot: int) -> list[str]:
+        """The Parquet URIs that hold `table` at `snapshot`, for readers that must not open the
+        catalog (Ray tasks and Train workers). Labels and images only: their rows are always
+        registered files, never inlined, never deleted. After compaction a file may also hold
+        rows of later runs: readers filter by run_id (runs committed at `snapshot`)."""
+        con = cat.attach(self.uri, self.catalog, read_only=True)
+        try:
+            rows = con.execute(f"SELECT data_file, delete_file FROM ducklake_list_files('lake', '{table}', "
+                               f"snapshot_version => {int(snapshot)})").fetchall()
+        finally:
+            con.close()
+        if any(d for _, d in rows):
+            raise RuntimeError(f"table {table} of {self} has deleted rows at snapshot {snapshot}; read it through the catalog")
+        return [f for f, _ in rows]
+
+    def connect(self, snapshot: int | None = None) -> duckdb.DuckDBPyConnection:
+        """A read-only DuckDB connection at the latest snapshot (or `snapshot`): the tables and
+        views of the store, and the functions true_xy and part_truth. It cannot write, nor
+        read any file outside the store and its catalog."""
+        con = cat.attach(self.uri, self.catalog, read_only=True, snapshot=snapshot)
+        allowed = [join(self.uri, "")]
+        sqlite = cat.sqlite_file(self.uri, cat.resolve_catalog(self.uri, self.catalog, create=False))
+        if sqlite:
+            allowed.append(os.path.dirname(sqlite) + "/")
+        register(con)
+        con.execute("SET enable_progress_bar = false")
+        con.execute("SET allowed_directories = ?", [allowed])
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+        return con
