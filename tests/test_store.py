@@ -1,10 +1,13 @@
 
 import re
+from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pytest
 
-from labelgen.store import extensions
+from labelgen.io import is_remote
+from labelgen.store import catalog, extensions
 from labelgen.store import IMAGE_SCHEMA, LABEL_SCHEMA, LabelStore, images_table
 
 
@@ -68,6 +71,26 @@ def test_a_run_is_invisible_until_its_commit_record_lands(store):
     assert count(store, "SELECT image_id, error FROM bad_inputs") == [("z", "truncated")]
     assert count(store, "SELECT count(*), sum(n_fg) FROM images") == [(4, 44)]
     assert [c[0] for c in count(store, "DESCRIBE images")] == IMAGE_SCHEMA.names
+    assert count(store, "SELECT category, labels, image_pairs, counts->>'tuples' FROM run_stats ORDER BY 1") == [
+        ("cat", 5, 1, "2"), ("dog", 3, 1, "1")]
+    if not is_remote(store.uri):  # small tables' rows live in the catalog: no Parquet file per run state or stat
+        assert not list(Path(store.uri, "lake").rglob("*.parquet"))
+
+
+def test_a_commit_is_retried_whole_on_a_lock_conflict_unless_it_landed():
+    tries = []
+
+    def attempt():
+        tries.append(1)
+        if len(tries) < 3:
+            raise duckdb.TransactionException("TransactionContext Error: Failed to commit: database is locked")
+        return "done"
+
+    assert catalog.retrying("commit", attempt) == "done" and len(tries) == 3
+    tries.clear()
+    assert catalog.retrying("commit", attempt, committed=lambda: True) is None and len(tries) == 1  # it landed: no second
+    with pytest.raises(duckdb.BinderException):  # not a conflict: at once
+        catalog.retrying("commit", lambda: (_ for _ in ()).throw(duckdb.BinderException("no such column")))
 
 
 def test_resume_finds_the_first_record_and_failures_are_recorded(store):
