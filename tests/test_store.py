@@ -159,6 +159,7 @@ for i in range(n):
 def test_two_concurrent_writers_land_every_run_once_and_a_reader_never_sees_half_a_run(setup, tmp_path, request):
     import subprocess
     import sys
+    import time
 
     catalog = request.getfixturevalue("postgres")(f"concurrent_{setup}") if setup == "postgres" else ""
     store, n = LabelStore(str(tmp_path / "store"), catalog or None), 8
@@ -177,6 +178,7 @@ def test_two_concurrent_writers_land_every_run_once_and_a_reader_never_sees_half
             con.close()
         assert set(per_run) == committed and set(per_run.values()) <= {12}, (per_run, committed)  # all of a run or none
         looks += 1
+        time.sleep(0.05)
     assert [w.wait() for w in writers] == [0, 0], [w.stderr.read()[-2000:] for w in writers]
     con = store.connect()
     try:
@@ -187,3 +189,24 @@ def test_two_concurrent_writers_land_every_run_once_and_a_reader_never_sees_half
     finally:
         con.close()
     assert looks > 3
+
+
+def test_training_reads_the_runs_of_a_snapshot_from_files_the_driver_resolved(tmp_path):
+    from omegaconf import OmegaConf
+
+    from trainer.data import default_conf, load_label_data, resolve_source
+
+    store = LabelStore(str(tmp_path / "store"))
+    for run_id, n in (("r1", 5), ("r2", 3)):
+        store.begin_run({"run_id": run_id, "backbone": "mobilenetv2", "backbone_fingerprint": "fp", "config_hash": "h",
+                         "config": "features: {cache: null, flips: false}"})
+        store.write_category(run_id, "cat", labels(run_id, n), images(run_id), {})
+        store.commit(run_id, {"labels": n}, [])
+    first = count(store, "SELECT snapshot FROM runs WHERE run_id = 'r1'")[0][0]
+    conf = OmegaConf.merge(default_conf, {"store": store.uri})
+    latest = resolve_source(conf)
+    assert latest["runs"] == ["r1", "r2"] and latest["snapshot"] == store.current_snapshot()
+    pinned = resolve_source(OmegaConf.merge(conf, {"snapshot": first}))
+    assert pinned["runs"] == ["r1"] and all(f.startswith(store.uri) for f in pinned["labels"] + pinned["images"])
+    data = load_label_data(pinned, "none")  # files only: a Train worker never opens the catalog
+    assert data.snapshot == first and [len(p.src_xy) for p in data.train] == [5]

@@ -36,6 +36,7 @@ MARKER = "catalog.json"
 # SQLite admits one writer at a time; a losing transaction fails whole and leaves nothing
 CONFLICT = re.compile(r"database is locked|busy|conflict|could not serialize|deadlock", re.IGNORECASE)
 ATTEMPTS = 12
+BUSY_TIMEOUT_MS = 10_000
 
 
 def _public(spec: str) -> str:
@@ -120,6 +121,8 @@ def statements(uri: str, spec: str, *, read_only: bool = False, snapshot: int | 
     data = uri if is_remote(uri) else filesystem(uri)[1]
     options.append(f"DATA_PATH '{join(data, 'lake')}/'")
     sqlite = sqlite_file(uri, spec)
+    if sqlite:  # a reader waits out a commit's lock instead of failing; a writer's conflict is retried whole
+        options.append(f"META_BUSY_TIMEOUT {BUSY_TIMEOUT_MS}")
     target = f"ducklake:sqlite:{sqlite}" if sqlite else f"ducklake:{spec}"
     return [*sql, f"ATTACH '{target}' AS lake ({', '.join(options)})", "USE lake"]
 
