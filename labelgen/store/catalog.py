@@ -142,6 +142,8 @@ def attach(uri: str, catalog: str | None = None, *, read_only: bool = False, sna
             con.execute(sql)
     except duckdb.Error as e:
         con.close()
+        if is_conflict(e):
+            raise  # a writer's lock: the caller's retry waits it out
         what = "snapshot " + str(snapshot) + " of " if snapshot is not None else ""
         raise RuntimeError(f"could not open {what}the catalog {_public(spec)} of store {uri}: {e}") from None
     if create and not exists(join(uri, MARKER)):

@@ -123,18 +123,28 @@ class LabelStore:
 
         cat.retrying(f"create store {self}", create)
 
+    def session(self, what: str, fn, read_only: bool = True):
+        """fn(con) on a fresh connection to the store, again after a lock conflict."""
+        def attempt():
+            con = cat.attach(self.uri, self.catalog, read_only=read_only)
+            try:
+                return fn(con)
+            finally:
+                con.close()
+
+        return cat.retrying(f"{what} {self}", attempt)
+
     def _rows(self, sql: str, params=()) -> list[dict]:
         """Rows of a query on the latest snapshot; none when the store does not exist yet."""
-        try:
-            con = cat.attach(self.uri, self.catalog, read_only=True)
-        except FileNotFoundError:
-            return []
-        try:
+        def rows(con):
             cur = con.execute(sql, params)
             names = [d[0] for d in cur.description]
             return [_record(dict(zip(names, r))) for r in cur.fetchall()]
-        finally:
-            con.close()
+
+        try:
+            return self.session("read", rows)
+        except FileNotFoundError:
+            return []
 
     def _append(self, table: str, record: dict):
         def insert():
@@ -284,23 +294,16 @@ class LabelStore:
 
     # snapshots
     def current_snapshot(self) -> int:
-        con = cat.attach(self.uri, self.catalog, read_only=True)
-        try:
-            return con.execute("SELECT max(snapshot_id) FROM lake.snapshots()").fetchone()[0]
-        finally:
-            con.close()
+        return self.session("snapshot of", lambda con: con.execute("SELECT max(snapshot_id) FROM lake.snapshots()").fetchone()[0])
 
     def data_files(self, table: str, snapshot: int) -> list[str]:
         """The Parquet URIs that hold `table` at `snapshot`, for readers that must not open the
         catalog (Ray tasks and Train workers). Labels and images only: their rows are always
         registered files, never inlined, never deleted. After compaction a file may also hold
         rows of later runs: readers filter by run_id (runs committed at `snapshot`)."""
-        con = cat.attach(self.uri, self.catalog, read_only=True)
-        try:
-            rows = con.execute(f"SELECT data_file, delete_file FROM ducklake_list_files('lake', '{table}', "
-                               f"snapshot_version => {int(snapshot)})").fetchall()
-        finally:
-            con.close()
+        rows = self.session("files of", lambda con: con.execute(
+            f"SELECT data_file, delete_file FROM ducklake_list_files('lake', '{table}', snapshot_version => {int(snapshot)})"
+        ).fetchall())
         if any(d for _, d in rows):
             raise RuntimeError(f"table {table} of {self} has deleted rows at snapshot {snapshot}; read it through the catalog")
         return [f for f, _ in rows]
@@ -309,7 +312,7 @@ class LabelStore:
         """A read-only DuckDB connection at the latest snapshot (or `snapshot`): the tables and
         views of the store, and the functions true_xy and part_truth. It cannot write, nor
         read any file outside the store and its catalog."""
-        con = cat.attach(self.uri, self.catalog, read_only=True, snapshot=snapshot)
+        con = cat.retrying(f"open {self}", lambda: cat.attach(self.uri, self.catalog, read_only=True, snapshot=snapshot))
         allowed = [join(self.uri, "")]
         sqlite = cat.sqlite_file(self.uri, cat.resolve_catalog(self.uri, self.catalog, create=False))
         if sqlite:

@@ -14,7 +14,6 @@ snapshot ever registered (a run's staged, uncommitted files) are left alone: the
 what a resumed run picks up.
 """
 
-from . import catalog as cat
 from .lake import LabelStore
 
 
@@ -35,27 +34,15 @@ def _expirable(con, older_than_days: float) -> tuple[list[int], list[int]]:
     return [s for s, pinned in rows if not pinned], [s for s, pinned in rows if pinned]
 
 
-def _step(store: LabelStore, what: str, fn):
-    """fn(con) on a fresh writing connection to the store, again after a lock conflict."""
-    def attempt():
-        con = cat.attach(store.uri, store.catalog)
-        try:
-            return fn(con)
-        finally:
-            con.close()
-
-    return cat.retrying(f"{what} {store}", attempt)
-
-
 def maintain(store: LabelStore, older_than_days: float, log=print) -> dict:
     """Compact, expire old unpinned snapshots, delete files scheduled for deletion
     `older_than_days` ago or more; returns what it did."""
     if older_than_days < 0:
         raise ValueError(f"older_than_days={older_than_days}: give 0 or more")
-    before = _step(store, "count files of", _files)
+    before = store.session("count files of", _files)
     log(f"store {store}: {sum(before.values())} data files")
-    _step(store, "compact", lambda con: con.execute("CALL ducklake_merge_adjacent_files('lake')").fetchall())
-    after = _step(store, "count files of", _files)
+    store.session("compact", lambda con: con.execute("CALL ducklake_merge_adjacent_files('lake')").fetchall(), read_only=False)
+    after = store.session("count files of", _files)
     merged = [f"{t} {before.get(t, 0)} -> {n}" for t, n in after.items() if n != before.get(t, 0)]
     log(f"compacted: {', '.join(merged)}" if merged else "compacted: nothing to merge")
 
@@ -65,14 +52,14 @@ def maintain(store: LabelStore, older_than_days: float, log=print) -> dict:
             con.execute(f"CALL ducklake_expire_snapshots('lake', versions => [{', '.join(map(str, expired))}])").fetchall()
         return expired, pinned
 
-    expired, pinned = _step(store, "expire snapshots of", expire)
+    expired, pinned = store.session("expire snapshots of", expire, read_only=False)
     log(f"expired {len(expired)} snapshots older than {older_than_days:g} days; kept {len(pinned)} pinned by models"
         + (f" ({', '.join(map(str, pinned))})" if pinned else ""))
     cutoff = f"now() - to_seconds({float(older_than_days) * 86400.0})"
-    deleted = _step(store, "delete old files of", lambda con: con.execute(
-        f"CALL ducklake_cleanup_old_files('lake', older_than => {cutoff})").fetchall())
-    waiting = _step(store, "list scheduled files of", lambda con: con.execute(
-        "CALL ducklake_cleanup_old_files('lake', dry_run => true, cleanup_all => true)").fetchall())
+    deleted = store.session("delete old files of", lambda con: con.execute(
+        f"CALL ducklake_cleanup_old_files('lake', older_than => {cutoff})").fetchall(), read_only=False)
+    waiting = store.session("list scheduled files of", lambda con: con.execute(
+        "CALL ducklake_cleanup_old_files('lake', dry_run => true, cleanup_all => true)").fetchall(), read_only=False)
     log(f"deleted {len(deleted)} files no snapshot needs" + (f"; {len(waiting)} more wait until they are "
                                                               f"{older_than_days:g} days unused" if waiting else ""))
     return {"files_before": sum(before.values()), "files_after": sum(after.values()),
