@@ -121,9 +121,15 @@ def statements(uri: str, spec: str, *, read_only: bool = False, snapshot: int | 
     data = uri if is_remote(uri) else filesystem(uri)[1]
     options.append(f"DATA_PATH '{join(data, 'lake')}/'")
     sqlite = sqlite_file(uri, spec)
-    if sqlite:  # a reader waits out a commit's lock instead of failing; a writer's conflict is retried whole
+    if sqlite:  # WAL (a writer sets it, it stays): readers and a writer never block each other;
+        # writers wait for each other, then retry whole
+        options += [] if read_only else ["META_JOURNAL_MODE 'WAL'"]
         options.append(f"META_BUSY_TIMEOUT {BUSY_TIMEOUT_MS}")
     target = f"ducklake:sqlite:{sqlite}" if sqlite else f"ducklake:{spec}"
+    # conflicts come back to `retrying`, which redoes the whole transaction: DuckLake's own retry
+    # of a failed commit once left a PostgreSQL catalog whose registered files named column
+    # mappings it no longer had (1 of 14 two-writer trials; unreadable after)
+    sql.append("SET ducklake_max_retry_count = 0")
     return [*sql, f"ATTACH '{target}' AS lake ({', '.join(options)})", "USE lake"]
 
 
