@@ -314,11 +314,11 @@ def label(conf) -> int:
     # `latest` or an id: checked now, before any work; `auto` is resolved after the features
     named = sphere_wanted(conf.labels.sphere) and conf.labels.sphere != "auto"
     sphere = resolve_sphere(store, conf.labels.sphere, features) if named else None
-    digest = config_hash(OmegaConf.masked_copy(conf, [k for k in conf if k not in ("run_id", "ray", "catalog")]))
-    record = store.begin_run(  # the config without the catalog, whose string may hold a password
+    stored = OmegaConf.masked_copy(conf, [k for k in conf if k != "catalog"])  # its string may hold a password
+    digest = config_hash(OmegaConf.masked_copy(stored, [k for k in stored if k not in ("run_id", "ray")]))
+    record = store.begin_run(
         {"run_id": run_id, "manifest": manifest_uri, "backbone": backbone_conf.name, "backbone_fingerprint": fingerprint,
-         "label_features": features, "config": OmegaConf.to_yaml(OmegaConf.masked_copy(conf, [k for k in conf if k != "catalog"])),
-         "config_hash": digest}
+         "label_features": features, "config": OmegaConf.to_yaml(stored), "config_hash": digest}
     )
     if record["config_hash"] != digest:
         raise ValueError(f"run_id={run_id} was started with another config (hash {record['config_hash']}, now {digest}; "

@@ -27,7 +27,6 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 
 import duckdb
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -215,14 +214,15 @@ class LabelStore:
         return out
 
     def _label_stats(self, run_id: str, files: list[str]) -> pa.Table:
-        """run_stats rows of the run's staged label files, computed before the commit so
-        that its transaction stays short."""
-        stats = self.category_stats(run_id)
+        """run_stats rows of the run's staged label files (each read once: rows and the vote's
+        counts in its metadata), computed before the commit so that its transaction stays short."""
+        tables = [pq.read_table(pa.BufferReader(read_bytes(f)), columns=["category", "src_image_id", "tgt_image_id",
+                                                                        "cycle_error", "similarity", "support", "hops"])
+                  for f in files]
+        stats = {posixpath.basename(posixpath.dirname(f))[len("category="):]:
+                 (t.schema.metadata or {}).get(STATS_KEY, b"{}").decode() for f, t in zip(files, tables)}
         con = duckdb.connect()
         try:
-            tables = [pq.read_table(pa.BufferReader(read_bytes(f)), columns=["category", "src_image_id", "tgt_image_id",
-                                                                            "cycle_error", "similarity", "support", "hops"])
-                      for f in files]
             con.register("staged", pa.concat_tables(tables) if tables else LABEL_SCHEMA.empty_table())
             out = con.execute("""
                 SELECT ? AS run_id, category, count(*) AS labels, count(DISTINCT (src_image_id, tgt_image_id)) AS image_pairs,
@@ -231,7 +231,7 @@ class LabelStore:
                 FROM staged GROUP BY category ORDER BY category""", [run_id]).fetch_arrow_table()
         finally:
             con.close()
-        counts = [json.dumps(stats.get(c, {})) for c in out["category"].to_pylist()]
+        counts = [stats.get(c, "{}") for c in out["category"].to_pylist()]
         return out.append_column("counts", pa.array(counts, pa.string()))
 
     def commit(self, run_id: str, counts: dict, bad_inputs: list[dict]) -> dict:
