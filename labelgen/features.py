@@ -60,6 +60,10 @@ class ImageFeatures:
         """Flat cell indices of the foreground, row-major."""
         return self.fg.flatten().nonzero().squeeze(1)
 
+    def fg_feats(self) -> torch.Tensor:
+        """(N, C) features of the foreground cells, row-major (what the chains match)."""
+        return self.feats.flatten(0, 1)[self.fg_index()]
+
     def cell_xy(self, index: torch.Tensor) -> torch.Tensor:
         """Grid (col, row) of flat cell indices, as float."""
         w = self.fg.shape[1]

@@ -63,8 +63,7 @@ class Foreground:
     def of(cls, f: ImageFeatures) -> "Foreground":
         idx = f.fg_index()
         grid = f.cell_xy(idx)
-        feats = f.feats.flatten(0, 1)[idx].contiguous()
-        return cls(feats, grid, f.to_pixels(grid), f.cell_px, (f.width, f.height))
+        return cls(f.fg_feats().contiguous(), grid, f.to_pixels(grid), f.cell_px, (f.width, f.height))
 
 
 class PairCache:
