@@ -5,13 +5,24 @@ The bound: the backbone's FLOPs per image (counted by torch's FlopCounterMode:
 (a large float32 GEMM on the same threads). The backbone rate is measured on
 batches already in memory; the actor rate adds decoding, the mirrored twin,
 the PCA mask and the float16 cache write.
+
+The cache: bytes per image of its files (the foreground cells and their context ring)
+against the full float16 grid the cache held before, on a collection's real files and
+on a DINOv2-B shaped grid.
 """
 
+import math
+import os
+import tempfile
 import time
 
+import numpy as np
 import timm
 import torch
+from safetensors.numpy import save as st_save
 from torch.utils.flop_counter import FlopCounterMode
+
+from labelgen.features import FLIPPED, ImageFeatures, cache_uri, load_features, save_features
 
 
 def best_rate(fn, work: float, reps: int = 5) -> float:
@@ -63,3 +74,50 @@ def bench_backbones(offline, size: int, batch: int, peak: float) -> list[dict]:
         rows.append({"model": name, "gflops_per_image": flops / 1e9, "images_per_s": rate,
                      "bound_images_per_s": peak / flops, "of_bound": rate * flops / peak})
     return rows
+
+
+def full_grid_bytes(f: ImageFeatures) -> int:
+    """The file the cache wrote before: the (h, w, C) float16 grid, the fg map, the same metadata."""
+    h, w = f.fg.shape
+    tensors = {"feats": np.zeros((h, w, f.feats.shape[1]), np.float16), "fg": np.zeros((h, w), np.uint8)}
+    meta = {"scale": repr(f.scale), "stride": str(f.stride), "width": str(f.width), "height": str(f.height)}
+    return len(st_save(tensors, metadata=meta))
+
+
+def bench_cache(cache_root: str, fingerprint: str, image_ids, flips: bool = True) -> dict:
+    """Bytes per cached view of a collection's files against the full-grid files, and the
+    share of the grid that is foreground and that is stored."""
+    ids = [v for i in image_ids for v in ([i, i + FLIPPED] if flips else [i])]
+    sizes, full, fg, stored = [], [], [], []
+    for i in ids:
+        uri = cache_uri(cache_root, fingerprint, i)
+        f = load_features(uri)
+        sizes.append(os.path.getsize(uri))
+        full.append(full_grid_bytes(f))
+        fg.append(float(f.fg.float().mean()))
+        stored.append(float(f.stored.float().mean()))
+    return {"views": len(ids), "grid": tuple(f.fg.shape), "dim": f.feats.shape[1], "bytes": float(np.mean(sizes)),
+            "full_bytes": float(np.mean(full)), "fraction": float(np.sum(sizes) / np.sum(full)),
+            "fg_fraction": float(np.mean(fg)), "stored_fraction": float(np.mean(stored))}
+
+
+def ellipse(side: int, fraction: float, aspect: float = 1.3) -> torch.Tensor:
+    """(side, side) bool: a centred filled ellipse covering about `fraction` of the grid."""
+    b = math.sqrt(fraction * side * side / (math.pi * aspect))
+    ys, xs = torch.meshgrid(torch.arange(side) + 0.5 - side / 2, torch.arange(side) + 0.5 - side / 2, indexing="ij")
+    return (xs / (aspect * b)) ** 2 + (ys / b) ** 2 <= 1
+
+
+def cache_cut_dinov2(fg_fraction: float, side: int = 60, dim: int = 768) -> dict:
+    """Bytes per view of a DINOv2-B grid at 840 px (60 x 60, 768-d): the full float16 grid
+    against the cache's file, for an object covering `fg_fraction` of the grid (measured on
+    a collection by `bench_cache`)."""
+    fg = ellipse(side, fg_fraction)
+    f = ImageFeatures(torch.randn(side, side, dim).to(torch.float16), fg, scale=1.0, stride=14, width=840, height=840)
+    with tempfile.TemporaryDirectory() as root:
+        uri = cache_uri(root, "fp", "view")
+        save_features(uri, f)
+        size = os.path.getsize(uri)
+    full = full_grid_bytes(f)
+    return {"grid": (side, side), "dim": dim, "fg_fraction": float(fg.float().mean()),
+            "stored_fraction": float(f.stored.float().mean()), "full_bytes": full, "bytes": size, "fraction": size / full}

@@ -4,7 +4,8 @@ Measured here (one CPU core): the chain stage's pair structure (`pair_nn`) at th
 size and at DINOv2-B's (60 x 60 grid, 768-d), and its per-tuple remainder on the demo.
 Taken from the hardware's data sheets (stated, not measured): the GPU's bf16 rate and
 the fraction of it a ViT reaches, prices, and the network. The FLOPs of DINOv2-B at
-840 px are counted, not assumed.
+840 px are counted, not assumed. The cache holds the foreground cells and their context
+ring: `cache_fraction` of the full grid's bytes, measured (benchmarks.features.cache_cut_dinov2).
 """
 
 import math
@@ -25,7 +26,7 @@ CPUS_PER_GPU_NODE = 4
 HEAD_CPUS = 8
 S3_USD_GB_MONTH = 0.023
 NODE_GBYTES_S = 1.25  # 10 Gbit/s per node from S3
-FEATURE_BYTES = 60 * 60 * 768 * 2  # one DINOv2-B grid in float16
+FEATURE_BYTES = 60 * 60 * 768 * 2  # one full DINOv2-B grid in float16 (what the cache held before)
 
 # The workload
 IMAGES = 1_000_000
@@ -57,8 +58,9 @@ def pair_nn_seconds(n: int, dim: int, reps: int = 3) -> float:
     return (time.perf_counter() - t0) / reps
 
 
-def scale_model(chain: dict, demo_fg: float, demo_dim: int, nodes=(1, 4, 16, 64)) -> dict:
-    """`chain`: the chain benchmark (service seconds and tuples on the demo, one core)."""
+def scale_model(chain: dict, demo_fg: float, demo_dim: int, nodes=(1, 4, 16, 64), cache_fraction: float = 1.0) -> dict:
+    """`chain`: the chain benchmark (service seconds and tuples on the demo, one core);
+    `cache_fraction`: a cache file's bytes over the full grid file's (cache_cut_dinov2; 1: the full grid)."""
     torch.set_num_threads(1)
     flops = dinov2_b_flops()
     gpu_img_s = A10G_BF16_FLOPS * VIT_GPU_EFFICIENCY / flops / 2  # the image and its mirrored twin
@@ -69,7 +71,9 @@ def scale_model(chain: dict, demo_fg: float, demo_dim: int, nodes=(1, 4, 16, 64)
     tuples = categories * TUPLES_PER_CATEGORY
     # a chunk's distinct images: the category's, each drawn with probability 1 - exp(-slots / images)
     per_chunk = IMAGES_PER_CATEGORY * (1 - math.exp(-TUPLES_PER_TASK * K / IMAGES_PER_CATEGORY))
-    read_bytes = categories * math.ceil(TUPLES_PER_CATEGORY / TUPLES_PER_TASK) * per_chunk * FEATURE_BYTES
+    read_bytes_full = categories * math.ceil(TUPLES_PER_CATEGORY / TUPLES_PER_TASK) * per_chunk * FEATURE_BYTES
+    read_bytes = read_bytes_full * cache_fraction
+    cache_bytes = IMAGES * 2 * FEATURE_BYTES  # the image and its mirrored twin
     rows = []
     for n in nodes:
         stages = {
@@ -84,6 +88,7 @@ def scale_model(chain: dict, demo_fg: float, demo_dim: int, nodes=(1, 4, 16, 64)
                      "usd": wall_h * (HEAD_USD_H + n * G5_XLARGE_USD_H)})
     return {"dinov2_b_gflops": flops / 1e9, "gpu_images_per_s": gpu_img_s, "pair_nn_demo_s": pair_demo,
             "pair_nn_dino_s": pair_dino, "tuple_s": tuple_s, "tuples": tuples, "rows": rows,
-            "chain_read_tb": read_bytes / 1e12,
-            "cache_tb": IMAGES * 2 * FEATURE_BYTES / 1e12,
-            "cache_usd_month": IMAGES * 2 * FEATURE_BYTES / 1e9 * S3_USD_GB_MONTH}
+            "chain_read_tb": read_bytes / 1e12, "chain_read_tb_full": read_bytes_full / 1e12,
+            "cache_tb": cache_bytes * cache_fraction / 1e12, "cache_tb_full": cache_bytes / 1e12,
+            "cache_usd_month": cache_bytes * cache_fraction / 1e9 * S3_USD_GB_MONTH,
+            "cache_usd_month_full": cache_bytes / 1e9 * S3_USD_GB_MONTH}

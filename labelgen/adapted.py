@@ -17,7 +17,7 @@ import torch
 from trainer.adapter import load_adapter
 
 from .console import Progress
-from .features import cache_uri, cached_ids, load_features, save_features
+from .features import ImageFeatures, cache_uri, cached_ids, load_features, save_features
 from .io import read_bytes
 
 log = logging.getLogger(__name__)
@@ -55,18 +55,20 @@ def label_fingerprint(fingerprint: str, model: dict | None) -> str:
 @torch.inference_mode()
 def adapt_images(checkpoint: str, cache_root: str, fingerprint: str, out_fingerprint: str, image_ids: list[str],
                  batch: int = 16) -> int:
-    """Refine the cached backbone features of `image_ids` with the adapter and cache them."""
+    """Refine the cached backbone features of `image_ids` with the adapter and cache them
+    (the stored cells of the zero-filled grids, as the adapter was trained on)."""
     adapter = load_adapter(_io.BytesIO(read_bytes(checkpoint)))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     adapter.to(device)
     for s in range(0, len(image_ids), batch):
         ids = image_ids[s : s + batch]
         feats = [load_features(cache_uri(cache_root, fingerprint, i)) for i in ids]
-        x = torch.stack([f.feats.permute(2, 0, 1) for f in feats]).to(device)  # one grid side per backbone and size
+        x = torch.stack([f.grid().permute(2, 0, 1).float() for f in feats]).to(device)  # one grid side per backbone and size
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             out = adapter(x).float().cpu()
         for i, f, o in zip(ids, feats, out):
-            save_features(cache_uri(cache_root, out_fingerprint, i), o, f.fg, f.scale, f.stride, (f.width, f.height))
+            refined = ImageFeatures(o.permute(1, 2, 0).to(torch.float16), f.fg, f.scale, f.stride, f.width, f.height)
+            save_features(cache_uri(cache_root, out_fingerprint, i), refined)
     return len(image_ids)
 
 

@@ -1,8 +1,10 @@
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from labelgen.features import ImageFeatures, cache_uri, cached_ids, load_features, preprocess, save_features
+from labelgen.features import (ImageFeatures, cache_uri, cached_ids, fit, load_features, model_input, preprocess,
+                               save_features)
 
 
 def test_preprocess_pads_right_and_bottom_and_pools_the_mask():
@@ -22,6 +24,20 @@ def test_preprocess_pads_right_and_bottom_and_pools_the_mask():
     assert fg.sum() == 32 and fg[:4].all()
 
 
+def test_the_mirror_of_the_resized_view_is_the_resized_mirror():
+    """The worker mirrors the resized pixels and mask instead of resizing the mirrored image:
+    the same input and foreground, also where the content does not fill whole cells
+    (97 x 131 px -> 47 x 64 of 8 px cells: the foreground is pooled again, not mirrored)."""
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (131, 97, 3), dtype=np.uint8))
+    mask = Image.fromarray((rng.random((131, 97)) > 0.4).astype(np.uint8) * 255)
+    pixels, area, scale = fit(image, mask, 64)
+    x, fg = model_input(pixels[:, ::-1], area[:, ::-1], 64, 8, (0.5,) * 3, (0.2,) * 3)
+    flip = Image.Transpose.FLIP_LEFT_RIGHT
+    want_x, want_fg, want_scale = preprocess(image.transpose(flip), mask.transpose(flip), 64, 8, (0.5,) * 3, (0.2,) * 3)
+    assert torch.equal(torch.from_numpy(x).permute(2, 0, 1), want_x) and torch.equal(fg, want_fg) and scale == want_scale
+
+
 def test_cell_centres_map_back_to_original_pixels():
     f = ImageFeatures(torch.zeros(8, 8, 4), torch.ones(8, 8, dtype=torch.bool), scale=0.32, stride=8, width=200, height=100)
     xy = f.cell_xy(torch.tensor([0, 9, 63]))
@@ -35,16 +51,47 @@ def test_mask_of_the_wrong_size_is_an_error():
         preprocess(Image.new("RGB", (200, 100)), Image.new("L", (10, 10)), 64, 8, (0,) * 3, (1,) * 3)
 
 
-def test_cache_round_trip_and_listing(tmp_path):
-    feats = torch.nn.functional.normalize(torch.randn(16, 5, 6), dim=0)
-    fg = torch.rand(5, 6) > 0.5
+def test_cache_keeps_the_foreground_and_its_context_ring(tmp_path):
+    grid = torch.nn.functional.normalize(torch.randn(6, 7, 16), dim=2)
+    fg = torch.zeros(6, 7, dtype=torch.bool)
+    fg[2:4, 1:3] = True
+    fg[5, 6] = True
+    f = ImageFeatures(grid, fg, scale=0.25, stride=14, width=300, height=280)
+    stored = torch.zeros(6, 7, dtype=torch.bool)
+    stored[1:5, 0:4] = True  # a ring of one cell (8-neighbours) around the block
+    stored[4:6, 5:7] = True  # and around the corner cell, cut by the border
+    assert torch.equal(f.stored, stored) and torch.equal(f.feats, grid[stored])
+    assert torch.equal(f.fg_feats(), grid[fg])  # what the chains match: the grid's, row-major
+    want = torch.nn.functional.normalize(grid[fg].mean(0), dim=0)
+    assert np.allclose(f.descriptor(), want.numpy(), atol=1e-6)
+
     uri = cache_uri(str(tmp_path), "fp", "cat/001.jpg")
-    save_features(uri, feats, fg, 0.25, 14, (300, 280))
+    save_features(uri, f)
     got = load_features(uri)
-    assert got.feats.shape == (5, 6, 16)
-    assert torch.allclose(got.feats, feats.permute(1, 2, 0), atol=1e-3)  # float16 on disk
-    assert torch.equal(got.fg, fg)
+    assert got.feats.dtype == torch.float16 and got.feats.shape == (int(stored.sum()), 16)
+    assert torch.equal(got.fg, fg) and torch.equal(got.stored, stored)
+    assert torch.allclose(got.fg_feats(), grid[fg], atol=1e-3)  # float16 on disk
+    dense = got.grid()
+    assert dense.shape == (6, 7, 16) and (dense[~stored] == 0).all()
+    assert torch.allclose(dense[stored].float(), grid[stored], atol=1e-3)
+    assert np.array_equal(got.descriptor(), f.descriptor())  # taken at write time, from the full grid
     assert (got.scale, got.stride, got.width, got.height) == (0.25, 14, 300, 280)
+    assert len(open(uri, "rb").read()) < 6 * 7 * 16 * 2  # less than the full float16 grid alone
+
+
+def test_an_image_without_foreground_keeps_only_its_descriptor(tmp_path):
+    grid = torch.nn.functional.normalize(torch.randn(4, 5, 8), dim=2)
+    uri = cache_uri(str(tmp_path), "fp", "empty")
+    save_features(uri, ImageFeatures(grid, torch.zeros(4, 5, dtype=torch.bool), scale=1.0, stride=8, width=40, height=32))
+    got = load_features(uri)
+    assert got.feats.shape == (0, 8) and len(got.fg_feats()) == 0 and (got.grid() == 0).all()
+    want = torch.nn.functional.normalize(grid.flatten(0, 1).mean(0), dim=0)  # pairing still sees the whole image
+    assert np.allclose(got.descriptor(), want.numpy(), atol=1e-6)
+
+
+def test_cache_listing(tmp_path):
+    grid, fg = torch.randn(5, 6, 4), torch.rand(5, 6) > 0.5
+    save_features(cache_uri(str(tmp_path), "fp", "cat/001.jpg"), ImageFeatures(grid, fg, 0.25, 14, 300, 280))
     assert cached_ids(str(tmp_path), "fp", ["cat/001.jpg", "cat/002.jpg"]) == {"cat/001.jpg"}
     assert cached_ids(str(tmp_path), "other", ["cat/001.jpg"]) == set()
     assert not list(tmp_path.rglob("*.tmp"))  # written whole, then renamed

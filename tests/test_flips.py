@@ -20,13 +20,21 @@ def test_worker_caches_the_mirrored_twin_and_pose_alignment_uses_it(tiny_demo, t
     mirror = tmp_path / "mirror.png"
     Image.open(src).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirror)
     backbone_conf = OmegaConf.merge(OmegaConf.create(backbones_conf), {"name": "mobilenetv2"})
+    batch = {"image_id": np.array(["a", "b"]), "uri": np.array([src, str(mirror)]), "mask_uri": np.array([None, None])}
     worker = FeatureWorker(backbone_conf, 320, str(tmp_path / "cache"), "fp", threads=2, flips=True, mask_fallback="image")
-    out = worker({"image_id": np.array(["a", "b"]), "uri": np.array([src, str(mirror)]), "mask_uri": np.array([None, None])})
+    out = worker(batch)
     assert out["error"].tolist() == ["", ""]
+    parts = FeatureWorker(backbone_conf, 320, str(tmp_path / "parts"), "fp", threads=2, flips=True, mask_fallback="image",
+                          micro_batch=3)  # forwards of 3 and 1 views, as a GPU actor splits its batches
+    assert parts(batch)["error"].tolist() == ["", ""]
+    for i in ("a", "a" + FLIPPED, "b", "b" + FLIPPED):
+        whole, split = (load_features(cache_uri(str(tmp_path / d), "fp", i)) for d in ("cache", "parts"))
+        assert torch.equal(whole.stored, split.stored) and torch.allclose(whole.feats.float(), split.feats.float(), atol=1e-2)
     a, a_flip = (load_features(cache_uri(str(tmp_path / "cache"), "fp", i)) for i in ("a", "a" + FLIPPED))
     assert torch.equal(a_flip.fg, a.fg.flip(1))  # 320 x 320: the mirror is cell for cell
     b = load_features(cache_uri(str(tmp_path / "cache"), "fp", "b"))
-    assert torch.allclose(a_flip.feats, b.feats, atol=1e-2)  # the mirrored twin is the mirrored image's features
+    # the mirrored twin is the mirrored image's features
+    assert torch.equal(a_flip.stored, b.stored) and torch.allclose(a_flip.feats.float(), b.feats.float(), atol=1e-2)
 
     bank = FeatureBank(str(tmp_path / "cache"), "fp")
     conf = OmegaConf.create({**default_conf, "flip_align": True})

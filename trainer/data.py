@@ -143,7 +143,7 @@ def load_label_data(source: dict, val_split: str) -> LabelData:
 
 @dataclass
 class FeatureBank:
-    """Cached backbone features by image, loaded once per process, kept as float16."""
+    """Cached backbone features by image, loaded once per process, kept as stored (float16 cells)."""
 
     cache_root: str
     fingerprint: str
@@ -151,14 +151,12 @@ class FeatureBank:
 
     def __call__(self, image_id: str) -> ImageFeatures:
         if image_id not in self._cache:
-            f = load_features(cache_uri(self.cache_root, self.fingerprint, image_id))
-            f.feats = f.feats.to(torch.float16)
-            self._cache[image_id] = f
+            self._cache[image_id] = load_features(cache_uri(self.cache_root, self.fingerprint, image_id))
         return self._cache[image_id]
 
     def grid(self, image_id: str) -> torch.Tensor:
-        """(C, h, w) float32."""
-        return self(image_id).feats.permute(2, 0, 1).float()
+        """(C, h, w) float32, zeros in the cells not stored."""
+        return self(image_id).grid().permute(2, 0, 1).float()
 
     def view(self, image_id: str, xy_px: np.ndarray, flip: bool) -> tuple[str, np.ndarray]:
         """The cache id and pixel coordinates of the image, or of its mirrored twin."""

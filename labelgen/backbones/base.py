@@ -34,7 +34,8 @@ class Backbone(nn.Module):
     weights: str
     mean = IMAGENET_MEAN
     std = IMAGENET_STD
-    recipe = "v1"  # bump when the feature definition changes: it invalidates caches
+    recipe = "v2"  # bump when the feature definition or the cache format changes: it invalidates caches
+    # (v2: a cache file keeps the foreground cells and their context ring, labelgen.features)
 
     def check_size(self, size: int) -> int:
         if size % self.size_multiple:
