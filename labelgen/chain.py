@@ -77,10 +77,11 @@ class Neighbours:
             a_to_b, b_to_a = nearest(patches.feats[patches.of(a)], patches.feats[patches.of(b)], topk)
             keys += [a * n + b, b * n + a]
             blocks += [a_to_b + patches.start[b], b_to_a + patches.start[a]]
-        sizes = torch.tensor([len(x) for x in blocks], dtype=torch.long)
-        keys, order = torch.tensor(keys, dtype=torch.long).sort()
+        device = patches.start.device
+        sizes = torch.tensor([len(x) for x in blocks], dtype=torch.long, device=device)
+        keys, order = torch.tensor(keys, dtype=torch.long, device=device).sort()
         self.keys, self.n, self.patches = keys, n, patches
-        self.table = torch.cat(blocks) if blocks else torch.zeros(0, topk, dtype=torch.long)
+        self.table = torch.cat(blocks) if blocks else torch.zeros(0, topk, dtype=torch.long, device=device)
         self.first = (sizes.cumsum(0) - sizes)[order]  # first table row of each pair, in key order
 
     def __call__(self, a: torch.Tensor, b: torch.Tensor, patch: torch.Tensor) -> torch.Tensor:
@@ -111,7 +112,7 @@ def cycle_hop(nn: Neighbours, src: torch.Tensor, dst: torch.Tensor, seeds: torch
     seeds of its group (sorted by group, then patch). Returns the targets, the cycle error
     (grid units of the source image) and the keep mask (error <= radius)."""
     if not len(seeds):
-        return seeds, torch.zeros(0), torch.zeros(0, dtype=torch.bool)
+        return seeds, torch.zeros(0, device=seeds.device), torch.zeros(0, dtype=torch.bool, device=seeds.device)
     targets = nn(src, dst, seeds)[:, 0]
     cand = nn(dst, src, targets)
     # a candidate is allowed when it is a seed of the same group: look its key up among the seeds'
@@ -136,7 +137,7 @@ def chain(tuples: torch.Tensor, patches: Patches, nn: Neighbours, radius: float)
     """Chain every patch of each tuple's first image through the tuple (`tuples`: (T, K)
     image indices); a chain dies at its first failed hop."""
     idx, tid = ranges(patches.start[tuples[:, 0]], patches.start[tuples[:, 0] + 1])
-    idx, err, span = idx[:, None], torch.zeros(len(idx), 0), len(patches.feats)
+    idx, err, span = idx[:, None], torch.zeros(len(idx), 0, device=idx.device), len(patches.feats)
     survivors = [len(idx)]
     for h in range(tuples.shape[1] - 1):
         seeds, inverse = (tid * span + idx[:, -1]).unique(return_inverse=True)
@@ -178,18 +179,18 @@ def compose(chains: Chains, span: int, hop_px: torch.Tensor) -> Labels:
             keys.append(((chains.tuple * k + (j - i)) * span + torch.minimum(a, b)) * span + torch.maximum(a, b))
             cycles.append(err_px[:, i:j].amax(dim=1))
     per_tuple, inverse = torch.cat(keys).unique(return_inverse=True)
-    cyc = torch.full((len(per_tuple),), float("inf")).scatter_reduce(0, inverse, torch.cat(cycles), reduce="amin")
+    cyc = err_px.new_full((len(per_tuple),), float("inf")).scatter_reduce(0, inverse, torch.cat(cycles), reduce="amin")
     label, inverse, support = (per_tuple % (k * span * span)).unique(return_inverse=True, return_counts=True)
-    cyc = torch.full((len(label),), float("inf")).scatter_reduce(0, inverse, cyc, reduce="amin")
+    cyc = err_px.new_full((len(label),), float("inf")).scatter_reduce(0, inverse, cyc, reduce="amin")
     return Labels(label // span % span, label % span, label // (span * span), cyc, support)
 
 
 def match_pair(fa: torch.Tensor, fb: torch.Tensor, pos_a: torch.Tensor, radius: float):
     """Direct matches of every patch of A in B (what the chains are compared against):
     the targets, the cycle check's keep mask and whether each match is mutual."""
-    patches = Patches.cat([fa, fb], [pos_a, torch.zeros(len(fb), 2)])
+    patches = Patches.cat([fa, fb], [pos_a, pos_a.new_zeros(len(fb), 2)])
     nn = Neighbours(patches, [(0, 1)])
-    src = torch.arange(len(fa))
+    src = torch.arange(len(fa), device=fa.device)
     a, b = torch.zeros_like(src), torch.ones_like(src)
     tgt, _, keep = cycle_hop(nn, a, b, src, a, patches, radius)
     return tgt - len(fa), keep, nn(b, a, tgt)[:, 0] == src

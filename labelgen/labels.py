@@ -69,10 +69,11 @@ class Foreground:
 
 
 def candidates(run_id: str, category: str, tuples: list[tuple[str, ...]], features: dict[str, ImageFeatures], conf,
-               rotations: dict[str, np.ndarray] | None = None):
+               rotations: dict[str, np.ndarray] | None = None, device: str = "cpu"):
     """Chain every tuple of the chunk; return candidate label rows and counts per stage.
     Composed labels are made only between views within the pose-gap cap (`rotations`:
-    image -> 3x3, where known) and carry how far the pair's own direct match back lands."""
+    image -> 3x3, where known) and carry how far the pair's own direct match back lands.
+    The matching runs on `device` (the same torch code on a GPU)."""
     ids = sorted(features)
     fgs = [Foreground.of(features[i]) for i in ids]
     k = len(tuples[0]) if tuples else 0
@@ -85,7 +86,8 @@ def candidates(run_id: str, category: str, tuples: list[tuple[str, ...]], featur
     tuples_t = tuples_t[full]
     if not len(tuples_t):
         return to_table(run_id, category, ids, None), stats
-    patches = Patches.cat([f.feats for f in fgs], [f.grid for f in fgs])
+    patches = Patches.cat([f.feats.to(device) for f in fgs], [f.grid.to(device) for f in fgs])
+    tuples_t = tuples_t.to(device)
     # every pair of positions: adjacent ones chain, all are checked for co-visibility (pair_error)
     i, j = torch.triu_indices(k, k, offset=1)
     pairs = torch.stack([tuples_t[:, i], tuples_t[:, j]], dim=2).reshape(-1, 2).unique(dim=0)
@@ -93,17 +95,17 @@ def candidates(run_id: str, category: str, tuples: list[tuple[str, ...]], featur
     ch = chain(tuples_t, patches, nn, conf.radius)
     for h, n in enumerate(ch.survivors):
         stats["seeds" if h == 0 else f"after_hop{h}"] = n
-    cell_px = torch.tensor([f.cell_px for f in fgs])
+    cell_px = torch.tensor([f.cell_px for f in fgs], device=device)
     one_way = compose(ch, len(patches.feats), cell_px[tuples_t[ch.tuple, :-1]])
     sim = similarity(patches.feats, one_way.src, one_way.tgt)
     src, tgt = torch.cat([one_way.src, one_way.tgt]), torch.cat([one_way.tgt, one_way.src])
     image = patches.image
     a, b = image[src], image[tgt]
     stats["composed"] = len(src)
-    gap = torch.from_numpy(gap_matrix(ids, rotations))[a, b]
-    keep = ~(gap > conf.max_gap_deg + 1e-3) if conf.max_gap_deg is not None else torch.ones(len(src), dtype=torch.bool)
+    gap = torch.from_numpy(gap_matrix(ids, rotations)).to(device)[a, b]
+    keep = ~(gap > conf.max_gap_deg + 1e-3) if conf.max_gap_deg is not None else torch.ones_like(src, dtype=torch.bool)
     src, tgt, a, b = src[keep], tgt[keep], a[keep], b[keep]
-    pixels = torch.cat([f.pixels for f in fgs])
+    pixels = torch.cat([f.pixels for f in fgs]).to(device)
     cols = {
         "src": a, "tgt": b, "src_xy": pixels[src], "tgt_xy": pixels[tgt],
         "hops": one_way.hops.repeat(2)[keep], "cycle_error": one_way.cycle_error.repeat(2)[keep],
@@ -118,7 +120,7 @@ def candidates(run_id: str, category: str, tuples: list[tuple[str, ...]], featur
 def similarity(feats: torch.Tensor, src: torch.Tensor, tgt: torch.Tensor, block: int = 2048) -> torch.Tensor:
     """Cosine of each label's two patches, in cache-sized blocks (a gather of both ends is L x C)."""
     return torch.cat([(feats[src[s : s + block]] * feats[tgt[s : s + block]]).sum(dim=1) for s in range(0, len(src), block)]
-                     or [torch.zeros(0)])
+                     or [feats.new_zeros(0)])
 
 
 def gap_matrix(ids: list[str], rotations: dict[str, np.ndarray] | None) -> np.ndarray:
@@ -186,11 +188,11 @@ def to_table(run_id: str, category: str, ids: list[str], cols: dict | None) -> p
     n, names = len(cols["src"]), pa.array(ids, pa.string())
     data = {
         "run_id": pa.repeat(pa.scalar(run_id, pa.string()), n), "category": pa.repeat(pa.scalar(category, pa.string()), n),
-        "src_image_id": names.take(cols["src"].numpy()), "tgt_image_id": names.take(cols["tgt"].numpy()),
-        "src_x": cols["src_xy"][:, 0].numpy(), "src_y": cols["src_xy"][:, 1].numpy(),
-        "tgt_x": cols["tgt_xy"][:, 0].numpy(), "tgt_y": cols["tgt_xy"][:, 1].numpy(),
-        **{c: cols[c].numpy() for c in ("hops", "cycle_error", "similarity", "support", "pair_error")},
-        "pose_gap": pa.array(cols["pose_gap"].numpy(), pa.float32(), from_pandas=True),  # nan: no pose
+        "src_image_id": names.take(cols["src"].cpu().numpy()), "tgt_image_id": names.take(cols["tgt"].cpu().numpy()),
+        "src_x": cols["src_xy"][:, 0].cpu().numpy(), "src_y": cols["src_xy"][:, 1].cpu().numpy(),
+        "tgt_x": cols["tgt_xy"][:, 0].cpu().numpy(), "tgt_y": cols["tgt_xy"][:, 1].cpu().numpy(),
+        **{c: cols[c].cpu().numpy() for c in ("hops", "cycle_error", "similarity", "support", "pair_error")},
+        "pose_gap": pa.array(cols["pose_gap"].cpu().numpy(), pa.float32(), from_pandas=True),  # nan: no pose
         "sphere_angle": pa.nulls(n, pa.float32()), "confidence": pa.nulls(n, pa.float32()),
     }
     return pa.table({name: data[name] for name in LABEL_SCHEMA.names}, schema=LABEL_SCHEMA)

@@ -62,12 +62,12 @@ def new_run_id() -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
-def chunk_candidates(run_id, category, tuples, cache_root, fingerprint, conf, rotations=None):
+def chunk_candidates(run_id, category, tuples, cache_root, fingerprint, conf, rotations=None, device="cpu"):
     """Chain one chunk of tuples into candidate labels, reading each of its images once;
     returns the labels, the counts per stage and the features read."""
     ids = sorted({i for t in tuples for i in t})
     feats = {i: load_features(cache_uri(cache_root, fingerprint, i)) for i in ids}
-    table, stats = labels.candidates(run_id, category, tuples, feats, conf, rotations)
+    table, stats = labels.candidates(run_id, category, tuples, feats, conf, rotations, device)
     return table, stats, feats
 
 
