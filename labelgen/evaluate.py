@@ -27,7 +27,7 @@ import pyarrow as pa
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .chain import cycle_hop, pair_nn
+from .chain import match_pair
 from .cli import run_command
 from .features import cache_uri, load_features
 from .geometry import transfer
@@ -68,10 +68,8 @@ def xy(frame: pd.DataFrame, end: str) -> np.ndarray:
 
 def direct_matches(fa: Foreground, fb: Foreground, radius: float):
     """Raw nearest neighbours of all of A's foreground in B, and the cycle-check mask."""
-    ab, _ = pair_nn(fa.feats, fb.feats)
-    src = torch.arange(len(fa.feats))
-    tgt, _, keep = cycle_hop(ab, src, fa.grid, fa.feats, fb.feats, radius, allowed=torch.ones(len(src), dtype=torch.bool))
-    return fa.pixels[src].numpy(), fb.pixels[tgt].numpy(), keep.numpy()
+    tgt, keep, _ = match_pair(fa.feats, fb.feats, fa.grid, radius)
+    return fa.pixels.numpy(), fb.pixels[tgt].numpy(), keep.numpy()
 
 
 class Tally:
@@ -228,15 +226,11 @@ def evaluate_parts(conf, store: LabelStore, run_id: str, fingerprint: str, run_c
                 kept = angles <= run_conf.labels.sphere_deg
                 out.append(part_rows({k: v[kept] for k, v in judged.items()}, {**meta, "kind": "+ sphere"}, len(fa.feats)))
             out.append(part_rows(judged, {**meta, "kind": stored_kind}, len(fa.feats), signals))
-            ab, ba = pair_nn(fa.feats, fb.feats)
-            src = torch.arange(len(fa.feats))
-            _, _, keep = cycle_hop(ab, src, fa.grid, fa.feats, fb.feats, run_conf.labels.radius,
-                                   allowed=torch.ones(len(src), dtype=torch.bool))
-            mutual = ba.fwd_idx[ab.fwd_idx] == src
-            judged = judge(truth(a), truth(b), fa.pixels.numpy(), fb.pixels[ab.fwd_idx].numpy())
+            tgt, keep, mutual = match_pair(fa.feats, fb.feats, fa.grid, run_conf.labels.radius)
+            judged = judge(truth(a), truth(b), fa.pixels.numpy(), fb.pixels[tgt].numpy())
             for kind, sel in (("raw NN", torch.ones_like(keep)), ("mutual NN", mutual), ("NN + cycle", keep)):
                 sel = sel.numpy()
-                out.append(part_rows({k: v[sel] for k, v in judged.items()}, {**meta, "kind": kind}, len(src)))
+                out.append(part_rows({k: v[sel] for k, v in judged.items()}, {**meta, "kind": kind}, len(keep)))
     return pd.concat(out, ignore_index=True), stored_kind, mapper is not None
 
 

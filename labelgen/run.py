@@ -21,7 +21,7 @@ from . import backbones, demo, features, labels, pairing, ray_utils, synthetic
 from .adapted import adapt_features, label_fingerprint, resolve_model
 from .cli import run_command
 from .config import config_hash, parse_overrides
-from .console import Progress
+from .console import Progress, Stages
 from .features import cache_uri, extract_features, load_features
 from .io import join, read_bytes
 from .sphere import default_conf as sphere_conf
@@ -62,29 +62,34 @@ def new_run_id() -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
-def chunk_candidates(run_id, category, tuples, cache_root, fingerprint, conf, rotations=None):
+def chunk_candidates(run_id, category, tuples, cache_root, fingerprint, conf, rotations=None, device="cpu"):
     """Chain one chunk of tuples into candidate labels, reading each of its images once;
     returns the labels, the counts per stage and the features read."""
     ids = sorted({i for t in tuples for i in t})
     feats = {i: load_features(cache_uri(cache_root, fingerprint, i)) for i in ids}
-    table, stats = labels.candidates(run_id, category, tuples, feats, conf, rotations)
+    table, stats = labels.candidates(run_id, category, tuples, feats, conf, rotations, device)
     return table, stats, feats
 
 
 @ray.remote(num_cpus=1)
-def candidate_task(run_id, category, tuples, cache_root, fingerprint, conf, rotations):
-    """Map: one chunk's candidate labels; also counts each image's foreground."""
+def candidate_task(run_id, category, chunk, tuples, cache_root, fingerprint, conf, rotations, parts, store_uri):
+    """Map: one chunk's candidate labels, written per vote partition; returns the counts per
+    stage and each image's size and foreground."""
     table, stats, feats = chunk_candidates(run_id, category, tuples, cache_root, fingerprint, conf, rotations)
-    return table, stats, {i: (f.width, f.height, int(f.fg.sum())) for i, f in feats.items()}
+    store = LabelStore(store_uri)
+    for part, rows in labels.by_partition(table, parts):
+        store.write_candidates(run_id, category, part, chunk, rows)
+    return stats, {i: (f.width, f.height, int(f.fg.sum())) for i, f in feats.items()}
 
 
 @ray.remote(num_cpus=1)
-def vote_task(run_id, category, images: pd.DataFrame, conf, store_uri, sphere, *chunks):
-    """Reduce: vote over a category's candidates, keep those whose pair agrees and that are
-    confident enough, filter on the sphere if asked;
-    write the category's labels, images and counts."""
-    table = labels.vote([c[0] for c in chunks], conf)
-    stats, seen = {"voted": table.num_rows}, {}
+def vote_task(run_id, category, part, conf, store_uri, sphere, *_chunks):
+    """Reduce one vote partition of a category (it starts once the category's candidate tasks,
+    `_chunks`, are done): vote, keep the labels whose pair agrees and that are confident
+    enough, filter on the sphere if asked; write them with the counts."""
+    store = LabelStore(store_uri)
+    table = labels.vote([store.candidates(run_id, category, part)], conf)
+    stats = {"voted": table.num_rows}
     table = labels.pair_check(table, conf.pair_radius)
     stats["after_pair_check"] = table.num_rows
     table = labels.confidence_filter(table, conf)
@@ -98,13 +103,7 @@ def vote_task(run_id, category, images: pd.DataFrame, conf, store_uri, sphere, *
         table = labels.sphere_filter(table, fgs, points, conf.sphere_deg)
         stats["sphere_filter_s"] = time.perf_counter() - t0
     stats["labels"] = table.num_rows
-    for _, chunk_stats, chunk_seen in chunks:
-        seen.update(chunk_seen)
-        for k, v in chunk_stats.items():
-            stats[k] = stats.get(k, 0) + v
-    sizes = pd.DataFrame.from_dict(seen, orient="index", columns=["width", "height", "n_fg"])
-    images = images.join(sizes, on="image_id").assign(run_id=run_id)
-    LabelStore(store_uri).write_category(run_id, category, table, images_table(images), stats)
+    store.write_part(run_id, category, part, table, stats)
     return stats
 
 
@@ -152,28 +151,51 @@ def make_tuples(df: pd.DataFrame, conf, cache_root: str, fingerprint: str):
 IMAGE_COLUMNS = [n for n in IMAGE_SCHEMA.names if n not in ("run_id", "width", "height", "n_fg")]
 
 
-def run_labels(df, tuples_by_cat, conf, run_id, cache_root, fingerprint, store_uri, sphere=None):
-    """Candidate tasks per chunk of tuples, then one vote task per category; returns seconds."""
+def run_labels(df, tuples_by_cat, conf, run_id, cache_root, fingerprint, store, sphere=None) -> dict:
+    """Candidate tasks per chunk of tuples, then the vote tasks of each category's partitions;
+    a category's images file (with the chains' counts) is written once its chunks are in.
+    Returns the seconds until the last chain and until the last vote."""
     conf = OmegaConf.create(OmegaConf.to_container(conf))
     step = conf.tuples_per_task
     columns = [c for c in IMAGE_COLUMNS if c in df.columns]
-    chunks, votes = {}, []
+    category_of, left, parts, votes = {}, {}, {}, []
     for category, tuples in tuples_by_cat.items():
-        rows = df[df["category"] == category]
-        rotations = ray.put(pairing.view_rotations(rows))
-        chunks[category] = [
-            candidate_task.remote(run_id, category, tuples[s : s + step], cache_root, fingerprint, conf, rotations)
-            for s in range(0, len(tuples), step)
-        ]
-        images = rows[columns]
-        votes.append(vote_task.remote(run_id, category, images, conf, store_uri, sphere, *chunks[category]))
-    t0, pending = time.perf_counter(), [r for refs in chunks.values() for r in refs]
+        parts[category] = labels.vote_parts(len(tuples), conf)
+        rotations = ray.put(pairing.view_rotations(df[df["category"] == category]))
+        refs = [candidate_task.remote(run_id, category, n, tuples[s : s + step], cache_root, fingerprint, conf, rotations,
+                                      parts[category], store.uri)
+                for n, s in enumerate(range(0, len(tuples), step))]
+        votes += [vote_task.remote(run_id, category, p, conf, store.uri, sphere, *refs) for p in range(parts[category])]
+        category_of.update(dict.fromkeys(refs, category))
+        left[category] = len(refs)
+    t0, pending, done_chunks = time.perf_counter(), list(category_of), {c: [] for c in tuples_by_cat}
     with Progress(sum(len(t) for t in tuples_by_cat.values()), "chains", "tuples") as bar:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            bar.update(ray.get(done[0])[1]["tuples"])
-    ray.get(votes)
-    return time.perf_counter() - t0
+            category = category_of[done[0]]
+            done_chunks[category].append(ray.get(done[0]))
+            bar.update(done_chunks[category][-1][0]["tuples"])
+            if len(done_chunks[category]) == left[category]:
+                write_images(store, run_id, category, df[df["category"] == category][columns], done_chunks.pop(category),
+                             parts[category])
+    chains_s = time.perf_counter() - t0
+    with Progress(len(votes), "vote", "partitions") as bar:
+        while votes:
+            done, votes = ray.wait(votes, num_returns=1)
+            ray.get(done)
+            bar.update(1)
+    return {"chains_s": chains_s, "vote_s": time.perf_counter() - t0 - chains_s}
+
+
+def write_images(store, run_id, category, images: pd.DataFrame, chunks, parts):
+    """The category's images (sizes and foreground as its chunks saw them) and the chains' counts."""
+    stats, seen = {}, {}
+    for chunk_stats, chunk_seen in chunks:
+        seen.update(chunk_seen)
+        for k, v in chunk_stats.items():
+            stats[k] = stats.get(k, 0) + v
+    sizes = pd.DataFrame.from_dict(seen, orient="index", columns=["width", "height", "n_fg"])
+    store.write_images(run_id, category, images_table(images.join(sizes, on="image_id").assign(run_id=run_id)), stats, parts)
 
 
 def sphere_line(s: dict, c: dict, sphere_deg: float) -> str:
@@ -226,32 +248,40 @@ def builtin_collection(conf) -> str:
     raise ValueError(f"data.builtin={conf.builtin}: choose objects or demo, or give data.manifest=")
 
 
-def prepare(conf):
+def prepare(conf, stages: Stages | None = None):
     """Everything that can fail on bad input, before any work: manifest, weights."""
-    manifest_uri = conf.data.manifest or builtin_collection(conf.data)
-    df = read_manifest(manifest_uri)
-    backbone, reason = backbones.build_backbone(conf.backbone)
+    stages = stages or Stages()
+    with stages("collection"):
+        manifest_uri = conf.data.manifest or builtin_collection(conf.data)
+        df = read_manifest(manifest_uri)
+    with stages("backbone"):
+        backbone, reason = backbones.build_backbone(conf.backbone)
     image_size = backbone.check_size(conf.backbone.image_size or backbone.image_size)
     backbone_conf = OmegaConf.merge(conf.backbone, {"name": backbone.name, **backbone.sources()})
     fingerprint = backbone.fingerprint(image_size, variant=f"mask={conf.features.mask_fallback}")
     return manifest_uri, df, backbone_conf, reason, image_size, fingerprint
 
 
-def execute(conf, store, run_id, df, backbone_conf, reason, image_size, fingerprint, sphere, model) -> dict:
+def execute(conf, store, run_id, df, backbone_conf, reason, image_size, fingerprint, sphere, model, stages) -> dict:
     """Features (and the adapter's, when relabelling), tuples, chains, vote, commit;
     categories a previous attempt finished are skipped."""
-    where = ray_utils.init_ray(conf.ray)
+    with stages("ray start"):
+        where = ray_utils.init_ray(conf.ray)
     resources = ray.cluster_resources()
     log.info("ray: %s; %g CPUs, %g GPUs", where, resources.get("CPU", 0), resources.get("GPU", 0))
     cache_root = conf.features.cache or join(store.uri, "features")
     results, feat_s = extract_features(df, conf.features, backbone_conf, image_size, cache_root, fingerprint)
+    stages.add("features", feat_s)
     failed = results[results["error"] != ""]
     uris = dict(zip(df["image_id"], df["uri"]))
     bad = [{"image_id": i, "uri": uris[i], "stage": "features", "error": e} for i, e in zip(failed.image_id, failed.error)]
     good = df[~df["image_id"].isin(failed["image_id"])]
     adapt_s = adapt_features(good["image_id"].tolist(), model, cache_root, fingerprint) if model else 0.0
+    if model:
+        stages.add("adapter", adapt_s)
     features = label_fingerprint(fingerprint, model)  # the features labels are made on
-    tuples, left_out, untupled = make_tuples(good, conf.pairing, cache_root, features)
+    with stages("tuples"):
+        tuples, left_out, untupled = make_tuples(good, conf.pairing, cache_root, features)
     bad += left_out
     done = store.staged_categories(run_id)
     if done:
@@ -264,11 +294,14 @@ def execute(conf, store, run_id, df, backbone_conf, reason, image_size, fingerpr
             sphere_s = time.perf_counter()
             sphere = train_sphere(conf.sphere, store, good, cache_root, features, run_id)
             sphere_s = time.perf_counter() - sphere_s
+            stages.add("sphere", sphere_s)
         store.update_run(run_id, sphere_id=sphere["sphere_id"])  # a resumed attempt filters with the same mapper
         sphere = {**sphere, "cache": (cache_root, features)}
         log.info("spherical filter: mapper %s, %.1f deg", sphere["sphere_id"], conf.labels.sphere_deg)
     todo = {c: t for c, t in tuples.items() if c not in done}
-    chain_s = run_labels(good, todo, conf.labels, run_id, cache_root, features, store.uri, sphere)
+    wall = run_labels(good, todo, conf.labels, run_id, cache_root, features, store, sphere)
+    stages.add("chains", wall["chains_s"])
+    stages.add("vote", wall["vote_s"])
     totals = {}
     for stats in store.category_stats(run_id).values():
         for k, v in stats.items():
@@ -292,20 +325,23 @@ def execute(conf, store, run_id, df, backbone_conf, reason, image_size, fingerpr
         "k": conf.pairing.k,
         "tuple_k": {c: len(t[0]) for c, t in tuples.items() if t and len(t[0]) < conf.pairing.k},  # shortened
         "no_tuples": untupled,  # category -> why it got none, and the fix
-        "chain_s": round(chain_s, 3),
+        "chain_s": round(wall["chains_s"], 3),
+        "vote_s": round(wall["vote_s"], 3),
         "sphere": sphere and {"sphere_id": sphere["sphere_id"], "trained_s": round(sphere_s, 1), "images": sphere["images"],
                               "filter_s": round(filter_s, 1)},
-        "tuples_per_s": totals.get("tuples", 0) / chain_s if chain_s else 0.0,
-        "labels_per_s": totals.get("labels", 0) / chain_s if chain_s else 0.0,
+        "tuples_per_s": totals.get("tuples", 0) / wall["chains_s"] if wall["chains_s"] else 0.0,
+        "labels_per_s": totals.get("labels", 0) / sum(wall.values()) if sum(wall.values()) else 0.0,
         "ray": where,
     }
     counts = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in counts.items()}
-    store.commit(run_id, counts, bad)
+    with stages("commit"):
+        store.commit(run_id, counts, bad)
     return counts
 
 
 def label(conf) -> int:
-    manifest_uri, df, backbone_conf, reason, image_size, fingerprint = prepare(conf)
+    stages = Stages()
+    manifest_uri, df, backbone_conf, reason, image_size, fingerprint = prepare(conf, stages)
     log.info("backbone %s (%s), features %s", backbone_conf.name, reason, fingerprint)
     store = LabelStore(conf.store, conf.catalog)
     model = resolve_model(store, conf.labels.features, fingerprint)
@@ -335,11 +371,12 @@ def label(conf) -> int:
         return 0
     log.info("run %s; if it stops, the same command with run_id=%s resumes it", run_id, run_id)
     try:
-        counts = execute(conf, store, run_id, df, backbone_conf, reason, image_size, fingerprint, sphere, model)
+        counts = execute(conf, store, run_id, df, backbone_conf, reason, image_size, fingerprint, sphere, model, stages)
     except BaseException as e:
         store.fail_run(run_id, f"{type(e).__name__}: {e}")
         raise
     print(summary(run_id, store, counts, conf.labels.sphere_deg), flush=True)
+    print(f"  time      {stages.line()}", flush=True)
     if not counts.get("labels"):
         log.warning("run %s stored 0 labels: %s", run_id, "; ".join(f"'{c}': {why}" for c, why in counts["no_tuples"].items())
                     or "every chain failed its cycle check or the filters removed every label (see python -m queries stage_yield)")

@@ -2,6 +2,7 @@
 SELECT run_id, status, snapshot, started, finished, backbone, backbone_fingerprint, label_features, code_version,
        (counts->>'images')::INT AS images, (counts->>'tuples')::INT AS tuples, (counts->>'labels')::INT AS labels,
        round((counts->>'features_s')::DOUBLE, 1) AS features_s, round((counts->>'chain_s')::DOUBLE, 1) AS chain_s,
+       round((counts->>'vote_s')::DOUBLE, 1) AS vote_s,
        error
 FROM runs
 ORDER BY started DESC;

@@ -97,3 +97,23 @@ def test_confidence_is_the_logistic_model_of_the_signals_and_filters_at_the_thre
     assert out.column("confidence").to_pylist() == pytest.approx([1 / (1 + np.exp(-0.8)), 1 / (1 + np.exp(-(np.log(4) - 0.6)))])
     conf.min_confidence = 0.688
     assert confidence_filter(table, conf).column("src_x").to_pylist() == [4.0]
+
+
+def test_the_vote_over_partitions_by_source_image_equals_the_whole_vote():
+    from labelgen.labels import by_partition
+
+    g = np.random.default_rng(0)
+    cands = [rows(*[(f"i{g.integers(6)}", f"i{g.integers(6)}", float(g.integers(4)), float(g.integers(4)), int(g.integers(1, 4)),
+                     float(g.random())) for _ in range(200)]) for _ in range(3)]  # three chunks
+    conf = OmegaConf.create(default_conf)
+    whole = vote(cands, conf)
+    parts = [dict(by_partition(c, 4)) for c in cands]
+    assert all(sorted(p) != [0] for p in parts)  # the rows did spread over partitions
+    split = pa.concat_tables([vote([p[k] for p in parts if k in p], conf) for k in range(4)])
+    key = ["src_image_id", "tgt_image_id", "src_y", "src_x", "tgt_y", "tgt_x"]
+    assert split.sort_by([(k, "ascending") for k in key]).equals(whole.sort_by([(k, "ascending") for k in key]))
+    src = {}
+    for p in parts:
+        for k, t in p.items():
+            src.setdefault(k, set()).update(t.column("src_image_id").to_pylist())
+    assert all(not (src[a] & src[b]) for a in src for b in src if a != b)  # a source image lives in one partition

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -25,6 +26,9 @@ def test_pipeline_writes_queryable_labels_and_reuses_the_feature_cache(tiny_demo
     first = run(["labelgen.run", *tiny_demo_args(tiny_demo), f"store={store}"])
     assert first.returncode == 0, first.stderr[-3000:]
     assert "committed" in first.stdout and "after the vote" in first.stdout
+    stages = re.search(r"time +(.*)", first.stdout).group(1)
+    assert [part.rsplit(" ", 2)[0] for part in stages.split(", ")] == [
+        "collection", "backbone", "ray start", "features", "tuples", "chains", "vote", "commit", "total"], stages
     con = LabelStore(str(store)).connect()
     assert [c[0] for c in con.execute("DESCRIBE labels").fetchall()] == LABEL_SCHEMA.names
     n, cats, pairs, max_hops = con.execute(
@@ -37,18 +41,20 @@ def test_pipeline_writes_queryable_labels_and_reuses_the_feature_cache(tiny_demo
     assert counts["features_computed"] == 8 and counts["labels"] == n
     con.close()
 
-    second = run(["labelgen.run", *tiny_demo_args(tiny_demo), f"store={store}", "run_id=again"])
+    # the vote in one partition per tuple (2 per category) instead of one per category
+    second = run(["labelgen.run", *tiny_demo_args(tiny_demo), f"store={store}", "run_id=again", "labels.vote_tuples=1"])
     assert second.returncode == 0, second.stderr[-3000:]
     con = LabelStore(str(store)).connect()
     counts = json.loads(con.execute("SELECT counts FROM runs WHERE run_id = 'again'").fetchone()[0])
     assert counts["features_cached"] == 8 and counts["features_computed"] == 0
-    # same features, same config: the same labels
-    diff = con.execute(
-        "SELECT count(*) FROM (SELECT * EXCLUDE run_id FROM labels WHERE run_id = 'again' "
-        "EXCEPT SELECT * EXCLUDE run_id FROM labels WHERE run_id <> 'again')"
-    ).fetchone()
-    assert diff == (0,)
+    # same features, the vote partitioned: the same labels
+    for a, b in (("=", "<>"), ("<>", "=")):
+        diff = con.execute(f"SELECT count(*) FROM (SELECT * EXCLUDE run_id FROM labels WHERE run_id {a} 'again' "
+                           f"EXCEPT ALL SELECT * EXCLUDE run_id FROM labels WHERE run_id {b} 'again')").fetchone()
+        assert diff == (0,)
     con.close()
+    assert len(list((store / "runs" / "again" / "labels").glob("category=*/part-*.parquet"))) == 4
+    assert not (store / "runs" / "again" / "candidates").exists()  # the vote's inputs go with the commit
 
     report = run(["labelgen.evaluate", f"store={store}", "run_id=again", f"output={tmp_path / 'eval.json'}"])
     assert report.returncode == 0, report.stderr[-3000:]

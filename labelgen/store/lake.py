@@ -5,8 +5,9 @@ Layout under the store URI (a local folder or s3://bucket/prefix):
 
     catalog.json                                      which catalog the store was created with
     catalog.sqlite                                    the default catalog (catalog.py says which others)
-    runs/<run>/labels/category=<c>/part-00000.parquet  labels of a category, written by its Ray task
-    runs/<run>/images/category=<c>.parquet             the category's images, n_fg
+    runs/<run>/candidates/category=<c>/part-<p>/...   a chunk's candidate labels per vote partition (until the commit)
+    runs/<run>/labels/category=<c>/part-<p>.parquet    labels of a vote partition of a category, written by its Ray task
+    runs/<run>/images/category=<c>.parquet             the category's images, n_fg; the chains' counts and partitions
     lake/main/<table>/...                             files DuckLake writes itself (compaction, inserts)
     models/<id>/adapter.pt, spheres/<id>/mapper.pt    weights; their rows live in the catalog
     features/<backbone fingerprint>/...               the feature cache
@@ -31,13 +32,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import __version__
-from ..io import filesystem, is_remote, join, list_files, read_bytes, write_bytes
+from ..io import delete_dir, filesystem, is_remote, join, list_files, read_bytes, write_bytes
 from . import catalog as cat
 from .functions import register
 from .schema import (BAD_INPUT_SCHEMA, COLUMNS, COMMIT_MESSAGE, DATA_TABLES, JSON_COLUMNS, LABEL_SCHEMA, LOG_TABLES,
                      VIEWS)
 
-STATS_KEY = b"labelgen.stats"  # a label file's metadata: the vote's counts for its category
+STATS_KEY = b"labelgen.stats"  # metadata of a label file (its vote's counts) and an images file (the chains' counts)
+PARTS_KEY = b"labelgen.parts"  # an images file's metadata: how many label files (vote partitions) its category has
 INLINE_ROWS = 1000  # inserts of up to this many rows live in the catalog, not in a Parquet file each
 
 
@@ -61,6 +63,11 @@ def table_bytes(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
     return sink.getvalue().to_pybytes()
+
+
+def _category(uri: str) -> str:
+    """The category of a run's label file (.../category=<c>/part-<p>.parquet)."""
+    return posixpath.basename(posixpath.dirname(uri))[len("category="):]
 
 
 def _record(row: dict) -> dict:
@@ -162,10 +169,22 @@ class LabelStore:
     def images_uri(self, run_id: str, category: str) -> str:
         return self._run(run_id, "images", f"category={category}.parquet")
 
-    def _staged(self, run_id: str, kind: str) -> list[str]:
-        """URIs of the files of one kind (labels, images) that the run's tasks wrote."""
+    def candidates_uri(self, run_id: str, category: str, part: int, chunk: int) -> str:
+        return self._run(run_id, "candidates", f"category={category}", f"part-{part:05d}", f"chunk-{chunk:05d}.parquet")
+
+    def write_candidates(self, run_id: str, category: str, part: int, chunk: int, table: pa.Table):
+        write_bytes(self.candidates_uri(run_id, category, part, chunk), table_bytes(table))
+
+    def candidates(self, run_id: str, category: str, part: int) -> pa.Table:
+        """The candidate labels every chunk of a category wrote for one vote partition."""
+        files = self._staged(run_id, "candidates", f"category={category}", f"part-{part:05d}")
+        tables = [pq.read_table(pa.BufferReader(read_bytes(f))) for f in files]
+        return pa.concat_tables(tables) if tables else LABEL_SCHEMA.empty_table()
+
+    def _staged(self, run_id: str, *kind: str) -> list[str]:
+        """URIs of the files of one kind (labels, images, candidates/...) that the run's tasks wrote."""
         fs, root = filesystem(self.uri)
-        paths = [p for p in list_files(self._run(run_id, kind)) if p.endswith(".parquet")]
+        paths = [p for p in list_files(self._run(run_id, *kind)) if p.endswith(".parquet")]
         return [join(self.uri, posixpath.relpath(p, root)) for p in paths]
 
     # runs: a row per state (incomplete, failed, committed) in run_log; `runs` shows the latest
@@ -195,22 +214,50 @@ class LabelStore:
         return (self.run_record(run_id) or {}).get("status") == "committed"
 
     def staged_categories(self, run_id: str) -> set[str]:
-        """Categories whose labels a previous attempt of this run already wrote."""
-        return {posixpath.basename(posixpath.dirname(p))[len("category="):] for p in self._staged(run_id, "labels")}
+        """Categories a previous attempt of this run finished: its images file and every label
+        file (vote partition) it names."""
+        written = {}
+        for uri in self._staged(run_id, "labels"):
+            category = _category(uri)
+            written[category] = written.get(category, 0) + 1
+        return {c for c, (_, parts) in self._images_meta(run_id).items() if written.get(c) == parts}
+
+    def write_part(self, run_id: str, category: str, part: int, labels: pa.Table, stats: dict):
+        """One vote partition's labels, with its counts in the file's metadata. Called from
+        Ray tasks: files only, no catalog."""
+        labels = labels.cast(LABEL_SCHEMA).replace_schema_metadata({STATS_KEY: json.dumps(stats).encode()})
+        write_bytes(self.part_uri(run_id, category, part), table_bytes(labels))
+
+    def write_images(self, run_id: str, category: str, images: pa.Table, stats: dict, parts: int):
+        """The category's images, with the chains' counts and its number of vote partitions."""
+        images = images.replace_schema_metadata({STATS_KEY: json.dumps(stats).encode(), PARTS_KEY: str(parts).encode()})
+        write_bytes(self.images_uri(run_id, category), table_bytes(images))
 
     def write_category(self, run_id: str, category: str, labels: pa.Table, images: pa.Table, stats: dict):
-        """Images first, labels (with the vote's stats in their metadata) last: a category is
-        done once its label file exists. Called from Ray tasks: files only, no catalog."""
-        write_bytes(self.images_uri(run_id, category), table_bytes(images))
-        labels = labels.cast(LABEL_SCHEMA).replace_schema_metadata({STATS_KEY: json.dumps(stats).encode()})
-        write_bytes(self.part_uri(run_id, category), table_bytes(labels))
+        """A category's labels in one partition (a copied run, tests)."""
+        self.write_part(run_id, category, 0, labels, {})
+        self.write_images(run_id, category, images, stats, parts=1)
 
-    def category_stats(self, run_id: str) -> dict[str, dict]:
-        """Per-category counts of the categories done so far."""
+    def _images_meta(self, run_id: str) -> dict[str, tuple[dict, int]]:
+        """category -> (the chains' counts, vote partitions) of the run's images files."""
         out = {}
-        for uri in self._staged(run_id, "labels"):
+        for uri in self._staged(run_id, "images"):
             meta = pq.read_schema(pa.BufferReader(read_bytes(uri))).metadata or {}
-            out[posixpath.basename(posixpath.dirname(uri))[len("category="):]] = json.loads(meta.get(STATS_KEY, b"{}"))
+            out[posixpath.basename(uri)[len("category="):-len(".parquet")]] = (
+                json.loads(meta.get(STATS_KEY, b"{}")), int(meta.get(PARTS_KEY, b"1")))
+        return out
+
+    def category_stats(self, run_id: str, label_meta: dict[str, dict] | None = None) -> dict[str, dict]:
+        """Per-category counts of the categories staged so far: the chains' and the sum of its
+        vote partitions' (`label_meta`: label file -> its metadata, when already read)."""
+        if label_meta is None:
+            label_meta = {uri: pq.read_schema(pa.BufferReader(read_bytes(uri))).metadata or {}
+                          for uri in self._staged(run_id, "labels")}
+        out = {c: dict(stats) for c, (stats, _) in self._images_meta(run_id).items()}
+        for uri, meta in label_meta.items():
+            totals = out.setdefault(_category(uri), {})
+            for k, v in json.loads(meta.get(STATS_KEY, b"{}")).items():
+                totals[k] = totals.get(k, 0) + v
         return out
 
     def _label_stats(self, run_id: str, files: list[str]) -> pa.Table:
@@ -219,8 +266,7 @@ class LabelStore:
         tables = [pq.read_table(pa.BufferReader(read_bytes(f)), columns=["category", "src_image_id", "tgt_image_id",
                                                                         "cycle_error", "similarity", "support", "hops"])
                   for f in files]
-        stats = {posixpath.basename(posixpath.dirname(f))[len("category="):]:
-                 (t.schema.metadata or {}).get(STATS_KEY, b"{}").decode() for f, t in zip(files, tables)}
+        stats = self.category_stats(run_id, {f: t.schema.metadata or {} for f, t in zip(files, tables)})
         con = duckdb.connect()
         try:
             con.register("staged", pa.concat_tables(tables) if tables else LABEL_SCHEMA.empty_table())
@@ -231,7 +277,7 @@ class LabelStore:
                 FROM staged GROUP BY category ORDER BY category""", [run_id]).fetch_arrow_table()
         finally:
             con.close()
-        counts = [stats.get(c, "{}") for c in out["category"].to_pylist()]
+        counts = [json.dumps(stats.get(c, {})) for c in out["category"].to_pylist()]
         return out.append_column("counts", pa.array(counts, pa.string()))
 
     def commit(self, run_id: str, counts: dict, bad_inputs: list[dict]) -> dict:
@@ -259,6 +305,7 @@ class LabelStore:
                             _row("run_log", {**record, "logged": now()}))
 
         cat.retrying(f"commit run {run_id}", attempt, committed=lambda: self.is_committed(run_id))
+        delete_dir(self._run(run_id, "candidates"))  # the vote's inputs, not part of the run
         return record
 
     # models: a row per state (trained, decided) in model_log; `models` shows the latest
