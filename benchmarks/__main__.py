@@ -103,7 +103,8 @@ def main(argv=None) -> int:
     print(f"[5/{steps}] make run: " + ("skipped (--quick)" if a.quick else "the default run, wall time per stage"), flush=True)
     make_run = None if a.quick else bench_make_run(os.path.abspath(a.workdir))
     print(f"[6/{steps}] scale model", flush=True)
-    scale = scale_model(next(iter(chains.values())), feats["mean_fg"], 288, cache_fraction=cache[DINO]["fraction"])
+    scale = scale_model(next(iter(chains.values())), feats["mean_fg"], 288, cache["3D collection (masks)"]["fg_fraction"],
+                        cache_fraction=cache[DINO]["fraction"])
 
     report = render(m, peak, peak_1, feats, backbones, actor_share, chains, cache, mem, make_run, scale)
     print(report)
@@ -202,8 +203,9 @@ def render(m, peak, peak_1, feats, backbones, actor_share, chains, cache, mem, m
         "",
         f"DINOv2-B/14 at 840 px: {scale['dinov2_b_gflops']:.0f} GFLOP per image (counted); assumed A10G at "
         f"40% of 125 bf16 TFLOP/s -> {scale['gpu_images_per_s']:.1f} images/s per GPU with the mirrored twin. "
-        f"Chains: pair structure {scale['pair_nn_dino_s'] * 1e3:.0f} ms at 1800 patches x 768-d "
-        f"(demo {scale['pair_nn_demo_s'] * 1e3:.1f} ms), {scale['tuple_s'] * 1e3:.0f} ms per tuple per core; "
+        f"Chains: an image pair's nearest neighbours {scale['pair_dino_s'] * 1e3:.0f} ms at {scale['fg_patches']} foreground "
+        f"patches x 768-d (the 3D collection's share of the grid; demo {scale['pair_demo_s'] * 1e3:.1f} ms), "
+        f"{scale['pairs_per_tuple']:.2f} distinct pairs per tuple (the demo's), {scale['tuple_s'] * 1e3:.0f} ms per tuple per core; "
         f"{scale['tuples']:,} tuples (1000 categories x 2000). Feature cache {scale['cache_tb']:.1f} TB "
         f"(${scale['cache_usd_month']:.0f}/month on S3; full grids {scale['cache_tb_full']:.1f} TB, "
         f"${scale['cache_usd_month_full']:.0f}); the chain stage reads {scale['chain_read_tb']:.1f} TB "

@@ -1,7 +1,8 @@
 """A scale model: wall time and cost of 1M images on N GPU nodes, from measured stage costs.
 
-Measured here (one CPU core): the chain stage's pair structure (`pair_nn`) at the demo's
-size and at DINOv2-B's (60 x 60 grid, 768-d), and its per-tuple remainder on the demo.
+Measured here (one CPU core): the chain stage's nearest neighbours of an image pair
+(`labelgen.chain.nearest`) at the demo's size and at DINOv2-B's (the 60 x 60 grid's
+foreground, 768-d), the distinct pairs per tuple, and the per-tuple remainder on the demo.
 Taken from the hardware's data sheets (stated, not measured): the GPU's bf16 rate and
 the fraction of it a ViT reaches, prices, and the network. The FLOPs of DINOv2-B at
 840 px are counted, not assumed. The cache holds the foreground cells and their context
@@ -15,7 +16,7 @@ import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from labelgen.chain import pair_nn
+from labelgen.chain import nearest
 
 # Stated assumptions (AWS us-west-2 on-demand prices, NVIDIA A10G data sheet)
 A10G_BF16_FLOPS = 125e12  # dense tensor-core peak
@@ -33,8 +34,7 @@ IMAGES = 1_000_000
 IMAGES_PER_CATEGORY = 1000
 TUPLES_PER_CATEGORY = 2000  # pairing.max_tuples
 K = 4
-FG_PATCHES = 1800  # half of the 60 x 60 grid
-PAIRS_PER_TUPLE = 0.5  # distinct adjacent pairs per tuple after sharing (demo: 0.4-0.6)
+GRID_CELLS = 60 * 60  # DINOv2-B at 840 px
 TUPLES_PER_TASK = 256  # labels.tuples_per_task: a task reads each image of its chunk once
 
 
@@ -48,25 +48,29 @@ def dinov2_b_flops() -> int:
     return counter.get_total_flops()
 
 
-def pair_nn_seconds(n: int, dim: int, reps: int = 3) -> float:
+def pair_seconds(n: int, dim: int, reps: int = 3) -> float:
     fa = torch.nn.functional.normalize(torch.randn(n, dim), dim=1)
     fb = torch.nn.functional.normalize(torch.randn(n, dim), dim=1)
-    pair_nn(fa, fb)
+    nearest(fa, fb, 1)
     t0 = time.perf_counter()
     for _ in range(reps):
-        pair_nn(fa, fb)
+        nearest(fa, fb, 1)
     return (time.perf_counter() - t0) / reps
 
 
-def scale_model(chain: dict, demo_fg: float, demo_dim: int, nodes=(1, 4, 16, 64), cache_fraction: float = 1.0) -> dict:
-    """`chain`: the chain benchmark (service seconds and tuples on the demo, one core);
+def scale_model(chain: dict, demo_fg: float, demo_dim: int, fg_fraction: float, nodes=(1, 4, 16, 64),
+                cache_fraction: float = 1.0) -> dict:
+    """`chain`: the chain benchmark (service seconds, tuples and distinct pairs on the demo, one
+    core); `fg_fraction`: the share of a grid that is foreground (measured on the 3D collection);
     `cache_fraction`: a cache file's bytes over the full grid file's (cache_cut_dinov2; 1: the full grid)."""
     torch.set_num_threads(1)
     flops = dinov2_b_flops()
     gpu_img_s = A10G_BF16_FLOPS * VIT_GPU_EFFICIENCY / flops / 2  # the image and its mirrored twin
-    pair_demo, pair_dino = pair_nn_seconds(round(demo_fg), demo_dim), pair_nn_seconds(FG_PATCHES, 768)
-    per_tuple_demo = max(chain["service_s"] / chain["tuples"] - PAIRS_PER_TUPLE * pair_demo, 0.0)
-    tuple_s = PAIRS_PER_TUPLE * pair_dino + per_tuple_demo * FG_PATCHES / demo_fg  # index work grows with patches
+    fg_patches = round(GRID_CELLS * fg_fraction)
+    pairs_per_tuple = (chain["adjacent_pairs"] + chain["other_pairs"]) / chain["tuples"]
+    pair_demo, pair_dino = pair_seconds(round(demo_fg), demo_dim), pair_seconds(fg_patches, 768)
+    per_tuple_demo = max(chain["service_s"] / chain["tuples"] - pairs_per_tuple * pair_demo, 0.0)
+    tuple_s = pairs_per_tuple * pair_dino + per_tuple_demo * fg_patches / demo_fg  # index work grows with patches
     categories = IMAGES // IMAGES_PER_CATEGORY
     tuples = categories * TUPLES_PER_CATEGORY
     # a chunk's distinct images: the category's, each drawn with probability 1 - exp(-slots / images)
@@ -86,8 +90,9 @@ def scale_model(chain: dict, demo_fg: float, demo_dim: int, nodes=(1, 4, 16, 64)
         rows.append({"gpus": n, **{k: round(v, 3) for k, v in stages.items()}, "wall_h": wall_h,
                      "bottleneck": max(stages, key=stages.get),
                      "usd": wall_h * (HEAD_USD_H + n * G5_XLARGE_USD_H)})
-    return {"dinov2_b_gflops": flops / 1e9, "gpu_images_per_s": gpu_img_s, "pair_nn_demo_s": pair_demo,
-            "pair_nn_dino_s": pair_dino, "tuple_s": tuple_s, "tuples": tuples, "rows": rows,
+    return {"dinov2_b_gflops": flops / 1e9, "gpu_images_per_s": gpu_img_s, "pair_demo_s": pair_demo,
+            "pair_dino_s": pair_dino, "fg_patches": fg_patches, "pairs_per_tuple": pairs_per_tuple, "tuple_s": tuple_s,
+            "tuples": tuples, "rows": rows,
             "chain_read_tb": read_bytes / 1e12, "chain_read_tb_full": read_bytes_full / 1e12,
             "cache_tb": cache_bytes * cache_fraction / 1e12, "cache_tb_full": cache_bytes / 1e12,
             "cache_usd_month": cache_bytes * cache_fraction / 1e9 * S3_USD_GB_MONTH,

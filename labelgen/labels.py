@@ -1,7 +1,7 @@
 """Pseudo-labels of one category: chains -> candidate labels -> vote -> checks -> label rows.
 
-Map: a chunk of tuples shares one cache of pair structures (`pair_nn`), so an
-adjacent pair that recurs across the chunk is matched once; every ordered pair
+Map: a chunk of tuples shares the nearest neighbours of its image pairs
+(`chain.Neighbours`), so a pair that recurs across the chunk is matched once; every ordered pair
 of each tuple within the pose-gap cap gets the chains' matches as candidates, and
 `support` counts the tuples that proposed each one. Reduce: the candidates of a
 category are summed and, per source patch of an image pair, the target proposed by
