@@ -39,9 +39,11 @@ def machine() -> dict:
 
 
 def extract(df, backbone_conf, size, cache_root, fingerprint, batch=8) -> dict:
-    """All demo features through one in-process feature actor (what a Ray actor does)."""
+    """All demo features through one in-process feature actor (what a Ray actor does), after
+    one batch of warm-up (as the bare backbone's rate gets)."""
     worker = FeatureWorker(backbone_conf, size, cache_root, fingerprint, threads=os.cpu_count(), flips=True)
     rows = df[["image_id", "uri", "mask_uri"]].astype(object).to_dict("list")
+    worker({k: v[:batch] for k, v in rows.items()})
     t0, fg = time.perf_counter(), []
     for s in range(0, len(df), batch):
         out = worker({k: v[s : s + batch] for k, v in rows.items()})
@@ -89,7 +91,7 @@ def main(argv=None) -> int:
     objects_cache = os.path.join(a.workdir, "features-objects")
     shutil.rmtree(objects_cache, ignore_errors=True)
     extract(sample, backbone_conf, size, objects_cache, fingerprint)
-    cache = {"demo photos (PCA foreground)": bench_cache(cache_root, fingerprint, df["image_id"]),
+    cache = {"demo photos": bench_cache(cache_root, fingerprint, df["image_id"]),
              "3D collection (masks)": bench_cache(objects_cache, fingerprint, sample["image_id"])}
     cache[DINO] = cache_cut_dinov2(cache["3D collection (masks)"]["fg_fraction"])
     torch.set_num_threads(1)
@@ -145,7 +147,7 @@ def render(m, peak, peak_1, feats, backbones, actor_share, chains, cache, mem, m
            f"{ok(mem['growth'], TARGETS['memory_growth'], less=True)} |" if mem else "skipped (--quick) | |"),
         f"| feature cache: bytes per image and the chains' reads cut | DINOv2-B shaped {dino['fraction']:.0%} of the full grid "
         f"({dino['bytes'] / 1e6:.2f} of {dino['full_bytes'] / 1e6:.2f} MB); 3D collection {cache['3D collection (masks)']['fraction']:.0%}; "
-        f"demo photos {cache['demo photos (PCA foreground)']['fraction']:.0%} | {ok(1 - dino['fraction'], 1e-9)} |",
+        f"demo photos {cache['demo photos']['fraction']:.0%} | {ok(1 - dino['fraction'], 1e-9)} |",
         f"| feature actor end to end >= {TARGETS['actor_share']:.0%} of the bare backbone | {actor_share:.0%} | "
         f"{ok(actor_share, TARGETS['actor_share'])} |",
         f"| features >= {TARGETS['of_bound']:.0%} of the FLOP bound | MobileNetV2 {mobilenet:.0%} (channels-last), "

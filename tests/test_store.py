@@ -1,4 +1,4 @@
-
+import json
 import re
 from pathlib import Path
 
@@ -52,6 +52,19 @@ def count(store, sql):
         return con.execute(sql).fetchall()
     finally:
         con.close()
+
+
+def test_a_category_in_vote_partitions_is_done_when_every_partition_is(store):
+    begin(store, "r1")
+    store.write_images("r1", "cat", images("r1"), {"tuples": 2, "seeds": 40}, parts=2)
+    store.write_part("r1", "cat", 0, labels("r1", 3), {"voted": 4, "labels": 3})
+    assert store.staged_categories("r1") == set()  # partition 1 is missing: a resume redoes the category
+    store.write_part("r1", "cat", 1, labels("r1", 2), {"voted": 2, "labels": 2})
+    assert store.staged_categories("r1") == {"cat"}
+    assert store.category_stats("r1") == {"cat": {"tuples": 2, "seeds": 40, "voted": 6, "labels": 5}}
+    store.commit("r1", {"labels": 5}, [])
+    assert count(store, "SELECT count(*) FROM labels") == [(5,)]
+    assert json.loads(count(store, "SELECT counts FROM run_stats")[0][0]) == {"tuples": 2, "seeds": 40, "voted": 6, "labels": 5}
 
 
 def test_a_run_is_invisible_until_its_commit_record_lands(store):
