@@ -31,7 +31,7 @@ from .train_sphere import load_mapper, mapper_inputs
 from .train_sphere import resolve as resolve_sphere
 from .train_sphere import wanted as sphere_wanted
 from .manifest import read_manifest
-from .store import IMAGE_SCHEMA, LabelStore, images_table
+from .store import IMAGE_SCHEMA, LabelStore, images_table, sum_counts
 
 log = logging.getLogger("labelgen")
 
@@ -158,10 +158,12 @@ def run_labels(df, tuples_by_cat, conf, run_id, cache_root, fingerprint, store, 
     conf = OmegaConf.create(OmegaConf.to_container(conf))
     step = conf.tuples_per_task
     columns = [c for c in IMAGE_COLUMNS if c in df.columns]
-    category_of, left, parts, votes = {}, {}, {}, []
+    category_of, left, parts, images, votes = {}, {}, {}, {}, []
     for category, tuples in tuples_by_cat.items():
         parts[category] = labels.vote_parts(len(tuples), conf)
-        rotations = ray.put(pairing.view_rotations(df[df["category"] == category]))
+        rows = df[df["category"] == category]
+        images[category] = rows[columns]
+        rotations = ray.put(pairing.view_rotations(rows))
         refs = [candidate_task.remote(run_id, category, n, tuples[s : s + step], cache_root, fingerprint, conf, rotations,
                                       parts[category], store.uri)
                 for n, s in enumerate(range(0, len(tuples), step))]
@@ -176,8 +178,7 @@ def run_labels(df, tuples_by_cat, conf, run_id, cache_root, fingerprint, store, 
             done_chunks[category].append(ray.get(done[0]))
             bar.update(done_chunks[category][-1][0]["tuples"])
             if len(done_chunks[category]) == left[category]:
-                write_images(store, run_id, category, df[df["category"] == category][columns], done_chunks.pop(category),
-                             parts[category])
+                write_images(store, run_id, category, images.pop(category), done_chunks.pop(category), parts[category])
     chains_s = time.perf_counter() - t0
     with Progress(len(votes), "vote", "partitions") as bar:
         while votes:
@@ -189,13 +190,10 @@ def run_labels(df, tuples_by_cat, conf, run_id, cache_root, fingerprint, store, 
 
 def write_images(store, run_id, category, images: pd.DataFrame, chunks, parts):
     """The category's images (sizes and foreground as its chunks saw them) and the chains' counts."""
-    stats, seen = {}, {}
-    for chunk_stats, chunk_seen in chunks:
-        seen.update(chunk_seen)
-        for k, v in chunk_stats.items():
-            stats[k] = stats.get(k, 0) + v
+    seen = {i: size for _, chunk_seen in chunks for i, size in chunk_seen.items()}
     sizes = pd.DataFrame.from_dict(seen, orient="index", columns=["width", "height", "n_fg"])
-    store.write_images(run_id, category, images_table(images.join(sizes, on="image_id").assign(run_id=run_id)), stats, parts)
+    store.write_images(run_id, category, images_table(images.join(sizes, on="image_id").assign(run_id=run_id)),
+                       sum_counts(stats for stats, _ in chunks), parts)
 
 
 def sphere_line(s: dict, c: dict, sphere_deg: float) -> str:
@@ -302,10 +300,7 @@ def execute(conf, store, run_id, df, backbone_conf, reason, image_size, fingerpr
     wall = run_labels(good, todo, conf.labels, run_id, cache_root, features, store, sphere)
     stages.add("chains", wall["chains_s"])
     stages.add("vote", wall["vote_s"])
-    totals = {}
-    for stats in store.category_stats(run_id).values():
-        for k, v in stats.items():
-            totals[k] = totals.get(k, 0) + v
+    totals = sum_counts(store.category_stats(run_id).values())
     filter_s = totals.pop("sphere_filter_s", 0.0)
     counts = {
         **totals,

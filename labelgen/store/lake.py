@@ -65,6 +65,15 @@ def table_bytes(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
+def sum_counts(counts) -> dict:
+    """Key by key sums of count dicts (a category's chunks and partitions, a run's categories)."""
+    out = {}
+    for c in counts:
+        for k, v in c.items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
 def _category(uri: str) -> str:
     """The category of a run's label file (.../category=<c>/part-<p>.parquet)."""
     return posixpath.basename(posixpath.dirname(uri))[len("category="):]
@@ -253,12 +262,11 @@ class LabelStore:
         if label_meta is None:
             label_meta = {uri: pq.read_schema(pa.BufferReader(read_bytes(uri))).metadata or {}
                           for uri in self._staged(run_id, "labels")}
-        out = {c: dict(stats) for c, (stats, _) in self._images_meta(run_id).items()}
+        parts = {}
         for uri, meta in label_meta.items():
-            totals = out.setdefault(_category(uri), {})
-            for k, v in json.loads(meta.get(STATS_KEY, b"{}")).items():
-                totals[k] = totals.get(k, 0) + v
-        return out
+            parts.setdefault(_category(uri), []).append(json.loads(meta.get(STATS_KEY, b"{}")))
+        chains = {c: stats for c, (stats, _) in self._images_meta(run_id).items()}
+        return {c: sum_counts([chains.get(c, {}), *parts.get(c, [])]) for c in chains.keys() | parts.keys()}
 
     def _label_stats(self, run_id: str, files: list[str]) -> pa.Table:
         """run_stats rows of the run's staged label files (each read once: rows and the vote's
