@@ -51,9 +51,19 @@ def peak_memory(argv: list[str], timeout_s: float = 1800) -> dict:
     sampler = threading.Thread(target=sample, daemon=True)
     t0 = time.perf_counter()
     sampler.start()
-    out, _ = proc.communicate(timeout=timeout_s)
-    done.set()
-    sampler.join()
+    try:
+        out, _ = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:  # end the run's whole tree, then say so
+        for p in [*root.children(recursive=True), root]:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        proc.wait()
+        raise
+    finally:
+        done.set()
+        sampler.join()
     if proc.returncode != 0:
         raise RuntimeError(f"labelgen.run {' '.join(argv)} failed:\n{out[-3000:]}")
     return {"peak_mb": peak[0] / 2**20, "driver_peak_mb": driver[0] / 2**20, "seconds": time.perf_counter() - t0,
@@ -66,11 +76,14 @@ def stages(summary: str) -> dict[str, float]:
     return {name: float(s) for name, s, _ in (part.rsplit(" ", 2) for part in line.strip()[len("time"):].strip().split(", "))}
 
 
+VIEWS = 50  # of bench_memory's category
+
+
 def bench_memory(root: str, tuples: int = 300) -> dict:
     """One category (a demo photo in 50 views) labelled with `tuples` and 10x as many tuples on
     a warm feature cache, the vote partitioned (labels.vote_tuples); and the 10x run with the
     vote in one task, as the reduce used to be: its memory, and whether the labels are the same."""
-    demo = {"root": root, "photos": ["chelsea"], "azimuths": list(range(-60, 61, 5)), "elevations": [0, 10]}
+    demo = {"root": root, "photos": ["chelsea"], "azimuths": list(range(-60, 61, 5)), "elevations": [0, 10]}  # VIEWS
     manifest = build_demo(demo)
     base = [f"data.manifest={manifest}", f"features.cache={os.path.join(root, 'features-memory')}", "pairing.bin_deg=15",
             "labels.min_confidence=0", "ray.num_cpus=2"]
@@ -80,7 +93,7 @@ def bench_memory(root: str, tuples: int = 300) -> dict:
                            ("10x, vote in one task", 10 * tuples, ["labels.vote_tuples=1000000"])):
         store = os.path.join(root, f"store-{len(rows)}")
         shutil.rmtree(store, ignore_errors=True)
-        r = peak_memory([*base, f"store={store}", f"pairing.max_tuples={n}", *extra])
+        r = peak_memory([*base, f"store={store}", f"pairing.tuples_per_image={n // VIEWS}", *extra])
         con = LabelStore(store).connect()
         labels[name] = con.execute("SELECT * EXCLUDE run_id FROM labels").fetch_arrow_table()
         counts = json.loads(con.execute("SELECT counts FROM runs").fetchone()[0])

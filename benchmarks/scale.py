@@ -16,6 +16,7 @@ import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from labelgen import pairing
 from labelgen.chain import nearest
 
 # Stated assumptions (AWS us-west-2 on-demand prices, NVIDIA A10G data sheet)
@@ -32,7 +33,7 @@ FEATURE_BYTES = 60 * 60 * 768 * 2  # one full DINOv2-B grid in float16 (what the
 # The workload
 IMAGES = 1_000_000
 IMAGES_PER_CATEGORY = 1000
-TUPLES_PER_CATEGORY = 2000  # pairing.max_tuples
+TUPLES_PER_IMAGE = pairing.default_conf["tuples_per_image"]  # each image anchors as many, whatever its category's size
 K = 4
 GRID_CELLS = 60 * 60  # DINOv2-B at 840 px
 TUPLES_PER_TASK = 256  # labels.tuples_per_task: a task reads each image of its chunk once
@@ -72,10 +73,10 @@ def scale_model(chain: dict, demo_fg: float, demo_dim: int, fg_fraction: float, 
     per_tuple_demo = max(chain["service_s"] / chain["tuples"] - pairs_per_tuple * pair_demo, 0.0)
     tuple_s = pairs_per_tuple * pair_dino + per_tuple_demo * fg_patches / demo_fg  # index work grows with patches
     categories = IMAGES // IMAGES_PER_CATEGORY
-    tuples = categories * TUPLES_PER_CATEGORY
+    tuples = IMAGES * TUPLES_PER_IMAGE
     # a chunk's distinct images: the category's, each drawn with probability 1 - exp(-slots / images)
     per_chunk = IMAGES_PER_CATEGORY * (1 - math.exp(-TUPLES_PER_TASK * K / IMAGES_PER_CATEGORY))
-    read_bytes_full = categories * math.ceil(TUPLES_PER_CATEGORY / TUPLES_PER_TASK) * per_chunk * FEATURE_BYTES
+    read_bytes_full = categories * math.ceil(IMAGES_PER_CATEGORY * TUPLES_PER_IMAGE / TUPLES_PER_TASK) * per_chunk * FEATURE_BYTES
     read_bytes = read_bytes_full * cache_fraction
     cache_bytes = IMAGES * 2 * FEATURE_BYTES  # the image and its mirrored twin
     rows = []
