@@ -23,7 +23,7 @@ from .store import LabelStore
 default_conf = {
     "store": "labelstore",  # a folder or s3://bucket/prefix
     "catalog": None,  # the store's catalog: none = the one it was made with (new: catalog.sqlite in it) | postgres:<libpq string> | sqlite:<file>
-    "run_id": None,  # default: the latest committed run
+    "run_id": None,  # fit on this run's own labels; default: the current labels on the latest labelling run's features
     "split": "dev",  # the split to fit on; val is refused (it is for reporting)
     "max_pairs": 60,  # image pairs per category and hop distance
     "seed": 0,  # which pairs are sampled
@@ -50,7 +50,7 @@ def calibrate(conf) -> int:
     manifest = read_manifest(manifest_uri)
     if "truth_uri" not in manifest.columns:
         raise ValueError(f"run {run_id}: its manifest {manifest_uri} has no part truth (truth_uri) to fit on")
-    econf = OmegaConf.merge(evaluate.default_conf, {k: conf[k] for k in ("max_pairs", "seed")}, {"sphere": "none"})
+    econf = OmegaConf.merge(evaluate.default_conf, {k: conf[k] for k in ("max_pairs", "seed", "run_id")}, {"sphere": "none"})
     rows, stored, _ = evaluate.evaluate_parts(econf, store, run_id, fingerprint, run_conf, manifest)
     rows = rows[rows.split == conf.split]
     labels = rows[(rows.kind == stored) & rows.label]

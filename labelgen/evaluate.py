@@ -45,7 +45,7 @@ from .truth import judge, load_truth
 default_conf = {
     "store": "labelstore",  # a folder or s3://bucket/prefix
     "catalog": None,  # the store's catalog: none = the one it was made with (new: catalog.sqlite in it) | postgres:<libpq string> | sqlite:<file>
-    "run_id": None,  # default: the latest committed run
+    "run_id": None,  # judge this run's own labels; default: the current labels on the latest labelling run's features
     "alphas": [0.05, 0.10],  # thresholds, fractions of the longer image side
     "max_pairs": 40,  # image pairs per category and hop distance for the direct baselines
     "seed": 0,  # which pairs the direct baselines sample
@@ -96,16 +96,35 @@ class Tally:
 
 
 def run_record(store: LabelStore, run_id: str | None) -> tuple[str, str, DictConfig, str]:
-    """The run to evaluate (default: the latest committed): id, features, config, manifest."""
+    """The run to evaluate: id, features, config, manifest. Default: the latest committed run
+    that holds current labels (a repeated run that labelled nothing has none)."""
     con = store.connect()
     try:
         row = con.execute("SELECT run_id, label_features, config, manifest FROM runs WHERE status = 'committed' "
-                          "AND (run_id = $run OR $run IS NULL) ORDER BY finished DESC LIMIT 1", {"run": run_id}).fetchone()
+                          "AND (run_id = $run OR ($run IS NULL AND run_id IN (SELECT run_id FROM current_pairs WHERE labels > 0))) "
+                          "ORDER BY finished DESC LIMIT 1", {"run": run_id}).fetchone()
     finally:
         con.close()
     if row is None:
-        raise ValueError(f"store {store.uri} has no committed run {run_id or ''} to evaluate")
+        raise ValueError(f"store {store.uri} has no committed run {run_id or 'with current labels'} to evaluate")
     return row[0], row[1], OmegaConf.create(row[2]), row[3]
+
+
+def judged(conf, run_id: str) -> str:
+    return f"run {run_id}" if conf.run_id else f"the current labels on the features of run {run_id} (the latest with any)"
+
+
+def judged_labels(store: LabelStore, run_id: str, own: bool, columns: str) -> pd.DataFrame:
+    """The labels to judge: a named run's own (label_history: all it made), else the current
+    labels made on that run's label features, whichever run made them."""
+    con = store.connect()
+    try:
+        if own:
+            return con.execute(f"SELECT {columns} FROM label_history WHERE run_id = ?", [run_id]).df()
+        return con.execute(f"SELECT {columns} FROM labels WHERE run_id IN (SELECT run_id FROM runs WHERE label_features = "
+                           "(SELECT label_features FROM runs WHERE run_id = ?))", [run_id]).df()
+    finally:
+        con.close()
 
 
 def foregrounds(store: LabelStore, run_conf, fingerprint: str):
@@ -117,17 +136,13 @@ def foregrounds(store: LabelStore, run_conf, fingerprint: str):
 def evaluate_homographies(conf, store: LabelStore, run_id: str, fingerprint: str, run_conf) -> pd.DataFrame:
     """Against homographies (the planar demo)."""
     con = store.connect()
-    truth = con.execute(
-        "SELECT image_id, homography FROM images WHERE run_id = ? AND homography IS NOT NULL", [run_id]
-    ).fetchall()
+    truth = con.execute("SELECT DISTINCT image_id, homography FROM images WHERE homography IS NOT NULL").fetchall()
+    con.close()
     if not truth:
         raise ValueError(f"run {run_id} has no images with a homography: there is no truth to evaluate against")
     hom = {i: np.asarray(h, dtype=np.float64).reshape(3, 3) for i, h in truth}
-    labels = con.execute(
-        "SELECT category, src_image_id, tgt_image_id, src_x, src_y, tgt_x, tgt_y, hops FROM labels WHERE run_id = ?",
-        [run_id],
-    ).df()
-    con.close()
+    labels = judged_labels(store, run_id, conf.run_id is not None,
+                           "category, src_image_id, tgt_image_id, src_x, src_y, tgt_x, tgt_y, hops")
     fg = foregrounds(store, run_conf, fingerprint)
     tally, rng, k = Tally(list(conf.alphas)), np.random.default_rng(conf.seed), run_conf.pairing.k
     for (category, a, b, hops), g in labels.groupby(["category", "src_image_id", "tgt_image_id", "hops"]):
@@ -194,10 +209,8 @@ def evaluate_parts(conf, store: LabelStore, run_id: str, fingerprint: str, run_c
     the stored labels, after a spherical filter, and the direct baselines on the same pairs."""
     images = manifest.set_index("image_id")
     rotations = view_rotations(manifest)
-    con = store.connect()
-    labels = con.execute("SELECT category, src_image_id, tgt_image_id, src_x, src_y, tgt_x, tgt_y, hops, support, "
-                         "similarity, cycle_error, pair_error, pose_gap, confidence, sphere_angle FROM labels WHERE run_id = ?", [run_id]).df()
-    con.close()
+    labels = judged_labels(store, run_id, conf.run_id is not None, "category, src_image_id, tgt_image_id, src_x, src_y, "
+                           "tgt_x, tgt_y, hops, support, similarity, cycle_error, pair_error, pose_gap, confidence, sphere_angle")
     if labels.empty:
         raise ValueError(f"run {run_id} has no labels to evaluate")
     fg = foregrounds(store, run_conf, fingerprint)
@@ -297,7 +310,7 @@ def report_parts(conf, store, run_id, fingerprint, run_conf, manifest) -> int:
         raise ValueError(f"run {run_id} has no labelled pair of two `{conf.split}` images; choose split= among "
                          f"{sorted(rows.split.unique())}")
     png = conf.curves or join(store.uri, "eval", f"{run_id}-{conf.split}-curves.png")
-    print(f"label precision of run {run_id} against part truth, split {conf.split} (P@a: within a * the target's box side;"
+    print(f"label precision of {judged(conf, run_id)} against part truth, split {conf.split} (P@a: within a * the target's box side;"
           " yield = labels / source foreground patches; hidden: source point not visible in the target;"
           " mirror: labels from a left/right part that land on its twin)")
     if stored == "+ sphere":
@@ -329,7 +342,7 @@ def report(conf) -> int:
         return report_parts(conf, store, run_id, fingerprint, run_conf, manifest)
     result = evaluate_homographies(conf, store, run_id, fingerprint, run_conf)
     pd.set_option("display.width", 200)
-    print(f"label precision of run {result.attrs['run_id']} (yield = labels / source foreground patches)")
+    print(f"label precision of {judged(conf, result.attrs['run_id'])} (yield = labels / source foreground patches)")
     print(result.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if conf.output:
         with open(conf.output, "w") as f:

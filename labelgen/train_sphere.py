@@ -40,7 +40,9 @@ def mapper_inputs(cache_root: str, fingerprint: str, rows) -> list[dict]:
 
 
 def run_images(store: LabelStore, run_id: str | None) -> tuple[str, str, list[dict]]:
-    """A committed run's images as mapper inputs."""
+    """The images with foreground of every committed run on the features of `run_id` (default:
+    the latest committed run), as mapper inputs: a run that labelled only new images, or none,
+    still fits on the whole collection."""
     con = store.connect()
     try:
         row = con.execute(
@@ -50,7 +52,9 @@ def run_images(store: LabelStore, run_id: str | None) -> tuple[str, str, list[di
         if row is None:
             raise ValueError(f"no committed label run {run_id or ''} in {store}")
         run_id, fingerprint, run_conf = row[0], row[1], OmegaConf.create(row[2])
-        images = con.execute("SELECT image_id, category, azimuth FROM images WHERE run_id = ? AND n_fg > 0", [run_id]).fetchall()
+        images = con.execute("SELECT DISTINCT ON (image_id) image_id, category, azimuth FROM images JOIN runs USING (run_id) "
+                             "WHERE status = 'committed' AND label_features = ? AND n_fg > 0 ORDER BY image_id",
+                             [fingerprint]).fetchall()
     finally:
         con.close()
     cache_root = run_conf.features.cache or join(store.uri, "features")

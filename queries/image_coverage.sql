@@ -1,4 +1,4 @@
--- Per image: labels it is the source of, the distinct source points, and the fraction
+-- Per image: current labels it is the source of, the distinct source points, and the fraction
 -- of its foreground patches that carry at least one label.
 -- plot: bar x=image_id y=coverage
 SELECT l.run_id, l.category, l.src_image_id AS image_id,

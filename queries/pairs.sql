@@ -1,10 +1,12 @@
 -- The labels of one image pair, for drawing as lines (--param run=, src=, tgt=; default: the
--- farthest pair with the most labels in the latest committed run), judged where truth is known.
+-- farthest pair with the most labels in the latest committed run that holds current labels; a
+-- named run shows all the labels it made), judged where truth is known.
 -- plot: pairs
 WITH pick_run AS (
-    SELECT coalesce(getvariable('run'), (SELECT run_id FROM runs WHERE status = 'committed' ORDER BY finished DESC LIMIT 1)) AS run_id
+    SELECT coalesce(getvariable('run'), (SELECT run_id FROM runs WHERE run_id IN (SELECT run_id FROM current_pairs WHERE labels > 0)
+                                            ORDER BY finished DESC LIMIT 1)) AS run_id
 ), best AS (
-    SELECT src_image_id, tgt_image_id FROM labels WHERE run_id = (SELECT run_id FROM pick_run)
+    SELECT src_image_id, tgt_image_id FROM label_history WHERE run_id = (SELECT run_id FROM pick_run)
     GROUP BY ALL ORDER BY max(hops) DESC, count(*) DESC, src_image_id, tgt_image_id LIMIT 1
 )
 SELECT l.run_id, l.src_image_id, l.tgt_image_id, s.uri AS src_uri, t.uri AS tgt_uri,
@@ -13,7 +15,7 @@ SELECT l.run_id, l.src_image_id, l.tgt_image_id, s.uri AS src_uri, t.uri AS tgt_
             ELSE sqrt((l.tgt_x - true_xy(s.homography, t.homography, l.src_x, l.src_y)[1]) ^ 2
                     + (l.tgt_y - true_xy(s.homography, t.homography, l.src_x, l.src_y)[2]) ^ 2)
                  <= 0.05 * greatest(t.width, t.height) END AS correct
-FROM labels l
+FROM label_history l
 JOIN images s ON s.run_id = l.run_id AND s.image_id = l.src_image_id
 JOIN images t ON t.run_id = l.run_id AND t.image_id = l.tgt_image_id
 WHERE l.run_id = (SELECT run_id FROM pick_run)

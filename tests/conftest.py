@@ -54,11 +54,11 @@ def free_port() -> int:
 
 
 def labels_of(store: str, run_id: str, categories=None):
-    """A run's committed labels (without run_id) in a canonical order, to compare runs exactly."""
+    """A run's committed labels, superseded or not (without run_id) in a canonical order, to compare runs exactly."""
     from labelgen.store import LabelStore
 
     con = LabelStore(store).connect()
-    df = con.execute(f"SELECT * EXCLUDE (run_id) FROM labels WHERE run_id = '{run_id}'").df()
+    df = con.execute(f"SELECT * EXCLUDE (run_id) FROM label_history WHERE run_id = '{run_id}'").df()
     con.close()
     if categories is not None:
         df = df[df["category"].isin(categories)]

@@ -51,9 +51,17 @@ def test_every_report_runs(store, capsys):
 def test_precision_against_truth(store, capsys):
     code, out, _ = cli(capsys, "precision", "--store", store, "--format", "json", "--param", "unused=1")
     rows = {r["run_id"]: r for r in json.loads(out)}
+    assert list(rows) == ["r2"] and rows["r2"]["labels"] == 2 and rows["r2"]["p_10"] == 1.0  # r2 relabelled r1's pair
+    r1 = commit_of(store, capsys, "r1")
+    code, out, _ = cli(capsys, "precision", "--store", store, "--format", "json", "--at", str(r1))
+    rows = {r["run_id"]: r for r in json.loads(out)}
     # r1: two labels on the true shift, one 30 px off (side 100 px: 5 px and 10 px thresholds)
     assert rows["r1"]["labels"] == 3 and rows["r1"]["p_05"] == pytest.approx(0.667, abs=1e-3)
-    assert rows["r2"]["p_10"] == 1.0
+
+
+def commit_of(store, capsys, run_id) -> int:
+    _, out, _ = cli(capsys, "runs", "--store", store, "--format", "json")
+    return next(r["snapshot"] for r in json.loads(out) if r["run_id"] == run_id)
 
 
 def test_compare_empty_images_and_stage_yield(store, capsys):
@@ -77,8 +85,8 @@ def test_plots_are_drawn(store, capsys, tmp_path):
 
 def test_free_sql_is_read_only_and_errors_are_clear(store, capsys):
     code, out, _ = cli(capsys, "sql", "SELECT count(*) AS n FROM labels", "--store", store, "--format", "csv")
-    assert code == 0 and out.splitlines() == ["n", "5"]
-    code, _, err = cli(capsys, "sql", "DELETE FROM labels", "--store", store)
+    assert code == 0 and out.splitlines() == ["n", "2"]  # current labels: r2's of the pair both runs labelled
+    code, _, err = cli(capsys, "sql", "DELETE FROM label_history", "--store", store)
     assert code == 2 and "read-only" in err
     code, _, err = cli(capsys, "nope", "--store", store)
     assert code == 2 and "no report 'nope'" in err

@@ -125,7 +125,7 @@ def test_the_catalog_is_read_only_and_sealed(store):
     # an extension of the same trusted wheels that this set-up has not loaded
     other = "sqlite_scanner" if (store.catalog or "").startswith("postgres:") else "postgres_scanner"
     try:
-        for sql in ("DELETE FROM labels", "INSERT INTO run_log (run_id) VALUES ('x')", "CREATE TABLE t (x INT)", "COPY runs TO '/tmp/runs.csv'",
+        for sql in ("DELETE FROM label_history", "INSERT INTO run_log (run_id) VALUES ('x')", "CREATE TABLE t (x INT)", "COPY runs TO '/tmp/runs.csv'",
                     f"LOAD '{extensions.extension_path(other)}'", "INSTALL spatial",
                     "SELECT * FROM read_csv('/etc/passwd')", "SET enable_external_access = true"):
             with pytest.raises(Exception, match="read-only|Permission|disabled|Cannot change"):
@@ -184,7 +184,7 @@ def test_two_concurrent_writers_land_every_run_once_and_a_reader_never_sees_half
         con = store.connect()
         try:
             con.execute("BEGIN")  # one snapshot for both queries
-            per_run = dict(con.execute("SELECT run_id, count(*) FROM labels GROUP BY run_id").fetchall())
+            per_run = dict(con.execute("SELECT run_id, count(*) FROM label_history GROUP BY run_id").fetchall())
             committed = {r for (r,) in con.execute("SELECT run_id FROM runs WHERE status = 'committed'").fetchall()}
             con.execute("COMMIT")
         finally:
@@ -195,7 +195,7 @@ def test_two_concurrent_writers_land_every_run_once_and_a_reader_never_sees_half
     assert [w.wait() for w in writers] == [0, 0], [w.stderr.read()[-2000:] for w in writers]
     con = store.connect()
     try:
-        assert con.execute("SELECT count(*), count(DISTINCT run_id) FROM labels").fetchone() == (24 * n, 2 * n)
+        assert con.execute("SELECT count(*), count(DISTINCT run_id) FROM label_history").fetchone() == (24 * n, 2 * n)
         assert con.execute("SELECT count(*) FROM runs WHERE status = 'committed'").fetchone() == (2 * n,)
         assert con.execute("SELECT count(*), count(DISTINCT snapshot) FROM runs WHERE status = 'committed'").fetchone() == (
             2 * n, 2 * n)  # a snapshot each
@@ -220,6 +220,80 @@ def test_training_reads_the_runs_of_a_snapshot_from_files_the_driver_resolved(tm
     latest = resolve_source(conf)
     assert latest["runs"] == ["r1", "r2"] and latest["snapshot"] == store.current_snapshot()
     pinned = resolve_source(OmegaConf.merge(conf, {"snapshot": first}))
-    assert pinned["runs"] == ["r1"] and all(f.startswith(store.uri) for f in pinned["labels"] + pinned["images"])
+    files = pinned["label_history"] + pinned["label_pairs"] + pinned["images"]
+    assert pinned["runs"] == ["r1"] and all(f.startswith(store.uri) for f in files)
     data = load_label_data(pinned, "none")  # files only: a Train worker never opens the catalog
     assert data.snapshot == first and [len(p.src_xy) for p in data.train] == [5]
+    assert [len(p.src_xy) for p in load_label_data(latest, "none").train] == [3]  # r2 relabelled the pair: counted once
+
+
+def pair_labels(run_id, pairs: dict[tuple[str, str], int]):
+    """Labels of several image pairs: n labels (source points 0..n-1) for each (src, tgt)."""
+    rows = [dict(run_id=run_id, category="cat", src_image_id=a, tgt_image_id=b, src_x=float(i), src_y=0.0, tgt_x=1.0,
+                 tgt_y=2.0, hops=1, cycle_error=0.5, similarity=0.9, sphere_angle=None, support=1)
+            for (a, b), n in pairs.items() for i in range(n)]
+    return pa.Table.from_pylist(rows, schema=LABEL_SCHEMA)
+
+
+def test_the_latest_run_that_examined_a_pair_holds_its_current_labels(store):
+    begin(store, "r1")
+    store.write_category("r1", "cat", pair_labels("r1", {("a", "b"): 3, ("b", "a"): 2}), images("r1"), {})
+    store.commit("r1", {}, [])
+    pinned = store.current_snapshot()
+    begin(store, "r2")  # relabels a -> b, and examines b -> a but keeps none of its candidates
+    examined = pair_labels("r2", {("a", "b"): 4, ("b", "a"): 1, ("a", "c"): 1})
+    kept = pair_labels("r2", {("a", "b"): 4, ("a", "c"): 1})
+    store.write_images("r2", "cat", images("r2"), {}, parts=1)
+    store.write_part("r2", "cat", 0, kept, {}, examined)
+    store.commit("r2", {}, [])
+    assert count(store, "SELECT run_id, src_image_id, tgt_image_id, count(*) FROM labels GROUP BY ALL ORDER BY ALL") == [
+        ("r2", "a", "b", 4), ("r2", "a", "c", 1)]
+    assert count(store, "SELECT run_id, count(*) FROM label_history GROUP BY ALL ORDER BY ALL") == [("r1", 5), ("r2", 5)]
+    assert count(store, "SELECT src_image_id, tgt_image_id, run_id, labels, runs FROM current_pairs ORDER BY ALL") == [
+        ("a", "b", "r2", 4, 2), ("a", "c", "r2", 1, 1), ("b", "a", "r2", 0, 2)]
+    assert count(store, "SELECT count(*) = (SELECT count(*) FROM (SELECT DISTINCT src_image_id, tgt_image_id, src_x, src_y "
+                        "FROM labels)) FROM labels") == [(True,)]
+    con = store.connect(snapshot=pinned)  # what a model that pinned r1's snapshot read
+    try:
+        assert con.execute("SELECT run_id, count(*) FROM labels GROUP BY ALL").fetchall() == [("r1", 5)]
+    finally:
+        con.close()
+
+
+def test_images_in_a_tuple_of_a_committed_run_count_as_labelled_for_its_features_and_label_config(store):
+    store.begin_run({"run_id": "r1", "backbone_fingerprint": "fp", "label_features": "fp", "label_hash": "L1", "config": "",
+                     "config_hash": "h"})
+    frame = images("r1").to_pandas()
+    frame.loc[1, "n_fg"] = None  # b took part in no tuple
+    store.write_category("r1", "cat", labels("r1", 2), images_table(frame), {})
+    assert store.labelled_images("fp", "L1") == set()  # not committed yet
+    store.commit("r1", {}, [])
+    assert store.labelled_images("fp", "L1") == {"a"}
+    assert store.labelled_images("fp", "L2") == store.labelled_images("fp+adapter-m", "L1") == set()
+    assert store.source_images() == {"a"}
+
+
+def test_a_store_of_the_layout_before_current_labels_is_upgraded_on_its_first_write(tmp_path):
+    store = LabelStore(str(tmp_path / "store"))
+    begin(store, "r1")
+    store.write_category("r1", "cat", pair_labels("r1", {("a", "b"): 3, ("b", "a"): 2}), images("r1"), {})
+    store.commit("r1", {}, [])
+    con = catalog.attach(store.uri)  # back to the previous layout: one labels table, no label_pairs, no label_hash
+    for sql in ("DROP VIEW lake.labels", "DROP VIEW lake.current_pairs", "DROP TABLE lake.label_pairs",
+                "CREATE TABLE lake.labels AS FROM lake.label_history", "DROP TABLE lake.label_history",
+                "ALTER TABLE lake.run_log DROP COLUMN label_hash"):
+        con.execute(sql)
+    con.close()
+    old = store.current_snapshot()
+    begin(store, "r2")  # the first write upgrades it
+    assert count(store, "SELECT run_id, src_image_id, tgt_image_id, labels FROM current_pairs ORDER BY ALL") == [
+        ("r1", "a", "b", 3), ("r1", "b", "a", 2)]
+    assert count(store, "SELECT count(*) FROM labels") == count(store, "SELECT count(*) FROM label_history") == [(5,)]
+    assert count(store, "SELECT run_id, label_hash FROM runs ORDER BY 1") == [("r1", None), ("r2", None)]
+    snapshot = store.current_snapshot()
+    assert all(store.data_files(t, snapshot) for t in ("label_history", "label_pairs"))  # files: Train workers read them
+    con = store.connect(snapshot=old)  # before the upgrade: the table as it was
+    try:
+        assert con.execute("SELECT count(*) FROM labels").fetchone() == (5,)
+    finally:
+        con.close()

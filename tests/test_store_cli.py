@@ -106,7 +106,7 @@ def test_migrate_copies_what_the_old_store_showed(tmp_path, capsys):
     new = LabelStore(str(tmp_path / "new"))
     con = new.connect()
     try:
-        migrated = con.execute("SELECT * FROM labels").fetch_arrow_table()
+        migrated = con.execute("SELECT * FROM label_history").fetch_arrow_table()
         assert con.execute("SELECT run_id, status, (counts->>'labels')::INT, label_features, code_version, started, error FROM runs "
                            "ORDER BY run_id").fetchall() == [
             ("r1", "committed", 8, "fp", "0.9+abc", pd.Timestamp("2025-01-01 10:00").to_pydatetime(), None),
@@ -168,20 +168,22 @@ def test_maintain_compacts_and_keeps_the_snapshots_models_pinned(tmp_path):
     commit(store, "r3", {"cat": 6, "fox": 1})
     store.save_model({"model_id": "m1", "label_runs": ["r1"], "snapshot": pinned, "created": "2025-01-01T00:00:00.000+00:00"},
                      b"weights")
-    everything = "SELECT * FROM labels ORDER BY ALL"
+    everything = "SELECT * FROM label_history ORDER BY ALL"
     latest = rows(store, everything)
-    assert rows(store, "SELECT count(*) FROM labels", snapshot=unpinned) == [(14,)]
+    assert rows(store, "SELECT count(*) FROM label_history", snapshot=unpinned) == [(14,)]
+    assert rows(store, "SELECT count(*) FROM labels", snapshot=unpinned) == [(7,)]  # r2 relabelled all but one of r1's pairs
 
     # a week's grace: compacted, but no snapshot expired and no file deleted (a reader may still use them)
     done = maintain(store, older_than_days=7, log=lambda line: None)
-    assert done["files"]["labels"] == (6, 1) and done["files"]["images"] == (6, 1)
-    assert (done["snapshots_expired"], done["files_deleted"], done["files_waiting"]) == (0, 0, 12)
-    assert rows(store, "SELECT count(*) FROM labels", snapshot=unpinned) == [(14,)]
+    assert done["files"]["label_history"] == (6, 1) and done["files"]["images"] == (6, 1)
+    assert done["files"]["label_pairs"] == (6, 1)
+    assert (done["snapshots_expired"], done["files_deleted"], done["files_waiting"]) == (0, 0, 18)
+    assert rows(store, "SELECT count(*) FROM label_history", snapshot=unpinned) == [(14,)]
 
     lines = []
     done = maintain(store, older_than_days=0, log=lines.append)
-    assert done["files"]["labels"] == (1, 1) and done["kept_pinned"] == [pinned] and done["snapshots_expired"] > 0
-    assert (done["files_deleted"], done["files_waiting"]) == (12, 0)
+    assert done["files"]["label_history"] == (1, 1) and done["kept_pinned"] == [pinned] and done["snapshots_expired"] > 0
+    assert (done["files_deleted"], done["files_waiting"]) == (18, 0)
     assert rows(store, "SELECT count(*), count(DISTINCT run_id) FROM labels", snapshot=pinned) == [(8, 1)]
     assert rows(store, "SELECT run_id, status FROM runs", snapshot=pinned) == [("r1", "committed")]
     with pytest.raises(RuntimeError, match=f"could not open snapshot {unpinned} "):
@@ -196,7 +198,7 @@ def test_maintain_compacts_and_keeps_the_snapshots_models_pinned(tmp_path):
     out = subprocess.run([sys.executable, "-m", "labelgen.store", "maintain", "--store", store.uri, "--older-than-days", "0"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert "data files 2 -> 2" in out.stdout and "1 kept for models" in out.stdout
+    assert "data files 3 -> 3" in out.stdout and "1 kept for models" in out.stdout
     assert rows(store, "SELECT count(*) FROM labels", snapshot=pinned) == [(8,)]
 
 

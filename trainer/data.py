@@ -19,13 +19,13 @@ from omegaconf import OmegaConf
 from labelgen.backbones import feature_groups
 from labelgen.features import FLIPPED, ImageFeatures, cache_uri, load_features
 from labelgen.io import filesystem, join
-from labelgen.store import IMAGE_SCHEMA, LABEL_SCHEMA, LabelStore
+from labelgen.store import IMAGE_SCHEMA, LABEL_SCHEMA, PAIR_SCHEMA, LabelStore, current_labels_sql, current_pairs_sql
 
 default_conf = {
     "store": "labelstore",  # a folder or s3://bucket/prefix
     "catalog": None,  # the store's catalog: none = the one it was made with (new: catalog.sqlite in it) | postgres:<libpq string> | sqlite:<file>
     "snapshot": None,  # the store snapshot to read (python -m queries snapshots); default: the latest
-    "runs": None,  # label runs to learn from; default: every committed run with the latest run's backbone
+    "runs": None,  # label runs to learn from (their current labels: per image pair, the latest run's); default: every committed run with the latest run's backbone
     "val_split": "val",  # images of this split are held out
     "max_labels": 50,  # labels per pair and step
 }
@@ -93,13 +93,15 @@ def resolve_source(conf) -> dict:
         run_config = con.execute("SELECT config FROM runs WHERE run_id = ?", [runs[-1]]).fetchone()[0]
         manifests = [m for (m,) in con.execute(f"SELECT DISTINCT manifest FROM runs WHERE run_id IN ({marks}) ORDER BY 1",
                                                 runs).fetchall()]
+        snapshots = dict(con.execute(f"SELECT run_id, snapshot FROM runs WHERE run_id IN ({marks})", runs).fetchall())
     finally:
         con.close()
     run_conf = OmegaConf.create(run_config)
-    return {"snapshot": snapshot, "runs": runs, "backbone": info[0][0], "fingerprint": info[0][1], "manifests": manifests,
+    return {"snapshot": snapshot, "runs": runs, "run_snapshots": snapshots, "backbone": info[0][0], "fingerprint": info[0][1],
+            "manifests": manifests,
             "cache_root": run_conf.features.cache or join(store.uri, "features"),
             "flips": bool(OmegaConf.select(run_conf, "features.flips", default=False)),
-            "labels": store.data_files("labels", snapshot), "images": store.data_files("images", snapshot)}
+            **{table: store.data_files(table, snapshot) for table in ("label_history", "label_pairs", "images")}}
 
 
 def _read(uris: list[str], schema: pa.Schema, columns: list[str], runs: list[str]) -> pa.Table:
@@ -112,20 +114,25 @@ def _read(uris: list[str], schema: pa.Schema, columns: list[str], runs: list[str
 
 
 def load_label_data(source: dict, val_split: str) -> LabelData:
-    """Any process: the labelled pairs of the source's runs, split into train and held-out."""
+    """Any process: the current labels of the source's runs (per image pair, those of the
+    latest of them that labelled it: each label counted once), split into train and held-out."""
     runs = source["runs"]
     con = duckdb.connect()
     try:
         con.register("images_data", _read(source["images"], IMAGE_SCHEMA, ["image_id", "category", "split", "azimuth", "width",
                                                                            "height", "homography"], runs))
-        con.register("labels_data", _read(source["labels"], LABEL_SCHEMA, ["category", "src_image_id", "tgt_image_id", "src_x",
-                                                                           "src_y", "tgt_x", "tgt_y"], runs))
+        con.register("history", _read(source["label_history"], LABEL_SCHEMA, ["run_id", "category", "src_image_id",
+                                                                              "tgt_image_id", "src_x", "src_y", "tgt_x", "tgt_y"], runs))
+        con.register("pairs", _read(source["label_pairs"], PAIR_SCHEMA, PAIR_SCHEMA.names, runs))
+        con.register("run_snapshots", pa.table({"run_id": list(source["run_snapshots"]),
+                                                "snapshot": pa.array(list(source["run_snapshots"].values()), pa.int64())}))
+        con.execute(f"CREATE VIEW current AS {current_pairs_sql('pairs', 'run_snapshots')}")
         images = con.execute(
             "SELECT image_id, any_value(category) AS category, any_value(split) AS split, any_value(azimuth) AS azimuth, "
             "any_value(width) AS width, any_value(height) AS height, any_value(homography) AS homography "
             "FROM images_data GROUP BY image_id"
         ).df().set_index("image_id")
-        labels = con.execute("SELECT DISTINCT * FROM labels_data "
+        labels = con.execute(f"SELECT * EXCLUDE (run_id) FROM ({current_labels_sql('history', 'current')}) "
                              "ORDER BY src_image_id, tgt_image_id, src_y, src_x, tgt_y, tgt_x").df()
     finally:
         con.close()

@@ -5,9 +5,10 @@ model relabels at once: `labelgen.run` with the config of the latest run it lear
 `labels.features=adapter:<id>` and the overrides in `relabel`, so the next retrain learns
 from labels made on the adapter's own features.
 
-"New" means committed labels (of the backbone of the latest run) in runs that the
-latest decided model (promoted or rejected) did not train on: a rejected model's data
-does not trigger the same training again.
+"New" means current labels (of the backbone of the latest run: per image pair, those of
+the latest run that labelled it) from runs that the latest decided model (promoted or
+rejected) did not train on: a relabelled pair is new, a repeated run adds nothing, and a
+rejected model's data does not trigger the same training again.
 """
 
 import sys
@@ -23,7 +24,7 @@ from . import train as train_mod
 from .data import choose_runs
 
 default_conf = {
-    "min_new_labels": 100_000,  # train only when this many committed labels are new to the last model
+    "min_new_labels": 100_000,  # train only when this many current labels are new to the last model (from runs it did not learn from)
     "train": train_mod.default_conf,
     "relabel": None,  # after a promotion, relabel the latest trained-on run's collection with the new adapter, with these labelgen.run overrides (a list; []: none); null: no relabel
 }
@@ -37,11 +38,11 @@ def new_labels(conf) -> tuple[int, list[str], dict | None]:
     con = store.connect()
     try:
         runs = choose_runs(con, conf.train.data.runs)
-        counts = dict(con.execute("SELECT run_id, (counts->>'labels')::BIGINT FROM runs WHERE status = 'committed'").fetchall())
+        current = dict(con.execute("SELECT run_id, sum(labels) FROM current_pairs GROUP BY run_id").fetchall())
     finally:
         con.close()
     seen = set(last["label_runs"]) if last else set()
-    return sum(counts[r] for r in runs if r not in seen), runs, last
+    return int(sum(current.get(r, 0) for r in runs if r not in seen)), runs, last
 
 
 def relabel_conf(conf, run_id: str, model_id: str):

@@ -1,5 +1,6 @@
-"""The label store: a DuckLake (a SQL catalog over Parquet files) with tables labels,
-images, bad_inputs, run_stats, spheres and the logs behind the views runs and models.
+"""The label store: a DuckLake (a SQL catalog over Parquet files) with tables label_history,
+label_pairs, images, bad_inputs, run_stats, spheres and the logs behind the views runs and
+models; the view labels shows the current labels (schema.py says which).
 
 Layout under the store URI (a local folder or s3://bucket/prefix):
 
@@ -7,6 +8,7 @@ Layout under the store URI (a local folder or s3://bucket/prefix):
     catalog.sqlite                                    the default catalog (catalog.py says which others)
     runs/<run>/candidates/category=<c>/part-<p>/...   a chunk's candidate labels per vote partition (until the commit)
     runs/<run>/labels/category=<c>/part-<p>.parquet    labels of a vote partition of a category, written by its Ray task
+    runs/<run>/pairs/category=<c>/part-<p>.parquet     the image pairs that partition examined, with their label counts
     runs/<run>/images/category=<c>.parquet             the category's images, n_fg; the chains' counts and partitions
     lake/main/<table>/...                             files DuckLake writes itself (compaction, inserts)
     models/<id>/adapter.pt, spheres/<id>/mapper.pt    weights; their rows live in the catalog
@@ -21,6 +23,7 @@ trained model can pin and a query can go back to.
 """
 
 import json
+import logging
 import os
 import posixpath
 import subprocess
@@ -36,8 +39,9 @@ from ..io import delete_dir, filesystem, is_remote, join, list_files, read_bytes
 from . import catalog as cat
 from .functions import register
 from .schema import (BAD_INPUT_SCHEMA, COLUMNS, COMMIT_MESSAGE, DATA_TABLES, JSON_COLUMNS, LABEL_SCHEMA, LOG_TABLES,
-                     VIEWS)
+                     VIEWS, pair_table)
 
+log = logging.getLogger(__name__)
 STATS_KEY = b"labelgen.stats"  # metadata of a label file (its vote's counts) and an images file (the chains' counts)
 PARTS_KEY = b"labelgen.parts"  # an images file's metadata: how many label files (vote partitions) its category has
 INLINE_ROWS = 1000  # inserts of up to this many rows live in the catalog, not in a Parquet file each
@@ -124,6 +128,9 @@ class LabelStore:
         if {*DATA_TABLES, *LOG_TABLES} <= have:
             return
 
+        if "labels" in have:
+            self._upgrade(con, have)  # a store of the layout before current labels, in place, once
+
         def create():
             with cat.transaction(con):
                 for name, schema in DATA_TABLES.items():
@@ -137,6 +144,39 @@ class LabelStore:
                 con.execute(f"CALL lake.set_option('data_inlining_row_limit', {INLINE_ROWS})")
 
         cat.retrying(f"create store {self}", create)
+
+    def _upgrade(self, con, have: set[str]):
+        """The previous layout kept every label in a table `labels` and had no label_pairs. In
+        one transaction, per run: its labels into a file of label_history and the image pairs
+        they cover into one of label_pairs (pairs it examined and kept nothing of were not
+        recorded then), both registered as a run's own files are; then the old table goes.
+        (Not a RENAME: DuckLake 1.4.4 cannot read a renamed table's inlined data afterwards.)"""
+        def upgrade():
+            with cat.transaction(con):
+                for name in ("label_history", "label_pairs"):
+                    con.register("empty", DATA_TABLES[name].empty_table())
+                    con.execute(f"CREATE TABLE lake.{name} AS SELECT * FROM empty")
+                    con.unregister("empty")
+                for (run_id,) in con.execute("SELECT DISTINCT run_id FROM lake.labels ORDER BY 1").fetchall():
+                    rows = con.execute("FROM lake.labels WHERE run_id = ?", [run_id]).fetch_arrow_table()
+                    pairs = pair_table(run_id, "", rows, rows).drop_columns("category")  # category: per label, below
+                    pairs = pairs.join(rows.select(["src_image_id", "tgt_image_id", "category"]).group_by(
+                        ["src_image_id", "tgt_image_id", "category"]).aggregate([]), ["src_image_id", "tgt_image_id"])
+                    for name, table in (("label_history", rows.cast(LABEL_SCHEMA)),
+                                        ("label_pairs", pairs.select(DATA_TABLES["label_pairs"].names).cast(DATA_TABLES["label_pairs"]))):
+                        uri = self._run(run_id, name, "upgrade.parquet")
+                        write_bytes(uri, table_bytes(table))
+                        con.execute(f"CALL ducklake_add_data_files('lake', '{name}', ?)", [uri])
+                con.execute("DROP TABLE lake.labels")
+
+        def add_column():
+            with cat.transaction(con):
+                con.execute("ALTER TABLE lake.run_log ADD COLUMN IF NOT EXISTS label_hash VARCHAR")
+
+        cat.retrying(f"upgrade store {self}", add_column)
+        cat.retrying(f"upgrade store {self}", upgrade)
+        have.update({"label_history", "label_pairs"})
+        log.warning("store %s: upgraded to current labels (label_history, label_pairs, the view labels)", self)
 
     def session(self, what: str, fn, read_only: bool = True):
         """fn(con) on a fresh connection to the store, again after a lock conflict."""
@@ -172,8 +212,9 @@ class LabelStore:
     def _run(self, run_id: str, *parts: str) -> str:
         return join(self.uri, "runs", run_id, *parts)
 
-    def part_uri(self, run_id: str, category: str, part: int = 0) -> str:
-        return self._run(run_id, "labels", f"category={category}", f"part-{part:05d}.parquet")
+    def part_uri(self, run_id: str, category: str, part: int = 0, kind: str = "labels") -> str:
+        """A vote partition's file of `kind`: labels, or pairs (the image pairs it examined)."""
+        return self._run(run_id, kind, f"category={category}", f"part-{part:05d}.parquet")
 
     def images_uri(self, run_id: str, category: str) -> str:
         return self._run(run_id, "images", f"category={category}.parquet")
@@ -231,9 +272,30 @@ class LabelStore:
             written[category] = written.get(category, 0) + 1
         return {c for c, (_, parts) in self._images_meta(run_id).items() if written.get(c) == parts}
 
-    def write_part(self, run_id: str, category: str, part: int, labels: pa.Table, stats: dict):
-        """One vote partition's labels, with its counts in the file's metadata. Called from
-        Ray tasks: files only, no catalog."""
+    def labelled_images(self, label_features: str, label_hash: str) -> set[str]:
+        """Images that took part in a tuple of a committed run with these label features and
+        label config (runs.label_hash): a run with the same ones has nothing new to do for them."""
+        return {i for (i,) in self.session("labelled images of", lambda con: con.execute(
+            "SELECT DISTINCT i.image_id FROM lake.images i JOIN lake.runs r USING (run_id) WHERE r.status = 'committed' "
+            "AND r.label_features = ? AND r.label_hash = ? AND i.n_fg IS NOT NULL", [label_features, label_hash]).fetchall())}
+
+    def source_images(self) -> set[str]:
+        """Images that are the source of at least one current label."""
+        return {i for (i,) in self.session("sources of", lambda con: con.execute(
+            "SELECT DISTINCT src_image_id FROM lake.labels").fetchall())}
+
+    def staged_sources(self, run_id: str) -> set[str]:
+        """Source images of the labels the run's tasks wrote (one column of each file)."""
+        return {i for f in self._staged(run_id, "labels")
+                for i in pq.read_table(pa.BufferReader(read_bytes(f)), columns=["src_image_id"])["src_image_id"].unique().to_pylist()}
+
+    def write_part(self, run_id: str, category: str, part: int, labels: pa.Table, stats: dict,
+                   examined: pa.Table | None = None):
+        """One vote partition's labels, with its counts in the file's metadata, and the image
+        pairs it examined (those with candidates in `examined`, default: in `labels`), first:
+        the label file marks the partition done. Called from Ray tasks: files only, no catalog."""
+        pairs = pair_table(run_id, category, labels if examined is None else examined, labels)
+        write_bytes(self.part_uri(run_id, category, part, "pairs"), table_bytes(pairs))
         labels = labels.cast(LABEL_SCHEMA).replace_schema_metadata({STATS_KEY: json.dumps(stats).encode()})
         write_bytes(self.part_uri(run_id, category, part), table_bytes(labels))
 
@@ -292,7 +354,7 @@ class LabelStore:
         """Make the run visible in one transaction (one snapshot): register its label and image
         files, insert its bad inputs, per-category stats and committed state. A lock conflict
         retries the whole transaction, unless the failed try did commit."""
-        label_files, image_files = self._staged(run_id, "labels"), self._staged(run_id, "images")
+        label_files, image_files, pair_files = (self._staged(run_id, kind) for kind in ("labels", "images", "pairs"))
         stats = self._label_stats(run_id, label_files)
         bad = pa.Table.from_pylist([{**b, "run_id": run_id} for b in bad_inputs], schema=BAD_INPUT_SCHEMA)
         record = {**(self.run_record(run_id) or {"run_id": run_id}), "status": "committed", "finished": now(),
@@ -301,7 +363,7 @@ class LabelStore:
         def attempt():
             with self._writer() as con, cat.transaction(con):
                 con.execute("CALL lake.set_commit_message('labelgen', ?, extra_info => ?)", [COMMIT_MESSAGE, run_id])
-                for table, files in (("labels", label_files), ("images", image_files)):
+                for table, files in (("label_history", label_files), ("label_pairs", pair_files), ("images", image_files)):
                     for f in files:
                         con.execute(f"CALL ducklake_add_data_files('lake', '{table}', ?)", [f])
                 for table, rows in (("bad_inputs", bad), ("run_stats", stats)):
@@ -353,8 +415,8 @@ class LabelStore:
 
     def data_files(self, table: str, snapshot: int) -> list[str]:
         """The Parquet URIs that hold `table` at `snapshot`, for readers that must not open the
-        catalog (Ray tasks and Train workers). Labels and images only: their rows are always
-        registered files, never inlined, never deleted. After compaction a file may also hold
+        catalog (Ray tasks and Train workers). label_history, label_pairs and images only:
+        their rows are always registered files, never inlined, never deleted. After compaction a file may also hold
         rows of later runs: readers filter by run_id (runs committed at `snapshot`)."""
         rows = self.session("files of", lambda con: con.execute(
             f"SELECT data_file, delete_file FROM ducklake_list_files('lake', '{table}', snapshot_version => {int(snapshot)})"

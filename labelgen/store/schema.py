@@ -1,13 +1,21 @@
 """The store's tables: Parquet schemas of the rows Ray tasks write, and the catalog's own tables.
 
-Data tables (`labels`, `images`, `bad_inputs`) are filled by registering the Parquet
-files a run's tasks wrote. The run, model and sphere registries are small tables of
-rows; `run_log` and `model_log` only ever append (a state change is a new row), and the
-views `runs` and `models` show each one's latest row, so no commit rewrites a file.
+Data tables (`label_history`, `label_pairs`, `images`, `bad_inputs`) are filled by
+registering the Parquet files a run's tasks wrote. The run, model and sphere registries
+are small tables of rows; `run_log` and `model_log` only ever append (a state change is a
+new row), and the views `runs` and `models` show each one's latest row, so no commit
+rewrites a file.
+
+Every label is counted once: `label_history` keeps every run's labels, `label_pairs` the
+image pairs each run examined (with how many labels it kept, maybe none), and the view
+`labels` shows only the current ones: for each ordered image pair, the labels of the
+latest committed run that examined it. A relabel round supersedes the round before
+without deleting anything, so a model's pinned snapshot still reads what it trained on.
 """
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 LABEL_SCHEMA = pa.schema(
     [
@@ -46,16 +54,26 @@ IMAGE_SCHEMA = pa.schema(
         ("truth_uri", pa.string()),  # part truth of a rendered view (labelgen.truth), where known
     ]
 )
+PAIR_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("category", pa.string()),
+        ("src_image_id", pa.string()),
+        ("tgt_image_id", pa.string()),
+        ("labels", pa.int32()),  # kept after every filter; 0: examined, none kept (still supersedes)
+    ]
+)
 BAD_INPUT_SCHEMA = pa.schema(
     [("run_id", pa.string()), ("image_id", pa.string()), ("uri", pa.string()), ("stage", pa.string()), ("error", pa.string())]
 )
-DATA_TABLES = {"labels": LABEL_SCHEMA, "images": IMAGE_SCHEMA, "bad_inputs": BAD_INPUT_SCHEMA}
+DATA_TABLES = {"label_history": LABEL_SCHEMA, "label_pairs": PAIR_SCHEMA, "images": IMAGE_SCHEMA,
+               "bad_inputs": BAD_INPUT_SCHEMA}
 
 # times are UTC; JSON columns hold what the pipeline reports (counts, metrics)
 LOG_TABLES = {
     "run_log": """run_id VARCHAR, status VARCHAR, started TIMESTAMP, finished TIMESTAMP, manifest VARCHAR, backbone VARCHAR,
         backbone_fingerprint VARCHAR, label_features VARCHAR, sphere_id VARCHAR, config VARCHAR, config_hash VARCHAR,
-        code_version VARCHAR, counts JSON, error VARCHAR, logged TIMESTAMP""",
+        code_version VARCHAR, counts JSON, error VARCHAR, logged TIMESTAMP, label_hash VARCHAR""",
     "run_stats": """run_id VARCHAR, category VARCHAR, labels BIGINT, image_pairs BIGINT, mean_cycle_error DOUBLE,
         mean_similarity DOUBLE, mean_support DOUBLE, max_hops INTEGER, counts JSON""",
     "model_log": """model_id VARCHAR, parent VARCHAR, label_runs JSON, snapshot BIGINT, backbone_fingerprint VARCHAR,
@@ -68,7 +86,25 @@ COLUMNS = {name: [c.split()[0] for c in ddl.split(",")] for name, ddl in LOG_TAB
 JSON_COLUMNS = {"counts", "label_runs", "metrics", "history"}
 COMMIT_MESSAGE = "labelgen run"  # the snapshot that commits a run carries this message and the run id
 
-# Stored in the catalog, so any DuckDB that attaches the store AS lake sees them.
+
+
+def current_pairs_sql(pairs: str, runs: str) -> str:
+    """Per ordered image pair, the latest committed run (by its commit snapshot) of `runs`
+    (run_id, snapshot) that examined it in `pairs` (PAIR_SCHEMA rows): the store's view
+    and the trainer's workers, which read the Parquet files, share this one definition."""
+    return f"""
+        SELECT p.category, p.src_image_id, p.tgt_image_id, arg_max(p.run_id, r.snapshot) AS run_id,
+               arg_max(p.labels, r.snapshot) AS labels, count(*) AS runs
+        FROM {pairs} p JOIN {runs} r USING (run_id)
+        GROUP BY p.category, p.src_image_id, p.tgt_image_id"""
+
+
+def current_labels_sql(history: str, current: str) -> str:
+    """The labels of `history` whose run is their pair's current run in `current`."""
+    return f"SELECT h.* FROM {history} h SEMI JOIN {current} c USING (run_id, category, src_image_id, tgt_image_id)"
+
+
+# Stored in the catalog, so any DuckDB that attaches the store AS lake sees them (in this order).
 VIEWS = {
     "runs": f"""
         SELECT r.* EXCLUDE (logged), s.snapshot_id AS snapshot
@@ -82,7 +118,23 @@ VIEWS = {
                CASE WHEN decision = 'promoted' AND decided < max(decided) FILTER (WHERE decision = 'promoted') OVER ()
                     THEN 'retired' ELSE coalesce(decision, 'training') END AS status
         FROM latest""",
+    "current_pairs": current_pairs_sql("lake.label_pairs", "lake.runs"),
+    "labels": current_labels_sql("lake.label_history", "lake.current_pairs"),
 }
+
+
+def pair_table(run_id: str, category: str, examined: pa.Table, kept: pa.Table) -> pa.Table:
+    """PAIR_SCHEMA rows: the ordered image pairs that have candidates in `examined`, with the
+    labels `kept` of each (0 where every candidate was filtered out)."""
+    pairs = examined.select(["src_image_id", "tgt_image_id"]).group_by(["src_image_id", "tgt_image_id"]).aggregate([])
+    counts = kept.select(["src_image_id", "tgt_image_id"]).group_by(["src_image_id", "tgt_image_id"]).aggregate(
+        [([], "count_all")])
+    joined = pairs.join(counts, ["src_image_id", "tgt_image_id"]).sort_by([("src_image_id", "ascending"),
+                                                                          ("tgt_image_id", "ascending")])
+    n = joined.num_rows
+    return pa.table({"run_id": pa.array([run_id] * n, pa.string()), "category": pa.array([category] * n, pa.string()),
+                     "src_image_id": joined["src_image_id"], "tgt_image_id": joined["tgt_image_id"],
+                     "labels": pc.fill_null(joined["count_all"], 0).cast(pa.int32())}, schema=PAIR_SCHEMA)
 
 
 def images_table(frame: pd.DataFrame) -> pa.Table:
