@@ -66,7 +66,7 @@ def bench_chains(df, conf, cache_root, fingerprint, tuples_per_category: int) ->
     """Tuples/s of both on one thread; the service's stage includes reading the chunk's features.
     On a GPU, the service's tuples/s with the same code on CUDA too."""
     torch.set_num_threads(1)
-    tuples = {c: t[:tuples_per_category] for c, t in make_tuples(df, conf.pairing, cache_root, fingerprint)[0].items()}
+    tuples = {c: t[:tuples_per_category] for c, t in make_tuples(df, conf.pairing, cache_root, fingerprint).by_category.items()}
     n = sum(len(t) for t in tuples.values())
     lconf = OmegaConf.merge(conf.labels, LIKE_REFERENCE)
     t0 = time.perf_counter()

@@ -401,9 +401,10 @@ def plan_actors(conf, resources: dict) -> dict:
 RESULT_COLUMNS = ["image_id", "n_fg", "error", "seconds", "actor"]
 
 
-def extract_features(df, conf, backbone_conf, image_size: int, cache_root: str, fingerprint: str):
+def extract_features(df, conf, backbone_conf, image_size: int, cache_root: str, fingerprint: str, start_ray=None):
     """Features of the images not cached yet, on a Ray Data actor pool; returns the
-    per-image results (errors among them) and the seconds it took.
+    per-image results (errors among them) and the seconds it took. `start_ray` is called
+    first when there is anything to compute (a run with every feature cached needs no Ray).
 
     The actors are not restarted by Ray (`max_restarts=0`): Ray Data hands them their
     arguments through the object store, where a restart can find them gone
@@ -417,6 +418,9 @@ def extract_features(df, conf, backbone_conf, image_size: int, cache_root: str, 
     out, t0 = [], time.perf_counter()
     if todo.empty:
         return pd.DataFrame(columns=RESULT_COLUMNS), 0.0
+    if start_ray:
+        start_ray()
+        t0 = time.perf_counter()
     plan = plan_actors(conf, ray.cluster_resources())
     log.info("features: %d images on %d actor(s), %s", len(todo), plan["actors"],
              "1 GPU each" if plan["num_gpus"] else f"{plan['threads']} threads each")

@@ -5,17 +5,25 @@ With no arguments it renders the built-in collection of 3D object categories
 a local Ray instance; with RAY_ADDRESS set, or under `ray job submit`, it
 runs on that cluster. The algorithms live in plain modules; this file only
 schedules them.
+
+A run does only what is new: images that a committed run already labelled with the
+same label features and label config anchor no tuple, and no label between two of
+them is made again, so a repeated run adds nothing and a grown collection costs what
+it grew by (`new_only=false` labels every image again, superseding the old labels).
 """
 
 import logging
 import sys
 import time
 import uuid
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import ray
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from . import backbones, demo, features, labels, pairing, ray_utils, synthetic
 from .adapted import adapt_features, label_fingerprint, resolve_model
@@ -24,14 +32,14 @@ from .config import config_hash, parse_overrides
 from .console import Progress, Stages
 from .features import cache_uri, extract_features, load_features
 from .io import join, read_bytes
+from .manifest import read_manifest
 from .sphere import default_conf as sphere_conf
 from .sphere import map_image
+from .store import IMAGE_SCHEMA, LabelStore, images_table, sum_counts
 from .train_sphere import fit as fit_sphere
 from .train_sphere import load_mapper, mapper_inputs
 from .train_sphere import resolve as resolve_sphere
 from .train_sphere import wanted as sphere_wanted
-from .manifest import read_manifest
-from .store import IMAGE_SCHEMA, LabelStore, images_table, sum_counts
 
 log = logging.getLogger("labelgen")
 
@@ -45,6 +53,7 @@ default_conf = {
     "store": "labelstore",  # a folder or s3://bucket/prefix: labels, runs, feature cache
     "catalog": None,  # the store's catalog: none = the one it was made with (new: catalog.sqlite in it) | postgres:<libpq string> | sqlite:<file>
     "run_id": None,  # default: a new id from the time
+    "new_only": True,  # label only images no committed run labelled with these label features and config; false: all again (superseding)
     "backbone": backbones.default_conf,
     "features": features.default_conf,
     "pairing": pairing.default_conf,
@@ -56,10 +65,57 @@ default_conf = {
 # views share every point up to 90 deg, where the confidence model, fitted on 3D objects, would
 # drop the far pairs the demo is there to show: no confidence threshold.
 DEMO_PRESET = {"pairing": {"bin_deg": 30.0}, "labels": {"min_confidence": 0.0}}
+# what a run's labels depend on beside its label features: runs that agree on both label an image alike
+LABEL_KEYS = ("pairing", "labels", "sphere")
 
 
 def new_run_id() -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def label_hash(conf) -> str:
+    """The hash of the config that makes labels (LABEL_KEYS, without labels.features, which
+    the run's label features fingerprint stands for)."""
+    body = OmegaConf.masked_copy(conf, list(LABEL_KEYS))
+    body.labels = OmegaConf.masked_copy(body.labels, [k for k in body.labels if k != "features"])
+    return config_hash(body)
+
+
+@dataclass
+class Inputs:
+    """What can fail on bad input, checked before any work: the manifest and the backbone."""
+
+    manifest: str
+    df: pd.DataFrame
+    backbone: DictConfig  # the backbone config with the sources its weights came from
+    backbone_reason: str  # why this backbone (auto)
+    image_size: int
+    fingerprint: str  # of the backbone's features in the cache
+
+
+@dataclass
+class Run(Inputs):
+    """One label run, resolved once: every stage reads what it needs from here."""
+
+    conf: DictConfig = None
+    store: LabelStore = None
+    run_id: str = ""
+    model: dict | None = None  # the adapter whose features the labels are made on (labels.features)
+    label_features: str = ""  # fingerprint of the features labels are made on
+    cache_root: str = ""
+    sphere: dict | None = None  # the spherical mapper (labels.sphere); auto: resolved after the features
+    labelled: set[str] = field(default_factory=set)  # images already labelled with these features and label config
+    stages: Stages = field(default_factory=Stages)
+    ray: str | None = None  # where Ray runs, once started
+
+    def start_ray(self) -> str:
+        """Start or join Ray on first use: a run with nothing to compute never waits for it."""
+        if self.ray is None:
+            with self.stages("ray start"):
+                self.ray = ray_utils.init_ray(self.conf.ray)
+            resources = ray.cluster_resources()
+            log.info("ray: %s; %g CPUs, %g GPUs", self.ray, resources.get("CPU", 0), resources.get("GPU", 0))
+        return self.ray
 
 
 def chunk_candidates(run_id, category, tuples, cache_root, fingerprint, conf, rotations=None, device="cpu"):
@@ -71,11 +127,23 @@ def chunk_candidates(run_id, category, tuples, cache_root, fingerprint, conf, ro
     return table, stats, feats
 
 
+def drop_known_pairs(table: pa.Table, labelled: set[str]) -> pa.Table:
+    """Candidates between two images already labelled (by an earlier run with the same label
+    features and config): their pair keeps its labels, so they are not made again."""
+    if not labelled or not table.num_rows:
+        return table
+    known = pa.array(sorted(labelled), pa.string())
+    old = pc.and_(pc.is_in(table["src_image_id"], known), pc.is_in(table["tgt_image_id"], known))
+    return table.filter(pc.invert(old))
+
+
 @ray.remote(num_cpus=1)
-def candidate_task(run_id, category, chunk, tuples, cache_root, fingerprint, conf, rotations, parts, store_uri):
-    """Map: one chunk's candidate labels, written per vote partition; returns the counts per
-    stage and each image's size and foreground."""
+def candidate_task(run_id, category, chunk, tuples, cache_root, fingerprint, conf, rotations, parts, store_uri, labelled):
+    """Map: one chunk's candidate labels (none between two already labelled images), written
+    per vote partition; returns the counts per stage and each image's size and foreground."""
     table, stats, feats = chunk_candidates(run_id, category, tuples, cache_root, fingerprint, conf, rotations)
+    table = drop_known_pairs(table, labelled)
+    stats["known_pairs"], stats["candidates"] = stats["candidates"] - table.num_rows, table.num_rows
     store = LabelStore(store_uri)
     for part, rows in labels.by_partition(table, parts):
         store.write_candidates(run_id, category, part, chunk, rows)
@@ -86,11 +154,11 @@ def candidate_task(run_id, category, chunk, tuples, cache_root, fingerprint, con
 def vote_task(run_id, category, part, conf, store_uri, sphere, *_chunks):
     """Reduce one vote partition of a category (it starts once the category's candidate tasks,
     `_chunks`, are done): vote, keep the labels whose pair agrees and that are confident
-    enough, filter on the sphere if asked; write them with the counts."""
+    enough, filter on the sphere if asked; write them with the counts and the pairs examined."""
     store = LabelStore(store_uri)
-    table = labels.vote([store.candidates(run_id, category, part)], conf)
-    stats = {"voted": table.num_rows}
-    table = labels.pair_check(table, conf.pair_radius)
+    examined = labels.vote([store.candidates(run_id, category, part)], conf)
+    stats = {"voted": examined.num_rows}
+    table = labels.pair_check(examined, conf.pair_radius)
     stats["after_pair_check"] = table.num_rows
     table = labels.confidence_filter(table, conf)
     stats["confident"] = table.num_rows
@@ -103,69 +171,100 @@ def vote_task(run_id, category, part, conf, store_uri, sphere, *_chunks):
         table = labels.sphere_filter(table, fgs, points, conf.sphere_deg)
         stats["sphere_filter_s"] = time.perf_counter() - t0
     stats["labels"] = table.num_rows
-    store.write_part(run_id, category, part, table, stats)
+    store.write_part(run_id, category, part, table, stats, examined)
     return stats
 
 
-def train_sphere(conf, store, df, cache_root, fingerprint, run_id) -> dict:
+def train_sphere(run: Run, df: pd.DataFrame) -> dict:
     """labels.sphere=auto without a mapper for these features: fit one to the run's images
     (the driver's cores) and register it, so that later runs reuse it."""
+    conf = run.conf.sphere
     pose = df["azimuth"] if "azimuth" in df.columns else pd.Series(np.nan, index=df.index)
-    images = mapper_inputs(cache_root, fingerprint, zip(df["image_id"], df["category"], pose))
+    images = mapper_inputs(run.cache_root, run.label_features, zip(df["image_id"], df["category"], pose))
     log.info("spherical mapper: none registered for features %s and these categories; fitting one to %d images "
-             "(labels.sphere=auto; labels.sphere=none turns the filter off)", fingerprint, len(images))
+             "(labels.sphere=auto; labels.sphere=none turns the filter off)", run.label_features, len(images))
     with Progress(conf.steps, "sphere", "steps") as bar:
-        record = fit_sphere(store, images, fingerprint, run_id, conf, log=lambda h: bar.update(h["step"] - bar.done),
-                            categories=df["category"].unique())
+        record = fit_sphere(run.store, images, run.label_features, run.run_id, conf,
+                            log=lambda h: bar.update(h["step"] - bar.done), categories=df["category"].unique())
     log.info("spherical mapper %s: %d steps in %.1f s, registered", record["sphere_id"], conf.steps, record["train_s"])
     return record
 
 
-def make_tuples(df: pd.DataFrame, conf, cache_root: str, fingerprint: str):
-    """Tuples per category; the images left out because they lack the pose their category
-    is paired by (bad_inputs rows); and per category without a tuple, why and what to do."""
+@dataclass
+class CategoryTuples:
+    """A category's tuples as positions into its image ids: a few bytes per tuple in the
+    driver, turned into ids only chunk by chunk, as the tasks get them."""
+
+    ids: np.ndarray  # (N,) the category's image ids
+    idx: np.ndarray  # (T, K) positions into ids
+
+    def __len__(self):
+        return len(self.idx)
+
+    def __getitem__(self, rows: slice) -> list[tuple[str, ...]]:
+        return [tuple(t) for t in self.ids[self.idx[rows]]]
+
+    def __iter__(self):
+        return iter(self[:])
+
+
+@dataclass
+class Tuples:
+    by_category: dict[str, CategoryTuples]
+    left_out: list[dict]  # bad_inputs rows: images without the pose their category is paired by
+    untupled: dict[str, str]  # category -> why it got no tuple, and what to do
+    pairable: int  # images that could take part in a tuple
+    anchors: int  # of them, those that anchored tuples (new ones)
+
+
+def make_tuples(df: pd.DataFrame, conf, cache_root: str, fingerprint: str, labelled: set[str] = frozenset()) -> Tuples:
+    """Tuples per category, anchored only at images not `labelled` yet; the images left out
+    because they lack the pose their category is paired by; per category without a tuple,
+    why and what to do."""
     def descriptors(rows):  # only categories without pose need them
         return np.stack([load_features(cache_uri(cache_root, fingerprint, i)).descriptor() for i in rows["image_id"]])
 
-    out, left_out, untupled = {}, [], {}
+    out, left_out, untupled, pairable, anchors = {}, [], {}, 0, 0
     for category, rows in df.groupby("category", sort=True):
         mode = pairing.pose_mode(rows, conf)
         cols = " and ".join(pairing.POSE_COLUMNS.get(mode, []))
-        for _, r in rows[pairing.unplaced(rows, mode)].iterrows():
+        placed = ~pairing.unplaced(rows, mode)
+        for _, r in rows[~placed].iterrows():
             left_out.append({"image_id": r["image_id"], "uri": r["uri"], "stage": "pairing",
                              "error": f"{r['uri']}: no {cols} while category '{category}' is paired by {mode} pose: left out of "
                                       "every tuple; give its pose, or run with pairing.pose=similarity"})
-        idx = pairing.category_tuples(rows, conf, descriptors)
-        ids = rows["image_id"].to_numpy()
-        out[category] = [tuple(ids[t]) for t in idx]
-        if not out[category]:
+        new = (placed & ~rows["image_id"].isin(labelled)).to_numpy()
+        pairable, anchors = pairable + int(placed.sum()), anchors + int(new.sum())
+        if not new.any():
+            continue
+        idx = pairing.category_tuples(rows, conf, descriptors, anchors=new)
+        out[category] = CategoryTuples(rows["image_id"].to_numpy(), idx)
+        if not len(idx):
             untupled[category] = (f"its {len(rows)} images make no pair one hop apart ({mode} pose, pairing.bin_deg={conf.bin_deg:g}): "
                                   "widen pairing.bin_deg, add views of other poses, or pair by pairing.pose=similarity")
             log.warning("category '%s' gets no labels: %s", category, untupled[category])
         elif idx.shape[1] < conf.k:
             log.info("category '%s': its poses make no tuple of K=%d, so its tuples have %d images", category, conf.k,
                      idx.shape[1])
-    return out, left_out, untupled
+    return Tuples(out, left_out, untupled, pairable, anchors)
 
 
 IMAGE_COLUMNS = [n for n in IMAGE_SCHEMA.names if n not in ("run_id", "width", "height", "n_fg")]
 
 
-def run_labels(df, tuples_by_cat, conf, run_id, cache_root, fingerprint, store, sphere=None) -> dict:
+def run_labels(run: Run, df: pd.DataFrame, tuples_by_cat: dict[str, CategoryTuples], sphere=None) -> dict:
     """Candidate tasks per chunk of tuples, then the vote tasks of each category's partitions;
     a category's images file (with the chains' counts) is written once its chunks are in.
     Returns the seconds until the last chain and until the last vote."""
-    conf = OmegaConf.create(OmegaConf.to_container(conf))
-    step = conf.tuples_per_task
-    columns = [c for c in IMAGE_COLUMNS if c in df.columns]
-    category_of, left, parts, images, votes = {}, {}, {}, {}, []
+    conf = OmegaConf.create(OmegaConf.to_container(run.conf.labels))
+    step, store, run_id = conf.tuples_per_task, run.store, run.run_id
+    category_of, left, parts, votes = {}, {}, {}, []
     for category, tuples in tuples_by_cat.items():
         parts[category] = labels.vote_parts(len(tuples), conf)
-        rows = df[df["category"] == category]
-        images[category] = rows[columns]
-        rotations = ray.put(pairing.view_rotations(rows))
-        refs = [candidate_task.remote(run_id, category, n, tuples[s : s + step], cache_root, fingerprint, conf, rotations,
-                                      parts[category], store.uri)
+        rotations = ray.put(pairing.view_rotations(df[df["category"] == category]))
+        labelled = ray.put(run.labelled & set(tuples.ids))
+        refs = [candidate_task.remote(run_id, category, n, tuples[s : s + step], run.cache_root, run.label_features, conf,
+                                      rotations, parts[category], store.uri, labelled)
                 for n, s in enumerate(range(0, len(tuples), step))]
         votes += [vote_task.remote(run_id, category, p, conf, store.uri, sphere, *refs) for p in range(parts[category])]
         category_of.update(dict.fromkeys(refs, category))
@@ -178,7 +277,7 @@ def run_labels(df, tuples_by_cat, conf, run_id, cache_root, fingerprint, store, 
             done_chunks[category].append(ray.get(done[0]))
             bar.update(done_chunks[category][-1][0]["tuples"])
             if len(done_chunks[category]) == left[category]:
-                write_images(store, run_id, category, images.pop(category), done_chunks.pop(category), parts[category])
+                write_images(run, category, df[df["category"] == category], done_chunks.pop(category), parts[category])
     chains_s = time.perf_counter() - t0
     with Progress(len(votes), "vote", "partitions") as bar:
         while votes:
@@ -188,12 +287,12 @@ def run_labels(df, tuples_by_cat, conf, run_id, cache_root, fingerprint, store, 
     return {"chains_s": chains_s, "vote_s": time.perf_counter() - t0 - chains_s}
 
 
-def write_images(store, run_id, category, images: pd.DataFrame, chunks, parts):
+def write_images(run: Run, category: str, rows: pd.DataFrame, chunks, parts: int):
     """The category's images (sizes and foreground as its chunks saw them) and the chains' counts."""
     seen = {i: size for _, chunk_seen in chunks for i, size in chunk_seen.items()}
     sizes = pd.DataFrame.from_dict(seen, orient="index", columns=["width", "height", "n_fg"])
-    store.write_images(run_id, category, images_table(images.join(sizes, on="image_id").assign(run_id=run_id)),
-                       sum_counts(stats for stats, _ in chunks), parts)
+    images = rows[[c for c in IMAGE_COLUMNS if c in rows.columns]].join(sizes, on="image_id").assign(run_id=run.run_id)
+    run.store.write_images(run.run_id, category, images_table(images), sum_counts(stats for stats, _ in chunks), parts)
 
 
 def sphere_line(s: dict, c: dict, sphere_deg: float) -> str:
@@ -204,7 +303,6 @@ def sphere_line(s: dict, c: dict, sphere_deg: float) -> str:
 
 def summary(run_id, store, counts, sphere_deg) -> str:
     c = counts
-    hops = " -> ".join(f"{c.get(f'after_hop{h}', 0):,}" for h in range(1, c["k"]))
     return "\n".join(
         [
             f"run {run_id}: committed",
@@ -215,18 +313,30 @@ def summary(run_id, store, counts, sphere_deg) -> str:
             *([f"            by {'; '.join(f'{k}: {v}' for k, v in c['feature_actors'].items())}"] if c.get("feature_actors") else []),
             *([f"            labels on {c['label_features']} (labels.features; refined in {c['adapter_s']:.1f} s)"]
               if c["label_features"] != c["backbone"] else []),
-            f"  tuples    {c.get('tuples', 0):,} of K={c['k']} ({c['tuples_per_s']:.1f} tuples/s)"
-            + "".join(f"; {cat}: K={k} (its poses allow no longer)" for cat, k in c.get("tuple_k", {}).items()),
-            *[f"            no tuple for '{cat}': {why}" for cat, why in c.get("no_tuples", {}).items()],
-            f"  chains    {c.get('seeds', 0):,} foreground seeds -> cycle check per hop: {hops}",
-            f"  labels    {c.get('composed', 0):,} composed over all ordered pairs -> {c.get('candidates', 0):,} within the "
-            f"pose-gap cap -> {c.get('voted', 0):,} after the vote -> {c.get('after_pair_check', 0):,} after the pair check -> "
-            f"{c.get('confident', 0):,} confident -> {c.get('labels', 0):,} stored"
-            f"{' after the spherical filter' if c.get('confident') != c.get('labels') else ''} ({c['labels_per_s']:,.0f} labels/s)",
+            *([f"  nothing new: {c['nothing_new']}"] if c.get("nothing_new") else chain_lines(c)),
             *([sphere_line(s, c, sphere_deg)] if (s := c.get("sphere")) else []),
+            f"  coverage  {c['coverage']:.1%} of the {c['pairable']:,} pairable images are the source of a current label "
+            f"(python -m queries coverage --store {store})",
             f"  store     {store}  (python -m queries labels_per_category --store {store})",
         ]
     )
+
+
+def chain_lines(c: dict) -> list[str]:
+    """The summary's tuples, chains and labels: what each stage kept."""
+    hops = " -> ".join(f"{c.get(f'after_hop{h}', 0):,}" for h in range(1, c["k"]))
+    known = f" ({c['known_pairs']:,} between already labelled images left out)" if c.get("known_pairs") else ""
+    return [
+        f"  tuples    {c.get('tuples', 0):,} of K={c['k']} ({c['tuples_per_s']:.1f} tuples/s), anchored at {c['anchors']:,} "
+        f"new of {c['pairable']:,} pairable images"
+        + "".join(f"; {cat}: K={k} (its poses allow no longer)" for cat, k in c.get("tuple_k", {}).items()),
+        *[f"            no tuple for '{cat}': {why}" for cat, why in c.get("no_tuples", {}).items()],
+        f"  chains    {c.get('seeds', 0):,} foreground seeds -> cycle check per hop: {hops}",
+        f"  labels    {c.get('composed', 0):,} composed over all ordered pairs -> {c.get('candidates', 0):,} within the "
+        f"pose-gap cap{known} -> {c.get('voted', 0):,} after the vote -> {c.get('after_pair_check', 0):,} after the pair "
+        f"check -> {c.get('confident', 0):,} confident -> {c.get('labels', 0):,} stored"
+        f"{' after the spherical filter' if c.get('confident') != c.get('labels') else ''} ({c['labels_per_s']:,.0f} labels/s)",
+    ]
 
 
 def presets(argv: list[str]) -> dict | None:
@@ -246,7 +356,7 @@ def builtin_collection(conf) -> str:
     raise ValueError(f"data.builtin={conf.builtin}: choose objects or demo, or give data.manifest=")
 
 
-def prepare(conf, stages: Stages | None = None):
+def prepare(conf, stages: Stages | None = None) -> Inputs:
     """Everything that can fail on bad input, before any work: manifest, weights."""
     stages = stages or Stages()
     with stages("collection"):
@@ -257,90 +367,18 @@ def prepare(conf, stages: Stages | None = None):
     image_size = backbone.check_size(conf.backbone.image_size or backbone.image_size)
     backbone_conf = OmegaConf.merge(conf.backbone, {"name": backbone.name, **backbone.sources()})
     fingerprint = backbone.fingerprint(image_size, variant=f"mask={conf.features.mask_fallback}")
-    return manifest_uri, df, backbone_conf, reason, image_size, fingerprint
+    return Inputs(manifest_uri, df, backbone_conf, reason, image_size, fingerprint)
 
 
-def execute(conf, store, run_id, df, backbone_conf, reason, image_size, fingerprint, sphere, model, stages) -> dict:
-    """Features (and the adapter's, when relabelling), tuples, chains, vote, commit;
-    categories a previous attempt finished are skipped."""
-    with stages("ray start"):
-        where = ray_utils.init_ray(conf.ray)
-    resources = ray.cluster_resources()
-    log.info("ray: %s; %g CPUs, %g GPUs", where, resources.get("CPU", 0), resources.get("GPU", 0))
-    cache_root = conf.features.cache or join(store.uri, "features")
-    results, feat_s = extract_features(df, conf.features, backbone_conf, image_size, cache_root, fingerprint)
-    stages.add("features", feat_s)
-    failed = results[results["error"] != ""]
-    uris = dict(zip(df["image_id"], df["uri"]))
-    bad = [{"image_id": i, "uri": uris[i], "stage": "features", "error": e} for i, e in zip(failed.image_id, failed.error)]
-    good = df[~df["image_id"].isin(failed["image_id"])]
-    adapt_s = adapt_features(good["image_id"].tolist(), model, cache_root, fingerprint) if model else 0.0
-    if model:
-        stages.add("adapter", adapt_s)
-    features = label_fingerprint(fingerprint, model)  # the features labels are made on
-    with stages("tuples"):
-        tuples, left_out, untupled = make_tuples(good, conf.pairing, cache_root, features)
-    bad += left_out
-    done = store.staged_categories(run_id)
-    if done:
-        log.info("resuming run %s: %d of %d categories already done", run_id, len(done & set(tuples)), len(tuples))
-    sphere_s = 0.0
-    if sphere_wanted(conf.labels.sphere):
-        if sphere is None:  # auto: a mapper registered for these features and the categories that have features
-            sphere = resolve_sphere(store, "auto", features, good["category"].unique())
-        if sphere is None:
-            sphere_s = time.perf_counter()
-            sphere = train_sphere(conf.sphere, store, good, cache_root, features, run_id)
-            sphere_s = time.perf_counter() - sphere_s
-            stages.add("sphere", sphere_s)
-        store.update_run(run_id, sphere_id=sphere["sphere_id"])  # a resumed attempt filters with the same mapper
-        sphere = {**sphere, "cache": (cache_root, features)}
-        log.info("spherical filter: mapper %s, %.1f deg", sphere["sphere_id"], conf.labels.sphere_deg)
-    todo = {c: t for c, t in tuples.items() if c not in done}
-    wall = run_labels(good, todo, conf.labels, run_id, cache_root, features, store, sphere)
-    stages.add("chains", wall["chains_s"])
-    stages.add("vote", wall["vote_s"])
-    totals = sum_counts(store.category_stats(run_id).values())
-    filter_s = totals.pop("sphere_filter_s", 0.0)
-    counts = {
-        **totals,
-        "images": len(df),
-        "categories": len(tuples),
-        "bad_inputs": len(bad),
-        "features_computed": len(results) - len(failed),
-        "features_cached": len(df) - len(results),
-        "features_s": round(feat_s, 3),
-        "features_per_s": (len(results) - len(failed)) / feat_s if feat_s else 0.0,
-        "features_per_actor_s": len(results) / results["seconds"].sum() if len(results) else 0.0,
-        "feature_actors": results["actor"].value_counts().sort_index().to_dict(),  # where -> images
-        "backbone": fingerprint,
-        "backbone_reason": reason,
-        "label_features": features,
-        "adapter_s": round(adapt_s, 1),
-        "k": conf.pairing.k,
-        "tuple_k": {c: len(t[0]) for c, t in tuples.items() if t and len(t[0]) < conf.pairing.k},  # shortened
-        "no_tuples": untupled,  # category -> why it got none, and the fix
-        "chain_s": round(wall["chains_s"], 3),
-        "vote_s": round(wall["vote_s"], 3),
-        "sphere": sphere and {"sphere_id": sphere["sphere_id"], "trained_s": round(sphere_s, 1), "images": sphere["images"],
-                              "filter_s": round(filter_s, 1)},
-        "tuples_per_s": totals.get("tuples", 0) / wall["chains_s"] if wall["chains_s"] else 0.0,
-        "labels_per_s": totals.get("labels", 0) / sum(wall.values()) if sum(wall.values()) else 0.0,
-        "ray": where,
-    }
-    counts = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in counts.items()}
-    with stages("commit"):
-        store.commit(run_id, counts, bad)
-    return counts
-
-
-def label(conf) -> int:
+def resolve(conf) -> Run:
+    """The run, once: inputs, store, run id (a new one, or the one to resume), label
+    features and mapper, and which images are labelled already; logs it as started."""
     stages = Stages()
-    manifest_uri, df, backbone_conf, reason, image_size, fingerprint = prepare(conf, stages)
-    log.info("backbone %s (%s), features %s", backbone_conf.name, reason, fingerprint)
+    inputs = prepare(conf, stages)
+    log.info("backbone %s (%s), features %s", inputs.backbone.name, inputs.backbone_reason, inputs.fingerprint)
     store = LabelStore(conf.store, conf.catalog)
-    model = resolve_model(store, conf.labels.features, fingerprint)
-    features = label_fingerprint(fingerprint, model)
+    model = resolve_model(store, conf.labels.features, inputs.fingerprint)
+    features = label_fingerprint(inputs.fingerprint, model)
     run_id = conf.run_id or new_run_id()
     # `latest` or an id: checked now, before any work; `auto` is resolved after the features
     named = sphere_wanted(conf.labels.sphere) and conf.labels.sphere != "auto"
@@ -348,8 +386,9 @@ def label(conf) -> int:
     stored = OmegaConf.masked_copy(conf, [k for k in conf if k != "catalog"])  # its string may hold a password
     digest = config_hash(OmegaConf.masked_copy(stored, [k for k in stored if k not in ("run_id", "ray")]))
     record = store.begin_run(
-        {"run_id": run_id, "manifest": manifest_uri, "backbone": backbone_conf.name, "backbone_fingerprint": fingerprint,
-         "label_features": features, "config": OmegaConf.to_yaml(stored), "config_hash": digest}
+        {"run_id": run_id, "manifest": inputs.manifest, "backbone": inputs.backbone.name,
+         "backbone_fingerprint": inputs.fingerprint, "label_features": features, "config": OmegaConf.to_yaml(stored),
+         "config_hash": digest, "label_hash": label_hash(conf)}
     )
     if record["config_hash"] != digest:
         raise ValueError(f"run_id={run_id} was started with another config (hash {record['config_hash']}, now {digest}; "
@@ -361,19 +400,138 @@ def label(conf) -> int:
                          "or choose a new run_id")
     if record.get("sphere_id"):  # the mapper a previous attempt filtered with, whatever is latest now
         sphere = resolve_sphere(store, record["sphere_id"], features)
-    if store.is_committed(run_id):
-        print(f"run {run_id} is already committed in {store}; nothing to do")
+    # what earlier committed runs labelled alike (a resumed attempt: they committed before it started, or since)
+    labelled = store.labelled_images(features, record["label_hash"]) if conf.new_only else set()
+    return Run(**vars(inputs), conf=conf, store=store, run_id=run_id, model=model, label_features=features,
+               cache_root=conf.features.cache or join(store.uri, "features"), sphere=sphere,
+               labelled=labelled & set(inputs.df["image_id"]), stages=stages)
+
+
+def features_stage(run: Run) -> tuple[pd.DataFrame, list[dict], pd.DataFrame]:
+    """Backbone features of the images not cached (and the adapter's, when relabelling):
+    the good rows, the bad inputs, the per-image results."""
+    df, stages = run.df, run.stages
+    results, feat_s = extract_features(df, run.conf.features, run.backbone, run.image_size, run.cache_root, run.fingerprint,
+                                       run.start_ray)
+    stages.add("features", feat_s)
+    failed = results[results["error"] != ""]
+    uris = dict(zip(df["image_id"], df["uri"]))
+    bad = [{"image_id": i, "uri": uris[i], "stage": "features", "error": e} for i, e in zip(failed.image_id, failed.error)]
+    good = df[~df["image_id"].isin(failed["image_id"])]
+    if run.model:
+        run.start_ray()
+        stages.add("adapter", adapt_features(good["image_id"].tolist(), run.model, run.cache_root, run.fingerprint))
+    return good, bad, results
+
+
+def sphere_stage(run: Run, good: pd.DataFrame) -> dict | None:
+    """The spherical mapper to filter with (labels.sphere), fitted first when auto finds none;
+    recorded with the run, so that a resumed attempt filters with the same one."""
+    if not sphere_wanted(run.conf.labels.sphere):
+        return None
+    sphere, trained_s = run.sphere, 0.0
+    if sphere is None:  # auto: a mapper registered for these features and the categories that have features
+        sphere = resolve_sphere(run.store, "auto", run.label_features, good["category"].unique())
+    if sphere is None:
+        t0 = time.perf_counter()
+        sphere = train_sphere(run, good)
+        trained_s = time.perf_counter() - t0
+        run.stages.add("sphere", trained_s)
+    run.store.update_run(run.run_id, sphere_id=sphere["sphere_id"])
+    log.info("spherical filter: mapper %s, %.1f deg", sphere["sphere_id"], run.conf.labels.sphere_deg)
+    return {**sphere, "cache": (run.cache_root, run.label_features), "trained_s": trained_s}
+
+
+def nothing_new(run: Run, tuples: Tuples) -> str | None:
+    """Why a run has no tuple to chain because every pairable image is labelled already."""
+    if tuples.anchors or not tuples.pairable:
+        return None
+    return (f"all {tuples.pairable:,} pairable images were labelled by committed runs with these label features "
+            f"({run.label_features}) and label config; new_only=false labels them again")
+
+
+def execute(run: Run) -> dict:
+    """Features, tuples, mapper, chains and vote, commit (Ray started when first needed);
+    categories a previous attempt finished are skipped."""
+    stages = run.stages
+    good, bad, results = features_stage(run)
+    with stages("tuples"):
+        tuples = make_tuples(good, run.conf.pairing, run.cache_root, run.label_features, run.labelled)
+    bad += tuples.left_out
+    done = run.store.staged_categories(run.run_id)
+    if done:
+        log.info("resuming run %s: %d of %d categories already done", run.run_id, len(done & set(tuples.by_category)),
+                 len(tuples.by_category))
+    todo = {c: t for c, t in tuples.by_category.items() if c not in done and len(t)}
+    sphere = sphere_stage(run, good) if todo else None
+    wall = {"chains_s": 0.0, "vote_s": 0.0}
+    if todo:
+        run.start_ray()
+        wall = run_labels(run, good, todo, sphere)
+    stages.add("chains", wall["chains_s"])
+    stages.add("vote", wall["vote_s"])
+    counts = run_counts(run, tuples, bad, results, wall, sphere)
+    with stages("commit"):
+        run.store.commit(run.run_id, counts, bad)
+    return counts
+
+
+def run_counts(run: Run, tuples: Tuples, bad: list, results: pd.DataFrame, wall: dict, sphere: dict | None) -> dict:
+    """The run record's counts: the stages' sums, features, tuples and coverage."""
+    totals = sum_counts(run.store.category_stats(run.run_id).values())
+    filter_s = totals.pop("sphere_filter_s", 0.0)
+    computed, feat_s = len(results) - int((results["error"] != "").sum()), run.stages.seconds.get("features", 0.0)
+    sources = run.store.staged_sources(run.run_id) | (run.store.source_images() & set(run.df["image_id"]))
+    counts = {
+        **totals,
+        "images": len(run.df),
+        "categories": int(run.df["category"].nunique()),
+        "bad_inputs": len(bad),
+        "features_computed": computed,
+        "features_cached": len(run.df) - len(results),
+        "features_s": round(feat_s, 3),
+        "features_per_s": computed / feat_s if feat_s else 0.0,
+        "features_per_actor_s": len(results) / results["seconds"].sum() if len(results) else 0.0,
+        "feature_actors": results["actor"].value_counts().sort_index().to_dict(),  # where -> images
+        "backbone": run.fingerprint,
+        "backbone_reason": run.backbone_reason,
+        "label_features": run.label_features,
+        "adapter_s": round(run.stages.seconds.get("adapter", 0.0), 1),
+        "k": run.conf.pairing.k,
+        "tuple_k": {c: t.idx.shape[1] for c, t in tuples.by_category.items() if len(t) and t.idx.shape[1] < run.conf.pairing.k},
+        "no_tuples": tuples.untupled,  # category -> why it got none, and the fix
+        "pairable": tuples.pairable,
+        "anchors": tuples.anchors,
+        "already_labelled": len(run.labelled),
+        "nothing_new": nothing_new(run, tuples),
+        "coverage": len(sources) / tuples.pairable if tuples.pairable else 0.0,
+        "chain_s": round(wall["chains_s"], 3),
+        "vote_s": round(wall["vote_s"], 3),
+        "sphere": sphere and {"sphere_id": sphere["sphere_id"], "trained_s": round(sphere["trained_s"], 1),
+                              "images": sphere["images"], "filter_s": round(filter_s, 1)},
+        "tuples_per_s": totals.get("tuples", 0) / wall["chains_s"] if wall["chains_s"] else 0.0,
+        "labels_per_s": totals.get("labels", 0) / sum(wall.values()) if sum(wall.values()) else 0.0,
+        "ray": run.ray or "not started: nothing to compute",
+    }
+    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in counts.items()}
+
+
+def label(conf) -> int:
+    run = resolve(conf)
+    if run.store.is_committed(run.run_id):
+        print(f"run {run.run_id} is already committed in {run.store}; nothing to do")
         return 0
-    log.info("run %s; if it stops, the same command with run_id=%s resumes it", run_id, run_id)
+    log.info("run %s; if it stops, the same command with run_id=%s resumes it", run.run_id, run.run_id)
     try:
-        counts = execute(conf, store, run_id, df, backbone_conf, reason, image_size, fingerprint, sphere, model, stages)
+        counts = execute(run)
     except BaseException as e:
-        store.fail_run(run_id, f"{type(e).__name__}: {e}")
+        run.store.fail_run(run.run_id, f"{type(e).__name__}: {e}")
         raise
-    print(summary(run_id, store, counts, conf.labels.sphere_deg), flush=True)
-    print(f"  time      {stages.line()}", flush=True)
-    if not counts.get("labels"):
-        log.warning("run %s stored 0 labels: %s", run_id, "; ".join(f"'{c}': {why}" for c, why in counts["no_tuples"].items())
+    print(summary(run.run_id, run.store, counts, conf.labels.sphere_deg), flush=True)
+    print(f"  time      {run.stages.line()}", flush=True)
+    if not counts.get("labels") and not counts["nothing_new"]:
+        log.warning("run %s stored 0 labels: %s", run.run_id,
+                    "; ".join(f"'{c}': {why}" for c, why in counts["no_tuples"].items())
                     or "every chain failed its cycle check or the filters removed every label (see python -m queries stage_yield)")
     return 0
 

@@ -13,11 +13,12 @@ from labelgen.run import make_tuples
 
 def test_reference_generator_and_service_give_identical_candidates(tiny_demo, tmp_path):
     conf = run.parse([*tiny_demo_args(tiny_demo), f"store={tmp_path}"])
-    _, df, backbone_conf, _, size, fingerprint = run.prepare(conf)
+    inputs = run.prepare(conf)
+    df, fingerprint = inputs.df, inputs.fingerprint
     cache = str(tmp_path / "features")
-    worker = FeatureWorker(backbone_conf, size, cache, fingerprint, flips=False)
+    worker = FeatureWorker(inputs.backbone, inputs.image_size, cache, fingerprint, flips=False)
     worker(df[["image_id", "uri", "mask_uri"]].astype(object).to_dict("list"))
-    tuples, _, _ = make_tuples(df, conf.pairing, cache, fingerprint)
+    tuples = make_tuples(df, conf.pairing, cache, fingerprint).by_category
     assert sum(map(len, tuples.values())) == 4  # 2 categories x 1 sweep x both directions
     svc = as_dict(service_candidates(tuples, cache, fingerprint, OmegaConf.merge(conf.labels, LIKE_REFERENCE)))
     ref = reference_candidates([t for ts in tuples.values() for t in ts], cache, fingerprint, conf.labels.radius)

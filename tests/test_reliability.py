@@ -41,7 +41,7 @@ def concurrent_runs(tiny_demo, tmp_path_factory):
             except FileNotFoundError:  # nothing written yet
                 time.sleep(0.2)
                 continue
-            rows = con.execute("SELECT r.run_id, r.status, (SELECT count(*) FROM labels l WHERE l.run_id = r.run_id) "
+            rows = con.execute("SELECT r.run_id, r.status, (SELECT count(*) FROM label_history l WHERE l.run_id = r.run_id) "
                                "FROM runs r").fetchall()
             con.close()
             trained_on, committed_after = None, None
@@ -58,7 +58,7 @@ def concurrent_runs(tiny_demo, tmp_path_factory):
     reader.start()
     procs = [start([*tiny_demo_args(tiny_demo), f"store={store}", "run_id=one"])]
     time.sleep(8)  # overlapping, not in step: one commits while two still writes
-    procs.append(start([*tiny_demo_args(tiny_demo), f"store={store}", "run_id=two"]))
+    procs.append(start([*tiny_demo_args(tiny_demo), f"store={store}", "run_id=two", "new_only=false"]))
     outs = [p.communicate(timeout=600)[0] for p in procs]
     stop.set()
     reader.join(timeout=60)
@@ -157,7 +157,7 @@ def test_a_killed_feature_actor_and_a_bad_input_corpus_leave_the_labels_of_an_un
         labels_of(reference_store, "one", demo_categories).drop(columns="category"))
     con = LabelStore(store).connect()
     bad = dict(con.execute("SELECT image_id, error FROM bad_inputs WHERE run_id = 'hurt'").fetchall())
-    assert con.execute("SELECT count(*) FROM labels WHERE run_id = 'hurt' AND category = 'odd'").fetchone()[0] > 100
+    assert con.execute("SELECT count(*) FROM label_history WHERE run_id = 'hurt' AND category = 'odd'").fetchone()[0] > 100
     con.close()
     expect = {
         "truncated.jpg": "truncated.jpg: broken or truncated image data",

@@ -87,7 +87,7 @@ def kill_tree(proc):
 def test_a_killed_run_shows_nothing_and_its_resume_equals_an_undisturbed_run(tmp_path_factory, s3_server, capsys):
     manifest = build_demo({"root": str(tmp_path_factory.mktemp("demo8")), "azimuths": [-45, -15, 15, 45], "elevations": [0]})
     store = f"{s3_server}/resume"
-    args = ["labelgen.run", *tiny_demo_args(manifest), f"store={store}", "labels.tuples_per_task=1"]
+    args = ["labelgen.run", *tiny_demo_args(manifest), f"store={store}", "labels.tuples_per_task=1", "new_only=false"]
 
     # the undisturbed reference (it also fills the feature cache, so the killed run reaches chaining fast)
     ref = run([*args, "run_id=reference"])
@@ -103,7 +103,7 @@ def test_a_killed_run_shows_nothing_and_its_resume_equals_an_undisturbed_run(tmp
     assert 1 <= len(staged) < 8, staged
     con = LabelStore(store).connect()
     assert con.execute("SELECT status FROM runs WHERE run_id = 'victim'").fetchone() == ("incomplete",)
-    assert con.execute("SELECT count(*) FROM labels WHERE run_id = 'victim'").fetchone() == (0,)
+    assert con.execute("SELECT count(*) FROM label_history WHERE run_id = 'victim'").fetchone() == (0,)
     assert con.execute("SELECT count(*) FROM images WHERE run_id = 'victim'").fetchone() == (0,)
     con.close()
 
@@ -111,13 +111,13 @@ def test_a_killed_run_shows_nothing_and_its_resume_equals_an_undisturbed_run(tmp
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "categories already done" in resumed.stderr + resumed.stdout
     con = LabelStore(store).connect()
-    n_ref, n_victim = (con.execute(f"SELECT count(*) FROM labels WHERE run_id = '{r}'").fetchone()[0] for r in ("reference", "victim"))
+    n_ref, n_victim = (con.execute(f"SELECT count(*) FROM label_history WHERE run_id = '{r}'").fetchone()[0] for r in ("reference", "victim"))
     assert n_ref == n_victim > 1000
     differ = con.execute(
-        "SELECT count(*) FROM ((SELECT * EXCLUDE run_id FROM labels WHERE run_id = 'reference' "
-        "EXCEPT ALL SELECT * EXCLUDE run_id FROM labels WHERE run_id = 'victim') UNION ALL "
-        "(SELECT * EXCLUDE run_id FROM labels WHERE run_id = 'victim' "
-        "EXCEPT ALL SELECT * EXCLUDE run_id FROM labels WHERE run_id = 'reference'))"
+        "SELECT count(*) FROM ((SELECT * EXCLUDE run_id FROM label_history WHERE run_id = 'reference' "
+        "EXCEPT ALL SELECT * EXCLUDE run_id FROM label_history WHERE run_id = 'victim') UNION ALL "
+        "(SELECT * EXCLUDE run_id FROM label_history WHERE run_id = 'victim' "
+        "EXCEPT ALL SELECT * EXCLUDE run_id FROM label_history WHERE run_id = 'reference'))"
     ).fetchone()
     assert differ == (0,)
     counts = dict(con.execute("SELECT run_id, (counts->>'tuples')::INT FROM runs").fetchall())

@@ -130,10 +130,10 @@ def test_pipeline_filters_with_a_trained_mapper(tiny_demo, tmp_path):
     out = run([*args, "run_id=filtered", "labels.sphere=latest", "labels.sphere_deg=20"])
     assert out.returncode == 0 and "(registered)" in out.stdout, out.stderr[-3000:]
     con = LabelStore(store).connect()
-    base = con.execute("SELECT count(*) FROM labels WHERE run_id = 'base'").fetchone()[0]
+    base = con.execute("SELECT count(*) FROM label_history WHERE run_id = 'base'").fetchone()[0]
     for run_id, deg in (("auto", 27), ("filtered", 20)):
-        n, worst, nulls = con.execute("SELECT count(*), max(sphere_angle), count(*) - count(sphere_angle) FROM labels "
-                                      "WHERE run_id = ?", [run_id]).fetchone()
+        n, worst, nulls = con.execute("SELECT count(*), max(sphere_angle), count(*) - count(sphere_angle) FROM "
+                                      "label_history WHERE run_id = ?", [run_id]).fetchone()
         assert nulls == 0 and worst <= deg and 0 < n <= base
     assert con.execute("SELECT label_run FROM spheres ORDER BY created").fetchall() == [("auto",), ("base",)]
     assert con.execute("SELECT counts->'sphere'->>'sphere_id' FROM runs WHERE run_id = 'auto'").fetchone()[0] is not None

@@ -113,10 +113,11 @@ def test_the_run_config_selects_fused_features_end_to_end_through_the_cache(tiny
     argv = [*tiny_demo_args(tiny_demo), f"store={tmp_path}", "backbone.name=sd15_dinov2_vits14", f"backbone.weights={path}",
             f"backbone.sd_weights={tiny_sd}", "backbone.image_size=112", "backbone.sd_image_size=128"]
     conf = run.parse(argv)
-    _, df, backbone_conf, reason, size, fingerprint = run.prepare(conf)
-    assert reason == "asked for" and fingerprint.startswith("sd15_dinov2_vits14-112-")
-    worker = FeatureWorker(backbone_conf, size, str(tmp_path / "features"), fingerprint, mask_fallback="image")
-    rows = df.head(2)
+    inputs = run.prepare(conf)
+    fingerprint = inputs.fingerprint
+    assert inputs.backbone_reason == "asked for" and fingerprint.startswith("sd15_dinov2_vits14-112-")
+    worker = FeatureWorker(inputs.backbone, inputs.image_size, str(tmp_path / "features"), fingerprint, mask_fallback="image")
+    rows = inputs.df.head(2)
     out = worker({"image_id": list(rows.image_id), "uri": list(rows.uri), "mask_uri": [None, None]})
     assert list(out["error"]) == ["", ""]
     f = load_features(cache_uri(str(tmp_path / "features"), fingerprint, rows.image_id.iloc[0]))

@@ -86,7 +86,7 @@ def relabel_with_the_adapter(store_uri: str, tiny_demo: str, m1: dict):
     store = LabelStore(store_uri)
     con = store.connect()
     rows = {r: (b, f) for r, b, f in con.execute("SELECT run_id, backbone_fingerprint, label_features FROM runs").fetchall()}
-    (n,) = con.execute("SELECT count(*) FROM labels WHERE run_id = 'relabel'").fetchone()
+    (n,) = con.execute("SELECT count(*) FROM label_history WHERE run_id = 'relabel'").fetchone()
     image_id = con.execute("SELECT image_id FROM images WHERE run_id = 'relabel' LIMIT 1").fetchone()[0]
     con.close()
     fingerprint = rows["first"][0]
