@@ -478,7 +478,7 @@ def execute(run: Run) -> dict:
 
 def run_counts(run: Run, tuples: Tuples, bad: list, results: pd.DataFrame, wall: dict, sphere: dict | None) -> dict:
     """The run record's counts: the stages' sums, features, tuples and coverage."""
-    totals = sum_counts(run.store.category_stats(run.run_id).values())
+    totals = {"tuples": 0, "labels": 0, **sum_counts(run.store.category_stats(run.run_id).values())}
     filter_s = totals.pop("sphere_filter_s", 0.0)
     computed, feat_s = len(results) - int((results["error"] != "").sum()), run.stages.seconds.get("features", 0.0)
     sources = run.store.staged_sources(run.run_id) | (run.store.source_images() & set(run.df["image_id"]))
