@@ -21,7 +21,9 @@ from labelgen.features import FeatureWorker
 from labelgen.manifest import read_manifest
 
 from .chains import bench_chains
+from .current_labels import bench_current_labels, render_current_labels
 from .features import bench_backbones, bench_cache, cache_cut_dinov2, matmul_flops
+from .growth import bench_growth, render_growth
 from .memory import bench_make_run, bench_memory
 from .scale import scale_model
 
@@ -79,18 +81,20 @@ def table(rows: list[dict], fmt: dict | None = None) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="the chains at the small size only; no memory or make-run runs (~3 min)")
+    parser.add_argument("--quick", action="store_true",
+                        help="the chains at the small size only; no memory or make-run runs; scale at 1x and 4x, growth at 1x")
     parser.add_argument("--out", default="BENCHMARKS.md", help="the report to write")
     parser.add_argument("--workdir", default="data/bench", help="demo images, features and stores of the runs")
     a = parser.parse_args(argv)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     m = machine()
-    steps = 6
+    steps = 8
     print(f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']:.0f} GiB; torch {m['torch']}; GPU: {m['gpu'] or 'none'}",
           flush=True)
 
     conf = run.parse(["data.builtin=demo", f"data.demo.root={a.workdir}", f"store={a.workdir}/store"])
-    _, df, backbone_conf, _, size, fingerprint = run.prepare(conf)
+    inputs = run.prepare(conf)
+    df, backbone_conf, size, fingerprint = inputs.df, inputs.backbone, inputs.image_size, inputs.fingerprint
     cache_root = os.path.join(a.workdir, "features")
     shutil.rmtree(cache_root, ignore_errors=True)  # the actor writes every file
     torch.set_num_threads(m["cores"])
@@ -122,8 +126,18 @@ def main(argv=None) -> int:
     print(f"[6/{steps}] scale model", flush=True)
     scale = scale_model(next(iter(chains.values())), feats["mean_fg"], 288, cache["3D collection (masks)"]["fg_fraction"],
                         cache_fraction=cache[DINO]["fraction"])
+    print(f"[7/{steps}] scale and growth: the 3D collection at " + ("1x and 4x, growth at 1x" if a.quick else
+          "1x, 4x and 16x, one category of 20,000 views, growth at 4x"), flush=True)
+    growth = bench_growth(os.path.abspath(a.workdir), a.quick)
+    print("growth: " + "; ".join(f"{t['target']}: {t['measured']} ({'met' if t['met'] else 'NOT met'})"
+                                 for t in growth["targets"]), flush=True)
 
-    report = render(m, peak, peak_1, feats, backbones, actor_share, chains, cache, mem, make_run, scale)
+    print(f"[8/{steps}] current labels: commits and queries as the store grows to "
+          + ("1 million labels" if a.quick else "10 million labels"), flush=True)
+    current = bench_current_labels(os.path.abspath(a.workdir), *((4, 250_000) if a.quick else (10, 1_000_000)))
+
+    report = render(m, peak, peak_1, feats, backbones, actor_share, chains, cache, mem, make_run, scale, growth) \
+        + "\n" + render_current_labels(current)
     print(report)
     with open(a.out, "w") as f:
         f.write(report + "\n")
@@ -131,7 +145,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def render(m, peak, peak_1, feats, backbones, actor_share, chains, cache, mem, make_run, scale) -> str:
+def render(m, peak, peak_1, feats, backbones, actor_share, chains, cache, mem, make_run, scale, growth) -> str:
     ok = lambda v, t, less=False: ("met" if (v < t if less else v >= t) else "NOT met")  # noqa: E731
     mobilenet = backbones[1]["of_bound"]
     dino = cache[DINO]
@@ -172,6 +186,8 @@ def render(m, peak, peak_1, feats, backbones, actor_share, chains, cache, mem, m
         f"ViT-S/14 {backbones[2]['of_bound']:.0%} | {ok(mobilenet, TARGETS['of_bound'])} (MobileNetV2) |",
         "| `make run` wall time by stage | "
         + (f"{make_run['stages']['total']:.0f} s in all; the table below | |" if make_run else "skipped (--quick) | |"),
+        f"| scale ({', '.join(growth['sizes'])}{', one category of 20,000 views' if growth['big'] else ''}) and growth | "
+        f"{sum(t['met'] for t in growth['targets'])} of {len(growth['targets'])} targets met; the section below | |",
         "",
         "## Label generation (one core each)",
         "",
@@ -235,6 +251,7 @@ def render(m, peak, peak_1, feats, backbones, actor_share, chains, cache, mem, m
         "",
         table(scale["rows"], {"wall_h": ".2f", "usd": ".0f"}),
         "",
+        render_growth(growth),
     ]
     return "\n".join(lines)
 
