@@ -400,8 +400,8 @@ def resolve(conf) -> Run:
                          "or choose a new run_id")
     if record.get("sphere_id"):  # the mapper a previous attempt filtered with, whatever is latest now
         sphere = resolve_sphere(store, record["sphere_id"], features)
-    # what earlier committed runs labelled alike (a resumed attempt: they committed before it started, or since)
-    labelled = store.labelled_images(features, record["label_hash"]) if conf.new_only else set()
+    # what runs committed before this one started labelled alike: the same for every attempt of it
+    labelled = store.labelled_images(features, record["label_hash"], record["started"]) if conf.new_only else set()
     return Run(**vars(inputs), conf=conf, store=store, run_id=run_id, model=model, label_features=features,
                cache_root=conf.features.cache or join(store.uri, "features"), sphere=sphere,
                labelled=labelled & set(inputs.df["image_id"]), stages=stages)

@@ -266,10 +266,12 @@ def test_images_in_a_tuple_of_a_committed_run_count_as_labelled_for_its_features
     frame = images("r1").to_pandas()
     frame.loc[1, "n_fg"] = None  # b took part in no tuple
     store.write_category("r1", "cat", labels("r1", 2), images_table(frame), {})
-    assert store.labelled_images("fp", "L1") == set()  # not committed yet
+    later = "2999-01-01T00:00:00+00:00"
+    assert store.labelled_images("fp", "L1", later) == set()  # not committed yet
     store.commit("r1", {}, [])
-    assert store.labelled_images("fp", "L1") == {"a"}
-    assert store.labelled_images("fp", "L2") == store.labelled_images("fp+adapter-m", "L1") == set()
+    assert store.labelled_images("fp", "L1", later) == {"a"}
+    assert store.labelled_images("fp", "L2", later) == store.labelled_images("fp+adapter-m", "L1", later) == set()
+    assert store.labelled_images("fp", "L1", "2000-01-01T00:00:00+00:00") == set()  # a run started before r1 committed
     assert store.source_images() == {"a"}
 
 

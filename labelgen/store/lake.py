@@ -272,12 +272,14 @@ class LabelStore:
             written[category] = written.get(category, 0) + 1
         return {c for c, (_, parts) in self._images_meta(run_id).items() if written.get(c) == parts}
 
-    def labelled_images(self, label_features: str, label_hash: str) -> set[str]:
-        """Images that took part in a tuple of a committed run with these label features and
-        label config (runs.label_hash): a run with the same ones has nothing new to do for them."""
+    def labelled_images(self, label_features: str, label_hash: str, before: str) -> set[str]:
+        """Images that took part in a tuple of a run with these label features and label config
+        (runs.label_hash) committed before `before` (a run's start: every attempt of it sees the
+        same): a run with the same ones has nothing new to do for them."""
         return {i for (i,) in self.session("labelled images of", lambda con: con.execute(
             "SELECT DISTINCT i.image_id FROM lake.images i JOIN lake.runs r USING (run_id) WHERE r.status = 'committed' "
-            "AND r.label_features = ? AND r.label_hash = ? AND i.n_fg IS NOT NULL", [label_features, label_hash]).fetchall())}
+            "AND r.label_features = ? AND r.label_hash = ? AND r.finished < ?::TIMESTAMP AND i.n_fg IS NOT NULL",
+            [label_features, label_hash, before]).fetchall())}
 
     def source_images(self) -> set[str]:
         """Images that are the source of at least one current label."""
