@@ -32,6 +32,7 @@ from datetime import datetime, timezone
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .. import __version__
@@ -44,6 +45,9 @@ from .schema import (BAD_INPUT_SCHEMA, COLUMNS, COMMIT_MESSAGE, DATA_TABLES, JSO
 log = logging.getLogger(__name__)
 STATS_KEY = b"labelgen.stats"  # metadata of a label file (its vote's counts) and an images file (the chains' counts)
 PARTS_KEY = b"labelgen.parts"  # an images file's metadata: how many label files (vote partitions) its category has
+MEAN_COLUMNS = ("cycle_error", "similarity", "support")  # run_stats has their means per category
+STAT_COLUMNS = ["category", "src_image_id", "tgt_image_id", "hops", *MEAN_COLUMNS]  # what a label file is read for
+SUMS = ", ".join(f"sum({c}) AS sum_{c}, count({c}) AS n_{c}" for c in MEAN_COLUMNS)
 INLINE_ROWS = 1000  # inserts of up to this many rows live in the catalog, not in a Parquet file each
 
 
@@ -282,14 +286,17 @@ class LabelStore:
             [label_features, label_hash, before]).fetchall())}
 
     def source_images(self) -> set[str]:
-        """Images that are the source of at least one current label."""
+        """Images that are the source of at least one current label (from the pairs: no label is read)."""
         return {i for (i,) in self.session("sources of", lambda con: con.execute(
-            "SELECT DISTINCT src_image_id FROM lake.labels").fetchall())}
+            "SELECT DISTINCT src_image_id FROM lake.current_pairs WHERE labels > 0").fetchall())}
 
     def staged_sources(self, run_id: str) -> set[str]:
-        """Source images of the labels the run's tasks wrote (one column of each file)."""
-        return {i for f in self._staged(run_id, "labels")
-                for i in pq.read_table(pa.BufferReader(read_bytes(f)), columns=["src_image_id"])["src_image_id"].unique().to_pylist()}
+        """Source images of the labels the run's tasks wrote (from its pair files)."""
+        out = set()
+        for f in self._staged(run_id, "pairs"):
+            pairs = pq.read_table(pa.BufferReader(read_bytes(f)), columns=["src_image_id", "labels"])
+            out.update(pairs.filter(pc.greater(pairs["labels"], 0))["src_image_id"].unique().to_pylist())
+        return out
 
     def write_part(self, run_id: str, category: str, part: int, labels: pa.Table, stats: dict,
                    examined: pa.Table | None = None):
@@ -333,22 +340,31 @@ class LabelStore:
         return {c: sum_counts([chains.get(c, {}), *parts.get(c, [])]) for c in chains.keys() | parts.keys()}
 
     def _label_stats(self, run_id: str, files: list[str]) -> pa.Table:
-        """run_stats rows of the run's staged label files (each read once: rows and the vote's
-        counts in its metadata), computed before the commit so that its transaction stays short."""
-        tables = [pq.read_table(pa.BufferReader(read_bytes(f)), columns=["category", "src_image_id", "tgt_image_id",
-                                                                        "cycle_error", "similarity", "support", "hops"])
-                  for f in files]
-        stats = self.category_stats(run_id, {f: t.schema.metadata or {} for f, t in zip(files, tables)})
-        con = duckdb.connect()
+        """run_stats rows of the run's staged label files, computed before the commit so that its
+        transaction stays short. Each file is read once (rows, and the vote's counts in its
+        metadata) and reduced to per-category sums at once, so the driver holds one file at a
+        time however large the run; an image pair lies in one vote partition, one file, so
+        its distinct pairs add up across files."""
+        con, sums, meta = duckdb.connect(), [], {}
         try:
-            con.register("staged", pa.concat_tables(tables) if tables else LABEL_SCHEMA.empty_table())
-            out = con.execute("""
-                SELECT ? AS run_id, category, count(*) AS labels, count(DISTINCT (src_image_id, tgt_image_id)) AS image_pairs,
-                       avg(cycle_error) AS mean_cycle_error, avg(similarity) AS mean_similarity,
-                       avg(support) AS mean_support, max(hops) AS max_hops
-                FROM staged GROUP BY category ORDER BY category""", [run_id]).fetch_arrow_table()
+            for f in files or [None]:
+                table = (LABEL_SCHEMA.empty_table() if f is None else
+                         pq.read_table(pa.BufferReader(read_bytes(f)), columns=STAT_COLUMNS))
+                meta[f] = table.schema.metadata or {}
+                con.register("staged", table)
+                sums.append(con.execute(f"SELECT category, count(*) AS labels, count(DISTINCT (src_image_id, tgt_image_id)) "
+                                        f"AS image_pairs, max(hops) AS max_hops, {SUMS} FROM staged GROUP BY category"
+                                        ).fetch_arrow_table())
+                con.unregister("staged")
+            con.register("sums", pa.concat_tables(sums))
+            means = ", ".join(f"sum(sum_{c}) / sum(n_{c}) AS mean_{c}" for c in MEAN_COLUMNS)
+            out = con.execute(f"""
+                SELECT ? AS run_id, category, sum(labels)::BIGINT AS labels, sum(image_pairs)::BIGINT AS image_pairs,
+                       {means}, max(max_hops)::INTEGER AS max_hops
+                FROM sums GROUP BY category ORDER BY category""", [run_id]).fetch_arrow_table()
         finally:
             con.close()
+        stats = self.category_stats(run_id, {f: m for f, m in meta.items() if f is not None})
         counts = [json.dumps(stats.get(c, {})) for c in out["category"].to_pylist()]
         return out.append_column("counts", pa.array(counts, pa.string()))
 
