@@ -25,6 +25,7 @@ from .current_labels import bench_current_labels, render_current_labels
 from .features import bench_backbones, bench_cache, cache_cut_dinov2, matmul_flops
 from .growth import bench_growth, render_growth
 from .memory import bench_make_run, bench_memory
+from .pairing import bench_pairing, render_pairing
 from .scale import scale_model
 
 TARGETS = {"chain_speedup": 20.0, "of_bound": 0.6, "memory_growth": 1.5, "actor_share": 0.8}
@@ -88,7 +89,7 @@ def main(argv=None) -> int:
     a = parser.parse_args(argv)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     m = machine()
-    steps = 8
+    steps = 9
     print(f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']:.0f} GiB; torch {m['torch']}; GPU: {m['gpu'] or 'none'}",
           flush=True)
 
@@ -136,8 +137,11 @@ def main(argv=None) -> int:
           + ("1 million labels" if a.quick else "10 million labels"), flush=True)
     current = bench_current_labels(os.path.abspath(a.workdir), *((4, 250_000) if a.quick else (10, 1_000_000)))
 
-    report = render(m, peak, peak_1, feats, backbones, actor_share, chains, cache, mem, make_run, scale, growth) \
-        + "\n" + render_current_labels(current)
+    print(f"[9/{steps}] pairing: one category of " + ("1,000 and 4,000" if a.quick else "1,000 to 50,000") + " images", flush=True)
+    pairing = bench_pairing(a.quick)
+
+    report = "\n".join([render(m, peak, peak_1, feats, backbones, actor_share, chains, cache, mem, make_run, scale, growth),
+                        render_current_labels(current), render_pairing(pairing)])
     print(report)
     with open(a.out, "w") as f:
         f.write(report + "\n")
