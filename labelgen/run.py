@@ -258,10 +258,11 @@ def run_labels(run: Run, df: pd.DataFrame, tuples_by_cat: dict[str, CategoryTupl
     Returns the seconds until the last chain and until the last vote."""
     conf = OmegaConf.create(OmegaConf.to_container(run.conf.labels))
     step, store, run_id = conf.tuples_per_task, run.store, run.run_id
-    category_of, left, parts, votes = {}, {}, {}, []
+    category_of, left, parts, rows, votes = {}, {}, {}, {}, []
     for category, tuples in tuples_by_cat.items():
         parts[category] = labels.vote_parts(len(tuples), conf)
-        rotations = ray.put(pairing.view_rotations(df[df["category"] == category]))
+        rows[category] = df[df["category"] == category]
+        rotations = ray.put(pairing.view_rotations(rows[category]))
         labelled = ray.put(run.labelled & set(tuples.ids))
         refs = [candidate_task.remote(run_id, category, n, tuples[s : s + step], run.cache_root, run.label_features, conf,
                                       rotations, parts[category], store.uri, labelled)
@@ -277,7 +278,7 @@ def run_labels(run: Run, df: pd.DataFrame, tuples_by_cat: dict[str, CategoryTupl
             done_chunks[category].append(ray.get(done[0]))
             bar.update(done_chunks[category][-1][0]["tuples"])
             if len(done_chunks[category]) == left[category]:
-                write_images(run, category, df[df["category"] == category], done_chunks.pop(category), parts[category])
+                write_images(run, category, rows.pop(category), done_chunks.pop(category), parts[category])
     chains_s = time.perf_counter() - t0
     with Progress(len(votes), "vote", "partitions") as bar:
         while votes:
