@@ -17,7 +17,7 @@ import torch
 
 from labelgen import run
 from labelgen.cli import HelpFormatter
-from labelgen.features import FeatureWorker
+from labelgen.features import FeatureWorker, worker_batch
 from labelgen.manifest import read_manifest
 
 from .chains import bench_chains
@@ -45,7 +45,7 @@ def extract(df, backbone_conf, size, cache_root, fingerprint, batch=8) -> dict:
     """All demo features through one in-process feature actor (what a Ray actor does), after
     one batch of warm-up (as the bare backbone's rate gets)."""
     worker = FeatureWorker(backbone_conf, size, cache_root, fingerprint, threads=os.cpu_count(), flips=True)
-    rows = df[["image_id", "uri", "mask_uri"]].astype(object).to_dict("list")
+    rows = worker_batch(df)
     worker({k: v[:batch] for k, v in rows.items()})
     t0, fg = time.perf_counter(), []
     for s in range(0, len(df), batch):

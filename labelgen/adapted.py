@@ -17,7 +17,7 @@ import torch
 from trainer.adapter import load_adapter
 
 from .console import Progress
-from .features import ImageFeatures, cache_uri, cached_ids, load_features, save_features
+from .features import ImageFeatures, cache_uri, cached_versions, load_features, save_features
 from .io import read_bytes
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,8 @@ def adapt_images(checkpoint: str, cache_root: str, fingerprint: str, out_fingerp
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             out = adapter(x).float().cpu()
         for i, f, o in zip(ids, feats, out):
-            refined = ImageFeatures(o.permute(1, 2, 0).to(torch.float16), f.fg, f.scale, f.stride, f.width, f.height)
+            refined = ImageFeatures(o.permute(1, 2, 0).to(torch.float16), f.fg, f.scale, f.stride, f.width, f.height,
+                                    content=f.content)
             save_features(cache_uri(cache_root, out_fingerprint, i), refined)
     return len(image_ids)
 
@@ -78,10 +79,11 @@ def adapt_task(*args) -> int:
 
 
 def adapt_features(image_ids, model: dict, cache_root: str, fingerprint: str, per_task: int = 64) -> float:
-    """Adapter features of the images not cached yet, as Ray tasks (a GPU each where the
-    cluster has one); returns the seconds it took."""
+    """Adapter features of the images not cached for their backbone features' content yet,
+    as Ray tasks (a GPU each where the cluster has one); returns the seconds it took."""
     out_fingerprint = label_fingerprint(fingerprint, model)
-    todo = sorted(set(image_ids) - cached_ids(cache_root, out_fingerprint, image_ids))
+    raw, refined = (cached_versions(cache_root, fp, image_ids) for fp in (fingerprint, out_fingerprint))
+    todo = sorted(i for i in image_ids if i not in refined or refined[i] != raw.get(i))
     if not todo:
         return 0.0
     gpu = ray.cluster_resources().get("GPU", 0) > 0

@@ -8,7 +8,9 @@ when at least half of it lies on the mask (or, without a mask, on the image).
 The cache keeps only what is read of an image: the foreground cells (the chains
 match them) and a ring of CONTEXT cells around them (the adapter's 3x3 conv reads
 a foreground cell's neighbours), float16, with the global descriptor of the full
-grid and the pixel frame.
+grid and the pixel frame. A cache file is found by the image id and holds the version
+(size and modification time) of the image and mask files it was computed from: an image
+replaced under the same id no longer matches its cached features, which are computed again.
 """
 
 import ctypes
@@ -34,7 +36,7 @@ from safetensors.numpy import save as st_save
 
 from .backbones.base import IMAGENET_MEAN
 from .console import Progress, quiet_ray_data
-from .io import join, list_files, read_bytes, write_bytes
+from .io import join, list_files, read_bytes, read_head, versions, write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,7 @@ class ImageFeatures:
     height: int
     stored: torch.Tensor | None = None  # (h, w) bool: the cells `feats` holds, the foreground among them
     desc: torch.Tensor | None = None  # (C,) the global descriptor
+    content: str = ""  # the version (io.versions) of the image and mask files they were computed from
 
     def __post_init__(self):
         if self.stored is None:
@@ -236,15 +239,20 @@ def save_features(uri: str, f: ImageFeatures):
         "cells": (f.stored.to(torch.uint8) + f.fg.to(torch.uint8)).numpy(),
         "descriptor": f.desc.float().numpy(),
     }
-    meta = {"scale": repr(f.scale), "stride": str(f.stride), "width": str(f.width), "height": str(f.height)}
+    meta = {"scale": repr(f.scale), "stride": str(f.stride), "width": str(f.width), "height": str(f.height),
+            "content": f.content}
     write_bytes(uri, st_save(tensors, metadata=meta))
+
+
+def _metadata(data: bytes) -> dict:
+    """safetensors keeps metadata in its JSON header: an 8-byte length, then the header."""
+    return json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])["__metadata__"]
 
 
 def load_features(uri: str) -> ImageFeatures:
     data = read_bytes(uri)
     tensors = st_load(data)
-    # safetensors keeps metadata in its JSON header: an 8-byte length, then the header
-    meta = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])["__metadata__"]
+    meta = _metadata(data)
     cells = torch.from_numpy(tensors["cells"])
     return ImageFeatures(
         feats=torch.from_numpy(tensors["feats"]),
@@ -255,17 +263,51 @@ def load_features(uri: str) -> ImageFeatures:
         height=int(meta["height"]),
         stored=cells > 0,
         desc=torch.from_numpy(tensors["descriptor"]),
+        content=meta.get("content", ""),
     )
 
 
-def cached_ids(cache_root: str, fingerprint: str, image_ids, flips: bool = False) -> set[str]:
-    """Which images already have features (and their mirrored twin's), from one listing of the cache."""
+def cached_content(uri: str) -> str:
+    """The `content` a cache file was computed from, read from its header alone."""
+    head = read_head(uri, 4096)
+    length = 8 + int.from_bytes(head[:8], "little")
+    return _metadata(head if len(head) >= length else read_head(uri, length)).get("content", "")
+
+
+def cached_versions(cache_root: str, fingerprint: str, image_ids, flips: bool = False) -> dict[str, str]:
+    """image id -> the content its cached features were computed from ("" in a cache of an
+    older labelgen), for the images cached (with their mirrored twin's): one listing, then
+    the header of each file present."""
     present = {os.path.basename(p) for p in list_files(join(cache_root, fingerprint)) if p.endswith(".safetensors")}
 
     def have(i):
-        return f"{hashlib.sha1(i.encode()).hexdigest()}.safetensors" in present
+        return os.path.basename(cache_uri(cache_root, fingerprint, i)) in present
 
-    return {i for i in image_ids if have(i) and (not flips or have(i + FLIPPED))}
+    ids = [i for i in image_ids if have(i) and (not flips or have(i + FLIPPED))]
+    with ThreadPoolExecutor(16) as pool:
+        return dict(zip(ids, pool.map(lambda i: cached_content(cache_uri(cache_root, fingerprint, i)), ids)))
+
+
+def with_versions(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows with `content`: the versions of each image file and its mask, now."""
+    masks = df["mask_uri"] if "mask_uri" in df.columns else [None] * len(df)
+    return df.assign(content=[f"{i}|{m}" for i, m in zip(versions(df["uri"]), versions(masks))])
+
+
+def worker_batch(df: pd.DataFrame) -> dict:
+    """A FeatureWorker batch of the rows (with their versions)."""
+    if "content" not in df.columns:
+        df = with_versions(df)
+    return df[["image_id", "uri", "mask_uri", "content"]].astype(object).to_dict("list")
+
+
+def stale_features(df: pd.DataFrame, cache_root: str, fingerprint: str, flips: bool = False) -> pd.DataFrame:
+    """The rows of `df` (with `content`: the files' versions now) whose features are not
+    cached for that version, with `cached`: the version they were cached for (None if
+    absent, "" if unknown)."""
+    have = cached_versions(cache_root, fingerprint, df["image_id"], flips)
+    cached = pd.Series([have.get(i) for i in df["image_id"]], index=df.index, dtype=object)
+    return df.assign(cached=cached)[cached.ne(df["content"])]
 
 
 class FeatureWorker:
@@ -295,9 +337,9 @@ class FeatureWorker:
         self.where = device_name(self.device)
         log.info("feature actor on %s (%s)", self.where, self.device)
 
-    def _prepare(self, image_id, uri, mask_uri) -> list[tuple]:
-        """(cache id, input (size, size, 3), foreground, scale, size, has mask) of the image,
-        and of its mirror (the resized image mirrored: no second resize)."""
+    def _prepare(self, image_id, uri, mask_uri, content) -> list[tuple]:
+        """(cache id, input (size, size, 3), foreground, scale, size, has mask, content) of the
+        image, and of its mirror (the resized image mirrored: no second resize)."""
         image = load_image(uri)
         mask = load_image(mask_uri, "L") if mask_uri else None
         pixels, area, scale = fit(image, mask, self.size)
@@ -305,7 +347,7 @@ class FeatureWorker:
         if self.flips:
             views.append((image_id + FLIPPED, pixels[:, ::-1], area[:, ::-1]))
         b = self.backbone
-        return [(i, *model_input(p, a, self.size, b.stride, b.mean, b.std), scale, image.size, mask is not None)
+        return [(i, *model_input(p, a, self.size, b.stride, b.mean, b.std), scale, image.size, mask is not None, content)
                 for i, p, a in views]
 
     def _try_prepare(self, row) -> list[tuple] | str:
@@ -315,7 +357,7 @@ class FeatureWorker:
         except BadInput as e:
             return str(e)
         except Exception as e:
-            _, uri, mask_uri = row
+            _, uri, mask_uri, _ = row
             return f"{uri}{f' (mask {mask_uri})' if mask_uri else ''}: {e or type(e).__name__}"
 
     def _views(self, rows, errors: list):
@@ -337,17 +379,17 @@ class FeatureWorker:
 
     def _finish(self, view, f: torch.Tensor) -> tuple[str, int]:
         """Foreground (the PCA fallback without a mask) and the cache write of one view."""
-        image_id, _, fg, scale, size, has_mask = view
+        image_id, _, fg, scale, size, has_mask, content = view
         if not has_mask and self.mask_fallback == "pca":
             fg = pca_foreground(f, fg)
-        cached = ImageFeatures(f.permute(1, 2, 0).to(torch.float16), fg, scale, self.backbone.stride, *size)
+        cached = ImageFeatures(f.permute(1, 2, 0).to(torch.float16), fg, scale, self.backbone.stride, *size, content=content)
         save_features(cache_uri(self.cache_root, self.fingerprint, image_id), cached)
         return image_id, int(fg.sum())
 
     @torch.inference_mode()
     def __call__(self, batch: dict) -> dict:
         t0, errors, writes = time.perf_counter(), [], []
-        rows = list(zip(batch["image_id"], batch["uri"], batch["mask_uri"]))
+        rows = list(zip(batch["image_id"], batch["uri"], batch["mask_uri"], batch["content"]))
         ready = self._views(rows, errors)
         for views in iter(lambda: list(islice(ready, self.micro_batch)), []):
             writes += [self.io.submit(self._finish, v, f) for v, f in zip(views, self._forward(views))]
@@ -401,10 +443,11 @@ def plan_actors(conf, resources: dict) -> dict:
 RESULT_COLUMNS = ["image_id", "n_fg", "error", "seconds", "actor"]
 
 
-def extract_features(df, conf, backbone_conf, image_size: int, cache_root: str, fingerprint: str, start_ray=None):
-    """Features of the images not cached yet, on a Ray Data actor pool; returns the
-    per-image results (errors among them) and the seconds it took. `start_ray` is called
-    first when there is anything to compute (a run with every feature cached needs no Ray).
+def extract_features(todo, conf, backbone_conf, image_size: int, cache_root: str, fingerprint: str, start_ray=None):
+    """Features of the rows of `todo` (stale_features: image_id, uri, mask_uri, content) on a
+    Ray Data actor pool; returns the per-image results (errors among them) and the seconds
+    it took. `start_ray` is called first when there is anything to compute (a run with
+    every feature cached needs no Ray).
 
     The actors are not restarted by Ray (`max_restarts=0`): Ray Data hands them their
     arguments through the object store, where a restart can find them gone
@@ -414,7 +457,6 @@ def extract_features(df, conf, backbone_conf, image_size: int, cache_root: str, 
     import ray
 
     quiet_ray_data()
-    todo = df[~df["image_id"].isin(cached_ids(cache_root, fingerprint, df["image_id"], conf.flips))]
     out, t0 = [], time.perf_counter()
     if todo.empty:
         return pd.DataFrame(columns=RESULT_COLUMNS), 0.0
@@ -434,8 +476,8 @@ def extract_features(df, conf, backbone_conf, image_size: int, cache_root: str, 
                 break
             except ray.exceptions.RayError as e:
                 reported = set(pd.concat(out)["image_id"]) if out else set()
-                done = cached_ids(cache_root, fingerprint, todo["image_id"], conf.flips) | reported
-                todo = todo[~todo["image_id"].isin(done)]
+                todo = stale_features(todo.drop(columns="cached", errors="ignore"), cache_root, fingerprint, conf.flips)
+                todo = todo[~todo["image_id"].isin(reported)]
                 cause = str(e).strip().splitlines()[0][:200]
                 if attempt == conf.attempts:
                     raise RuntimeError(f"features: pass {attempt} of {conf.attempts} failed too ({cause}); "
@@ -451,7 +493,7 @@ def feature_dataset(todo, conf, plan, backbone_conf, image_size, cache_root, fin
     from ray.util.annotations import RayDeprecationWarning
 
     blocks = max(plan["actors"], math.ceil(len(todo) / plan["batch_size"]))
-    rows = ray.data.from_pandas(todo[["image_id", "uri", "mask_uri"]].astype(object)).repartition(blocks)
+    rows = ray.data.from_pandas(todo[["image_id", "uri", "mask_uri", "content"]].astype(object)).repartition(blocks)
     # max_restarts reaches the actors through `ray_remote_args`, deprecated for Ray 2.64: revisit
     # with ray-project/ray#53727 (then Ray's own actor restarts are safe to use).
     with warnings.catch_warnings():

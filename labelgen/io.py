@@ -17,6 +17,7 @@ import os
 import re
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
 import pyarrow.fs as pafs
@@ -95,6 +96,41 @@ def read_bytes(uri: str) -> bytes:
         return data
 
     return retrying(uri, read)
+
+
+def read_head(uri: str, n: int) -> bytes:
+    """The first `n` bytes of a file (a ranged read on S3)."""
+    fs, path = filesystem(uri)
+
+    def read():
+        with fs.open_input_file(path) as f:
+            return f.read(n)
+
+    return retrying(uri, read)
+
+
+def versions(uris) -> list[str]:
+    """What identifies each file's content without reading it, its size and modification
+    time ("" for None or a missing file): a file replaced under the same name gets another."""
+    uris = list(uris)
+    out, batches = [""] * len(uris), []
+    for i, uri in enumerate(uris):
+        if uri:
+            fs, path = filesystem(uri)
+            if not batches or batches[-1][0] is not fs or len(batches[-1][1]) == 256:
+                batches.append((fs, []))
+            batches[-1][1].append((i, path))
+
+    def stat(batch):
+        fs, items = batch
+        return items, retrying(items[0][1], lambda: fs.get_file_info([p for _, p in items]))
+
+    with ThreadPoolExecutor(16) as pool:  # on S3 a HEAD per file: many at once
+        for items, infos in pool.map(stat, batches):
+            for (i, _), info in zip(items, infos):
+                if info.type == pafs.FileType.File:
+                    out[i] = f"{info.size}:{info.mtime_ns}"
+    return out
 
 
 def write_bytes(uri: str, data: bytes) -> None:

@@ -30,7 +30,7 @@ from .adapted import adapt_features, label_fingerprint, resolve_model
 from .cli import run_command
 from .config import config_hash, parse_overrides
 from .console import Progress, Stages
-from .features import cache_uri, extract_features, load_features
+from .features import cache_uri, extract_features, load_features, stale_features, with_versions
 from .io import join, read_bytes
 from .manifest import read_manifest
 from .sphere import default_conf as sphere_conf
@@ -105,6 +105,8 @@ class Run(Inputs):
     cache_root: str = ""
     sphere: dict | None = None  # the spherical mapper (labels.sphere); auto: resolved after the features
     labelled: set[str] = field(default_factory=set)  # images already labelled with these features and label config
+    started: str = ""  # when the run's first attempt started: what every attempt compares committed runs with
+    replaced: set[str] = field(default_factory=set)  # images whose file changed since their features were cached
     stages: Stages = field(default_factory=Stages)
     ray: str | None = None  # where Ray runs, once started
 
@@ -312,6 +314,8 @@ def summary(run_id, store, counts, sphere_deg) -> str:
             f"{c['features_per_actor_s']:.1f} per busy actor), "
             f"{c['features_cached']:,} from cache; backbone {c['backbone']} ({c['backbone_reason']})",
             *([f"            by {'; '.join(f'{k}: {v}' for k, v in c['feature_actors'].items())}"] if c.get("feature_actors") else []),
+            *([f"            {c['features_replaced']:,} of them again: their file changed since (its labels are made anew)"]
+              if c.get("features_replaced") else []),
             *([f"            labels on {c['label_features']} (labels.features; refined in {c['adapter_s']:.1f} s)"]
               if c["label_features"] != c["backbone"] else []),
             *([f"  nothing new: {c['nothing_new']}"] if c.get("nothing_new") else chain_lines(c)),
@@ -405,14 +409,19 @@ def resolve(conf) -> Run:
     labelled = store.labelled_images(features, record["label_hash"], record["started"]) if conf.new_only else set()
     return Run(**vars(inputs), conf=conf, store=store, run_id=run_id, model=model, label_features=features,
                cache_root=conf.features.cache or join(store.uri, "features"), sphere=sphere,
-               labelled=labelled & set(inputs.df["image_id"]), stages=stages)
+               labelled=labelled & set(inputs.df["image_id"]), started=record["started"], stages=stages)
 
 
 def features_stage(run: Run) -> tuple[pd.DataFrame, list[dict], pd.DataFrame]:
-    """Backbone features of the images not cached (and the adapter's, when relabelling):
-    the good rows, the bad inputs, the per-image results."""
+    """Backbone features of the images not cached for their files' versions (and the
+    adapter's, when relabelling): the good rows, the bad inputs, the per-image results. An
+    image whose file changed since its features were cached is no longer labelled: its
+    features are computed again, and it is labelled anew."""
     df, stages = run.df, run.stages
-    results, feat_s = extract_features(df, run.conf.features, run.backbone, run.image_size, run.cache_root, run.fingerprint,
+    todo = stale_features(with_versions(df), run.cache_root, run.fingerprint, run.conf.features.flips)
+    run.replaced = run.store.replaced_images(run.run_id, todo["image_id"][todo["cached"].notna()])  # before the cache changes
+    run.labelled = run.labelled - run.replaced
+    results, feat_s = extract_features(todo, run.conf.features, run.backbone, run.image_size, run.cache_root, run.fingerprint,
                                        run.start_ray)
     stages.add("features", feat_s)
     failed = results[results["error"] != ""]
@@ -471,6 +480,8 @@ def execute(run: Run) -> dict:
         wall = run_labels(run, good, todo, sphere)
     stages.add("chains", wall["chains_s"])
     stages.add("vote", wall["vote_s"])
+    if run.replaced:
+        run.store.write_retractions(run.run_id, run.replaced, run.started)
     counts = run_counts(run, tuples, bad, results, wall, sphere)
     with stages("commit"):
         run.store.commit(run.run_id, counts, bad)
@@ -490,6 +501,7 @@ def run_counts(run: Run, tuples: Tuples, bad: list, results: pd.DataFrame, wall:
         "bad_inputs": len(bad),
         "features_computed": computed,
         "features_cached": len(run.df) - len(results),
+        "features_replaced": len(run.replaced),  # of a file changed since its features were cached
         "features_s": round(feat_s, 3),
         "features_per_s": computed / feat_s if feat_s else 0.0,
         "features_per_actor_s": len(results) / results["seconds"].sum() if len(results) else 0.0,

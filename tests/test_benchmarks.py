@@ -7,7 +7,7 @@ from benchmarks.chains import LIKE_REFERENCE, as_dict, same_labels, service_cand
 from benchmarks.reference import reference_candidates
 from conftest import tiny_demo_args
 from labelgen import run
-from labelgen.features import FeatureWorker
+from labelgen.features import FeatureWorker, worker_batch
 from labelgen.run import make_tuples
 
 
@@ -17,7 +17,7 @@ def test_reference_generator_and_service_give_identical_candidates(tiny_demo, tm
     df, fingerprint = inputs.df, inputs.fingerprint
     cache = str(tmp_path / "features")
     worker = FeatureWorker(inputs.backbone, inputs.image_size, cache, fingerprint, flips=False)
-    worker(df[["image_id", "uri", "mask_uri"]].astype(object).to_dict("list"))
+    worker(worker_batch(df))
     tuples = make_tuples(df, conf.pairing, cache, fingerprint).by_category
     assert sum(map(len, tuples.values())) == 4  # 2 categories x 1 sweep x both directions
     svc = as_dict(service_candidates(tuples, cache, fingerprint, OmegaConf.merge(conf.labels, LIKE_REFERENCE)))

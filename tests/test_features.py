@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from labelgen.features import (ImageFeatures, cache_uri, cached_ids, fit, load_features, model_input, preprocess,
+from labelgen.features import (ImageFeatures, cache_uri, cached_versions, fit, load_features, model_input, preprocess,
                                save_features)
 
 
@@ -91,9 +91,9 @@ def test_an_image_without_foreground_keeps_only_its_descriptor(tmp_path):
 
 def test_cache_listing(tmp_path):
     grid, fg = torch.randn(5, 6, 4), torch.rand(5, 6) > 0.5
-    save_features(cache_uri(str(tmp_path), "fp", "cat/001.jpg"), ImageFeatures(grid, fg, 0.25, 14, 300, 280))
-    assert cached_ids(str(tmp_path), "fp", ["cat/001.jpg", "cat/002.jpg"]) == {"cat/001.jpg"}
-    assert cached_ids(str(tmp_path), "other", ["cat/001.jpg"]) == set()
+    save_features(cache_uri(str(tmp_path), "fp", "cat/001.jpg"), ImageFeatures(grid, fg, 0.25, 14, 300, 280, content="7:1|"))
+    assert cached_versions(str(tmp_path), "fp", ["cat/001.jpg", "cat/002.jpg"]) == {"cat/001.jpg": "7:1|"}
+    assert cached_versions(str(tmp_path), "other", ["cat/001.jpg"]) == {}
     assert not list(tmp_path.rglob("*.tmp"))  # written whole, then renamed
 
 
@@ -130,3 +130,23 @@ def test_actor_plan_pins_one_gpu_per_actor_else_shares_the_cpus():
     assert (cpu["actors"], cpu["num_gpus"], cpu["threads"], cpu["batch_size"]) == (4, 0, 2, 8)
     forced = plan_actors(OmegaConf.merge(conf, {"device": "cuda", "actors": 2}), {"CPU": 2})  # GPUs the autoscaler adds
     assert (forced["actors"], forced["num_gpus"]) == (2, 1)
+
+
+def test_features_of_a_replaced_file_are_stale(tmp_path):
+    import pandas as pd
+
+    from labelgen.features import stale_features, with_versions
+
+    (tmp_path / "a.png").write_bytes(b"first")
+    (tmp_path / "b.png").write_bytes(b"other")
+    df = with_versions(pd.DataFrame({"image_id": ["a", "b", "c"], "uri": [str(tmp_path / n) for n in ("a.png", "b.png", "c.png")],
+                                     "mask_uri": [None, None, None]}))
+    grid, fg = torch.randn(5, 6, 4), torch.rand(5, 6) > 0.5
+    save_features(cache_uri(str(tmp_path), "fp", "a"), ImageFeatures(grid, fg, 0.25, 14, 300, 280, content=df.content[0]))
+    save_features(cache_uri(str(tmp_path), "fp", "b"), ImageFeatures(grid, fg, 0.25, 14, 300, 280))  # an older cache
+    stale = stale_features(df, str(tmp_path), "fp")
+    assert stale.image_id.tolist() == ["b", "c"] and stale.cached.tolist() == ["", None]
+
+    (tmp_path / "a.png").write_bytes(b"second, longer")  # replaced under the same id
+    again = stale_features(with_versions(df.drop(columns="content")), str(tmp_path), "fp")
+    assert again.image_id.tolist() == ["a", "b", "c"] and again.cached.tolist() == [df.content[0], "", None]

@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from labelgen.backbones import default_conf as backbones_conf
-from labelgen.features import FLIPPED, FeatureWorker, cache_uri, load_features
+from labelgen.features import FLIPPED, FeatureWorker, cache_uri, load_features, worker_batch
 from trainer.data import FeatureBank
 from trainer.evaluate import Matcher, default_conf
 
@@ -20,7 +20,7 @@ def test_worker_caches_the_mirrored_twin_and_pose_alignment_uses_it(tiny_demo, t
     mirror = tmp_path / "mirror.png"
     Image.open(src).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirror)
     backbone_conf = OmegaConf.merge(OmegaConf.create(backbones_conf), {"name": "mobilenetv2"})
-    batch = {"image_id": np.array(["a", "b"]), "uri": np.array([src, str(mirror)]), "mask_uri": np.array([None, None])}
+    batch = worker_batch(pd.DataFrame({"image_id": ["a", "b"], "uri": [src, str(mirror)], "mask_uri": [None, None]}))
     worker = FeatureWorker(backbone_conf, 320, str(tmp_path / "cache"), "fp", threads=2, flips=True, mask_fallback="image")
     out = worker(batch)
     assert out["error"].tolist() == ["", ""]

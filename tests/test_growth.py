@@ -2,11 +2,15 @@
 relabel supersedes, and SQL and the trainer count every label once."""
 
 import json
+import os
 
 import pandas as pd
 import pytest
+import torch
 from omegaconf import OmegaConf
+from PIL import Image
 
+from labelgen.features import cache_uri, load_features
 from labelgen.store import LabelStore
 from labelgen.synthetic.collection import build_collection
 from test_run import run
@@ -102,3 +106,24 @@ def test_a_grown_manifest_labels_only_its_new_views_and_a_repeated_run_adds_noth
     data = load_label_data(source, "none")
     (pairs, labels), = rows(store, "SELECT count(DISTINCT (src_image_id, tgt_image_id)), count(*) FROM labels")
     assert len(data.train) == pairs and sum(len(p.src_xy) for p in data.train) == labels
+
+    # an image file replaced under the same id: new features, and no current label of it is made on the old ones
+    df = pd.read_parquet(full)
+    changed = df.image_id.iloc[0]
+    path = os.path.join(os.path.dirname(full), df.uri.iloc[0])
+    fingerprint = counts(store, "first")["backbone"]
+    before = load_features(cache_uri(os.path.join(store, "features"), fingerprint, changed))
+    Image.open(path).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(path)
+    replace = run([*args, f"data.manifest={full}", "run_id=replaced"])
+    assert replace.returncode == 0, replace.stderr[-3000:]
+    c5 = counts(store, "replaced")
+    assert c5["features_computed"] == c5["features_replaced"] == 1 and c5["anchors"] == 1
+    assert "1 of them again: their file changed since" in replace.stdout
+    after = load_features(cache_uri(os.path.join(store, "features"), fingerprint, changed))
+    assert after.content != before.content and not torch.equal(after.feats, before.feats)
+    touching = f"(src_image_id = '{changed}' OR tgt_image_id = '{changed}')"
+    assert rows(store, f"SELECT count(*) FROM labels WHERE {touching} AND run_id <> 'replaced'") == [(0,)]
+    assert rows(store, f"SELECT count(*) FROM labels WHERE {touching}")[0][0] > 0
+    assert rows(store, f"SELECT count(*) FROM current_pairs WHERE NOT {touching} AND run_id = 'replaced' AND labels = 0 "
+                       "AND runs > 1") == [(0,)]  # the other pairs keep their labels
+    assert once_each(store)

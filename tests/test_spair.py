@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from labelgen.backbones import default_conf as backbones_conf
-from labelgen.features import FeatureWorker
+from labelgen.features import FeatureWorker, worker_batch
 from labelgen.geometry import apply_homography
 from labelgen.readers.spair import KeypointPair, read_manifest, read_pairs
 from trainer.data import FeatureBank
@@ -88,7 +88,7 @@ def test_reader_and_raw_backbone_pck_on_a_fixture(tiny_demo, tmp_path):
     backbone = OmegaConf.merge(OmegaConf.create(backbones_conf), {"name": "mobilenetv2"})
     worker = FeatureWorker(backbone, 320, str(tmp_path / "cache"), "fp", threads=2)
     uris = [os.path.join(root, u) for u in manifest["uri"]]
-    out = worker({"image_id": manifest["image_id"].to_numpy(), "uri": np.array(uris), "mask_uri": np.array([None] * 3)})
+    out = worker(worker_batch(manifest.assign(uri=uris, mask_uri=None)))
     assert (out["error"] == "").all()
     matcher = Matcher(FeatureBank(str(tmp_path / "cache"), "fp"), None, OmegaConf.create(default_conf))
     table = keypoint_pck(matcher, pairs, [0.05, 0.10]).set_index("category")

@@ -10,7 +10,7 @@ from transformers import CLIPTextModel
 from labelgen import run
 from labelgen.backbones import WeightsNotFound, build_backbone, default_conf
 from labelgen.backbones.stable_diffusion import StableDiffusion, StableDiffusionDino
-from labelgen.features import FeatureWorker, cache_uri, load_features
+from labelgen.features import FeatureWorker, cache_uri, load_features, worker_batch
 
 from conftest import tiny_demo_args
 
@@ -118,7 +118,7 @@ def test_the_run_config_selects_fused_features_end_to_end_through_the_cache(tiny
     assert inputs.backbone_reason == "asked for" and fingerprint.startswith("sd15_dinov2_vits14-112-")
     worker = FeatureWorker(inputs.backbone, inputs.image_size, str(tmp_path / "features"), fingerprint, mask_fallback="image")
     rows = inputs.df.head(2)
-    out = worker({"image_id": list(rows.image_id), "uri": list(rows.uri), "mask_uri": [None, None]})
+    out = worker(worker_batch(rows.assign(mask_uri=None)))
     assert list(out["error"]) == ["", ""]
     f = load_features(cache_uri(str(tmp_path / "features"), fingerprint, rows.image_id.iloc[0]))
     assert f.grid().shape == (8, 8, 448) and f.stride == 14 and len(f.feats) == f.stored.sum() > 0

@@ -9,6 +9,8 @@ Layout under the store URI (a local folder or s3://bucket/prefix):
     runs/<run>/candidates/category=<c>/part-<p>/...   a chunk's candidate labels per vote partition (until the commit)
     runs/<run>/labels/category=<c>/part-<p>.parquet    labels of a vote partition of a category, written by its Ray task
     runs/<run>/pairs/category=<c>/part-<p>.parquet     the image pairs that partition examined, with their label counts
+    runs/<run>/pairs/category=<c>/retracted.parquet    pairs of replaced images it did not examine: 0 labels now
+    runs/<run>/replaced.parquet                       images whose file changed since their features were cached
     runs/<run>/images/category=<c>.parquet             the category's images, n_fg; the chains' counts and partitions
     lake/main/<table>/...                             files DuckLake writes itself (compaction, inserts)
     models/<id>/adapter.pt, spheres/<id>/mapper.pt    weights; their rows live in the catalog
@@ -36,7 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .. import __version__
-from ..io import delete_dir, filesystem, is_remote, join, list_files, read_bytes, write_bytes
+from ..io import delete_dir, exists, filesystem, is_remote, join, list_files, read_bytes, write_bytes
 from . import catalog as cat
 from .functions import register
 from .schema import (BAD_INPUT_SCHEMA, COLUMNS, COMMIT_MESSAGE, DATA_TABLES, JSON_COLUMNS, LABEL_SCHEMA, LOG_TABLES,
@@ -48,6 +50,7 @@ PARTS_KEY = b"labelgen.parts"  # an images file's metadata: how many label files
 MEAN_COLUMNS = ("cycle_error", "similarity", "support")  # run_stats has their means per category
 STAT_COLUMNS = ["category", "src_image_id", "tgt_image_id", "hops", *MEAN_COLUMNS]  # what a label file is read for
 SUMS = ", ".join(f"sum({c}) AS sum_{c}, count({c}) AS n_{c}" for c in MEAN_COLUMNS)
+RETRACTED = "retracted.parquet"  # a run's pairs file (per category) of pairs it supersedes without examining them
 INLINE_ROWS = 1000  # inserts of up to this many rows live in the catalog, not in a Parquet file each
 
 
@@ -297,6 +300,39 @@ class LabelStore:
             pairs = pq.read_table(pa.BufferReader(read_bytes(f)), columns=["src_image_id", "labels"])
             out.update(pairs.filter(pc.greater(pairs["labels"], 0))["src_image_id"].unique().to_pylist())
         return out
+
+    def replaced_images(self, run_id: str, found) -> set[str]:
+        """`found` (images whose file changed since their features were cached) and those an
+        earlier attempt of the run found, which it cached anew: every attempt labels the same."""
+        uri, found = self._run(run_id, "replaced.parquet"), set(found)
+        known = set(pq.read_table(pa.BufferReader(read_bytes(uri)))["image_id"].to_pylist()) if exists(uri) else set()
+        if not found <= known:
+            write_bytes(uri, table_bytes(pa.table({"image_id": sorted(known | found)})))
+        return known | found
+
+    def write_retractions(self, run_id: str, images: set[str], before: str) -> int:
+        """Supersede the current labels made on the old features of replaced `images`: each
+        current pair with one of them, of a run committed before `before` (this run's start),
+        that this run did not examine again, as a pair of this run with 0 labels."""
+        replaced = pa.table({"image_id": pa.array(sorted(images), pa.string())})
+
+        def current(con):
+            con.register("replaced", replaced)
+            return con.execute(
+                "SELECT c.category, c.src_image_id, c.tgt_image_id FROM lake.current_pairs c JOIN lake.runs r USING (run_id) "
+                "WHERE c.labels > 0 AND r.finished < ?::TIMESTAMP AND (c.src_image_id IN (FROM replaced) "
+                "OR c.tgt_image_id IN (FROM replaced))", [before]).fetch_arrow_table()
+
+        stale, keys = self.session("labels of replaced images in", current), ["category", "src_image_id", "tgt_image_id"]
+        examined = [pq.read_table(pa.BufferReader(read_bytes(f)), columns=keys) for f in self._staged(run_id, "pairs")
+                    if not f.endswith(RETRACTED)]
+        if examined:
+            stale = stale.join(pa.concat_tables(examined), keys, join_type="left anti")
+        for category in pc.unique(stale["category"]).to_pylist():
+            rows = stale.filter(pc.equal(stale["category"], category))
+            pairs = pair_table(run_id, category, rows, rows.slice(0, 0))
+            write_bytes(self._run(run_id, "pairs", f"category={category}", RETRACTED), table_bytes(pairs))
+        return stale.num_rows
 
     def write_part(self, run_id: str, category: str, part: int, labels: pa.Table, stats: dict,
                    examined: pa.Table | None = None):
