@@ -12,6 +12,7 @@ import duckdb
 import pandas as pd
 
 from labelgen.store import LabelStore
+from labelgen.store.check import explain
 
 
 def report_names() -> list[str]:
@@ -37,7 +38,8 @@ def run_sql(store_uri: str, sql: str, params: dict[str, str] | None = None, cata
             at: int | None = None) -> pd.DataFrame:
     """Run SQL on a read-only connection to the store (committed runs only), at its latest
     snapshot or at snapshot `at`."""
-    con = LabelStore(store_uri, catalog).connect(snapshot=at)
+    store = LabelStore(store_uri, catalog)
+    con = store.connect(snapshot=at)
     try:
         for name, value in (params or {}).items():
             if not re.fullmatch(r"\w+", name):
@@ -45,6 +47,6 @@ def run_sql(store_uri: str, sql: str, params: dict[str, str] | None = None, cata
             con.execute(f"SET VARIABLE {name} = ?", [value])
         return con.sql(sql).df()
     except duckdb.Error as e:
-        raise ValueError(f"query failed: {e}") from None
+        raise ValueError(explain(store, e) or f"query failed: {e}") from None
     finally:
         con.close()

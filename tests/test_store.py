@@ -299,3 +299,29 @@ def test_a_store_of_the_layout_before_current_labels_is_upgraded_on_its_first_wr
         assert con.execute("SELECT count(*) FROM labels").fetchone() == (5,)
     finally:
         con.close()
+
+
+@pytest.mark.parametrize("store", ["local", "postgres"], indirect=True)  # on S3 alike, after DuckDB's HTTP retries: ~1 min
+def test_check_names_a_deleted_or_damaged_data_file_with_its_run_and_reports_say_so(store, capsys):
+    from labelgen.io import filesystem, write_bytes
+    from labelgen.store.__main__ import main
+    from queries import run_sql
+
+    for run_id in ("r1", "r2"):
+        begin(store, run_id)
+        store.write_category(run_id, "cat", labels(run_id, 5), images(run_id), {"labels": 5})
+        store.commit(run_id, {"labels": 5}, [])
+    args = ["check", "--store", store.uri, *([f"--catalog={store.catalog}"] if store.catalog else [])]
+    assert main(args) == 0
+    assert "whole (12 tables and views read, 6 data files checked)" in capsys.readouterr().out
+
+    deleted, damaged = store.part_uri("r1", "cat"), store.images_uri("r2", "cat")
+    fs, path = filesystem(deleted)
+    fs.delete_file(path)
+    write_bytes(damaged, b"not parquet any more")
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert f"{deleted} (run r1): missing" in out and f"{damaged} (run r2): 20 bytes, registered with" in out
+    assert "restore it from a backup" in out and "run(s) r1, r2 committed still reads" in out
+    with pytest.raises(ValueError, match=f"the data file .* of run r[12] is missing or damaged .*labelgen.store check"):
+        run_sql(store.uri, "SELECT count(*) FROM labels JOIN images USING (run_id)", catalog=store.catalog)

@@ -4,6 +4,8 @@
         copy a store of an older labelgen (JSON commit records) into a new store NEW
     python -m labelgen.store maintain [--store labelstore] [--catalog C] [--older-than-days 7]
         compact small files, expire old snapshots (not those a model pinned), delete unused files
+    python -m labelgen.store check [--store labelstore] [--catalog C]
+        check that the catalog and every table read and that no data file is missing or damaged
     python -m labelgen.store attach [--store labelstore] [--catalog C] [--at SNAPSHOT]
         print the SQL that opens the store (read-only) in any DuckDB 1.4.4, e.g. the CLI:
         duckdb -cmd "$(python -m labelgen.store attach)"
@@ -15,7 +17,9 @@ import argparse
 import sys
 
 from ..cli import USAGE_ERRORS, HelpFormatter
+from . import catalog as cat
 from .catalog import resolve_catalog, statements
+from .check import check, describe
 from .lake import LabelStore
 from .maintain import maintain
 from .migrate import migrate
@@ -43,6 +47,13 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--catalog", metavar="C", default=argparse.SUPPRESS, help=CATALOG_HELP.format("the store's own, catalog.json"))
     t.add_argument("--older-than-days", metavar="DAYS", type=float, default=7.0,
                    help="expire snapshots, and delete files unused, this long")
+    c = commands.add_parser("check", help="check that the catalog, every table and every data file read",
+                            formatter_class=HelpFormatter,
+                            description="Open the catalog, read every table and view, and check every data file it lists:\n"
+                                        "there, of the size it was registered with, with a Parquet footer. Names each bad\n"
+                                        "file and its run, and what to do; exits 1 when anything is wrong. Read-only.")
+    c.add_argument("--store", metavar="URI", default="labelstore", help="the store: a folder or s3://bucket/prefix")
+    c.add_argument("--catalog", metavar="C", default=argparse.SUPPRESS, help=CATALOG_HELP.format("the store's own, catalog.json"))
     o = commands.add_parser("attach", help="print the SQL that opens the store in the DuckDB CLI", formatter_class=HelpFormatter,
                             description="Print the statements that load the extensions from the installed wheels, set up\n"
                                         "S3 credentials (the AWS chain) where the store is on S3, and attach the store\n"
@@ -61,6 +72,12 @@ def main(argv=None) -> int:
             print(f"migrated {s['runs']} runs ({s['committed']} committed, {s['failed']} failed, {s['incomplete']} "
                   f"incomplete), {s['labels']:,} labels, {s['models']} models, {s['spheres']} spherical mappers "
                   f"in {s['seconds']:.1f} s into {a.new}")
+        elif a.command == "check":
+            store = LabelStore(a.store, getattr(a, "catalog", None))
+            cat.resolve_catalog(store.uri, store.catalog, create=False)  # no store there: said as a usage error
+            report = check(store)
+            print(describe(store, report))
+            return 1 if report["problems"] else 0
         elif a.command == "attach":
             store = LabelStore(a.store, getattr(a, "catalog", None))
             spec = resolve_catalog(store.uri, store.catalog, create=False)
