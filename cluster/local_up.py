@@ -1,20 +1,30 @@
-"""`python -m cluster.local_up [--keep]`: the real `ray up` / job / `ray down` cycle on this machine.
+"""`python -m cluster.local_up [--keep | --down DIR] [labelgen.run overrides]`: the real
+`ray up` and a Ray job on this machine, then a teardown that stops only what it started.
 
 Ray's local provider drives a "cluster" of one head at 127.0.0.1 over ssh, exactly as
 it drives on-premise machines: this is how to try the cluster path without a cloud.
 It needs sshd and rsync (Debian: `apt-get install openssh-server rsync`); as root it
 starts sshd on 127.0.0.1:22 if none listens. It authorises a key of its own
 (~/.ssh/labelgen_local) and puts this virtualenv on the login shell's PATH in
-~/.profile: `ray up` and `ray down` run `ray` in a login shell over ssh, and without
-it `ray down` silently leaves the processes running.
-Then: `ray up`, the label pipeline on the tiny demo as a Ray job (cluster.jobs),
-`ray down`, and a check that no Ray process is left.
+~/.profile: `ray up` runs `ray` in a login shell over ssh.
+Then: `ray up`, the label pipeline on the tiny demo as a Ray job (cluster.jobs), the
+teardown, and a check that none of the cluster's processes is left.
+
+Other Ray instances on this machine (a label run in another shell, a test's head) are
+left alone. The head gets a directory of its own (Ray's temp dir, with its sessions and
+sockets, and `ray up`'s record of the cluster) and free ports, and its `ray start` runs
+with LABELGEN_RAY_OWNER set to that directory, which every process it starts inherits.
+The teardown ends those processes and their children, then removes the directory. It
+does not run `ray down`: on the local provider that is `ray stop` over ssh, which ends
+every Ray process on the machine, and then a note in that record.
 """
 
 import argparse
 import getpass
 import os
+import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -30,7 +40,11 @@ from .jobs import ROOT
 
 KEY = os.path.expanduser("~/.ssh/labelgen_local")
 PROFILE_MARK = "# labelgen: the virtualenv for ray up/down over ssh"
-RAY_PROCESSES = ("raylet", "gcs_server")
+OWNER = "LABELGEN_RAY_OWNER"  # in the environment of every process of a Ray instance started here
+CONFIG = "local_cluster.yaml"  # in the cluster's directory: what `--down` looks for before removing it
+# `ray start` flags: the ports another instance on its defaults would hold too
+PORT_FLAGS = ("port", "dashboard-port", "ray-client-server-port", "dashboard-agent-listen-port")
+STOP_ORDER = {"raylet": 0, "gcs_server": 2}  # `ray stop`'s, the rest between
 
 
 def sshd_listening(host: str = "127.0.0.1", port: int = 22) -> bool:
@@ -97,23 +111,105 @@ def check_login(user: str) -> None:
                            f"{out.stderr.strip()[-500:]}")
 
 
-def cluster_config(user: str, gcs_port: int, dashboard_port: int) -> dict:
-    """Ray's local provider: one head at 127.0.0.1, no workers; loopback only."""
-    start = (f"ray start --head --node-ip-address=127.0.0.1 --port={gcs_port} --dashboard-host=127.0.0.1 "
-             f"--dashboard-port={dashboard_port} --num-cpus=2 --disable-usage-stats "
-             "--autoscaling-config=~/ray_bootstrap_config.yaml")
+def free_ports(n: int) -> list[int]:
+    """n distinct ports free now on loopback, from the kernel's ephemeral range (clear of
+    Ray's worker ports, 10002-19999)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def head_start_command(home: str, ports: dict[str, int]) -> str:
+    """`ray start --head` in Ray temp dir home/ray, on `ports`, marked as ours. RAY_TMPDIR
+    puts the head's autoscaler's record of the cluster where `ray up`'s is: in home."""
+    flags = " ".join(f"--{flag}={port}" for flag, port in ports.items())
+    home = shlex.quote(home)
+    return (f"{OWNER}={home} RAY_TMPDIR={home} ray start --head --temp-dir={home}/ray --node-ip-address=127.0.0.1 "
+            f"{flags} --dashboard-host=127.0.0.1 --num-cpus=2 --disable-usage-stats "
+            "--autoscaling-config=~/ray_bootstrap_config.yaml")
+
+
+def cluster_config(user: str, home: str, ports: dict[str, int]) -> dict:
+    """Ray's local provider: one head at 127.0.0.1, no workers; loopback only. No `ray stop`
+    before `ray start` (Ray's default): it would end every Ray process on the machine."""
     return {
         "cluster_name": "labelgen-local",
         "provider": {"type": "local", "head_ip": "127.0.0.1", "worker_ips": []},
         "auth": {"ssh_user": user, "ssh_private_key": KEY},
         "setup_commands": ["python -c 'import labelgen, trainer'"],  # the project is installed in the venv
-        "head_start_ray_commands": ["ray stop", start],
+        "head_start_ray_commands": [head_start_command(home, ports)],
         "worker_start_ray_commands": [],
     }
 
 
-def ray_processes() -> list[str]:
-    return [p.info["name"] for p in psutil.process_iter(["name"]) if p.info["name"] in RAY_PROCESSES]
+def running(procs) -> list[psutil.Process]:
+    """Those not yet ended (a zombie has ended: only its parent has not collected it)."""
+    alive = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def owned_processes(owner: str) -> list[psutil.Process]:
+    """The processes of the Ray instance started with OWNER=owner: its daemons inherit the
+    variable; the workers, agents and jobs, whose process titles overwrite their
+    environment, are found as the daemons' children."""
+    family = {}
+    for p in psutil.process_iter():
+        try:
+            if p.environ().get(OWNER) == owner:
+                family.update((q.pid, q) for q in [p, *p.children(recursive=True)])
+        except psutil.Error:  # ended meanwhile, or another user's
+            pass
+    return running(family.values())
+
+
+def end(procs: list[psutil.Process], grace_s: float) -> None:
+    """SIGTERM, and SIGKILL to those still running after grace_s."""
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        for p in running(procs):
+            try:
+                p.send_signal(sig)
+            except psutil.NoSuchProcess:
+                pass
+        deadline = time.time() + wait_s
+        while running(procs) and time.time() < deadline:
+            time.sleep(0.1)
+
+
+def name_of(p: psutil.Process) -> str:
+    try:
+        return p.name()
+    except psutil.NoSuchProcess:
+        return "(ended)"
+
+
+def stop_owned(owner: str, grace_s: float = 10.0) -> list[str]:
+    """End the instance started with OWNER=owner in `ray stop`'s order: the raylet (its
+    workers go with it), the others, the GCS last (ended all at once, the raylet and
+    the GCS outlived a 10 s grace). Returns what is left of it ("pid name")."""
+    procs = owned_processes(owner)
+    rank = {p.pid: STOP_ORDER.get(name_of(p), 1) for p in procs}
+    for r in (0, 1, 2):
+        end([p for p in procs if rank[p.pid] == r], grace_s)
+    return [f"{p.pid} {name_of(p)}" for p in owned_processes(owner)]
+
+
+def take_down(home: str) -> list[str]:
+    """Stop the instance started with OWNER=home and remove home; what is left running."""
+    left = stop_owned(home)
+    if not left:
+        shutil.rmtree(home, ignore_errors=True)
+    return left
 
 
 def prepare() -> str:
@@ -130,48 +226,57 @@ def prepare() -> str:
     return user
 
 
-def up_job_down(jobs: list[list[str]], gcs_port: int = 6390, dashboard_port: int = 8275, keep: bool = False) -> dict:
+def up_job_down(jobs: list[list[str]], keep: bool = False) -> dict:
     """`ray up`, each of `jobs` (cluster.jobs arguments, e.g. ["labels", "store=..."]) as a
-    Ray job, `ray down`; what happened, for a person or a test."""
+    Ray job, and the teardown (with `keep`, only if `ray up` failed); what happened, for a
+    person or a test."""
     user = prepare()
+    home = tempfile.mkdtemp(prefix="labelgen-local-")  # short: Ray's socket paths are limited to 107 bytes
+    ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS))))
+    config = os.path.join(home, CONFIG)
+    with open(config, "w") as f:
+        yaml.safe_dump(cluster_config(user, home, ports), f)
     ray = os.path.join(os.path.dirname(sys.executable), "ray")
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_ADDRESS": ""}
-    result = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        config = os.path.join(tmp, "local_cluster.yaml")
-        with open(config, "w") as f:
-            yaml.safe_dump(cluster_config(user, gcs_port, dashboard_port), f)
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_ADDRESS": "", "RAY_TMPDIR": home}
+    result = {"home": home, "dashboard": f"http://127.0.0.1:{ports['dashboard-port']}", "jobs": []}
+    kept = False
+    try:
         t0 = time.time()
         up = subprocess.run([ray, "up", "-y", "--no-config-cache", config], capture_output=True, text=True,
                             timeout=600, env=env)
-        result["up_s"], result["up_rc"] = time.time() - t0, up.returncode
+        result["up_s"] = time.time() - t0
         if up.returncode != 0:
             raise RuntimeError(f"ray up failed:\n{(up.stdout + up.stderr)[-3000:]}")
-        try:
-            result["jobs"] = []
-            for args in jobs:
-                job = subprocess.run(
-                    [sys.executable, "-m", "cluster.jobs", f"--address=http://127.0.0.1:{dashboard_port}", *args],
-                    capture_output=True, text=True, timeout=1200, env=env, cwd=ROOT,
-                )
-                result["jobs"].append({"args": args, "rc": job.returncode, "log": job.stdout + job.stderr})
-        finally:
-            if not keep:
-                down = subprocess.run([ray, "down", "-y", config], capture_output=True, text=True, timeout=300, env=env)
-                result["down_rc"] = down.returncode
-                for _ in range(30):  # raylet and GCS take a moment to exit
-                    if not (left := ray_processes()):
-                        break
-                    time.sleep(1)
-                result["left_after_down"] = left
+        kept = keep
+        for args in jobs:
+            job = subprocess.run([sys.executable, "-m", "cluster.jobs", f"--address={result['dashboard']}", *args],
+                                 capture_output=True, text=True, timeout=1200, env=env, cwd=ROOT)
+            result["jobs"].append({"args": args, "rc": job.returncode, "log": job.stdout + job.stderr})
+    finally:
+        if not kept:
+            result["left_after_down"] = take_down(home)
     return result
+
+
+def down(home: str) -> int:
+    """`--down`: the teardown of a cluster left up by `--keep`."""
+    home = os.path.abspath(home)
+    if not os.path.exists(os.path.join(home, CONFIG)):
+        print(f"error: {home} has no {CONFIG}: not a directory of cluster.local_up", file=sys.stderr)
+        return 2
+    left = take_down(home)
+    print(f"processes left: {', '.join(left)} (rerun to retry)" if left else f"stopped; {home} removed")
+    return 1 if left else 0
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cluster.local_up", description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("--keep", action="store_true", help="leave the cluster up (then: ray down)")
+    parser.add_argument("--keep", action="store_true", help="leave the cluster up (then: --down DIR, as printed)")
+    parser.add_argument("--down", metavar="DIR", help="take down a cluster left up by --keep: its processes only")
     parser.add_argument("overrides", nargs=argparse.REMAINDER, help="labelgen.run overrides (default: the demo)")
     a = parser.parse_args(argv)
+    if a.down:
+        return down(a.down)
     overrides = a.overrides or [f"store={os.path.abspath('labelstore-local-cluster')}"]
     try:
         r = up_job_down([["labels", *overrides]], keep=a.keep)
@@ -181,7 +286,8 @@ def main(argv=None) -> int:
     (job,) = r["jobs"]
     print(job["log"])
     print(f"ray up {r['up_s']:.0f} s; job exit {job['rc']}; "
-          + ("left up" if a.keep else f"ray down exit {r['down_rc']}, Ray processes left: {r['left_after_down'] or 'none'}"))
+          + (f"left up, dashboard {r['dashboard']}; take it down with: python -m cluster.local_up --down {r['home']}"
+             if a.keep else f"its processes left: {', '.join(r['left_after_down']) or 'none'}"))
     return 0 if job["rc"] == 0 and not r.get("left_after_down") else 1
 
 
