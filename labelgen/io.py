@@ -12,9 +12,11 @@ Every write is also checked against the object's size and every read against the
 size the store reports; a mismatch or a transient error is tried again, with backoff.
 """
 
+import errno
 import logging
 import os
 import re
+import shutil
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -65,6 +67,32 @@ log = logging.getLogger(__name__)
 TRANSIENT = re.compile(r"HTTP status 5\d\d|slow_?down|SERVICE_UNAVAILABLE|RequestTimeout|InternalError|INTERNAL_FAILURE|curl|connection|timed? ?out|"
                        r"Broken pipe|size mismatch", re.IGNORECASE)
 ATTEMPTS = 6
+
+
+class DiskFull(OSError):
+    """No space left where a file is written: says where, how much was free and needed."""
+
+    @classmethod
+    def at(cls, path: str, needed: int) -> "DiskFull":
+        folder = os.path.dirname(path)
+        while folder and not os.path.isdir(folder):
+            folder = os.path.dirname(folder)
+        free = shutil.disk_usage(folder or "/").free
+        return cls(f"{folder}: no space left on its disk ({free:,} bytes free, {needed:,} needed for "
+                   f"{os.path.basename(path)}); free space there (or give the store or cache another folder), then run "
+                   "the same command again: a run resumes with its run_id")
+
+    @classmethod
+    def found_in(cls, e: BaseException) -> "DiskFull | None":
+        """The DiskFull behind an error: itself, its causes, or (from a Ray Data worker, which
+        passes on only the text) one named in its message."""
+        seen = e
+        while seen is not None:
+            if isinstance(seen, cls):
+                return getattr(seen, "cause", None) if isinstance(getattr(seen, "cause", None), cls) else seen
+            seen = getattr(seen, "cause", None) or seen.__cause__ or seen.__context__
+        m = re.search(rf"{cls.__name__}: (.+)", str(e))
+        return cls(m.group(1)) if m else None
 
 
 class Incomplete(OSError):
@@ -138,11 +166,18 @@ def write_bytes(uri: str, data: bytes) -> None:
     checked for its size and written again if it came out short)."""
     fs, path = filesystem(uri)
     if isinstance(fs, pafs.LocalFileSystem):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except OSError as e:
+            if os.path.exists(tmp):
+                os.remove(tmp)  # nothing half-written stays behind
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFull.at(path, len(data)) from None
+            raise
         return
 
     def write():

@@ -3,6 +3,7 @@ what they skipped. (S3 faults and credentials: test_s3_runs.py; driver kill and 
 test_s3_runs.py; read-only queries: test_store.py.)"""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -217,3 +218,37 @@ def test_checkpoints_load_weights_only_and_refuse_code(tmp_path, load):
     with pytest.raises(Exception, match="Weights only load failed|weights_only"):
         load_adapter(_io.BytesIO(buf.getvalue())) if load == "adapter" else load_mapper(buf.getvalue())
     assert not os.path.exists("/tmp/labelgen-pwned")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs, as root (CI runs as root)")
+@pytest.mark.parametrize("stage, size, cache", [("features", "3m", False), ("vote", "400k", True)])
+def test_a_full_disk_fails_in_words_leaves_nothing_visible_and_the_run_resumes_once_space_is_free(
+        concurrent_runs, tiny_demo, tmp_path, stage, size, cache):
+    reference, _ = concurrent_runs
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)], check=True)
+    try:
+        store = disk / "store"  # with the feature cache on it, or elsewhere: then the run's own files fill it
+        args = [*tiny_demo_args(tiny_demo), f"store={store}", "run_id=full",
+                *([f"features.cache={tmp_path / 'cache'}"] if cache else [])]
+        proc = start(args)
+        out = proc.communicate(timeout=600)[0]
+        assert proc.returncode == 1, out[-3000:]
+        error = [line for line in out.splitlines() if line.startswith("error: ")]
+        assert len(error) == 1 and f"{disk}/" in error[0] and "no space left on its disk" in error[0], out[-3000:]
+        assert re.search(r"\([\d,]+ bytes free, [\d,]+ needed for ", error[0]) and "Traceback" not in out
+        assert not list(disk.rglob("*.tmp"))  # nothing half-written
+        if (store / "catalog.json").exists():  # the catalog took the run's start: it is whole, and shows no label
+            con = LabelStore(str(store)).connect()
+            assert con.execute("SELECT count(*) FROM label_history").fetchone() == (0,)
+            assert con.execute("SELECT status FROM runs").fetchall() in ([], [("incomplete",)], [("failed",)])
+            con.close()
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)  # space is free again
+        resumed = start(args)
+        out = resumed.communicate(timeout=600)[0]
+        assert resumed.returncode == 0, out[-3000:]
+        assert labels_of(str(store), "full").equals(labels_of(reference, "one"))
+    finally:
+        subprocess.run(["umount", "-l", str(disk)])

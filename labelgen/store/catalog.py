@@ -28,13 +28,14 @@ from contextlib import contextmanager
 
 import duckdb
 
-from ..io import exists, filesystem, is_remote, join, read_bytes, write_bytes
+from ..io import DiskFull, exists, filesystem, is_remote, join, read_bytes, write_bytes
 from . import extensions
 
 log = logging.getLogger(__name__)
 MARKER = "catalog.json"
 # SQLite admits one writer at a time; a losing transaction fails whole and leaves nothing
 CONFLICT = re.compile(r"database is locked|busy|conflict|could not serialize|deadlock", re.IGNORECASE)
+FULL = re.compile(r"no space left|disk is full|could not extend file", re.IGNORECASE)  # SQLite, DuckDB, PostgreSQL
 ATTEMPTS = 12
 BUSY_TIMEOUT_MS = 10_000
 
@@ -182,6 +183,9 @@ def retrying(what: str, attempt, committed=lambda: False):
         try:
             return attempt()
         except duckdb.Error as e:
+            if FULL.search(str(e)):
+                raise DiskFull(f"{what}: the catalog's disk is full ({str(e).splitlines()[0]}); free space where the "
+                               "catalog lives, then run the same command again: a run resumes with its run_id") from None
             if n == ATTEMPTS - 1 or not is_conflict(e):
                 raise
             if committed():

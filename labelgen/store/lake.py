@@ -213,7 +213,7 @@ class LabelStore:
             with self._writer() as con:
                 con.execute(f"INSERT INTO lake.{table} VALUES ({', '.join('?' * len(COLUMNS[table]))})", _row(table, record))
 
-        cat.retrying(f"{table} {record}", insert)
+        cat.retrying(f"append to {table} of {self}", insert)
 
     # paths of the files a run's tasks write
     def _run(self, run_id: str, *parts: str) -> str:
