@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from . import console
 from .config import describe, module_doc, overrides, parse_overrides
-from .io import DiskFull
+from .io import Fault
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -56,7 +56,7 @@ def run_command(defaults: dict, body, argv=None, presets=None, tail: str = "") -
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:
-        if full := DiskFull.found_in(e):  # not a bug: said in words, without a traceback
-            print(f"error: {full}", file=sys.stderr)
+        if fault := Fault.found_in(e):  # not a bug: said in words, without a traceback
+            print(f"error: {fault}", file=sys.stderr)
             return 1
         raise

@@ -36,7 +36,7 @@ from safetensors.numpy import save as st_save
 
 from .backbones.base import IMAGENET_MEAN
 from .console import Progress, quiet_ray_data
-from .io import DiskFull, join, list_files, read_bytes, read_head, versions, write_bytes
+from .io import Fault, join, list_files, read_bytes, read_head, versions, write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -475,8 +475,8 @@ def extract_features(todo, conf, backbone_conf, image_size: int, cache_root: str
                     bar.update(len(batch))
                 break
             except ray.exceptions.RayError as e:
-                if full := DiskFull.found_in(e):  # another pass would fill it again
-                    raise full from None
+                if fault := Fault.found_in(e):  # e.g. a full disk: another pass would fill it again
+                    raise fault from None
                 reported = set(pd.concat(out)["image_id"]) if out else set()
                 todo = stale_features(todo.drop(columns="cached", errors="ignore"), cache_root, fingerprint, conf.flips)
                 todo = todo[~todo["image_id"].isin(reported)]

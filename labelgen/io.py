@@ -69,7 +69,27 @@ TRANSIENT = re.compile(r"HTTP status 5\d\d|slow_?down|SERVICE_UNAVAILABLE|Reques
 ATTEMPTS = 6
 
 
-class DiskFull(OSError):
+class Fault(OSError):
+    """A fault of the machine or a server, not of the input or the code: the entry points
+    say it in words (no traceback) and exit 1; the same command resumes once it is fixed."""
+
+    @classmethod
+    def found_in(cls, e: BaseException) -> "Fault | None":
+        """The fault behind an error: itself, its causes, or (from a Ray Data worker, which
+        passes on only the text) one named in its message."""
+        seen = e
+        while seen is not None:
+            cause = getattr(seen, "cause", None)  # a Ray task's error is also an instance of its cause's class
+            if isinstance(seen, cls):
+                return cause if isinstance(cause, cls) else seen
+            seen = cause or seen.__cause__ or seen.__context__
+        for kind in cls.__subclasses__():
+            if m := re.search(rf"{kind.__name__}: (.+)", str(e)):
+                return kind(m.group(1))
+        return None
+
+
+class DiskFull(Fault):
     """No space left where a file is written: says where, how much was free and needed."""
 
     @classmethod
@@ -81,18 +101,6 @@ class DiskFull(OSError):
         return cls(f"{folder}: no space left on its disk ({free:,} bytes free, {needed:,} needed for "
                    f"{os.path.basename(path)}); free space there (or give the store or cache another folder), then run "
                    "the same command again: a run resumes with its run_id")
-
-    @classmethod
-    def found_in(cls, e: BaseException) -> "DiskFull | None":
-        """The DiskFull behind an error: itself, its causes, or (from a Ray Data worker, which
-        passes on only the text) one named in its message."""
-        seen = e
-        while seen is not None:
-            if isinstance(seen, cls):
-                return getattr(seen, "cause", None) if isinstance(getattr(seen, "cause", None), cls) else seen
-            seen = getattr(seen, "cause", None) or seen.__cause__ or seen.__context__
-        m = re.search(rf"{cls.__name__}: (.+)", str(e))
-        return cls(m.group(1)) if m else None
 
 
 class Incomplete(OSError):

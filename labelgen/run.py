@@ -31,7 +31,7 @@ from .cli import run_command
 from .config import config_hash, parse_overrides
 from .console import Progress, Stages
 from .features import cache_uri, extract_features, load_features, stale_features, with_versions
-from .io import DiskFull, join, read_bytes
+from .io import Fault, join, read_bytes
 from .manifest import read_manifest
 from .sphere import default_conf as sphere_conf
 from .sphere import map_image
@@ -539,7 +539,7 @@ def label(conf) -> int:
         counts = execute(run)
     except BaseException as e:
         try:
-            run.store.fail_run(run.run_id, f"{type(e).__name__}: {DiskFull.found_in(e) or e}")
+            run.store.fail_run(run.run_id, f"{type(e).__name__}: {Fault.found_in(e) or e}")
         except Exception as why:  # e.g. the catalog's disk is the one that is full
             log.warning("run %s: could not record its failure (%s); it stays incomplete", run.run_id, str(why).splitlines()[0])
         raise

@@ -101,41 +101,53 @@ def s3_server():
     server.stop()
 
 
+class PostgresServer:
+    """A PostgreSQL server (Debian's `postgresql`) in a temp folder on 127.0.0.1, trust auth;
+    calling it makes a database and returns its `catalog=postgres:...` string."""
+
+    def __init__(self, bindir: str):
+        import shutil
+        import tempfile
+
+        self.bindir, self.root, self.port = bindir, tempfile.mkdtemp(prefix="labelgen-pg-"), free_port()
+        self.as_user = []
+        if os.getuid() == 0:  # the server refuses to run as root
+            shutil.chown(self.root, "postgres")
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        self.dsn = f"host=127.0.0.1 port={self.port} user=labelgen"
+        self.pg("initdb", "-D", f"{self.root}/data", "-A", "trust", "-U", "labelgen", "--no-sync")
+        self.start()
+
+    def pg(self, tool, *args):
+        import subprocess
+
+        subprocess.run([*self.as_user, os.path.join(self.bindir, tool), *args], check=True, capture_output=True, text=True)
+
+    def start(self):
+        self.pg("pg_ctl", "-D", f"{self.root}/data", "-l", f"{self.root}/log", "-w", "start",
+                "-o", f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off")
+
+    def stop(self, mode: str = "fast"):
+        self.pg("pg_ctl", "-D", f"{self.root}/data", "-m", mode, "-w", "stop")
+
+    def __call__(self, name: str) -> str:
+        self.pg("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "labelgen", name)
+        return f"postgres:{self.dsn} dbname={name}"
+
+
 @pytest.fixture(scope="session")
 def postgres():
-    """A PostgreSQL server (Debian's `postgresql`, which .ci/run installs) in a temp folder on
-    127.0.0.1, trust auth; yields `new_catalog(name)`, which makes a database and returns
-    its `catalog=postgres:...` string. Stopped after the session."""
+    """The session's PostgreSQL server (.ci/run installs it): `postgres(name)` makes a
+    database and returns its `catalog=postgres:...`; stop() and start() it to test outages."""
     import glob
     import shutil
-    import subprocess
-    import tempfile
 
     bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
     if not bins:
         if os.environ.get("LABELGEN_POSTGRES_TESTS"):
             pytest.fail("LABELGEN_POSTGRES_TESTS is set but no PostgreSQL server is installed")
         pytest.skip("PostgreSQL is not installed (Debian package postgresql; .ci/run installs it)")
-    bindir = os.path.dirname(bins[-1])
-    root = tempfile.mkdtemp(prefix="labelgen-pg-")
-    as_user = []
-    if os.getuid() == 0:  # the server refuses to run as root
-        shutil.chown(root, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    port = free_port()
-
-    def pg(tool, *args):
-        subprocess.run([*as_user, os.path.join(bindir, tool), *args], check=True, capture_output=True, text=True)
-
-    pg("initdb", "-D", f"{root}/data", "-A", "trust", "-U", "labelgen", "--no-sync")
-    pg("pg_ctl", "-D", f"{root}/data", "-l", f"{root}/log", "-w", "start",
-       "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off")
-    dsn = f"host=127.0.0.1 port={port} user=labelgen"
-
-    def new_catalog(name: str) -> str:
-        pg("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "labelgen", name)
-        return f"postgres:{dsn} dbname={name}"
-
-    yield new_catalog
-    pg("pg_ctl", "-D", f"{root}/data", "-m", "immediate", "stop")
-    shutil.rmtree(root, ignore_errors=True)
+    server = PostgresServer(os.path.dirname(bins[-1]))
+    yield server
+    server.stop("immediate")
+    shutil.rmtree(server.root, ignore_errors=True)

@@ -252,3 +252,21 @@ def test_a_full_disk_fails_in_words_leaves_nothing_visible_and_the_run_resumes_o
         assert labels_of(str(store), "full").equals(labels_of(reference, "one"))
     finally:
         subprocess.run(["umount", "-l", str(disk)])
+
+
+@pytest.mark.slow
+def test_a_postgresql_restart_during_a_run_is_waited_out_and_the_labels_are_those_of_an_undisturbed_run(
+        concurrent_runs, tiny_demo, tmp_path, postgres):
+    reference, _ = concurrent_runs
+    store = tmp_path / "store"
+    proc = start([*tiny_demo_args(tiny_demo), f"store={store}", "run_id=restart", f"catalog={postgres('restart')}"])
+    deadline = time.time() + 300
+    while not (store / "runs" / "restart" / "labels").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)  # the vote writes its labels: the commit comes next
+    assert proc.poll() is None, "the run ended before the vote"
+    postgres.stop()
+    time.sleep(4)
+    postgres.start()
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, out[-3000:]
+    assert labels_of(str(store), "restart").equals(labels_of(reference, "one"))

@@ -1,5 +1,6 @@
 import json
 import re
+import threading
 from pathlib import Path
 
 import duckdb
@@ -325,3 +326,21 @@ def test_check_names_a_deleted_or_damaged_data_file_with_its_run_and_reports_say
     assert "restore it from a backup" in out and "run(s) r1, r2 committed still reads" in out
     with pytest.raises(ValueError, match=f"the data file .* of run r[12] is missing or damaged .*labelgen.store check"):
         run_sql(store.uri, "SELECT count(*) FROM labels JOIN images USING (run_id)", catalog=store.catalog)
+
+
+def test_a_commit_waits_for_a_restarting_catalog_server_and_says_so_when_it_stays_away(postgres, tmp_path, monkeypatch):
+    store = LabelStore(str(tmp_path / "store"), catalog=postgres("restarting"))
+    begin(store, "r1")
+    store.write_category("r1", "cat", labels("r1", 5), images("r1"), {"labels": 5})
+    postgres.stop()
+    threading.Timer(3.0, postgres.start).start()  # a restart: down for a few seconds
+    store.commit("r1", {"labels": 5}, [])
+    assert count(store, "SELECT status, (SELECT count(*) FROM labels) FROM runs") == [("committed", 5)]
+
+    monkeypatch.setattr(catalog, "ATTEMPTS", 3)
+    postgres.stop()
+    try:
+        with pytest.raises(catalog.CatalogUnreachable, match=r"the catalog's server did not answer for \d+ s .*start it"):
+            store.update_run("r1", status="x")
+    finally:
+        postgres.start()

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 
 import duckdb
 
-from ..io import DiskFull, exists, filesystem, is_remote, join, read_bytes, write_bytes
+from ..io import DiskFull, Fault, exists, filesystem, is_remote, join, read_bytes, write_bytes
 from . import extensions
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,10 @@ MARKER = "catalog.json"
 # SQLite admits one writer at a time; a losing transaction fails whole and leaves nothing
 CONFLICT = re.compile(r"database is locked|busy|conflict|could not serialize|deadlock", re.IGNORECASE)
 FULL = re.compile(r"no space left|disk is full|could not extend file", re.IGNORECASE)  # SQLite, DuckDB, PostgreSQL
-ATTEMPTS = 12
+# a PostgreSQL catalog's server restarting or away: the whole transaction is tried again
+UNREACHABLE = re.compile(r"unable to connect to postgres|connection refused|server closed the connection|"
+                         r"terminating connection|no connection to the server", re.IGNORECASE)
+ATTEMPTS = 12  # about 15 s of backoff after conflicts, 30 s while the server is unreachable
 BUSY_TIMEOUT_MS = 10_000
 
 
@@ -149,8 +152,8 @@ def attach(uri: str, catalog: str | None = None, *, read_only: bool = False, sna
             con.execute(sql)
     except duckdb.Error as e:
         con.close()
-        if is_conflict(e):
-            raise  # a writer's lock: the caller's retry waits it out
+        if is_conflict(e) or UNREACHABLE.search(str(e)):
+            raise  # a writer's lock, a server restarting: the caller's retry waits it out
         what = "snapshot " + str(snapshot) + " of " if snapshot is not None else ""
         raise RuntimeError(f"could not open {what}the catalog {_public(spec)} of store {uri}: {e}") from None
     if create and not exists(join(uri, MARKER)):
@@ -176,19 +179,39 @@ def transaction(con: duckdb.DuckDBPyConnection):
         raise
 
 
+class CatalogUnreachable(Fault):
+    """The catalog's server did not answer through every retry."""
+
+
 def retrying(what: str, attempt, committed=lambda: False):
-    """attempt() (one whole transaction), again after a lock conflict, unless committed()
-    says the failed try did commit after all; backoff 0.05 s doubling to 2 s."""
+    """attempt() (one whole transaction), again after a lock conflict or while the catalog's
+    server is unreachable, unless committed() says the failed try did commit after all;
+    backoff 0.05 s doubling to 2 s (5 s for the server)."""
+    t0 = time.monotonic()
     for n in range(ATTEMPTS):
         try:
             return attempt()
         except duckdb.Error as e:
+            first = str(e).splitlines()[0]
             if FULL.search(str(e)):
-                raise DiskFull(f"{what}: the catalog's disk is full ({str(e).splitlines()[0]}); free space where the "
-                               "catalog lives, then run the same command again: a run resumes with its run_id") from None
-            if n == ATTEMPTS - 1 or not is_conflict(e):
+                raise DiskFull(f"{what}: the catalog's disk is full ({first}); free space where the catalog lives, "
+                               "then run the same command again: a run resumes with its run_id") from None
+            away = bool(UNREACHABLE.search(str(e)))
+            if away and n == ATTEMPTS - 1:
+                raise CatalogUnreachable(f"{what}: the catalog's server did not answer for {time.monotonic() - t0:.0f} s "
+                                         f"({first}); start it or mend the network, then run the same command again: a "
+                                         "run resumes with its run_id") from None
+            if n == ATTEMPTS - 1 or not (away or is_conflict(e)):
                 raise
-            if committed():
+            if _landed(committed):
                 return None
-            log.info("%s: %s; trying again (%d of %d)", what, str(e).splitlines()[0], n + 2, ATTEMPTS)
-            time.sleep(min(2.0, 0.05 * 2**n))
+            log.info("%s: %s; trying again (%d of %d)", what, first, n + 2, ATTEMPTS)
+            time.sleep(min(5.0 if away else 2.0, 0.05 * 2**n))
+
+
+def _landed(committed) -> bool:
+    """Whether a failed try committed after all; unknown (so: no) while the server is away."""
+    try:
+        return committed()
+    except (duckdb.Error, CatalogUnreachable):
+        return False
