@@ -5,10 +5,11 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
-from conftest import free_port, tiny_demo_args
+from conftest import tiny_demo_args
 from labelgen.labels import LABEL_SCHEMA
 from labelgen.store import LabelStore
 
@@ -101,17 +102,21 @@ def test_ray_job_submit_against_a_local_head(tiny_demo, tmp_path):
     Ray turns token authentication on for local clusters; the client opts in with
     RAY_AUTH_MODE=token and finds the head's token in ~/.ray/auth_token.
     """
-    gcs, dashboard = free_port(), free_port()
+    from cluster.local_up import OWNER, free_ports, take_down
+
+    home = tempfile.mkdtemp(prefix="labelgen-head-")  # its own temp dir and ports: only it is stopped at the end
+    gcs, dashboard, client, agent = free_ports(4)
     bin_dir = os.path.dirname(sys.executable)
     env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token", "RAY_ADDRESS": ""}
     ray = os.path.join(bin_dir, "ray")
-    start = subprocess.run(
-        [ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dashboard}", "--num-cpus=2", "--disable-usage-stats"],
-        capture_output=True, text=True, timeout=180, env={**os.environ, **env},
-    )
-    assert start.returncode == 0, start.stderr[-3000:]
     try:
+        start = subprocess.run(
+            [ray, "start", "--head", f"--temp-dir={home}/ray", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--ray-client-server-port={client}",
+             f"--dashboard-agent-listen-port={agent}", "--num-cpus=2", "--disable-usage-stats"],
+            capture_output=True, text=True, timeout=180, env={**os.environ, **env, OWNER: home},
+        )
+        assert start.returncode == 0, start.stderr[-3000:]
         store = tmp_path / "store"
         job = subprocess.run(
             [ray, "job", "submit", f"--address=http://127.0.0.1:{dashboard}", "--",
@@ -125,7 +130,7 @@ def test_ray_job_submit_against_a_local_head(tiny_demo, tmp_path):
         assert con.execute("SELECT count(*) FROM labels").fetchone()[0] > 1000
         con.close()
     finally:
-        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120, env={**os.environ, **env})
+        assert take_down(home) == []
 
 
 def test_a_run_on_a_postgresql_catalog_is_found_again_by_every_reader(tiny_demo, tmp_path, postgres):
