@@ -18,10 +18,7 @@ Variants (--variant):
   ducklake  DuckLake's own commit retry on (`ducklake_max_retry_count` 10, its default),
             the store's whole-transaction retry around it: the store before its fix
   store     the store's settings exactly (`ducklake_max_retry_count` 0, `catalog.retrying`)
-  proposed  the store's settings, and a unique violation in the catalog (two commits that
-            took the same snapshot id) counted as a conflict too (`PROPOSED_CONFLICT`)
   both      ducklake and store, round by round
-  all       all three, round by round
 
 What fails: DuckLake 1.4 (extension 3f1b372) rewrites a commit's data files in place to the
 name-map ids of its first try; a retry writes the maps under new ids and leaves the files
@@ -35,9 +32,10 @@ store. `--reduced` runs the smallest script that shows it (plain duckdb, two con
 Measured here (2 shared cores, 3 writers x 1 run, the defaults otherwise): DuckLake's retry
 damaged 10 of 60 stores (the first in trial 3; every one `Unknown name map id` in
 label_history and label_pairs read with another table's map: wrong values, no error), and
-REPAIR restored all 10; the store's settings damaged none of 230 (371 serialization
-failures, each redone whole). With a trainer beside them, 8 of 30 conflicts were unique
-violations the store's regex does not retry (runs failed); `proposed` retried all of them.
+`python -m labelgen.store repair` restored all 10; the store's settings damaged none of 230
+(371 serialization failures, each redone whole). With a trainer beside them, 8 of 30
+conflicts were unique violations on the snapshot id that the store did not retry then (runs
+failed); counted as conflicts since (catalog.CONFLICT), all 46 of 20 trials were redone.
 """
 
 import argparse
@@ -58,49 +56,15 @@ import tempfile
 import time
 from collections import Counter
 
-try:
-    from labelgen.cli import HelpFormatter
-except ImportError:  # pragma: no cover
-    HelpFormatter = argparse.ArgumentDefaultsHelpFormatter
+from labelgen.cli import HelpFormatter
 
-VARIANTS = {"ducklake": ["ducklake"], "store": ["store"], "proposed": ["proposed"], "both": ["ducklake", "store"],
-            "all": ["ducklake", "store", "proposed"]}
+VARIANTS = {"ducklake": ["ducklake"], "store": ["store"], "both": ["ducklake", "store"]}
 STORE_RETRY = "SET ducklake_max_retry_count = 0"  # the line of catalog.statements that variant ducklake changes
 DUCKLAKE_RETRY = "SET ducklake_max_retry_count = 10"  # DuckLake's default
-# the proposal for catalog.CONFLICT: PostgreSQL's unique violation of two commits that took the same
-# snapshot (or data file) id, which the store's own regex does not count as a conflict
-PROPOSED_CONFLICT = r'|duplicate key value violates unique constraint "ducklake_|UNIQUE constraint failed: ducklake_'
 PG_ERRORS = {"serialization": "could not serialize access", "unique": "duplicate key value violates unique constraint",
              "deadlock": "deadlock detected"}
 CATEGORIES = ("cat", "dog")
 LOCKER_APP = "catalog-stress-locker"
-
-# A data file (of any snapshot) whose mapping_id is no name map of its own table: reading the
-# table fails (`Unknown name map id`) or, were the id another table's map, maps the wrong columns.
-# Catalog rows only, no data file opened: cheap enough for every open. Tables of the PostgreSQL
-# database (DuckDB: prefix them with __ducklake_metadata_lake.).
-DAMAGED_FILES = """
-SELECT f.data_file_id, f.table_id, f.mapping_id, f.begin_snapshot
-FROM {m}ducklake_data_file f
-WHERE f.mapping_id IS NOT NULL
-  AND NOT EXISTS (SELECT 1 FROM {m}ducklake_column_mapping c WHERE c.mapping_id = f.mapping_id AND c.table_id = f.table_id)
-ORDER BY f.data_file_id"""
-
-# The repair, in the catalog's PostgreSQL database, in one transaction: point each damaged file at
-# the name map its own commit wrote for its table (the retry's: ids from the previous snapshot's
-# next_file_id up to the file's own id, the maps allocated before the files). Then DAMAGED_FILES
-# must be empty and every table readable; nothing else in the catalog is wrong (the data files,
-# their stats and snapshot are the commit's own).
-REPAIR = """
-BEGIN;
-UPDATE ducklake_data_file f
-SET mapping_id = (SELECT max(c.mapping_id) FROM ducklake_column_mapping c
-                  WHERE c.table_id = f.table_id AND c.mapping_id < f.data_file_id
-                    AND c.mapping_id >= (SELECT s.next_file_id FROM ducklake_snapshot s WHERE s.snapshot_id = f.begin_snapshot - 1))
-WHERE f.mapping_id IS NOT NULL
-  AND NOT EXISTS (SELECT 1 FROM ducklake_column_mapping c WHERE c.mapping_id = f.mapping_id AND c.table_id = f.table_id);
-COMMIT;
-"""
 
 # The smallest script: plain duckdb 1.4.4 and the extensions of the duckdb-ext-* wheels, two
 # connections. argv: a libpq string of an empty database, DuckLake's max retry count.
@@ -253,8 +217,8 @@ def set_variant(variant: str):
     from labelgen.store import catalog as cat
 
     if not hasattr(cat, "_stress_original"):
-        cat._stress_original = (cat.statements, cat.CONFLICT)
-    statements, conflict = cat._stress_original
+        cat._stress_original = cat.statements
+    statements = cat._stress_original
     if STORE_RETRY not in statements("/nonexistent", "postgres:dbname=x"):
         raise RuntimeError(f"catalog.statements no longer has {STORE_RETRY!r}: update benchmarks/catalog_stress.py")
 
@@ -262,7 +226,6 @@ def set_variant(variant: str):
         return [DUCKLAKE_RETRY if s == STORE_RETRY else s for s in statements(*args, **kwargs)]
 
     cat.statements = with_ducklake_retry if variant == "ducklake" else statements
-    cat.CONFLICT = re.compile(conflict.pattern + PROPOSED_CONFLICT, conflict.flags) if variant == "proposed" else conflict
 
 
 class Retries(logging.Handler):
@@ -432,13 +395,18 @@ def check_store(uri: str, catalog: str, committed_by_writers: set[str], attempte
     import duckdb
 
     from labelgen.store import LabelStore
+    from labelgen.store import catalog as cat
+    from labelgen.store.check import damaged_files
     from labelgen.store.schema import DATA_TABLES, LOG_TABLES, VIEWS
 
     problems, out = [], {"damaged_files": None}
     try:
-        con = LabelStore(uri, catalog).connect()
+        raw = cat.attach(uri, catalog, read_only=True)
+        out["damaged_files"] = damaged_files(raw)
+        raw.close()
+        con = LabelStore(uri, catalog).connect()  # refuses a damaged store, naming the repair
     except Exception as e:  # noqa: BLE001
-        return {"problems": [f"open: {e}"], "damaged_files": None, "committed": set()}
+        return {"problems": [f"open: {e}"], "damaged_files": out["damaged_files"], "committed": set()}
     try:
         def q(sql):
             try:
@@ -447,7 +415,6 @@ def check_store(uri: str, catalog: str, committed_by_writers: set[str], attempte
                 problems.append(f"{sql.split(' FROM ')[-1][:40]}: {str(e).strip().splitlines()[0][:200]}")
                 return None
 
-        out["damaged_files"] = q(DAMAGED_FILES.format(m="__ducklake_metadata_lake."))
         for name in [*DATA_TABLES, *LOG_TABLES, *VIEWS]:
             q(f"SELECT count(*), count(COLUMNS(*)) FROM {name}")  # every column of every row
         for name in DATA_TABLES:
@@ -504,11 +471,12 @@ def pg_errors(log: str, offset: int) -> tuple[dict, int]:
 
 
 def repair(catalog: str, uri: str) -> dict:
-    """REPAIR on a damaged catalog, then DAMAGED_FILES and every table again."""
-    before = psql(catalog, DAMAGED_FILES.format(m="")).stdout.strip()
-    psql(catalog, REPAIR)
-    after = psql(catalog, DAMAGED_FILES.format(m="")).stdout.strip()
-    return {"damaged_before": before.count("\n") + bool(before), "damaged_after": after.count("\n") + bool(after)}
+    """The store's repair (python -m labelgen.store repair) on a damaged catalog."""
+    from labelgen.store import LabelStore
+    from labelgen.store.check import repair as mend_store
+
+    done = mend_store(LabelStore(uri, catalog))
+    return {"damaged_before": done["repaired"] + len(done["left"]), "damaged_after": len(done["left"])}
 
 
 def one_round(n: int, variant: str, a, pool: Pool, pg_catalog, pg_log: str | None, log_offset: int,

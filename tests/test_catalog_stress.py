@@ -11,20 +11,35 @@ import pytest
 
 from benchmarks import catalog_stress as cs
 from labelgen.store import extensions
+from labelgen.store.check import damaged_files, mend
 
 BUGGY_DUCKLAKE = {"3f1b372"}  # extension versions with the retry's stale name-map ids (fixed upstream in 1f1d1b97)
 
 
+def attach(catalog: str, read_only: bool = True):
+    """The reduced script's DuckLake (not a labelgen store) attached as lake."""
+    con = extensions.connect()
+    for name in ("ducklake", "postgres_scanner"):
+        con.execute(f"LOAD '{extensions.extension_path(name)}'")
+    con.execute(f"ATTACH 'ducklake:{catalog}' AS lake {'(READ_ONLY)' if read_only else ''}")
+    return con
+
+
 def read_t(catalog: str) -> str:
     """The reduced script's table t, read from a fresh connection: its row count, or the error."""
-    con = extensions.connect()
+    con = attach(catalog)
     try:
-        for name in ("ducklake", "postgres_scanner"):
-            con.execute(f"LOAD '{extensions.extension_path(name)}'")
-        con.execute(f"ATTACH 'ducklake:{catalog}' AS lake (READ_ONLY)")
         return str(con.execute("SELECT count(*), sum(a) FROM lake.t").fetchone())
     except duckdb.Error as e:
         return f"error: {e}"
+    finally:
+        con.close()
+
+
+def damaged(catalog: str) -> list:
+    con = attach(catalog)
+    try:
+        return damaged_files(con)
     finally:
         con.close()
 
@@ -40,14 +55,14 @@ def test_ducklakes_own_retry_leaves_files_naming_lost_name_maps_and_the_repair_r
     catalog = postgres("stress_reduced_retry")
     out = reduced(catalog, 10)
     version = re.search(r"ducklake (\w+)", out).group(1)
-    damaged = cs.psql(catalog, cs.DAMAGED_FILES.format(m="")).stdout.split()
     if version not in BUGGY_DUCKLAKE:
-        assert "read: ok" in out and not damaged, out
+        assert "read: ok" in out and not damaged(catalog), out
         pytest.skip(f"DuckLake {version} keeps its name maps through a retry")
     assert "commit: landed" in out and "Unknown name map id" in out, out
-    assert damaged and "Unknown name map id" in read_t(catalog)  # the cheap check (catalog rows only) finds it
-    cs.psql(catalog, cs.REPAIR)
-    assert cs.psql(catalog, cs.DAMAGED_FILES.format(m="")).stdout.strip() == ""
+    assert damaged(catalog) and "Unknown name map id" in read_t(catalog)  # the cheap check (catalog rows only) finds it
+    con = attach(catalog, read_only=False)
+    assert mend(con) == {"repaired": 1, "left": []}  # what python -m labelgen.store repair does
+    con.close()
     assert read_t(catalog) == "(1, 1)"  # the retried commit's row, readable again
 
 
@@ -55,7 +70,7 @@ def test_without_ducklakes_retry_the_losing_commit_fails_whole_and_the_catalog_s
     catalog = postgres("stress_reduced_no_retry")
     out = reduced(catalog, 0)
     assert "commit: failed" in out and "duplicate key value violates unique constraint" in out and "read: ok" in out, out
-    assert cs.psql(catalog, cs.DAMAGED_FILES.format(m="")).stdout.strip() == ""
+    assert damaged(catalog) == []
     assert read_t(catalog) == "(0, None)"  # nothing of the failed commit
 
 

@@ -344,3 +344,27 @@ def test_a_commit_waits_for_a_restarting_catalog_server_and_says_so_when_it_stay
             store.update_run("r1", status="x")
     finally:
         postgres.start()
+
+
+@pytest.mark.parametrize("store", ["local", "postgres"], indirect=True)
+def test_a_catalog_whose_files_name_lost_column_maps_is_refused_on_open_and_repaired(store, capsys):
+    from labelgen.store.__main__ import main
+
+    for run_id in ("r1", "r2"):
+        begin(store, run_id)
+        store.write_category(run_id, "cat", labels(run_id, 5), images(run_id), {"labels": 5})
+        store.commit(run_id, {"labels": 5}, [])
+    (first,), = count(store, "SELECT snapshot FROM runs WHERE run_id = 'r1'")
+    con = catalog.attach(store.uri, store.catalog)  # a first file naming a lost map: what DuckLake 1.4's retry leaves
+    con.execute("UPDATE __ducklake_metadata_lake.ducklake_data_file SET mapping_id = mapping_id + 1000 WHERE data_file_id = "
+                "(SELECT min(data_file_id) FROM __ducklake_metadata_lake.ducklake_data_file WHERE mapping_id IS NOT NULL)")
+    con.close()
+    with pytest.raises(RuntimeError, match=r"the catalog is damaged: 1 data file\(s\) .* labelgen.store repair --store"):
+        store.connect()
+    args = ["--store", store.uri, *([f"--catalog={store.catalog}"] if store.catalog else [])]
+    assert main(["check", *args]) == 1 and "the catalog is damaged" in capsys.readouterr().out
+    store.connect(snapshot=first - 1).close()  # the store before the damaged commit still reads
+    assert main(["repair", *args]) == 0
+    assert "1 data file(s) repaired" in capsys.readouterr().out
+    assert count(store, "SELECT run_id, count(*), sum(n_fg) FROM images GROUP BY 1 ORDER BY 1") == [("r1", 2, 22), ("r2", 2, 22)]
+    assert count(store, "SELECT run_id, count(*) FROM label_history GROUP BY 1 ORDER BY 1") == [("r1", 5), ("r2", 5)]

@@ -6,6 +6,8 @@
         compact small files, expire old snapshots (not those a model pinned), delete unused files
     python -m labelgen.store check [--store labelstore] [--catalog C]
         check that the catalog and every table read and that no data file is missing or damaged
+    python -m labelgen.store repair [--store labelstore] [--catalog C]
+        mend a catalog that `check` found damaged (data files naming column maps their table lacks)
     python -m labelgen.store attach [--store labelstore] [--catalog C] [--at SNAPSHOT]
         print the SQL that opens the store (read-only) in any DuckDB 1.4.4, e.g. the CLI:
         duckdb -cmd "$(python -m labelgen.store attach)"
@@ -19,7 +21,7 @@ import sys
 from ..cli import USAGE_ERRORS, HelpFormatter
 from . import catalog as cat
 from .catalog import resolve_catalog, statements
-from .check import check, describe
+from .check import check, describe, repair
 from .lake import LabelStore
 from .maintain import maintain
 from .migrate import migrate
@@ -54,6 +56,14 @@ def parser() -> argparse.ArgumentParser:
                                         "file and its run, and what to do; exits 1 when anything is wrong. Read-only.")
     c.add_argument("--store", metavar="URI", default="labelstore", help="the store: a folder or s3://bucket/prefix")
     c.add_argument("--catalog", metavar="C", default=argparse.SUPPRESS, help=CATALOG_HELP.format("the store's own, catalog.json"))
+    r = commands.add_parser("repair", help="mend data files that name column maps their table lacks",
+                            formatter_class=HelpFormatter,
+                            description="DuckLake 1.4's own commit retry can leave a commit's data files naming column\n"
+                                        "maps of its first try, which a concurrent commit took (the store turns that retry\n"
+                                        "off). Points each such file at the map its own commit wrote, in one transaction,\n"
+                                        "then checks again. Stop writers first.")
+    r.add_argument("--store", metavar="URI", default="labelstore", help="the store: a folder or s3://bucket/prefix")
+    r.add_argument("--catalog", metavar="C", default=argparse.SUPPRESS, help=CATALOG_HELP.format("the store's own, catalog.json"))
     o = commands.add_parser("attach", help="print the SQL that opens the store in the DuckDB CLI", formatter_class=HelpFormatter,
                             description="Print the statements that load the extensions from the installed wheels, set up\n"
                                         "S3 credentials (the AWS chain) where the store is on S3, and attach the store\n"
@@ -75,6 +85,16 @@ def main(argv=None) -> int:
         elif a.command == "check":
             store = LabelStore(a.store, getattr(a, "catalog", None))
             cat.resolve_catalog(store.uri, store.catalog, create=False)  # no store there: said as a usage error
+            report = check(store)
+            print(describe(store, report))
+            return 1 if report["problems"] else 0
+        elif a.command == "repair":
+            store = LabelStore(a.store, getattr(a, "catalog", None))
+            cat.resolve_catalog(store.uri, store.catalog, create=False)
+            done = repair(store)
+            print(f"store {store}: {done['repaired']} data file(s) repaired"
+                  + (f"; {len(done['left'])} without a map of their commit: restore the catalog from a backup, or read "
+                     "an earlier snapshot (--at)" if done["left"] else ""))
             report = check(store)
             print(describe(store, report))
             return 1 if report["problems"] else 0

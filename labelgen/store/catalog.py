@@ -33,8 +33,11 @@ from . import extensions
 
 log = logging.getLogger(__name__)
 MARKER = "catalog.json"
-# SQLite admits one writer at a time; a losing transaction fails whole and leaves nothing
-CONFLICT = re.compile(r"database is locked|busy|conflict|could not serialize|deadlock", re.IGNORECASE)
+# SQLite admits one writer at a time; a losing transaction fails whole and leaves nothing. Without
+# DuckLake's own retry a commit that lost to one on other tables fails on the snapshot's key instead
+CONFLICT = re.compile(r"database is locked|busy|conflict|could not serialize|deadlock|"
+                      r'duplicate key value violates unique constraint "ducklake_|UNIQUE constraint failed: ducklake_',
+                      re.IGNORECASE)
 FULL = re.compile(r"no space left|disk is full|could not extend file", re.IGNORECASE)  # SQLite, DuckDB, PostgreSQL
 # a PostgreSQL catalog's server restarting or away: the whole transaction is tried again
 UNREACHABLE = re.compile(r"unable to connect to postgres|connection refused|server closed the connection|"

@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 from .. import __version__
 from ..io import delete_dir, exists, filesystem, is_remote, join, list_files, read_bytes, write_bytes
 from . import catalog as cat
+from .check import damaged_files, damaged_message
 from .functions import register
 from .schema import (BAD_INPUT_SCHEMA, COLUMNS, COMMIT_MESSAGE, DATA_TABLES, JSON_COLUMNS, LABEL_SCHEMA, LOG_TABLES,
                      VIEWS, pair_table)
@@ -484,6 +485,9 @@ class LabelStore:
         views of the store, and the functions true_xy and part_truth. It cannot write, nor
         read any file outside the store and its catalog."""
         con = cat.retrying(f"open {self}", lambda: cat.attach(self.uri, self.catalog, read_only=True, snapshot=snapshot))
+        if damaged := damaged_files(con, snapshot):
+            con.close()
+            raise RuntimeError(damaged_message(self, damaged))
         allowed = [join(self.uri, "")]
         sqlite = cat.sqlite_file(self.uri, cat.resolve_catalog(self.uri, self.catalog, create=False))
         if sqlite:
