@@ -19,7 +19,6 @@ import argparse
 import sys
 
 from ..cli import USAGE_ERRORS, HelpFormatter
-from . import catalog as cat
 from .catalog import resolve_catalog, statements
 from .check import check, describe, repair
 from .lake import LabelStore
@@ -27,6 +26,13 @@ from .maintain import maintain
 from .migrate import migrate
 
 CATALOG_HELP = "the catalog: postgres:<libpq string> or sqlite:<file> (default: {})"
+
+
+def store_options(command: argparse.ArgumentParser):
+    """--store and --catalog, for the commands on an existing store."""
+    command.add_argument("--store", metavar="URI", default="labelstore", help="the store: a folder or s3://bucket/prefix")
+    command.add_argument("--catalog", metavar="C", default=argparse.SUPPRESS,
+                         help=CATALOG_HELP.format("the store's own, catalog.json"))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -45,8 +51,7 @@ def parser() -> argparse.ArgumentParser:
                             description="Merge small data files, expire snapshots older than --older-than-days (never\n"
                                         "the latest, nor one a model pinned), and delete the files that were scheduled\n"
                                         "for deletion at least that long ago. Runs and readers may go on meanwhile.")
-    t.add_argument("--store", metavar="URI", default="labelstore", help="the store: a folder or s3://bucket/prefix")
-    t.add_argument("--catalog", metavar="C", default=argparse.SUPPRESS, help=CATALOG_HELP.format("the store's own, catalog.json"))
+    store_options(t)
     t.add_argument("--older-than-days", metavar="DAYS", type=float, default=7.0,
                    help="expire snapshots, and delete files unused, this long")
     c = commands.add_parser("check", help="check that the catalog, every table and every data file read",
@@ -54,22 +59,19 @@ def parser() -> argparse.ArgumentParser:
                             description="Open the catalog, read every table and view, and check every data file it lists:\n"
                                         "there, of the size it was registered with, with a Parquet footer. Names each bad\n"
                                         "file and its run, and what to do; exits 1 when anything is wrong. Read-only.")
-    c.add_argument("--store", metavar="URI", default="labelstore", help="the store: a folder or s3://bucket/prefix")
-    c.add_argument("--catalog", metavar="C", default=argparse.SUPPRESS, help=CATALOG_HELP.format("the store's own, catalog.json"))
+    store_options(c)
     r = commands.add_parser("repair", help="mend data files that name column maps their table lacks",
                             formatter_class=HelpFormatter,
                             description="DuckLake 1.4's own commit retry can leave a commit's data files naming column\n"
                                         "maps of its first try, which a concurrent commit took (the store turns that retry\n"
                                         "off). Points each such file at the map its own commit wrote, in one transaction,\n"
                                         "then checks again. Stop writers first.")
-    r.add_argument("--store", metavar="URI", default="labelstore", help="the store: a folder or s3://bucket/prefix")
-    r.add_argument("--catalog", metavar="C", default=argparse.SUPPRESS, help=CATALOG_HELP.format("the store's own, catalog.json"))
+    store_options(r)
     o = commands.add_parser("attach", help="print the SQL that opens the store in the DuckDB CLI", formatter_class=HelpFormatter,
                             description="Print the statements that load the extensions from the installed wheels, set up\n"
                                         "S3 credentials (the AWS chain) where the store is on S3, and attach the store\n"
                                         "read-only as `lake`: duckdb -cmd \"$(python -m labelgen.store attach)\"")
-    o.add_argument("--store", metavar="URI", default="labelstore", help="the store: a folder or s3://bucket/prefix")
-    o.add_argument("--catalog", metavar="C", default=argparse.SUPPRESS, help=CATALOG_HELP.format("the store's own, catalog.json"))
+    store_options(o)
     o.add_argument("--at", metavar="SNAPSHOT", type=int, help="open the store as it was at this snapshot")
     return p
 
@@ -82,26 +84,21 @@ def main(argv=None) -> int:
             print(f"migrated {s['runs']} runs ({s['committed']} committed, {s['failed']} failed, {s['incomplete']} "
                   f"incomplete), {s['labels']:,} labels, {s['models']} models, {s['spheres']} spherical mappers "
                   f"in {s['seconds']:.1f} s into {a.new}")
-        elif a.command == "check":
-            store = LabelStore(a.store, getattr(a, "catalog", None))
-            cat.resolve_catalog(store.uri, store.catalog, create=False)  # no store there: said as a usage error
-            report = check(store)
-            print(describe(store, report))
-            return 1 if report["problems"] else 0
-        elif a.command == "repair":
-            store = LabelStore(a.store, getattr(a, "catalog", None))
-            cat.resolve_catalog(store.uri, store.catalog, create=False)
-            done = repair(store)
-            print(f"store {store}: {done['repaired']} data file(s) repaired"
-                  + (f"; {len(done['left'])} without a map of their commit: restore the catalog from a backup, or read "
-                     "an earlier snapshot (--at)" if done["left"] else ""))
-            report = check(store)
-            print(describe(store, report))
-            return 1 if report["problems"] else 0
         elif a.command == "attach":
             store = LabelStore(a.store, getattr(a, "catalog", None))
             spec = resolve_catalog(store.uri, store.catalog, create=False)
             print(";\n".join(statements(store.uri, spec, read_only=True, snapshot=a.at)) + ";")
+        elif a.command in ("check", "repair"):
+            store = LabelStore(a.store, getattr(a, "catalog", None))
+            resolve_catalog(store.uri, store.catalog, create=False)  # no store there: said as a usage error
+            if a.command == "repair":
+                done = repair(store)
+                print(f"store {store}: {done['repaired']} data file(s) repaired"
+                      + (f"; {len(done['left'])} without a map of their commit: restore the catalog from a backup, or "
+                         "read an earlier snapshot (--at)" if done["left"] else ""))
+            report = check(store)
+            print(describe(store, report))
+            return 1 if report["problems"] else 0
         else:
             s = maintain(LabelStore(a.store, getattr(a, "catalog", None)), a.older_than_days)
             print(f"data files {s['files_before']} -> {s['files_after']}, {s['snapshots_expired']} snapshots expired, "
