@@ -80,7 +80,7 @@ def read_manifest(uri: str) -> pd.DataFrame:
     """Read, validate and resolve a manifest; relative URIs are taken from its folder."""
     parse = _parquet if _format(uri) == ".parquet" else _csv
     df = _checked(parse(uri, _read(uri)), uri, MAX_ERRORS)
-    base = posixpath.dirname(uri) if is_remote(uri) else posixpath.dirname(posixpath.abspath(uri))
+    base = posixpath.dirname(uri) if is_remote(uri) else posixpath.dirname(posixpath.abspath(uri.removeprefix("file://")))
     for col in LOCATIONS:
         if col in df.columns:
             df[col] = _resolved(df[col], base)

@@ -44,6 +44,11 @@ def test_csv_manifest_resolves_relative_uris(tmp_path):
     assert df["mask_uri"].tolist() == [f"{tmp_path}/masks/1.png", None]
 
 
+def test_a_file_uri_manifest_resolves_relative_uris_from_its_folder(tmp_path):
+    (tmp_path / "m.csv").write_text("image_id,uri,category\n1,img/1.png,dog\n")
+    assert read_manifest(f"file://{tmp_path}/m.csv")["uri"].tolist() == [f"{tmp_path}/img/1.png"]  # was <cwd>/file:<tmp_path>/...
+
+
 def test_unreadable_manifest_says_so(tmp_path):
     with pytest.raises(ManifestError, match="cannot be read"):
         read_manifest(str(tmp_path / "nope.parquet"))
