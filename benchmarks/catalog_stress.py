@@ -39,7 +39,6 @@ failed); counted as conflicts since (catalog.CONFLICT), all 46 of 20 trials were
 """
 
 import argparse
-import glob
 import json
 import logging
 import multiprocessing as mp
@@ -49,7 +48,6 @@ import random
 import re
 import signal
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -57,6 +55,8 @@ import time
 from collections import Counter
 
 from labelgen.cli import HelpFormatter
+
+from .postgres import PostgresServer, bindir
 
 VARIANTS = {"ducklake": ["ducklake"], "store": ["store"], "both": ["ducklake", "store"]}
 STORE_RETRY = "SET ducklake_max_retry_count = 0"  # the line of catalog.statements that variant ducklake changes
@@ -109,62 +109,6 @@ except duckdb.Error as e:
 
 # ---------------------------------------------------------------- the PostgreSQL server
 
-def postgres_bindir() -> str | None:
-    """The newest installed PostgreSQL server's bin folder (Debian's postgresql), or None."""
-    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=lambda p: int(re.findall(r"/(\d+)/bin/", p)[0]))
-    return os.path.dirname(bins[-1]) if bins else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class PostgresServer:
-    """A throwaway PostgreSQL server in a temp folder on 127.0.0.1, trust auth, user labelgen
-    (as the tests' `postgres` fixture starts it: initdb, pg_ctl start on a free port, as user
-    postgres via runuser when root). `settings`: more `-c name=value` for the server."""
-
-    def __init__(self, settings: dict | None = None, bindir: str | None = None):
-        self.bindir = bindir or postgres_bindir()
-        if self.bindir is None:
-            raise FileNotFoundError("PostgreSQL is not installed (Debian package postgresql)")
-        self.root = tempfile.mkdtemp(prefix="labelgen-pg-")
-        self.as_user = []
-        if os.getuid() == 0:  # the server refuses to run as root
-            shutil.chown(self.root, "postgres")
-            self.as_user = ["runuser", "-u", "postgres", "--"]
-        self.port = free_port()
-        self.log = os.path.join(self.root, "log")
-        self.dsn = f"host=127.0.0.1 port={self.port} user=labelgen"
-        options = {"listen_addresses": "127.0.0.1", "fsync": "off", **(settings or {})}
-        self._pg("initdb", "-D", f"{self.root}/data", "-A", "trust", "-U", "labelgen", "--no-sync")
-        self._pg("pg_ctl", "-D", f"{self.root}/data", "-l", self.log, "-w", "start",
-                 "-o", f"-p {self.port} -k {self.root} " + " ".join(f"-c {k}={v}" for k, v in options.items()))
-
-    def _pg(self, tool, *args):
-        return subprocess.run([*self.as_user, os.path.join(self.bindir, tool), *args], check=True, capture_output=True,
-                              text=True)
-
-    def new_catalog(self, name: str) -> str:
-        """A new database; its `catalog=postgres:...` string."""
-        self._pg("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "labelgen", name)
-        return f"postgres:{self.dsn} dbname={name}"
-
-    def stop(self):
-        try:
-            self._pg("pg_ctl", "-D", f"{self.root}/data", "-m", "immediate", "stop")
-        finally:
-            shutil.rmtree(self.root, ignore_errors=True)
-
-
-def start_postgres(settings: dict | None = None) -> PostgresServer:
-    """The server the tests' fixture and this benchmark share (tests/conftest.py can yield
-    `start_postgres().new_catalog`, then stop() it)."""
-    return PostgresServer(settings)
-
-
 def libpq(catalog: str) -> dict:
     """host, port, user, dbname of a `postgres:<libpq string>` catalog."""
     return dict(kv.split("=", 1) for kv in catalog.split(":", 1)[1].split())
@@ -178,8 +122,8 @@ def psql(catalog: str, sql: str, *, check=True, env=None, **popen) -> subprocess
 
 
 def psql_binary() -> str:
-    bindir = postgres_bindir()
-    path = os.path.join(bindir, "psql") if bindir else ""
+    where = bindir()
+    path = os.path.join(where, "psql") if where else ""
     return path if os.path.exists(path) else (shutil.which("psql") or "psql")
 
 
@@ -615,7 +559,7 @@ def reduced(server: PostgresServer) -> dict:
     """REDUCED with DuckLake's retry (10) and without (0), each on a fresh database."""
     out = {}
     for retries in (10, 0):
-        catalog = server.new_catalog(f"reduced_{retries}_{os.getpid()}")
+        catalog = server(f"reduced_{retries}_{os.getpid()}")
         p = subprocess.run([sys.executable, "-c", REDUCED, catalog.split(":", 1)[1], str(retries)], capture_output=True,
                            text=True, timeout=120)
         out[retries] = p.stdout + p.stderr[-2000:]
@@ -650,7 +594,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     a = parser().parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server and the writers on the way out
-    server = start_postgres({"log_line_prefix": "'%d '", "log_min_error_statement": "panic", "max_connections": 300})
+    server = PostgresServer({"log_line_prefix": "'%d '", "log_min_error_statement": "panic", "max_connections": 300})
     try:
         if a.reduced:
             for retries, text in reduced(server).items():
@@ -659,9 +603,9 @@ def main(argv=None) -> int:
         print(f"PostgreSQL {server.bindir.split('/')[-2]} on port {server.port}; {a.trials} trials of {a.variant}, "
               f"{a.writers} writers x {a.runs} runs, {a.trainers} trainers, spread {a.spread_ms} ms, jitter {a.jitter_ms} ms, "
               f"locker {a.hold_ms}/{a.gap_ms} ms", flush=True)
-        result = stress(a, server.new_catalog, server.log, progress=lambda s: print(s, flush=True))
+        result = stress(a, server, server.log, progress=lambda s: print(s, flush=True))
     finally:
-        server.stop()
+        server.close()
     print(render(result["summary"]))
     if a.json:
         with open(a.json, "w") as f:

@@ -1,5 +1,4 @@
 import os
-import socket
 import tempfile
 
 import pytest
@@ -45,12 +44,6 @@ def tiny_demo(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("demo")
     return build_demo({**TINY_DEMO, "root": str(root)})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def labels_of(store: str, run_id: str, categories=None):
@@ -101,53 +94,15 @@ def s3_server():
     server.stop()
 
 
-class PostgresServer:
-    """A PostgreSQL server (Debian's `postgresql`) in a temp folder on 127.0.0.1, trust auth;
-    calling it makes a database and returns its `catalog=postgres:...` string."""
-
-    def __init__(self, bindir: str):
-        import shutil
-        import tempfile
-
-        self.bindir, self.root, self.port = bindir, tempfile.mkdtemp(prefix="labelgen-pg-"), free_port()
-        self.as_user = []
-        if os.getuid() == 0:  # the server refuses to run as root
-            shutil.chown(self.root, "postgres")
-            self.as_user = ["runuser", "-u", "postgres", "--"]
-        self.dsn = f"host=127.0.0.1 port={self.port} user=labelgen"
-        self.pg("initdb", "-D", f"{self.root}/data", "-A", "trust", "-U", "labelgen", "--no-sync")
-        self.start()
-
-    def pg(self, tool, *args):
-        import subprocess
-
-        subprocess.run([*self.as_user, os.path.join(self.bindir, tool), *args], check=True, capture_output=True, text=True)
-
-    def start(self):
-        self.pg("pg_ctl", "-D", f"{self.root}/data", "-l", f"{self.root}/log", "-w", "start",
-                "-o", f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off")
-
-    def stop(self, mode: str = "fast"):
-        self.pg("pg_ctl", "-D", f"{self.root}/data", "-m", mode, "-w", "stop")
-
-    def __call__(self, name: str) -> str:
-        self.pg("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "labelgen", name)
-        return f"postgres:{self.dsn} dbname={name}"
-
-
 @pytest.fixture(scope="session")
 def postgres():
     """The session's PostgreSQL server (.ci/run installs it): `postgres(name)` makes a
     database and returns its `catalog=postgres:...`; stop() and start() it to test outages."""
-    import glob
-    import shutil
+    from benchmarks.postgres import PostgresServer, bindir
 
-    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
-    if not bins:
+    if bindir() is None:
         if os.environ.get("LABELGEN_POSTGRES_TESTS"):
             pytest.fail("LABELGEN_POSTGRES_TESTS is set but no PostgreSQL server is installed")
         pytest.skip("PostgreSQL is not installed (Debian package postgresql; .ci/run installs it)")
-    server = PostgresServer(os.path.dirname(bins[-1]))
-    yield server
-    server.stop("immediate")
-    shutil.rmtree(server.root, ignore_errors=True)
+    with PostgresServer() as server:
+        yield server
