@@ -532,6 +532,7 @@ def run_counts(run: Run, tuples: Tuples, bad: list, results: pd.DataFrame, wall:
 def label(conf) -> int:
     run = resolve(conf)
     if run.store.is_committed(run.run_id):
+        run.store.drop_candidates(run.run_id)
         print(f"run {run.run_id} is already committed in {run.store}; nothing to do")
         return 0
     log.info("run %s; if it stops, the same command with run_id=%s resumes it", run.run_id, run.run_id)

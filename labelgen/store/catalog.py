@@ -23,8 +23,9 @@ import json
 import logging
 import os
 import re
+import sqlite3
 import time
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 
 import duckdb
 
@@ -81,10 +82,30 @@ def resolve_catalog(uri: str, catalog: str | None, create: bool) -> str:
         raise ValueError(f"catalog={spec}: give postgres:<libpq string> (e.g. postgres:dbname=labels host=head), "
                          "sqlite:<file>, or nothing for catalog.sqlite in the store's folder")
     sqlite = sqlite_file(uri, spec)
-    if recorded is None and sqlite and os.path.exists(sqlite):
+    if recorded is None and sqlite and os.path.exists(sqlite) and not _begun_here(sqlite, uri):
         raise ValueError(f"store {uri} is new (no {MARKER}) but its catalog {sqlite} already exists, with the files of "
                          "another store: remove that file, or give another catalog=")
     return spec
+
+
+def _begun_here(sqlite: str, uri: str) -> bool:
+    """Is this SQLite catalog one that this store's creation began (cut short before its
+    catalog.json): no DuckLake metadata yet, or the store's own data path?"""
+    with closing(sqlite3.connect(f"file:{sqlite}?mode=ro", uri=True)) as db:
+        try:
+            row = db.execute("SELECT value FROM ducklake_metadata WHERE key = 'data_path'").fetchone()
+        except sqlite3.OperationalError:  # no DuckLake tables: ATTACH was cut short
+            return True
+    data = uri if is_remote(uri) else filesystem(uri)[1]
+    return row is not None and row[0].rstrip("/") == join(data, "lake").rstrip("/")
+
+
+def mark_created(uri: str, catalog: str | None):
+    """Write the store's catalog.json: its catalog, tables and views exist. Until then no
+    reader finds a store there, and the next writer completes what a cut-short one began."""
+    marker = join(uri, MARKER)
+    if not exists(marker):
+        write_bytes(marker, json.dumps({"catalog": _public(resolve_catalog(uri, catalog, create=True))}).encode())
 
 
 def sqlite_file(uri: str, spec: str) -> str | None:
@@ -159,8 +180,6 @@ def attach(uri: str, catalog: str | None = None, *, read_only: bool = False, sna
             raise  # a writer's lock, a server restarting: the caller's retry waits it out
         what = "snapshot " + str(snapshot) + " of " if snapshot is not None else ""
         raise RuntimeError(f"could not open {what}the catalog {_public(spec)} of store {uri}: {e}") from None
-    if create and not exists(join(uri, MARKER)):
-        write_bytes(join(uri, MARKER), json.dumps({"catalog": _public(spec)}).encode())
     return con
 
 

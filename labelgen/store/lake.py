@@ -127,6 +127,7 @@ class LabelStore:
         con = cat.attach(self.uri, self.catalog, create=True)
         try:
             self._create_tables(con)
+            cat.mark_created(self.uri, self.catalog)
             yield con
         finally:
             con.close()
@@ -430,8 +431,13 @@ class LabelStore:
                             _row("run_log", {**record, "logged": now()}))
 
         cat.retrying(f"commit run {run_id}", attempt, committed=lambda: self.is_committed(run_id))
-        delete_dir(self._run(run_id, "candidates"))  # the vote's inputs, not part of the run
+        self.drop_candidates(run_id)
         return record
+
+    def drop_candidates(self, run_id: str):
+        """Delete a committed run's staged candidates: the vote's inputs, not part of the run
+        (a kill between the commit and this leaves them for the next start to drop)."""
+        delete_dir(self._run(run_id, "candidates"))
 
     # models: a row per state (trained, decided) in model_log; `models` shows the latest
     def model_uri(self, model_id: str, name: str) -> str:
