@@ -368,3 +368,12 @@ def test_a_catalog_whose_files_name_lost_column_maps_is_refused_on_open_and_repa
     assert "1 data file(s) repaired" in capsys.readouterr().out
     assert count(store, "SELECT run_id, count(*), sum(n_fg) FROM images GROUP BY 1 ORDER BY 1") == [("r1", 2, 22), ("r2", 2, 22)]
     assert count(store, "SELECT run_id, count(*) FROM label_history GROUP BY 1 ORDER BY 1") == [("r1", 5), ("r2", 5)]
+
+
+@pytest.mark.parametrize("store", ["local", "postgres"], indirect=True)
+def test_a_model_whose_scores_are_nan_is_saved_with_null_scores(store):
+    """Trained without held-out pairs, a model's scores are NaN: PostgreSQL's JSON refuses NaN
+    (found by benchmarks.kills: the trainer could not register such a model there)."""
+    store.save_model({"model_id": "m", "label_runs": ["r1"], "created": "2025-01-01T00:00:00.000+00:00",
+                      "metrics": {"steps": 4, "adapter_val_pck@0.10": float("nan"), "curve": [1.0, float("inf")]}})
+    assert store.models()[0]["metrics"] == {"steps": 4, "adapter_val_pck@0.10": None, "curve": [1.0, None]}

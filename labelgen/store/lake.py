@@ -4,7 +4,7 @@ models; the view labels shows the current labels (schema.py says which).
 
 Layout under the store URI (a local folder or s3://bucket/prefix):
 
-    catalog.json                                      which catalog the store was created with
+    catalog.json                                      which catalog the store was created with; written last
     catalog.sqlite                                    the default catalog (catalog.py says which others)
     runs/<run>/candidates/category=<c>/part-<p>/...   a chunk's candidate labels per vote partition (until the commit)
     runs/<run>/labels/category=<c>/part-<p>.parquet    labels of a vote partition of a category, written by its Ray task
@@ -25,6 +25,7 @@ trained model can pin and a query can go back to.
 """
 
 import json
+import math
 import logging
 import os
 import posixpath
@@ -108,8 +109,23 @@ def _row(table: str, record: dict) -> list:
     unknown = set(record) - set(COLUMNS[table]) - ({"status"} if table == "model_log" else set())  # status: derived
     if unknown:
         raise ValueError(f"{table} has no columns {sorted(unknown)}; columns: {COLUMNS[table]}")
-    return [json.dumps(record.get(c)) if c in JSON_COLUMNS and record.get(c) is not None else record.get(c)
+    return [_json(record.get(c)) if c in JSON_COLUMNS and record.get(c) is not None else record.get(c)
             for c in COLUMNS[table]]
+
+
+def _json(value) -> str:
+    """Standard JSON, NaN and infinities as null: a PostgreSQL catalog's JSON type refuses them
+    (a model trained without held-out pairs has NaN scores)."""
+    def finite(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: finite(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [finite(x) for x in v]
+        return v
+
+    return json.dumps(finite(value), allow_nan=False)
 
 
 class LabelStore:
