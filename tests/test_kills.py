@@ -54,7 +54,9 @@ def test_a_run_killed_in_each_stage_shows_nothing_and_resumes_to_the_undisturbed
     assert final["rc"] == 0 and final["status"] == "committed" and final["differ"] == []
     assert "already committed" in final["output"]
     assert not broken(cat), broken(cat)
-    assert cat.escaped == 0 and cat.left_after_exit == 0  # every process was in the tree; normal exits leave none
+    # normal exits leave no process; after a kill none outlives it (Proc.reap raises), those born while the tree
+    # was frozen included (found by session and marker: the soak counts 2 in 52 kills on SQLite, 17 in 51 on PostgreSQL)
+    assert cat.left_after_exit == 0
     assert all(t["processes"] >= 10 for t in cat.trials)  # the tree kills took Ray's processes too
 
 
