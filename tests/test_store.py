@@ -149,6 +149,16 @@ def test_missing_store_is_a_clear_error(tmp_path):
         LabelStore(str(tmp_path / "none")).connect()
 
 
+def test_a_new_store_refuses_the_catalog_of_another_store_and_completes_its_own(tmp_path):
+    shared = f"sqlite:{tmp_path}/shared.sqlite"
+    begin(LabelStore(str(tmp_path / "a"), shared), "r1")
+    with pytest.raises(ValueError, match=r"store .*/b is new \(no catalog.json\) but its catalog .*shared.sqlite already exists"):
+        begin(LabelStore(str(tmp_path / "b"), shared), "r1")
+    (tmp_path / "a" / "catalog.json").unlink()  # a creation cut short before its last step: the next writer completes it
+    begin(LabelStore(str(tmp_path / "a"), shared), "r2")
+    assert (tmp_path / "a" / "catalog.json").exists() and count(LabelStore(str(tmp_path / "a")), "SELECT count(*) FROM runs") == [(2,)]
+
+
 WRITER = """
 import sys
 import pyarrow as pa

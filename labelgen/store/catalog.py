@@ -96,8 +96,12 @@ def _begun_here(sqlite: str, uri: str) -> bool:
             row = db.execute("SELECT value FROM ducklake_metadata WHERE key = 'data_path'").fetchone()
         except sqlite3.OperationalError:  # no DuckLake tables: ATTACH was cut short
             return True
-    data = uri if is_remote(uri) else filesystem(uri)[1]
-    return row is not None and row[0].rstrip("/") == join(data, "lake").rstrip("/")
+    return row is not None and row[0].rstrip("/") == data_path(uri)
+
+
+def data_path(uri: str) -> str:
+    """The folder of the store's data files, as its catalog records it (DuckLake's DATA_PATH)."""
+    return join(uri if is_remote(uri) else filesystem(uri)[1], "lake")
 
 
 def mark_created(uri: str, catalog: str | None):
@@ -146,8 +150,7 @@ def statements(uri: str, spec: str, *, read_only: bool = False, snapshot: int | 
     options = ["READ_ONLY"] if read_only else []
     if snapshot is not None:
         options.append(f"SNAPSHOT_VERSION {int(snapshot)}")
-    data = uri if is_remote(uri) else filesystem(uri)[1]
-    options.append(f"DATA_PATH '{join(data, 'lake')}/'")
+    options.append(f"DATA_PATH '{data_path(uri)}/'")
     sqlite = sqlite_file(uri, spec)
     if sqlite:  # WAL (a writer sets it, it stays): readers and a writer never block each other;
         # writers wait for each other, then retry whole
