@@ -60,9 +60,10 @@ from dataclasses import dataclass, field
 
 import psutil
 
+from .tiny import build_tiny_demo, labels_of, tiny_demo_args
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKEN = "LABELGEN_KILLS_TOKEN"  # in the environment of every process a trial starts, with the trial's value
-TINY_DEMO = {"photos": ["chelsea", "motorcycle"], "azimuths": [-45, -15, 15, 45], "elevations": [0]}  # tests/conftest.py's
 # one tuple per chain task and per vote partition, one image per feature batch: files appear one at a time through every
 # stage, with instants between them to kill at; new_only=false: every run in the shared store labels everything again
 KILL_ARGS = ["new_only=false", "labels.tuples_per_task=1", "labels.vote_tuples=1", "features.batch_size=1"]
@@ -80,20 +81,8 @@ def say(*a):
 # --- the demo and the command lines ------------------------------------------------------------------------------
 
 
-def demo_manifest(root: str) -> str:
-    from labelgen.demo import build_demo
-
-    return build_demo({**TINY_DEMO, "root": root})
-
-
 def demo_args(manifest: str) -> list[str]:
-    """tests/conftest.py's tiny_demo_args, and KILL_ARGS."""
-    from omegaconf import OmegaConf
-
-    from labelgen.config import overrides
-    from labelgen.run import DEMO_PRESET, default_conf
-
-    return [f"data.manifest={manifest}", *overrides(OmegaConf.merge(default_conf, DEMO_PRESET), default_conf), *KILL_ARGS]
+    return [*tiny_demo_args(manifest), *KILL_ARGS]
 
 
 # --- processes ---------------------------------------------------------------------------------------------------
@@ -392,18 +381,6 @@ def leftovers(store: str, view: View) -> dict:
     return {"tmp": sorted(tmp), "candidates": sorted(candidates), "unregistered": sorted(unregistered)}
 
 
-def label_rows(store: str, run_id: str):
-    """tests/conftest.py's labels_of: a run's labels without run_id, in a canonical order."""
-    from labelgen.store import LabelStore
-
-    con = LabelStore(store).connect()
-    try:
-        df = con.execute("SELECT * EXCLUDE (run_id) FROM label_history WHERE run_id = ?", [run_id]).df()
-    finally:
-        con.close()
-    return df.sort_values(list(df.columns)).reset_index(drop=True)
-
-
 def rows(store: str, run_id: str, table: str) -> list[str]:
     """A run's rows of a table (some columns hold lists) without run_id, as sorted JSON lines."""
     from labelgen.store import LabelStore
@@ -418,8 +395,8 @@ def rows(store: str, run_id: str, table: str) -> list[str]:
 
 def same_run(store: str, run_id: str, ref_store: str, ref_run: str) -> list[str]:
     """The tables in which a run's rows differ from the reference's: label_history (exactly,
-    as tests/conftest.py's labels_of compares), label_pairs, images."""
-    differ = [] if label_rows(store, run_id).equals(label_rows(ref_store, ref_run)) else ["label_history"]
+    as the tests compare), label_pairs, images."""
+    differ = [] if labels_of(store, run_id).equals(labels_of(ref_store, ref_run)) else ["label_history"]
     return differ + [t for t in ("label_pairs", "images") if rows(store, run_id, t) != rows(ref_store, ref_run, t)]
 
 
@@ -1037,7 +1014,7 @@ def bench_kills(workdir: str, kills: int, catalogs: list[str], seed: int = 0, sw
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     root = os.path.abspath(workdir)
     os.makedirs(root, exist_ok=True)
-    args = demo_args(demo_manifest(os.path.join(root, "demo")))
+    args = demo_args(build_tiny_demo(os.path.join(root, "demo")))
     out = []
     with ExitStack() as stack:
         for kind in catalogs:

@@ -2,21 +2,12 @@ import os
 import tempfile
 
 import pytest
-from omegaconf import OmegaConf
 
-from labelgen.config import overrides
-from labelgen.run import DEMO_PRESET, default_conf
+from benchmarks.tiny import build_tiny_demo, labels_of, tiny_demo_args  # noqa: F401 (test modules import them from here)
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # the local catalogs of s3:// stores (labelgen.store.catalog) of this session only
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="labelgen-test-cache-")
-
-# a tiny demo: 2 photos x 4 views, 30 deg apart
-TINY_DEMO = {
-    "photos": ["chelsea", "motorcycle"],
-    "azimuths": [-45, -15, 15, 45],
-    "elevations": [0],
-}
 
 
 @pytest.fixture(scope="session")
@@ -40,27 +31,7 @@ def dino_small_file(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory):
-    from labelgen.demo import build_demo
-
-    root = tmp_path_factory.mktemp("demo")
-    return build_demo({**TINY_DEMO, "root": str(root)})
-
-
-def labels_of(store: str, run_id: str, categories=None):
-    """A run's committed labels, superseded or not (without run_id) in a canonical order, to compare runs exactly."""
-    from labelgen.store import LabelStore
-
-    con = LabelStore(store).connect()
-    df = con.execute(f"SELECT * EXCLUDE (run_id) FROM label_history WHERE run_id = '{run_id}'").df()
-    con.close()
-    if categories is not None:
-        df = df[df["category"].isin(categories)]
-    return df.sort_values(list(df.columns)).reset_index(drop=True)
-
-
-def tiny_demo_args(manifest: str) -> list[str]:
-    """Command-line overrides that run the pipeline on the tiny demo."""
-    return [f"data.manifest={manifest}", *overrides(OmegaConf.merge(default_conf, DEMO_PRESET), default_conf)]
+    return build_tiny_demo(str(tmp_path_factory.mktemp("demo")))
 
 
 SECRET = "labelgen-test-secret-9f2c7e"
