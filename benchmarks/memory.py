@@ -86,7 +86,7 @@ def bench_memory(root: str, tuples: int = 300) -> dict:
     demo = {"root": root, "photos": ["chelsea"], "azimuths": list(range(-60, 61, 5)), "elevations": [0, 10]}  # VIEWS
     manifest = build_demo(demo)
     base = [f"data.manifest={manifest}", f"features.cache={os.path.join(root, 'features-memory')}", "pairing.bin_deg=15",
-            "labels.min_confidence=0", "ray.num_cpus=2"]
+            "labels.keep=null", "ray.num_cpus=2"]
     peak_memory([*base, f"store={os.path.join(root, 'store-warm')}", "pairing.max_tuples=4"])  # features cached
     rows, labels = [], {}
     for name, n, extra in (("1x", tuples, []), ("10x", 10 * tuples, []),

@@ -3,8 +3,8 @@
 Fits the logistic model of P(a label lies within 0.10 of the target's box side) on the
 stored labels of a run over a rendered collection, on its `dev` split (defaults are
 chosen there; `val` is only reported on), and prints the weights as overrides with the
-precision and yield each labels.min_confidence would give. Fit on labels stored with
-labels.min_confidence=0, so that the fit sees the labels a threshold would remove.
+precision and yield each labels.keep would give. Fit on labels stored with
+labels.keep=null, so that the fit sees the labels the quota would remove.
 """
 
 import sys
@@ -27,18 +27,22 @@ default_conf = {
     "split": "dev",  # the split to fit on; val is refused (it is for reporting)
     "max_pairs": 60,  # image pairs per category and hop distance
     "seed": 0,  # which pairs are sampled
-    "target_yield": 0.2,  # the recommended threshold keeps at least this share of co-visible patches of pairs up to 90 deg
+    "target_yield": 0.2,  # the recommended labels.keep keeps at least this share of co-visible patches of pairs up to 90 deg
 }
 
 
-def thresholds(labels: pd.DataFrame, p: np.ndarray, covisible: int) -> pd.DataFrame:
-    """Precision and yield of the labels at or above each confidence threshold."""
-    rows = []
-    for t in np.round(np.arange(0.0, 0.96, 0.05), 2):
-        kept = labels[p >= t]
-        rows.append({"min_confidence": t, "kept": len(kept) / max(1, len(labels)), "yield": len(kept) / max(1, covisible),
-                     "P@0.05": kept.ok05.mean(), "P@0.10": kept.ok10.mean(), "hidden": kept.hidden.mean(),
-                     "mirror": kept[kept.twin_part].mirrored.mean()})
+KEEPS = (0.04, 0.06, 0.08, 0.10, 0.11, 0.12, 0.13, 0.14, 0.16, 0.18, 0.20, 0.25, 0.30, None)  # labels.keep values tried
+
+
+def thresholds(labels: pd.DataFrame, p: np.ndarray, tried: int, covisible: int) -> pd.DataFrame:
+    """Precision and yield of the most confident labels at each labels.keep (labels per source
+    foreground patch of the pairs examined: `tried`)."""
+    rows, order = [], np.argsort(-p, kind="stable")
+    for keep in KEEPS:
+        kept = labels.iloc[order[: len(labels) if keep is None else round(keep * tried)]]
+        rows.append({"keep": "null" if keep is None else f"{keep:g}", "kept": len(kept) / max(1, len(labels)),
+                     "yield": len(kept) / max(1, covisible), "P@0.05": kept.ok05.mean(), "P@0.10": kept.ok10.mean(),
+                     "hidden": kept.hidden.mean(), "mirror": kept[kept.twin_part].mirrored.mean()})
     return pd.DataFrame(rows)
 
 
@@ -56,20 +60,21 @@ def calibrate(conf) -> int:
     labels = rows[(rows.kind == stored) & rows.label]
     if labels.ok10.nunique() < 2:
         raise ValueError(f"run {run_id}, split {conf.split}: {len(labels)} labels, not both right and wrong ones to fit on")
-    if run_conf.labels.min_confidence > 0:
-        print(f"warning: run {run_id} kept only labels with confidence >= {run_conf.labels.min_confidence}; the fit "
-              "sees none of the others (run with labels.min_confidence=0)")
+    if run_conf.labels.get("keep") is not None:
+        print(f"warning: run {run_id} kept only its most confident labels (labels.keep={run_conf.labels.keep}); the fit "
+              "sees none of the others (run with labels.keep=null)")
     model = LogisticRegression(max_iter=1000).fit(signal_frame(labels).to_numpy(), labels.ok10)
     weights = {"bias": float(model.intercept_[0]), **{k: float(w) for k, w in zip(SIGNALS, model.coef_[0])}}
     raw = rows[(rows.kind == "raw NN") & (rows.gap <= 90)]
     covisible = int((raw.label & ~raw.hidden).sum())  # one raw NN row per source foreground patch
-    table = thresholds(labels, model.predict_proba(signal_frame(labels).to_numpy())[:, 1], covisible)
+    tried = int(rows.loc[rows.kind == stored, "tried"].sum())  # source foreground patches of the pairs examined
+    table = thresholds(labels, model.predict_proba(signal_frame(labels).to_numpy())[:, 1], tried, covisible)
     ok = table[table["yield"] >= conf.target_yield]
     best = ok.loc[ok["P@0.10"].idxmax()] if len(ok) else table.iloc[0]
     print(f"confidence model of run {run_id}, fitted on {len(labels):,} labels of split {conf.split} "
           f"({covisible:,} co-visible source patches of pairs up to 90 deg)")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print(f"\nrecommended labels.min_confidence={best.min_confidence:g}: P@0.10 {best['P@0.10']:.3f} at yield "
+    print(f"\nrecommended labels.keep={best.keep}: P@0.10 {best['P@0.10']:.3f} at yield "
           f"{best['yield']:.3f} (the most precise keeping >= {conf.target_yield:g})")
     print("weights: " + " ".join(f"labels.confidence.{k}={v:.3f}" for k, v in weights.items()))
     return 0

@@ -28,6 +28,8 @@ PATH_KEYS = frozenset({"store", "manifest", "cache", "weights", "sd_weights", "s
 # Keys with these names (and those whose default is text) hold text: a value YAML would
 # read as a number or a boolean (run_id=20240101, labels.sphere=off) is kept as written.
 TEXT_KEYS = PATH_KEYS | {"run_id", "model_id", "catalog", "address"}
+# Number keys that also take null, which turns their check off (labels.keep=null keeps every label).
+OPTIONAL_KEYS = frozenset({"keep", "max_gap_deg", "pair_radius"})
 
 
 PACKAGES = ("labelgen", "trainer", "queries", "cluster", "benchmarks")  # whose defaults `describe` reads
@@ -163,7 +165,7 @@ def _checked(arg: str, key: str, default, value, text: str | None = None):
         return value
     if textual and text is not None and isinstance(value, (bool, int, float)):
         return text.strip()
-    if value is None and textual and not (name in PATH_KEYS and default is not None):
+    if value is None and (name in OPTIONAL_KEYS or textual and not (name in PATH_KEYS and default is not None)):
         return None
     if not (isinstance(value, str) if textual else _fits(default, value)):
         kind = "a path or URI" if name in PATH_KEYS else "text" if textual else _kind(default)
@@ -231,6 +233,13 @@ def _named(arg: str) -> str:
 def _show_value(value, width: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= width else f"{text[:width]}... ({len(text):,} characters)"
+
+
+def known_keys(values: dict, defaults: dict) -> dict:
+    """`values` without the keys `defaults` no longer has: the config of a run made by an older
+    labelgen (e.g. labels.min_confidence, now labels.keep), taken as the base of a new one."""
+    return {k: known_keys(v, defaults[k]) if isinstance(v, dict) and isinstance(defaults[k], dict) else v
+            for k, v in values.items() if k in defaults}
 
 
 def overrides(conf: DictConfig, defaults: dict) -> list[str]:

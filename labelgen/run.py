@@ -64,7 +64,7 @@ default_conf = {
 # The demo's views are 15 deg apart: 30 deg bins make a 4-tuple sweep about 90 deg. Its planar
 # views share every point up to 90 deg, where the confidence model, fitted on 3D objects, would
 # drop the far pairs the demo is there to show: no confidence threshold.
-DEMO_PRESET = {"pairing": {"bin_deg": 30.0}, "labels": {"min_confidence": 0.0}}
+DEMO_PRESET = {"pairing": {"bin_deg": 30.0}, "labels": {"keep": None}}
 # what a run's labels depend on beside its label features: runs that agree on both label an image alike
 LABEL_KEYS = ("pairing", "labels", "sphere")
 
@@ -153,16 +153,19 @@ def candidate_task(run_id, category, chunk, tuples, cache_root, fingerprint, con
 
 
 @ray.remote(num_cpus=1)
-def vote_task(run_id, category, part, conf, store_uri, sphere, *_chunks):
+def vote_task(run_id, category, part, conf, store_uri, sphere, *chunks):
     """Reduce one vote partition of a category (it starts once the category's candidate tasks,
-    `_chunks`, are done): vote, keep the labels whose pair agrees and that are confident
-    enough, filter on the sphere if asked; write them with the counts and the pairs examined."""
+    `chunks`, are done, with their images' foreground counts): vote, keep the labels whose
+    pair agrees and the most confident of them, filter on the sphere if asked; write them
+    with the counts and the pairs examined."""
     store = LabelStore(store_uri)
     examined = labels.vote([store.candidates(run_id, category, part)], conf)
     stats = {"voted": examined.num_rows}
     table = labels.pair_check(examined, conf.pair_radius)
     stats["after_pair_check"] = table.num_rows
-    table = labels.confidence_filter(table, conf)
+    n_fg = {i: size[2] for _, sizes in chunks for i, size in sizes.items()}
+    pairs = examined.group_by(["src_image_id", "tgt_image_id"]).aggregate([])
+    table = labels.confidence_filter(table, conf, n_fg, pairs)
     stats["confident"] = table.num_rows
     if sphere is not None and table.num_rows:
         t0 = time.perf_counter()

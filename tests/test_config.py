@@ -12,6 +12,15 @@ def test_overrides_and_presets_merge_in_order():
     assert config_hash(conf) != config_hash(parse_overrides(default_conf, []))
 
 
+def test_optional_number_keys_take_null_and_others_refuse_it():
+    conf = parse_overrides(default_conf, ["labels.keep=null", "labels.max_gap_deg=null", "labels.pair_radius=0.5"])
+    assert conf.labels.keep is None and conf.labels.max_gap_deg is None and conf.labels.pair_radius == 0.5
+    with pytest.raises(ConfigError, match="labels.radius takes a finite number"):
+        parse_overrides(default_conf, ["labels.radius=null"])
+    with pytest.raises(ConfigError, match="labels.keep takes a finite number"):
+        parse_overrides(default_conf, ["labels.keep=lots"])
+
+
 def test_unknown_keys_and_malformed_arguments_are_clear_errors():
     with pytest.raises(ConfigError, match=r"Key 'radius' is not in struct.*known keys: .*labels\.radius"):
         parse_overrides(default_conf, ["pairing.radius=2"])

@@ -309,6 +309,7 @@ LEAVES = flat(run_mod.default_conf)
 SECTIONS = sorted({k.rsplit(".", 1)[0] for k in LEAVES if "." in k})
 PATHS = {"store", "manifest", "cache", "weights", "sd_weights", "storage", "spair", "output", "root"}
 TEXT = PATHS | {"run_id", "model_id", "catalog", "address"}
+OPTIONAL = {"keep", "max_gap_deg", "pair_radius"}  # numbers that take null too
 NULLS = {"null", "Null", "NULL", "~"}
 BOOLS = {"yes", "Yes", "YES", "no", "No", "NO", "true", "True", "TRUE", "false", "False", "FALSE", "on", "On", "ON", "off", "Off",
          "OFF"}  # what YAML reads as booleans
@@ -331,7 +332,8 @@ def value_for(key: str, default):
     if isinstance(default, int):
         return st.integers(-(10**9), 10**9).map(lambda v: (str(v), v))
     if isinstance(default, float):
-        return st.floats(-1e6, 1e6).map(lambda v: (repr(v), v)) | st.integers(-99, 99).map(lambda v: (str(v), v))
+        numbers = st.floats(-1e6, 1e6).map(lambda v: (repr(v), v)) | st.integers(-99, 99).map(lambda v: (str(v), v))
+        return numbers | st.just(("null", None)) if name in OPTIONAL else numbers
     if isinstance(default, list):
         if all(isinstance(v, str) for v in default):
             return st.lists(plain.filter(lambda t: t not in BOOLS), max_size=3).map(lambda vs: ("[" + ",".join(vs) + "]", vs))

@@ -55,7 +55,7 @@ def grown(tmp_path_factory):
 def test_a_grown_manifest_labels_only_its_new_views_and_a_repeated_run_adds_nothing(grown, tmp_path):
     small, full, new = grown
     store = str(tmp_path / "store")
-    args = ["labelgen.run", f"store={store}", "labels.min_confidence=0"]
+    args = ["labelgen.run", f"store={store}", "labels.keep=null"]
     first = run([*args, f"data.manifest={small}", "run_id=first"])
     assert first.returncode == 0, first.stderr[-3000:]
     c1 = counts(store, "first")

@@ -86,17 +86,28 @@ def test_no_labels_between_views_beyond_the_pose_gap_cap():
     assert ("w", "z") not in pairs and ("z", "w") not in pairs and ("w", "y") in pairs
 
 
-def test_confidence_is_the_logistic_model_of_the_signals_and_filters_at_the_threshold():
+def test_confidence_is_the_logistic_model_of_the_signals_and_the_quota_keeps_the_most_confident():
     from labelgen.labels import confidence_filter
 
-    table = rows(("a", "b", 4, 10, 1, 0.9), ("a", "b", 12, 20, 4, 0.2))
-    conf = OmegaConf.merge(default_conf, {"min_confidence": 0.5, "confidence": {
+    table = rows(("a", "b", 4, 10, 1, 0.9), ("a", "b", 12, 20, 4, 0.2), ("c", "b", 8, 10, 1, 0.1))
+    conf = OmegaConf.merge(default_conf, {"keep": None, "confidence": {
         "bias": -1.0, "log_support": 1.0, "similarity": 2.0, "cycle_error": 0.0, "pair_error": 0.0, "hops": 0.0, "pose_gap": 0.0}})
-    # logits: -1 + 0 + 1.8 = 0.8 and -1 + log 4 + 0.4 = 0.786
-    out = confidence_filter(table, conf)
-    assert out.column("confidence").to_pylist() == pytest.approx([1 / (1 + np.exp(-0.8)), 1 / (1 + np.exp(-(np.log(4) - 0.6)))])
-    conf.min_confidence = 0.688
-    assert confidence_filter(table, conf).column("src_x").to_pylist() == [4.0]
+    pairs = table.group_by(["src_image_id", "tgt_image_id"]).aggregate([])
+    # logits: -1 + 0 + 1.8 = 0.8, -1 + log 4 + 0.4 = 0.786 and -1 + 0 + 0.2 = -0.8
+    out = confidence_filter(table, conf, {"a": 10, "c": 5}, pairs)
+    assert out.column("confidence").to_pylist() == pytest.approx(
+        [1 / (1 + np.exp(-0.8)), 1 / (1 + np.exp(-(np.log(4) - 0.6))), 1 / (1 + np.exp(0.8))])
+    # per source image a budget of keep * its foreground patches * its pairs examined, most confident first
+    conf.keep = 0.1  # a: 1 label, c: 0.5 -> 0 (rounded to even)
+    assert confidence_filter(table, conf, {"a": 10, "c": 5}, pairs).column("src_x").to_pylist() == [4.0]
+    conf.keep = 0.2  # a: 2, c: 1
+    assert confidence_filter(table, conf, {"a": 10, "c": 5}, pairs).column("src_x").to_pylist() == [4.0, 12.0, 8.0]
+    conf.keep = 0.15  # with 5 patches each: a 1 (0.75), c 1: c's label stays though a's second is more confident
+    assert confidence_filter(table, conf, {"a": 5, "c": 5}, pairs).column("src_x").to_pylist() == [4.0, 8.0]
+    # the same labels whatever shifts every similarity: a rank, not a threshold
+    shifted = table.set_column(table.schema.get_field_index("similarity"), "similarity",
+                               pa.array([x + 3.0 for x in table.column("similarity").to_pylist()], pa.float32()))
+    assert confidence_filter(shifted, conf, {"a": 5, "c": 5}, pairs).column("src_x").to_pylist() == [4.0, 8.0]
 
 
 def test_the_vote_over_partitions_by_source_image_equals_the_whole_vote():

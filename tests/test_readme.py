@@ -103,7 +103,7 @@ def test_every_runnable_readme_command_works_as_written(readme_run):
         if "duckdb -cmd" in command:  # the plain CLI reads the store the pipeline wrote
             assert re.search(r"│\s+[1-9]\d*\s+│", result.stdout), log
         if "labelgen.calibrate" in command:
-            assert re.search(r"^recommended labels.min_confidence=\S+: P@0.10", log, re.M), log
+            assert re.search(r"^recommended labels.keep=\S+: P@0.10", log, re.M), log
         if "trainer.train" in command:
             assert "Reporting training result" not in log and "State API" not in log, log
             assert re.search(r"^model \S+: (promoted|rejected)", log, re.M), log
