@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,18 +16,40 @@ from trainer.train import decide
 FAST = ["optim.steps=6", "optim.pairs_per_step=2", "optim.log_every=2", "checkpoint.every=3"]
 
 
-def test_promotion_needs_a_strictly_better_held_out_score():
-    m = {"raw_val_pck@0.10": 0.90, "adapter_val_pck@0.10": 0.95}
-    assert decide(m, None)[0] == "promoted"
-    assert "of the raw backbone" in decide(m, None)[1]
-    m["promoted_val_pck@0.10"] = 0.95
-    decision, reason = decide(m, {"model_id": "old"})
-    assert decision == "rejected" and "0.9500 <= 0.9500 of promoted model old" in reason
-    m["adapter_val_pck@0.10"] = float("nan")
+def test_promotion_needs_a_truth_free_score_higher_by_the_margin():
+    m = {"raw_val_cycle": 0.43, "adapter_val_cycle": 0.52, "raw_train_kpt_pck@0.10": 0.52, "adapter_train_kpt_pck@0.10": 0.40}
+    assert decide(m, None, 0.02) == ("promoted", "adapter_val_cycle 0.5200 > 0.4300 + 0.02 of the raw backbone")  # keypoints do not decide
+    m["promoted_val_cycle"] = 0.51
+    decision, reason = decide(m, {"model_id": "old"}, 0.02)
+    assert decision == "rejected" and "0.5200 <= 0.5100 + 0.02 of promoted model old" in reason
+    assert decide(m, {"model_id": "old"})[0] == "promoted"  # no margin: strictly higher is enough
+    m["adapter_val_cycle"] = float("nan")
     assert decide(m, None) == ("rejected", "no held-out pairs to validate on")
-    # keypoints of the training split's views, where the collection has them, outrank the pseudo-labels
-    m.update({"adapter_val_pck@0.10": 0.88, "raw_train_kpt_pck@0.10": 0.47, "adapter_train_kpt_pck@0.10": 0.51})
-    assert decide(m, None) == ("promoted", "adapter_train_kpt_pck@0.10 0.5100 > 0.4700 of the raw backbone")
+
+
+def test_cycle_consistency_counts_source_cells_whose_match_maps_back():
+    from omegaconf import OmegaConf
+
+    from labelgen.features import ImageFeatures
+    from trainer.evaluate import Matcher, cycle_score, default_conf
+
+    # 1x4 strips of cells: A's cells are e0..e3, B's e1, e1, e2, e3. A0 matches nothing better than
+    # B0 (the first max), which maps back to A1, one cell off; A1, A2, A3 map back to themselves.
+    eye = torch.eye(4)
+
+    class Bank(dict):
+        def __call__(self, i):
+            return self[i]
+
+    def image(rows):
+        return ImageFeatures(torch.stack(rows).reshape(1, 4, 4), torch.ones(1, 4, dtype=torch.bool), 1.0, 1, 4, 1)
+
+    bank = Bank(a=image(list(eye)), b=image([eye[1], eye[1], eye[2], eye[3]]))
+    bank.grid = lambda i: bank[i].grid().permute(2, 0, 1).float()
+    matcher = Matcher(bank, None, OmegaConf.create(default_conf))
+    assert matcher.cycle_consistency("a", "b", 1.0) == 1.0
+    assert matcher.cycle_consistency("a", "b", 0.5) == 0.75
+    assert np.isnan(cycle_score(matcher, [], OmegaConf.create(default_conf)))  # no held-out pair: no score
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +98,33 @@ def test_two_worker_training_checkpoints_registers_and_retrain_waits_for_new_lab
     assert m2["label_runs"] == ["first", "relabel", "second"] and m2["parent"] is None
 
 
+@pytest.mark.slow
+def test_the_loop_relabels_with_each_promoted_model_and_stops_when_one_is_not(tiny_demo, tmp_path):
+    store_uri = str(tmp_path / "store")
+    out = run(["labelgen.run", *tiny_demo_args(tiny_demo), f"store={store_uri}", "run_id=first"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    out = run(["trainer.retrain", "min_new_labels=1", f"train.data.store={store_uri}", "relabel=[]", "rounds=3",
+               "train.model_id=loop", *[f"train.{a}" for a in FAST]])
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    store = LabelStore(store_uri)
+    models = sorted(store.models(), key=lambda m: m["created"])
+    con = store.connect()
+    runs = dict(con.execute("SELECT run_id, label_features FROM runs WHERE status = 'committed'").fetchall())
+    con.close()
+    assert [m["model_id"] for m in models] == [f"loop-r{n}" for n in range(1, len(models) + 1)]
+    for n, m in enumerate(models):
+        relabelled = [r for r, f in runs.items() if f.endswith(f"+adapter-{m['model_id']}")]
+        if m["status"] != "promoted":  # the loop stops at the first model that is not promoted
+            assert n == len(models) - 1 and not relabelled and f"loop stopped after round {n + 1}" in out.stdout
+            break
+        assert len(relabelled) == 1  # a promoted model relabels the collection once
+        if n + 1 < len(models):  # and the next round learns from those labels
+            assert models[n + 1]["label_runs"][-1] == relabelled[0]
+    else:
+        assert len(models) == 3
+    assert out.stdout.count("relabelling run") == sum(m["status"] == "promoted" for m in models)
+
+
 def relabel_with_the_adapter(store_uri: str, tiny_demo: str, m1: dict):
     """labels.features=adapter:m1 chains on m1's refined features, cached under their own
     fingerprint; the run keeps the backbone's fingerprint, which the next adapter trains on."""
@@ -111,6 +161,8 @@ def test_training_refuses_unknown_runs(labelled_store):
     assert "labels.radius" in out.stderr
     out = run(["trainer.retrain", f"train.data.store={labelled_store}", "relabel=labels.radius=3"])
     assert out.returncode == 2 and "give a list of labelgen.run overrides" in out.stderr
+    out = run(["trainer.retrain", f"train.data.store={labelled_store}", "rounds=3"])
+    assert out.returncode == 2 and "rounds=3 needs relabel=[...]" in out.stderr
 
 
 def test_relabelling_takes_the_trained_on_run_s_config(labelled_store):
@@ -123,4 +175,4 @@ def test_relabelling_takes_the_trained_on_run_s_config(labelled_store):
     got = relabel_conf(conf, "first", "m9")
     assert got.labels.features == "adapter:m9" and got.run_id is None and got.labels.radius == 3
     assert got.data.manifest == first.data.manifest and got.store == first.store
-    assert got.pairing == first.pairing and got.labels.min_confidence == first.labels.min_confidence  # the demo's preset
+    assert got.pairing == first.pairing and got.labels.keep == first.labels.keep  # the demo's preset

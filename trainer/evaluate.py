@@ -2,6 +2,9 @@
 
 - `pseudo_pck`: against held-out pseudo-labels (pairs of two held-out images), the
   model-selection metric when there is no ground truth.
+- `cycle_consistency`: the share of held-out source cells whose nearest target match maps
+  back to them, the truth-free score that promotes a model (pseudo-labels favour the
+  features whose chains made them; this favours none).
 - `truth_pck`: against the truth where homographies are known (the demo): query
   points are the source's foreground cells whose true position falls on the
   target's foreground; pairs split into near and far by azimuth gap.
@@ -37,6 +40,8 @@ default_conf = {
     "far_deg": 60.0,  # azimuth gap from which a pair counts as far
     "flip_align": False,  # GeoAware test-time pose alignment: match the mirrored source when closer
     "keypoint_pairs": 50,  # per category: held-out keypoint pairs of a rendered collection (different instances)
+    "cycle_pairs": 300,  # held-out image pairs the promotion score (cycle consistency) is measured on
+    "cycle_radius": 1.0,  # cells: a source cell's nearest target match must map back this close
 }
 
 
@@ -53,13 +58,27 @@ class Matcher:
             self._feats[image_id] = grid if self.adapter is None else self.adapter.eval()(grid[None])[0]
         return self._feats[image_id]
 
+    def foreground(self, image_id: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, C) unit features of the image's foreground cells and their (N, 2) grid (col, row)."""
+        fg = self.bank(image_id).fg
+        cells = fg.flatten().nonzero().squeeze(1)
+        feats = torch.nn.functional.normalize(self.feats(image_id).flatten(1)[:, cells].T, dim=1)
+        return feats, torch.stack([cells % fg.shape[1], cells // fg.shape[1]], dim=1).float()
+
     @torch.inference_mode()
     def instance_distance(self, src: str, tgt: str) -> float:
         """Mean over the source's foreground of the distance (1 - cosine) to its nearest
         target foreground feature: low when the two are seen in a similar pose."""
-        fs = self.feats(src).flatten(1)[:, self.bank(src).fg.flatten()]
-        ft = self.feats(tgt).flatten(1)[:, self.bank(tgt).fg.flatten()]
-        return float((1 - (fs.T @ ft).amax(dim=1)).mean())
+        return float((1 - (self.foreground(src)[0] @ self.foreground(tgt)[0].T).amax(dim=1)).mean())
+
+    @torch.inference_mode()
+    def cycle_consistency(self, src: str, tgt: str, radius: float) -> float:
+        """The share of the source's foreground cells whose nearest target cell has its own
+        nearest source cell within `radius` cells of them."""
+        (fs, grid), (ft, _) = self.foreground(src), self.foreground(tgt)
+        sim = fs @ ft.T
+        back = sim.argmax(dim=0)[sim.argmax(dim=1)]
+        return float(((grid[back] - grid).norm(dim=1) <= radius).float().mean())
 
     @torch.inference_mode()
     def predict(self, src: str, tgt: str, src_xy_px: np.ndarray) -> np.ndarray:
@@ -84,6 +103,14 @@ def pseudo_pck(matcher: Matcher, pairs: list[Pair], alphas) -> dict[str, float]:
         f = matcher.bank(p.tgt)
         errs.append(np.linalg.norm(matcher.predict(p.src, p.tgt, p.src_xy) - p.tgt_xy, axis=1) / max(f.width, f.height))
     return pck(np.concatenate(errs) if errs else np.zeros(0), alphas)
+
+
+def cycle_score(matcher: Matcher, pairs: list[Pair], conf, seed: int = 0) -> float:
+    """Cycle consistency of a model's matches, averaged over (at most conf.cycle_pairs) held-out
+    image pairs: needs no truth, and no model's chains made it (nan without pairs)."""
+    distinct = sorted({(p.src, p.tgt) for p in pairs})
+    chosen = [distinct[i] for i in np.random.default_rng(seed).permutation(len(distinct))[: conf.cycle_pairs]]
+    return float(np.mean([matcher.cycle_consistency(a, b, conf.cycle_radius) for a, b in chosen])) if chosen else float("nan")
 
 
 def truth_pairs(data: LabelData) -> list[tuple[str, str, float]]:

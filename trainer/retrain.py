@@ -3,7 +3,10 @@ enough new labels have landed, then promote or reject. Safe to run from cron: it
 whether it trained or found nothing to do, and says which. With `relabel` set, a promoted
 model relabels at once: `labelgen.run` with the config of the latest run it learnt from,
 `labels.features=adapter:<id>` and the overrides in `relabel`, so the next retrain learns
-from labels made on the adapter's own features.
+from labels made on the adapter's own features. `rounds=N` runs that loop on its own:
+train, relabel, train again on the current labels (relabelled pairs superseded), until a
+round's model is not promoted (the loop stopped paying) or N models are trained. The
+promotion and the kept share of labels need no truth (trainer.train, labels.keep).
 
 "New" means current labels (of the backbone of the latest run: per image pair, those of
 the latest run that labelled it) from runs that the latest decided model (promoted or
@@ -12,12 +15,13 @@ rejected model's data does not trigger the same training again.
 """
 
 import sys
+import time
 
 from omegaconf import OmegaConf
 
 from labelgen import run as label_run
 from labelgen.cli import run_command
-from labelgen.config import parse_overrides
+from labelgen.config import known_keys, parse_overrides
 from labelgen.store import LabelStore
 
 from . import train as train_mod
@@ -27,6 +31,7 @@ default_conf = {
     "min_new_labels": 100_000,  # train only when this many current labels are new to the last model (from runs it did not learn from)
     "train": train_mod.default_conf,
     "relabel": None,  # after a promotion, relabel the latest trained-on run's collection with the new adapter, with these labelgen.run overrides (a list; []: none); null: no relabel
+    "rounds": 1,  # with relabel: train and relabel up to this many times, stopping at the first model not promoted
 }
 
 
@@ -50,11 +55,12 @@ def relabel_conf(conf, run_id: str, model_id: str):
     features, then the `relabel` overrides."""
     if not OmegaConf.is_list(conf.relabel):
         raise ValueError(f"relabel={conf.relabel}: give a list of labelgen.run overrides, e.g. relabel=[] or "
-                         "relabel=[labels.min_confidence=0.4]")
+                         "relabel=[labels.keep=0.1]")
     run_conf = OmegaConf.create(LabelStore(conf.train.data.store, conf.train.data.catalog).run_record(run_id)["config"])
     run_conf.merge_with({"run_id": None, "catalog": conf.train.data.catalog, "labels": {"features": f"adapter:{model_id}"}})
     try:
-        return parse_overrides(label_run.default_conf, list(conf.relabel), OmegaConf.to_container(run_conf))
+        return parse_overrides(label_run.default_conf, list(conf.relabel),
+                               known_keys(OmegaConf.to_container(run_conf), label_run.default_conf))
     except ValueError as e:
         raise ValueError(f"relabel={list(conf.relabel)} over run {run_id}'s config: {e}") from None
 
@@ -72,14 +78,35 @@ def retrain(conf) -> tuple[str, dict | None]:
 
 
 def report(conf) -> int:
-    message, record = retrain(conf)
-    print(message, flush=True)
-    if record:
-        print(train_mod.summary(record), flush=True)
-    if record and record["decision"] == "promoted" and conf.relabel is not None:
+    if conf.rounds < 1:
+        raise ValueError(f"rounds={conf.rounds}: give 1 or more")
+    if conf.rounds > 1 and conf.relabel is None:
+        raise ValueError(f"rounds={conf.rounds} needs relabel=[...] (e.g. relabel=[]): without relabelling, a round "
+                         "has no new labels to train on")
+    rounds, t0 = [], time.perf_counter()
+    for n in range(1, conf.rounds + 1):
+        this = OmegaConf.create(OmegaConf.to_container(conf))  # each round picks the runs and snapshot afresh
+        if conf.train.model_id and conf.rounds > 1:
+            this.train.model_id = f"{conf.train.model_id}-r{n}"
+        message, record = retrain(this)
+        tag = f"round {n}/{conf.rounds}: " if conf.rounds > 1 else ""
+        print(tag + message, flush=True)
+        if record:
+            print(train_mod.summary(record), flush=True)
+            rounds.append(record)
+        if not (record and record["decision"] == "promoted" and conf.relabel is not None):
+            break
         run_id = record["label_runs"][-1]
-        print(f"relabelling run {run_id}'s collection with the promoted adapter {record['model_id']}", flush=True)
-        return label_run.label(relabel_conf(conf, run_id, record["model_id"]))
+        print(f"{tag}relabelling run {run_id}'s collection with the promoted adapter {record['model_id']}", flush=True)
+        code = label_run.label(relabel_conf(this, run_id, record["model_id"]))
+        if code:
+            return code
+    if conf.rounds > 1:
+        scores = " -> ".join(f"{r['model_id']} {r['metrics']['adapter_val_cycle']:.3f} ({r['decision']})" for r in rounds)
+        why = "" if len(rounds) == conf.rounds and rounds[-1]["decision"] == "promoted" else (
+            ": its model was not promoted" if rounds and rounds[-1]["decision"] != "promoted" else ": nothing to train")
+        print(f"loop stopped after round {len(rounds)}{why}; {time.perf_counter() - t0:.0f} s; val_cycle {scores or 'none'}",
+              flush=True)
     return 0
 
 
