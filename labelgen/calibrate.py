@@ -36,7 +36,8 @@ KEEPS = (0.04, 0.06, 0.08, 0.10, 0.11, 0.12, 0.13, 0.14, 0.16, 0.18, 0.20, 0.25,
 
 def thresholds(labels: pd.DataFrame, p: np.ndarray, tried: int, covisible: int) -> pd.DataFrame:
     """Precision and yield of the most confident labels at each labels.keep (labels per source
-    foreground patch of the pairs examined: `tried`)."""
+    foreground patch of the pairs examined: `tried`), ranked over the sampled pairs together:
+    a run ranks each source image's pairs, which a sample of a few pairs per image cannot."""
     rows, order = [], np.argsort(-p, kind="stable")
     for keep in KEEPS:
         kept = labels.iloc[order[: len(labels) if keep is None else round(keep * tried)]]
