@@ -7,9 +7,11 @@ adapter's input), once, and cached beside them under their own fingerprint. The 
 `label_features` names the features the labels were made on.
 """
 
+import hashlib
 import io as _io
 import logging
 import time
+from functools import lru_cache
 
 import ray
 import torch
@@ -48,8 +50,16 @@ def resolve_model(store, name: str, fingerprint: str) -> dict | None:
 
 
 def label_fingerprint(fingerprint: str, model: dict | None) -> str:
-    """The cache fingerprint of the features labels are made on."""
-    return f"{fingerprint}+adapter-{model['model_id']}" if model else fingerprint
+    """The cache fingerprint of the features labels are made on: an adapter's carries a digest
+    of its weights, so two models under one id (two stores sharing a cache, a hand-given
+    model_id) never read each other's refined features."""
+    return f"{fingerprint}+adapter-{model['model_id']}-{weights_digest(model['checkpoint'])}" if model else fingerprint
+
+
+@lru_cache(maxsize=64)
+def weights_digest(checkpoint: str) -> str:
+    """The first 8 hex digits of the SHA-256 of a registered checkpoint (registered once, never rewritten)."""
+    return hashlib.sha256(read_bytes(checkpoint)).hexdigest()[:8]
 
 
 @torch.inference_mode()

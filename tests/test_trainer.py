@@ -1,5 +1,6 @@
 """Training, registry and retraining on a tiny labelled demo store."""
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 from conftest import tiny_demo_args
+from labelgen.adapted import label_fingerprint
 from labelgen.features import cache_uri, load_features
 from labelgen.store import LabelStore
 from test_run import run
@@ -50,6 +52,15 @@ def test_cycle_consistency_counts_source_cells_whose_match_maps_back():
     assert matcher.cycle_consistency("a", "b", 1.0) == 1.0
     assert matcher.cycle_consistency("a", "b", 0.5) == 0.75
     assert np.isnan(cycle_score(matcher, [], OmegaConf.create(default_conf)))  # no held-out pair: no score
+
+
+def test_an_adapter_s_cached_features_are_keyed_by_its_weights_not_only_its_id(tmp_path):
+    for name, weights in (("a.pt", b"one"), ("b.pt", b"two"), ("c.pt", b"one")):
+        (tmp_path / name).write_bytes(weights)
+    a, b, c = ({"model_id": "m1", "checkpoint": str(tmp_path / n)} for n in ("a.pt", "b.pt", "c.pt"))
+    assert label_fingerprint("fp", a) != label_fingerprint("fp", b)  # two stores' m1 sharing one cache
+    assert label_fingerprint("fp", a) == label_fingerprint("fp", c) == f"fp+adapter-m1-{hashlib.sha256(b'one').hexdigest()[:8]}"
+    assert label_fingerprint("fp", None) == "fp"
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +124,7 @@ def test_the_loop_relabels_with_each_promoted_model_and_stops_when_one_is_not(ti
     con.close()
     assert [m["model_id"] for m in models] == [f"loop-r{n}" for n in range(1, len(models) + 1)]
     for n, m in enumerate(models):
-        relabelled = [r for r, f in runs.items() if f.endswith(f"+adapter-{m['model_id']}")]
+        relabelled = [r for r, f in runs.items() if f == label_fingerprint(f.split("+")[0], m)]
         if m["status"] != "promoted":  # the loop stops at the first model that is not promoted
             assert n == len(models) - 1 and not relabelled and f"loop stopped after round {n + 1}" in out.stdout
             break
@@ -132,7 +143,8 @@ def relabel_with_the_adapter(store_uri: str, tiny_demo: str, m1: dict):
     out = run([*args, "run_id=nothing", "labels.features=promoted"])
     assert out.returncode == 2 and "has no promoted adapter" in out.stderr
     out = run([*args, "run_id=relabel", "labels.features=adapter:m1"])
-    assert out.returncode == 0 and "+adapter-m1 (labels.features; refined in" in out.stdout, out.stderr[-3000:]
+    digest = hashlib.sha256(Path(m1["checkpoint"]).read_bytes()).hexdigest()[:8]  # of the weights: another m1 is another cache
+    assert out.returncode == 0 and f"+adapter-m1-{digest} (labels.features; refined in" in out.stdout, out.stderr[-3000:]
     store = LabelStore(store_uri)
     con = store.connect()
     rows = {r: (b, f) for r, b, f in con.execute("SELECT run_id, backbone_fingerprint, label_features FROM runs").fetchall()}
@@ -141,10 +153,10 @@ def relabel_with_the_adapter(store_uri: str, tiny_demo: str, m1: dict):
     con.close()
     fingerprint = rows["first"][0]
     assert rows["first"] == (fingerprint, fingerprint) and n > 0
-    assert rows["relabel"] == (fingerprint, f"{fingerprint}+adapter-m1")
+    assert rows["relabel"] == (fingerprint, f"{fingerprint}+adapter-m1-{digest}")
     # the cached features are the adapter's output on the backbone's (float16 in the cache)
     raw, refined = (load_features(cache_uri(str(Path(store_uri) / "features"), fp, image_id))
-                    for fp in (fingerprint, f"{fingerprint}+adapter-m1"))
+                    for fp in (fingerprint, f"{fingerprint}+adapter-m1-{digest}"))
     with torch.inference_mode():
         want = load_adapter(m1["checkpoint"])(raw.grid().permute(2, 0, 1).float()[None])[0].permute(1, 2, 0)
     assert torch.equal(refined.stored, raw.stored) and torch.equal(refined.fg, raw.fg)
