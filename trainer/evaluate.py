@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from omegaconf import OmegaConf
 
+from labelgen.chain import match_pair
 from labelgen.cli import run_command
 from labelgen.features import FLIPPED
 from labelgen.geometry import transfer
@@ -59,11 +60,10 @@ class Matcher:
         return self._feats[image_id]
 
     def foreground(self, image_id: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, C) unit features of the image's foreground cells and their (N, 2) grid (col, row)."""
-        fg = self.bank(image_id).fg
-        cells = fg.flatten().nonzero().squeeze(1)
-        feats = torch.nn.functional.normalize(self.feats(image_id).flatten(1)[:, cells].T, dim=1)
-        return feats, torch.stack([cells % fg.shape[1], cells // fg.shape[1]], dim=1).float()
+        """(N, C) features of the image's foreground cells and their (N, 2) grid (col, row)."""
+        f = self.bank(image_id)
+        cells = f.fg_index()
+        return self.feats(image_id).flatten(1)[:, cells].T, f.cell_xy(cells)
 
     @torch.inference_mode()
     def instance_distance(self, src: str, tgt: str) -> float:
@@ -74,11 +74,9 @@ class Matcher:
     @torch.inference_mode()
     def cycle_consistency(self, src: str, tgt: str, radius: float) -> float:
         """The share of the source's foreground cells whose nearest target cell has its own
-        nearest source cell within `radius` cells of them."""
+        nearest source cell within `radius` cells of them (the chains' cycle check)."""
         (fs, grid), (ft, _) = self.foreground(src), self.foreground(tgt)
-        sim = fs @ ft.T
-        back = sim.argmax(dim=0)[sim.argmax(dim=1)]
-        return float(((grid[back] - grid).norm(dim=1) <= radius).float().mean())
+        return float(match_pair(fs, ft, grid, radius)[1].float().mean())
 
     @torch.inference_mode()
     def predict(self, src: str, tgt: str, src_xy_px: np.ndarray) -> np.ndarray:
