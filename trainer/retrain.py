@@ -103,8 +103,10 @@ def report(conf) -> int:
             return code
     if conf.rounds > 1:
         scores = " -> ".join(f"{r['model_id']} {r['metrics']['adapter_val_cycle']:.3f} ({r['decision']})" for r in rounds)
-        why = "" if len(rounds) == conf.rounds and rounds[-1]["decision"] == "promoted" else (
-            ": its model was not promoted" if rounds and rounds[-1]["decision"] != "promoted" else ": nothing to train")
+        if rounds and rounds[-1]["decision"] != "promoted":
+            why = ": its model was not promoted"
+        else:
+            why = ": nothing to train" if len(rounds) < conf.rounds else ""
         print(f"loop stopped after round {len(rounds)}{why}; {time.perf_counter() - t0:.0f} s; val_cycle {scores or 'none'}",
               flush=True)
     return 0
