@@ -25,8 +25,8 @@ trained model can pin and a query can go back to.
 """
 
 import json
-import math
 import logging
+import math
 import os
 import posixpath
 import subprocess
