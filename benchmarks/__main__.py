@@ -1,11 +1,10 @@
-"""`python -m benchmarks [--quick] [--out BENCHMARKS.md]`: the service side by side with its
-yardsticks, in one run on this machine; prints the tables and writes them to --out.
+"""`python -m benchmarks [quick=true] [out=BENCHMARKS.md]`: the service side by side with its
+yardsticks, in one run on this machine; prints the tables and writes them to `out`.
 
 Every figure that matters is a ratio of two things measured here in the same run
 (timings on shared machines are noisy; ratios much less so).
 """
 
-import argparse
 import os
 import platform
 import shutil
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 
 from labelgen import run
-from labelgen.cli import HelpFormatter
+from labelgen.cli import run_command
 from labelgen.features import FeatureWorker, worker_batch
 from labelgen.manifest import read_manifest
 
@@ -31,6 +30,11 @@ from .scale import scale_model
 TARGETS = {"chain_speedup": 20.0, "of_bound": 0.6, "memory_growth": 1.5, "actor_share": 0.8}
 CHAIN_SIZES = {"full": 60, "quick": 15}  # tuples per demo category
 DINO = "DINOv2-B 60x60x768, the 3D collection's foreground"
+default_conf = {
+    "quick": False,  # the chains at the small size only; no memory or make-run runs; scale at 1x and 4x, growth at 1x
+    "out": "BENCHMARKS.md",  # the report to write
+    "workdir": "data/bench",  # demo images, features and stores of the runs
+}
 
 
 def machine() -> dict:
@@ -80,23 +84,17 @@ def table(rows: list[dict], fmt: dict | None = None) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help="the chains at the small size only; no memory or make-run runs; scale at 1x and 4x, growth at 1x")
-    parser.add_argument("--out", default="BENCHMARKS.md", help="the report to write")
-    parser.add_argument("--workdir", default="data/bench", help="demo images, features and stores of the runs")
-    a = parser.parse_args(argv)
+def bench(conf) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     m = machine()
     steps = 9
     print(f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']:.0f} GiB; torch {m['torch']}; GPU: {m['gpu'] or 'none'}",
           flush=True)
 
-    conf = run.parse(["data.builtin=demo", f"data.demo.root={a.workdir}", f"store={a.workdir}/store"])
+    conf = run.parse(["data.builtin=demo", f"data.demo.root={conf.workdir}", f"store={conf.workdir}/store"])
     inputs = run.prepare(conf)
     df, backbone_conf, size, fingerprint = inputs.df, inputs.backbone, inputs.image_size, inputs.fingerprint
-    cache_root = os.path.join(a.workdir, "features")
+    cache_root = os.path.join(conf.workdir, "features")
     shutil.rmtree(cache_root, ignore_errors=True)  # the actor writes every file
     torch.set_num_threads(m["cores"])
     peak = matmul_flops()
@@ -106,9 +104,9 @@ def main(argv=None) -> int:
     actor_share = 2 * feats["images_per_s"] / backbones[1]["images_per_s"]  # 2 passes per image (flip)
 
     print(f"[2/{steps}] feature cache: bytes per image against the full grid (demo photos, 3D collection, DINOv2-B)", flush=True)
-    objects = read_manifest(run.builtin_collection(run.parse([f"data.objects.root={a.workdir}"]).data))
+    objects = read_manifest(run.builtin_collection(run.parse([f"data.objects.root={conf.workdir}"]).data))
     sample = objects.groupby("category").head(8)  # 8 views of each 3D category
-    objects_cache = os.path.join(a.workdir, "features-objects")
+    objects_cache = os.path.join(conf.workdir, "features-objects")
     shutil.rmtree(objects_cache, ignore_errors=True)
     extract(sample, backbone_conf, size, objects_cache, fingerprint)
     cache = {"demo photos": bench_cache(cache_root, fingerprint, df["image_id"]),
@@ -116,36 +114,36 @@ def main(argv=None) -> int:
     cache[DINO] = cache_cut_dinov2(cache["3D collection (masks)"]["fg_fraction"])
     torch.set_num_threads(1)
     peak_1 = matmul_flops()
-    sizes = {k: v for k, v in CHAIN_SIZES.items() if k == "quick" or not a.quick}
+    sizes = {k: v for k, v in CHAIN_SIZES.items() if k == "quick" or not conf.quick}
     print(f"[3/{steps}] chains: the published per-tuple loop vs the service's chain stage, one core each, "
           f"{' and '.join(f'{n} tuples per category' for n in sizes.values())}", flush=True)
     chains = {k: bench_chains(df, conf, cache_root, fingerprint, n) for k, n in sizes.items()}
-    print(f"[4/{steps}] memory: " + ("skipped (--quick)" if a.quick else "one category with 1x and 10x the tuples"), flush=True)
-    mem = None if a.quick else bench_memory(os.path.abspath(a.workdir))
-    print(f"[5/{steps}] make run: " + ("skipped (--quick)" if a.quick else "the default run, wall time per stage"), flush=True)
-    make_run = None if a.quick else bench_make_run(os.path.abspath(a.workdir))
+    print(f"[4/{steps}] memory: " + ("skipped (quick=true)" if conf.quick else "one category with 1x and 10x the tuples"), flush=True)
+    mem = None if conf.quick else bench_memory(os.path.abspath(conf.workdir))
+    print(f"[5/{steps}] make run: " + ("skipped (quick=true)" if conf.quick else "the default run, wall time per stage"), flush=True)
+    make_run = None if conf.quick else bench_make_run(os.path.abspath(conf.workdir))
     print(f"[6/{steps}] scale model", flush=True)
     scale = scale_model(next(iter(chains.values())), feats["mean_fg"], 288, cache["3D collection (masks)"]["fg_fraction"],
                         cache_fraction=cache[DINO]["fraction"])
-    print(f"[7/{steps}] scale and growth: the 3D collection at " + ("1x and 4x, growth at 1x" if a.quick else
+    print(f"[7/{steps}] scale and growth: the 3D collection at " + ("1x and 4x, growth at 1x" if conf.quick else
           "1x, 4x and 16x, one category of 20,000 views, growth at 4x"), flush=True)
-    growth = bench_growth(os.path.abspath(a.workdir), a.quick)
+    growth = bench_growth(os.path.abspath(conf.workdir), conf.quick)
     print("growth: " + "; ".join(f"{t['target']}: {t['measured']} ({'met' if t['met'] else 'NOT met'})"
                                  for t in growth["targets"]), flush=True)
 
     print(f"[8/{steps}] current labels: commits and queries as the store grows to "
-          + ("1 million labels" if a.quick else "10 million labels"), flush=True)
-    current = bench_current_labels(os.path.abspath(a.workdir), *((4, 250_000) if a.quick else (10, 1_000_000)))
+          + ("1 million labels" if conf.quick else "10 million labels"), flush=True)
+    current = bench_current_labels(os.path.abspath(conf.workdir), *((4, 250_000) if conf.quick else (10, 1_000_000)))
 
-    print(f"[9/{steps}] pairing: one category of " + ("1,000 and 4,000" if a.quick else "1,000 to 50,000") + " images", flush=True)
-    pairing = bench_pairing(a.quick)
+    print(f"[9/{steps}] pairing: one category of " + ("1,000 and 4,000" if conf.quick else "1,000 to 50,000") + " images", flush=True)
+    pairing = bench_pairing(conf.quick)
 
     report = "\n".join([render(m, peak, peak_1, feats, backbones, actor_share, chains, cache, mem, make_run, scale, growth),
                         render_current_labels(current), render_pairing(pairing)])
     print(report)
-    with open(a.out, "w") as f:
+    with open(conf.out, "w") as f:
         f.write(report + "\n")
-    print(f"written to {a.out}")
+    print(f"written to {conf.out}")
     return 0
 
 
@@ -178,7 +176,7 @@ def render(m, peak, peak_1, feats, backbones, actor_share, chains, cache, mem, m
            if m["gpu"] else "no GPU on this machine | not measured |"),
         f"| vote: peak memory of one category with 10x the tuples < {TARGETS['memory_growth']}x, same labels | "
         + (f"x{mem['growth']:.2f} (the vote in one task: x{mem['growth_one_task']:.2f}), labels the same: {mem['same_labels']} | "
-           f"{ok(mem['growth'], TARGETS['memory_growth'], less=True)} |" if mem else "skipped (--quick) | |"),
+           f"{ok(mem['growth'], TARGETS['memory_growth'], less=True)} |" if mem else "skipped (quick=true) | |"),
         f"| feature cache: bytes per image and the chains' reads cut | DINOv2-B shaped {dino['fraction']:.0%} of the full grid "
         f"({dino['bytes'] / 1e6:.2f} of {dino['full_bytes'] / 1e6:.2f} MB); 3D collection {cache['3D collection (masks)']['fraction']:.0%}; "
         f"demo photos {cache['demo photos']['fraction']:.0%} | {ok(1 - dino['fraction'], 1e-9)} |",
@@ -189,7 +187,7 @@ def render(m, peak, peak_1, feats, backbones, actor_share, chains, cache, mem, m
         f"| features >= {TARGETS['of_bound']:.0%} of the FLOP bound | MobileNetV2 {mobilenet:.0%} (channels-last), "
         f"ViT-S/14 {backbones[2]['of_bound']:.0%} | {ok(mobilenet, TARGETS['of_bound'])} (MobileNetV2) |",
         "| `make run` wall time by stage | "
-        + (f"{make_run['stages']['total']:.0f} s in all; the table below | |" if make_run else "skipped (--quick) | |"),
+        + (f"{make_run['stages']['total']:.0f} s in all; the table below | |" if make_run else "skipped (quick=true) | |"),
         f"| scale ({', '.join(growth['sizes'])}{', one category of 20,000 views' if growth['big'] else ''}) and growth | "
         f"{sum(t['met'] for t in growth['targets'])} of {len(growth['targets'])} targets met; the section below | |",
         "",
@@ -258,6 +256,10 @@ def render(m, peak, peak_1, feats, backbones, actor_share, chains, cache, mem, m
         render_growth(growth),
     ]
     return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    return run_command(default_conf, bench, argv, announce=False)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,11 @@
 PostgreSQL catalog, with catalog conflicts provoked on purpose, each store checked whole after.
 
 A trial (a round) is one fresh store: a new PostgreSQL database as its catalog and a new
-data folder, its tables created by one first write, then --writers processes that each
-commit --runs label runs as the pipeline does (begin_run, update_run, the run's Parquet
+data folder, its tables created by one first write, then `writers` processes that each
+commit `runs` label runs as the pipeline does (begin_run, update_run, the run's Parquet
 files written, LabelStore.commit), all released at the same instant, optionally with
---trainers processes that log models meanwhile (model_log, another table). A locker holds
-an EXCLUSIVE lock on ducklake_snapshot for --hold-ms of every --hold-ms + --gap-ms (every
+`trainers` processes that log models meanwhile (model_log, another table). A locker holds
+an EXCLUSIVE lock on ducklake_snapshot for hold_ms of every hold_ms + gap_ms (every
 commit queues behind it, so the queued ones meet at its release and all but one fail), and
 the server runs with log_line_prefix '%d ' so that every catalog error it raised is
 counted per round. After the writers, the store is opened read-only and every table and
@@ -14,7 +14,7 @@ view is read in full, every committed run's rows checked against what its writer
 no row of a run that did not commit, and the catalog's data files checked for name-map
 ids that are not their table's (`DAMAGED_FILES`).
 
-Variants (--variant):
+Variants (variant=):
   ducklake  DuckLake's own commit retry on (`ducklake_max_retry_count` 10, its default),
             the store's whole-transaction retry around it: the store before its fix
   store     the store's settings exactly (`ducklake_max_retry_count` 0, `catalog.retrying`)
@@ -25,9 +25,9 @@ name-map ids of its first try; a retry writes the maps under new ids and leaves 
 naming the old ones, which another commit has taken meanwhile (an inlined insert takes a
 file id and writes no map: `Unknown name map id N`). Only a commit that makes new name maps
 (the first files of a table, or of a new file schema) is exposed, so a trial is a fresh
-store. `--reduced` runs the smallest script that shows it (plain duckdb, two connections).
+store. `reduced=true` runs the smallest script that shows it (plain duckdb, two connections).
 
-    python -m benchmarks.catalog_stress --trials 200 --writers 4 --variant both
+    python -m benchmarks.catalog_stress trials=200 writers=4 variant=both
 
 Measured here (2 shared cores, 3 writers x 1 run, the defaults otherwise): DuckLake's retry
 damaged 10 of 60 stores (the first in trial 3; every one `Unknown name map id` in
@@ -38,7 +38,6 @@ conflicts were unique violations on the snapshot id that the store did not retry
 failed); counted as conflicts since (catalog.CONFLICT), all 46 of 20 trials were redone.
 """
 
-import argparse
 import json
 import logging
 import multiprocessing as mp
@@ -54,11 +53,30 @@ import tempfile
 import time
 from collections import Counter
 
-from labelgen.cli import HelpFormatter
+from labelgen.cli import run_command
 
 from .postgres import PostgresServer, bindir
 
 VARIANTS = {"ducklake": ["ducklake"], "store": ["store"], "both": ["ducklake", "store"]}
+default_conf = {
+    "trials": 20,  # rounds (fresh stores) per variant
+    "variant": "both",  # how commits are retried (above): ducklake | store | both
+    "writers": 4,  # label writer processes per round
+    "trainers": 0,  # processes that log models (model_log) meanwhile
+    "runs": 2,  # label runs each writer commits per round
+    "spread_ms": 1000,  # each writer starts at a random moment in this span (one's run starts meet another's commit)
+    "jitter_ms": 200,  # a random pause of up to this before each store operation
+    "seed": 0,  # of the random start offsets and pauses
+    "hold_ms": 150,  # the locker's hold of ducklake_snapshot (0: no locker)
+    "gap_ms": 150,  # the locker's pause between holds
+    "repair": True,  # try REPAIR on each damaged catalog, then read the store again
+    "keep_corrupt": False,  # keep corrupt stores' databases and folders
+    "workdir": None,  # the stores' data folders; default: a temp folder, removed after
+    "round_timeout": 300.0,  # seconds a round's writers may take
+    "max_minutes": 0.0,  # stop after this many minutes (0: run every trial)
+    "json": None,  # write the rounds and the summary to this file
+    "reduced": False,  # run only the reduced script (plain duckdb), both ways
+}
 STORE_RETRY = "SET ducklake_max_retry_count = 0"  # the line of catalog.statements that variant ducklake changes
 DUCKLAKE_RETRY = "SET ducklake_max_retry_count = 10"  # DuckLake's default
 PG_ERRORS = {"serialization": "could not serialize access", "unique": "duplicate key value violates unique constraint",
@@ -546,7 +564,7 @@ def stress(a, pg_catalog, pg_log: str | None = None, progress=print) -> dict:
                          f"{' (' + ', '.join(sorted({e['kind'] for e in r['errors']})) + ')' if r['errors'] else ''}"
                          f"{'; crashed: ' + ', '.join(r['crashed']) if r['crashed'] else ''}; store {status}")
             if a.max_minutes and time.time() - t0 > 60 * a.max_minutes:
-                progress(f"stopping: --max-minutes {a.max_minutes} reached after {n + 1} trials")
+                progress(f"stopping: max_minutes={a.max_minutes} reached after {n + 1} trials")
                 break
     finally:
         pool.close()
@@ -567,32 +585,9 @@ def reduced(server: PostgresServer) -> dict:
     return out
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.catalog_stress", description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--trials", type=int, default=20, help="rounds (fresh stores) per variant")
-    p.add_argument("--variant", choices=list(VARIANTS), default="both", help="how commits are retried (above)")
-    p.add_argument("--writers", type=int, default=4, help="label writer processes per round")
-    p.add_argument("--trainers", type=int, default=0, help="processes that log models (model_log) meanwhile")
-    p.add_argument("--runs", type=int, default=2, help="label runs each writer commits per round")
-    p.add_argument("--spread-ms", type=int, default=1000,
-                   help="each writer starts at a random moment in this span (one's run starts meet another's commit)")
-    p.add_argument("--jitter-ms", type=int, default=200, help="a random pause of up to this before each store operation")
-    p.add_argument("--seed", type=int, default=0, help="of the random start offsets and pauses")
-    p.add_argument("--hold-ms", type=int, default=150, help="the locker's hold of ducklake_snapshot (0: no locker)")
-    p.add_argument("--gap-ms", type=int, default=150, help="the locker's pause between holds")
-    p.add_argument("--repair", action=argparse.BooleanOptionalAction, default=True,
-                   help="try REPAIR on each damaged catalog, then read the store again")
-    p.add_argument("--keep-corrupt", action="store_true", help="keep corrupt stores' databases and folders")
-    p.add_argument("--workdir", default=None, help="the stores' data folders (default: a temp folder, removed after)")
-    p.add_argument("--round-timeout", type=float, default=300, help="seconds a round's writers may take")
-    p.add_argument("--max-minutes", type=float, default=0, help="stop after this many minutes (0: run every trial)")
-    p.add_argument("--json", default=None, help="write the rounds and the summary to this file")
-    p.add_argument("--reduced", action="store_true", help="run only the reduced script (plain duckdb), both ways")
-    return p
-
-
-def main(argv=None) -> int:
-    a = parser().parse_args(argv)
+def run_stress(a) -> int:
+    if a.variant not in VARIANTS:
+        raise ValueError(f"variant={a.variant}: variant takes {', '.join(VARIANTS)}")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server and the writers on the way out
     server = PostgresServer({"log_line_prefix": "'%d '", "log_min_error_statement": "panic", "max_connections": 300})
     try:
@@ -611,6 +606,10 @@ def main(argv=None) -> int:
         with open(a.json, "w") as f:
             json.dump(result, f, indent=1, default=lambda o: sorted(o) if isinstance(o, set) else str(o))
     return 1 if result["summary"].get("store", {}).get("corrupt_stores") else 0
+
+
+def main(argv=None) -> int:
+    return run_command(default_conf, run_stress, argv, announce=False)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""`python -m benchmarks.kills [--kills N] [--catalog sqlite|postgres|both] [--seed S]`: SIGKILL
+"""`python -m benchmarks.kills [kills=N] [catalog=sqlite|postgres|both] [seed=S]`: SIGKILL
 label runs at random instants, N times per catalog, and check the store's promises each time.
 
 A trial starts `python -m labelgen.run` on the tiny demo (2 photos x 4 views) with the
@@ -33,7 +33,7 @@ leaves no staged candidates nor `.tmp` file behind.
 
 Episodes share the catalog's store (new_only=false: each run labels everything again);
 features-stage kills first delete the store's feature cache; start-stage kills take a
-fresh store. Beside the random kills (`--no-sweeps` leaves these out): a driver that kills
+fresh store. Beside the random kills (`sweeps=false` leaves these out): a driver that kills
 itself before each statement of its commit's writer connection, inside its COMMIT and
 right after it; one that kills a new store's first writer before each of its statements
 (store creation and the run's first row); a reader (`python -m queries`, and a loop of
@@ -41,7 +41,6 @@ right after it; one that kills a new store's first writer before each of its sta
 the store opens and the trainer's rerun succeeds. A summary table ends the run.
 """
 
-import argparse
 import collections
 import json
 import os
@@ -71,6 +70,16 @@ STAGES = ("start", "features", "chains", "vote", "commit", "committed")  # where
 TABLES = ("label_history", "label_pairs", "images", "runs", "run_stats", "bad_inputs", "labels", "current_pairs")
 FILE_TABLES = ("label_history", "label_pairs", "images")
 RUN_FILE = re.compile(r"/runs/([^/]+)/")
+CATALOGS = ("sqlite", "postgres", "both")
+default_conf = {
+    "kills": 50,  # random kills per catalog (at least)
+    "catalog": "both",  # the catalogs to kill runs on: sqlite | postgres | both
+    "seed": 0,  # of the delays and the episodes' plans
+    "fresh": 3,  # episodes on a fresh store, aimed at the start
+    "sweeps": True,  # also the sweeps through a commit and a new store's first write; false: random kills, readers, a trainer
+    "workdir": "data/bench/kills",  # demo images and stores (removed first)
+    "json": None,  # also write the trials and findings here
+}
 PROBLEMS = ("corrupt", "partial", "double", "failed_resume", "differ", "unregistered", "tmp", "candidates")
 
 
@@ -869,7 +878,7 @@ def kill_reader(cat: Catalog, store: str, rng: random.Random, kind: str = "loop"
     opens after, unchanged."""
     before = inspect(store)
     if kind == "queries":
-        proc, wait = Proc(["-m", "queries", "labels_per_category", "--store", store]), rng.uniform(0.3, 1.5)
+        proc, wait = Proc(["-m", "queries", "labels_per_category", f"store={store}"]), rng.uniform(0.3, 1.5)
         while not proc.exited() and time.monotonic() - proc.t0 < wait:
             time.sleep(0.005)
     else:
@@ -1027,32 +1036,29 @@ def bench_kills(workdir: str, kills: int, catalogs: list[str], seed: int = 0, sw
     return out
 
 
-def main(argv=None) -> int:
-    from labelgen.cli import HelpFormatter
-
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.kills", description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("--kills", type=int, default=50, help="random kills per catalog (at least)")
-    parser.add_argument("--catalog", choices=["sqlite", "postgres", "both"], default="both", help="the catalogs to kill runs on")
-    parser.add_argument("--seed", type=int, default=0, help="of the delays and the episodes' plans")
-    parser.add_argument("--fresh", type=int, default=3, help="episodes on a fresh store, aimed at the start")
-    parser.add_argument("--no-sweeps", action="store_true", help="random kills, readers and a trainer only")
-    parser.add_argument("--workdir", default="data/bench/kills", help="demo images and stores (removed first)")
-    parser.add_argument("--json", help="also write the trials and findings here")
-    a = parser.parse_args(argv)
-    shutil.rmtree(a.workdir, ignore_errors=True)
+def kill_runs(conf) -> int:
+    if conf.catalog not in CATALOGS:
+        raise ValueError(f"catalog={conf.catalog}: catalog takes {', '.join(CATALOGS)}")
+    shutil.rmtree(conf.workdir, ignore_errors=True)
     t0 = time.monotonic()
-    cats = bench_kills(a.workdir, a.kills, ["sqlite", "postgres"] if a.catalog == "both" else [a.catalog], a.seed,
-                       not a.no_sweeps, a.fresh)
+    cats = bench_kills(conf.workdir, conf.kills, ["sqlite", "postgres"] if conf.catalog == "both" else [conf.catalog],
+                       conf.seed, conf.sweeps, conf.fresh)
     wall = time.monotonic() - t0
     print(summary(cats, wall), flush=True)
-    if a.json:
-        with open(a.json, "w") as f:
+    if conf.json:
+        with open(conf.json, "w") as f:
             json.dump([{"kind": c.kind, "landed": dict(c.landed), "problems": c.problems, "trials": c.trials,
                         "sweeps": {f"{p} -> {s}": n for (p, s), n in c.sweeps.items()}, "windows": c.ref.windows,
                         "readers": c.readers, "trainers": [{k: v for k, v in t.items() if k != "output"} for t in c.trainers]}
                        for c in cats], f, indent=1, default=str)
     broken = sum(len(c.problems[k]) for c in cats for k in ("corrupt", "partial", "double", "failed_resume", "differ"))
     return 1 if broken else 0
+
+
+def main(argv=None) -> int:
+    from labelgen.cli import run_command
+
+    return run_command(default_conf, kill_runs, argv, announce=False)
 
 
 if __name__ == "__main__":

@@ -7,17 +7,21 @@ minus ru_maxrss after the imports and the rows are made (the baseline). Poses: `
 (uniformly random rotations), `similarity` (no pose: random unit 768-d descriptors,
 neighbour walks). Coverage: the share of images that anchor at least one tuple.
 
-`python -m benchmarks.pairing [--quick]` prints the table.
+`python -m benchmarks.pairing [quick=true]` prints the table.
 """
 
-import argparse
 import json
 import subprocess
 import sys
 
+from labelgen.cli import run_command
+
 SIZES = (1000, 4000, 16000, 50000)
 QUICK_SIZES = (1000, 4000)
 KINDS = ("full", "so3", "similarity")
+default_conf = {
+    "quick": False,  # sizes 1000 and 4000 only (QUICK_SIZES), instead of up to 50000
+}
 
 CHILD = """
 import json, resource, sys, time
@@ -79,7 +83,10 @@ def render_pairing(rows: list[dict]) -> str:
                       table(rows, {"seconds": ".1f", "peak_mb": ".0f", "coverage": ".4f"}), ""])
 
 
+def main(argv=None) -> int:
+    return run_command(default_conf, lambda conf: print(render_pairing(bench_pairing(conf.quick))) or 0, argv,
+                       announce=False)
+
+
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help=f"sizes {QUICK_SIZES} instead of {SIZES}")
-    print(render_pairing(bench_pairing(parser.parse_args().quick)))
+    sys.exit(main())

@@ -1,19 +1,23 @@
-"""`python -m cluster.gpu_check [--address A] [--actors N]`: are GPUs pinned one per actor?
+"""`python -m cluster.gpu_check [address=A] [actors=N]`: are GPUs pinned one per actor?
 
 Starts N actors that each ask for one GPU, as the feature stage's do, and prints
 (as JSON) where each landed and what it sees (node, CUDA_VISIBLE_DEVICES, Ray's GPU
-ids, whether torch sees CUDA), then the cluster's live nodes. With --actors 0 it
+ids, whether torch sees CUDA), then the cluster's live nodes. With actors=0 it
 only lists the nodes: handy to watch the autoscaler add and remove them.
 """
 
-import argparse
 import json
 import os
 import sys
 
 import ray
 
-from labelgen.cli import HelpFormatter
+from labelgen.cli import run_command
+
+default_conf = {
+    "address": os.environ.get("RAY_ADDRESS", "auto"),  # the cluster (RAY_ADDRESS)
+    "actors": 2,  # actors asking for one GPU each
+}
 
 
 # Restarted elsewhere when its node goes away: an idle node the autoscaler is removing can
@@ -41,14 +45,14 @@ def check(actors: int) -> dict:
     return {"actors": reports, "nodes": nodes}
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cluster.gpu_check", description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS", "auto"), help="the cluster (RAY_ADDRESS)")
-    parser.add_argument("--actors", type=int, default=2, help="actors asking for one GPU each")
-    a = parser.parse_args(argv)
-    ray.init(address=a.address, logging_level="ERROR", log_to_driver=False)
-    print(json.dumps(check(a.actors), indent=1))
+def report(conf) -> int:
+    ray.init(address=conf.address, logging_level="ERROR", log_to_driver=False)
+    print(json.dumps(check(conf.actors), indent=1))
     return 0
+
+
+def main(argv=None) -> int:
+    return run_command(default_conf, report, argv, announce=False)
 
 
 if __name__ == "__main__":

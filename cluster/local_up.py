@@ -1,4 +1,4 @@
-"""`python -m cluster.local_up [--keep | --down DIR] [labelgen.run overrides]`: the real
+"""`python -m cluster.local_up [keep=true | down=DIR] [labelgen.run overrides]`: the real
 `ray up` and a Ray job on this machine, then a teardown that stops only what it started.
 
 Ray's local provider drives a "cluster" of one head at 127.0.0.1 over ssh, exactly as
@@ -19,7 +19,6 @@ does not run `ray down`: on the local provider that is `ray stop` over ssh, whic
 every Ray process on the machine, and then a note in that record.
 """
 
-import argparse
 import getpass
 import os
 import shlex
@@ -34,14 +33,19 @@ import time
 import psutil
 import yaml
 
-from labelgen.cli import HelpFormatter
+from labelgen.cli import OPTIONS, old_flags, run_command
 
 from .jobs import ROOT
+
+default_conf = {
+    "keep": False,  # leave the cluster up (then: down=DIR, as printed)
+    "down": None,  # take down a cluster left up by keep=true: its processes only
+}
 
 KEY = os.path.expanduser("~/.ssh/labelgen_local")
 PROFILE_MARK = "# labelgen: the virtualenv for ray up/down over ssh"
 OWNER = "LABELGEN_RAY_OWNER"  # in the environment of every process of a Ray instance started here
-CONFIG = "local_cluster.yaml"  # in the cluster's directory: what `--down` looks for before removing it
+CONFIG = "local_cluster.yaml"  # in the cluster's directory: what `down=` looks for before removing it
 # `ray start` flags: the ports another instance on its defaults would hold too
 PORT_FLAGS = ("port", "dashboard-port", "ray-client-server-port", "dashboard-agent-listen-port")
 STOP_ORDER = {"raylet": 0, "gcs_server": 2}  # `ray stop`'s, the rest between
@@ -249,7 +253,7 @@ def up_job_down(jobs: list[list[str]], keep: bool = False) -> dict:
             raise RuntimeError(f"ray up failed:\n{(up.stdout + up.stderr)[-3000:]}")
         kept = keep
         for args in jobs:
-            job = subprocess.run([sys.executable, "-m", "cluster.jobs", f"--address={result['dashboard']}", *args],
+            job = subprocess.run([sys.executable, "-m", "cluster.jobs", f"address={result['dashboard']}", *args],
                                  capture_output=True, text=True, timeout=1200, env=env, cwd=ROOT)
             result["jobs"].append({"args": args, "rc": job.returncode, "log": job.stdout + job.stderr})
     finally:
@@ -259,7 +263,7 @@ def up_job_down(jobs: list[list[str]], keep: bool = False) -> dict:
 
 
 def down(home: str) -> int:
-    """`--down`: the teardown of a cluster left up by `--keep`."""
+    """`down=DIR`: the teardown of a cluster left up by `keep=true`."""
     home = os.path.abspath(home)
     if not os.path.exists(os.path.join(home, CONFIG)):
         print(f"error: {home} has no {CONFIG}: not a directory of cluster.local_up", file=sys.stderr)
@@ -269,26 +273,28 @@ def down(home: str) -> int:
     return 1 if left else 0
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cluster.local_up", description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("--keep", action="store_true", help="leave the cluster up (then: --down DIR, as printed)")
-    parser.add_argument("--down", metavar="DIR", help="take down a cluster left up by --keep: its processes only")
-    parser.add_argument("overrides", nargs=argparse.REMAINDER, help="labelgen.run overrides (default: the demo)")
-    a = parser.parse_args(argv)
-    if a.down:
-        return down(a.down)
-    overrides = a.overrides or [f"store={os.path.abspath('labelstore-local-cluster')}"]
+def up(conf, overrides: list[str]) -> int:
+    if conf.down:
+        return down(conf.down)
+    overrides = overrides or [f"store={os.path.abspath('labelstore-local-cluster')}"]
     try:
-        r = up_job_down([["labels", *overrides]], keep=a.keep)
+        r = up_job_down([["labels", *overrides]], keep=conf.keep)
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     (job,) = r["jobs"]
     print(job["log"])
     print(f"ray up {r['up_s']:.0f} s; job exit {job['rc']}; "
-          + (f"left up, dashboard {r['dashboard']}; take it down with: python -m cluster.local_up --down {r['home']}"
-             if a.keep else f"its processes left: {', '.join(r['left_after_down']) or 'none'}"))
+          + (f"left up, dashboard {r['dashboard']}; take it down with: python -m cluster.local_up down={r['home']}"
+             if conf.keep else f"its processes left: {', '.join(r['left_after_down']) or 'none'}"))
     return 0 if job["rc"] == 0 and not r.get("left_after_down") else 1
+
+
+def main(argv=None) -> int:
+    argv = old_flags(list(sys.argv[1:] if argv is None else argv), default_conf)
+    ours = [a for a in argv if a in OPTIONS or a.split("=", 1)[0] in default_conf]  # the rest: labelgen.run's
+    return run_command(default_conf, lambda conf: up(conf, [a for a in argv if a not in ours]), ours,
+                       tail=" [labelgen.run key=value ...]", announce=False)
 
 
 if __name__ == "__main__":

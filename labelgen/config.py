@@ -35,6 +35,13 @@ RENAMED = {"labels.min_confidence": "labels.keep: a share of each source image's
 OPTIONAL_KEYS = frozenset({"keep", "max_gap_deg", "pair_radius"})
 
 
+# Where labels live, for every entry point that reads or writes a store: spread into its
+# defaults (`**STORE_DEFAULTS`), where `describe` finds these comments.
+STORE_DEFAULTS = {
+    "store": "labelstore",  # a folder or s3://bucket/prefix
+    "catalog": None,  # the store's catalog: none = the one it was made with (new: catalog.sqlite in it) | postgres:<libpq string> | sqlite:<file>
+}
+
 PACKAGES = ("labelgen", "trainer", "queries", "cluster", "benchmarks")  # whose defaults `describe` reads
 
 
@@ -276,20 +283,32 @@ def _source_comments(filename: str) -> tuple[ast.Module, dict[int, str]]:
     return ast.parse(text), comments
 
 
-def _walk_literal(node: ast.Dict, value: dict, comments: dict[int, str], out: dict):
+def _walk_literal(module, node: ast.Dict, value: dict, comments: dict[int, str], out: dict, spreads: list):
     for key, child in zip(node.keys, node.values):
-        if isinstance(key, ast.Constant) and key.value in value:
+        if key is None:  # **other: its keys' comments, unless this literal writes the key itself
+            written = {k.value for k in node.keys if isinstance(k, ast.Constant)}
+            spreads.append((value, _named_object(module, child), written))
+        elif isinstance(key, ast.Constant) and key.value in value:
             sub = value[key.value]
             if isinstance(child, ast.Dict) and isinstance(sub, dict):
-                _walk_literal(child, sub, comments, out)
+                _walk_literal(module, child, sub, comments, out, spreads)
             elif child.end_lineno in comments:
                 out.setdefault(id(value), {})[key.value] = comments[child.end_lineno]
 
 
+def _named_object(module, node: ast.expr):
+    """What a name (NAME or a.b.NAME) in a module's source is bound to, or None."""
+    if isinstance(node, ast.Name):
+        return getattr(module, node.id, None)
+    if isinstance(node, ast.Attribute):
+        return getattr(_named_object(module, node.value), node.attr, None)
+    return None
+
+
 def _comments() -> dict[int, dict[str, str]]:
     """id(dict) -> key -> comment, for the module-level dict literals of this project's
-    loaded modules (the defaults of every stage)."""
-    out = {}
+    loaded modules (the defaults of every stage), and the dicts they spread into others."""
+    out, spreads = {}, []
     for module in list(sys.modules.values()):
         name = getattr(getattr(module, "__spec__", None), "name", None) or module.__name__
         filename = getattr(module, "__file__", None) or ""
@@ -300,7 +319,10 @@ def _comments() -> dict[int, dict[str, str]]:
             if isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Dict) and isinstance(stmt.targets[0], ast.Name):
                 value = getattr(module, stmt.targets[0].id, None)
                 if isinstance(value, dict):
-                    _walk_literal(stmt.value, value, comments, out)
+                    _walk_literal(module, stmt.value, value, comments, out, spreads)
+    for value, spread, written in spreads:
+        inherited = {k: v for k, v in out.get(id(spread), {}).items() if k not in written}
+        out[id(value)] = {**inherited, **out.get(id(value), {})}
     return out
 
 

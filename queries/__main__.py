@@ -1,65 +1,75 @@
 """Reports on a label store.
 
-    python -m queries NAME [--store URI] [--at SNAPSHOT] [--format table|csv|json] [--plot out.png] [--param k=v ...]
-    python -m queries sql "SELECT ..." [--store URI]
+    python -m queries NAME [store=URI] [at=SNAPSHOT] [format=table|csv|json] [plot=out.png] [param=[k=v,...]]
+    python -m queries sql "SELECT ..." [store=URI]
     python -m queries list
 """
 
-import argparse
 import sys
 
 import pandas as pd
 
-from labelgen.cli import HelpFormatter
+from labelgen.cli import run_command
+from labelgen.config import STORE_DEFAULTS, ConfigError
 
 from . import header, report_names, report_sql, run_sql
 
+FORMATS = ("table", "csv", "json")
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m queries", description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("report", help="a report name, 'sql', or 'list'")
-    parser.add_argument("sql", nargs="?", help="the SQL text, with the 'sql' report")
-    parser.add_argument("--store", default="labelstore", help="label store: a folder or s3://bucket/prefix")
-    parser.add_argument("--catalog", help="the store's catalog; default: the one it was created with (catalog.json)")
-    parser.add_argument("--at", type=int, metavar="SNAPSHOT", help="read the store as it was at this snapshot "
-                        "(report `snapshots` lists them); default: the latest")
-    parser.add_argument("--format", choices=["table", "csv", "json"], default="table", help="how to print the result")
-    parser.add_argument("--plot", metavar="PNG", help="also draw the report into this file")
-    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="a report parameter")
-    args = parser.parse_args(argv)
-    if args.report == "list":
-        for name in report_names():
-            print(f"{name:22s} {header(report_sql(name))['about']}")
+default_conf = {
+    **STORE_DEFAULTS,
+    "at": None,  # read the store as it was at this snapshot (report `snapshots` lists them); default: the latest
+    "format": "table",  # how to print the result: table | csv | json
+    "plot": None,  # also draw the report into this PNG (reports with a chart)
+    "param": [],  # report parameters, NAME=VALUE each, e.g. param=[a=RUN1,b=RUN2]
+}
+
+
+def report(conf, words: list[str]) -> int:
+    if not words:
+        raise ConfigError("name a report, 'sql' or 'list' (python -m queries list)")
+    name = words[0]
+    if name == "list":
+        for report_name in report_names():
+            print(f"{report_name:22s} {header(report_sql(report_name))['about']}")
         return 0
+    if conf.format not in FORMATS:
+        raise ConfigError(f"format={conf.format}: format takes {', '.join(FORMATS)}")
+    if conf.at is not None and not isinstance(conf.at, int):
+        raise ConfigError(f"at={conf.at}: at takes a snapshot id, an integer")
     try:
-        params = dict(p.split("=", 1) for p in args.param if "=" in p)
-        if len(params) != len(args.param):
-            raise ValueError("--param takes NAME=VALUE")
-        if args.report == "sql":
-            if not args.sql:
+        params = dict(str(p).split("=", 1) for p in conf.param if "=" in str(p))
+        if len(params) != len(conf.param):
+            raise ValueError("param takes NAME=VALUE items, e.g. param=[a=RUN1,b=RUN2]")
+        if name == "sql":
+            if len(words) < 2:
                 raise ValueError('the sql report needs the query text: python -m queries sql "SELECT ..."')
-            sql, spec = args.sql, {"about": "", "plot": ""}
+            sql, spec = words[1], {"about": "", "plot": ""}
         else:
-            sql = report_sql(args.report)
+            sql = report_sql(name)
             spec = header(sql)
-        df = run_sql(args.store, sql, params, args.catalog, args.at)
-        if args.plot:
+        df = run_sql(conf.store, sql, params, conf.catalog, conf.at)
+        if conf.plot:
             if not spec["plot"]:
-                raise ValueError(f"report '{args.report}' has no chart")
+                raise ValueError(f"report '{name}' has no chart")
             from .plot import chart
 
-            chart(df, spec["plot"], f"{args.report}: {spec['about']}", args.plot)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
+            chart(df, spec["plot"], f"{name}: {spec['about']}", conf.plot)
+    except (KeyError, RuntimeError) as e:  # ValueError and FileNotFoundError: run_command's usage errors
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.format == "csv":
+    if conf.format == "csv":
         df.to_csv(sys.stdout, index=False)
-    elif args.format == "json":
+    elif conf.format == "json":
         print(df.to_json(orient="records", indent=1, date_format="iso"))
     else:
         with pd.option_context("display.width", 200, "display.max_columns", 50, "display.max_colwidth", 60):
             print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 0
+
+
+def main(argv=None) -> int:
+    return run_command(default_conf, report, argv, words="REPORT [SQL]", announce=False)
 
 
 if __name__ == "__main__":

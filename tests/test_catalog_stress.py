@@ -10,6 +10,7 @@ import duckdb
 import pytest
 
 from benchmarks import catalog_stress as cs
+from labelgen.config import parse_overrides
 from labelgen.store import extensions
 from labelgen.store.check import damaged_files, mend
 
@@ -76,8 +77,8 @@ def test_without_ducklakes_retry_the_losing_commit_fails_whole_and_the_catalog_s
 
 @pytest.mark.slow
 def test_with_the_store_settings_provoked_conflicts_damage_no_store(postgres, tmp_path):
-    a = cs.parser().parse_args(["--trials", "3", "--writers", "3", "--runs", "1", "--variant", "store",
-                                "--workdir", str(tmp_path), "--round-timeout", "120"])
+    a = parse_overrides(cs.default_conf, ["trials=3", "writers=3", "runs=1", "variant=store", f"workdir={tmp_path}",
+                                          "round_timeout=120"])
     result = cs.stress(a, postgres, pg_log=None, progress=print)
     s = result["summary"]["store"]
     assert s["rounds"] == 3 and s["crashes"] == 0

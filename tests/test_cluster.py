@@ -66,7 +66,7 @@ def ray_cli(*args, env=None, timeout=180):
 
 
 def gpu_check(address, actors):
-    out = subprocess.run([sys.executable, "-m", "cluster.gpu_check", f"--address={address}", f"--actors={actors}"],
+    out = subprocess.run([sys.executable, "-m", "cluster.gpu_check", f"address={address}", f"actors={actors}"],
                          capture_output=True, text=True, timeout=300, env={**os.environ, **CLIENT_ENV}, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     # one indented JSON object; Ray may print a warning beside it (seen: "(raylet) Task GpuProbe.report

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -195,7 +196,7 @@ def test_maintain_compacts_and_keeps_the_snapshots_models_pinned(tmp_path):
     assert len(lines) == 4
 
     # again, on the command line: nothing left to merge, the pinned snapshot still kept
-    out = subprocess.run([sys.executable, "-m", "labelgen.store", "maintain", "--store", store.uri, "--older-than-days", "0"],
+    out = subprocess.run([sys.executable, "-m", "labelgen.store", "maintain", f"store={store.uri}", "older_than_days=0"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "data files 3 -> 3" in out.stdout and "1 kept for models" in out.stdout
@@ -203,14 +204,33 @@ def test_maintain_compacts_and_keeps_the_snapshots_models_pinned(tmp_path):
 
 
 def test_help():
-    env = {**os.environ, "COLUMNS": "200"}
     out = subprocess.run([sys.executable, "-m", "labelgen.store", "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "migrate OLD NEW" in out.stdout and "maintain" in out.stdout
     out = subprocess.run([sys.executable, "-m", "labelgen.store", "maintain", "--help"], capture_output=True, text=True,
-                         timeout=120, env=env)
-    assert "(default: 7.0)" in out.stdout and "(default: labelstore)" in out.stdout
+                         timeout=120)
+    assert out.stdout.startswith("usage: python -m labelgen.store maintain [-h] [-v] [key=value ...]")
+    keys = re.findall(r"^  (\S+=\S*)\s+(.+)$", out.stdout.split("keys (", 1)[1], re.M)
+    assert [k for k, _ in keys] == ["store=labelstore", "catalog=null", "older_than_days=7.0"]
+    assert all(meaning for _, meaning in keys)  # the store's keys keep their comments, written once in STORE_DEFAULTS
+    out = subprocess.run([sys.executable, "-m", "labelgen.store", "migrate", "-h"], capture_output=True, text=True,
+                         timeout=120)
+    assert "migrate [-h] [-v] [key=value ...] OLD NEW" in out.stdout and "catalog=null" in out.stdout
 
 
-def test_maintain_of_a_missing_store_is_a_clear_error(tmp_path, capsys):
-    assert main(["maintain", "--store", str(tmp_path / "none")]) == 2
+@pytest.mark.parametrize("command", ["maintain", "check", "repair", "attach"])
+def test_a_missing_store_is_a_clear_error(command, tmp_path, capsys):
+    assert main([command, f"store={tmp_path / 'none'}"]) == 2
     assert capsys.readouterr().err.startswith(f"error: no label store at {tmp_path / 'none'}")
+
+
+def test_old_flags_still_work_with_a_warning_and_unknown_keys_are_refused(tmp_path, capsys):
+    assert main(["maintain", "--store", str(tmp_path / "none"), "--older-than-days", "0"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[:2] == ["warning: --store is deprecated, write store=...; flags go away in the next release",
+                       "warning: --older-than-days is deprecated, write older_than_days=...; flags go away in the next release"]
+    assert err[2].startswith(f"error: no label store at {tmp_path / 'none'}")
+    assert main(["check", f"--store={tmp_path / 'none'}"]) == 2
+    assert "no label store at" in capsys.readouterr().err
+    assert main(["attach", "older_than_days=1"]) == 2
+    assert "no key older_than_days; known keys: store, catalog, at" in capsys.readouterr().err
+    assert main(["vacuum"]) == 2 and "name a command: migrate, maintain, check, repair, attach" in capsys.readouterr().err
