@@ -387,3 +387,35 @@ def test_a_model_whose_scores_are_nan_is_saved_with_null_scores(store):
     store.save_model({"model_id": "m", "label_runs": ["r1"], "created": "2025-01-01T00:00:00.000+00:00",
                       "metrics": {"steps": 4, "adapter_val_pck@0.10": float("nan"), "curve": [1.0, float("inf")]}})
     assert store.models()[0]["metrics"] == {"steps": 4, "adapter_val_pck@0.10": None, "curve": [1.0, None]}
+
+
+def test_the_feature_cache_is_the_given_one_else_features_in_the_store(tmp_path):
+    store = LabelStore(str(tmp_path / "store"))
+    assert store.feature_cache() == store.feature_cache("") == str(tmp_path / "store" / "features")
+    assert store.feature_cache("s3://cache/features") == "s3://cache/features"
+
+
+def test_the_latest_run_is_the_latest_committed_that_holds_current_labels_unless_named(tmp_path):
+    store = LabelStore(str(tmp_path / "store"))
+    for run_id in ("r1", "r2", "r3"):
+        begin(store, run_id)
+    store.write_category("r1", "cat", labels("r1", 2), images("r1"), {})
+    store.commit("r1", {}, [])
+    store.commit("r2", {}, [])  # a repeated run that labelled nothing: it holds no current labels; r3 never commits
+    assert store.latest_run()["run_id"] == "r1" and store.latest_run()["config"] == "k: 1"
+    assert store.latest_run(current=False)["run_id"] == store.latest_run("r2")["run_id"] == "r2"
+    assert store.latest_run("r3") is None and store.latest_run("nope") is None
+
+
+def test_a_model_is_named_latest_promoted_or_by_its_id_and_has_weights(tmp_path):
+    store = LabelStore(str(tmp_path / "store"))
+    assert store.model("latest") is None and store.model("promoted") is None
+    for i, (model_id, decision) in enumerate((("m1", "promoted"), ("m2", "rejected"), ("m3", None))):
+        record = {"model_id": model_id, "label_runs": ["r1"], "created": f"2025-01-0{i + 1}T00:00:00.000+00:00"}
+        if decision:  # decided with weights; m3 is still training
+            store.save_model({**record, "decision": decision, "decided": record["created"]}, b"weights")
+        else:
+            store.save_model(record)
+    assert store.model("latest")["model_id"] == "m2" and store.model("promoted")["model_id"] == "m1"
+    assert store.model("m1")["checkpoint"] == store.model_uri("m1", "adapter.pt")
+    assert store.model("m3") is None and store.model("m4") is None  # training: no weights yet

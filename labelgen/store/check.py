@@ -8,8 +8,8 @@ it fail. `check` names each such file and the run it belongs to.
 """
 
 import re
-from urllib.parse import unquote
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import unquote
 
 import duckdb
 import pyarrow.fs as pafs

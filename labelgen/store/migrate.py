@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 
 from ..io import exists, is_remote, join, list_dirs, list_files, read_bytes
 from .catalog import MARKER
-from .lake import LabelStore, now
+from .connections import now
+from .lake import LabelStore
 from .schema import BAD_INPUT_SCHEMA, COLUMNS, IMAGE_SCHEMA, LABEL_SCHEMA
 
 
