@@ -105,6 +105,14 @@ class ImageFeatures:
         """Grid coordinates to original-image pixels (cell centres)."""
         return (xy + 0.5) * self.stride / self.scale
 
+    def on_foreground(self, xy: np.ndarray) -> np.ndarray:
+        """(N,) bool: which original-image pixels lie in a foreground cell."""
+        col, row = np.floor(np.asarray(xy) * self.scale / self.stride).astype(int).T
+        h, w = self.fg.shape
+        inside = (col >= 0) & (col < w) & (row >= 0) & (row < h)
+        inside[inside] = self.fg.numpy()[row[inside], col[inside]]
+        return inside
+
     def descriptor(self) -> np.ndarray:
         """A global descriptor: the unit mean of the foreground features (all, without any),
         taken from the full grid when it was cached."""
