@@ -10,7 +10,8 @@ from omegaconf import OmegaConf
 from labelgen.chain import nearest
 from labelgen.features import cache_uri, load_features
 from labelgen.labels import Foreground
-from labelgen.run import chunk_candidates, make_tuples
+from labelgen.tasks import chunk_candidates
+from labelgen.tuples import make_tuples
 
 from .reference import reference_candidates
 

@@ -16,7 +16,7 @@ def tiny_demo_args(manifest: str) -> list[str]:
     from omegaconf import OmegaConf
 
     from labelgen.config import overrides
-    from labelgen.run import DEMO_PRESET, default_conf
+    from labelgen.pipeline import DEMO_PRESET, default_conf
 
     return [f"data.manifest={manifest}", *overrides(OmegaConf.merge(default_conf, DEMO_PRESET), default_conf)]
 

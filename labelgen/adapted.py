@@ -8,7 +8,6 @@ adapter's input), once, and cached beside them under their own fingerprint. The 
 """
 
 import hashlib
-import io as _io
 import logging
 import time
 from functools import lru_cache
@@ -16,11 +15,11 @@ from functools import lru_cache
 import ray
 import torch
 
-from trainer.adapter import load_adapter
-
 from .console import Progress
-from .features import ImageFeatures, cache_uri, cached_versions, load_features, save_features
+from .features import ImageFeatures, autocast, cache_uri, cached_versions, load_features, save_features, worker_device
 from .io import read_bytes
+from .models import Adapter, load_checkpoint
+from .ray_utils import wait_each
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +66,14 @@ def adapt_images(checkpoint: str, cache_root: str, fingerprint: str, out_fingerp
                  batch: int = 16) -> int:
     """Refine the cached backbone features of `image_ids` with the adapter and cache them
     (the stored cells of the zero-filled grids, as the adapter was trained on)."""
-    adapter = load_adapter(_io.BytesIO(read_bytes(checkpoint)))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    adapter = load_checkpoint(Adapter, checkpoint)
+    device = worker_device()
     adapter.to(device)
     for s in range(0, len(image_ids), batch):
         ids = image_ids[s : s + batch]
         feats = [load_features(cache_uri(cache_root, fingerprint, i)) for i in ids]
         x = torch.stack([f.grid().permute(2, 0, 1).float() for f in feats]).to(device)  # one grid side per backbone and size
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with autocast(device):
             out = adapter(x).float().cpu()
         for i, f, o in zip(ids, feats, out):
             refined = ImageFeatures(o.permute(1, 2, 0).to(torch.float16), f.fg, f.scale, f.stride, f.width, f.height,
@@ -102,8 +101,7 @@ def adapt_features(image_ids, model: dict, cache_root: str, fingerprint: str, pe
     refs = [task.remote(model["checkpoint"], cache_root, fingerprint, out_fingerprint, todo[s : s + per_task])
             for s in range(0, len(todo), per_task)]
     with Progress(len(todo), "adapter features", "images") as bar:
-        while refs:
-            done, refs = ray.wait(refs, num_returns=1)
-            bar.update(ray.get(done[0]))
+        for _, n in wait_each(refs):
+            bar.update(n)
     return time.perf_counter() - t0
 

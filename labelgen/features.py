@@ -332,7 +332,7 @@ class FeatureWorker:
         if threads:
             torch.set_num_threads(int(threads))
         keep_freed_memory()
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = worker_device()
         self.backbone, _ = build_backbone(backbone_conf)
         # channels-last: 1.85x on the CPU for MobileNetV2 (BENCHMARKS.md), and what cuDNN wants
         self.backbone.to(self.device, memory_format=torch.channels_last)
@@ -382,7 +382,7 @@ class FeatureWorker:
         if self.device.type == "cuda":
             x = x.pin_memory()  # so the copy to the GPU is asynchronous
         x = x.to(self.device, memory_format=torch.channels_last, non_blocking=True)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+        with autocast(self.device):
             return self.backbone(x).float().cpu()
 
     def _finish(self, view, f: torch.Tensor) -> tuple[str, int]:
@@ -422,6 +422,16 @@ def keep_freed_memory() -> None:
         return
     libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: blocks up to 1 GiB come from the heap...
     libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: ...and stay in it when freed
+
+
+def worker_device() -> torch.device:
+    """The GPU Ray gave this worker (CUDA_VISIBLE_DEVICES), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast(device: torch.device):
+    """bf16 on a GPU (the backbone's and the adapter's forward), full precision on the CPU."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 def device_name(device: torch.device) -> str:

@@ -38,6 +38,15 @@ def init_ray(conf) -> str:
     return f"local instance on 127.0.0.1, {auth}"
 
 
+def wait_each(refs):
+    """(ref, result) of each task as it finishes, fetched one at a time, so that the driver
+    holds one result at a time and a progress bar can move with each."""
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        yield done[0], ray.get(done[0])
+
+
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 

@@ -17,7 +17,8 @@ features alone, with four losses:
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
+
+from .models import SphereMapper
 
 default_conf = {
     "dim": 384,  # width of the mapper's transformer block
@@ -37,30 +38,6 @@ default_conf = {
     },
     "seed": 0,  # weights and sampling
 }
-
-
-class SphereMapper(nn.Module):
-    def __init__(self, in_dim: int, categories: list[str], dim: int = 384, heads: int = 6):
-        super().__init__()
-        self.categories = list(categories)
-        self.inp = nn.Linear(in_dim, dim)
-        self.block = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, batch_first=True, norm_first=True)
-        self.out = nn.Linear(dim, 3)
-        self.category = nn.Embedding(len(self.categories), 64)
-        self.prototype = nn.Sequential(nn.Linear(3 + 64, dim), nn.ReLU(), nn.Linear(dim, in_dim))
-
-    def forward(self, feats: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, N, C) patch features (`pad` (B, N) True where padding) -> (B, N, 3) unit vectors."""
-        return F.normalize(self.out(self.block(self.inp(feats), src_key_padding_mask=pad)), dim=-1)
-
-    def reconstruct(self, points: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
-        """(B, N, 3) sphere points of images of `category` (B,) -> (B, N, C) prototype features."""
-        cat = self.category(category)[:, None].expand(-1, points.shape[1], -1)
-        return self.prototype(torch.cat([points, cat], dim=-1))
-
-    def config(self) -> dict:
-        return {"in_dim": self.inp.in_features, "categories": self.categories, "dim": self.inp.out_features,
-                "heads": self.block.self_attn.num_heads}
 
 
 def angle_deg(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

@@ -3,13 +3,11 @@ foreground features of a committed label run's images and register it in the sto
 The label pipeline then filters with it: `python -m labelgen.run labels.sphere=latest`.
 """
 
-import io as _io
 import time
 import uuid
 
 import numpy as np
 import pandas as pd
-import torch
 from omegaconf import OmegaConf
 
 from . import sphere
@@ -17,6 +15,7 @@ from .cli import run_command
 from .features import cache_uri, load_features
 from .io import join
 from .labels import Foreground
+from .models import SphereMapper, checkpoint, load_checkpoint
 from .store import LabelStore, now
 
 default_conf = {
@@ -61,11 +60,8 @@ def run_images(store: LabelStore, run_id: str | None) -> tuple[str, str, list[di
     return run_id, fingerprint, mapper_inputs(cache_root, fingerprint, images)
 
 
-def load_mapper(data: bytes) -> sphere.SphereMapper:
-    blob = torch.load(_io.BytesIO(data), map_location="cpu", weights_only=True)
-    mapper = sphere.SphereMapper(**blob["config"])
-    mapper.load_state_dict(blob["state_dict"])
-    return mapper.eval()
+def load_mapper(data: bytes) -> SphereMapper:  # TEMP shim until labelgen.evaluate imports models
+    return load_checkpoint(SphereMapper, data)
 
 
 def fit(store: LabelStore, images: list[dict], fingerprint: str, label_run: str, conf, log=None, categories=()) -> dict:
@@ -76,13 +72,11 @@ def fit(store: LabelStore, images: list[dict], fingerprint: str, label_run: str,
                          "check its masks (python -m queries empty_images), or run with labels.sphere=none")
     t0 = time.perf_counter()
     mapper, history = sphere.train_mapper(images, conf, log=log)
-    buf = _io.BytesIO()
-    torch.save({"config": mapper.config(), "state_dict": mapper.state_dict()}, buf)
     return store.save_sphere({
         "sphere_id": f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}", "label_run": label_run,
         "backbone_fingerprint": fingerprint, "categories": sorted(set(mapper.categories) | set(categories)), "images": len(images),
         "history": history, "train_s": round(time.perf_counter() - t0, 1), "config": OmegaConf.to_yaml(conf),
-        "created": now()}, buf.getvalue())
+        "created": now()}, checkpoint(mapper))
 
 
 def train(conf) -> int:

@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 
 from transformers import CLIPTextModel
 
-from labelgen import run
+from labelgen import pipeline
 from labelgen.backbones import WeightsNotFound, build_backbone, default_conf
 from labelgen.backbones.stable_diffusion import StableDiffusion, StableDiffusionDino
 from labelgen.features import FeatureWorker, cache_uri, load_features, worker_batch
@@ -112,8 +112,8 @@ def test_the_run_config_selects_fused_features_end_to_end_through_the_cache(tiny
     path, _ = dino_small_file
     argv = [*tiny_demo_args(tiny_demo), f"store={tmp_path}", "backbone.name=sd15_dinov2_vits14", f"backbone.weights={path}",
             f"backbone.sd_weights={tiny_sd}", "backbone.image_size=112", "backbone.sd_image_size=128"]
-    conf = run.parse(argv)
-    inputs = run.prepare(conf)
+    conf = pipeline.parse(argv)
+    inputs = pipeline.prepare(conf)
     fingerprint = inputs.fingerprint
     assert inputs.backbone_reason == "asked for" and fingerprint.startswith("sd15_dinov2_vits14-112-")
     worker = FeatureWorker(inputs.backbone, inputs.image_size, str(tmp_path / "features"), fingerprint, mask_fallback="image")

@@ -19,9 +19,8 @@ import time
 
 from omegaconf import OmegaConf
 
-from labelgen import run as label_run
 from labelgen.cli import run_command
-from labelgen.config import known_keys, parse_overrides
+from labelgen.pipeline import label, relabel_config
 from labelgen.store import LabelStore
 
 from . import train as train_mod
@@ -51,16 +50,12 @@ def new_labels(conf) -> tuple[int, list[str], dict | None]:
 
 
 def relabel_conf(conf, run_id: str, model_id: str):
-    """labelgen.run's config for relabelling: the run's own, a new run id, the adapter's
-    features, then the `relabel` overrides."""
+    """labelgen.run's config for relabelling run `run_id` with adapter `model_id`."""
     if not OmegaConf.is_list(conf.relabel):
         raise ValueError(f"relabel={conf.relabel}: give a list of labelgen.run overrides, e.g. relabel=[] or "
                          "relabel=[labels.keep=0.1]")
-    run_conf = OmegaConf.create(LabelStore(conf.train.data.store, conf.train.data.catalog).run_record(run_id)["config"])
-    run_conf.merge_with({"run_id": None, "catalog": conf.train.data.catalog, "labels": {"features": f"adapter:{model_id}"}})
     try:
-        return parse_overrides(label_run.default_conf, list(conf.relabel),
-                               known_keys(OmegaConf.to_container(run_conf), label_run.default_conf))
+        return relabel_config(LabelStore(conf.train.data.store, conf.train.data.catalog), run_id, model_id, conf.relabel)
     except ValueError as e:
         raise ValueError(f"relabel={list(conf.relabel)} over run {run_id}'s config: {e}") from None
 
@@ -98,7 +93,7 @@ def report(conf) -> int:
             break
         run_id = record["label_runs"][-1]
         print(f"{tag}relabelling run {run_id}'s collection with the promoted adapter {record['model_id']}", flush=True)
-        code = label_run.label(relabel_conf(this, run_id, record["model_id"]))
+        code = label(relabel_conf(this, run_id, record["model_id"]))
         if code:
             return code
     if conf.rounds > 1:
