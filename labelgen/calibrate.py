@@ -16,8 +16,9 @@ from sklearn.linear_model import LogisticRegression
 
 from . import evaluate
 from .cli import run_command
-from .labels import SIGNALS, signal_frame
+from .labels import CONFIDENCE_INPUTS, signal_frame
 from .manifest import read_manifest
+from .metrics import at, within
 from .store import LabelStore
 
 default_conf = {
@@ -31,6 +32,7 @@ default_conf = {
 }
 
 
+ALPHAS = (0.05, 0.10)  # the precision columns; the model is of being correct at the last
 KEEPS = (0.04, 0.06, 0.08, 0.10, 0.11, 0.12, 0.13, 0.14, 0.16, 0.18, 0.20, 0.25, 0.30, None)  # labels.keep values tried
 
 
@@ -41,9 +43,10 @@ def thresholds(labels: pd.DataFrame, p: np.ndarray, tried: int, covisible: int) 
     rows, order = [], np.argsort(-p, kind="stable")
     for keep in KEEPS:
         kept = labels.iloc[order[: len(labels) if keep is None else round(keep * tried)]]
+        precision = pd.DataFrame(within(kept.error, ALPHAS), columns=[f"P{at(a)}" for a in ALPHAS]).mean()
         rows.append({"keep": "null" if keep is None else f"{keep:g}", "kept": len(kept) / max(1, len(labels)),
-                     "yield": len(kept) / max(1, covisible), "P@0.05": kept.ok05.mean(), "P@0.10": kept.ok10.mean(),
-                     "hidden": kept.hidden.mean(), "mirror": kept[kept.twin_part].mirrored.mean()})
+                     "yield": len(kept) / max(1, covisible), **precision, "hidden": kept.hidden.mean(),
+                     "mirror": kept[kept.twin_part].mirrored.mean()})
     return pd.DataFrame(rows)
 
 
@@ -59,13 +62,14 @@ def calibrate(conf) -> int:
     rows, stored, _ = evaluate.evaluate_parts(econf, store, run_id, fingerprint, run_conf, manifest)
     rows = rows[rows.split == conf.split]
     labels = rows[(rows.kind == stored) & rows.label]
-    if labels.ok10.nunique() < 2:
+    correct = within(labels.error, ALPHAS[-1:])[:, 0]
+    if len(np.unique(correct)) < 2:
         raise ValueError(f"run {run_id}, split {conf.split}: {len(labels)} labels, not both right and wrong ones to fit on")
     if run_conf.labels.get("keep") is not None:
         print(f"warning: run {run_id} kept only its most confident labels (labels.keep={run_conf.labels.keep}); the fit "
               "sees none of the others (run with labels.keep=null)")
-    model = LogisticRegression(max_iter=1000).fit(signal_frame(labels).to_numpy(), labels.ok10)
-    weights = {"bias": float(model.intercept_[0]), **{k: float(w) for k, w in zip(SIGNALS, model.coef_[0])}}
+    model = LogisticRegression(max_iter=1000).fit(signal_frame(labels).to_numpy(), correct)
+    weights = {"bias": float(model.intercept_[0]), **{k: float(w) for k, w in zip(CONFIDENCE_INPUTS, model.coef_[0])}}
     raw = rows[(rows.kind == "raw NN") & (rows.gap <= 90)]
     covisible = int((raw.label & ~raw.hidden).sum())  # one raw NN row per source foreground patch
     tried = int(rows.loc[rows.kind == stored, "tried"].sum())  # source foreground patches of the pairs examined

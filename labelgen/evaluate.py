@@ -30,23 +30,22 @@ from omegaconf import DictConfig, OmegaConf
 from .chain import match_pair
 from .cli import run_command
 from .features import cache_uri, load_features
-from .geometry import transfer
 from .io import join, read_bytes, write_bytes
-from .labels import Foreground, pose_gap, sphere_angles
+from .labels import SIGNALS, Foreground, pose_gap, sphere_angles
 from .manifest import read_manifest
+from .metrics import Tally, at, homography_error, within
 from .pairing import view_rotations
 from .sphere import map_image
 from .store import LabelStore
-from .train_sphere import load_mapper
+from .train_sphere import load_mapper, wanted
 from .train_sphere import resolve as resolve_sphere
-from .train_sphere import wanted
 from .truth import judge, load_truth
 
 default_conf = {
     "store": "labelstore",  # a folder or s3://bucket/prefix
     "catalog": None,  # the store's catalog: none = the one it was made with (new: catalog.sqlite in it) | postgres:<libpq string> | sqlite:<file>
     "run_id": None,  # judge this run's own labels; default: the current labels on the latest labelling run's features
-    "alphas": [0.05, 0.10],  # thresholds, fractions of the longer image side
+    "alphas": [0.05, 0.10],  # thresholds: fractions of the target's box side (part truth) or longer image side
     "max_pairs": 40,  # image pairs per category and hop distance for the direct baselines
     "seed": 0,  # which pairs the direct baselines sample
     "output": None,  # also write the table as JSON here
@@ -54,12 +53,6 @@ default_conf = {
     "split": "val",  # part truth: the split whose figures are printed (all splits go to `output`)
     "sphere": "auto",  # part truth: the mapper of the `+ sphere` rows: an id, latest, none; auto: the latest one on the run's features
 }
-
-
-def correct(hom_src, hom_tgt, src_xy, tgt_xy, size, alphas) -> np.ndarray:
-    """(N, len(alphas)) bool: is each predicted target within a * size of the truth."""
-    err = np.linalg.norm(transfer(hom_src, hom_tgt, src_xy) - tgt_xy, axis=1)
-    return err[:, None] <= np.asarray(alphas)[None, :] * size
 
 
 def xy(frame: pd.DataFrame, end: str) -> np.ndarray:
@@ -70,29 +63,6 @@ def direct_matches(fa: Foreground, fb: Foreground, radius: float):
     """Raw nearest neighbours of all of A's foreground in B, and the cycle-check mask."""
     tgt, keep, _ = match_pair(fa.feats, fb.feats, fa.grid, radius)
     return fa.pixels.numpy(), fb.pixels[tgt].numpy(), keep.numpy()
-
-
-class Tally:
-    """Counts of correct labels per alpha, and the matches tried, per group."""
-
-    def __init__(self, alphas):
-        self.alphas, self.rows = alphas, {}
-
-    def add(self, category: str, kind: str, ok: np.ndarray, tried: int):
-        for key in ((category, kind), ("ALL", kind)):
-            row = self.rows.setdefault(key, {"n": 0, "tried": 0, "ok": np.zeros(len(self.alphas))})
-            row["n"] += len(ok)
-            row["tried"] += tried
-            row["ok"] += ok.sum(axis=0)
-
-    def frame(self) -> pd.DataFrame:
-        recs = []
-        for (category, kind), r in sorted(self.rows.items(), key=lambda kv: (kv[0][0] == "ALL", kv[0])):
-            rec = {"category": category, "kind": kind, "labels": r["n"], "yield": r["n"] / max(1, r["tried"])}
-            for a, ok in zip(self.alphas, r["ok"]):
-                rec[f"P@{a:.2f}"] = ok / max(1, r["n"])
-            recs.append(rec)
-        return pd.DataFrame(recs)
 
 
 def run_record(store: LabelStore, run_id: str | None) -> tuple[str, str, DictConfig, str]:
@@ -146,8 +116,8 @@ def evaluate_homographies(conf, store: LabelStore, run_id: str, fingerprint: str
     fg = foregrounds(store, run_conf, fingerprint)
     tally, rng, k = Tally(list(conf.alphas)), np.random.default_rng(conf.seed), run_conf.pairing.k
     for (category, a, b, hops), g in labels.groupby(["category", "src_image_id", "tgt_image_id", "hops"]):
-        ok = correct(hom[a], hom[b], xy(g, "src"), xy(g, "tgt"), max(fg(b).size), conf.alphas)
-        tally.add(category, f"chained hops={hops}", ok, len(fg(a).feats))
+        error = homography_error(hom[a], hom[b], xy(g, "src"), xy(g, "tgt"), max(fg(b).size))
+        tally.add(category, f"chained hops={hops}", error, len(fg(a).feats))
     by_pair = labels.groupby(["src_image_id", "tgt_image_id"])
     pairs = labels.groupby(["category", "hops", "src_image_id", "tgt_image_id"]).size().reset_index()
     for (category, hops), g in pairs.groupby(["category", "hops"]):
@@ -155,22 +125,21 @@ def evaluate_homographies(conf, store: LabelStore, run_id: str, fingerprint: str
         for a, b in zip(sample["src_image_id"], sample["tgt_image_id"]):
             src, tgt, keep = direct_matches(fg(a), fg(b), run_conf.labels.radius)
             size = max(fg(b).size)
-            ok = correct(hom[a], hom[b], src, tgt, size, conf.alphas)
-            tally.add(category, f"direct raw hops={hops}", ok, len(src))
-            tally.add(category, f"direct cycle hops={hops}", ok[keep], len(src))
+            error = homography_error(hom[a], hom[b], src, tgt, size)
+            tally.add(category, f"direct raw hops={hops}", error, len(src))
+            tally.add(category, f"direct cycle hops={hops}", error[keep], len(src))
             if hops == k - 1:
                 chained = by_pair.get_group((a, b))
-                ok_c = correct(hom[a], hom[b], xy(chained, "src"), xy(chained, "tgt"), size, conf.alphas)
-                tally.add(category, "far: chained", ok_c, len(src))
-                tally.add(category, "far: direct cycle", ok[keep], len(src))
+                chained_error = homography_error(hom[a], hom[b], xy(chained, "src"), xy(chained, "tgt"), size)
+                tally.add(category, "far: chained", chained_error, len(src))
+                tally.add(category, "far: direct cycle", error[keep], len(src))
     result = tally.frame()
     result.attrs["run_id"] = run_id
     return result
 
 
 GAP_BINS = [0, 45, 90, 135, 181]  # pose gap (geodesic degrees between the two views' rotations)
-SIGNALS = {"support": False, "similarity": False, "cycle_error": True, "pair_error": True, "pose_gap": True,
-           "confidence": False, "sphere_angle": True}  # signal -> lower is better
+CURVE_SIGNALS = {k: lower for k, lower in SIGNALS.items() if k != "hops"}  # hops has tables of its own
 KINDS = ["raw NN", "mutual NN", "NN + cycle", "chain + vote", "+ sphere"]
 
 
@@ -179,16 +148,16 @@ def pair_split(a: str, b: str) -> str:
 
 
 def part_rows(judged: dict, meta: dict, tried: int, extra: dict | None = None) -> pd.DataFrame:
-    """One row per label (its group, verdicts and signals), or one row that is no label when
-    there is none, so that the pair's `tried` (source foreground patches) always counts once."""
+    """One row per label (its group, error, verdicts and signals), or one row that is no label
+    when there is none, so that the pair's `tried` (source foreground patches) always counts once."""
     n = len(judged["hidden"])
     if n == 0:
-        judged = {"correct": np.zeros((1, 2), bool), **{k: np.zeros(1, bool) for k in ("hidden", "twin_part", "mirrored")}}
+        judged = {"error": np.full(1, np.nan), **{k: np.zeros(1, bool) for k in ("hidden", "twin_part", "mirrored")}}
         extra = {k: np.full(1, np.nan) for k in extra or {}}
     m = max(n, 1)
+    verdicts = {k: judged[k] for k in ("error", "hidden", "twin_part", "mirrored")}
     frame = pd.DataFrame({**{k: np.full(m, v) for k, v in meta.items()}, "label": np.full(m, n > 0), "tried": np.zeros(m),
-                          "ok05": judged["correct"][:, 0], "ok10": judged["correct"][:, 1], "hidden": judged["hidden"],
-                          "twin_part": judged["twin_part"], "mirrored": judged["mirrored"], **(extra or {})})
+                          **verdicts, **(extra or {})})
     frame.loc[0, "tried"] = tried
     return frame
 
@@ -232,7 +201,7 @@ def evaluate_parts(conf, store: LabelStore, run_id: str, fingerprint: str, run_c
             meta = {"split": p.split, "category": p.category, "hops": p.hops, "gap": pose_gap(rotations, a, b)}
             stored = by_pair.get_group((a, b)).reset_index(drop=True)
             judged = judge(truth(a), truth(b), xy(stored, "src"), xy(stored, "tgt"))
-            signals = {k: stored[k].to_numpy(dtype=float) for k in SIGNALS}
+            signals = {k: stored[k].to_numpy(dtype=float) for k in CURVE_SIGNALS}
             if mapper is not None:
                 angles = sphere_angles(pa.Table.from_pandas(stored), {a: fa, b: fb}, {a: points(a), b: points(b)})
                 signals["sphere_angle"] = angles.astype(float)
@@ -247,11 +216,14 @@ def evaluate_parts(conf, store: LabelStore, run_id: str, fingerprint: str, run_c
     return pd.concat(out, ignore_index=True), stored_kind, mapper is not None
 
 
-def summarise(rows: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    g = rows.groupby(by, observed=True)
-    table = pd.DataFrame({"labels": g["label"].sum(), "yield": g["tried"].sum(), "P@0.05": g["ok05"].sum(),
-                          "P@0.10": g["ok10"].sum(), "hidden": g["hidden"].sum()})
-    for col in ("P@0.05", "P@0.10", "hidden"):
+def summarise(rows: pd.DataFrame, by: list[str], alphas) -> pd.DataFrame:
+    """Per group: labels, yield, P@alpha, the hidden share and the mirror rate."""
+    precision = [f"P{at(a)}" for a in alphas]
+    ok = pd.DataFrame(within(rows["error"], alphas), index=rows.index, columns=precision)
+    g = rows.assign(**ok).groupby(by, observed=True)
+    table = pd.DataFrame({"labels": g["label"].sum(), "yield": g["tried"].sum(), **{c: g[c].sum() for c in precision},
+                          "hidden": g["hidden"].sum()})
+    for col in (*precision, "hidden"):
         table[col] = table[col] / table["labels"].where(table["labels"] > 0)
     table["yield"] = table["labels"] / table["yield"]
     twin_rows = rows[rows.twin_part].groupby(by, observed=True)["mirrored"]
@@ -259,16 +231,16 @@ def summarise(rows: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     return table.reset_index()
 
 
-def curves(stored: pd.DataFrame, png: str | None) -> pd.DataFrame:
-    """Precision (P@0.10) against the share of stored labels kept, ranking by each signal;
+def curves(stored: pd.DataFrame, alpha: float, png: str | None) -> pd.DataFrame:
+    """Precision (P@alpha) against the share of stored labels kept, ranking by each signal;
     the best operating point of each (the largest F1 of precision and recall of correct labels)."""
-    points, lines = [], {}
-    for signal, lower in SIGNALS.items():
+    points, lines, name = [], {}, f"P{at(alpha)}"
+    for signal, lower in CURVE_SIGNALS.items():
         values = stored[signal].to_numpy(dtype=float)
         if np.isnan(values).all():
             continue
         order = np.argsort(values if lower else -values, kind="stable")
-        ok, ranked = stored["ok10"].to_numpy()[order], values[order]
+        ok, ranked = within(stored["error"], [alpha])[order, 0], values[order]
         kept = np.arange(1, len(ok) + 1)
         precision, recall = np.cumsum(ok) / kept, np.cumsum(ok) / max(1, ok.sum())
         f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-9)
@@ -276,7 +248,7 @@ def curves(stored: pd.DataFrame, png: str | None) -> pd.DataFrame:
         best = int(cuts[np.argmax(f1[cuts])])
         lines[signal] = (kept / len(ok), precision)
         points.append({"signal": signal, "keep": "<=" if lower else ">=", "threshold": ranked[best],
-                       "kept": kept[best] / len(ok), "P@0.10": precision[best], "P@0.10 all": precision[-1]})
+                       "kept": kept[best] / len(ok), name: precision[best], f"{name} all": precision[-1]})
     if png and lines:
         import matplotlib
 
@@ -286,7 +258,8 @@ def curves(stored: pd.DataFrame, png: str | None) -> pd.DataFrame:
         fig, ax = plt.subplots(figsize=(6, 4))
         for signal, (x, y) in lines.items():
             ax.plot(x, y, label=signal)
-        ax.set(xlabel="share of stored labels kept", ylabel="P@0.10 (box side)", title="precision-yield, stored labels")
+        ax.set(xlabel="share of stored labels kept", ylabel=f"{name} (box side)",
+               title="precision-yield, stored labels")
         ax.legend()
         fig.tight_layout()
         buf = _io.BytesIO()
@@ -319,14 +292,15 @@ def report_parts(conf, store, run_id, fingerprint, run_conf, manifest) -> int:
     elif not sphere:
         print(f"no `+ sphere` rows: no spherical mapper for features {fingerprint} (sphere={conf.sphere}); "
               f"train one with `python -m labelgen.train_sphere store={store.uri} run_id={run_id}`")
-    show("all categories, by method", summarise(mine, ["kind"]))
-    show("all categories, by method and hops", summarise(mine, ["kind", "hops"]))
-    show(f"by category ({stored})", summarise(mine[mine.kind == stored], ["category"]))
-    show("by pose gap, degrees", summarise(mine, ["kind", "gap"]))
-    best = curves(mine[(mine.kind == stored) & mine.label], png)
+    alphas = list(conf.alphas)
+    show("all categories, by method", summarise(mine, ["kind"], alphas))
+    show("all categories, by method and hops", summarise(mine, ["kind", "hops"], alphas))
+    show(f"by category ({stored})", summarise(mine[mine.kind == stored], ["category"], alphas))
+    show("by pose gap, degrees", summarise(mine, ["kind", "gap"], alphas))
+    best = curves(mine[(mine.kind == stored) & mine.label], max(alphas), png)
     show(f"precision-yield of the stored labels, best operating point per signal (curves: {png})", best)
     if conf.output:
-        tables = {name: summarise(rows, ["split", "kind", *by]) for name, by in
+        tables = {name: summarise(rows, ["split", "kind", *by], alphas) for name, by in
                   (("by_kind", []), ("by_kind_hops", ["hops"]), ("by_category", ["category"]), ("by_gap", ["gap"]))}
         tables = {name: json.loads(t.to_json(orient="records")) for name, t in {**tables, "curves": best}.items()}
         with open(conf.output, "w") as f:

@@ -158,21 +158,25 @@ def pair_check(table: pa.Table, radius: float | None) -> pa.Table:
     return table.filter(pc.less_equal(table["pair_error"], radius))
 
 
-SIGNALS = ("log_support", "similarity", "cycle_error", "pair_error", "hops", "pose_gap")  # the confidence model's inputs
+# a label's signals (its columns) -> whether a lower value speaks for the label
+SIGNALS = {"support": False, "similarity": False, "cycle_error": True, "pair_error": True, "hops": True,
+           "pose_gap": True, "confidence": False, "sphere_angle": True}
+# the confidence model's inputs: signals the chains measure, support as its logarithm
+CONFIDENCE_INPUTS = ("log_support", "similarity", "cycle_error", "pair_error", "hops", "pose_gap")
 
 
 def signal_frame(labels) -> pd.DataFrame:
     """The confidence model's inputs of label rows (a table or a frame with the label columns)."""
-    cols = ["support", *SIGNALS[1:]]
+    cols = ["support", *CONFIDENCE_INPUTS[1:]]
     df = labels.select(cols).to_pandas() if isinstance(labels, pa.Table) else labels[cols]
-    x = df[list(SIGNALS[1:])].astype(np.float64).fillna(0.0)  # no pose: gap 0
-    return x.assign(log_support=np.log(np.maximum(df["support"].to_numpy(np.float64), 1.0)))[list(SIGNALS)]
+    x = df[list(CONFIDENCE_INPUTS[1:])].astype(np.float64).fillna(0.0)  # no pose: gap 0
+    return x.assign(log_support=np.log(np.maximum(df["support"].to_numpy(np.float64), 1.0)))[list(CONFIDENCE_INPUTS)]
 
 
 def confidence(labels, weights) -> np.ndarray:
     """P(correct) of each label: a logistic model of its signals (labels.confidence)."""
     x = signal_frame(labels).to_numpy()
-    logit = weights["bias"] + x @ np.array([weights[k] for k in SIGNALS])
+    logit = weights["bias"] + x @ np.array([weights[k] for k in CONFIDENCE_INPUTS])
     return 1.0 / (1.0 + np.exp(-logit))
 
 

@@ -16,6 +16,7 @@ from functools import cached_property, lru_cache
 import numpy as np
 
 from .io import read_bytes
+from .metrics import relative_error, within
 
 DEPTH_SLACK = 0.01  # relative: a point no deeper than the depth buffer by this much is the visible surface
 
@@ -89,11 +90,11 @@ def true_targets(src: PartTruth, tgt: PartTruth, xy: np.ndarray):
 
 def judge(src: PartTruth, tgt: PartTruth, src_xy: np.ndarray, tgt_xy: np.ndarray, alphas=(0.05, 0.10)) -> dict:
     """Per label: its error in target box sides (nan where the source point is not visible
-    in the target); correct at each alpha (error <= alpha); source hidden in the target
-    (on the object but not visible); from a twin part; landed on that twin."""
+    in the target); correct at each alpha; source hidden in the target (on the object but
+    not visible); from a twin part; landed on that twin."""
     truth, visible, part = true_targets(src, tgt, src_xy)
-    error = np.where(visible, np.linalg.norm(truth - tgt_xy, axis=1) / tgt.box_side, np.nan)
+    error = np.where(visible, relative_error(tgt_xy, truth, tgt.box_side), np.nan)
     landed, _, _, _ = tgt.at(tgt_xy)
     twin = src.twin[part]
-    return {"error": error, "correct": error[:, None] <= np.asarray(alphas)[None, :], "hidden": (part > 0) & ~visible,
+    return {"error": error, "correct": within(error, alphas), "hidden": (part > 0) & ~visible,
             "twin_part": twin > 0, "mirrored": (twin > 0) & (landed == twin)}
