@@ -14,6 +14,8 @@ import pandas as pd
 from labelgen.store import LabelStore
 from labelgen.store.check import explain
 
+from . import functions
+
 
 def report_names() -> list[str]:
     return sorted(p.name[:-4] for p in resources.files(__package__).iterdir() if p.name.endswith(".sql"))
@@ -37,10 +39,12 @@ def header(sql: str) -> dict[str, str]:
 def run_sql(store_uri: str, sql: str, params: dict[str, str] | None = None, catalog: str | None = None,
             at: int | None = None) -> pd.DataFrame:
     """Run SQL on a read-only connection to the store (committed runs only), at its latest
-    snapshot or at snapshot `at`."""
+    snapshot or at snapshot `at`, with the truth functions (`queries.functions`) where it calls them."""
     store = LabelStore(store_uri, catalog)
     con = store.connect(snapshot=at)
     try:
+        if functions.USED.search(sql):
+            functions.register(con)
         for name, value in (params or {}).items():
             if not re.fullmatch(r"\w+", name):
                 raise ValueError(f"--param {name}: names are letters, digits and _")

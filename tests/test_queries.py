@@ -108,3 +108,18 @@ def test_snapshots_go_back_to_a_commit(store, capsys):
         "runs,n", ",0"]
     code, _, err = cli(capsys, "runs", "--store", store, "--at", "999")
     assert code == 2 and "snapshot 999" in err
+
+
+def test_the_truth_functions_come_with_the_sql_that_calls_them(store):
+    import duckdb
+
+    from queries import functions, run_sql
+
+    sql = "SELECT True_XY([1,0,0,0,1,0,0,0,1]::DOUBLE[], [2,0,1,0,2,0,0,0,1]::DOUBLE[], 3, 4) AS xy"
+    assert run_sql(store, sql)["xy"][0].tolist() == [7.0, 8.0]
+    con = duckdb.connect()
+    functions.register(con)
+    functions.register(con)  # again: replaces them
+    same = "[1,0,0,0,1,0,0,0,1]::DOUBLE[]"
+    assert con.sql(f"SELECT true_xy({same}, {same}, 3, 4)").fetchone() == ([3.0, 4.0],)
+    assert functions.USED.search("SELECT part_truth (a, b)") and not functions.USED.search("SELECT my_true_xy(1)")
