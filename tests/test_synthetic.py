@@ -8,7 +8,7 @@ from PIL import Image
 
 from labelgen.geometry import rotation
 from labelgen.synthetic.categories import CATEGORIES, part_names, twin
-from labelgen.synthetic.collection import build_collection, textures, truth_arrays
+from labelgen.synthetic.collection import build_collection, read_keypoints, textures, truth_arrays
 from labelgen.synthetic.render import Renderer, project
 from labelgen.synthetic.shapes import MIRROR, PRIMITIVES
 from labelgen.truth import PartTruth, judge, true_targets
@@ -165,6 +165,10 @@ def test_a_collection_has_disjoint_dev_and_val_instances_with_full_truth(tmp_pat
     kps = pd.read_parquet(manifest.replace("manifest.parquet", "keypoints.parquet"))
     assert set(kps.image_id) == set(df.image_id) and 0.2 < kps.visible.mean() < 1.0
     assert {"wing_tip_l", "wing_tip_r", "shade_top_l", "shade_top_r"} <= set(kps.name)
+    # each keypoint names its left/right twin; a file written before that column gets it from the names
+    assert kps.twin.fillna("-").tolist() == [twin(n) or "-" for n in kps.name] and kps.twin.notna().any()
+    kps.drop(columns="twin").to_parquet(tmp_path / "old.parquet")
+    assert read_keypoints(str(tmp_path / "old.parquet")).twin.fillna("-").tolist() == kps.twin.fillna("-").tolist()
     assert build_collection({"root": str(tmp_path), "categories": ["bird", "lamp"], "dev_instances": 2,
                              "val_instances": 1, "views": 3, "size": 96}) == manifest  # rendered once
 

@@ -53,3 +53,23 @@ def test_soft_argmax_and_window_find_a_known_peak():
     feats[0] += torch.exp(-((xs - 0.0) ** 2 + (ys - 8.0) ** 2) / 2.0) * 0.9
     assert window_soft_argmax(query, feats, window=2, temperature=0.1)[0, 0] > 6.0
     assert soft_argmax(query, feats, temperature=0.1)[0, 0] < 5.0
+
+
+def test_truth_pairs_take_the_labels_pose_gap_which_is_the_azimuth_gap_at_elevation_0():
+    from types import SimpleNamespace
+
+    import numpy as np
+    import pandas as pd
+
+    from trainer.evaluate import truth_pairs
+
+    azimuths = [-45.0, -15.0, 15.0, 45.0, 170.0, -170.0]
+    images = pd.DataFrame({"category": "cat", "split": ["val"] * 5 + ["train"], "azimuth": azimuths,
+                           "homography": [np.eye(3).flatten()] * 4 + [None] * 2},
+                          index=pd.Index([f"v{k}" for k in range(6)], name="image_id"))
+    pairs = truth_pairs(SimpleNamespace(images=images, val_split="val"))
+    assert len(pairs) == 4 * 3  # held-out views with truth only
+    az = dict(zip(images.index, azimuths))
+    for a, b, gap in pairs:
+        assert gap == pytest.approx(abs((az[a] - az[b] + 540) % 360 - 180), abs=1e-4)
+    assert sorted({round(g) for _, _, g in pairs}) == [30, 60, 90] and min(g for *_, g in pairs if round(g) == 60) >= 60

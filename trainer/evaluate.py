@@ -7,8 +7,10 @@
   features whose chains made them; this favours none).
 - `truth_pck`: against the truth where homographies are known (the demo): query
   points are the source's foreground cells whose true position falls on the
-  target's foreground; pairs split into near and far by azimuth gap.
-PCK@a: within a * (longer side of the target image) of the reference position.
+  target's foreground; pairs split into near and far by pose gap.
+- `keypoint_pck`: SPair-style, against keypoints (SPair-71k, or a rendered collection's).
+PCK@a (labelgen.metrics): within a * (the longer side of the target image; of the target's
+bounding box for keypoints) of the reference position.
 """
 
 import io as _io
@@ -24,11 +26,14 @@ from labelgen.cli import run_command
 from labelgen.features import FLIPPED
 from labelgen.geometry import transfer
 from labelgen.io import exists, join, read_bytes
+from labelgen.labels import pose_gap
 from labelgen.manifest import read_manifest
+from labelgen.metrics import at, pck, relative_error, within
+from labelgen.pairing import view_rotations
 from labelgen.readers.spair import KeypointPair, read_pairs
-from labelgen.synthetic.categories import twin
-from labelgen.truth import PartTruth
 from labelgen.store import LabelStore
+from labelgen.synthetic.collection import read_keypoints
+from labelgen.truth import PartTruth
 
 from .adapter import Adapter, load_adapter
 from .data import FeatureBank, LabelData, Pair, load_label_data, resolve_source
@@ -37,8 +42,8 @@ from .losses import sample, window_soft_argmax
 default_conf = {
     "window": 7,  # window soft-argmax: (2w+1)^2 cells around the best match
     "temperature": 0.02,  # of that softmax
-    "alphas": [0.05, 0.10],  # PCK thresholds, fractions of the longer image side
-    "far_deg": 60.0,  # azimuth gap from which a pair counts as far
+    "alphas": [0.05, 0.10],  # PCK thresholds, fractions of the longer image side (of the box side for keypoints)
+    "far_deg": 60.0,  # pose gap (degrees of rotation) from which a pair counts as far
     "flip_align": False,  # GeoAware test-time pose alignment: match the mirrored source when closer
     "keypoint_pairs": 50,  # per category: held-out keypoint pairs of a rendered collection (different instances)
     "cycle_pairs": 300,  # held-out image pairs the promotion score (cycle consistency) is measured on
@@ -86,20 +91,18 @@ class Matcher:
             src, src_xy_px = self.bank.view(src, src_xy_px, flip=True)
         q = sample(self.feats(src), self.bank.to_grid(src, src_xy_px))
         grid_xy = window_soft_argmax(q, self.feats(tgt), self.conf.window, self.conf.temperature)
-        f = self.bank(tgt)
-        return ((grid_xy + 0.5) * f.stride / f.scale).numpy()
+        return self.bank(tgt).to_pixels(grid_xy).numpy()
 
 
-def pck(rel_err: np.ndarray, alphas) -> dict[str, float]:
-    """Fractions of errors (relative to the target's longer side) within each alpha."""
-    return {f"pck@{a:.2f}": float((rel_err <= a).mean()) if len(rel_err) else float("nan") for a in alphas}
+def image_side(f) -> int:
+    """The longer side of an image, the unit of PCK without keypoints."""
+    return max(f.width, f.height)
 
 
 def pseudo_pck(matcher: Matcher, pairs: list[Pair], alphas) -> dict[str, float]:
-    errs = []
-    for p in pairs:
-        f = matcher.bank(p.tgt)
-        errs.append(np.linalg.norm(matcher.predict(p.src, p.tgt, p.src_xy) - p.tgt_xy, axis=1) / max(f.width, f.height))
+    """PCK against held-out pseudo-labels."""
+    errs = [relative_error(matcher.predict(p.src, p.tgt, p.src_xy), p.tgt_xy, image_side(matcher.bank(p.tgt)))
+            for p in pairs]
     return pck(np.concatenate(errs) if errs else np.zeros(0), alphas)
 
 
@@ -112,16 +115,12 @@ def cycle_score(matcher: Matcher, pairs: list[Pair], conf, seed: int = 0) -> flo
 
 
 def truth_pairs(data: LabelData) -> list[tuple[str, str, float]]:
-    """Ordered pairs of held-out images of one category with known truth, and their azimuth gap."""
+    """Ordered pairs of held-out images of one category with known truth, and their pose gap
+    (the labels' geodesic one)."""
     imgs = data.images[(data.images["split"] == data.val_split) & data.images["homography"].notna()]
-    out = []
-    for _, g in imgs.groupby("category"):
-        for a in g.index:
-            for b in g.index:
-                if a != b:
-                    gap = abs((g.at[a, "azimuth"] - g.at[b, "azimuth"] + 540) % 360 - 180)
-                    out.append((a, b, float(gap)))
-    return out
+    rotations = view_rotations(imgs.rename_axis("image_id").reset_index())
+    return [(a, b, pose_gap(rotations, a, b)) for _, g in imgs.groupby("category") for a in g.index for b in g.index
+            if a != b]
 
 
 def truth_pck(matcher: Matcher, data: LabelData, conf) -> dict[str, float]:
@@ -130,23 +129,18 @@ def truth_pck(matcher: Matcher, data: LabelData, conf) -> dict[str, float]:
     tally = {"near": [], "far": []}
     for a, b, gap in truth_pairs(data):
         fa, fb = matcher.bank(a), matcher.bank(b)
-        cells = fa.fg_index()
-        src = fa.to_pixels(fa.cell_xy(cells)).numpy()
+        src = fa.to_pixels(fa.cell_xy(fa.fg_index())).numpy()
         true = transfer(hom[a], hom[b], src)
-        col = np.floor(true[:, 0] * fb.scale / fb.stride).astype(int)
-        row = np.floor(true[:, 1] * fb.scale / fb.stride).astype(int)
-        h, w = fb.fg.shape
-        ok = (col >= 0) & (col < w) & (row >= 0) & (row < h)
-        ok[ok] = fb.fg.numpy()[row[ok], col[ok]]  # the true position lies on the target's object
+        ok = fb.on_foreground(true)  # the true position lies on the target's object
         if not ok.any():
             continue
-        err = np.linalg.norm(matcher.predict(a, b, src[ok]) - true[ok], axis=1) / max(fb.width, fb.height)
+        err = relative_error(matcher.predict(a, b, src[ok]), true[ok], image_side(fb))
         tally["far" if gap >= conf.far_deg else "near"].append(err)
     out = {}
     for kind, errs in tally.items():
         err = np.concatenate(errs) if errs else np.zeros(0)
         out.update({f"{kind}_{k}": v for k, v in pck(err, conf.alphas).items()})
-        out[f"{kind}_points"] = int(len(err))
+        out[f"{kind}_points"] = len(err)
     return out
 
 
@@ -161,10 +155,10 @@ def keypoint_pck(matcher: Matcher, pairs, alphas) -> pd.DataFrame:
             continue
         pred = matcher.predict(p.src, p.tgt, p.src_kps[visible].astype(np.float32))
         side = max(p.tgt_bbox[2] - p.tgt_bbox[0], p.tgt_bbox[3] - p.tgt_bbox[1])
-        rel = np.linalg.norm(pred - p.tgt_kps[visible], axis=1) / side
-        geo = p.geo[visible] if p.geo is not None else np.zeros(len(rel), bool)
-        rows.append({"category": p.category, "n": len(rel), "n_geo": int(geo.sum()), **{a: (rel <= a).sum() for a in alphas},
-                     **{("geo", a): (rel[geo] <= a).sum() for a in alphas}})
+        ok = within(relative_error(pred, p.tgt_kps[visible], side), alphas)
+        geo = p.geo[visible] if p.geo is not None else np.zeros(len(ok), bool)
+        rows.append({"category": p.category, "n": len(ok), "n_geo": int(geo.sum()), **dict(zip(alphas, ok.sum(0))),
+                     **{("geo", a): n for a, n in zip(alphas, ok[geo].sum(0))}})
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
@@ -172,12 +166,12 @@ def keypoint_pck(matcher: Matcher, pairs, alphas) -> pd.DataFrame:
     for category, g in [*frame.groupby("category"), ("ALL", frame)]:
         rec = {"category": category, "pairs": len(g), "keypoints": int(g["n"].sum())}
         for a in alphas:
-            rec[f"pck@{a:.2f} per kpt"] = g[a].sum() / g["n"].sum()
-            rec[f"pck@{a:.2f} per img"] = (g[a] / g["n"]).mean()
+            rec[f"pck{at(a)} per kpt"] = g[a].sum() / g["n"].sum()
+            rec[f"pck{at(a)} per img"] = (g[a] / g["n"]).mean()
         if g["n_geo"].sum():
             rec["geo keypoints"] = int(g["n_geo"].sum())
             for a in alphas:
-                rec[f"geo pck@{a:.2f} per kpt"] = g[("geo", a)].sum() / g["n_geo"].sum()
+                rec[f"geo pck{at(a)} per kpt"] = g[("geo", a)].sum() / g["n_geo"].sum()
         out.append(rec)
     return pd.DataFrame(out)
 
@@ -186,7 +180,7 @@ def collection_keypoint_pairs(data: LabelData, per_category: int, seed: int = 0,
     """Keypoint pairs of two held-out views (`held_out=False`: two training views) of one
     category showing different instances, from a rendered collection (keypoints.parquet
     beside its manifest). A keypoint counts where both views see it; `geo` marks those
-    whose left/right twin the target sees too."""
+    whose left/right twin (the file's `twin` column) the target sees too."""
     rng, pairs = np.random.default_rng(seed), []
     for uri in data.manifests:
         kp_uri = join(posixpath.dirname(uri), "keypoints.parquet")
@@ -195,13 +189,14 @@ def collection_keypoint_pairs(data: LabelData, per_category: int, seed: int = 0,
         manifest = read_manifest(uri)
         split = manifest["split"] == data.val_split
         views = manifest[(split if held_out else ~split) & manifest["image_id"].isin(data.images.index)].set_index("image_id")
-        kps = pd.read_parquet(_io.BytesIO(read_bytes(kp_uri)))
+        kps = read_keypoints(kp_uri)
         for category, g in views.groupby("category"):
-            names = sorted(kps.loc[kps["category"] == category, "name"].unique())
+            of = kps[kps["category"] == category]
+            names, twin = sorted(of["name"].unique()), dict(zip(of["name"], of["twin"]))
             seen = kps[kps["image_id"].isin(g.index)].pivot(index="image_id", columns="name", values="visible")
             seen = seen.reindex(columns=names).fillna(False).astype(bool)
             xy = {c: kps.pivot(index="image_id", columns="name", values=c).reindex(columns=names) for c in ("x", "y")}
-            twins = np.asarray([names.index(twin(n)) if twin(n) in names else -1 for n in names])
+            twins = np.asarray([names.index(twin[n]) if twin[n] in names else -1 for n in names])
             candidates = [(a, b) for a in g.index for b in g.index if g.at[a, "instance"] != g.at[b, "instance"]]
             boxes = {}  # target image -> its object's box, from the truth file, once
             for k in rng.permutation(len(candidates))[:per_category]:
@@ -226,8 +221,8 @@ def keypoint_metrics(bank: FeatureBank, model, pairs: list[KeypointPair], conf, 
         total = table[table["category"] == "ALL"].iloc[0]
         tag = "kpt_aligned" if flip else "kpt"
         for a in conf.alphas:
-            out[f"{tag}_pck@{a:.2f}"] = float(total[f"pck@{a:.2f} per kpt"])
-            out[f"{tag}_geo_pck@{a:.2f}"] = float(total.get(f"geo pck@{a:.2f} per kpt", np.nan))
+            out[f"{tag}_pck{at(a)}"] = float(total[f"pck{at(a)} per kpt"])
+            out[f"{tag}_geo_pck{at(a)}"] = float(total.get(f"geo pck{at(a)} per kpt", np.nan))
     return out
 
 
@@ -240,6 +235,30 @@ main_conf = {
     "eval": default_conf,
     "val_split": "val",  # images of this manifest split are held out
 }
+
+
+def compare(data: LabelData, models: dict[str, Adapter | None], conf, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Each model (None: the raw backbone) on the same held-out data: PCK against held-out
+    pseudo-labels, the cycle consistency that decides promotion, PCK against homographies where
+    known, and keypoint PCK of held-out views and of training views (never trained on: reported
+    beside the truth-free score that decides)."""
+    bank = FeatureBank(data.cache_root, data.fingerprint)
+    keypoints = collection_keypoint_pairs(data, conf.keypoint_pairs, seed)
+    train_keypoints = collection_keypoint_pairs(data, conf.keypoint_pairs, seed, held_out=False)
+    out = {}
+    for name, model in models.items():
+        matcher = Matcher(bank, model, conf)
+        metrics = {f"val_{k}": v for k, v in pseudo_pck(matcher, data.val, conf.alphas).items()}
+        metrics["val_cycle"] = cycle_score(matcher, data.val, conf, seed)
+        if data.images["homography"].notna().any():
+            metrics.update({f"truth_{k}": v for k, v in truth_pck(matcher, data, conf).items()})
+        if keypoints:
+            metrics.update(keypoint_metrics(bank, model, keypoints, conf, data.flips))
+        if train_keypoints:
+            train = keypoint_metrics(bank, model, train_keypoints, conf, aligned=False)
+            metrics.update({f"train_{k}": v for k, v in train.items()})
+        out[name] = metrics
+    return out
 
 
 def compare_models(conf) -> int:
@@ -256,21 +275,16 @@ def compare_models(conf) -> int:
     source = resolve_source(OmegaConf.create({"store": conf.store, "catalog": conf.catalog, "runs": record["label_runs"],
                                               "snapshot": record["snapshot"]}))  # the labels the model saw
     data = load_label_data(source, conf.val_split)
-    bank = FeatureBank(data.cache_root, data.fingerprint)
-    results = []
-    for name, model in (("raw", None), (record["model_id"], adapter)):
-        matcher = Matcher(bank, model, conf.eval)
-        if conf.spair:
-            table = keypoint_pck(matcher, read_pairs(conf.spair, conf.split), conf.eval.alphas)
-        else:
-            metrics = {**{f"val_{k}": v for k, v in pseudo_pck(matcher, data.val, conf.eval.alphas).items()},
-                       **{f"truth_{k}": v for k, v in truth_pck(matcher, data, conf.eval).items()}}
-            pairs = collection_keypoint_pairs(data, conf.eval.keypoint_pairs)
-            metrics.update(keypoint_metrics(bank, model, pairs, conf.eval, data.flips) if pairs else {})
-            table = pd.DataFrame([metrics])
-        results.append(table.assign(model=name))
+    models = {"raw": None, record["model_id"]: adapter}
+    if conf.spair:
+        bank, pairs = FeatureBank(data.cache_root, data.fingerprint), read_pairs(conf.spair, conf.split)
+        tables = [keypoint_pck(Matcher(bank, model, conf.eval), pairs, conf.eval.alphas).assign(model=name)
+                  for name, model in models.items()]
+    else:
+        compared = compare(data, models, conf.eval)
+        tables = [pd.DataFrame([metrics]).assign(model=name) for name, metrics in compared.items()]
     with pd.option_context("display.width", 200, "display.max_columns", 50):
-        print(pd.concat(results, ignore_index=True).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        print(pd.concat(tables, ignore_index=True).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 0
 
 

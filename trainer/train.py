@@ -151,30 +151,6 @@ def train_loop(config: dict):
                 ray.train.report(metrics, checkpoint=ckpt)
 
 
-def compare(data, adapter, baseline, conf) -> dict:
-    """Raw backbone, baseline (the promoted adapter, if any) and the new adapter, on the same data."""
-    bank = data_mod.FeatureBank(data.cache_root, data.fingerprint)
-    keypoints = eval_mod.collection_keypoint_pairs(data, conf.eval.keypoint_pairs, conf.seed)
-    # keypoints of the training split's views (never trained on) are reported beside the truth-free score that decides
-    train_keypoints = eval_mod.collection_keypoint_pairs(data, conf.eval.keypoint_pairs, conf.seed, held_out=False)
-    out = {}
-    for name, model in (("raw", None), ("promoted", baseline), ("adapter", adapter)):
-        if name == "promoted" and baseline is None:
-            continue
-        matcher = eval_mod.Matcher(bank, model, conf.eval)
-        out.update({f"{name}_val_{k}": v for k, v in eval_mod.pseudo_pck(matcher, data.val, conf.eval.alphas).items()})
-        out[f"{name}_val_cycle"] = eval_mod.cycle_score(matcher, data.val, conf.eval, conf.seed)
-        if data.images["homography"].notna().any():
-            out.update({f"{name}_truth_{k}": v for k, v in eval_mod.truth_pck(matcher, data, conf.eval).items()})
-        if keypoints:
-            metrics = eval_mod.keypoint_metrics(bank, model, keypoints, conf.eval, data.flips)
-            out.update({f"{name}_{k}": v for k, v in metrics.items()})
-        if train_keypoints:
-            metrics = eval_mod.keypoint_metrics(bank, model, train_keypoints, conf.eval, aligned=False)
-            out.update({f"{name}_train_{k}": v for k, v in metrics.items()})
-    return out
-
-
 def decide(metrics: dict, promoted: dict | None, margin: float = 0.0) -> tuple[str, str]:
     """Promote only on a score higher by more than `margin` than the promoted adapter's (or
     the raw backbone's when none is promoted), measured now on the same held-out pairs: their
@@ -228,7 +204,10 @@ def train(conf, parent: dict | None = None) -> dict:
     adapter = load_adapter(_io.BytesIO(weights))
     baseline = load_adapter(_io.BytesIO(read_bytes(promoted["checkpoint"]))) if promoted else None
     metrics = {"train_s": round(time.perf_counter() - t0, 1), "steps": conf.optim.steps, "final_loss": result.metrics["loss"],
-               "train_pairs": len(data.train), "val_pairs": len(data.val), **compare(data, adapter, baseline, conf)}
+               "train_pairs": len(data.train), "val_pairs": len(data.val)}
+    models = {"raw": None, **({"promoted": baseline} if baseline is not None else {}), "adapter": adapter}
+    for name, compared in eval_mod.compare(data, models, conf.eval, conf.seed).items():
+        metrics.update({f"{name}_{k}": v for k, v in compared.items()})
     decision, reason = decide(metrics, promoted, conf.promote_margin)
     record = store.save_model({**record, "metrics": metrics, "decision": decision, "decided": now(), "reason": reason,
                                "ray": where, "ray_checkpoint": result.checkpoint.path}, weights)

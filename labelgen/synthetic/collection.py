@@ -7,9 +7,10 @@ circle of azimuths, at elevations and small in-plane rolls drawn per view, with
 scale and position jitter, over a photo or patterned background. Per view the
 collection holds the image, the object mask, the truth (part id and canonical
 coordinate per pixel, camera depth: `truth/<id>.npz`) and the named keypoints with
-their visibility (`keypoints.parquet`).
+their visibility and left/right twin (`keypoints.parquet`, read by `read_keypoints`).
 """
 
+import io as _io
 import json
 import multiprocessing
 import os
@@ -24,6 +25,7 @@ from ..config import collection_manifest
 from ..console import Progress
 from ..demo import PHOTOS, load_photo
 from ..geometry import rotation
+from ..io import read_bytes
 from .categories import CATEGORIES, keypoints, part_names, twin
 from .render import Renderer, project
 from .shapes import PRIMITIVES
@@ -113,8 +115,16 @@ def keypoint_rows(image_id, category, parts, R, t, focal, principal, part_map, d
         inside = 0 <= col < depth.shape[1] and 0 <= row < depth.shape[0]
         visible = bool(inside and z <= depth[row, col] + 0.01 * z)
         rows.append({"image_id": image_id, "category": category, "name": name, "part": part_name,
-                     "x": float(x), "y": float(y), "visible": visible})
+                     "x": float(x), "y": float(y), "visible": visible, "twin": twin(name)})
     return rows
+
+
+def read_keypoints(uri: str) -> pd.DataFrame:
+    """A collection's keypoints: per view and name the pixel, whether the view sees it, and the
+    name of its left/right twin (None: a central keypoint). Files written before the `twin`
+    column get it from the names."""
+    kps = pd.read_parquet(_io.BytesIO(read_bytes(uri)))
+    return kps if "twin" in kps.columns else kps.assign(twin=kps["name"].map(twin))
 
 
 def render_instance(renderer, root: str, conf, category: str, instance: str, split: str, rng, photos, bar):
