@@ -24,7 +24,8 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 # Keys with these names hold locations: a relative one is made absolute against the
 # caller's working directory at the entry point, before any Ray worker (which runs
 # elsewhere: Ray Train changes into its own folder) sees it. URIs (s3://...) stay.
-PATH_KEYS = frozenset({"store", "manifest", "cache", "weights", "sd_weights", "storage", "spair", "output", "root"})
+PATH_KEYS = frozenset({"store", "manifest", "cache", "weights", "sd_weights", "storage", "spair", "output", "root",
+                       "workdir"})
 # Keys with these names (and those whose default is text) hold text: a value YAML would
 # read as a number or a boolean (run_id=20240101, labels.sphere=off) is kept as written.
 TEXT_KEYS = PATH_KEYS | {"run_id", "model_id", "catalog", "address"}

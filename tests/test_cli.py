@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from labelgen.config import PATH_KEYS, describe, parse_overrides
+from labelgen.cli import old_flags
+from labelgen.config import PATH_KEYS, STORE_DEFAULTS, describe, parse_overrides
 from labelgen.console import Progress
 
 KEY_VALUE = {  # entry point -> its defaults
@@ -22,9 +23,16 @@ KEY_VALUE = {  # entry point -> its defaults
     "trainer.retrain": "default_conf",
     "trainer.evaluate": "main_conf",
     "trainer.schedule": "default_conf",
+    "queries.__main__": "default_conf",
+    "benchmarks.__main__": "default_conf",
+    "benchmarks.kills": "default_conf",
+    "benchmarks.catalog_stress": "default_conf",
+    "benchmarks.pairing": "default_conf",
+    "cluster.jobs": "default_conf",
+    "cluster.gpu_check": "default_conf",
+    "cluster.local_up": "default_conf",
 }
-FLAGS = ["queries.__main__", "benchmarks.__main__", "cluster.jobs", "cluster.gpu_check", "cluster.local_up",
-         "labelgen.readers.folder", "labelgen.readers.pose3d", "labelgen.readers.spair"]
+READERS = ["labelgen.readers.folder", "labelgen.readers.pose3d", "labelgen.readers.spair"]
 
 
 def leaves(d, prefix=""):
@@ -40,9 +48,10 @@ def test_help_lists_every_key_with_its_default_and_what_it_means(name, capsys):
     module = importlib.import_module(name)
     assert module.main(["--help"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"usage: python -m {name} [-h] [-v] [key=value ...]")
+    assert out.startswith(f"usage: python -m {name.removesuffix('.__main__')} [-h] [-v] [key=value ...]")
     lines = out.split("keys (", 1)[1].splitlines()[1:]
-    for key in leaves(getattr(module, KEY_VALUE[name])):
+    defaults = getattr(module, KEY_VALUE[name])
+    for key in leaves(defaults):
         at = next(i for i, line in enumerate(lines) if line.strip().startswith(f"{key}="))
         row = lines[at].split(None, 1)
         meaning = row[1] if len(row) > 1 else lines[at + 1].strip()  # a long default puts it on the next line
@@ -58,20 +67,56 @@ def test_help_shows_the_values_the_code_runs_with():
     assert line.split(None, 1) == ["features.flips=True", "also cache features of the mirrored image (flip augmentation, pose alignment)"]
 
 
-@pytest.mark.parametrize("name", FLAGS)
-def test_tools_with_flags_answer_help(name, capsys):
-    module = importlib.import_module(name)
-    main = getattr(module, "main", None)
-    if main is None:  # the readers: one CLI over their read function
-        from labelgen.readers import write_manifest
+@pytest.mark.parametrize("name", READERS)
+def test_readers_answer_help_with_their_words(name, capsys):
+    from labelgen.readers import write_manifest
 
-        main = lambda argv: write_manifest(module.read_manifest, argv)  # noqa: E731
-    with pytest.raises(SystemExit) as done:
-        main(["--help"])
-    assert done.value.code == 0
+    module = importlib.import_module(name)
+    assert write_manifest(module.read_manifest, ["--help"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("usage: python -m ")
-    assert re.findall(r"\(default: [^)]+\)", out) or name.startswith("labelgen.readers"), out
+    assert out.startswith(f"usage: python -m {name} [-h] [-v] [key=value ...] ROOT OUT.parquet")
+    assert module.__doc__.splitlines()[0] in out
+
+
+def test_store_defaults_are_written_once_and_documented_where_they_are_spread():
+    from queries.__main__ import default_conf
+
+    assert {k: default_conf[k] for k in STORE_DEFAULTS} == STORE_DEFAULTS
+    rows = dict(line.split(None, 1) for line in describe(default_conf).splitlines())
+    assert rows["store=labelstore"] == "a folder or s3://bucket/prefix"
+    assert rows["catalog=null"].startswith("the store's catalog: none = the one it was made with")
+
+
+def test_old_flags_work_for_one_release_with_a_warning(capsys):
+    defaults = {**STORE_DEFAULTS, "at": None, "param": [], "detach": False, "sweeps": True, "older_than_days": 7.0}
+    argv = ["report", "--store", "s", "--at=3", "--param", "a=b", "--param", "c='d", "--detach", "--no-sweeps",
+            "--older-than-days", "0", "k=v", "--nope", "x", "--at"]
+    assert old_flags(argv, defaults) == ["report", "store=s", "at=3", "detach=true", "sweeps=false", "older_than_days=0",
+                                         "k=v", "--nope", "x", "--at", "param=['a=b','c=''d']"]
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "warning: --store is deprecated, write store=...; flags go away in the next release"
+    assert len(err) == 6 and "write detach=true;" in err[3] and "--no-sweeps is deprecated, write sweeps=false;" in err[4]
+    conf = parse_overrides(defaults, old_flags(["--param", "a=b", "--param", "c='d"], defaults))
+    assert list(conf.param) == ["a=b", "c='d"]
+
+
+def test_old_flags_of_the_tools_work_and_unknown_keys_exit_2(tmp_path, capsys):
+    from cluster import local_up
+    from queries.__main__ import main as queries
+
+    assert queries(["runs", "--store", str(tmp_path / "none"), "--format", "json"]) == 2
+    err = capsys.readouterr().err
+    assert "warning: --store is deprecated, write store=...;" in err and "warning: --format is deprecated" in err
+    assert f"no label store at {tmp_path / 'none'}" in err
+    assert queries(["runs", "stor=x"]) == 2
+    err = capsys.readouterr().err
+    assert "the config has no key stor; did you mean store?" in err and "known keys: store, catalog, at, format" in err
+    assert queries(["runs", "format=xml"]) == 2 and "format takes table, csv, json" in capsys.readouterr().err
+    assert queries([]) == 2 and "name a report" in capsys.readouterr().err
+    assert queries(["list"]) == 0 and re.search(r"^labels_per_category +\S", capsys.readouterr().out, re.M)
+    assert local_up.main(["--down", str(tmp_path), "data.builtin=demo"]) == 2  # ours by name, the rest labelgen.run's
+    err = capsys.readouterr().err
+    assert "--down is deprecated, write down=...;" in err and f"{tmp_path} has no local_cluster.yaml" in err
 
 
 def test_python_m_help_runs_as_a_user_types_it():
