@@ -9,6 +9,7 @@ from PIL import Image
 
 from .config import collection_manifest
 from .geometry import plane_homography
+from .manifest import write_manifest
 
 
 def _skimage(name):
@@ -123,10 +124,7 @@ def build_demo(conf=None) -> str:
                         "homography": hom.flatten().tolist(),
                     }
                 )
-    tmp = manifest_path + ".tmp"
-    pd.DataFrame(rows).to_parquet(tmp, index=False)
-    os.replace(tmp, manifest_path)  # the manifest appears last: its presence means complete
-    return manifest_path
+    return write_manifest(pd.DataFrame(rows), manifest_path)  # last: its presence means complete
 
 
 if __name__ == "__main__":

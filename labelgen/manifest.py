@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-from .io import is_remote, read_bytes, resolve
+from .io import is_remote, read_bytes, resolve, write_bytes
 
 REQUIRED = {"image_id": "string", "uri": "string", "category": "string"}
 OPTIONAL = {"azimuth": "float", "elevation": "float", "theta": "float", "mask_uri": "string", "split": "string"}
@@ -85,6 +85,15 @@ def read_manifest(uri: str) -> pd.DataFrame:
         if col in df.columns:
             df[col] = _resolved(df[col], base)
     return _with_objects(df)
+
+
+def write_manifest(df: pd.DataFrame, uri: str) -> str:
+    """Write a manifest as Parquet so that it appears whole or not at all: a collection
+    writes it last, so that its presence means the collection is complete."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), sink)
+    write_bytes(uri, sink.getvalue().to_pybytes())
+    return uri
 
 
 def validate(df: pd.DataFrame, source: str = "manifest", max_errors: int = MAX_ERRORS) -> pd.DataFrame:

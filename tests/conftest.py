@@ -1,13 +1,29 @@
+"""Fixtures shared by the test modules (no test module imports another)."""
+
 import os
+import subprocess
+import sys
 import tempfile
 
 import pytest
 
-from benchmarks.tiny import build_tiny_demo, labels_of, tiny_demo_args  # noqa: F401 (test modules import them from here)
+from benchmarks.tiny import build_tiny_demo
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # the local catalogs of s3:// stores (labelgen.store.catalog) of this session only
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="labelgen-test-cache-")
+
+
+@pytest.fixture(autouse=True)
+def ray_only_when_slow(request, monkeypatch):
+    """A test that starts Ray (minutes on 2 cores) is marked slow: others fail if they try."""
+    if request.node.get_closest_marker("slow") is None:
+        import ray
+
+        def refuse(*args, **kwargs):
+            raise AssertionError(f"{request.node.nodeid} starts Ray: mark it @pytest.mark.slow")
+
+        monkeypatch.setattr(ray, "init", refuse)
 
 
 @pytest.fixture(scope="session")
@@ -30,11 +46,28 @@ def dino_small_file(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def run():
+    """`run(["labelgen.run", "key=value", ...])`: a `python -m` command as a user runs it, in
+    a process of its own, its output captured."""
+    def run(args, env=None, timeout=600):
+        return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, **(env or {})})
+
+    return run
+
+
+@pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory):
     return build_tiny_demo(str(tmp_path_factory.mktemp("demo")))
 
 
 SECRET = "labelgen-test-secret-9f2c7e"
+
+
+@pytest.fixture(scope="session")
+def s3_secret():
+    """The S3 server's secret key, which tests look for where it must never be."""
+    return SECRET
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,6 @@ from PIL import Image
 from labelgen.features import cache_uri, load_features
 from labelgen.store import LabelStore
 from labelgen.synthetic.collection import build_collection
-from test_run import run
 from trainer.data import default_conf as data_conf
 from trainer.data import load_label_data, resolve_source
 
@@ -52,7 +51,7 @@ def grown(tmp_path_factory):
     return small, full, set(df.loc[df["instance"] == last, "image_id"])
 
 
-def test_a_grown_manifest_labels_only_its_new_views_and_a_repeated_run_adds_nothing(grown, tmp_path):
+def test_a_grown_manifest_labels_only_its_new_views_and_a_repeated_run_adds_nothing(grown, tmp_path, run):
     small, full, new = grown
     store = str(tmp_path / "store")
     args = ["labelgen.run", f"store={store}", "labels.keep=null"]

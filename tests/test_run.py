@@ -9,20 +9,14 @@ import tempfile
 
 import pytest
 
-from conftest import tiny_demo_args
+from benchmarks.tiny import tiny_demo_args
 from labelgen.labels import LABEL_SCHEMA
 from labelgen.store import LabelStore
 
 pytestmark = pytest.mark.slow
 
 
-def run(args, env=None, timeout=600):
-    return subprocess.run(
-        [sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
-    )
-
-
-def test_pipeline_writes_queryable_labels_and_reuses_the_feature_cache(tiny_demo, tmp_path):
+def test_pipeline_writes_queryable_labels_and_reuses_the_feature_cache(tiny_demo, tmp_path, run):
     store = tmp_path / "store"
     first = run(["labelgen.run", *tiny_demo_args(tiny_demo), f"store={store}"])
     assert first.returncode == 0, first.stderr[-3000:]
@@ -69,7 +63,7 @@ def test_pipeline_writes_queryable_labels_and_reuses_the_feature_cache(tiny_demo
     assert query.returncode == 0 and query.stdout.count("\n") == 3  # header + 2 categories: "again" relabelled every pair
 
 
-def test_categories_with_narrow_poses_get_shorter_tuples_and_a_run_without_labels_says_why(tiny_demo, tmp_path):
+def test_categories_with_narrow_poses_get_shorter_tuples_and_a_run_without_labels_says_why(tiny_demo, tmp_path, run):
     import pandas as pd
 
     df = pd.read_parquet(tiny_demo)
@@ -133,7 +127,7 @@ def test_ray_job_submit_against_a_local_head(tiny_demo, tmp_path):
         assert take_down(home) == []
 
 
-def test_a_run_on_a_postgresql_catalog_is_found_again_by_every_reader(tiny_demo, tmp_path, postgres):
+def test_a_run_on_a_postgresql_catalog_is_found_again_by_every_reader(tiny_demo, tmp_path, postgres, run):
     store, catalog = tmp_path / "store", postgres("pipeline")
     out = run(["labelgen.run", *tiny_demo_args(tiny_demo), f"store={store}", f"catalog={catalog}", "run_id=pg"])
     assert out.returncode == 0, out.stderr[-3000:]

@@ -9,19 +9,18 @@ import time
 import boto3
 import psutil
 import pytest
-
-from conftest import SECRET, labels_of, tiny_demo_args
 from faults import FaultyS3Proxy
+
+from benchmarks.tiny import labels_of, tiny_demo_args
 from labelgen import run as run_mod
 from labelgen.demo import build_demo
 from labelgen.store import LabelStore
-from test_run import run
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def undisturbed(tiny_demo, s3_server):
+def undisturbed(tiny_demo, s3_server, run):
     """A tiny-demo run straight to the S3 server: the labels every faulted run must reproduce."""
     store = f"{s3_server}/train"
     out = run(["labelgen.run", *tiny_demo_args(tiny_demo), f"store={store}", "run_id=lab"])
@@ -30,7 +29,7 @@ def undisturbed(tiny_demo, s3_server):
 
 
 def test_a_whole_run_through_s3_faults_equals_an_undisturbed_one_and_never_shows_a_secret(
-        tiny_demo, s3_server, undisturbed):
+        tiny_demo, s3_server, s3_secret, undisturbed, run):
     proxy = FaultyS3Proxy(os.environ["AWS_ENDPOINT_URL"], every=10)  # 1 in 10 requests: 503; 1 in 10: dropped
     store = f"{s3_server}/whole"
     try:
@@ -48,19 +47,19 @@ def test_a_whole_run_through_s3_faults_equals_an_undisturbed_one_and_never_shows
     assert len(faulted) > 1000 and faulted.equals(reference)
 
     # credentials: not in the logs, not in anything stored, not in an error message
-    assert SECRET not in out.stdout + out.stderr
+    assert s3_secret not in out.stdout + out.stderr
     s3 = boto3.client("s3")
     for key in keys:
         if key.endswith((".json", ".parquet", ".yaml")):
-            assert SECRET.encode() not in s3.get_object(Bucket="labels", Key=key)["Body"].read(), key
+            assert s3_secret.encode() not in s3.get_object(Bucket="labels", Key=key)["Body"].read(), key
     catalog = os.path.join(os.environ["XDG_CACHE_HOME"], "labelgen", "catalogs", "labels_whole.sqlite")  # s3:// default
-    assert SECRET.encode() not in open(catalog, "rb").read()
+    assert s3_secret.encode() not in open(catalog, "rb").read()
     con = LabelStore(store).connect()
-    assert SECRET not in con.execute("SELECT config FROM runs WHERE run_id = 's3run'").fetchone()[0]
+    assert s3_secret not in con.execute("SELECT config FROM runs WHERE run_id = 's3run'").fetchone()[0]
     con.close()
     denied = run(["labelgen.run", *tiny_demo_args(tiny_demo), "store=s3://no-such-bucket/x"])
     assert denied.returncode != 0 and "no-such-bucket" in denied.stderr
-    assert SECRET not in denied.stdout + denied.stderr
+    assert s3_secret not in denied.stdout + denied.stderr
 
     report = run(["queries", "precision", "--store", store, "--format", "json"])
     assert report.returncode == 0, report.stderr[-3000:]
@@ -84,7 +83,7 @@ def kill_tree(proc):
     proc.wait(timeout=60)
 
 
-def test_a_killed_run_shows_nothing_and_its_resume_equals_an_undisturbed_run(tmp_path_factory, s3_server, capsys):
+def test_a_killed_run_shows_nothing_and_its_resume_equals_an_undisturbed_run(tmp_path_factory, s3_server, capsys, run):
     manifest = build_demo({"root": str(tmp_path_factory.mktemp("demo8")), "azimuths": [-45, -15, 15, 45], "elevations": [0]})
     store = f"{s3_server}/resume"
     args = ["labelgen.run", *tiny_demo_args(manifest), f"store={store}", "labels.tuples_per_task=1", "new_only=false"]
@@ -130,7 +129,7 @@ def test_a_killed_run_shows_nothing_and_its_resume_equals_an_undisturbed_run(tmp
     assert "was started with another config" in capsys.readouterr().err
 
 
-def test_training_checkpoints_to_s3(undisturbed):
+def test_training_checkpoints_to_s3(undisturbed, run):
     store = undisturbed
     out = run(["trainer.train", f"data.store={store}", "model_id=s3model", "data.val_split=none", "optim.steps=2",
                "optim.log_every=1", "checkpoint.every=2"])

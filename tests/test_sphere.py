@@ -1,14 +1,20 @@
 import math
 
 import numpy as np
-
 import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from labelgen.sphere import (SphereMapper, angle_deg, default_conf, orientation_loss, train_mapper, triplet_loss,
-                             viewpoint_loss)
+from labelgen.sphere import (
+    SphereMapper,
+    angle_deg,
+    default_conf,
+    orientation_loss,
+    train_mapper,
+    triplet_loss,
+    viewpoint_loss,
+)
 
 
 def conf(**kw):
@@ -112,11 +118,10 @@ def test_sphere_filter_fills_angles_and_drops_far_labels():
 
 
 @pytest.mark.slow
-def test_pipeline_filters_with_a_trained_mapper(tiny_demo, tmp_path):
-    from conftest import tiny_demo_args
+def test_pipeline_filters_with_a_trained_mapper(tiny_demo, tmp_path, run):
+    from benchmarks.tiny import tiny_demo_args
     from labelgen.store import LabelStore
-    from test_run import run
-
+    
     store = str(tmp_path / "store")
     args = ["labelgen.run", *tiny_demo_args(tiny_demo), f"store={store}"]
     out = run([*args, "labels.sphere=latest"])

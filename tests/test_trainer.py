@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_demo_args
+from benchmarks.tiny import tiny_demo_args
 from labelgen.adapted import label_fingerprint
 from labelgen.features import cache_uri, load_features
 from labelgen.store import LabelStore
-from test_run import run
 from trainer.adapter import load_adapter
 from trainer.train import decide
 
@@ -64,7 +63,7 @@ def test_an_adapter_s_cached_features_are_keyed_by_its_weights_not_only_its_id(t
 
 
 @pytest.fixture(scope="module")
-def labelled_store(tiny_demo, tmp_path_factory):
+def labelled_store(tiny_demo, tmp_path_factory, run):
     store = tmp_path_factory.mktemp("trainstore") / "store"
     out = run(["labelgen.run", *tiny_demo_args(tiny_demo), f"store={store}", "run_id=first"])
     assert out.returncode == 0, out.stderr[-3000:]
@@ -72,7 +71,7 @@ def labelled_store(tiny_demo, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_two_worker_training_checkpoints_registers_and_retrain_waits_for_new_labels(labelled_store, tiny_demo):
+def test_two_worker_training_checkpoints_registers_and_retrain_waits_for_new_labels(labelled_store, tiny_demo, run):
     out = run(["trainer.train", f"data.store={labelled_store}", "scaling.workers=2", "scaling.cpus_per_worker=0.5",
                "model_id=m1", "data.val_split=none", *FAST])
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
@@ -98,7 +97,7 @@ def test_two_worker_training_checkpoints_registers_and_retrain_waits_for_new_lab
     scheduled = run(["trainer.schedule", "every_s=0", "max_runs=1", "--", *retrain[1:]])
     assert scheduled.returncode == 0
 
-    relabel_with_the_adapter(labelled_store, tiny_demo, m1=model)
+    relabel_with_the_adapter(labelled_store, tiny_demo, model, run)
 
     second = run(["labelgen.run", *tiny_demo_args(tiny_demo), f"store={labelled_store}", "run_id=second"])
     assert second.returncode == 0, second.stderr[-3000:]
@@ -110,7 +109,7 @@ def test_two_worker_training_checkpoints_registers_and_retrain_waits_for_new_lab
 
 
 @pytest.mark.slow
-def test_the_loop_relabels_with_each_promoted_model_and_stops_when_one_is_not(tiny_demo, tmp_path):
+def test_the_loop_relabels_with_each_promoted_model_and_stops_when_one_is_not(tiny_demo, tmp_path, run):
     store_uri = str(tmp_path / "store")
     out = run(["labelgen.run", *tiny_demo_args(tiny_demo), f"store={store_uri}", "run_id=first"])
     assert out.returncode == 0, out.stderr[-3000:]
@@ -136,7 +135,7 @@ def test_the_loop_relabels_with_each_promoted_model_and_stops_when_one_is_not(ti
     assert out.stdout.count("relabelling run") == sum(m["status"] == "promoted" for m in models)
 
 
-def relabel_with_the_adapter(store_uri: str, tiny_demo: str, m1: dict):
+def relabel_with_the_adapter(store_uri: str, tiny_demo: str, m1: dict, run):
     """labels.features=adapter:m1 chains on m1's refined features, cached under their own
     fingerprint; the run keeps the backbone's fingerprint, which the next adapter trains on."""
     args = ["labelgen.run", *tiny_demo_args(tiny_demo), f"store={store_uri}"]
@@ -165,7 +164,7 @@ def relabel_with_the_adapter(store_uri: str, tiny_demo: str, m1: dict):
 
 
 @pytest.mark.slow
-def test_training_refuses_unknown_runs(labelled_store):
+def test_training_refuses_unknown_runs(labelled_store, run):
     out = run(["trainer.train", f"data.store={labelled_store}", "data.runs=[nope]"])
     assert out.returncode == 2 and "label runs ['nope'] are not committed" in out.stderr
     out = run(["trainer.retrain", f"train.data.store={labelled_store}", "relabel=[labels.radious=3]"])
@@ -177,6 +176,7 @@ def test_training_refuses_unknown_runs(labelled_store):
     assert out.returncode == 2 and "rounds=3 needs relabel=[...]" in out.stderr
 
 
+@pytest.mark.slow
 def test_relabelling_takes_the_trained_on_run_s_config(labelled_store):
     from omegaconf import OmegaConf
 
