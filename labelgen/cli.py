@@ -18,7 +18,7 @@ from .io import Fault
 
 USAGE_ERRORS = (ValueError, FileNotFoundError)  # ConfigError, ManifestError, WeightsNotFound among them
 OVERRIDE = re.compile(r"[A-Za-z_][\w.]*=")  # how a key=value argument starts; anything else is a word
-FLAG = re.compile(r"--([A-Za-z][\w-]*)(?:=(.*))?", re.S)
+FLAG = re.compile(r"--([A-Za-z][\w-]*)(?:=(.*))?", re.DOTALL)
 OPTIONS = ("-h", "--help", "-v", "--verbose")
 
 

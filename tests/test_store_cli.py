@@ -1,7 +1,6 @@
 """`python -m labelgen.store`: migrating an older labelgen's store, and maintenance."""
 
 import json
-import os
 import re
 import subprocess
 import sys
