@@ -1,6 +1,6 @@
 """Relabelling with a trained adapter (label -> train -> relabel -> retrain).
 
-`labels.features=adapter:<model_id>|promoted` chains on the adapter's refined features
+`labels.features=<model_id>|promoted|latest` chains on an adapter's refined features
 instead of the backbone's: they are computed from the cached backbone features (the
 adapter's input), once, and cached beside them under their own fingerprint. The run's
 `backbone_fingerprint` stays the backbone's, which is what the next adapter trains on;
@@ -25,23 +25,21 @@ log = logging.getLogger(__name__)
 
 
 def resolve_model(store, name: str, fingerprint: str) -> dict | None:
-    """The model record `labels.features` names (None: the backbone's own features),
-    checked against the run's backbone features."""
+    """The model `labels.features` names (None: the backbone's own features), in the store's
+    one vocabulary (latest | promoted | a model id), checked against the run's backbone features."""
     if name == "backbone":
         return None
-    if name == "promoted":
-        record = store.promoted_model()
-        if record is None:
-            raise ValueError(f"labels.features=promoted: {store} has no promoted adapter; train one "
-                             f"(python -m trainer.train data.store={store}) or name one with labels.features=adapter:<model_id>")
-    elif name.startswith("adapter:"):
-        model_id = name[len("adapter:"):]
-        record = next((m for m in store.models() if m["model_id"] == model_id), None)
-        if record is None or not record.get("checkpoint"):
-            raise ValueError(f"labels.features={name}: {store} has no trained model {model_id}; list them with "
-                             f"python -m queries sql \"SELECT model_id, status FROM models\" --store {store}")
-    else:
-        raise ValueError(f"labels.features={name}: choose backbone, promoted or adapter:<model_id>")
+    if name.startswith("adapter:"):  # the spelling of labelgen 0.1
+        log.warning("labels.features=%s: write labels.features=%s (adapter: goes away in the next release)",
+                    name, name[len("adapter:"):])
+        name = name[len("adapter:"):]
+    record = store.model(name)
+    if record is None and name == "promoted":
+        raise ValueError(f"labels.features=promoted: {store} has no promoted adapter; train one "
+                         f"(python -m trainer.train data.store={store}) or name one with labels.features=<model_id>")
+    if record is None:
+        raise ValueError(f"labels.features={name}: {store} has no trained model {name}; give backbone, latest, promoted "
+                         f"or a model id: python -m queries sql \"SELECT model_id, status FROM models\" store={store}")
     if record["backbone_fingerprint"] != fingerprint:
         raise ValueError(f"labels.features={name}: adapter {record['model_id']} was trained on features "
                          f"{record['backbone_fingerprint']}, this run's backbone gives {fingerprint}: run with that backbone")

@@ -31,7 +31,7 @@ from .store.schema import LABEL_SCHEMA
 default_conf = {
     "radius": 2.0,  # relaxed cycle check: back-match within this many patches
     "topk": 1,  # backward candidates kept per patch and pair (exact fallback beyond; 1 = a max, fastest on CPUs)
-    "features": "backbone",  # chain on: backbone | promoted (the promoted adapter's refined features) | adapter:<model_id>
+    "features": "backbone",  # chain on: backbone, or an adapter's refined features: promoted | latest | <model_id>
     "tuples_per_task": 256,  # tuples chained per Ray task
     "vote_tuples": 1024,  # tuples per vote partition: a category's vote runs as parallel tasks, each over the candidates of about this many tuples' worth of source images, so its memory does not grow with the category
     "vote": True,  # keep, per source patch and image pair, the target most tuples agree on

@@ -13,7 +13,6 @@ it grew by (`new_only=false` labels every image again, superseding the old label
 
 import logging
 import time
-import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,10 +25,10 @@ from .adapted import adapt_features, label_fingerprint, resolve_model
 from .config import config_hash, known_keys, parse_overrides
 from .console import Progress, Stages
 from .features import extract_features, stale_features, with_versions
-from .io import Fault, join
+from .io import Fault
 from .manifest import read_manifest
 from .sphere import default_conf as sphere_conf
-from .store import LabelStore, sum_counts
+from .store import LabelStore, new_id, sum_counts
 from .tasks import run_labels
 from .train_sphere import fit as fit_sphere
 from .train_sphere import mapper_inputs
@@ -63,10 +62,6 @@ default_conf = {
 DEMO_PRESET = {"pairing": {"bin_deg": 30.0}, "labels": {"keep": None}}
 # what a run's labels depend on beside its label features: runs that agree on both label an image alike
 LABEL_KEYS = ("pairing", "labels", "sphere")
-
-
-def new_run_id() -> str:
-    return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
 def label_hash(conf) -> str:
@@ -217,7 +212,7 @@ def resolve(conf) -> Run:
     store = LabelStore(conf.store, conf.catalog)
     model = resolve_model(store, conf.labels.features, inputs.fingerprint)
     features = label_fingerprint(inputs.fingerprint, model)
-    run_id = conf.run_id or new_run_id()
+    run_id = conf.run_id or new_id()
     # `latest` or an id: checked now, before any work; `auto` is resolved after the features
     named = sphere_wanted(conf.labels.sphere) and conf.labels.sphere != "auto"
     sphere = resolve_sphere(store, conf.labels.sphere, features) if named else None
@@ -234,14 +229,14 @@ def resolve(conf) -> Run:
                          "or choose a new run_id")
     if record["label_features"] != features:  # labels.features=promoted, and another model promoted since
         raise ValueError(f"run_id={run_id} was started on features {record['label_features']}, labels.features="
-                         f"{conf.labels.features} now gives {features}: resume it with labels.features=adapter:<that model>, "
+                         f"{conf.labels.features} now gives {features}: resume it with labels.features=<that model>, "
                          "or choose a new run_id")
     if record.get("sphere_id"):  # the mapper a previous attempt filtered with, whatever is latest now
         sphere = resolve_sphere(store, record["sphere_id"], features)
     # what runs committed before this one started labelled alike: the same for every attempt of it
     labelled = store.labelled_images(features, record["label_hash"], record["started"]) if conf.new_only else set()
     return Run(**vars(inputs), conf=conf, store=store, run_id=run_id, model=model, label_features=features,
-               cache_root=conf.features.cache or join(store.uri, "features"), sphere=sphere,
+               cache_root=store.feature_cache(conf.features.cache), sphere=sphere,
                labelled=labelled & set(inputs.df["image_id"]), started=record["started"], stages=stages)
 
 
@@ -392,5 +387,5 @@ def relabel_config(store: LabelStore, run_id: str, model_id: str, overrides: lis
     features: the run's own config (less keys an older labelgen had), a new run id, then
     `overrides` (labelgen.run's key=value)."""
     run_conf = OmegaConf.create(store.run_record(run_id)["config"])
-    run_conf.merge_with({"run_id": None, "catalog": store.catalog, "labels": {"features": f"adapter:{model_id}"}})
+    run_conf.merge_with({"run_id": None, "catalog": store.catalog, "labels": {"features": model_id}})
     return parse_overrides(default_conf, list(overrides), known_keys(OmegaConf.to_container(run_conf), default_conf))

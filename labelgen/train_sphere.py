@@ -4,7 +4,6 @@ The label pipeline then filters with it: `python -m labelgen.run labels.sphere=l
 """
 
 import time
-import uuid
 
 import numpy as np
 import pandas as pd
@@ -13,10 +12,9 @@ from omegaconf import OmegaConf
 from . import sphere
 from .cli import run_command
 from .features import cache_uri, load_features
-from .io import join
 from .labels import Foreground
 from .models import SphereMapper, checkpoint, load_checkpoint
-from .store import LabelStore, now
+from .store import LabelStore, new_id, now
 
 default_conf = {
     "store": "labelstore",  # a folder or s3://bucket/prefix
@@ -42,21 +40,18 @@ def run_images(store: LabelStore, run_id: str | None) -> tuple[str, str, list[di
     """The images with foreground of every committed run on the features of `run_id` (default:
     the latest committed run), as mapper inputs: a run that labelled only new images, or none,
     still fits on the whole collection."""
+    row = store.latest_run(run_id, current=False)
+    if row is None:
+        raise ValueError(f"no committed label run {run_id or ''} in {store}")
+    run_id, fingerprint, run_conf = row["run_id"], row["label_features"], OmegaConf.create(row["config"])
     con = store.connect()
     try:
-        row = con.execute(
-            "SELECT run_id, label_features, config FROM runs WHERE status = 'committed' "
-            "AND (run_id = $run OR $run IS NULL) ORDER BY finished DESC LIMIT 1", {"run": run_id}
-        ).fetchone()
-        if row is None:
-            raise ValueError(f"no committed label run {run_id or ''} in {store}")
-        run_id, fingerprint, run_conf = row[0], row[1], OmegaConf.create(row[2])
         images = con.execute("SELECT DISTINCT ON (image_id) image_id, category, azimuth FROM images JOIN runs USING (run_id) "
                              "WHERE status = 'committed' AND label_features = ? AND n_fg > 0 ORDER BY image_id",
                              [fingerprint]).fetchall()
     finally:
         con.close()
-    cache_root = run_conf.features.cache or join(store.uri, "features")
+    cache_root = store.feature_cache(run_conf.features.cache)
     return run_id, fingerprint, mapper_inputs(cache_root, fingerprint, images)
 
 
@@ -73,7 +68,7 @@ def fit(store: LabelStore, images: list[dict], fingerprint: str, label_run: str,
     t0 = time.perf_counter()
     mapper, history = sphere.train_mapper(images, conf, log=log)
     return store.save_sphere({
-        "sphere_id": f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}", "label_run": label_run,
+        "sphere_id": new_id(), "label_run": label_run,
         "backbone_fingerprint": fingerprint, "categories": sorted(set(mapper.categories) | set(categories)), "images": len(images),
         "history": history, "train_s": round(time.perf_counter() - t0, 1), "config": OmegaConf.to_yaml(conf),
         "created": now()}, checkpoint(mapper))

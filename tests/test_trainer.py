@@ -10,7 +10,7 @@ import torch
 from benchmarks.tiny import tiny_demo_args
 from labelgen.adapted import label_fingerprint
 from labelgen.features import cache_uri, load_features
-from labelgen.store import LabelStore
+from labelgen.store import LabelStore, now
 from trainer.adapter import load_adapter
 from trainer.train import decide
 
@@ -60,6 +60,25 @@ def test_an_adapter_s_cached_features_are_keyed_by_its_weights_not_only_its_id(t
     assert label_fingerprint("fp", a) != label_fingerprint("fp", b)  # two stores' m1 sharing one cache
     assert label_fingerprint("fp", a) == label_fingerprint("fp", c) == f"fp+adapter-m1-{hashlib.sha256(b'one').hexdigest()[:8]}"
     assert label_fingerprint("fp", None) == "fp"
+
+
+def test_labels_features_names_a_model_as_every_command_does(tmp_path, caplog):
+    """latest | promoted | a model id, as trainer.evaluate's model=; adapter:<id> still works, with a warning."""
+    from labelgen.adapted import resolve_model
+
+    store = LabelStore(str(tmp_path / "store"))
+    for model_id, status in (("m1", "promoted"), ("m2", "rejected")):
+        store.save_model({"model_id": model_id, "backbone_fingerprint": "fp", "decision": status, "created": now(),
+                          "decided": now()}, b"weights")
+    assert resolve_model(store, "backbone", "fp") is None
+    assert resolve_model(store, "promoted", "fp")["model_id"] == "m1"
+    assert resolve_model(store, "latest", "fp")["model_id"] == "m2"
+    assert resolve_model(store, "m2", "fp")["model_id"] == "m2"
+    assert resolve_model(store, "adapter:m1", "fp")["model_id"] == "m1" and "write labels.features=m1" in caplog.text
+    with pytest.raises(ValueError, match="has no trained model m3"):
+        resolve_model(store, "m3", "fp")
+    with pytest.raises(ValueError, match="was trained on features fp"):
+        resolve_model(store, "m1", "other")
 
 
 @pytest.fixture(scope="module")
@@ -136,12 +155,12 @@ def test_the_loop_relabels_with_each_promoted_model_and_stops_when_one_is_not(ti
 
 
 def relabel_with_the_adapter(store_uri: str, tiny_demo: str, m1: dict, run):
-    """labels.features=adapter:m1 chains on m1's refined features, cached under their own
+    """labels.features=m1 chains on m1's refined features, cached under their own
     fingerprint; the run keeps the backbone's fingerprint, which the next adapter trains on."""
     args = ["labelgen.run", *tiny_demo_args(tiny_demo), f"store={store_uri}"]
     out = run([*args, "run_id=nothing", "labels.features=promoted"])
     assert out.returncode == 2 and "has no promoted adapter" in out.stderr
-    out = run([*args, "run_id=relabel", "labels.features=adapter:m1"])
+    out = run([*args, "run_id=relabel", "labels.features=m1"])
     digest = hashlib.sha256(Path(m1["checkpoint"]).read_bytes()).hexdigest()[:8]  # of the weights: another m1 is another cache
     assert out.returncode == 0 and f"+adapter-m1-{digest} (labels.features; refined in" in out.stdout, out.stderr[-3000:]
     store = LabelStore(store_uri)
@@ -185,6 +204,6 @@ def test_relabelling_takes_the_trained_on_run_s_config(labelled_store):
     conf = OmegaConf.merge(default_conf, {"train": {"data": {"store": labelled_store}}, "relabel": ["labels.radius=3"]})
     first = OmegaConf.create(LabelStore(labelled_store).run_record("first")["config"])
     got = relabel_conf(conf, "first", "m9")
-    assert got.labels.features == "adapter:m9" and got.run_id is None and got.labels.radius == 3
+    assert got.labels.features == "m9" and got.run_id is None and got.labels.radius == 3
     assert got.data.manifest == first.data.manifest and got.store == first.store
     assert got.pairing == first.pairing and got.labels.keep == first.labels.keep  # the demo's preset

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 from labelgen.backbones import feature_groups
 from labelgen.features import FLIPPED, ImageFeatures, cache_uri, load_features
-from labelgen.io import filesystem, join
+from labelgen.io import filesystem
 from labelgen.store import IMAGE_SCHEMA, LABEL_SCHEMA, PAIR_SCHEMA, LabelStore, current_labels_sql, current_pairs_sql
 
 default_conf = {
@@ -99,7 +99,7 @@ def resolve_source(conf) -> dict:
     run_conf = OmegaConf.create(run_config)
     return {"snapshot": snapshot, "runs": runs, "run_snapshots": snapshots, "backbone": info[0][0], "fingerprint": info[0][1],
             "manifests": manifests,
-            "cache_root": run_conf.features.cache or join(store.uri, "features"),
+            "cache_root": store.feature_cache(run_conf.features.cache),
             "flips": bool(OmegaConf.select(run_conf, "features.flips", default=False)),
             **{table: store.data_files(table, snapshot) for table in ("label_history", "label_pairs", "images")}}
 

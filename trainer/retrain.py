@@ -2,7 +2,7 @@
 enough new labels have landed, then promote or reject. Safe to run from cron: it exits 0
 whether it trained or found nothing to do, and says which. With `relabel` set, a promoted
 model relabels at once: `labelgen.run` with the config of the latest run it learnt from,
-`labels.features=adapter:<id>` and the overrides in `relabel`, so the next retrain learns
+`labels.features=<model id>` and the overrides in `relabel`, so the next retrain learns
 from labels made on the adapter's own features. `rounds=N` runs that loop on its own:
 train, relabel, train again on the current labels (relabelled pairs superseded), until a
 round's model is not promoted (the loop stopped paying) or N models are trained. The

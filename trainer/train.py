@@ -15,7 +15,6 @@ import os
 import sys
 import tempfile
 import time
-import uuid
 
 import numpy as np
 import ray
@@ -29,7 +28,7 @@ from ray.train.v2._internal.execution import context as train_context
 from labelgen import console, ray_utils
 from labelgen.cli import run_command
 from labelgen.io import filesystem, join, read_bytes
-from labelgen.store import LabelStore, now
+from labelgen.store import LabelStore, new_id, now
 
 from . import data as data_mod
 from . import evaluate as eval_mod
@@ -177,7 +176,7 @@ def train(conf, parent: dict | None = None) -> dict:
         raise ValueError(f"label runs {data.runs} cached no mirrored features: re-run them with features.flips=true "
                          "(the cache is reused) or set optim.flip_prob=0")
     conf.data.runs, conf.data.snapshot = data.runs, data.snapshot
-    model_id = conf.model_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    model_id = conf.model_id or new_id()
     log.info("model %s: %d training and %d held-out pairs from runs %s", model_id, len(data.train), len(data.val), data.runs)
     promoted = parent if parent is not None else store.promoted_model()
     record = store.save_model({"model_id": model_id, "parent": promoted and promoted["model_id"], "label_runs": data.runs,

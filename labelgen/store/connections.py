@@ -5,6 +5,8 @@ snapshot or one given; a conflict retries the whole call (catalog.retrying)."""
 import json
 import math
 import os
+import time
+import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
 
@@ -20,6 +22,11 @@ from .tables import create_tables
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def new_id() -> str:
+    """An id for a run, a model or a mapper: the time it was made (ids sort by it), and a random tail."""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
 def record(row: dict) -> dict:
