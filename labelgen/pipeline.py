@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import backbones, demo, features, labels, pairing, ray_utils, synthetic
 from .adapted import adapt_features, label_fingerprint, resolve_model
-from .config import config_hash, known_keys, parse_overrides
+from .config import STORE_DEFAULTS, config_hash, known_keys, parse_overrides
 from .console import Progress, Stages
 from .features import extract_features, stale_features, with_versions
 from .io import Fault
@@ -45,8 +45,7 @@ default_conf = {
         "objects": synthetic.default_conf,
         "demo": demo.default_conf,
     },
-    "store": "labelstore",  # a folder or s3://bucket/prefix: labels, runs, feature cache
-    "catalog": None,  # the store's catalog: none = the one it was made with (new: catalog.sqlite in it) | postgres:<libpq string> | sqlite:<file>
+    **STORE_DEFAULTS,
     "run_id": None,  # default: a new id from the time
     "new_only": True,  # label only images no committed run labelled with these label features and config; false: all again (superseding)
     "backbone": backbones.default_conf,
@@ -149,8 +148,8 @@ def summary(run_id, store, counts, sphere_deg) -> str:
             *([f"  nothing new: {c['nothing_new']}"] if c.get("nothing_new") else chain_lines(c)),
             *([sphere_line(s, c, sphere_deg)] if (s := c.get("sphere")) else []),
             f"  coverage  {c['coverage']:.1%} of the {c['pairable']:,} pairable images are the source of a current label "
-            f"(python -m queries coverage --store {store})",
-            f"  store     {store}  (python -m queries labels_per_category --store {store})",
+            f"(python -m queries coverage store={store})",
+            f"  store     {store}  (python -m queries labels_per_category store={store})",
         ]
     )
 

@@ -11,14 +11,14 @@ from omegaconf import OmegaConf
 
 from . import sphere
 from .cli import run_command
+from .config import STORE_DEFAULTS
 from .features import cache_uri, load_features
 from .labels import Foreground
 from .models import SphereMapper, checkpoint, load_checkpoint
 from .store import LabelStore, new_id, now
 
 default_conf = {
-    "store": "labelstore",  # a folder or s3://bucket/prefix
-    "catalog": None,  # the store's catalog: none = the one it was made with (new: catalog.sqlite in it) | postgres:<libpq string> | sqlite:<file>
+    **STORE_DEFAULTS,
     "run_id": None,  # the label run whose features to learn from; default: the latest committed run
     "sphere": sphere.default_conf,
 }

@@ -1,4 +1,4 @@
--- One run against another (--param a=RUN --param b=RUN; default: the two latest committed), each
+-- One run against another (param=[a=RUN,b=RUN]; default: the two latest committed), each
 -- with all the labels it made (label_history): labels per category in each, labels in both
 -- (same pair and pixels), and only in one.
 -- plot: bar x=category y=shared

@@ -1,4 +1,4 @@
--- The labels of one image pair, for drawing as lines (--param run=, src=, tgt=; default: the
+-- The labels of one image pair, for drawing as lines (param=[run=...,src=...,tgt=...]; default: the
 -- farthest pair with the most labels in the latest committed run that holds current labels; a
 -- named run shows all the labels it made), judged where truth is known.
 -- plot: pairs

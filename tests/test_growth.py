@@ -85,7 +85,7 @@ def test_a_grown_manifest_labels_only_its_new_views_and_a_repeated_run_adds_noth
     # the reports and the evaluation still find the current labels after a run that labelled nothing
     report = run(["labelgen.evaluate", f"store={store}", "split=dev", f"output={tmp_path / 'eval.json'}"])
     assert report.returncode == 0, report.stderr[-3000:]
-    coverage = run(["queries", "coverage", "--store", store, "--format", "json"])
+    coverage = run(["queries", "coverage", f"store={store}", "format=json"])
     assert coverage.returncode == 0, coverage.stderr[-3000:]
     assert {r["category"]: r["pairable"] for r in json.loads(coverage.stdout)} == {"chair": 24, "figure": 24}
 

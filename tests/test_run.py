@@ -59,7 +59,7 @@ def test_pipeline_writes_queryable_labels_and_reuses_the_feature_cache(tiny_demo
     assert rows["far: chained"]["P@0.10"] > 0.9
     assert rows["direct raw hops=3"]["P@0.05"] < rows["direct cycle hops=3"]["P@0.05"]
 
-    query = run(["queries", "labels_per_category", "--store", str(store), "--format", "csv"])
+    query = run(["queries", "labels_per_category", f"store={store}", "format=csv"])
     assert query.returncode == 0 and query.stdout.count("\n") == 3  # header + 2 categories: "again" relabelled every pair
 
 
@@ -134,9 +134,9 @@ def test_a_run_on_a_postgresql_catalog_is_found_again_by_every_reader(tiny_demo,
     assert not (store / "catalog.sqlite").exists()
     # later commands name only the store: its catalog.json says where the catalog is
     query = run(["queries", "sql", "SELECT status, counts->>'labels' AS n, (SELECT count(*) FROM labels) AS rows FROM runs",
-                 "--store", str(store), "--format", "json"])
+                 f"store={store}", "format=json"])
     assert query.returncode == 0, query.stderr[-3000:]
     (row,) = json.loads(query.stdout)
     assert row["status"] == "committed" and int(row["n"]) == row["rows"] > 1000
-    wrong = run(["queries", "runs", "--store", str(store), "--catalog", f"sqlite:{tmp_path / 'other.sqlite'}"])
+    wrong = run(["queries", "runs", f"store={store}", f"catalog=sqlite:{tmp_path / 'other.sqlite'}"])
     assert wrong.returncode == 2 and "was created with catalog=postgres:" in wrong.stderr

@@ -61,7 +61,7 @@ def test_a_whole_run_through_s3_faults_equals_an_undisturbed_one_and_never_shows
     assert denied.returncode != 0 and "no-such-bucket" in denied.stderr
     assert s3_secret not in denied.stdout + denied.stderr
 
-    report = run(["queries", "precision", "--store", store, "--format", "json"])
+    report = run(["queries", "precision", f"store={store}", "format=json"])
     assert report.returncode == 0, report.stderr[-3000:]
     rows = json.loads(report.stdout)
     assert {r["category"] for r in rows} == {"chelsea", "motorcycle"}

@@ -322,7 +322,7 @@ def test_check_names_a_deleted_or_damaged_data_file_with_its_run_and_reports_say
         begin(store, run_id)
         store.write_category(run_id, "cat", labels(run_id, 5), images(run_id), {"labels": 5})
         store.commit(run_id, {"labels": 5}, [])
-    args = ["check", "--store", store.uri, *([f"--catalog={store.catalog}"] if store.catalog else [])]
+    args = ["check", f"store={store.uri}", *([f"catalog={store.catalog}"] if store.catalog else [])]
     assert main(args) == 0
     assert "whole (12 tables and views read, 6 data files checked)" in capsys.readouterr().out
 
@@ -369,9 +369,9 @@ def test_a_catalog_whose_files_name_lost_column_maps_is_refused_on_open_and_repa
     con.execute("UPDATE __ducklake_metadata_lake.ducklake_data_file SET mapping_id = mapping_id + 1000 WHERE data_file_id = "
                 "(SELECT min(data_file_id) FROM __ducklake_metadata_lake.ducklake_data_file WHERE mapping_id IS NOT NULL)")
     con.close()
-    with pytest.raises(RuntimeError, match=r"the catalog is damaged: 1 data file\(s\) .* labelgen.store repair --store"):
+    with pytest.raises(RuntimeError, match=r"the catalog is damaged: 1 data file\(s\) .* labelgen.store repair store="):
         store.connect()
-    args = ["--store", store.uri, *([f"--catalog={store.catalog}"] if store.catalog else [])]
+    args = [f"store={store.uri}", *([f"catalog={store.catalog}"] if store.catalog else [])]
     assert main(["check", *args]) == 1 and "the catalog is damaged" in capsys.readouterr().out
     store.connect(snapshot=first - 1).close()  # the store before the damaged commit still reads
     assert main(["repair", *args]) == 0

@@ -146,7 +146,7 @@ def test_the_precision_report_judges_stored_labels_against_part_truth(scene, tmp
                            "truth_uri": [str(tmp_path / f"{n}.npz") for n in views]})
     store.write_category("r", "chair", table, images_table(images), {})
     store.commit("r", {"labels": len(labels)}, [])
-    assert main(["precision", "--store", store.uri, "--format", "json"]) == 0
+    assert main(["precision", f"store={store.uri}", "format=json"]) == 0
     report = {r["hops"]: r for r in json.loads(capsys.readouterr().out)}
     assert report[1]["truth"] == "parts" and report[1]["split"] == "val" and report[1]["labels"] == 10
     assert report[1]["p_05"] == report[1]["p_10"] == 0.8 and report[1]["hidden"] == 0.2

@@ -17,13 +17,13 @@ import torch
 from omegaconf import OmegaConf
 
 from labelgen.backbones import feature_groups
+from labelgen.config import STORE_DEFAULTS
 from labelgen.features import FLIPPED, ImageFeatures, cache_uri, load_features
 from labelgen.io import filesystem
 from labelgen.store import IMAGE_SCHEMA, LABEL_SCHEMA, PAIR_SCHEMA, LabelStore, current_labels_sql, current_pairs_sql
 
 default_conf = {
-    "store": "labelstore",  # a folder or s3://bucket/prefix
-    "catalog": None,  # the store's catalog: none = the one it was made with (new: catalog.sqlite in it) | postgres:<libpq string> | sqlite:<file>
+    **STORE_DEFAULTS,
     "snapshot": None,  # the store snapshot to read (python -m queries snapshots); default: the latest
     "runs": None,  # label runs to learn from (their current labels: per image pair, the latest run's); default: every committed run with the latest run's backbone
     "val_split": "val",  # images of this split are held out

@@ -75,7 +75,7 @@ def damaged_message(store, damaged: list[tuple]) -> str:
     return (f"store {store}: the catalog is damaged: {len(damaged)} data file(s) of snapshot(s) {snapshots} name column "
             "maps their table does not have (DuckLake 1.4's own commit retry leaves this; the store keeps it off, but an "
             f"older labelgen or another DuckDB client may have written with it on): repair it with `python -m labelgen.store "
-            f"repair --store {store}`, or read the store as it was before (--at {snapshots[0] - 1})")
+            f"repair store={store}`, or read the store as it was before (at={snapshots[0] - 1})")
 
 
 def mend(con) -> dict:
@@ -137,10 +137,10 @@ def describe(store, report: dict) -> str:
     if runs:
         lines.append(f"A data file is written once, before its run commits: restore it from a backup of {store} (or the "
                      f"bucket's object versions); the store as it was before run(s) {', '.join(runs)} committed still reads "
-                     "(python -m queries snapshots, then --at SNAPSHOT).")
+                     "(python -m queries snapshots, then at=SNAPSHOT).")
     if any(r is None for _, r, _ in report["problems"]):
         lines.append("A catalog or table that cannot be read: restore the catalog from a backup, or read an earlier snapshot "
-                     f"(python -m labelgen.store attach --store {store} --at SNAPSHOT).")
+                     f"(python -m labelgen.store attach store={store} at=SNAPSHOT).")
     return "\n".join(lines)
 
 
@@ -154,6 +154,6 @@ def explain(store, e: duckdb.Error) -> str | None:
             path = join(store.uri, name.split(root, 1)[1])
             run = run_of(path)
             return (f"store {store}: the data file {path}{f' of run {run}' if run else ''} is missing or damaged "
-                    f"({str(e).splitlines()[0]}); python -m labelgen.store check --store {store} lists every such file "
+                    f"({str(e).splitlines()[0]}); python -m labelgen.store check store={store} lists every such file "
                     "and what to do")
     return None
