@@ -69,10 +69,10 @@ def test_help_shows_the_values_the_code_runs_with():
 
 @pytest.mark.parametrize("name", READERS)
 def test_readers_answer_help_with_their_words(name, capsys):
-    from labelgen.readers import write_manifest
+    from labelgen.readers import reader_main
 
     module = importlib.import_module(name)
-    assert write_manifest(module.read_manifest, ["--help"]) == 0
+    assert reader_main(module.scan, ["--help"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"usage: python -m {name} [-h] [-v] [key=value ...] ROOT OUT.parquet")
     assert module.__doc__.splitlines()[0] in out

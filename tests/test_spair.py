@@ -12,7 +12,7 @@ from PIL import Image
 from labelgen.backbones import default_conf as backbones_conf
 from labelgen.features import FeatureWorker, worker_batch
 from labelgen.geometry import apply_homography
-from labelgen.readers.spair import KeypointPair, read_manifest, read_pairs
+from labelgen.readers.spair import KeypointPair, read_pairs, scan
 from trainer.data import FeatureBank
 from trainer.evaluate import Matcher, default_conf, keypoint_pck
 
@@ -76,7 +76,7 @@ def write_spair(root, demo_manifest):
 def test_reader_and_raw_backbone_pck_on_a_fixture(tiny_demo, tmp_path):
     root = str(tmp_path / "SPair-71k")
     write_spair(root, tiny_demo)
-    manifest = read_manifest(root)
+    manifest = scan(root)
     assert manifest["image_id"].tolist() == ["cat/2008_000000", "cat/2008_000001", "cat/2008_000002"]
     assert set(manifest["split"]) == {"test"} and manifest["azimuth"].notna().all()
     pairs = read_pairs(root, "test")

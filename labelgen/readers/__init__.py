@@ -9,26 +9,27 @@ import pandas as pd
 
 from ..cli import run_command
 from ..config import ConfigError
+from ..manifest import write_manifest
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
-def write_manifest(read, argv=None) -> int:
-    """The reader CLI: read ROOT (the data set's folder) into a manifest with absolute URIs
-    and write it to OUT.parquet (for labelgen.run data.manifest=)."""
+def reader_main(scan, argv=None) -> int:
+    """A reader's command line: scan ROOT (the data set's folder) into a manifest with
+    absolute URIs and write it to OUT.parquet (for labelgen.run data.manifest=)."""
 
     def write(conf, words: list[str]) -> int:
         if len(words) != 2:
             raise ConfigError("give ROOT OUT.parquet: the data set's folder and the manifest to write")
         root, out = words
-        df: pd.DataFrame = read(root)
+        df: pd.DataFrame = scan(root)
         for col in ("uri", "mask_uri"):
             if col in df:
                 df[col] = pd.Series([None if pd.isna(u) else os.path.join(os.path.abspath(root), u) for u in df[col]],
                                     dtype=object)
-        df.to_parquet(out, index=False)
+        write_manifest(df, out)
         print(f"{len(df)} images in {df['category'].nunique()} categories -> {out}")
         return 0
 
-    write.__module__ = read.__module__  # the reader's name and docstring in --help
+    write.__module__ = scan.__module__  # the reader's name and docstring in --help
     return run_command({}, write, argv, words="ROOT OUT.parquet", announce=False)

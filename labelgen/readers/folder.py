@@ -7,10 +7,10 @@ import os
 
 import pandas as pd
 
-from . import IMAGE_EXTENSIONS, write_manifest
+from . import IMAGE_EXTENSIONS, reader_main
 
 
-def read_manifest(root: str) -> pd.DataFrame:
+def scan(root: str) -> pd.DataFrame:
     if not os.path.isdir(root):
         raise ValueError(f"{root} is not a folder")
     rows = []
@@ -26,4 +26,4 @@ def read_manifest(root: str) -> pd.DataFrame:
 
 
 if __name__ == "__main__":
-    raise SystemExit(write_manifest(read_manifest))
+    raise SystemExit(reader_main(scan))

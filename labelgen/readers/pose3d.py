@@ -15,7 +15,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from . import IMAGE_EXTENSIONS, write_manifest
+from . import IMAGE_EXTENSIONS, reader_main
 
 KEYS = ("azimuth", "elevation", "theta")
 
@@ -33,7 +33,7 @@ def read_pose(path: str) -> dict[str, float]:
     return {k: float(np.rad2deg(np.asarray(raw[k], dtype=np.float64).reshape(-1)[0])) for k in KEYS}
 
 
-def read_manifest(root: str) -> pd.DataFrame:
+def scan(root: str) -> pd.DataFrame:
     images, annotations = os.path.join(root, "images"), os.path.join(root, "annotations")
     if not os.path.isdir(images) or not os.path.isdir(annotations):
         raise ValueError(f"{root} needs images/<category>/ and annotations/<category>/ folders")
@@ -54,4 +54,4 @@ def read_manifest(root: str) -> pd.DataFrame:
 
 
 if __name__ == "__main__":
-    raise SystemExit(write_manifest(read_manifest))
+    raise SystemExit(reader_main(scan))

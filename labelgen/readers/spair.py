@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from . import write_manifest
+from . import reader_main
 
 SPLITS = {"trn": "train", "val": "val", "test": "test"}
 
@@ -62,7 +62,7 @@ def read_pairs(root: str, split: str = "test") -> list[KeypointPair]:
     return pairs
 
 
-def read_manifest(root: str) -> pd.DataFrame:
+def scan(root: str) -> pd.DataFrame:
     """One row per annotated image; split from the pair split the image appears in (test wins)."""
     split_of = {}
     for short, split in sorted(SPLITS.items(), key=lambda kv: ["trn", "val", "test"].index(kv[0])):
@@ -92,4 +92,4 @@ def read_manifest(root: str) -> pd.DataFrame:
 
 
 if __name__ == "__main__":
-    raise SystemExit(write_manifest(read_manifest))
+    raise SystemExit(reader_main(scan))
