@@ -264,9 +264,7 @@ def compare(data: LabelData, models: dict[str, Adapter | None], conf, seed: int 
 def compare_models(conf) -> int:
     """Raw backbone vs an adapter, on SPair pairs or on the store's held-out data."""
     store = LabelStore(conf.store, conf.catalog)
-    decided = [m for m in store.models() if m["status"] != "training"]
-    record = {"latest": decided[-1] if decided else None, "promoted": store.promoted_model()}.get(conf.model) or next(
-        (m for m in decided if m["model_id"] == conf.model), None)
+    record = store.model(conf.model)
     if record is None:
         raise ValueError(f"model={conf.model}: no such model in {store}; train one with `python -m trainer.train`, "
                          "or see `python -m queries sql 'SELECT * FROM models'`")
