@@ -14,7 +14,7 @@ import time
 import numpy as np
 import torch
 
-from labelgen import run
+from labelgen import pipeline
 from labelgen.cli import run_command
 from labelgen.features import FeatureWorker, worker_batch
 from labelgen.manifest import read_manifest
@@ -91,8 +91,8 @@ def bench(conf) -> int:
     print(f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']:.0f} GiB; torch {m['torch']}; GPU: {m['gpu'] or 'none'}",
           flush=True)
 
-    conf = run.parse(["data.builtin=demo", f"data.demo.root={conf.workdir}", f"store={conf.workdir}/store"])
-    inputs = run.prepare(conf)
+    conf = pipeline.parse(["data.builtin=demo", f"data.demo.root={conf.workdir}", f"store={conf.workdir}/store"])
+    inputs = pipeline.prepare(conf)
     df, backbone_conf, size, fingerprint = inputs.df, inputs.backbone, inputs.image_size, inputs.fingerprint
     cache_root = os.path.join(conf.workdir, "features")
     shutil.rmtree(cache_root, ignore_errors=True)  # the actor writes every file
@@ -104,7 +104,7 @@ def bench(conf) -> int:
     actor_share = 2 * feats["images_per_s"] / backbones[1]["images_per_s"]  # 2 passes per image (flip)
 
     print(f"[2/{steps}] feature cache: bytes per image against the full grid (demo photos, 3D collection, DINOv2-B)", flush=True)
-    objects = read_manifest(run.builtin_collection(run.parse([f"data.objects.root={conf.workdir}"]).data))
+    objects = read_manifest(pipeline.builtin_collection(pipeline.parse([f"data.objects.root={conf.workdir}"]).data))
     sample = objects.groupby("category").head(8)  # 8 views of each 3D category
     objects_cache = os.path.join(conf.workdir, "features-objects")
     shutil.rmtree(objects_cache, ignore_errors=True)

@@ -15,7 +15,6 @@ from labelgen.tuples import make_tuples
 
 from .reference import reference_candidates
 
-
 LIKE_REFERENCE = {"pair_radius": None, "max_gap_deg": None}  # the published generator has no co-visibility check
 KEY = ("src_image_id", "tgt_image_id", "hops", "src_x", "src_y", "tgt_x", "tgt_y")
 

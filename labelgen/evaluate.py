@@ -30,15 +30,16 @@ from omegaconf import DictConfig, OmegaConf
 from .chain import match_pair
 from .cli import run_command
 from .features import cache_uri, load_features
-from .io import join, read_bytes, write_bytes
+from .io import join, write_bytes
 from .labels import SIGNALS, Foreground, pose_gap, sphere_angles
 from .manifest import read_manifest
 from .metrics import Tally, at, homography_error, within
+from .models import SphereMapper, load_checkpoint
 from .pairing import view_rotations
 from .sphere import map_image
 from .store import LabelStore
-from .train_sphere import load_mapper, wanted
 from .train_sphere import resolve as resolve_sphere
+from .train_sphere import wanted
 from .truth import judge, load_truth
 
 default_conf = {
@@ -170,7 +171,7 @@ def sphere_for(conf, store: LabelStore, run_conf, fingerprint: str):
     if conf.sphere == "none":
         return None, False
     record = resolve_sphere(store, conf.sphere, fingerprint)
-    return (load_mapper(read_bytes(record["checkpoint"])) if record else None), False
+    return (load_checkpoint(SphereMapper, record["checkpoint"]) if record else None), False
 
 
 def evaluate_parts(conf, store: LabelStore, run_id: str, fingerprint: str, run_conf, manifest: pd.DataFrame):

@@ -85,7 +85,7 @@ class SphereMapper(nn.Module):
                 "heads": self.block.self_attn.num_heads}
 
 
-def checkpoint(model: nn.Module, **extra) -> bytes:
+def checkpoint_bytes(model: nn.Module, **extra) -> bytes:
     """A model as bytes: its config (the constructor's arguments), weights and `extra` data."""
     buf = io.BytesIO()
     torch.save({"config": model.config(), "state_dict": model.state_dict(), **extra}, buf)

@@ -16,8 +16,6 @@ import sys
 
 from .cli import run_command
 from .pipeline import default_conf, label, presets
-from .pipeline import DEMO_PRESET, builtin_collection, parse, prepare  # noqa: F401  TEMP until tests/benchmarks import pipeline
-from .tuples import make_tuples  # noqa: F401  TEMP
 
 
 def run(conf) -> int:

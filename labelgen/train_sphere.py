@@ -14,7 +14,7 @@ from .cli import run_command
 from .config import STORE_DEFAULTS
 from .features import cache_uri, load_features
 from .labels import Foreground
-from .models import SphereMapper, checkpoint, load_checkpoint
+from .models import checkpoint_bytes
 from .store import LabelStore, new_id, now
 
 default_conf = {
@@ -55,8 +55,6 @@ def run_images(store: LabelStore, run_id: str | None) -> tuple[str, str, list[di
     return run_id, fingerprint, mapper_inputs(cache_root, fingerprint, images)
 
 
-def load_mapper(data: bytes) -> SphereMapper:  # TEMP shim until labelgen.evaluate imports models
-    return load_checkpoint(SphereMapper, data)
 
 
 def fit(store: LabelStore, images: list[dict], fingerprint: str, label_run: str, conf, log=None, categories=()) -> dict:
@@ -71,7 +69,7 @@ def fit(store: LabelStore, images: list[dict], fingerprint: str, label_run: str,
         "sphere_id": new_id(), "label_run": label_run,
         "backbone_fingerprint": fingerprint, "categories": sorted(set(mapper.categories) | set(categories)), "images": len(images),
         "history": history, "train_s": round(time.perf_counter() - t0, 1), "config": OmegaConf.to_yaml(conf),
-        "created": now()}, checkpoint(mapper))
+        "created": now()}, checkpoint_bytes(mapper))
 
 
 def train(conf) -> int:

@@ -1,9 +1,7 @@
 """SQL functions of the reports: where truth says a labelled point lands, measured by labelgen.metrics."""
 
-import contextlib
 import re
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 
@@ -54,9 +52,6 @@ def part_truth(src_truth: pa.Array, tgt_truth: pa.Array, sx: pa.Array, sy: pa.Ar
 
 def register(con) -> None:
     """Add the functions to a connection."""
-    for name in ("true_xy", "part_truth"):  # the store's connections still bring their own: replace them
-        with contextlib.suppress(duckdb.InvalidInputException):
-            con.remove_function(name)
     con.create_function("true_xy", true_xy, ["DOUBLE[]", "DOUBLE[]", "DOUBLE", "DOUBLE"], "DOUBLE[]", type="arrow")
     con.create_function("part_truth", part_truth, ["VARCHAR", "VARCHAR"] + ["DOUBLE[]"] * 4,
                         "STRUCT(error DOUBLE, hidden BOOLEAN, twin BOOLEAN, mirrored BOOLEAN)[]", type="arrow")

@@ -5,15 +5,15 @@ from omegaconf import OmegaConf
 
 from benchmarks.chains import LIKE_REFERENCE, as_dict, same_labels, service_candidates
 from benchmarks.reference import reference_candidates
-from conftest import tiny_demo_args
-from labelgen import run
+from benchmarks.tiny import tiny_demo_args
+from labelgen import pipeline
 from labelgen.features import FeatureWorker, worker_batch
-from labelgen.run import make_tuples
+from labelgen.tuples import make_tuples
 
 
 def test_reference_generator_and_service_give_identical_candidates(tiny_demo, tmp_path):
-    conf = run.parse([*tiny_demo_args(tiny_demo), f"store={tmp_path}"])
-    inputs = run.prepare(conf)
+    conf = pipeline.parse([*tiny_demo_args(tiny_demo), f"store={tmp_path}"])
+    inputs = pipeline.prepare(conf)
     df, fingerprint = inputs.df, inputs.fingerprint
     cache = str(tmp_path / "features")
     worker = FeatureWorker(inputs.backbone, inputs.image_size, cache, fingerprint, flips=False)

@@ -135,7 +135,7 @@ def test_unknown_keys_and_bare_words_still_get_a_clear_error(capsys):
 
 
 def test_relative_locations_are_resolved_against_the_working_directory_once(tmp_path, monkeypatch):
-    from labelgen.run import default_conf
+    from labelgen.pipeline import default_conf
 
     monkeypatch.chdir(tmp_path)
     conf = parse_overrides(default_conf, ["store=out/labels", "data.manifest=m.parquet", "features.cache=s3://b/feats",

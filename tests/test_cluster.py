@@ -16,8 +16,8 @@ import psutil
 import pytest
 import yaml
 
+from benchmarks.tiny import tiny_demo_args
 from cluster.local_up import OWNER, free_ports, running, take_down
-from conftest import tiny_demo_args
 from labelgen.store import LabelStore
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,7 +1,7 @@
 import pytest
 
 from labelgen.config import ConfigError, config_hash, parse_overrides
-from labelgen.run import DEMO_PRESET, default_conf
+from labelgen.pipeline import DEMO_PRESET, default_conf
 
 
 def test_overrides_and_presets_merge_in_order():
@@ -31,7 +31,7 @@ def test_unknown_keys_and_malformed_arguments_are_clear_errors():
 
 
 def test_the_demo_preset_applies_to_the_planar_demo_only():
-    from labelgen.run import parse
+    from labelgen.pipeline import parse
 
     assert parse([]).pairing.bin_deg == 45.0 and parse([]).data.builtin == "objects"
     assert parse(["data.builtin=demo"]).pairing.bin_deg == 30.0

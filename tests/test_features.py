@@ -3,8 +3,16 @@ import pytest
 import torch
 from PIL import Image
 
-from labelgen.features import (ImageFeatures, cache_uri, cached_versions, fit, load_features, model_input, preprocess,
-                               save_features)
+from labelgen.features import (
+    ImageFeatures,
+    cache_uri,
+    cached_versions,
+    fit,
+    load_features,
+    model_input,
+    preprocess,
+    save_features,
+)
 
 
 def test_preprocess_pads_right_and_bottom_and_pools_the_mask():

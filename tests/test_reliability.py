@@ -17,7 +17,7 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import labels_of, tiny_demo_args
+from benchmarks.tiny import labels_of, tiny_demo_args
 from labelgen import run as run_mod
 from labelgen.store import LabelStore
 from trainer.data import default_conf, load_label_data, resolve_source
@@ -210,13 +210,12 @@ def test_checkpoints_load_weights_only_and_refuse_code(tmp_path, load):
 
     import torch
 
-    from labelgen.train_sphere import load_mapper
-    from trainer.adapter import load_adapter
+    from labelgen.models import Adapter, SphereMapper, load_checkpoint
 
     buf = _io.BytesIO()
     torch.save({"config": {}, "state": Payload()}, buf)
     with pytest.raises(Exception, match="Weights only load failed|weights_only"):
-        load_adapter(_io.BytesIO(buf.getvalue())) if load == "adapter" else load_mapper(buf.getvalue())
+        load_checkpoint(Adapter if load == "adapter" else SphereMapper, buf.getvalue())
     assert not os.path.exists("/tmp/labelgen-pwned")
 
 

@@ -9,9 +9,9 @@ import time
 import boto3
 import psutil
 import pytest
-from faults import FaultyS3Proxy
 
 from benchmarks.tiny import labels_of, tiny_demo_args
+from faults import FaultyS3Proxy
 from labelgen import run as run_mod
 from labelgen.demo import build_demo
 from labelgen.store import LabelStore

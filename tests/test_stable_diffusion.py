@@ -4,15 +4,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
-
 from transformers import CLIPTextModel
 
+from benchmarks.tiny import tiny_demo_args
 from labelgen import pipeline
 from labelgen.backbones import WeightsNotFound, build_backbone, default_conf
 from labelgen.backbones.stable_diffusion import StableDiffusion, StableDiffusionDino
 from labelgen.features import FeatureWorker, cache_uri, load_features, worker_batch
-
-from conftest import tiny_demo_args
 
 
 @pytest.fixture(scope="module")

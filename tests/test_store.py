@@ -8,8 +8,7 @@ import pyarrow as pa
 import pytest
 
 from labelgen.io import is_remote
-from labelgen.store import catalog, extensions
-from labelgen.store import IMAGE_SCHEMA, LABEL_SCHEMA, LabelStore, images_table
+from labelgen.store import IMAGE_SCHEMA, LABEL_SCHEMA, LabelStore, catalog, extensions, images_table
 
 
 def labels(run_id, n, category="cat"):
@@ -134,14 +133,6 @@ def test_the_catalog_is_read_only_and_sealed(store):
         assert con.execute("SELECT count(*) FROM labels").fetchone() == (2,)
     finally:
         con.close()
-
-
-def test_true_xy_maps_through_the_homographies(store):
-    begin(store, "r4")
-    store.write_category("r4", "cat", labels("r4", 1), images("r4"), {})
-    store.commit("r4", {}, [])
-    got = count(store, "SELECT true_xy([1,0,0,0,1,0,0,0,1]::DOUBLE[], [2,0,1,0,2,0,0,0,1]::DOUBLE[], 3, 4)")
-    assert got == [([7.0, 8.0],)]
 
 
 def test_missing_store_is_a_clear_error(tmp_path):
@@ -334,7 +325,7 @@ def test_check_names_a_deleted_or_damaged_data_file_with_its_run_and_reports_say
     out = capsys.readouterr().out
     assert f"{deleted} (run r1): missing" in out and f"{damaged} (run r2): 20 bytes, registered with" in out
     assert "restore it from a backup" in out and "run(s) r1, r2 committed still reads" in out
-    with pytest.raises(ValueError, match=f"the data file .* of run r[12] is missing or damaged .*labelgen.store check"):
+    with pytest.raises(ValueError, match="the data file .* of run r[12] is missing or damaged .*labelgen.store check"):
         run_sql(store.uri, "SELECT count(*) FROM labels JOIN images USING (run_id)", catalog=store.catalog)
 
 

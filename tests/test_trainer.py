@@ -10,8 +10,8 @@ import torch
 from benchmarks.tiny import tiny_demo_args
 from labelgen.adapted import label_fingerprint
 from labelgen.features import cache_uri, load_features
+from labelgen.models import Adapter, load_checkpoint
 from labelgen.store import LabelStore, now
-from trainer.adapter import load_adapter
 from trainer.train import decide
 
 FAST = ["optim.steps=6", "optim.pairs_per_step=2", "optim.log_every=2", "checkpoint.every=3"]
@@ -176,7 +176,7 @@ def relabel_with_the_adapter(store_uri: str, tiny_demo: str, m1: dict, run):
     raw, refined = (load_features(cache_uri(str(Path(store_uri) / "features"), fp, image_id))
                     for fp in (fingerprint, f"{fingerprint}+adapter-m1-{digest}"))
     with torch.inference_mode():
-        want = load_adapter(m1["checkpoint"])(raw.grid().permute(2, 0, 1).float()[None])[0].permute(1, 2, 0)
+        want = load_checkpoint(Adapter, m1["checkpoint"])(raw.grid().permute(2, 0, 1).float()[None])[0].permute(1, 2, 0)
     assert torch.equal(refined.stored, raw.stored) and torch.equal(refined.fg, raw.fg)
     assert torch.allclose(refined.feats.float(), want[refined.stored], atol=2e-3)
     assert (refined.scale, refined.stride, refined.width) == (raw.scale, raw.stride, raw.width)

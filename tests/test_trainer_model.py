@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.adapter import Adapter, load_adapter, save_adapter
+from labelgen.io import write_bytes
+from labelgen.models import Adapter, checkpoint_bytes, load_checkpoint
 from trainer.losses import clip_loss, dense_loss, sample, soft_argmax, window_soft_argmax
 
 
@@ -18,8 +19,8 @@ def test_adapter_size_shape_and_round_trip(tmp_path):
     assert y.shape == (2, 288, 10, 12)
     assert torch.allclose(y.norm(dim=1), torch.ones(2, 10, 12), atol=1e-5)
     assert mixed.logit_scale.item() == pytest.approx(math.log(1 / 0.07))
-    save_adapter(mixed, str(tmp_path / "a.pt"), {"step": 3})
-    again = load_adapter(str(tmp_path / "a.pt"))
+    write_bytes(str(tmp_path / "a.pt"), checkpoint_bytes(mixed, step=3))
+    again = load_checkpoint(Adapter, str(tmp_path / "a.pt"))
     assert torch.equal(again(x), y)
 
 

@@ -13,7 +13,6 @@ PCK@a (labelgen.metrics): within a * (the longer side of the target image; of th
 bounding box for keypoints) of the reference position.
 """
 
-import io as _io
 import posixpath
 
 import numpy as np
@@ -25,17 +24,17 @@ from labelgen.chain import match_pair
 from labelgen.cli import run_command
 from labelgen.features import FLIPPED
 from labelgen.geometry import transfer
-from labelgen.io import exists, join, read_bytes
+from labelgen.io import exists, join
 from labelgen.labels import pose_gap
 from labelgen.manifest import read_manifest
 from labelgen.metrics import at, pck, relative_error, within
+from labelgen.models import Adapter, load_checkpoint
 from labelgen.pairing import view_rotations
 from labelgen.readers.spair import KeypointPair, read_pairs
 from labelgen.store import LabelStore
 from labelgen.synthetic.collection import read_keypoints
 from labelgen.truth import PartTruth
 
-from .adapter import Adapter, load_adapter
 from .data import FeatureBank, LabelData, Pair, load_label_data, resolve_source
 from .losses import sample, window_soft_argmax
 
@@ -269,7 +268,7 @@ def compare_models(conf) -> int:
         raise ValueError(f"model={conf.model}: no such model in {store}; train one with `python -m trainer.train`, "
                          "or see `python -m queries sql 'SELECT * FROM models'`")
     print(f"model {record['model_id']} ({record['status']}: {record.get('reason', '')})")
-    adapter = load_adapter(_io.BytesIO(read_bytes(record["checkpoint"])))
+    adapter = load_checkpoint(Adapter, record["checkpoint"])
     source = resolve_source(OmegaConf.create({"store": conf.store, "catalog": conf.catalog, "runs": record["label_runs"],
                                               "snapshot": record["snapshot"]}))  # the labels the model saw
     data = load_label_data(source, conf.val_split)

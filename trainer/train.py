@@ -9,7 +9,6 @@ backbone and the adapter side by side, registers the model in the store and
 promotes it only if it beats the promoted one (or the raw backbone).
 """
 
-import io as _io
 import logging
 import os
 import sys
@@ -27,12 +26,12 @@ from ray.train.v2._internal.execution import context as train_context
 
 from labelgen import console, ray_utils
 from labelgen.cli import run_command
-from labelgen.io import filesystem, join, read_bytes
+from labelgen.io import filesystem, join, write_bytes
+from labelgen.models import Adapter, checkpoint_bytes, load_checkpoint
 from labelgen.store import LabelStore, new_id, now
 
 from . import data as data_mod
 from . import evaluate as eval_mod
-from .adapter import Adapter, load_adapter, save_adapter
 from .losses import clip_loss, dense_loss, sample
 
 log = logging.getLogger("trainer")
@@ -145,7 +144,7 @@ def train_loop(config: dict):
                 if save and rank == 0:
                     state = {"adapter": adapter.state_dict(), "optim": opt.state_dict(), "sched": sched.state_dict(), "step": done}
                     torch.save(state, os.path.join(d, "state.pt"))
-                    save_adapter(adapter, os.path.join(d, "adapter.pt"), {"step": done})
+                    write_bytes(os.path.join(d, "adapter.pt"), checkpoint_bytes(adapter, step=done))
                     ckpt = Checkpoint.from_directory(d)
                 ray.train.report(metrics, checkpoint=ckpt)
 
@@ -200,8 +199,8 @@ def train(conf, parent: dict | None = None) -> dict:
         raise RuntimeError(f"training failed: {result.error}")
     with result.checkpoint.as_directory() as d:
         weights = open(os.path.join(d, "adapter.pt"), "rb").read()
-    adapter = load_adapter(_io.BytesIO(weights))
-    baseline = load_adapter(_io.BytesIO(read_bytes(promoted["checkpoint"]))) if promoted else None
+    adapter = load_checkpoint(Adapter, weights)
+    baseline = load_checkpoint(Adapter, promoted["checkpoint"]) if promoted else None
     metrics = {"train_s": round(time.perf_counter() - t0, 1), "steps": conf.optim.steps, "final_loss": result.metrics["loss"],
                "train_pairs": len(data.train), "val_pairs": len(data.val)}
     models = {"raw": None, **({"promoted": baseline} if baseline is not None else {}), "adapter": adapter}

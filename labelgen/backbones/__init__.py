@@ -3,9 +3,11 @@
 import logging
 
 from .base import Backbone, WeightsNotFound
-from .dinov2 import ARCHS as DINO_ARCHS, DinoV2, find_weights
+from .dinov2 import ARCHS as DINO_ARCHS
+from .dinov2 import DinoV2, find_weights
 from .mobilenet import MobileNetV2
-from .stable_diffusion import FUSED, NAMES as SD_NAMES, SD_LEVELS, StableDiffusion, StableDiffusionDino
+from .stable_diffusion import FUSED, SD_LEVELS, StableDiffusion, StableDiffusionDino
+from .stable_diffusion import NAMES as SD_NAMES
 
 log = logging.getLogger(__name__)
 

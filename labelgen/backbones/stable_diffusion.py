@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from huggingface_hub import try_to_load_from_cache
 
 from .base import IMAGENET_MEAN, IMAGENET_STD, Backbone, WeightsNotFound, file_digest, normalize
-from .dinov2 import ARCHS as DINO_ARCHS, DinoV2
+from .dinov2 import ARCHS as DINO_ARCHS
+from .dinov2 import DinoV2
 
 SD_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SD_LEVELS = (1280, 1280, 640)  # up-block outputs of SD 1.x / 2.x, coarse to fine

@@ -15,7 +15,6 @@ import duckdb
 from ..io import join
 from . import catalog as cat
 from .check import damaged_files, damaged_message
-from .functions import register
 from .schema import COLUMNS, JSON_COLUMNS
 from .tables import create_tables
 
@@ -132,8 +131,7 @@ class Connections:
 
     def connect(self, snapshot: int | None = None) -> duckdb.DuckDBPyConnection:
         """A read-only DuckDB connection at the latest snapshot (or `snapshot`): the tables and
-        views of the store, and the functions true_xy and part_truth. It cannot write, nor
-        read any file outside the store and its catalog."""
+        views of the store. It cannot write, nor read any file outside the store and its catalog."""
         con = cat.retrying(f"open {self}", lambda: cat.attach(self.uri, self.catalog, read_only=True, snapshot=snapshot))
         if damaged := damaged_files(con, snapshot):
             con.close()
@@ -142,7 +140,6 @@ class Connections:
         sqlite = cat.sqlite_file(self.uri, cat.resolve_catalog(self.uri, self.catalog, create=False))
         if sqlite:
             allowed.append(os.path.dirname(sqlite) + "/")
-        register(con)
         con.execute("SET enable_progress_bar = false")
         con.execute("SET allowed_directories = ?", [allowed])
         con.execute("SET enable_external_access = false")
