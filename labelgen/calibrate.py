@@ -16,14 +16,14 @@ from sklearn.linear_model import LogisticRegression
 
 from . import evaluate
 from .cli import run_command
+from .config import STORE_DEFAULTS
 from .labels import CONFIDENCE_INPUTS, signal_frame
 from .manifest import read_manifest
 from .metrics import at, within
 from .store import LabelStore
 
 default_conf = {
-    "store": "labelstore",  # a folder or s3://bucket/prefix
-    "catalog": None,  # the store's catalog: none = the one it was made with (new: catalog.sqlite in it) | postgres:<libpq string> | sqlite:<file>
+    **STORE_DEFAULTS,
     "run_id": None,  # fit on this run's own labels; default: the current labels on the latest labelling run's features
     "split": "dev",  # the split to fit on; val is refused (it is for reporting)
     "max_pairs": 60,  # image pairs per category and hop distance

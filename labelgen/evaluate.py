@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .chain import match_pair
 from .cli import run_command
+from .config import STORE_DEFAULTS
 from .features import cache_uri, load_features
 from .io import join, write_bytes
 from .labels import SIGNALS, Foreground, pose_gap, sphere_angles
@@ -43,8 +44,7 @@ from .train_sphere import wanted
 from .truth import judge, load_truth
 
 default_conf = {
-    "store": "labelstore",  # a folder or s3://bucket/prefix
-    "catalog": None,  # the store's catalog: none = the one it was made with (new: catalog.sqlite in it) | postgres:<libpq string> | sqlite:<file>
+    **STORE_DEFAULTS,
     "run_id": None,  # judge this run's own labels; default: the current labels on the latest labelling run's features
     "alphas": [0.05, 0.10],  # thresholds: fractions of the target's box side (part truth) or longer image side
     "max_pairs": 40,  # image pairs per category and hop distance for the direct baselines

@@ -1,8 +1,8 @@
 """SQL reports over the label store: one .sql file per report, run by `python -m queries`.
 
 A report's leading comment lines describe it; a line `-- plot: KIND key=value ...`
-says how `--plot` draws it (see `queries.plot`). Reports read parameters with
-`getvariable('name')`, set by `--param name=value`.
+says how `plot=` draws it (see `queries.plot`). Reports read parameters with
+`getvariable('name')`, set by `param=[name=value]`.
 """
 
 import re
@@ -47,7 +47,7 @@ def run_sql(store_uri: str, sql: str, params: dict[str, str] | None = None, cata
             functions.register(con)
         for name, value in (params or {}).items():
             if not re.fullmatch(r"\w+", name):
-                raise ValueError(f"--param {name}: names are letters, digits and _")
+                raise ValueError(f"param {name}: names are letters, digits and _")
             con.execute(f"SET VARIABLE {name} = ?", [value])
         return con.sql(sql).df()
     except duckdb.Error as e:

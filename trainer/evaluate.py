@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 
 from labelgen.chain import match_pair
 from labelgen.cli import run_command
+from labelgen.config import STORE_DEFAULTS
 from labelgen.features import FLIPPED
 from labelgen.geometry import transfer
 from labelgen.io import exists, join
@@ -226,8 +227,7 @@ def keypoint_metrics(bank: FeatureBank, model, pairs: list[KeypointPair], conf, 
 
 
 main_conf = {
-    "store": "labelstore",  # a folder or s3://bucket/prefix
-    "catalog": None,  # the store's catalog: none = the one it was made with (new: catalog.sqlite in it) | postgres:<libpq string> | sqlite:<file>
+    **STORE_DEFAULTS,
     "model": "latest",  # latest (the last one trained, promoted or not) | promoted | a model id; the raw backbone is always evaluated beside it
     "spair": None,  # an SPair-71k folder: evaluate on its pairs (features must be in the store's cache)
     "split": "test",  # the SPair-71k pair split, with spair=

@@ -26,6 +26,7 @@ from ..console import Progress
 from ..demo import PHOTOS, load_photo
 from ..geometry import rotation
 from ..io import read_bytes
+from ..manifest import write_manifest
 from .categories import CATEGORIES, keypoints, part_names, twin
 from .render import Renderer, project
 from .shapes import PRIMITIVES
@@ -216,6 +217,4 @@ def render_collection(conf: dict, manifest_path: str):
     pd.DataFrame(kps).to_parquet(os.path.join(root, "keypoints.parquet"), index=False)
     with open(os.path.join(root, "parts.json"), "w") as f:
         json.dump({c: part_names(c) for c in conf.categories}, f, indent=1)
-    tmp = manifest_path + ".tmp"
-    pd.DataFrame(rows).to_parquet(tmp, index=False)
-    os.replace(tmp, manifest_path)  # the manifest appears last: its presence means complete
+    write_manifest(pd.DataFrame(rows), manifest_path)  # last: its presence means complete
