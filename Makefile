@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: run test evaluate bench clean
+.PHONY: run test lint evaluate bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@# headless OpenGL (Debian's EGL and Mesa) renders the 3D collection; installed when missing, as root
@@ -26,6 +26,10 @@ evaluate: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks $(ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
