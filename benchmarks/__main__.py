@@ -38,11 +38,19 @@ default_conf = {
 
 
 def machine() -> dict:
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-                 platform.processor())
-    return {"cpu": model, "cores": os.cpu_count(), "memory_gb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
-            "python": platform.python_version(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    model = next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+        platform.processor(),
+    )
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "memory_gb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
 
 
 def extract(df, backbone_conf, size, cache_root, fingerprint, batch=8) -> dict:
@@ -55,8 +63,13 @@ def extract(df, backbone_conf, size, cache_root, fingerprint, batch=8) -> dict:
     for s in range(0, len(df), batch):
         out = worker({k: v[s : s + batch] for k, v in rows.items()})
         fg.extend(out["n_fg"])
-    return {"images": len(df), "images_per_s": len(df) / (time.perf_counter() - t0), "mean_fg": float(np.mean(fg)),
-            "backbone": worker.backbone, "steps_ms": actor_steps(worker, list(zip(*rows.values()))[: 4 * batch])}
+    return {
+        "images": len(df),
+        "images_per_s": len(df) / (time.perf_counter() - t0),
+        "mean_fg": float(np.mean(fg)),
+        "backbone": worker.backbone,
+        "steps_ms": actor_steps(worker, list(zip(*rows.values()))[: 4 * batch]),
+    }
 
 
 @torch.inference_mode()
@@ -71,7 +84,10 @@ def actor_steps(worker: FeatureWorker, rows: list[tuple]) -> dict:
     for v, f in zip(views, feats):
         worker._finish(v, f)
     t3 = time.perf_counter()
-    return {k: 1e3 * t / len(rows) for k, t in (("decode and inputs", t1 - t0), ("forward", t2 - t1), ("cache files", t3 - t2))}
+    return {
+        k: 1e3 * t / len(rows)
+        for k, t in (("decode and inputs", t1 - t0), ("forward", t2 - t1), ("cache files", t3 - t2))
+    }
 
 
 def table(rows: list[dict], fmt: dict | None = None) -> str:
@@ -88,8 +104,10 @@ def bench(conf) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     m = machine()
     steps = 9
-    print(f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']:.0f} GiB; torch {m['torch']}; GPU: {m['gpu'] or 'none'}",
-          flush=True)
+    print(
+        f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']:.0f} GiB; torch {m['torch']}; GPU: {m['gpu'] or 'none'}",
+        flush=True,
+    )
 
     conf = pipeline.parse(["data.builtin=demo", f"data.demo.root={conf.workdir}", f"store={conf.workdir}/store"])
     inputs = pipeline.prepare(conf)
@@ -103,43 +121,79 @@ def bench(conf) -> int:
     backbones = bench_backbones(feats["backbone"], size, 8, peak)
     actor_share = 2 * feats["images_per_s"] / backbones[1]["images_per_s"]  # 2 passes per image (flip)
 
-    print(f"[2/{steps}] feature cache: bytes per image against the full grid (demo photos, 3D collection, DINOv2-B)", flush=True)
+    print(
+        f"[2/{steps}] feature cache: bytes per image against the full grid (demo photos, 3D collection, DINOv2-B)",
+        flush=True,
+    )
     objects = read_manifest(pipeline.builtin_collection(pipeline.parse([f"data.objects.root={conf.workdir}"]).data))
     sample = objects.groupby("category").head(8)  # 8 views of each 3D category
     objects_cache = os.path.join(conf.workdir, "features-objects")
     shutil.rmtree(objects_cache, ignore_errors=True)
     extract(sample, backbone_conf, size, objects_cache, fingerprint)
-    cache = {"demo photos": bench_cache(cache_root, fingerprint, df["image_id"]),
-             "3D collection (masks)": bench_cache(objects_cache, fingerprint, sample["image_id"])}
+    cache = {
+        "demo photos": bench_cache(cache_root, fingerprint, df["image_id"]),
+        "3D collection (masks)": bench_cache(objects_cache, fingerprint, sample["image_id"]),
+    }
     cache[DINO] = cache_cut_dinov2(cache["3D collection (masks)"]["fg_fraction"])
     torch.set_num_threads(1)
     peak_1 = matmul_flops()
     sizes = {k: v for k, v in CHAIN_SIZES.items() if k == "quick" or not conf.quick}
-    print(f"[3/{steps}] chains: the published per-tuple loop vs the service's chain stage, one core each, "
-          f"{' and '.join(f'{n} tuples per category' for n in sizes.values())}", flush=True)
+    print(
+        f"[3/{steps}] chains: the published per-tuple loop vs the service's chain stage, one core each, "
+        f"{' and '.join(f'{n} tuples per category' for n in sizes.values())}",
+        flush=True,
+    )
     chains = {k: bench_chains(df, conf, cache_root, fingerprint, n) for k, n in sizes.items()}
-    print(f"[4/{steps}] memory: " + ("skipped (quick=true)" if conf.quick else "one category with 1x and 10x the tuples"), flush=True)
+    print(
+        f"[4/{steps}] memory: " + ("skipped (quick=true)" if conf.quick else "one category with 1x and 10x the tuples"),
+        flush=True,
+    )
     mem = None if conf.quick else bench_memory(os.path.abspath(conf.workdir))
-    print(f"[5/{steps}] make run: " + ("skipped (quick=true)" if conf.quick else "the default run, wall time per stage"), flush=True)
+    print(
+        f"[5/{steps}] make run: " + ("skipped (quick=true)" if conf.quick else "the default run, wall time per stage"),
+        flush=True,
+    )
     make_run = None if conf.quick else bench_make_run(os.path.abspath(conf.workdir))
     print(f"[6/{steps}] scale model", flush=True)
-    scale = scale_model(next(iter(chains.values())), feats["mean_fg"], 288, cache["3D collection (masks)"]["fg_fraction"],
-                        cache_fraction=cache[DINO]["fraction"])
-    print(f"[7/{steps}] scale and growth: the 3D collection at " + ("1x and 4x, growth at 1x" if conf.quick else
-          "1x, 4x and 16x, one category of 20,000 views, growth at 4x"), flush=True)
+    scale = scale_model(
+        next(iter(chains.values())),
+        feats["mean_fg"],
+        288,
+        cache["3D collection (masks)"]["fg_fraction"],
+        cache_fraction=cache[DINO]["fraction"],
+    )
+    print(
+        f"[7/{steps}] scale and growth: the 3D collection at "
+        + ("1x and 4x, growth at 1x" if conf.quick else "1x, 4x and 16x, one category of 20,000 views, growth at 4x"),
+        flush=True,
+    )
     growth = bench_growth(os.path.abspath(conf.workdir), conf.quick)
-    print("growth: " + "; ".join(f"{t['target']}: {t['measured']} ({'met' if t['met'] else 'NOT met'})"
-                                 for t in growth["targets"]), flush=True)
+    print(
+        "growth: "
+        + "; ".join(f"{t['target']}: {t['measured']} ({'met' if t['met'] else 'NOT met'})" for t in growth["targets"]),
+        flush=True,
+    )
 
-    print(f"[8/{steps}] current labels: commits and queries as the store grows to "
-          + ("1 million labels" if conf.quick else "10 million labels"), flush=True)
+    print(
+        f"[8/{steps}] current labels: commits and queries as the store grows to "
+        + ("1 million labels" if conf.quick else "10 million labels"),
+        flush=True,
+    )
     current = bench_current_labels(os.path.abspath(conf.workdir), *((4, 250_000) if conf.quick else (10, 1_000_000)))
 
-    print(f"[9/{steps}] pairing: one category of " + ("1,000 and 4,000" if conf.quick else "1,000 to 50,000") + " images", flush=True)
+    print(
+        f"[9/{steps}] pairing: one category of " + ("1,000 and 4,000" if conf.quick else "1,000 to 50,000") + " images",
+        flush=True,
+    )
     pairing = bench_pairing(conf.quick)
 
-    report = "\n".join([render(m, peak, peak_1, feats, backbones, actor_share, chains, cache, mem, make_run, scale, growth),
-                        render_current_labels(current), render_pairing(pairing)])
+    report = "\n".join(
+        [
+            render(m, peak, peak_1, feats, backbones, actor_share, chains, cache, mem, make_run, scale, growth),
+            render_current_labels(current),
+            render_pairing(pairing),
+        ]
+    )
     print(report)
     with open(conf.out, "w") as f:
         f.write(report + "\n")
@@ -148,7 +202,7 @@ def bench(conf) -> int:
 
 
 def render(m, peak, peak_1, feats, backbones, actor_share, chains, cache, mem, make_run, scale, growth) -> str:
-    ok = lambda v, t, less=False: ("met" if (v < t if less else v >= t) else "NOT met")  # noqa: E731
+    ok = lambda v, t, less=False: "met" if (v < t if less else v >= t) else "NOT met"  # noqa: E731
     mobilenet = backbones[1]["of_bound"]
     dino = cache[DINO]
     first = chains[next(iter(chains))]
@@ -160,23 +214,34 @@ def render(m, peak, peak_1, feats, backbones, actor_share, chains, cache, mem, m
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']:.0f} GiB, Python {m['python']}, torch {m['torch']}, "
         f"{m['date']}. Dense float32 matmul: {peak / 1e9:.0f} GFLOP/s on {m['cores']} threads, {peak_1 / 1e9:.0f} on one. "
-        "GPU: " + (m["gpu"] or "none (no GPU measurement below; the GPU code paths are covered by the fake-GPU cluster test)") + ".",
+        "GPU: "
+        + (m["gpu"] or "none (no GPU measurement below; the GPU code paths are covered by the fake-GPU cluster test)")
+        + ".",
         "",
         "## Summary",
         "",
         "| target | measured | |",
         "|---|---|---|",
-        *[f"| chain stage >= {TARGETS['chain_speedup']:.0f}x the per-tuple reference per core, same labels ({name}, "
-          f"{c['tuples']} tuples) | {c['speedup']:.1f}x, labels identical: {c['identical']}. The pair matmuls alone take "
-          f"{c['adjacent_s'] + c['other_s']:.2f} s of the service's {c['service_s']:.2f} s: at most "
-          f"{c['reference_s'] / (c['adjacent_s'] + c['other_s']):.0f}x with nothing else | {ok(c['speedup'], TARGETS['chain_speedup'])} |"
-          for name, c in chains.items()],
+        *[
+            f"| chain stage >= {TARGETS['chain_speedup']:.0f}x the per-tuple reference per core, same labels ({name}, "
+            f"{c['tuples']} tuples) | {c['speedup']:.1f}x, labels identical: {c['identical']}. The pair matmuls alone take "
+            f"{c['adjacent_s'] + c['other_s']:.2f} s of the service's {c['service_s']:.2f} s: at most "
+            f"{c['reference_s'] / (c['adjacent_s'] + c['other_s']):.0f}x with nothing else | {ok(c['speedup'], TARGETS['chain_speedup'])} |"
+            for name, c in chains.items()
+        ],
         "| chain stage on CUDA | "
-        + (f"{first['cuda_tuples_per_s']:.0f} tuples/s on {m['gpu']}, labels identical: {first['cuda_identical']} | |"
-           if m["gpu"] else "no GPU on this machine | not measured |"),
+        + (
+            f"{first['cuda_tuples_per_s']:.0f} tuples/s on {m['gpu']}, labels identical: {first['cuda_identical']} | |"
+            if m["gpu"]
+            else "no GPU on this machine | not measured |"
+        ),
         f"| vote: peak memory of one category with 10x the tuples < {TARGETS['memory_growth']}x, same labels | "
-        + (f"x{mem['growth']:.2f} (the vote in one task: x{mem['growth_one_task']:.2f}), labels the same: {mem['same_labels']} | "
-           f"{ok(mem['growth'], TARGETS['memory_growth'], less=True)} |" if mem else "skipped (quick=true) | |"),
+        + (
+            f"x{mem['growth']:.2f} (the vote in one task: x{mem['growth_one_task']:.2f}), labels the same: {mem['same_labels']} | "
+            f"{ok(mem['growth'], TARGETS['memory_growth'], less=True)} |"
+            if mem
+            else "skipped (quick=true) | |"
+        ),
         f"| feature cache: bytes per image and the chains' reads cut | DINOv2-B shaped {dino['fraction']:.0%} of the full grid "
         f"({dino['bytes'] / 1e6:.2f} of {dino['full_bytes'] / 1e6:.2f} MB); 3D collection {cache['3D collection (masks)']['fraction']:.0%}; "
         f"demo photos {cache['demo photos']['fraction']:.0%} | {ok(1 - dino['fraction'], 1e-9)} |",
@@ -187,23 +252,35 @@ def render(m, peak, peak_1, feats, backbones, actor_share, chains, cache, mem, m
         f"| features >= {TARGETS['of_bound']:.0%} of the FLOP bound | MobileNetV2 {mobilenet:.0%} (channels-last), "
         f"ViT-S/14 {backbones[2]['of_bound']:.0%} | {ok(mobilenet, TARGETS['of_bound'])} (MobileNetV2) |",
         "| `make run` wall time by stage | "
-        + (f"{make_run['stages']['total']:.0f} s in all; the table below | |" if make_run else "skipped (quick=true) | |"),
+        + (
+            f"{make_run['stages']['total']:.0f} s in all; the table below | |"
+            if make_run
+            else "skipped (quick=true) | |"
+        ),
         f"| scale ({', '.join(growth['sizes'])}{', one category of 20,000 views' if growth['big'] else ''}) and growth | "
         f"{sum(t['met'] for t in growth['targets'])} of {len(growth['targets'])} targets met; the section below | |",
         "",
         "## Label generation (one core each)",
         "",
-        table([{"size": name, "generator": gen, "tuples/s": c[f"{key}_tuples_per_s"], "seconds": c[f"{key}_s"]}
-               for name, c in chains.items()
-               for gen, key in (("published per-tuple loop (benchmarks/reference.py)", "reference"),
-                                ("service chain stage (labels.candidates)", "service"))]),
+        table(
+            [
+                {"size": name, "generator": gen, "tuples/s": c[f"{key}_tuples_per_s"], "seconds": c[f"{key}_s"]}
+                for name, c in chains.items()
+                for gen, key in (
+                    ("published per-tuple loop (benchmarks/reference.py)", "reference"),
+                    ("service chain stage (labels.candidates)", "service"),
+                )
+            ]
+        ),
         "",
-        *[f"{name}: {c['tuples']} tuples of K=4 over the demo's 8 categories; {c['labels']:,} candidate labels; missing "
-          f"{c['missing']}, extra {c['extra']}, support differs {c['support_differs']}, values differ {c['values_differ']}. "
-          f"The service's similarity matmuls: {c['adjacent_pairs']} adjacent image pairs (the chains) {c['adjacent_s']:.2f} s, "
-          f"{c['other_pairs']} other pairs (the pair check's direct matches) {c['other_s']:.2f} s; the reference computes one "
-          f"per hop ({3 * c['tuples']}).\n"
-          for name, c in chains.items()],
+        *[
+            f"{name}: {c['tuples']} tuples of K=4 over the demo's 8 categories; {c['labels']:,} candidate labels; missing "
+            f"{c['missing']}, extra {c['extra']}, support differs {c['support_differs']}, values differ {c['values_differ']}. "
+            f"The service's similarity matmuls: {c['adjacent_pairs']} adjacent image pairs (the chains) {c['adjacent_s']:.2f} s, "
+            f"{c['other_pairs']} other pairs (the pair check's direct matches) {c['other_s']:.2f} s; the reference computes one "
+            f"per hop ({3 * c['tuples']}).\n"
+            for name, c in chains.items()
+        ],
         "## Feature extraction",
         "",
         table(backbones, {"of_bound": ".0%"}),
@@ -216,28 +293,57 @@ def render(m, peak, peak_1, feats, backbones, actor_share, chains, cache, mem, m
         "",
         "## Feature cache",
         "",
-        table([{"collection": name, "grid": "x".join(map(str, c["grid"])) + f"x{c['dim']}", "foreground": c["fg_fraction"],
-                "stored_cells": c["stored_fraction"], "bytes_per_view": float(c["bytes"]), "full_grid_bytes": float(c["full_bytes"]),
-                "of_full": c["fraction"]} for name, c in cache.items()],
-              {"foreground": ".0%", "stored_cells": ".0%", "of_full": ".0%", "bytes_per_view": ",.0f", "full_grid_bytes": ",.0f"}),
+        table(
+            [
+                {
+                    "collection": name,
+                    "grid": "x".join(map(str, c["grid"])) + f"x{c['dim']}",
+                    "foreground": c["fg_fraction"],
+                    "stored_cells": c["stored_fraction"],
+                    "bytes_per_view": float(c["bytes"]),
+                    "full_grid_bytes": float(c["full_bytes"]),
+                    "of_full": c["fraction"],
+                }
+                for name, c in cache.items()
+            ],
+            {
+                "foreground": ".0%",
+                "stored_cells": ".0%",
+                "of_full": ".0%",
+                "bytes_per_view": ",.0f",
+                "full_grid_bytes": ",.0f",
+            },
+        ),
         "",
         "A file holds the foreground cells and a ring of context cells around them (the adapter's 3x3 convolution reads "
         "it) in float16; the chain stage reads the files whole, so its read volume falls by the same factor.",
         "",
     ]
     if mem:
-        lines += ["## Memory of one category's run (whole process tree, PSS)", "",
-                  table(mem["rows"], {"peak_mb": ".0f", "driver_peak_mb": ".0f", "seconds": ".0f"}), "",
-                  f"The demo's chelsea photo in 50 views, features cached; 10x the tuples: peak x{mem['growth']:.2f} with the "
-                  f"vote partitioned by source image, x{mem['growth_one_task']:.2f} with the category's vote in one task; the "
-                  f"labels of both are the same: {mem['same_labels']}.", ""]
+        lines += [
+            "## Memory of one category's run (whole process tree, PSS)",
+            "",
+            table(mem["rows"], {"peak_mb": ".0f", "driver_peak_mb": ".0f", "seconds": ".0f"}),
+            "",
+            f"The demo's chelsea photo in 50 views, features cached; 10x the tuples: peak x{mem['growth']:.2f} with the "
+            f"vote partitioned by source image, x{mem['growth_one_task']:.2f} with the category's vote in one task; the "
+            f"labels of both are the same: {mem['same_labels']}.",
+            "",
+        ]
     if make_run:
         total = make_run["stages"]["total"]
-        lines += ["## `make run` by stage", "",
-                  table([{"stage": k, "seconds": v, "share": v / total} for k, v in make_run["stages"].items()],
-                        {"seconds": ".1f", "share": ".0%"}), "",
-                  f"The default run (the built-in 3D collection, rendered anew, in a fresh store); peak memory "
-                  f"{make_run['peak_mb']:.0f} MB.", ""]
+        lines += [
+            "## `make run` by stage",
+            "",
+            table(
+                [{"stage": k, "seconds": v, "share": v / total} for k, v in make_run["stages"].items()],
+                {"seconds": ".1f", "share": ".0%"},
+            ),
+            "",
+            f"The default run (the built-in 3D collection, rendered anew, in a fresh store); peak memory "
+            f"{make_run['peak_mb']:.0f} MB.",
+            "",
+        ]
     lines += [
         "## Scale model: 1M images, DINOv2-B at 840 px, g5.xlarge workers",
         "",

@@ -79,14 +79,17 @@ default_conf = {
 }
 STORE_RETRY = "SET ducklake_max_retry_count = 0"  # the line of catalog.statements that variant ducklake changes
 DUCKLAKE_RETRY = "SET ducklake_max_retry_count = 10"  # DuckLake's default
-PG_ERRORS = {"serialization": "could not serialize access", "unique": "duplicate key value violates unique constraint",
-             "deadlock": "deadlock detected"}
+PG_ERRORS = {
+    "serialization": "could not serialize access",
+    "unique": "duplicate key value violates unique constraint",
+    "deadlock": "deadlock detected",
+}
 CATEGORIES = ("cat", "dog")
 LOCKER_APP = "catalog-stress-locker"
 
 # The smallest script: plain duckdb 1.4.4 and the extensions of the duckdb-ext-* wheels, two
 # connections. argv: a libpq string of an empty database, DuckLake's max retry count.
-REDUCED = r'''
+REDUCED = r"""
 import importlib.util, os, sys, tempfile
 import duckdb
 
@@ -122,10 +125,11 @@ try:
     print("read: ok", connect().execute("SELECT count(*) FROM lake.t").fetchall())
 except duckdb.Error as e:
     print("read: failed:", e)
-'''
+"""
 
 
 # ---------------------------------------------------------------- the PostgreSQL server
+
 
 def libpq(catalog: str) -> dict:
     """host, port, user, dbname of a `postgres:<libpq string>` catalog."""
@@ -134,8 +138,24 @@ def libpq(catalog: str) -> dict:
 
 def psql(catalog: str, sql: str, *, check=True, env=None, **popen) -> subprocess.CompletedProcess:
     c = libpq(catalog)
-    args = [psql_binary(), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", c["host"], "-p", c["port"], "-U", c["user"],
-            "-d", c["dbname"], "-At", "-c", sql]
+    args = [
+        psql_binary(),
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        c["host"],
+        "-p",
+        c["port"],
+        "-U",
+        c["user"],
+        "-d",
+        c["dbname"],
+        "-At",
+        "-c",
+        sql,
+    ]
     return subprocess.run(args, check=check, capture_output=True, text=True, env=env, **popen)
 
 
@@ -147,11 +167,15 @@ def psql_binary() -> str:
 
 def drop_database(catalog: str):
     c = libpq(catalog)
-    psql(f"postgres:host={c['host']} port={c['port']} user={c['user']} dbname=postgres",
-         f'DROP DATABASE IF EXISTS "{c["dbname"]}" WITH (FORCE)', check=False)
+    psql(
+        f"postgres:host={c['host']} port={c['port']} user={c['user']} dbname=postgres",
+        f'DROP DATABASE IF EXISTS "{c["dbname"]}" WITH (FORCE)',
+        check=False,
+    )
 
 
 # ---------------------------------------------------------------- what a writer commits
+
 
 def expected_run(run_id: str, i: int) -> dict:
     """The rows of run i of a writer, per category: labels (src_x 0..n-1), 1 image pair, 2 images."""
@@ -166,11 +190,36 @@ def run_tables(run_id: str, sizes: dict):
 
     for category, n in sizes.items():
         a, b = f"{run_id}-{category}-a", f"{run_id}-{category}-b"  # the run's own pairs: every label stays current
-        rows = [dict(run_id=run_id, category=category, src_image_id=a, tgt_image_id=b, src_x=float(j), src_y=0.0,
-                     tgt_x=1.0, tgt_y=2.0, hops=1, cycle_error=0.5, similarity=0.9, support=1, confidence=0.5)
-                for j in range(n)]
-        images = images_table(pd.DataFrame({"run_id": run_id, "image_id": [a, b], "category": category,
-                                            "uri": [f"{a}.png", f"{b}.png"], "azimuth": [0.0, 30.0], "n_fg": [10, 12]}))
+        rows = [
+            dict(
+                run_id=run_id,
+                category=category,
+                src_image_id=a,
+                tgt_image_id=b,
+                src_x=float(j),
+                src_y=0.0,
+                tgt_x=1.0,
+                tgt_y=2.0,
+                hops=1,
+                cycle_error=0.5,
+                similarity=0.9,
+                support=1,
+                confidence=0.5,
+            )
+            for j in range(n)
+        ]
+        images = images_table(
+            pd.DataFrame(
+                {
+                    "run_id": run_id,
+                    "image_id": [a, b],
+                    "category": category,
+                    "uri": [f"{a}.png", f"{b}.png"],
+                    "azimuth": [0.0, 30.0],
+                    "n_fg": [10, 12],
+                }
+            )
+        )
         yield category, pa.Table.from_pylist(rows, schema=LABEL_SCHEMA), images
 
 
@@ -205,8 +254,12 @@ class Retries(logging.Handler):
 
 
 def error_kind(message: str) -> str:
-    for kind, text in (("unknown name map", "Unknown name map id"), *((k, v) for k, v in PG_ERRORS.items()),
-                       ("locked", "database is locked"), ("conflict", "onflict")):
+    for kind, text in (
+        ("unknown name map", "Unknown name map id"),
+        *((k, v) for k, v in PG_ERRORS.items()),
+        ("locked", "database is locked"),
+        ("conflict", "onflict"),
+    ):
         if text in message:
             return kind
     return "other"
@@ -243,8 +296,16 @@ def writer(task: dict) -> dict:
                     out["ops"] += 1
                     continue
                 pause()
-                store.begin_run({"run_id": run_id, "manifest": "m.parquet", "backbone": "mobilenetv2",
-                                 "backbone_fingerprint": "fp", "config": "k: 1", "config_hash": "h"})
+                store.begin_run(
+                    {
+                        "run_id": run_id,
+                        "manifest": "m.parquet",
+                        "backbone": "mobilenetv2",
+                        "backbone_fingerprint": "fp",
+                        "config": "k: 1",
+                        "config_hash": "h",
+                    }
+                )
                 step = "update_run"
                 pause()
                 store.update_run(run_id, sphere_id=f"sphere-{task['name']}")  # as a run with a sphere does
@@ -253,13 +314,22 @@ def writer(task: dict) -> dict:
                     store.write_category(run_id, category, labels, images, {"labels": len(labels)})
                 step = "commit"
                 pause()
-                store.commit(run_id, {"labels": sum(sizes.values())},
-                             [{"image_id": f"{run_id}-bad", "uri": "bad.png", "stage": "decode", "error": "broken"}])
+                store.commit(
+                    run_id,
+                    {"labels": sum(sizes.values())},
+                    [{"image_id": f"{run_id}-bad", "uri": "bad.png", "stage": "decode", "error": "broken"}],
+                )
                 out["committed"].append(run_id)
                 out["ops"] += 3
             except Exception as e:  # noqa: BLE001: every failure is a figure
-                out["errors"].append({"run": run_id, "step": step, "kind": error_kind(str(e)),
-                                      "error": f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}"})
+                out["errors"].append(
+                    {
+                        "run": run_id,
+                        "step": step,
+                        "kind": error_kind(str(e)),
+                        "error": f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}",
+                    }
+                )
     finally:
         logger.removeHandler(handler)
     out["store_retries"] = handler.count
@@ -277,8 +347,16 @@ def worker_main(tasks, results):
         try:
             results.put(writer(task))
         except Exception as e:  # noqa: BLE001
-            results.put({"name": task["name"], "committed": [], "ops": 0, "store_retries": 0, "retry_reasons": {},
-                         "errors": [{"run": None, "step": "writer", "kind": "other", "error": f"{type(e).__name__}: {e}"}]})
+            results.put(
+                {
+                    "name": task["name"],
+                    "committed": [],
+                    "ops": 0,
+                    "store_retries": 0,
+                    "retry_reasons": {},
+                    "errors": [{"run": None, "step": "writer", "kind": "other", "error": f"{type(e).__name__}: {e}"}],
+                }
+            )
 
 
 class Pool:
@@ -292,8 +370,9 @@ class Pool:
 
     def _start(self):
         self.tasks, self.results = self.ctx.Queue(), self.ctx.Queue()
-        self.procs = [self.ctx.Process(target=worker_main, args=(self.tasks, self.results), daemon=True)
-                      for _ in range(self.size)]
+        self.procs = [
+            self.ctx.Process(target=worker_main, args=(self.tasks, self.results), daemon=True) for _ in range(self.size)
+        ]
         for p in self.procs:
             p.start()
 
@@ -327,24 +406,34 @@ class Pool:
 
 # ---------------------------------------------------------------- a round
 
+
 def start_locker(catalog: str, hold_ms: int, gap_ms: int) -> subprocess.Popen | None:
     """A session that holds an EXCLUSIVE lock on ducklake_snapshot (reads go on, commits queue)
     for hold_ms of every hold_ms + gap_ms, until stop_locker."""
     if hold_ms <= 0:
         return None
-    sql = (f"DO $$ BEGIN LOOP LOCK TABLE ducklake_snapshot IN EXCLUSIVE MODE; PERFORM pg_sleep({hold_ms / 1000}); "
-           f"COMMIT; PERFORM pg_sleep({gap_ms / 1000}); END LOOP; END $$")
+    sql = (
+        f"DO $$ BEGIN LOOP LOCK TABLE ducklake_snapshot IN EXCLUSIVE MODE; PERFORM pg_sleep({hold_ms / 1000}); "
+        f"COMMIT; PERFORM pg_sleep({gap_ms / 1000}); END LOOP; END $$"
+    )
     c = libpq(catalog)
-    return subprocess.Popen([psql_binary(), "-X", "-q", "-h", c["host"], "-p", c["port"], "-U", c["user"], "-d", c["dbname"],
-                             "-c", sql], env={**os.environ, "PGAPPNAME": LOCKER_APP}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [psql_binary(), "-X", "-q", "-h", c["host"], "-p", c["port"], "-U", c["user"], "-d", c["dbname"], "-c", sql],
+        env={**os.environ, "PGAPPNAME": LOCKER_APP},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def stop_locker(catalog: str, locker):
     if locker is None:
         return
-    psql(catalog, f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{LOCKER_APP}' "
-                  "AND datname = current_database()", check=False)
+    psql(
+        catalog,
+        f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{LOCKER_APP}' "
+        "AND datname = current_database()",
+        check=False,
+    )
     try:
         locker.wait(timeout=10)
     except subprocess.TimeoutExpired:
@@ -370,6 +459,7 @@ def check_store(uri: str, catalog: str, committed_by_writers: set[str], attempte
     except Exception as e:  # noqa: BLE001
         return {"problems": [f"open: {e}"], "damaged_files": out["damaged_files"], "committed": set()}
     try:
+
         def q(sql):
             try:
                 return con.execute(sql).fetchall()
@@ -383,12 +473,18 @@ def check_store(uri: str, catalog: str, committed_by_writers: set[str], attempte
             q(f"SELECT count(*) FROM ducklake_list_files('lake', '{name}')")
         committed = {r for (r,) in q("SELECT run_id FROM runs WHERE status = 'committed'") or []}
         out["committed"] = committed
-        got = {"label_history": q("SELECT run_id, category, count(*), sum(src_x), count(src_image_id), count(confidence) "
-                                  "FROM label_history GROUP BY ALL"),
-               "label_pairs": q("SELECT run_id, category, count(*), sum(labels), count(tgt_image_id) FROM label_pairs GROUP BY ALL"),
-               "images": q("SELECT run_id, category, count(*), count(image_id), sum(n_fg) FROM images GROUP BY ALL"),
-               "run_stats": q("SELECT run_id, category, count(*), sum(labels) FROM run_stats GROUP BY ALL"),
-               "labels": q("SELECT run_id, category, count(*), sum(src_x) FROM labels GROUP BY ALL")}
+        got = {
+            "label_history": q(
+                "SELECT run_id, category, count(*), sum(src_x), count(src_image_id), count(confidence) "
+                "FROM label_history GROUP BY ALL"
+            ),
+            "label_pairs": q(
+                "SELECT run_id, category, count(*), sum(labels), count(tgt_image_id) FROM label_pairs GROUP BY ALL"
+            ),
+            "images": q("SELECT run_id, category, count(*), count(image_id), sum(n_fg) FROM images GROUP BY ALL"),
+            "run_stats": q("SELECT run_id, category, count(*), sum(labels) FROM run_stats GROUP BY ALL"),
+            "labels": q("SELECT run_id, category, count(*), sum(src_x) FROM labels GROUP BY ALL"),
+        }
         want = {"label_history": set(), "label_pairs": set(), "images": set(), "run_stats": set(), "labels": set()}
         for run_id in committed:
             i = attempted.get(run_id)
@@ -406,8 +502,10 @@ def check_store(uri: str, catalog: str, committed_by_writers: set[str], attempte
                 continue
             rows = {tuple(float(v) if isinstance(v, float) else v for v in r) for r in rows}
             if rows != want[name]:
-                problems.append(f"{name}: rows differ from what the committed runs wrote: missing "
-                                f"{sorted(want[name] - rows)[:3]}, unexpected {sorted(rows - want[name])[:3]}")
+                problems.append(
+                    f"{name}: rows differ from what the committed runs wrote: missing "
+                    f"{sorted(want[name] - rows)[:3]}, unexpected {sorted(rows - want[name])[:3]}"
+                )
         bad = q("SELECT run_id, count(*) FROM bad_inputs GROUP BY ALL")
         if bad is not None and {r: n for r, n in bad} != {r: 1 for r in committed}:
             problems.append(f"bad_inputs: {sorted(bad)[:4]} for committed {sorted(committed)[:4]}")
@@ -441,8 +539,9 @@ def repair(catalog: str, uri: str) -> dict:
     return {"damaged_before": done["repaired"] + len(done["left"]), "damaged_after": len(done["left"])}
 
 
-def one_round(n: int, variant: str, a, pool: Pool, pg_catalog, pg_log: str | None, log_offset: int,
-              workdir: str) -> tuple[dict, int]:
+def one_round(
+    n: int, variant: str, a, pool: Pool, pg_catalog, pg_log: str | None, log_offset: int, workdir: str
+) -> tuple[dict, int]:
     """Trial n of a variant in a fresh store; its figures, and the server log's offset after it."""
     db = f"stress_{variant}_{n:05d}"
     catalog = pg_catalog(db)
@@ -455,9 +554,21 @@ def one_round(n: int, variant: str, a, pool: Pool, pg_catalog, pg_log: str | Non
     start_at = time.time() + 0.3
     tasks = [{"name": f"w{k}", "kind": "labels", "runs": a.runs} for k in range(a.writers)]
     tasks += [{"name": f"m{k}", "kind": "trainer", "runs": 2 * a.runs} for k in range(a.trainers)]
-    rng = random.Random(f"{a.seed}-{variant}-{n}")  # start offsets and pauses: every interleaving, on any machine's speed
-    tasks = [{**t, "uri": uri, "catalog": catalog, "variant": variant, "start_at": start_at + rng.uniform(0, a.spread_ms) / 1000,
-              "jitter_ms": a.jitter_ms, "seed": rng.random()} for t in tasks]
+    rng = random.Random(
+        f"{a.seed}-{variant}-{n}"
+    )  # start offsets and pauses: every interleaving, on any machine's speed
+    tasks = [
+        {
+            **t,
+            "uri": uri,
+            "catalog": catalog,
+            "variant": variant,
+            "start_at": start_at + rng.uniform(0, a.spread_ms) / 1000,
+            "jitter_ms": a.jitter_ms,
+            "seed": rng.random(),
+        }
+        for t in tasks
+    ]
     t0 = time.time()
     try:
         results, crashed = pool.run(tasks, timeout=a.round_timeout)
@@ -472,14 +583,23 @@ def one_round(n: int, variant: str, a, pool: Pool, pg_catalog, pg_log: str | Non
     pg = pg.get(db, Counter())
     damaged = check["damaged_files"]
     corrupt = bool(check["problems"]) or bool(damaged)
-    out = {"round": n, "variant": variant, "db": db, "seconds": seconds, "crashed": crashed,
-           "label_commits": len(check.get("committed", ())),
-           "model_rows": sum(res["ops"] for res in results if res["name"].startswith("m")),
-           "store_retries": sum(res["store_retries"] for res in results),
-           "retry_reasons": sum((Counter(res["retry_reasons"]) for res in results), Counter()),
-           "errors": errors, "pg_errors": dict(pg), "problems": check["problems"],
-           "damaged_files": len(damaged or []), "corrupt": corrupt,
-           "unknown_name_map": any("Unknown name map id" in p for p in check["problems"])}
+    out = {
+        "round": n,
+        "variant": variant,
+        "db": db,
+        "seconds": seconds,
+        "crashed": crashed,
+        "label_commits": len(check.get("committed", ())),
+        "model_rows": sum(res["ops"] for res in results if res["name"].startswith("m")),
+        "store_retries": sum(res["store_retries"] for res in results),
+        "retry_reasons": sum((Counter(res["retry_reasons"]) for res in results), Counter()),
+        "errors": errors,
+        "pg_errors": dict(pg),
+        "problems": check["problems"],
+        "damaged_files": len(damaged or []),
+        "corrupt": corrupt,
+        "unknown_name_map": any("Unknown name map id" in p for p in check["problems"]),
+    }
     if corrupt and a.repair and damaged:
         out["repair"] = repair(catalog, uri)
         after = check_store(uri, catalog, returned, attempted)
@@ -496,11 +616,28 @@ def one_round(n: int, variant: str, a, pool: Pool, pg_catalog, pg_log: str | Non
 def summarize(rounds: list[dict]) -> dict:
     out = {}
     for r in rounds:
-        s = out.setdefault(r["variant"], {"rounds": 0, "label_commits": 0, "model_rows": 0, "pg_serialization": 0,
-                                          "pg_unique": 0, "pg_deadlock": 0, "pg_other": 0, "store_retries": 0,
-                                          "failed_ops": 0, "failed_by_kind": Counter(), "crashes": 0,
-                                          "corrupt_stores": 0, "unknown_name_map": 0, "first_corrupt_round": None,
-                                          "repaired": 0, "seconds": 0.0, "samples": []})
+        s = out.setdefault(
+            r["variant"],
+            {
+                "rounds": 0,
+                "label_commits": 0,
+                "model_rows": 0,
+                "pg_serialization": 0,
+                "pg_unique": 0,
+                "pg_deadlock": 0,
+                "pg_other": 0,
+                "store_retries": 0,
+                "failed_ops": 0,
+                "failed_by_kind": Counter(),
+                "crashes": 0,
+                "corrupt_stores": 0,
+                "unknown_name_map": 0,
+                "first_corrupt_round": None,
+                "repaired": 0,
+                "seconds": 0.0,
+                "samples": [],
+            },
+        )
         s["rounds"] += 1
         s["seconds"] += r["seconds"]
         s["label_commits"] += r["label_commits"]
@@ -525,8 +662,20 @@ def summarize(rounds: list[dict]) -> dict:
 
 
 def render(summary: dict) -> str:
-    keys = ["rounds", "label_commits", "pg_conflicts", "pg_serialization", "pg_unique", "store_retries", "failed_ops",
-            "crashes", "corrupt_stores", "unknown_name_map", "first_corrupt_round", "repaired"]
+    keys = [
+        "rounds",
+        "label_commits",
+        "pg_conflicts",
+        "pg_serialization",
+        "pg_unique",
+        "store_retries",
+        "failed_ops",
+        "crashes",
+        "corrupt_stores",
+        "unknown_name_map",
+        "first_corrupt_round",
+        "repaired",
+    ]
     lines = ["| variant | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     for v, s in summary.items():
         lines.append(f"| {v} | " + " | ".join(str(s[k]) for k in keys) + " |")
@@ -552,17 +701,22 @@ def stress(a, pg_catalog, pg_log: str | None = None, progress=print) -> dict:
                 r, offset = one_round(n, variant, a, pool, pg_catalog, pg_log, offset, workdir)
                 rounds.append(r)
                 done = sum(x["variant"] == variant for x in rounds)
-                status = ("CORRUPT: " + "; ".join(r["problems"][:1] or [f"{r['damaged_files']} damaged files"])
-                          if r["corrupt"] else "ok")
+                status = (
+                    "CORRUPT: " + "; ".join(r["problems"][:1] or [f"{r['damaged_files']} damaged files"])
+                    if r["corrupt"]
+                    else "ok"
+                )
                 if r.get("repair"):
                     status += f"; repair: {'ok' if r['repair']['ok'] else r['repair']}"
                 pge = r["pg_errors"]
-                progress(f"[{variant} {done}/{a.trials}] {r['seconds']:.1f} s, {r['label_commits']} runs committed, "
-                         f"catalog errors: {pge.get('serialization', 0)} serialization, {pge.get('unique', 0)} unique"
-                         f"{', ' + str(pge.get('other')) + ' other' if pge.get('other') else ''}; store retries "
-                         f"{r['store_retries']}; failed {len(r['errors'])}"
-                         f"{' (' + ', '.join(sorted({e['kind'] for e in r['errors']})) + ')' if r['errors'] else ''}"
-                         f"{'; crashed: ' + ', '.join(r['crashed']) if r['crashed'] else ''}; store {status}")
+                progress(
+                    f"[{variant} {done}/{a.trials}] {r['seconds']:.1f} s, {r['label_commits']} runs committed, "
+                    f"catalog errors: {pge.get('serialization', 0)} serialization, {pge.get('unique', 0)} unique"
+                    f"{', ' + str(pge.get('other')) + ' other' if pge.get('other') else ''}; store retries "
+                    f"{r['store_retries']}; failed {len(r['errors'])}"
+                    f"{' (' + ', '.join(sorted({e['kind'] for e in r['errors']})) + ')' if r['errors'] else ''}"
+                    f"{'; crashed: ' + ', '.join(r['crashed']) if r['crashed'] else ''}; store {status}"
+                )
             if a.max_minutes and time.time() - t0 > 60 * a.max_minutes:
                 progress(f"stopping: max_minutes={a.max_minutes} reached after {n + 1} trials")
                 break
@@ -578,8 +732,12 @@ def reduced(server: PostgresServer) -> dict:
     out = {}
     for retries in (10, 0):
         catalog = server(f"reduced_{retries}_{os.getpid()}")
-        p = subprocess.run([sys.executable, "-c", REDUCED, catalog.split(":", 1)[1], str(retries)], capture_output=True,
-                           text=True, timeout=120)
+        p = subprocess.run(
+            [sys.executable, "-c", REDUCED, catalog.split(":", 1)[1], str(retries)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         out[retries] = p.stdout + p.stderr[-2000:]
         drop_database(catalog)
     return out
@@ -595,9 +753,12 @@ def run_stress(a) -> int:
             for retries, text in reduced(server).items():
                 print(f"--- ducklake_max_retry_count = {retries}\n{text.strip()}")
             return 0
-        print(f"PostgreSQL {server.bindir.split('/')[-2]} on port {server.port}; {a.trials} trials of {a.variant}, "
-              f"{a.writers} writers x {a.runs} runs, {a.trainers} trainers, spread {a.spread_ms} ms, jitter {a.jitter_ms} ms, "
-              f"locker {a.hold_ms}/{a.gap_ms} ms", flush=True)
+        print(
+            f"PostgreSQL {server.bindir.split('/')[-2]} on port {server.port}; {a.trials} trials of {a.variant}, "
+            f"{a.writers} writers x {a.runs} runs, {a.trainers} trainers, spread {a.spread_ms} ms, jitter {a.jitter_ms} ms, "
+            f"locker {a.hold_ms}/{a.gap_ms} ms",
+            flush=True,
+        )
         result = stress(a, server, server.log, progress=lambda s: print(s, flush=True))
     finally:
         server.close()

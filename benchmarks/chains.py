@@ -22,8 +22,11 @@ KEY = ("src_image_id", "tgt_image_id", "hops", "src_x", "src_y", "tgt_x", "tgt_y
 def service_candidates(tuples_by_cat, cache_root, fingerprint, conf, device="cpu") -> list:
     """What the service's candidate tasks compute (features loaded once per chunk)."""
     step = conf.tuples_per_task
-    return [chunk_candidates("bench", category, tuples[s : s + step], cache_root, fingerprint, conf, device=device)[0]
-            for category, tuples in tuples_by_cat.items() for s in range(0, len(tuples), step)]
+    return [
+        chunk_candidates("bench", category, tuples[s : s + step], cache_root, fingerprint, conf, device=device)[0]
+        for category, tuples in tuples_by_cat.items()
+        for s in range(0, len(tuples), step)
+    ]
 
 
 def as_dict(tables) -> dict:
@@ -41,8 +44,14 @@ def same_labels(ref: dict, svc: dict) -> dict:
     common = ref.keys() & svc.keys()
     support = sum(ref[k][0] != svc[k][0] for k in common)
     values = sum(abs(ref[k][1] - svc[k][1]) > 1e-3 or abs(ref[k][2] - svc[k][2]) > 1e-4 for k in common)
-    return {"labels": len(ref), "missing": missing, "extra": extra, "support_differs": support,
-            "values_differ": values, "identical": missing == extra == support == values == 0}
+    return {
+        "labels": len(ref),
+        "missing": missing,
+        "extra": extra,
+        "support_differs": support,
+        "values_differ": values,
+        "identical": missing == extra == support == values == 0,
+    }
 
 
 def pair_matmuls(tuples_by_cat, cache_root, fingerprint) -> dict:
@@ -50,7 +59,9 @@ def pair_matmuls(tuples_by_cat, cache_root, fingerprint) -> dict:
     pairs the service needs: the adjacent ones of the chains, and the others of the pair check."""
     out = {"adjacent_pairs": 0, "other_pairs": 0, "adjacent_s": 0.0, "other_s": 0.0}
     for tuples in tuples_by_cat.values():
-        feats = {i: Foreground.of(load_features(cache_uri(cache_root, fingerprint, i))).feats for t in tuples for i in t}
+        feats = {
+            i: Foreground.of(load_features(cache_uri(cache_root, fingerprint, i))).feats for t in tuples for i in t
+        }
         adjacent = {frozenset(t[h : h + 2]) for t in tuples for h in range(len(t) - 1)}
         every = {frozenset((t[i], t[j])) for t in tuples for i in range(len(t)) for j in range(i + 1, len(t))}
         for kind, pairs in (("adjacent", adjacent), ("other", every - adjacent)):
@@ -66,7 +77,10 @@ def bench_chains(df, conf, cache_root, fingerprint, tuples_per_category: int) ->
     """Tuples/s of both on one thread; the service's stage includes reading the chunk's features.
     On a GPU, the service's tuples/s with the same code on CUDA too."""
     torch.set_num_threads(1)
-    tuples = {c: t[:tuples_per_category] for c, t in make_tuples(df, conf.pairing, cache_root, fingerprint).by_category.items()}
+    tuples = {
+        c: t[:tuples_per_category]
+        for c, t in make_tuples(df, conf.pairing, cache_root, fingerprint).by_category.items()
+    }
     n = sum(len(t) for t in tuples.values())
     lconf = OmegaConf.merge(conf.labels, LIKE_REFERENCE)
     t0 = time.perf_counter()
@@ -76,13 +90,23 @@ def bench_chains(df, conf, cache_root, fingerprint, tuples_per_category: int) ->
     t0 = time.perf_counter()
     ref = reference_candidates([t for ts in tuples.values() for t in ts], cache_root, fingerprint, lconf.radius)
     ref_s = time.perf_counter() - t0
-    out = {"tuples": n, "service_s": svc_s, "reference_s": ref_s, "service_tuples_per_s": n / svc_s,
-           "reference_tuples_per_s": n / ref_s, "speedup": ref_s / svc_s, **same_labels(ref, svc),
-           **pair_matmuls(tuples, cache_root, fingerprint)}
+    out = {
+        "tuples": n,
+        "service_s": svc_s,
+        "reference_s": ref_s,
+        "service_tuples_per_s": n / svc_s,
+        "reference_tuples_per_s": n / ref_s,
+        "speedup": ref_s / svc_s,
+        **same_labels(ref, svc),
+        **pair_matmuls(tuples, cache_root, fingerprint),
+    }
     if torch.cuda.is_available():
         service_candidates(tuples, cache_root, fingerprint, lconf, "cuda")  # warm-up
         t0 = time.perf_counter()
         cuda = as_dict(service_candidates(tuples, cache_root, fingerprint, lconf, "cuda"))
-        out.update(cuda_tuples_per_s=n / (time.perf_counter() - t0), cuda_identical=same_labels(ref, cuda)["identical"],
-                   cuda_device=torch.cuda.get_device_name())
+        out.update(
+            cuda_tuples_per_s=n / (time.perf_counter() - t0),
+            cuda_identical=same_labels(ref, cuda)["identical"],
+            cuda_device=torch.cuda.get_device_name(),
+        )
     return out

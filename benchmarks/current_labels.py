@@ -26,11 +26,24 @@ def run_labels(run_id: str, pairs: np.ndarray, rng: np.random.Generator) -> pa.T
     src = np.repeat(pairs[:, 0], POINTS).astype(str)
     tgt = np.repeat(pairs[:, 1], POINTS).astype(str)
     xy = np.tile(np.arange(POINTS, dtype=np.float32), len(pairs))
-    cols = {"run_id": [run_id] * n, "category": ["cat"] * n, "src_image_id": src, "tgt_image_id": tgt, "src_x": xy,
-            "src_y": np.zeros(n, np.float32), "tgt_x": rng.random(n, np.float32), "tgt_y": rng.random(n, np.float32),
-            "hops": np.ones(n, np.int32), "cycle_error": rng.random(n, np.float32), "similarity": rng.random(n, np.float32),
-            "support": np.ones(n, np.int32), "confidence": rng.random(n, np.float32)}
-    return pa.table({f.name: pa.array(cols[f.name], f.type) if f.name in cols else pa.nulls(n, f.type) for f in LABEL_SCHEMA})
+    cols = {
+        "run_id": [run_id] * n,
+        "category": ["cat"] * n,
+        "src_image_id": src,
+        "tgt_image_id": tgt,
+        "src_x": xy,
+        "src_y": np.zeros(n, np.float32),
+        "tgt_x": rng.random(n, np.float32),
+        "tgt_y": rng.random(n, np.float32),
+        "hops": np.ones(n, np.int32),
+        "cycle_error": rng.random(n, np.float32),
+        "similarity": rng.random(n, np.float32),
+        "support": np.ones(n, np.int32),
+        "confidence": rng.random(n, np.float32),
+    }
+    return pa.table(
+        {f.name: pa.array(cols[f.name], f.type) if f.name in cols else pa.nulls(n, f.type) for f in LABEL_SCHEMA}
+    )
 
 
 def timed(fn):
@@ -56,10 +69,19 @@ def bench_current_labels(root: str, runs: int = 10, labels_per_run: int = 1_000_
         table = run_labels(run_id, pairs, rng)
         step = -(-table.num_rows // parts)
         for p in range(parts):
-            store.write_part(run_id, "cat", p, table.slice(p * step, step), {"labels": min(step, table.num_rows - p * step)})
+            store.write_part(
+                run_id, "cat", p, table.slice(p * step, step), {"labels": min(step, table.num_rows - p * step)}
+            )
         ids = np.unique(pairs).astype(str)
-        store.write_images(run_id, "cat", images_table(pa.table({"image_id": ids, "category": ["cat"] * len(ids),
-                                                                  "run_id": [run_id] * len(ids)}).to_pandas()), {}, parts)
+        store.write_images(
+            run_id,
+            "cat",
+            images_table(
+                pa.table({"image_id": ids, "category": ["cat"] * len(ids), "run_id": [run_id] * len(ids)}).to_pandas()
+            ),
+            {},
+            parts,
+        )
         _, commit_s = timed(lambda: store.commit(run_id, {"labels": table.num_rows}, []))
         rows.append({"run": run_id, "history": (r + 1) * labels_per_run, "commit_s": commit_s})
         previous = pairs
@@ -67,29 +89,53 @@ def bench_current_labels(root: str, runs: int = 10, labels_per_run: int = 1_000_
     try:
         (current,), current_s = timed(lambda: con.execute("SELECT count(*) FROM labels").fetchone())
         (history,), history_s = timed(lambda: con.execute("SELECT count(*) FROM label_history").fetchone())
-        (distinct,), _ = timed(lambda: con.execute(
-            "SELECT count(*) FROM (SELECT DISTINCT src_image_id, tgt_image_id, src_x, src_y FROM labels)").fetchone())
-        (by_category,), category_s = timed(lambda: con.execute(
-            "SELECT count(*) FROM (SELECT category, count(*) FROM labels GROUP BY category)").fetchone())
+        (distinct,), _ = timed(
+            lambda: con.execute(
+                "SELECT count(*) FROM (SELECT DISTINCT src_image_id, tgt_image_id, src_x, src_y FROM labels)"
+            ).fetchone()
+        )
+        (by_category,), category_s = timed(
+            lambda: con.execute(
+                "SELECT count(*) FROM (SELECT category, count(*) FROM labels GROUP BY category)"
+            ).fetchone()
+        )
     finally:
         con.close()
     catalog = os.path.getsize(os.path.join(path, "catalog.sqlite"))
-    return {"rows": rows, "history": history, "current": current, "distinct": distinct, "current_count_s": current_s,
-            "history_count_s": history_s, "current_group_s": category_s, "catalog_mb": catalog / 2**20,
-            "first_commit_s": rows[0]["commit_s"], "last_commit_s": rows[-1]["commit_s"]}
+    return {
+        "rows": rows,
+        "history": history,
+        "current": current,
+        "distinct": distinct,
+        "current_count_s": current_s,
+        "history_count_s": history_s,
+        "current_group_s": category_s,
+        "catalog_mb": catalog / 2**20,
+        "first_commit_s": rows[0]["commit_s"],
+        "last_commit_s": rows[-1]["commit_s"],
+    }
 
 
 def render_current_labels(r: dict) -> str:
-    lines = [f"## Current labels at {r['history']:,} stored", "",
-             f"{len(r['rows'])} runs of {r['rows'][0]['history']:,} labels (50 per image pair, half of each run's pairs "
-             "relabelled from the run before) committed one after the other into one store; "
-             f"{r['history']:,} in label_history, {r['current']:,} current (count(*) = distinct (pair, source point): "
-             f"{r['current'] == r['distinct']}).", "",
-             "| committed labels before | commit s |", "|---|---|"]
+    lines = [
+        f"## Current labels at {r['history']:,} stored",
+        "",
+        f"{len(r['rows'])} runs of {r['rows'][0]['history']:,} labels (50 per image pair, half of each run's pairs "
+        "relabelled from the run before) committed one after the other into one store; "
+        f"{r['history']:,} in label_history, {r['current']:,} current (count(*) = distinct (pair, source point): "
+        f"{r['current'] == r['distinct']}).",
+        "",
+        "| committed labels before | commit s |",
+        "|---|---|",
+    ]
     lines += [f"| {row['history'] - r['rows'][0]['history']:,} | {row['commit_s']:.2f} |" for row in r["rows"]]
-    lines += ["", f"- `SELECT count(*) FROM labels` (current): {r['current_count_s']:.2f} s; the same over label_history: "
-              f"{r['history_count_s']:.2f} s; current labels grouped by category: {r['current_group_s']:.2f} s.",
-              f"- Catalog: {r['catalog_mb']:.1f} MB.", ""]
+    lines += [
+        "",
+        f"- `SELECT count(*) FROM labels` (current): {r['current_count_s']:.2f} s; the same over label_history: "
+        f"{r['history_count_s']:.2f} s; current labels grouped by category: {r['current_group_s']:.2f} s.",
+        f"- Catalog: {r['catalog_mb']:.1f} MB.",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -71,8 +71,15 @@ def bench_backbones(offline, size: int, batch: int, peak: float) -> list[dict]:
     ]:
         flops = flops_per_image(model, side)
         rate = backbone_rate(model, side, batch, cl)
-        rows.append({"model": name, "gflops_per_image": flops / 1e9, "images_per_s": rate,
-                     "bound_images_per_s": peak / flops, "of_bound": rate * flops / peak})
+        rows.append(
+            {
+                "model": name,
+                "gflops_per_image": flops / 1e9,
+                "images_per_s": rate,
+                "bound_images_per_s": peak / flops,
+                "of_bound": rate * flops / peak,
+            }
+        )
     return rows
 
 
@@ -96,9 +103,16 @@ def bench_cache(cache_root: str, fingerprint: str, image_ids, flips: bool = True
         full.append(full_grid_bytes(f))
         fg.append(float(f.fg.float().mean()))
         stored.append(float(f.stored.float().mean()))
-    return {"views": len(ids), "grid": tuple(f.fg.shape), "dim": f.feats.shape[1], "bytes": float(np.mean(sizes)),
-            "full_bytes": float(np.mean(full)), "fraction": float(np.sum(sizes) / np.sum(full)),
-            "fg_fraction": float(np.mean(fg)), "stored_fraction": float(np.mean(stored))}
+    return {
+        "views": len(ids),
+        "grid": tuple(f.fg.shape),
+        "dim": f.feats.shape[1],
+        "bytes": float(np.mean(sizes)),
+        "full_bytes": float(np.mean(full)),
+        "fraction": float(np.sum(sizes) / np.sum(full)),
+        "fg_fraction": float(np.mean(fg)),
+        "stored_fraction": float(np.mean(stored)),
+    }
 
 
 def ellipse(side: int, fraction: float, aspect: float = 1.3) -> torch.Tensor:
@@ -119,5 +133,12 @@ def cache_cut_dinov2(fg_fraction: float, side: int = 60, dim: int = 768) -> dict
         save_features(uri, f)
         size = os.path.getsize(uri)
     full = full_grid_bytes(f)
-    return {"grid": (side, side), "dim": dim, "fg_fraction": float(fg.float().mean()),
-            "stored_fraction": float(f.stored.float().mean()), "full_bytes": full, "bytes": size, "fraction": size / full}
+    return {
+        "grid": (side, side),
+        "dim": dim,
+        "fg_fraction": float(fg.float().mean()),
+        "stored_fraction": float(f.stored.float().mean()),
+        "full_bytes": full,
+        "bytes": size,
+        "fraction": size / full,
+    }

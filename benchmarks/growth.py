@@ -93,8 +93,13 @@ def label_counts(store: str) -> dict:
     con = LabelStore(store).connect()
     try:
         one = lambda sql: con.execute(sql).fetchone()[0]  # noqa: E731
-        return {"labels": one("SELECT count(*) FROM labels"), "history": one("SELECT count(*) FROM label_history"),
-                "distinct": one("SELECT count(*) FROM (SELECT DISTINCT src_image_id, tgt_image_id, src_x, src_y FROM labels)")}
+        return {
+            "labels": one("SELECT count(*) FROM labels"),
+            "history": one("SELECT count(*) FROM label_history"),
+            "distinct": one(
+                "SELECT count(*) FROM (SELECT DISTINCT src_image_id, tgt_image_id, src_x, src_y FROM labels)"
+            ),
+        }
     finally:
         con.close()
 
@@ -105,17 +110,29 @@ def measure(name: str, manifest: str, root: str, extra=(), timeout_s: float = RU
     coverage, commit seconds and the catalog's bytes. None when it outlasts timeout_s."""
     store, cache = os.path.join(root, f"store-{name}"), os.path.join(root, f"features-{name}")
     fresh(store, cache)
-    r = timed_run([f"data.manifest={manifest}", f"store={store}", f"features.cache={cache}", f"run_id=full-{name}", *extra],
-                  timeout_s)
+    r = timed_run(
+        [f"data.manifest={manifest}", f"store={store}", f"features.cache={cache}", f"run_id=full-{name}", *extra],
+        timeout_s,
+    )
     if r is None:
         return None
     counts = run_counts(store, f"full-{name}")
     n = counts.get("images") or len(pd.read_parquet(manifest))
-    return {"size": name, "images": n, "stages": r["stages"], "per_image": {k: v / n for k, v in r["stages"].items()},
-            "peak_mb": r["peak_mb"], "driver_peak_mb": r["driver_peak_mb"], "coverage": counts.get("coverage"),
-            "labels_per_image": counts.get("labels", 0) / n, "tuples_per_image": counts.get("tuples", 0) / n,
-            "commit_s": r["stages"].get("commit"), "catalog_bytes": os.path.getsize(os.path.join(store, "catalog.sqlite")),
-            "manifest": manifest, "cache": cache}
+    return {
+        "size": name,
+        "images": n,
+        "stages": r["stages"],
+        "per_image": {k: v / n for k, v in r["stages"].items()},
+        "peak_mb": r["peak_mb"],
+        "driver_peak_mb": r["driver_peak_mb"],
+        "coverage": counts.get("coverage"),
+        "labels_per_image": counts.get("labels", 0) / n,
+        "tuples_per_image": counts.get("tuples", 0) / n,
+        "commit_s": r["stages"].get("commit"),
+        "catalog_bytes": os.path.getsize(os.path.join(store, "catalog.sqlite")),
+        "manifest": manifest,
+        "cache": cache,
+    }
 
 
 def seed_cache(shared: str, cache: str, manifest: str) -> int:
@@ -138,25 +155,44 @@ def bench_increment(full: dict, root: str) -> dict:
     """~90% of the instances into a fresh store, then the full manifest, then the same again:
     each run's seconds against the full run's (total and per stage) and the labels it added;
     finally whether the store counts each label once."""
-    store, cache = os.path.join(root, f"store-grown-{full['size']}"), os.path.join(root, f"features-grown-{full['size']}")
+    store, cache = (
+        os.path.join(root, f"store-grown-{full['size']}"),
+        os.path.join(root, f"features-grown-{full['size']}"),
+    )
     fresh(store, cache)
     part = subset(full["manifest"], GROWN_SHARE, "manifest-90")
     seed_cache(full["cache"], cache, part)
     rows = []
-    for run, manifest in (("90% of the instances", part), ("grown: the full manifest", full["manifest"]),
-                          ("repeated", full["manifest"])):
+    for run, manifest in (
+        ("90% of the instances", part),
+        ("grown: the full manifest", full["manifest"]),
+        ("repeated", full["manifest"]),
+    ):
         run_id, before = f"growth-{len(rows)}", label_counts(store)
         r = timed_run([f"data.manifest={manifest}", f"store={store}", f"features.cache={cache}", f"run_id={run_id}"])
         after, counts = label_counts(store), run_counts(store, run_id)
-        rows.append({"run": run, "images": counts.get("images"), "seconds": r["stages"]["total"],
-                     "of_full": r["stages"]["total"] / full["stages"]["total"],
-                     "stage_ratio": {k: v / max(full["stages"].get(k, 0), TIME_STEP_S) for k, v in r["stages"].items()},
-                     "labels_added": after["labels"] - before["labels"], "stored": counts.get("labels", 0),
-                     "history_added": after["history"] - before["history"],
-                     "features_computed": counts.get("features_computed"), "nothing_new": counts.get("nothing_new")})
+        rows.append(
+            {
+                "run": run,
+                "images": counts.get("images"),
+                "seconds": r["stages"]["total"],
+                "of_full": r["stages"]["total"] / full["stages"]["total"],
+                "stage_ratio": {k: v / max(full["stages"].get(k, 0), TIME_STEP_S) for k, v in r["stages"].items()},
+                "labels_added": after["labels"] - before["labels"],
+                "stored": counts.get("labels", 0),
+                "history_added": after["history"] - before["history"],
+                "features_computed": counts.get("features_computed"),
+                "nothing_new": counts.get("nothing_new"),
+            }
+        )
     final = label_counts(store)
-    return {"size": full["size"], "rows": rows, "labels": final["labels"], "distinct": final["distinct"],
-            "counted_once": final["labels"] == final["distinct"]}
+    return {
+        "size": full["size"],
+        "rows": rows,
+        "labels": final["labels"],
+        "distinct": final["distinct"],
+        "counted_once": final["labels"] == final["distinct"],
+    }
 
 
 def bench_big(root: str) -> dict:
@@ -166,8 +202,11 @@ def bench_big(root: str) -> dict:
     r = measure("big", manifest, root, BIG_ARGS, BIG_TIMEOUT_S)
     if r is None:
         r = measure("big", subset(manifest, BIG_FALLBACK, "manifest-quarter"), root, BIG_ARGS, BIG_TIMEOUT_S)
-        r = r and {**r, "fallback": f"the 20,000 views took longer than {BIG_TIMEOUT_S} s: measured on "
-                                    f"{BIG_FALLBACK:.0%} of the instances"}
+        r = r and {
+            **r,
+            "fallback": f"the 20,000 views took longer than {BIG_TIMEOUT_S} s: measured on "
+            f"{BIG_FALLBACK:.0%} of the instances",
+        }
     return r and {**r, "size": "one category", "render_s": render_s}
 
 
@@ -186,7 +225,9 @@ def bench_growth(root: str, quick: bool) -> dict:
 
 def against_1x(size: dict, first: dict, stage: str) -> float:
     """A stage's seconds per image against 1x's; a stage of "0.0 s" at 1x counts as TIME_STEP_S."""
-    return size["per_image"].get(stage, float("nan")) / max(first["per_image"].get(stage, 0), TIME_STEP_S / first["images"])
+    return size["per_image"].get(stage, float("nan")) / max(
+        first["per_image"].get(stage, 0), TIME_STEP_S / first["images"]
+    )
 
 
 def targets(sizes: dict, big: dict | None, growth: dict) -> list[dict]:
@@ -201,22 +242,43 @@ def targets(sizes: dict, big: dict | None, growth: dict) -> list[dict]:
     driver = last["driver_peak_mb"] / first["driver_peak_mb"]
     grown, repeated = growth["rows"][1], growth["rows"][2]
     return [
-        {"target": f"seconds per image of every stage at {name} <= {TARGETS['stage_growth']}x 1x",
-         "measured": f"worst {worst} x{stage[worst]:.2f}", "met": stage[worst] <= TARGETS["stage_growth"]},
-        {"target": f"labels per image at {name} within {TARGETS['labels_drift']:.0%} of 1x",
-         "measured": f"{last['labels_per_image']:.0f} vs {first['labels_per_image']:.0f} ({drift:+.0%})",
-         "met": abs(drift) <= TARGETS["labels_drift"]},
-        {"target": f"coverage >= {TARGETS['coverage']} at every size",
-         "measured": ", ".join(f"{s['size']} {'n/a' if c is None else format(c, '.3f')}" for s, c in zip(covered, coverage)),
-         "met": all(c is not None and c >= TARGETS["coverage"] for c in coverage)},
-        {"target": f"driver peak at {name} <= {TARGETS['driver_growth']}x 1x",
-         "measured": f"x{driver:.2f} ({last['driver_peak_mb']:.0f} vs {first['driver_peak_mb']:.0f} MB)",
-         "met": driver <= TARGETS["driver_growth"]},
-        {"target": f"grown run ({growth['size']}) <= {TARGETS['grown']} of a full run",
-         "measured": f"{grown['of_full']:.2f} ({grown['seconds']:.0f} s)", "met": grown["of_full"] <= TARGETS["grown"]},
-        {"target": "repeated run adds 0 labels", "measured": f"{repeated['labels_added']:+,}", "met": repeated["labels_added"] == 0},
-        {"target": "labels: count(*) = count of distinct (src image, tgt image, src x, src y)",
-         "measured": f"{growth['labels']:,} vs {growth['distinct']:,}", "met": growth["counted_once"]},
+        {
+            "target": f"seconds per image of every stage at {name} <= {TARGETS['stage_growth']}x 1x",
+            "measured": f"worst {worst} x{stage[worst]:.2f}",
+            "met": stage[worst] <= TARGETS["stage_growth"],
+        },
+        {
+            "target": f"labels per image at {name} within {TARGETS['labels_drift']:.0%} of 1x",
+            "measured": f"{last['labels_per_image']:.0f} vs {first['labels_per_image']:.0f} ({drift:+.0%})",
+            "met": abs(drift) <= TARGETS["labels_drift"],
+        },
+        {
+            "target": f"coverage >= {TARGETS['coverage']} at every size",
+            "measured": ", ".join(
+                f"{s['size']} {'n/a' if c is None else format(c, '.3f')}" for s, c in zip(covered, coverage)
+            ),
+            "met": all(c is not None and c >= TARGETS["coverage"] for c in coverage),
+        },
+        {
+            "target": f"driver peak at {name} <= {TARGETS['driver_growth']}x 1x",
+            "measured": f"x{driver:.2f} ({last['driver_peak_mb']:.0f} vs {first['driver_peak_mb']:.0f} MB)",
+            "met": driver <= TARGETS["driver_growth"],
+        },
+        {
+            "target": f"grown run ({growth['size']}) <= {TARGETS['grown']} of a full run",
+            "measured": f"{grown['of_full']:.2f} ({grown['seconds']:.0f} s)",
+            "met": grown["of_full"] <= TARGETS["grown"],
+        },
+        {
+            "target": "repeated run adds 0 labels",
+            "measured": f"{repeated['labels_added']:+,}",
+            "met": repeated["labels_added"] == 0,
+        },
+        {
+            "target": "labels: count(*) = count of distinct (src image, tgt image, src x, src y)",
+            "measured": f"{growth['labels']:,} vs {growth['distinct']:,}",
+            "met": growth["counted_once"],
+        },
     ]
 
 
@@ -229,30 +291,81 @@ def render_growth(result: dict) -> str:
     first = sizes[0]
     growth = result["growth"]
     lines = [
-        "## Scale and growth (the built-in 3D collection)", "",
-        table([{"target": t["target"], "measured": t["measured"], "": "met" if t["met"] else "NOT met"} for t in result["targets"]]),
+        "## Scale and growth (the built-in 3D collection)",
         "",
-        table([{"size": s["size"], "images": s["images"], "tuples/image": s["tuples_per_image"],
-                "labels/image": s["labels_per_image"], "coverage": "n/a" if s["coverage"] is None else format(s["coverage"], ".3f"),
-                "peak MB": s["peak_mb"], "driver MB": s["driver_peak_mb"], "commit s": s["commit_s"],
-                "catalog MB": s["catalog_bytes"] / 2**20, "total s": s["stages"]["total"], "render s (untimed)": s["render_s"]}
-               for s in sizes], {"peak MB": ".0f", "driver MB": ".0f", "total s": ".0f", "render s (untimed)": ".0f",
-                                 "labels/image": ".0f", "tuples/image": ".1f", "catalog MB": ".2f", "commit s": ".1f"}),
+        table(
+            [
+                {"target": t["target"], "measured": t["measured"], "": "met" if t["met"] else "NOT met"}
+                for t in result["targets"]
+            ]
+        ),
+        "",
+        table(
+            [
+                {
+                    "size": s["size"],
+                    "images": s["images"],
+                    "tuples/image": s["tuples_per_image"],
+                    "labels/image": s["labels_per_image"],
+                    "coverage": "n/a" if s["coverage"] is None else format(s["coverage"], ".3f"),
+                    "peak MB": s["peak_mb"],
+                    "driver MB": s["driver_peak_mb"],
+                    "commit s": s["commit_s"],
+                    "catalog MB": s["catalog_bytes"] / 2**20,
+                    "total s": s["stages"]["total"],
+                    "render s (untimed)": s["render_s"],
+                }
+                for s in sizes
+            ],
+            {
+                "peak MB": ".0f",
+                "driver MB": ".0f",
+                "total s": ".0f",
+                "render s (untimed)": ".0f",
+                "labels/image": ".0f",
+                "tuples/image": ".1f",
+                "catalog MB": ".2f",
+                "commit s": ".1f",
+            },
+        ),
         "",
         "Milliseconds per image by stage, and against 1x:",
         "",
-        table([{"stage": k, **{s["size"]: 1e3 * s["per_image"].get(k, float("nan")) for s in sizes},
-                **{f"{s['size']} / 1x": against_1x(s, first, k) for s in sizes[1:]}} for k in stages]),
+        table(
+            [
+                {
+                    "stage": k,
+                    **{s["size"]: 1e3 * s["per_image"].get(k, float("nan")) for s in sizes},
+                    **{f"{s['size']} / 1x": against_1x(s, first, k) for s in sizes[1:]},
+                }
+                for k in stages
+            ]
+        ),
         "",
         f"Growth at {growth['size']}: ~{GROWN_SHARE:.0%} of each category's instances into a fresh store (features from the "
         "full run's cache), then the full manifest into the same store (its new images' features computed), then the same "
         "command again; seconds against the full run at the same size:",
         "",
-        table([{"run": r["run"], "images": r["images"], "features computed": r["features_computed"],
-                "labels added": r["labels_added"], "label_history added": r["history_added"],
-                "run stored": r["stored"], "seconds": r["seconds"], "of full": r["of_full"],
-                "by stage (of full)": ", ".join(f"{k} {v:.2f}" for k, v in r["stage_ratio"].items() if k != "total"),
-                "nothing new": r["nothing_new"] or ""} for r in growth["rows"]], {"seconds": ".0f", "of full": ".2f"}),
+        table(
+            [
+                {
+                    "run": r["run"],
+                    "images": r["images"],
+                    "features computed": r["features_computed"],
+                    "labels added": r["labels_added"],
+                    "label_history added": r["history_added"],
+                    "run stored": r["stored"],
+                    "seconds": r["seconds"],
+                    "of full": r["of_full"],
+                    "by stage (of full)": ", ".join(
+                        f"{k} {v:.2f}" for k, v in r["stage_ratio"].items() if k != "total"
+                    ),
+                    "nothing new": r["nothing_new"] or "",
+                }
+                for r in growth["rows"]
+            ],
+            {"seconds": ".0f", "of full": ".2f"},
+        ),
         "",
         f"After the repeated run the store's labels count {growth['labels']:,}, their distinct (source image, target "
         f"image, source point) {growth['distinct']:,}.",
@@ -260,9 +373,15 @@ def render_growth(result: dict) -> str:
     ]
     if result["big"]:
         b = result["big"]
-        lines += [f"One category: {BIG['dev_instances'] + BIG['val_instances']} instances x 10 views at {BIG['size']} px, "
-                  f"{' '.join(BIG_ARGS)}" + (f"; {b['fallback']}" if b.get("fallback") else "") + ".", ""]
+        lines += [
+            f"One category: {BIG['dev_instances'] + BIG['val_instances']} instances x 10 views at {BIG['size']} px, "
+            f"{' '.join(BIG_ARGS)}" + (f"; {b['fallback']}" if b.get("fallback") else "") + ".",
+            "",
+        ]
     elif not result["quick"]:
-        lines += [f"One category of 20,000 views: not measured, neither it nor {BIG_FALLBACK:.0%} of its instances "
-                  f"finished within {BIG_TIMEOUT_S} s.", ""]
+        lines += [
+            f"One category of 20,000 views: not measured, neither it nor {BIG_FALLBACK:.0%} of its instances "
+            f"finished within {BIG_TIMEOUT_S} s.",
+            "",
+        ]
     return "\n".join(lines)

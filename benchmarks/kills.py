@@ -108,9 +108,21 @@ class Proc:
         self.t0 = time.monotonic()
         self.created = time.time() - 1.0
         self.popen = subprocess.Popen(
-            [sys.executable, *argv], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            start_new_session=True, env={**os.environ, "RAY_ADDRESS": "", "RAY_USAGE_STATS_ENABLED": "0",
-                                         "RAY_TMPDIR": self.tmp, TOKEN: self.token, **(env or {})})
+            [sys.executable, *argv],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+            env={
+                **os.environ,
+                "RAY_ADDRESS": "",
+                "RAY_USAGE_STATS_ENABLED": "0",
+                "RAY_TMPDIR": self.tmp,
+                TOKEN: self.token,
+                **(env or {}),
+            },
+        )
         self.sid = self.popen.pid
         self.killed = None  # {"processes", "escaped", "at", "left"} once killed
         self.left_after_exit = 0
@@ -192,8 +204,11 @@ class Proc:
             except (psutil.NoSuchProcess, psutil.ZombieProcess):
                 pass
         self.popen.wait(timeout=60)
-        self.killed = {"processes": len(frozen), "escaped": len(set(frozen) - {p.pid for p in snapshot}),
-                       "at": at - self.t0}
+        self.killed = {
+            "processes": len(frozen),
+            "escaped": len(set(frozen) - {p.pid for p in snapshot}),
+            "at": at - self.t0,
+        }
         self.killed["left"] = self.reap()
         return self.killed
 
@@ -264,8 +279,10 @@ LEFT JOIN (SELECT run_id, count(*) AS n FROM label_pairs GROUP BY ALL) p USING (
 LEFT JOIN (SELECT run_id, count(*) AS n FROM images GROUP BY ALL) i USING (run_id)
 LEFT JOIN (SELECT run_id, count(*) AS n FROM run_stats GROUP BY ALL) s USING (run_id)
 """
-STRAY_SQL = (" UNION ".join(f"SELECT DISTINCT run_id FROM {t}" for t in (*FILE_TABLES, "run_stats"))
-             + " EXCEPT SELECT run_id FROM runs WHERE status = 'committed'")
+STRAY_SQL = (
+    " UNION ".join(f"SELECT DISTINCT run_id FROM {t}" for t in (*FILE_TABLES, "run_stats"))
+    + " EXCEPT SELECT run_id FROM runs WHERE status = 'committed'"
+)
 
 
 def inspect(store: str) -> View:
@@ -281,11 +298,15 @@ def inspect(store: str) -> View:
     view = View()
     try:
         view.totals = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES}
-        view.runs = {r: {"status": s, "labels": a, "pairs": b, "images": c, "stats": d}
-                     for r, s, a, b, c, d in con.execute(RUNS_SQL).fetchall()}
+        view.runs = {
+            r: {"status": s, "labels": a, "pairs": b, "images": c, "stats": d}
+            for r, s, a, b, c, d in con.execute(RUNS_SQL).fetchall()
+        }
         view.stray = sorted(r for (r,) in con.execute(STRAY_SQL).fetchall())
-        view.files = {t: [f for (f,) in con.execute(f"SELECT data_file FROM ducklake_list_files('lake', '{t}')").fetchall()]
-                      for t in FILE_TABLES}
+        view.files = {
+            t: [f for (f,) in con.execute(f"SELECT data_file FROM ducklake_list_files('lake', '{t}')").fetchall()]
+            for t in FILE_TABLES
+        }
         view.models = dict(con.execute("SELECT model_id, status FROM models").fetchall())
     except Exception as e:  # noqa: BLE001
         view.error = f"read: {type(e).__name__}: {' '.join(str(e).split())[:300]}"
@@ -305,7 +326,9 @@ def judge(before: View, after: View, run_id: str, expect: tuple) -> list[tuple[s
     for r, c in after.runs.items():
         counts = after.counts(r)
         if c["status"] == "committed" and counts != expect:
-            out.append(("partial", f"run {r} committed with (labels, pairs, images, stats) {counts}, a whole run {expect}"))
+            out.append(
+                ("partial", f"run {r} committed with (labels, pairs, images, stats) {counts}, a whole run {expect}")
+            )
         elif c["status"] != "committed" and any(counts):
             out.append(("partial", f"run {r} is {c['status']} but shows {counts}"))
     out += [("partial", f"rows of run {r}, which is not committed") for r in after.stray]
@@ -322,13 +345,20 @@ def judge(before: View, after: View, run_id: str, expect: tuple) -> list[tuple[s
                 out.append(("corrupt", f"{table}: registered {f} is missing"))
     for r, c in before.runs.items():  # a kill of one run leaves the others as they were
         if c["status"] == "committed" and (after.status(r) != "committed" or after.counts(r) != before.counts(r)):
-            out.append(("partial", f"run {r} was committed with {before.counts(r)}, now {after.status(r)} {after.counts(r)}"))
+            out.append(
+                ("partial", f"run {r} was committed with {before.counts(r)}, now {after.status(r)} {after.counts(r)}")
+            )
     grew = after.status(run_id) == "committed" and before.status(run_id) != "committed"
     had = before.totals.get("label_history", 0)
     want = had + (expect[0] if grew else 0)
     if after.totals["label_history"] != want:
-        out.append(("partial", f"label_history holds {after.totals['label_history']:,} rows: {had:,} before plus "
-                               f"{'the whole run' if grew else 'nothing'} would be {want:,}"))
+        out.append(
+            (
+                "partial",
+                f"label_history holds {after.totals['label_history']:,} rows: {had:,} before plus "
+                f"{'the whole run' if grew else 'nothing'} would be {want:,}",
+            )
+        )
     return out
 
 
@@ -368,9 +398,15 @@ def staged(store: str, run_id: str, cache: str) -> Files:
     run = os.path.join(store, "runs", run_id)
     feats = sum(1 for _, _, fs in os.walk(cache) for f in fs if f.endswith(".safetensors"))
     labels = stamps(os.path.join(run, "labels"))
-    return Files(feats, names(os.path.join(run, "images")), frozenset(n for n, _ in labels), labels,
-                 stamps(os.path.join(run, "candidates")), os.path.exists(os.path.join(store, "catalog.sqlite")),
-                 os.path.exists(os.path.join(store, "catalog.json")))
+    return Files(
+        feats,
+        names(os.path.join(run, "images")),
+        frozenset(n for n, _ in labels),
+        labels,
+        stamps(os.path.join(run, "candidates")),
+        os.path.exists(os.path.join(store, "catalog.sqlite")),
+        os.path.exists(os.path.join(store, "catalog.json")),
+    )
 
 
 def leftovers(store: str, view: View) -> dict:
@@ -385,8 +421,11 @@ def leftovers(store: str, view: View) -> dict:
         run = os.path.join(store, "runs", r)
         candidates += [r] * bool(names(os.path.join(run, "candidates")))
         for kind in ("labels", "pairs", "images"):
-            unregistered += [f"{r}/{kind}/{n}" for n in names(os.path.join(run, kind))
-                             if os.path.join(run, kind, n) not in registered]
+            unregistered += [
+                f"{r}/{kind}/{n}"
+                for n in names(os.path.join(run, kind))
+                if os.path.join(run, kind, n) not in registered
+            ]
     return {"tmp": sorted(tmp), "candidates": sorted(candidates), "unregistered": sorted(unregistered)}
 
 
@@ -519,9 +558,18 @@ class Attempt:
 LINES = {"backbone": r"^backbone ", "ray": r"^ray: ", "resuming": "categories already done"}
 
 
-def attempt(cat: Catalog, store: str, cargs: list[str], run_id: str, target: str | None = None,
-            rng: random.Random | None = None, mode: str = "random", extra: list[str] = (),
-            driver: list[str] | None = None, reference: bool = False) -> Attempt:
+def attempt(
+    cat: Catalog,
+    store: str,
+    cargs: list[str],
+    run_id: str,
+    target: str | None = None,
+    rng: random.Random | None = None,
+    mode: str = "random",
+    extra: list[str] = (),
+    driver: list[str] | None = None,
+    reference: bool = False,
+) -> Attempt:
     """One start of the run: killed inside `target` (None: left to end by itself)."""
     ref = cat.ref
     cache = cat.cache(store) if ref else None
@@ -534,8 +582,13 @@ def attempt(cat: Catalog, store: str, cargs: list[str], run_id: str, target: str
             now = time.monotonic()
             if reference:  # when each kind of file first and last appeared
                 f = staged(store, run_id, os.path.join(store, "features"))
-                for key, hit in (("sqlite", f.sqlite), ("marker", f.marker), ("feature", f.features > 0),
-                                 ("candidate", bool(f.candidates)), ("label", bool(f.labels))):
+                for key, hit in (
+                    ("sqlite", f.sqlite),
+                    ("marker", f.marker),
+                    ("feature", f.features > 0),
+                    ("candidate", bool(f.candidates)),
+                    ("label", bool(f.labels)),
+                ):
                     if hit:
                         times.setdefault(key, now)
                 for key, n in (("features", f.features), ("images", len(f.images)), ("labels", len(f.labels))):
@@ -555,14 +608,19 @@ def attempt(cat: Catalog, store: str, cargs: list[str], run_id: str, target: str
                 break
             if now > deadline:
                 proc.kill()
-                raise RuntimeError(f"run {run_id} neither ended nor reached {target} in 900 s:\n{proc.output()[-3000:]}")
+                raise RuntimeError(
+                    f"run {run_id} neither ended nor reached {target} in 900 s:\n{proc.output()[-3000:]}"
+                )
             time.sleep(0.005)
         rc = None if proc.killed else proc.finish()
         if rc == 0:
             cat.left_after_exit += proc.left_after_exit
         out = proc.output()
-        for key, pattern in {**LINES, "run": rf"^run {re.escape(run_id)}; if it stops",
-                             "committed": rf"^run {re.escape(run_id)}: committed"}.items():
+        for key, pattern in {
+            **LINES,
+            "run": rf"^run {re.escape(run_id)}; if it stops",
+            "committed": rf"^run {re.escape(run_id)}: committed",
+        }.items():
             if (t := proc.seen(pattern)) is not None:
                 times[key] = t
         timeline = {k: v - proc.t0 for k, v in times.items()}
@@ -579,11 +637,21 @@ def record(cat: Catalog, a: Attempt, target: str, what: str):
     cat.aimed[(target, a.landed)] += 1
     for kind, words in a.problems:
         cat.problem(kind, f"{what}: {words}")
-    cat.trials.append({"what": what, "target": target, "landed": a.landed, "at": a.timeline.get("kill"),
-                       "processes": (a.killed or {}).get("processes"), "problems": a.problems})
-    say(f"  [{cat.kind} {sum(cat.landed.values()):3d}] {what}: aimed at {target}, landed in {a.landed} "
+    cat.trials.append(
+        {
+            "what": what,
+            "target": target,
+            "landed": a.landed,
+            "at": a.timeline.get("kill"),
+            "processes": (a.killed or {}).get("processes"),
+            "problems": a.problems,
+        }
+    )
+    say(
+        f"  [{cat.kind} {sum(cat.landed.values()):3d}] {what}: aimed at {target}, landed in {a.landed} "
         f"({a.timeline.get('kill', 0):.1f} s in, {(a.killed or {}).get('processes', 0)} processes): "
-        + ("ok" if not a.problems else "; ".join(w for _, w in a.problems)))
+        + ("ok" if not a.problems else "; ".join(w for _, w in a.problems))
+    )
 
 
 def finish_episode(cat: Catalog, store: str, cargs: list[str], run_id: str, what: str, extra=()) -> dict:
@@ -592,8 +660,10 @@ def finish_episode(cat: Catalog, store: str, cargs: list[str], run_id: str, what
     a = attempt(cat, store, cargs, run_id, extra=extra)
     result = {"rc": a.rc, "status": a.view.status(run_id), "differ": None, "output": a.output}
     if a.rc != 0 or a.view.status(run_id) != "committed":
-        cat.problem("failed_resume", f"{what}: the final resume exited {a.rc}, run {a.view.status(run_id)}: "
-                                     f"{' '.join(a.output[-600:].split())}")
+        cat.problem(
+            "failed_resume",
+            f"{what}: the final resume exited {a.rc}, run {a.view.status(run_id)}: {' '.join(a.output[-600:].split())}",
+        )
         say(f"  {what}: FAILED RESUME (exit {a.rc})\n{a.output[-1500:]}")
         return result
     for kind, words in a.problems:
@@ -614,10 +684,16 @@ def finish_episode(cat: Catalog, store: str, cargs: list[str], run_id: str, what
     for t in left["tmp"]:
         if not any(t in p for p in cat.problems["tmp"]):
             cat.problem("tmp", f"{store}: {t}")
-    say(f"  {what}: resumed to completion; "
-        + (f"{', '.join(result['differ'])} DIFFER" if result["differ"] else "labels, pairs, images equal the reference's")
+    say(
+        f"  {what}: resumed to completion; "
+        + (
+            f"{', '.join(result['differ'])} DIFFER"
+            if result["differ"]
+            else "labels, pairs, images equal the reference's"
+        )
         + ("; its candidates are left" if run_id in left["candidates"] else "")
-        + (f"; {len(left['tmp'])} .tmp files in the store" if left["tmp"] else ""))
+        + (f"; {len(left['tmp'])} .tmp files in the store" if left["tmp"] else "")
+    )
     return result
 
 
@@ -632,26 +708,50 @@ def reference(cat: Catalog) -> Reference:
     (fingerprint,) = os.listdir(os.path.join(store, "features"))
     t = a.timeline
     f = staged(store, "reference", os.path.join(store, "features", fingerprint))
-    windows = {"start": t["run"] - t["backbone"], "features": t["features_done"] - t["run"],
-               "chains": t["images_done"] - max(t["ray"], t["features_done"]), "vote": t["labels_done"] - t["label"],
-               "commit": t["committed"] - t["labels_done"]}
-    ref = Reference(store, "reference", a.view.counts("reference"), f.features, f.images, f.labels, fingerprint,
-                    {k: max(0.05, v) for k, v in windows.items()})
-    say(f"  [{cat.kind}] reference run: {ref.expect[0]:,} labels, {ref.expect[1]} pairs, {ref.expect[2]} images; "
+    windows = {
+        "start": t["run"] - t["backbone"],
+        "features": t["features_done"] - t["run"],
+        "chains": t["images_done"] - max(t["ray"], t["features_done"]),
+        "vote": t["labels_done"] - t["label"],
+        "commit": t["committed"] - t["labels_done"],
+    }
+    ref = Reference(
+        store,
+        "reference",
+        a.view.counts("reference"),
+        f.features,
+        f.images,
+        f.labels,
+        fingerprint,
+        {k: max(0.05, v) for k, v in windows.items()},
+    )
+    say(
+        f"  [{cat.kind}] reference run: {ref.expect[0]:,} labels, {ref.expect[1]} pairs, {ref.expect[2]} images; "
         f"{ref.features} feature files, {len(ref.labels)} label files; stages (s): "
-        + ", ".join(f"{k} {v:.2f}" for k, v in ref.windows.items()))
+        + ", ".join(f"{k} {v:.2f}" for k, v in ref.windows.items())
+    )
     return ref
 
 
 def plan(rng: random.Random) -> list[str]:
     """An episode's kills in pipeline order (a stage may be aimed at again: the resume does
     what is left; features again after the cache is deleted)."""
-    return (["features"] * rng.choice([0, 0, 1, 2]) + ["chains"] * rng.choice([0, 1, 1, 2])
-            + ["vote"] * rng.choice([0, 1, 1, 2]) + ["commit"] * rng.choice([1, 1, 2, 3]))
+    return (
+        ["features"] * rng.choice([0, 0, 1, 2])
+        + ["chains"] * rng.choice([0, 1, 1, 2])
+        + ["vote"] * rng.choice([0, 1, 1, 2])
+        + ["commit"] * rng.choice([1, 1, 2, 3])
+    )
 
 
-def episode(cat: Catalog, run_id: str, targets: list[str], rng: random.Random | None = None, mode: str = "random",
-            fresh: bool = False) -> dict:
+def episode(
+    cat: Catalog,
+    run_id: str,
+    targets: list[str],
+    rng: random.Random | None = None,
+    mode: str = "random",
+    fresh: bool = False,
+) -> dict:
     """Kill one run once per target (features: the feature cache deleted first), then resume
     it to completion and compare. Where each kill landed, and the final resume's findings."""
     store, cargs = cat.new_store(f"fresh-{run_id}") if fresh else (cat.shared, cat.shared_args)
@@ -664,7 +764,9 @@ def episode(cat: Catalog, run_id: str, targets: list[str], rng: random.Random | 
         step = f"{what} #{i + 1}"
         if a.rc is not None:  # ended by itself before the kill
             if a.rc != 0:
-                cat.problem("failed_resume", f"{step}: exited {a.rc} before the kill: {' '.join(a.output[-600:].split())}")
+                cat.problem(
+                    "failed_resume", f"{step}: exited {a.rc} before the kill: {' '.join(a.output[-600:].split())}"
+                )
                 say(f"  {step}: FAILED (exit {a.rc}) before the kill:\n{a.output[-1500:]}")
                 out["failed"] = a.output
                 return out
@@ -728,7 +830,7 @@ def dying_driver():
                     die("before COMMIT")
             if arg.isdigit() and n == int(arg):
                 die(f"before statement {n}: {head}")
-            if arg.startswith("before:") and head.startswith(arg[len("before:"):]):
+            if arg.startswith("before:") and head.startswith(arg[len("before:") :]):
                 die(f"before statement {n}: {head}")
             timer = None
             mid = {"mid": "COMMIT" if phase == "commit" else "ATTACH", "midcommit": "COMMIT"}.get(arg.split(":")[0])
@@ -786,8 +888,9 @@ def died_at(output: str) -> str:
     return next((line.split(": ", 1)[1] for line in output.splitlines() if line.startswith("dying at ")), "did not die")
 
 
-def commit_sweep(cat: Catalog, rng: random.Random, run_id: str = "sweep", points: list[str] | None = None,
-                 mids: int = 3) -> dict:
+def commit_sweep(
+    cat: Catalog, rng: random.Random, run_id: str = "sweep", points: list[str] | None = None, mids: int = 3
+) -> dict:
     """A run whose driver dies before each statement of its commit's writer connection (from
     its ATTACH on), inside its COMMIT (random delays), right after it; then resumed to
     completion and compared."""
@@ -798,8 +901,10 @@ def commit_sweep(cat: Catalog, rng: random.Random, run_id: str = "sweep", points
         raise RuntimeError(f"the commit probe did not die in its commit ({probe.rc}):\n{probe.output[-3000:]}")
     first = int(next(n for n, s in statements if s.startswith("ATTACH")))
     last = int(next(n for n, s in statements if s.startswith("COMMIT")))
-    say(f"  [{cat.kind}] {run_id}: its commit's writer connection runs {last} statements: "
-        + ", ".join(f"{n}. {s.split('(')[0].split(' AS ')[0][:30]}" for n, s in statements))
+    say(
+        f"  [{cat.kind}] {run_id}: its commit's writer connection runs {last} statements: "
+        + ", ".join(f"{n}. {s.split('(')[0].split(' AS ')[0][:30]}" for n, s in statements)
+    )
     cat.sweeps[("commit:probe (before COMMIT)", probe.view.status(run_id))] += 1
     todo = points or [f"commit:{k}" for k in range(first, last + 1)]
     todo += [f"commit:mid:{rng.uniform(0.0, 0.02 if cat.kind == 'sqlite' else 0.06):.4f}" for _ in range(mids)]
@@ -815,8 +920,10 @@ def commit_sweep(cat: Catalog, rng: random.Random, run_id: str = "sweep", points
         seen.append((point, died_at(a.output), status, a.problems))
         for kind, words in a.problems:
             cat.problem(kind, f"{run_id} {point}: {words}")
-        say(f"  [{cat.kind}] {run_id} died {died_at(a.output)}: run {status}, "
-            + ("ok" if not a.problems else "; ".join(w for _, w in a.problems)))
+        say(
+            f"  [{cat.kind}] {run_id} died {died_at(a.output)}: run {status}, "
+            + ("ok" if not a.problems else "; ".join(w for _, w in a.problems))
+        )
         if status == "committed":
             break
     return {"statements": statements, "points": seen, "final": finish_episode(cat, store, cargs, run_id, run_id)}
@@ -833,17 +940,26 @@ def create_sweep(cat: Catalog, rng: random.Random, points: list[str] | None = No
             store, cargs = cat.new_store("create-probe")
             a = attempt(cat, store, cargs, "c", extra=extra, driver=[*DRIVER, "create:probe"])
             statements = re.findall(r"^statement (\d+): (.*)$", a.output, re.M)
-            say(f"  [{cat.kind}] a new store's first writer connection runs {len(statements)} statements: "
-                + ", ".join(f"{n}. {s.split('(')[0].split(' AS ')[0][:32]}" for n, s in statements))
+            say(
+                f"  [{cat.kind}] a new store's first writer connection runs {len(statements)} statements: "
+                + ", ".join(f"{n}. {s.split('(')[0].split(' AS ')[0][:32]}" for n, s in statements)
+            )
             first = int(next(n for n, s in statements if s.startswith("ATTACH")))
-            points = [f"create:{first}", "create:marker", *(f"create:{int(n)}" for n, _ in statements if int(n) > first),
-                      f"create:mid:{rng.uniform(0.0, 0.03):.4f}", f"create:midcommit:{rng.uniform(0.0, 0.02):.4f}"]
+            points = [
+                f"create:{first}",
+                "create:marker",
+                *(f"create:{int(n)}" for n, _ in statements if int(n) > first),
+                f"create:mid:{rng.uniform(0.0, 0.03):.4f}",
+                f"create:midcommit:{rng.uniform(0.0, 0.02):.4f}",
+            ]
         for point in points:
             store, cargs = cat.new_store(f"create-{point.replace(':', '-')}")
             a = attempt(cat, store, cargs, "c", extra=extra, driver=[*DRIVER, point])
             view = a.view
             state = "no store" if not view.exists else ("unreadable" if view.error else f"run {view.status('c')}")
-            say(f"  [{cat.kind}] create: died {died_at(a.output)}: {state}" + (f" ({view.error})" if view.error else ""))
+            say(
+                f"  [{cat.kind}] create: died {died_at(a.output)}: {state}" + (f" ({view.error})" if view.error else "")
+            )
             if view.error:
                 cat.problem("corrupt", f"create {point}: after the kill, {view.error}")
             final = finish_episode(cat, store, cargs, "c", f"create {point}", extra=extra)
@@ -896,18 +1012,31 @@ def kill_reader(cat: Catalog, store: str, rng: random.Random, kind: str = "loop"
         problems.append(("partial", f"a killed reader changed the store: {before.totals} -> {after.totals}"))
     if ended and (kind == "loop" or rc != 0):
         problems.append(("corrupt", f"the reader ended by itself ({rc}): {' '.join(text[-600:].split())}"))
-    out = {"kind": kind, "killed": killed is not None, "rc": rc, "problems": problems,
-           "loops": len(re.findall(r"^read \d+$", text, re.M))}
+    out = {
+        "kind": kind,
+        "killed": killed is not None,
+        "rc": rc,
+        "problems": problems,
+        "loops": len(re.findall(r"^read \d+$", text, re.M)),
+    }
     cat.readers.append(out)
     for k, w in problems:
         cat.problem(k, f"reader {kind}: {w}")
-    say(f"  [{cat.kind}] reader ({kind}) {'killed' if killed else f'ended ({rc}) before the kill'}; the store "
-        + ("opens, unchanged" if not problems else "; ".join(w for _, w in problems)))
+    say(
+        f"  [{cat.kind}] reader ({kind}) {'killed' if killed else f'ended ({rc}) before the kill'}; the store "
+        + ("opens, unchanged" if not problems else "; ".join(w for _, w in problems))
+    )
     return out
 
 
-TRAIN_ARGS = ["data.val_split=none", "optim.steps=4", "optim.pairs_per_step=2", "optim.log_every=1", "checkpoint.every=2",
-              "eval.keypoint_pairs=0"]
+TRAIN_ARGS = [
+    "data.val_split=none",
+    "optim.steps=4",
+    "optim.pairs_per_step=2",
+    "optim.log_every=1",
+    "checkpoint.every=2",
+    "eval.keypoint_pairs=0",
+]
 
 
 def kill_trainer(cat: Catalog, store: str, rng: random.Random, at: str = "step", model_id: str | None = None) -> dict:
@@ -936,8 +1065,12 @@ def kill_trainer(cat: Catalog, store: str, rng: random.Random, at: str = "step",
     mid = inspect(store)
     problems = judge(before, mid, "", cat.ref.expect)
     if ended:
-        problems.append(("failed_resume", f"the trainer ended ({proc.popen.returncode}) before the kill: "
-                                          f"{' '.join(text[-600:].split())}"))
+        problems.append(
+            (
+                "failed_resume",
+                f"the trainer ended ({proc.popen.returncode}) before the kill: {' '.join(text[-600:].split())}",
+            )
+        )
     rerun = Proc(argv)
     rc = rerun.finish()
     again = rerun.output()
@@ -948,15 +1081,25 @@ def kill_trainer(cat: Catalog, store: str, rng: random.Random, at: str = "step",
     elif after.models.get(model_id) not in ("promoted", "rejected"):
         problems.append(("failed_resume", f"model {model_id} is {after.models.get(model_id)} after the rerun"))
     problems += [(k, w) for k, w in judge(mid, after, "", cat.ref.expect) if not (mid.error and k == "corrupt")]
-    out = {"model_id": model_id, "killed": killed is not None, "processes": (killed or {}).get("processes"),
-           "steps_before_kill": steps, "rc": rc, "status_after_kill": mid.models.get(model_id),
-           "status": after.models.get(model_id), "problems": problems, "output": again}
+    out = {
+        "model_id": model_id,
+        "killed": killed is not None,
+        "processes": (killed or {}).get("processes"),
+        "steps_before_kill": steps,
+        "rc": rc,
+        "status_after_kill": mid.models.get(model_id),
+        "status": after.models.get(model_id),
+        "problems": problems,
+        "output": again,
+    }
     cat.trainers.append(out)
     for k, w in problems:
         cat.problem(k, f"trainer {model_id}: {w}")
-    say(f"  [{cat.kind}] trainer {model_id} killed after {steps} steps ({out['processes']} processes; model "
+    say(
+        f"  [{cat.kind}] trainer {model_id} killed after {steps} steps ({out['processes']} processes; model "
         f"{out['status_after_kill']}); its rerun exited {rc}, model {out['status']}"
-        + ("" if not problems else ": " + "; ".join(w[:300] for _, w in problems)))
+        + ("" if not problems else ": " + "; ".join(w[:300] for _, w in problems))
+    )
     return out
 
 
@@ -985,28 +1128,71 @@ def run_catalog(cat: Catalog, kills: int, rng: random.Random, sweeps: bool = Tru
     return cat
 
 
-COLUMNS = ["catalog", "kills", *STAGES, "corrupt stores", "partly visible runs", "double registered", "failed resumes",
-           "resumed runs whose labels differ", "episodes resumed and compared", "processes outside the tree",
-           ".tmp files left", "runs with candidates left"]
+COLUMNS = [
+    "catalog",
+    "kills",
+    *STAGES,
+    "corrupt stores",
+    "partly visible runs",
+    "double registered",
+    "failed resumes",
+    "resumed runs whose labels differ",
+    "episodes resumed and compared",
+    "processes outside the tree",
+    ".tmp files left",
+    "runs with candidates left",
+]
 
 
 def summary(cats: list[Catalog], wall: float) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for c in cats:
         p = {k: len(v) for k, v in c.problems.items()}
-        lines.append("| " + " | ".join(map(str, [c.kind, sum(c.landed.values()), *(c.landed.get(s, 0) for s in STAGES),
-                                                 p["corrupt"], p["partial"], p["double"], p["failed_resume"], p["differ"],
-                                                 c.resumed, c.escaped, p["tmp"], p["candidates"]])) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                map(
+                    str,
+                    [
+                        c.kind,
+                        sum(c.landed.values()),
+                        *(c.landed.get(s, 0) for s in STAGES),
+                        p["corrupt"],
+                        p["partial"],
+                        p["double"],
+                        p["failed_resume"],
+                        p["differ"],
+                        c.resumed,
+                        c.escaped,
+                        p["tmp"],
+                        p["candidates"],
+                    ],
+                )
+            )
+            + " |"
+        )
     for c in cats:
-        lines.append(f"\n{c.kind}: aimed -> landed: "
-                     + ", ".join(f"{a} -> {b}: {n}" for (a, b), n in sorted(c.aimed.items(), key=str)))
+        lines.append(
+            f"\n{c.kind}: aimed -> landed: "
+            + ", ".join(f"{a} -> {b}: {n}" for (a, b), n in sorted(c.aimed.items(), key=str))
+        )
         if c.sweeps:
-            lines.append(f"{c.kind} sweeps (point -> state after): "
-                         + "; ".join(f"{p} -> {s}: {n}" for (p, s), n in sorted(c.sweeps.items(), key=str)))
-        lines.append(f"{c.kind} readers killed: {sum(r['killed'] for r in c.readers)} of {len(c.readers)}; trainers: "
-                     + ("; ".join(f"{t['model_id']} killed after {t['steps_before_kill']} steps (model {t['status_after_kill']}), "
-                                  f"rerun exit {t['rc']} (model {t['status']})" for t in c.trainers) or "none")
-                     + f"; processes left by drivers that exited normally: {c.left_after_exit}")
+            lines.append(
+                f"{c.kind} sweeps (point -> state after): "
+                + "; ".join(f"{p} -> {s}: {n}" for (p, s), n in sorted(c.sweeps.items(), key=str))
+            )
+        lines.append(
+            f"{c.kind} readers killed: {sum(r['killed'] for r in c.readers)} of {len(c.readers)}; trainers: "
+            + (
+                "; ".join(
+                    f"{t['model_id']} killed after {t['steps_before_kill']} steps (model {t['status_after_kill']}), "
+                    f"rerun exit {t['rc']} (model {t['status']})"
+                    for t in c.trainers
+                )
+                or "none"
+            )
+            + f"; processes left by drivers that exited normally: {c.left_after_exit}"
+        )
         for kind, items in c.problems.items():
             for item in items[:6]:
                 lines.append(f"  {c.kind} {kind}: {item[:500]}")
@@ -1016,8 +1202,9 @@ def summary(cats: list[Catalog], wall: float) -> str:
     return "\n".join(lines)
 
 
-def bench_kills(workdir: str, kills: int, catalogs: list[str], seed: int = 0, sweeps: bool = True,
-                fresh: int = 3) -> list[Catalog]:
+def bench_kills(
+    workdir: str, kills: int, catalogs: list[str], seed: int = 0, sweeps: bool = True, fresh: int = 3
+) -> list[Catalog]:
     from .postgres import PostgresServer
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -1041,16 +1228,36 @@ def kill_runs(conf) -> int:
         raise ValueError(f"catalog={conf.catalog}: catalog takes {', '.join(CATALOGS)}")
     shutil.rmtree(conf.workdir, ignore_errors=True)
     t0 = time.monotonic()
-    cats = bench_kills(conf.workdir, conf.kills, ["sqlite", "postgres"] if conf.catalog == "both" else [conf.catalog],
-                       conf.seed, conf.sweeps, conf.fresh)
+    cats = bench_kills(
+        conf.workdir,
+        conf.kills,
+        ["sqlite", "postgres"] if conf.catalog == "both" else [conf.catalog],
+        conf.seed,
+        conf.sweeps,
+        conf.fresh,
+    )
     wall = time.monotonic() - t0
     print(summary(cats, wall), flush=True)
     if conf.json:
         with open(conf.json, "w") as f:
-            json.dump([{"kind": c.kind, "landed": dict(c.landed), "problems": c.problems, "trials": c.trials,
-                        "sweeps": {f"{p} -> {s}": n for (p, s), n in c.sweeps.items()}, "windows": c.ref.windows,
-                        "readers": c.readers, "trainers": [{k: v for k, v in t.items() if k != "output"} for t in c.trainers]}
-                       for c in cats], f, indent=1, default=str)
+            json.dump(
+                [
+                    {
+                        "kind": c.kind,
+                        "landed": dict(c.landed),
+                        "problems": c.problems,
+                        "trials": c.trials,
+                        "sweeps": {f"{p} -> {s}": n for (p, s), n in c.sweeps.items()},
+                        "windows": c.ref.windows,
+                        "readers": c.readers,
+                        "trainers": [{k: v for k, v in t.items() if k != "output"} for t in c.trainers],
+                    }
+                    for c in cats
+                ],
+                f,
+                indent=1,
+                default=str,
+            )
     broken = sum(len(c.problems[k]) for c in cats for k in ("corrupt", "partial", "double", "failed_resume", "differ"))
     return 1 if broken else 0
 

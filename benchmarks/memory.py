@@ -38,8 +38,13 @@ def tree_pss(root: psutil.Process) -> tuple[int, int]:
 
 
 def peak_memory(argv: list[str], timeout_s: float = 1800) -> dict:
-    proc = subprocess.Popen([sys.executable, "-m", "labelgen.run", *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "RAY_ADDRESS": ""})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "labelgen.run", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "RAY_ADDRESS": ""},
+    )
     root, peak, driver, done = psutil.Process(proc.pid), [0], [0], threading.Event()
 
     def sample():
@@ -66,14 +71,21 @@ def peak_memory(argv: list[str], timeout_s: float = 1800) -> dict:
         sampler.join()
     if proc.returncode != 0:
         raise RuntimeError(f"labelgen.run {' '.join(argv)} failed:\n{out[-3000:]}")
-    return {"peak_mb": peak[0] / 2**20, "driver_peak_mb": driver[0] / 2**20, "seconds": time.perf_counter() - t0,
-            "stages": stages(out)}
+    return {
+        "peak_mb": peak[0] / 2**20,
+        "driver_peak_mb": driver[0] / 2**20,
+        "seconds": time.perf_counter() - t0,
+        "stages": stages(out),
+    }
 
 
 def stages(summary: str) -> dict[str, float]:
     """{stage: seconds} from the run summary's `time` line (`ray start 3.1 s, ..., total 41.0 s`)."""
     line = next(line for line in summary.splitlines() if line.strip().startswith("time "))
-    return {name: float(s) for name, s, _ in (part.rsplit(" ", 2) for part in line.strip()[len("time"):].strip().split(", "))}
+    return {
+        name: float(s)
+        for name, s, _ in (part.rsplit(" ", 2) for part in line.strip()[len("time") :].strip().split(", "))
+    }
 
 
 VIEWS = 50  # of bench_memory's category
@@ -85,12 +97,20 @@ def bench_memory(root: str, tuples: int = 300) -> dict:
     vote in one task, as the reduce used to be: its memory, and whether the labels are the same."""
     demo = {"root": root, "photos": ["chelsea"], "azimuths": list(range(-60, 61, 5)), "elevations": [0, 10]}  # VIEWS
     manifest = build_demo(demo)
-    base = [f"data.manifest={manifest}", f"features.cache={os.path.join(root, 'features-memory')}", "pairing.bin_deg=15",
-            "labels.keep=null", "ray.num_cpus=2"]
+    base = [
+        f"data.manifest={manifest}",
+        f"features.cache={os.path.join(root, 'features-memory')}",
+        "pairing.bin_deg=15",
+        "labels.keep=null",
+        "ray.num_cpus=2",
+    ]
     peak_memory([*base, f"store={os.path.join(root, 'store-warm')}", "pairing.max_tuples=4"])  # features cached
     rows, labels = [], {}
-    for name, n, extra in (("1x", tuples, []), ("10x", 10 * tuples, []),
-                           ("10x, vote in one task", 10 * tuples, ["labels.vote_tuples=1000000"])):
+    for name, n, extra in (
+        ("1x", tuples, []),
+        ("10x", 10 * tuples, []),
+        ("10x, vote in one task", 10 * tuples, ["labels.vote_tuples=1000000"]),
+    ):
         store = os.path.join(root, f"store-{len(rows)}")
         shutil.rmtree(store, ignore_errors=True)
         r = peak_memory([*base, f"store={store}", f"pairing.tuples_per_image={n // VIEWS}", *extra])
@@ -98,19 +118,32 @@ def bench_memory(root: str, tuples: int = 300) -> dict:
         labels[name] = con.execute("SELECT * EXCLUDE run_id FROM labels").fetch_arrow_table()
         counts = json.loads(con.execute("SELECT counts FROM runs").fetchone()[0])
         con.close()
-        rows.append({"run": name, "tuples": counts["tuples"], "vote_tasks": len(glob.glob(f"{store}/runs/*/labels/*/*.parquet")),
-                     "labels": counts["labels"], "peak_mb": r["peak_mb"], "driver_peak_mb": r["driver_peak_mb"],
-                     "seconds": r["seconds"]})
-    return {"rows": rows, "growth": rows[1]["peak_mb"] / rows[0]["peak_mb"],
-            "growth_one_task": rows[2]["peak_mb"] / rows[0]["peak_mb"],
-            "same_labels": same_rows(labels["10x"], labels["10x, vote in one task"])}
+        rows.append(
+            {
+                "run": name,
+                "tuples": counts["tuples"],
+                "vote_tasks": len(glob.glob(f"{store}/runs/*/labels/*/*.parquet")),
+                "labels": counts["labels"],
+                "peak_mb": r["peak_mb"],
+                "driver_peak_mb": r["driver_peak_mb"],
+                "seconds": r["seconds"],
+            }
+        )
+    return {
+        "rows": rows,
+        "growth": rows[1]["peak_mb"] / rows[0]["peak_mb"],
+        "growth_one_task": rows[2]["peak_mb"] / rows[0]["peak_mb"],
+        "same_labels": same_rows(labels["10x"], labels["10x, vote in one task"]),
+    }
 
 
 def same_rows(a, b) -> bool:
     con = duckdb.connect()
     con.register("a", a)
     con.register("b", b)
-    return all(con.execute(f"SELECT count(*) FROM (FROM {x} EXCEPT ALL FROM {y})").fetchone()[0] == 0 for x, y in ("ab", "ba"))
+    return all(
+        con.execute(f"SELECT count(*) FROM (FROM {x} EXCEPT ALL FROM {y})").fetchone()[0] == 0 for x, y in ("ab", "ba")
+    )
 
 
 def bench_make_run(root: str) -> dict:

@@ -56,8 +56,9 @@ print(json.dumps({"images": n, "poses": kind, "seconds": seconds, "peak_mb": pea
 
 def pair_once(n: int, kind: str = "full", **overrides) -> dict:
     """category_tuples on `n` random poses of `kind` in a fresh interpreter: its own peak."""
-    out = subprocess.run([sys.executable, "-c", CHILD, str(n), kind, json.dumps(overrides)], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(n), kind, json.dumps(overrides)], capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -76,16 +77,24 @@ def bench_pairing(quick: bool) -> list[dict]:
 def render_pairing(rows: list[dict]) -> str:
     from .__main__ import table
 
-    return "\n".join(["## Pairing one category", "",
-                      "`pairing.category_tuples` alone, each size in a fresh interpreter (peak: above its baseline after "
-                      "the imports), at the defaults (K=4, 45 deg hops, 30 tuples per image); coverage: the share of "
-                      "images that anchor a tuple.", "",
-                      table(rows, {"seconds": ".1f", "peak_mb": ".0f", "coverage": ".4f"}), ""])
+    return "\n".join(
+        [
+            "## Pairing one category",
+            "",
+            "`pairing.category_tuples` alone, each size in a fresh interpreter (peak: above its baseline after "
+            "the imports), at the defaults (K=4, 45 deg hops, 30 tuples per image); coverage: the share of "
+            "images that anchor a tuple.",
+            "",
+            table(rows, {"seconds": ".1f", "peak_mb": ".0f", "coverage": ".4f"}),
+            "",
+        ]
+    )
 
 
 def main(argv=None) -> int:
-    return run_command(default_conf, lambda conf: print(render_pairing(bench_pairing(conf.quick))) or 0, argv,
-                       announce=False)
+    return run_command(
+        default_conf, lambda conf: print(render_pairing(bench_pairing(conf.quick))) or 0, argv, announce=False
+    )
 
 
 if __name__ == "__main__":

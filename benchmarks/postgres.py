@@ -53,11 +53,22 @@ class PostgresServer:
     def pg(self, tool: str, *args: str):
         out = subprocess.run([*self.as_user, os.path.join(self.bindir, tool), *args], capture_output=True, text=True)
         if out.returncode:
-            raise RuntimeError(f"{tool} {' '.join(args)} failed ({out.returncode}): {out.stderr.strip() or out.stdout.strip()}")
+            raise RuntimeError(
+                f"{tool} {' '.join(args)} failed ({out.returncode}): {out.stderr.strip() or out.stdout.strip()}"
+            )
 
     def start(self):
-        self.pg("pg_ctl", "-D", f"{self.root}/data", "-l", self.log, "-w", "start", "-o",
-                " ".join([f"-p {self.port} -k {self.root}", *(f"-c {k}={v}" for k, v in self.options.items())]))
+        self.pg(
+            "pg_ctl",
+            "-D",
+            f"{self.root}/data",
+            "-l",
+            self.log,
+            "-w",
+            "start",
+            "-o",
+            " ".join([f"-p {self.port} -k {self.root}", *(f"-c {k}={v}" for k, v in self.options.items())]),
+        )
 
     def stop(self, mode: str = "fast"):
         self.pg("pg_ctl", "-D", f"{self.root}/data", "-m", mode, "-w", "stop")

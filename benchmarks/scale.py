@@ -59,8 +59,9 @@ def pair_seconds(n: int, dim: int, reps: int = 3) -> float:
     return (time.perf_counter() - t0) / reps
 
 
-def scale_model(chain: dict, demo_fg: float, demo_dim: int, fg_fraction: float, nodes=(1, 4, 16, 64),
-                cache_fraction: float = 1.0) -> dict:
+def scale_model(
+    chain: dict, demo_fg: float, demo_dim: int, fg_fraction: float, nodes=(1, 4, 16, 64), cache_fraction: float = 1.0
+) -> dict:
     """`chain`: the chain benchmark (service seconds, tuples and distinct pairs on the demo, one
     core); `fg_fraction`: the share of a grid that is foreground (measured on the 3D collection);
     `cache_fraction`: a cache file's bytes over the full grid file's (cache_cut_dinov2; 1: the full grid)."""
@@ -76,7 +77,9 @@ def scale_model(chain: dict, demo_fg: float, demo_dim: int, fg_fraction: float, 
     tuples = IMAGES * TUPLES_PER_IMAGE
     # a chunk's distinct images: the category's, each drawn with probability 1 - exp(-slots / images)
     per_chunk = IMAGES_PER_CATEGORY * (1 - math.exp(-TUPLES_PER_TASK * K / IMAGES_PER_CATEGORY))
-    read_bytes_full = categories * math.ceil(IMAGES_PER_CATEGORY * TUPLES_PER_IMAGE / TUPLES_PER_TASK) * per_chunk * FEATURE_BYTES
+    read_bytes_full = (
+        categories * math.ceil(IMAGES_PER_CATEGORY * TUPLES_PER_IMAGE / TUPLES_PER_TASK) * per_chunk * FEATURE_BYTES
+    )
     read_bytes = read_bytes_full * cache_fraction
     cache_bytes = IMAGES * 2 * FEATURE_BYTES  # the image and its mirrored twin
     rows = []
@@ -88,13 +91,29 @@ def scale_model(chain: dict, demo_fg: float, demo_dim: int, fg_fraction: float, 
         }
         chain_h = max(stages["chains (CPU)"], stages["feature reads (network)"])  # reads overlap compute
         wall_h = stages["features (GPU)"] + chain_h  # the stages run one after the other
-        rows.append({"gpus": n, **{k: round(v, 3) for k, v in stages.items()}, "wall_h": wall_h,
-                     "bottleneck": max(stages, key=stages.get),
-                     "usd": wall_h * (HEAD_USD_H + n * G5_XLARGE_USD_H)})
-    return {"dinov2_b_gflops": flops / 1e9, "gpu_images_per_s": gpu_img_s, "pair_demo_s": pair_demo,
-            "pair_dino_s": pair_dino, "fg_patches": fg_patches, "pairs_per_tuple": pairs_per_tuple, "tuple_s": tuple_s,
-            "tuples": tuples, "rows": rows,
-            "chain_read_tb": read_bytes / 1e12, "chain_read_tb_full": read_bytes_full / 1e12,
-            "cache_tb": cache_bytes * cache_fraction / 1e12, "cache_tb_full": cache_bytes / 1e12,
-            "cache_usd_month": cache_bytes * cache_fraction / 1e9 * S3_USD_GB_MONTH,
-            "cache_usd_month_full": cache_bytes / 1e9 * S3_USD_GB_MONTH}
+        rows.append(
+            {
+                "gpus": n,
+                **{k: round(v, 3) for k, v in stages.items()},
+                "wall_h": wall_h,
+                "bottleneck": max(stages, key=stages.get),
+                "usd": wall_h * (HEAD_USD_H + n * G5_XLARGE_USD_H),
+            }
+        )
+    return {
+        "dinov2_b_gflops": flops / 1e9,
+        "gpu_images_per_s": gpu_img_s,
+        "pair_demo_s": pair_demo,
+        "pair_dino_s": pair_dino,
+        "fg_patches": fg_patches,
+        "pairs_per_tuple": pairs_per_tuple,
+        "tuple_s": tuple_s,
+        "tuples": tuples,
+        "rows": rows,
+        "chain_read_tb": read_bytes / 1e12,
+        "chain_read_tb_full": read_bytes_full / 1e12,
+        "cache_tb": cache_bytes * cache_fraction / 1e12,
+        "cache_tb_full": cache_bytes / 1e12,
+        "cache_usd_month": cache_bytes * cache_fraction / 1e9 * S3_USD_GB_MONTH,
+        "cache_usd_month_full": cache_bytes / 1e9 * S3_USD_GB_MONTH,
+    }

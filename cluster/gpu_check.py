@@ -40,8 +40,11 @@ def check(actors: int) -> dict:
     reports = ray.get([p.report.remote() for p in probes])
     for p in probes:
         ray.kill(p)
-    nodes = [{"node": n["NodeID"], "resources": {k: v for k, v in n["Resources"].items() if k in ("CPU", "GPU")}}
-             for n in ray.nodes() if n["Alive"]]
+    nodes = [
+        {"node": n["NodeID"], "resources": {k: v for k, v in n["Resources"].items() if k in ("CPU", "GPU")}}
+        for n in ray.nodes()
+        if n["Alive"]
+    ]
     return {"actors": reports, "nodes": nodes}
 
 

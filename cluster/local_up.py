@@ -104,15 +104,29 @@ def venv_on_login_path(bin_dir: str) -> None:
 def check_login(user: str) -> None:
     """A shell over ssh as Ray opens it must find this virtualenv's ray and python."""
     out = subprocess.run(
-        ["ssh", "-i", KEY, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-         f"{user}@127.0.0.1", "bash --login -i -c 'source ~/.bashrc; command -v ray python'"],
-        capture_output=True, text=True, timeout=30,
+        [
+            "ssh",
+            "-i",
+            KEY,
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            f"{user}@127.0.0.1",
+            "bash --login -i -c 'source ~/.bashrc; command -v ray python'",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     bin_dir = os.path.dirname(sys.executable)
     want = [os.path.join(bin_dir, "ray"), os.path.join(bin_dir, "python")]
     if out.returncode != 0 or out.stdout.split() != want:
-        raise RuntimeError(f"ssh {user}@127.0.0.1 finds {out.stdout.split() or 'nothing'} (want {want}): "
-                           f"{out.stderr.strip()[-500:]}")
+        raise RuntimeError(
+            f"ssh {user}@127.0.0.1 finds {out.stdout.split() or 'nothing'} (want {want}): {out.stderr.strip()[-500:]}"
+        )
 
 
 def free_ports(n: int) -> list[int]:
@@ -133,9 +147,11 @@ def head_start_command(home: str, ports: dict[str, int]) -> str:
     puts the head's autoscaler's record of the cluster where `ray up`'s is: in home."""
     flags = " ".join(f"--{flag}={port}" for flag, port in ports.items())
     home = shlex.quote(home)
-    return (f"{OWNER}={home} RAY_TMPDIR={home} ray start --head --temp-dir={home}/ray --node-ip-address=127.0.0.1 "
-            f"{flags} --dashboard-host=127.0.0.1 --num-cpus=2 --disable-usage-stats "
-            "--autoscaling-config=~/ray_bootstrap_config.yaml")
+    return (
+        f"{OWNER}={home} RAY_TMPDIR={home} ray start --head --temp-dir={home}/ray --node-ip-address=127.0.0.1 "
+        f"{flags} --dashboard-host=127.0.0.1 --num-cpus=2 --disable-usage-stats "
+        "--autoscaling-config=~/ray_bootstrap_config.yaml"
+    )
 
 
 def cluster_config(user: str, home: str, ports: dict[str, int]) -> dict:
@@ -246,15 +262,22 @@ def up_job_down(jobs: list[list[str]], keep: bool = False) -> dict:
     kept = False
     try:
         t0 = time.time()
-        up = subprocess.run([ray, "up", "-y", "--no-config-cache", config], capture_output=True, text=True,
-                            timeout=600, env=env)
+        up = subprocess.run(
+            [ray, "up", "-y", "--no-config-cache", config], capture_output=True, text=True, timeout=600, env=env
+        )
         result["up_s"] = time.time() - t0
         if up.returncode != 0:
             raise RuntimeError(f"ray up failed:\n{(up.stdout + up.stderr)[-3000:]}")
         kept = keep
         for args in jobs:
-            job = subprocess.run([sys.executable, "-m", "cluster.jobs", f"address={result['dashboard']}", *args],
-                                 capture_output=True, text=True, timeout=1200, env=env, cwd=ROOT)
+            job = subprocess.run(
+                [sys.executable, "-m", "cluster.jobs", f"address={result['dashboard']}", *args],
+                capture_output=True,
+                text=True,
+                timeout=1200,
+                env=env,
+                cwd=ROOT,
+            )
             result["jobs"].append({"args": args, "rc": job.returncode, "log": job.stdout + job.stderr})
     finally:
         if not kept:
@@ -284,17 +307,27 @@ def up(conf, overrides: list[str]) -> int:
         return 2
     (job,) = r["jobs"]
     print(job["log"])
-    print(f"ray up {r['up_s']:.0f} s; job exit {job['rc']}; "
-          + (f"left up, dashboard {r['dashboard']}; take it down with: python -m cluster.local_up down={r['home']}"
-             if conf.keep else f"its processes left: {', '.join(r['left_after_down']) or 'none'}"))
+    print(
+        f"ray up {r['up_s']:.0f} s; job exit {job['rc']}; "
+        + (
+            f"left up, dashboard {r['dashboard']}; take it down with: python -m cluster.local_up down={r['home']}"
+            if conf.keep
+            else f"its processes left: {', '.join(r['left_after_down']) or 'none'}"
+        )
+    )
     return 0 if job["rc"] == 0 and not r.get("left_after_down") else 1
 
 
 def main(argv=None) -> int:
     argv = old_flags(list(sys.argv[1:] if argv is None else argv), default_conf)
     ours = [a for a in argv if a in OPTIONS or a.split("=", 1)[0] in default_conf]  # the rest: labelgen.run's
-    return run_command(default_conf, lambda conf: up(conf, [a for a in argv if a not in ours]), ours,
-                       tail=" [labelgen.run key=value ...]", announce=False)
+    return run_command(
+        default_conf,
+        lambda conf: up(conf, [a for a in argv if a not in ours]),
+        ours,
+        tail=" [labelgen.run key=value ...]",
+        announce=False,
+    )
 
 
 if __name__ == "__main__":

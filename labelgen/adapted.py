@@ -30,19 +30,28 @@ def resolve_model(store, name: str, fingerprint: str) -> dict | None:
     if name == "backbone":
         return None
     if name.startswith("adapter:"):  # the spelling of labelgen 0.1
-        log.warning("labels.features=%s: write labels.features=%s (adapter: goes away in the next release)",
-                    name, name[len("adapter:"):])
-        name = name[len("adapter:"):]
+        log.warning(
+            "labels.features=%s: write labels.features=%s (adapter: goes away in the next release)",
+            name,
+            name[len("adapter:") :],
+        )
+        name = name[len("adapter:") :]
     record = store.model(name)
     if record is None and name == "promoted":
-        raise ValueError(f"labels.features=promoted: {store} has no promoted adapter; train one "
-                         f"(python -m trainer.train data.store={store}) or name one with labels.features=<model_id>")
+        raise ValueError(
+            f"labels.features=promoted: {store} has no promoted adapter; train one "
+            f"(python -m trainer.train data.store={store}) or name one with labels.features=<model_id>"
+        )
     if record is None:
-        raise ValueError(f"labels.features={name}: {store} has no trained model {name}; give backbone, latest, promoted "
-                         f"or a model id: python -m queries sql \"SELECT model_id, status FROM models\" store={store}")
+        raise ValueError(
+            f"labels.features={name}: {store} has no trained model {name}; give backbone, latest, promoted "
+            f'or a model id: python -m queries sql "SELECT model_id, status FROM models" store={store}'
+        )
     if record["backbone_fingerprint"] != fingerprint:
-        raise ValueError(f"labels.features={name}: adapter {record['model_id']} was trained on features "
-                         f"{record['backbone_fingerprint']}, this run's backbone gives {fingerprint}: run with that backbone")
+        raise ValueError(
+            f"labels.features={name}: adapter {record['model_id']} was trained on features "
+            f"{record['backbone_fingerprint']}, this run's backbone gives {fingerprint}: run with that backbone"
+        )
     return record
 
 
@@ -60,8 +69,9 @@ def weights_digest(checkpoint: str) -> str:
 
 
 @torch.inference_mode()
-def adapt_images(checkpoint: str, cache_root: str, fingerprint: str, out_fingerprint: str, image_ids: list[str],
-                 batch: int = 16) -> int:
+def adapt_images(
+    checkpoint: str, cache_root: str, fingerprint: str, out_fingerprint: str, image_ids: list[str], batch: int = 16
+) -> int:
     """Refine the cached backbone features of `image_ids` with the adapter and cache them
     (the stored cells of the zero-filled grids, as the adapter was trained on)."""
     adapter = load_checkpoint(Adapter, checkpoint)
@@ -70,12 +80,15 @@ def adapt_images(checkpoint: str, cache_root: str, fingerprint: str, out_fingerp
     for s in range(0, len(image_ids), batch):
         ids = image_ids[s : s + batch]
         feats = [load_features(cache_uri(cache_root, fingerprint, i)) for i in ids]
-        x = torch.stack([f.grid().permute(2, 0, 1).float() for f in feats]).to(device)  # one grid side per backbone and size
+        x = torch.stack([f.grid().permute(2, 0, 1).float() for f in feats]).to(
+            device
+        )  # one grid side per backbone and size
         with autocast(device):
             out = adapter(x).float().cpu()
         for i, f, o in zip(ids, feats, out):
-            refined = ImageFeatures(o.permute(1, 2, 0).to(torch.float16), f.fg, f.scale, f.stride, f.width, f.height,
-                                    content=f.content)
+            refined = ImageFeatures(
+                o.permute(1, 2, 0).to(torch.float16), f.fg, f.scale, f.stride, f.width, f.height, content=f.content
+            )
             save_features(cache_uri(cache_root, out_fingerprint, i), refined)
     return len(image_ids)
 
@@ -96,10 +109,11 @@ def adapt_features(image_ids, model: dict, cache_root: str, fingerprint: str, pe
     gpu = ray.cluster_resources().get("GPU", 0) > 0
     log.info("adapter %s: refining the features of %d images", model["model_id"], len(todo))
     task, t0 = adapt_task.options(num_gpus=1 if gpu else 0), time.perf_counter()
-    refs = [task.remote(model["checkpoint"], cache_root, fingerprint, out_fingerprint, todo[s : s + per_task])
-            for s in range(0, len(todo), per_task)]
+    refs = [
+        task.remote(model["checkpoint"], cache_root, fingerprint, out_fingerprint, todo[s : s + per_task])
+        for s in range(0, len(todo), per_task)
+    ]
     with Progress(len(todo), "adapter features", "images") as bar:
         for _, n in wait_each(refs):
             bar.update(n)
     return time.perf_counter() - t0
-

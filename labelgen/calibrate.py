@@ -44,9 +44,16 @@ def thresholds(labels: pd.DataFrame, p: np.ndarray, tried: int, covisible: int) 
     for keep in KEEPS:
         kept = labels.iloc[order[: len(labels) if keep is None else round(keep * tried)]]
         precision = pd.DataFrame(within(kept.error, ALPHAS), columns=[f"P{at(a)}" for a in ALPHAS]).mean()
-        rows.append({"keep": "null" if keep is None else f"{keep:g}", "kept": len(kept) / max(1, len(labels)),
-                     "yield": len(kept) / max(1, covisible), **precision, "hidden": kept.hidden.mean(),
-                     "mirror": kept[kept.twin_part].mirrored.mean()})
+        rows.append(
+            {
+                "keep": "null" if keep is None else f"{keep:g}",
+                "kept": len(kept) / max(1, len(labels)),
+                "yield": len(kept) / max(1, covisible),
+                **precision,
+                "hidden": kept.hidden.mean(),
+                "mirror": kept[kept.twin_part].mirrored.mean(),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -58,16 +65,22 @@ def calibrate(conf) -> int:
     manifest = read_manifest(manifest_uri)
     if "truth_uri" not in manifest.columns:
         raise ValueError(f"run {run_id}: its manifest {manifest_uri} has no part truth (truth_uri) to fit on")
-    econf = OmegaConf.merge(evaluate.default_conf, {k: conf[k] for k in ("max_pairs", "seed", "run_id")}, {"sphere": "none"})
+    econf = OmegaConf.merge(
+        evaluate.default_conf, {k: conf[k] for k in ("max_pairs", "seed", "run_id")}, {"sphere": "none"}
+    )
     rows, stored, _ = evaluate.evaluate_parts(econf, store, run_id, fingerprint, run_conf, manifest)
     rows = rows[rows.split == conf.split]
     labels = rows[(rows.kind == stored) & rows.label]
     correct = within(labels.error, ALPHAS[-1:])[:, 0]
     if len(np.unique(correct)) < 2:
-        raise ValueError(f"run {run_id}, split {conf.split}: {len(labels)} labels, not both right and wrong ones to fit on")
+        raise ValueError(
+            f"run {run_id}, split {conf.split}: {len(labels)} labels, not both right and wrong ones to fit on"
+        )
     if run_conf.labels.get("keep") is not None:
-        print(f"warning: run {run_id} kept only its most confident labels (labels.keep={run_conf.labels.keep}); the fit "
-              "sees none of the others (run with labels.keep=null)")
+        print(
+            f"warning: run {run_id} kept only its most confident labels (labels.keep={run_conf.labels.keep}); the fit "
+            "sees none of the others (run with labels.keep=null)"
+        )
     model = LogisticRegression(max_iter=1000).fit(signal_frame(labels).to_numpy(), correct)
     weights = {"bias": float(model.intercept_[0]), **{k: float(w) for k, w in zip(CONFIDENCE_INPUTS, model.coef_[0])}}
     raw = rows[(rows.kind == "raw NN") & (rows.gap <= 90)]
@@ -76,11 +89,15 @@ def calibrate(conf) -> int:
     table = thresholds(labels, model.predict_proba(signal_frame(labels).to_numpy())[:, 1], tried, covisible)
     ok = table[table["yield"] >= conf.target_yield]
     best = ok.loc[ok["P@0.10"].idxmax()] if len(ok) else table.iloc[0]
-    print(f"confidence model of run {run_id}, fitted on {len(labels):,} labels of split {conf.split} "
-          f"({covisible:,} co-visible source patches of pairs up to 90 deg)")
+    print(
+        f"confidence model of run {run_id}, fitted on {len(labels):,} labels of split {conf.split} "
+        f"({covisible:,} co-visible source patches of pairs up to 90 deg)"
+    )
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print(f"\nrecommended labels.keep={best.keep}: P@0.10 {best['P@0.10']:.3f} at yield "
-          f"{best['yield']:.3f} (the most precise keeping >= {conf.target_yield:g})")
+    print(
+        f"\nrecommended labels.keep={best.keep}: P@0.10 {best['P@0.10']:.3f} at yield "
+        f"{best['yield']:.3f} (the most precise keeping >= {conf.target_yield:g})"
+    )
     print("weights: " + " ".join(f"labels.confidence.{k}={v:.3f}" for k, v in weights.items()))
     return 0
 

@@ -90,8 +90,14 @@ class Neighbours:
         return self.table[row]
 
 
-def back_match(cand: torch.Tensor, allowed: torch.Tensor, targets: torch.Tensor, group: torch.Tensor,
-               seeds: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+def back_match(
+    cand: torch.Tensor,
+    allowed: torch.Tensor,
+    targets: torch.Tensor,
+    group: torch.Tensor,
+    seeds: torch.Tensor,
+    feats: torch.Tensor,
+) -> torch.Tensor:
     """For each target, its most similar allowed patch: the first allowed one of its
     candidate list `cand` (T, k), else the exact best among its group's seeds (`seeds`
     sorted by `group`)."""
@@ -106,8 +112,15 @@ def back_match(cand: torch.Tensor, allowed: torch.Tensor, targets: torch.Tensor,
     return out
 
 
-def cycle_hop(nn: Neighbours, src: torch.Tensor, dst: torch.Tensor, seeds: torch.Tensor, group: torch.Tensor,
-              patches: Patches, radius: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def cycle_hop(
+    nn: Neighbours,
+    src: torch.Tensor,
+    dst: torch.Tensor,
+    seeds: torch.Tensor,
+    group: torch.Tensor,
+    patches: Patches,
+    radius: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Forward-match each seed patch of image src[i] into image dst[i], match back among the
     seeds of its group (sorted by group, then patch). Returns the targets, the cycle error
     (grid units of the source image) and the keep mask (error <= radius)."""
@@ -169,8 +182,10 @@ def compose(chains: Chains, span: int, hop_px: torch.Tensor) -> Labels:
     `hop_px` (M, K-1) converts each chain's hop errors to pixels of the hop's source."""
     k = chains.idx.shape[1]
     if len(chains.tuple) and (int(chains.tuple.max()) + 1) * k * span * span >= 2**63:
-        raise ValueError(f"a chunk of {int(chains.tuple.max()) + 1} tuples over {span} patches overflows the label keys: "
-                         "lower labels.tuples_per_task")
+        raise ValueError(
+            f"a chunk of {int(chains.tuple.max()) + 1} tuples over {span} patches overflows the label keys: "
+            "lower labels.tuples_per_task"
+        )
     err_px = chains.err * hop_px
     keys, cycles = [], []
     for i in range(k):

@@ -29,10 +29,12 @@ def prog_name(body) -> str:
 
 
 def help_text(prog: str, doc: str, defaults: dict, tail: str = "") -> str:
-    return (f"usage: {prog} [-h] [-v] [key=value ...]{tail}\n\n{doc}\n\n"
-            "options:\n  -h, --help     this text\n  -v, --verbose  also Ray's own log lines, and the whole resolved config\n\n"
-            "keys (key=default, then what it means; relative paths are taken from the working directory):\n"
-            + (describe(defaults) if defaults else "  (none)"))
+    return (
+        f"usage: {prog} [-h] [-v] [key=value ...]{tail}\n\n{doc}\n\n"
+        "options:\n  -h, --help     this text\n  -v, --verbose  also Ray's own log lines, and the whole resolved config\n\n"
+        "keys (key=default, then what it means; relative paths are taken from the working directory):\n"
+        + (describe(defaults) if defaults else "  (none)")
+    )
 
 
 def old_flags(argv: list[str], defaults: dict) -> list[str]:
@@ -57,7 +59,9 @@ def old_flags(argv: list[str], defaults: dict) -> list[str]:
             continue
         if (old := arg.split("=")[0]) not in warned:
             shown = value if isinstance(defaults[key], bool) else "..."
-            print(f"warning: {old} is deprecated, write {key}={shown}; flags go away in the next release", file=sys.stderr)
+            print(
+                f"warning: {old} is deprecated, write {key}={shown}; flags go away in the next release", file=sys.stderr
+            )
             warned.add(old)
         if isinstance(defaults[key], list):
             lists.setdefault(key, []).append("'" + value.replace("'", "''") + "'")  # YAML-quoted, as written
@@ -66,8 +70,16 @@ def old_flags(argv: list[str], defaults: dict) -> list[str]:
     return out + [f"{key}=[{','.join(values)}]" for key, values in lists.items()]
 
 
-def run_command(defaults: dict, body, argv=None, presets=None, tail: str = "", words: str | None = None,
-                command: str | None = None, announce: bool = True) -> int:
+def run_command(
+    defaults: dict,
+    body,
+    argv=None,
+    presets=None,
+    tail: str = "",
+    words: str | None = None,
+    command: str | None = None,
+    announce: bool = True,
+) -> int:
     """Parse `argv` over `defaults` (and `presets(argv)`, if given), run `body(conf)` for its
     exit code.
 

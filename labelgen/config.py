@@ -24,14 +24,17 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 # Keys with these names hold locations: a relative one is made absolute against the
 # caller's working directory at the entry point, before any Ray worker (which runs
 # elsewhere: Ray Train changes into its own folder) sees it. URIs (s3://...) stay.
-PATH_KEYS = frozenset({"store", "manifest", "cache", "weights", "sd_weights", "storage", "spair", "output", "root",
-                       "workdir"})
+PATH_KEYS = frozenset(
+    {"store", "manifest", "cache", "weights", "sd_weights", "storage", "spair", "output", "root", "workdir"}
+)
 # Keys with these names (and those whose default is text) hold text: a value YAML would
 # read as a number or a boolean (run_id=20240101, labels.sphere=off) is kept as written.
 TEXT_KEYS = PATH_KEYS | {"run_id", "model_id", "catalog", "address"}
 # Keys an earlier labelgen had, and what replaced them.
-RENAMED = {"labels.min_confidence": "labels.keep: a share of each source image's labels kept by rank (e.g. labels.keep=0.14), "
-                                    "not a confidence; labels.keep=null keeps every label"}
+RENAMED = {
+    "labels.min_confidence": "labels.keep: a share of each source image's labels kept by rank (e.g. labels.keep=0.14), "
+    "not a confidence; labels.keep=null keeps every label"
+}
 # Number keys that also take null, which turns their check off (labels.keep=null keeps every label).
 OPTIONAL_KEYS = frozenset({"keep", "max_gap_deg", "pair_radius"})
 
@@ -88,7 +91,9 @@ def parse_overrides(defaults: dict, argv: list[str], presets: dict | None = None
     try:
         conf = OmegaConf.merge(base, presets or {})
     except (ConfigKeyError, ValidationError) as e:
-        raise ConfigError(f"config: {e.msg.splitlines()[0]}; known keys: {', '.join(k for k, _ in _keys(base))}") from None
+        raise ConfigError(
+            f"config: {e.msg.splitlines()[0]}; known keys: {', '.join(k for k, _ in _keys(base))}"
+        ) from None
     problems, known = _apply(conf, argv)
     if problems:
         raise ConfigError(_refusal(problems, known))
@@ -107,8 +112,10 @@ def _apply(conf: DictConfig, argv: list[str]) -> tuple[list[str], list[str]]:
         try:
             for key, value in _override(arg, leaves, sections):
                 if key in given and given[key] != value:
-                    raise ConfigError(f"{_named(arg)}: {key} is given twice, {_show_value(given[key])} and "
-                                      f"{_show_value(value)}; give it once")
+                    raise ConfigError(
+                        f"{_named(arg)}: {key} is given twice, {_show_value(given[key])} and "
+                        f"{_show_value(value)}; give it once"
+                    )
                 given[key] = value
                 OmegaConf.update(conf, key, value, merge=True)
         except ConfigError as e:
@@ -134,8 +141,9 @@ def _override(arg: str, leaves: dict, sections: set) -> list[tuple[str, object]]
         return [(key, _checked(arg, key, leaves[key], value, text))]
     if not isinstance(value, dict):
         example = next(k for k in leaves if k.startswith(key + "."))
-        raise ConfigError(f"{arg}: {key} is a section of keys, not a value; set one of them, e.g. "
-                          f"{example}={_show(leaves[example])}")
+        raise ConfigError(
+            f"{arg}: {key} is a section of keys, not a value; set one of them, e.g. {example}={_show(leaves[example])}"
+        )
     pairs = [(f"{key}.{k}", v) for k, v in _keys(value)]
     for k, _ in pairs:
         _check_key(arg, k, leaves, sections)
@@ -156,8 +164,10 @@ def _check_key(arg: str, key: str, leaves: dict, sections: set):
             raise ConfigError(f"{arg}: {head} is a value, not a section; give {head}=<value>")
         if head not in sections:
             close = difflib.get_close_matches(key, leaves, n=3)
-            raise _UnknownKey(f"{arg}: Key '{part}' is not in struct: the config has no key {key}"
-                              + (f"; did you mean {' or '.join(close)}?" if close else ""))
+            raise _UnknownKey(
+                f"{arg}: Key '{part}' is not in struct: the config has no key {key}"
+                + (f"; did you mean {' or '.join(close)}?" if close else "")
+            )
 
 
 def _value(arg: str, key: str, text: str):
@@ -166,8 +176,10 @@ def _value(arg: str, key: str, text: str):
         return OmegaConf.to_container(OmegaConf.from_dotlist([f"value={text}"]))["value"]
     except (yaml.YAMLError, OmegaConfBaseException) as e:
         reason = str(e).strip().splitlines()[0]
-        raise ConfigError(f"{arg}: {_show_value(text)} cannot be read as a value ({reason}); quote text that holds "
-                          f"brackets, braces, quotes or a colon, e.g. {key}='...'") from None
+        raise ConfigError(
+            f"{arg}: {_show_value(text)} cannot be read as a value ({reason}); quote text that holds "
+            f"brackets, braces, quotes or a colon, e.g. {key}='...'"
+        ) from None
 
 
 def _checked(arg: str, key: str, default, value, text: str | None = None):
@@ -195,7 +207,8 @@ def _fits(default, value) -> bool:
         return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
     if isinstance(default, float):
         return (isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63) or (
-            isinstance(value, float) and math.isfinite(value))
+            isinstance(value, float) and math.isfinite(value)
+        )
     if isinstance(default, str):
         return isinstance(value, str)
     if isinstance(default, list):
@@ -222,8 +235,10 @@ def _unresolved(conf: DictConfig, given: dict, leaves: dict) -> list[str]:
             resolved = OmegaConf.to_container(resolved) if OmegaConf.is_config(resolved) else resolved
             _checked(arg, key, leaves[key], resolved)
         except OmegaConfBaseException as e:
-            problems.append(f"{arg}: the interpolation does not resolve ({str(e).strip().splitlines()[0]}); "
-                            "fix it, or give the value itself")
+            problems.append(
+                f"{arg}: the interpolation does not resolve ({str(e).strip().splitlines()[0]}); "
+                "fix it, or give the value itself"
+            )
         except ConfigError as e:
             problems.append(f"{e} (what {value} resolves to)")
     return problems
@@ -252,8 +267,11 @@ def _show_value(value, width: int = 60) -> str:
 def known_keys(values: dict, defaults: dict) -> dict:
     """`values` without the keys `defaults` no longer has: the config of a run made by an older
     labelgen (e.g. labels.min_confidence, now labels.keep), taken as the base of a new one."""
-    return {k: known_keys(v, defaults[k]) if isinstance(v, dict) and isinstance(defaults[k], dict) else v
-            for k, v in values.items() if k in defaults}
+    return {
+        k: known_keys(v, defaults[k]) if isinstance(v, dict) and isinstance(defaults[k], dict) else v
+        for k, v in values.items()
+        if k in defaults
+    }
 
 
 def overrides(conf: DictConfig, defaults: dict) -> list[str]:
@@ -279,8 +297,11 @@ def collection_manifest(defaults: dict, conf, name: str) -> tuple[DictConfig, st
 def _source_comments(filename: str) -> tuple[ast.Module, dict[int, str]]:
     with open(filename) as f:
         text = f.read()
-    comments = {t.start[0]: t.string.lstrip("# ").strip()
-                for t in tokenize.generate_tokens(io.StringIO(text).readline) if t.type == tokenize.COMMENT}
+    comments = {
+        t.start[0]: t.string.lstrip("# ").strip()
+        for t in tokenize.generate_tokens(io.StringIO(text).readline)
+        if t.type == tokenize.COMMENT
+    }
     return ast.parse(text), comments
 
 
@@ -317,7 +338,11 @@ def _comments() -> dict[int, dict[str, str]]:
             continue
         tree, comments = _source_comments(filename)
         for stmt in tree.body:
-            if isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Dict) and isinstance(stmt.targets[0], ast.Name):
+            if (
+                isinstance(stmt, ast.Assign)
+                and isinstance(stmt.value, ast.Dict)
+                and isinstance(stmt.targets[0], ast.Name)
+            ):
                 value = getattr(module, stmt.targets[0].id, None)
                 if isinstance(value, dict):
                     _walk_literal(module, stmt.value, value, comments, out, spreads)
@@ -348,8 +373,10 @@ def describe(defaults: dict) -> str:
 
     walk(defaults)
     width = min(48, max(len(r[0]) for r in rows))
-    return "\n".join(f"  {key:{width}s}  {note}".rstrip() if len(key) <= width else f"  {key}\n  {'':{width}s}  {note}".rstrip()
-                     for key, note in rows)
+    return "\n".join(
+        f"  {key:{width}s}  {note}".rstrip() if len(key) <= width else f"  {key}\n  {'':{width}s}  {note}".rstrip()
+        for key, note in rows
+    )
 
 
 def module_doc(obj) -> str:

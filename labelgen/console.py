@@ -75,16 +75,24 @@ class Progress:
             self.shown, elapsed = now, now - self.t0
             rate = self.done / elapsed
             left = (self.total - self.done) / rate if rate else float("nan")
-            print(f"{self.desc}: {self.done:,}/{self.total:,} {self.unit} ({100 * self.done / max(1, self.total):.0f}%), "
-                  f"{rate:.1f} {self.unit}/s, about {left:.0f} s left", file=self.file, flush=True)
+            print(
+                f"{self.desc}: {self.done:,}/{self.total:,} {self.unit} ({100 * self.done / max(1, self.total):.0f}%), "
+                f"{rate:.1f} {self.unit}/s, about {left:.0f} s left",
+                file=self.file,
+                flush=True,
+            )
 
     def close(self):
         if self.bar is not None:
             self.bar.close()
             return
         elapsed = time.perf_counter() - self.t0
-        print(f"{self.desc}: {self.done:,}/{self.total:,} {self.unit} in {elapsed:.1f} s "
-              f"({self.done / elapsed if elapsed else 0:.1f} {self.unit}/s)", file=self.file, flush=True)
+        print(
+            f"{self.desc}: {self.done:,}/{self.total:,} {self.unit} in {elapsed:.1f} s "
+            f"({self.done / elapsed if elapsed else 0:.1f} {self.unit}/s)",
+            file=self.file,
+            flush=True,
+        )
 
     def __enter__(self):
         return self

@@ -71,9 +71,12 @@ def run_record(store: LabelStore, run_id: str | None) -> tuple[str, str, DictCon
     that holds current labels (a repeated run that labelled nothing has none)."""
     con = store.connect()
     try:
-        row = con.execute("SELECT run_id, label_features, config, manifest FROM runs WHERE status = 'committed' "
-                          "AND (run_id = $run OR ($run IS NULL AND run_id IN (SELECT run_id FROM current_pairs WHERE labels > 0))) "
-                          "ORDER BY finished DESC LIMIT 1", {"run": run_id}).fetchone()
+        row = con.execute(
+            "SELECT run_id, label_features, config, manifest FROM runs WHERE status = 'committed' "
+            "AND (run_id = $run OR ($run IS NULL AND run_id IN (SELECT run_id FROM current_pairs WHERE labels > 0))) "
+            "ORDER BY finished DESC LIMIT 1",
+            {"run": run_id},
+        ).fetchone()
     finally:
         con.close()
     if row is None:
@@ -82,7 +85,9 @@ def run_record(store: LabelStore, run_id: str | None) -> tuple[str, str, DictCon
 
 
 def judged(conf, run_id: str) -> str:
-    return f"run {run_id}" if conf.run_id else f"the current labels on the features of run {run_id} (the latest with any)"
+    return (
+        f"run {run_id}" if conf.run_id else f"the current labels on the features of run {run_id} (the latest with any)"
+    )
 
 
 def judged_labels(store: LabelStore, run_id: str, own: bool, columns: str) -> pd.DataFrame:
@@ -92,8 +97,11 @@ def judged_labels(store: LabelStore, run_id: str, own: bool, columns: str) -> pd
     try:
         if own:
             return con.execute(f"SELECT {columns} FROM label_history WHERE run_id = ?", [run_id]).df()
-        return con.execute(f"SELECT {columns} FROM labels WHERE run_id IN (SELECT run_id FROM runs WHERE label_features = "
-                           "(SELECT label_features FROM runs WHERE run_id = ?))", [run_id]).df()
+        return con.execute(
+            f"SELECT {columns} FROM labels WHERE run_id IN (SELECT run_id FROM runs WHERE label_features = "
+            "(SELECT label_features FROM runs WHERE run_id = ?))",
+            [run_id],
+        ).df()
     finally:
         con.close()
 
@@ -112,8 +120,9 @@ def evaluate_homographies(conf, store: LabelStore, run_id: str, fingerprint: str
     if not truth:
         raise ValueError(f"run {run_id} has no images with a homography: there is no truth to evaluate against")
     hom = {i: np.asarray(h, dtype=np.float64).reshape(3, 3) for i, h in truth}
-    labels = judged_labels(store, run_id, conf.run_id is not None,
-                           "category, src_image_id, tgt_image_id, src_x, src_y, tgt_x, tgt_y, hops")
+    labels = judged_labels(
+        store, run_id, conf.run_id is not None, "category, src_image_id, tgt_image_id, src_x, src_y, tgt_x, tgt_y, hops"
+    )
     fg = foregrounds(store, run_conf, fingerprint)
     tally, rng, k = Tally(list(conf.alphas)), np.random.default_rng(conf.seed), run_conf.pairing.k
     for (category, a, b, hops), g in labels.groupby(["category", "src_image_id", "tgt_image_id", "hops"]):
@@ -157,8 +166,15 @@ def part_rows(judged: dict, meta: dict, tried: int, extra: dict | None = None) -
         extra = {k: np.full(1, np.nan) for k in extra or {}}
     m = max(n, 1)
     verdicts = {k: judged[k] for k in ("error", "hidden", "twin_part", "mirrored")}
-    frame = pd.DataFrame({**{k: np.full(m, v) for k, v in meta.items()}, "label": np.full(m, n > 0), "tried": np.zeros(m),
-                          **verdicts, **(extra or {})})
+    frame = pd.DataFrame(
+        {
+            **{k: np.full(m, v) for k, v in meta.items()},
+            "label": np.full(m, n > 0),
+            "tried": np.zeros(m),
+            **verdicts,
+            **(extra or {}),
+        }
+    )
     frame.loc[0, "tried"] = tried
     return frame
 
@@ -179,8 +195,13 @@ def evaluate_parts(conf, store: LabelStore, run_id: str, fingerprint: str, run_c
     the stored labels, after a spherical filter, and the direct baselines on the same pairs."""
     images = manifest.set_index("image_id")
     rotations = view_rotations(manifest)
-    labels = judged_labels(store, run_id, conf.run_id is not None, "category, src_image_id, tgt_image_id, src_x, src_y, "
-                           "tgt_x, tgt_y, hops, support, similarity, cycle_error, pair_error, pose_gap, confidence, sphere_angle")
+    labels = judged_labels(
+        store,
+        run_id,
+        conf.run_id is not None,
+        "category, src_image_id, tgt_image_id, src_x, src_y, "
+        "tgt_x, tgt_y, hops, support, similarity, cycle_error, pair_error, pose_gap, confidence, sphere_angle",
+    )
     if labels.empty:
         raise ValueError(f"run {run_id} has no labels to evaluate")
     fg = foregrounds(store, run_conf, fingerprint)
@@ -207,7 +228,9 @@ def evaluate_parts(conf, store: LabelStore, run_id: str, fingerprint: str, run_c
                 angles = sphere_angles(pa.Table.from_pandas(stored), {a: fa, b: fb}, {a: points(a), b: points(b)})
                 signals["sphere_angle"] = angles.astype(float)
                 kept = angles <= run_conf.labels.sphere_deg
-                out.append(part_rows({k: v[kept] for k, v in judged.items()}, {**meta, "kind": "+ sphere"}, len(fa.feats)))
+                out.append(
+                    part_rows({k: v[kept] for k, v in judged.items()}, {**meta, "kind": "+ sphere"}, len(fa.feats))
+                )
             out.append(part_rows(judged, {**meta, "kind": stored_kind}, len(fa.feats), signals))
             tgt, keep, mutual = match_pair(fa.feats, fb.feats, fa.grid, run_conf.labels.radius)
             judged = judge(truth(a), truth(b), fa.pixels.numpy(), fb.pixels[tgt].numpy())
@@ -222,8 +245,14 @@ def summarise(rows: pd.DataFrame, by: list[str], alphas) -> pd.DataFrame:
     precision = [f"P{at(a)}" for a in alphas]
     ok = pd.DataFrame(within(rows["error"], alphas), index=rows.index, columns=precision)
     g = rows.assign(**ok).groupby(by, observed=True)
-    table = pd.DataFrame({"labels": g["label"].sum(), "yield": g["tried"].sum(), **{c: g[c].sum() for c in precision},
-                          "hidden": g["hidden"].sum()})
+    table = pd.DataFrame(
+        {
+            "labels": g["label"].sum(),
+            "yield": g["tried"].sum(),
+            **{c: g[c].sum() for c in precision},
+            "hidden": g["hidden"].sum(),
+        }
+    )
     for col in (*precision, "hidden"):
         table[col] = table[col] / table["labels"].where(table["labels"] > 0)
     table["yield"] = table["labels"] / table["yield"]
@@ -248,8 +277,16 @@ def curves(stored: pd.DataFrame, alpha: float, png: str | None) -> pd.DataFrame:
         cuts = np.r_[np.nonzero(ranked[1:] != ranked[:-1])[0], len(ok) - 1]  # a threshold keeps all of its ties
         best = int(cuts[np.argmax(f1[cuts])])
         lines[signal] = (kept / len(ok), precision)
-        points.append({"signal": signal, "keep": "<=" if lower else ">=", "threshold": ranked[best],
-                       "kept": kept[best] / len(ok), name: precision[best], f"{name} all": precision[-1]})
+        points.append(
+            {
+                "signal": signal,
+                "keep": "<=" if lower else ">=",
+                "threshold": ranked[best],
+                "kept": kept[best] / len(ok),
+                name: precision[best],
+                f"{name} all": precision[-1],
+            }
+        )
     if png and lines:
         import matplotlib
 
@@ -259,8 +296,9 @@ def curves(stored: pd.DataFrame, alpha: float, png: str | None) -> pd.DataFrame:
         fig, ax = plt.subplots(figsize=(6, 4))
         for signal, (x, y) in lines.items():
             ax.plot(x, y, label=signal)
-        ax.set(xlabel="share of stored labels kept", ylabel=f"{name} (box side)",
-               title="precision-yield, stored labels")
+        ax.set(
+            xlabel="share of stored labels kept", ylabel=f"{name} (box side)", title="precision-yield, stored labels"
+        )
         ax.legend()
         fig.tight_layout()
         buf = _io.BytesIO()
@@ -278,21 +316,31 @@ def show(title: str, frame: pd.DataFrame):
 def report_parts(conf, store, run_id, fingerprint, run_conf, manifest) -> int:
     rows, stored, sphere = evaluate_parts(conf, store, run_id, fingerprint, run_conf, manifest)
     rows["kind"] = pd.Categorical(rows["kind"], KINDS)
-    rows["gap"] = pd.cut(rows["gap"], GAP_BINS, right=False, labels=[f"{a}-{b}" for a, b in zip(GAP_BINS, GAP_BINS[1:])])
+    rows["gap"] = pd.cut(
+        rows["gap"], GAP_BINS, right=False, labels=[f"{a}-{b}" for a, b in zip(GAP_BINS, GAP_BINS[1:])]
+    )
     mine = rows[rows.split == conf.split]
     if mine.empty:
-        raise ValueError(f"run {run_id} has no labelled pair of two `{conf.split}` images; choose split= among "
-                         f"{sorted(rows.split.unique())}")
+        raise ValueError(
+            f"run {run_id} has no labelled pair of two `{conf.split}` images; choose split= among "
+            f"{sorted(rows.split.unique())}"
+        )
     png = conf.curves or join(store.uri, "eval", f"{run_id}-{conf.split}-curves.png")
-    print(f"label precision of {judged(conf, run_id)} against part truth, split {conf.split} (P@a: within a * the target's box side;"
-          " yield = labels / source foreground patches; hidden: source point not visible in the target;"
-          " mirror: labels from a left/right part that land on its twin)")
+    print(
+        f"label precision of {judged(conf, run_id)} against part truth, split {conf.split} (P@a: within a * the target's box side;"
+        " yield = labels / source foreground patches; hidden: source point not visible in the target;"
+        " mirror: labels from a left/right part that land on its twin)"
+    )
     if stored == "+ sphere":
-        print(f"the run kept only labels within its spherical filter ({run_conf.labels.sphere}, "
-              f"{run_conf.labels.sphere_deg} deg): its labels before that filter are not stored")
+        print(
+            f"the run kept only labels within its spherical filter ({run_conf.labels.sphere}, "
+            f"{run_conf.labels.sphere_deg} deg): its labels before that filter are not stored"
+        )
     elif not sphere:
-        print(f"no `+ sphere` rows: no spherical mapper for features {fingerprint} (sphere={conf.sphere}); "
-              f"train one with `python -m labelgen.train_sphere store={store.uri} run_id={run_id}`")
+        print(
+            f"no `+ sphere` rows: no spherical mapper for features {fingerprint} (sphere={conf.sphere}); "
+            f"train one with `python -m labelgen.train_sphere store={store.uri} run_id={run_id}`"
+        )
     alphas = list(conf.alphas)
     show("all categories, by method", summarise(mine, ["kind"], alphas))
     show("all categories, by method and hops", summarise(mine, ["kind", "hops"], alphas))
@@ -301,8 +349,15 @@ def report_parts(conf, store, run_id, fingerprint, run_conf, manifest) -> int:
     best = curves(mine[(mine.kind == stored) & mine.label], max(alphas), png)
     show(f"precision-yield of the stored labels, best operating point per signal (curves: {png})", best)
     if conf.output:
-        tables = {name: summarise(rows, ["split", "kind", *by], alphas) for name, by in
-                  (("by_kind", []), ("by_kind_hops", ["hops"]), ("by_category", ["category"]), ("by_gap", ["gap"]))}
+        tables = {
+            name: summarise(rows, ["split", "kind", *by], alphas)
+            for name, by in (
+                ("by_kind", []),
+                ("by_kind_hops", ["hops"]),
+                ("by_category", ["category"]),
+                ("by_gap", ["gap"]),
+            )
+        }
         tables = {name: json.loads(t.to_json(orient="records")) for name, t in {**tables, "curves": best}.items()}
         with open(conf.output, "w") as f:
             json.dump({"run_id": run_id, "split": conf.split, "stored": stored, **tables}, f, indent=1)

@@ -199,13 +199,17 @@ def fit(image: Image.Image, mask: Image.Image | None, size: int) -> tuple[np.nda
     return pixels, np.asarray(mask.resize((nw, nh), Image.BILINEAR), dtype=np.float32) / 255.0, scale
 
 
-def model_input(pixels: np.ndarray, area: np.ndarray, size: int, stride: int, mean, std) -> tuple[np.ndarray, torch.Tensor]:
+def model_input(
+    pixels: np.ndarray, area: np.ndarray, size: int, stride: int, mean, std
+) -> tuple[np.ndarray, torch.Tensor]:
     """Pad right and bottom to the square, normalise (numpy: no torch threads beside the
     forward); pool the area to the grid. Returns (input (size, size, 3) float32, foreground)."""
     nh, nw = area.shape
     x = np.zeros((size, size, 3), np.float32)  # zero after normalisation: the mean colour
     # each channel's 256 values normalised once, then looked up: 2x faster than per pixel, the same floats
-    lut = (np.arange(256, dtype=np.float32)[:, None] / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    lut = (np.arange(256, dtype=np.float32)[:, None] / 255.0 - np.asarray(mean, np.float32)) / np.asarray(
+        std, np.float32
+    )
     for c in range(3):
         x[:nh, :nw, c] = lut[pixels[..., c], c]
     cover = torch.zeros(size, size)
@@ -247,8 +251,13 @@ def save_features(uri: str, f: ImageFeatures):
         "cells": (f.stored.to(torch.uint8) + f.fg.to(torch.uint8)).numpy(),
         "descriptor": f.desc.float().numpy(),
     }
-    meta = {"scale": repr(f.scale), "stride": str(f.stride), "width": str(f.width), "height": str(f.height),
-            "content": f.content}
+    meta = {
+        "scale": repr(f.scale),
+        "stride": str(f.stride),
+        "width": str(f.width),
+        "height": str(f.height),
+        "content": f.content,
+    }
     write_bytes(uri, st_save(tensors, metadata=meta))
 
 
@@ -325,8 +334,17 @@ class FeatureWorker:
     behind it; with micro-batches (on a GPU) that work runs while the forward does.
     """
 
-    def __init__(self, backbone_conf, image_size: int, cache_root: str, fingerprint: str, threads=None, flips=False,
-                 mask_fallback="pca", micro_batch=None):
+    def __init__(
+        self,
+        backbone_conf,
+        image_size: int,
+        cache_root: str,
+        fingerprint: str,
+        threads=None,
+        flips=False,
+        mask_fallback="pca",
+        micro_batch=None,
+    ):
         from .backbones import build_backbone
 
         if threads:
@@ -355,8 +373,10 @@ class FeatureWorker:
         if self.flips:
             views.append((image_id + FLIPPED, pixels[:, ::-1], area[:, ::-1]))
         b = self.backbone
-        return [(i, *model_input(p, a, self.size, b.stride, b.mean, b.std), scale, image.size, mask is not None, content)
-                for i, p, a in views]
+        return [
+            (i, *model_input(p, a, self.size, b.stride, b.mean, b.std), scale, image.size, mask is not None, content)
+            for i, p, a in views
+        ]
 
     def _try_prepare(self, row) -> list[tuple] | str:
         """The prepared views, or why the image cannot be used (naming the file)."""
@@ -390,7 +410,9 @@ class FeatureWorker:
         image_id, _, fg, scale, size, has_mask, content = view
         if not has_mask and self.mask_fallback == "pca":
             fg = pca_foreground(f, fg)
-        cached = ImageFeatures(f.permute(1, 2, 0).to(torch.float16), fg, scale, self.backbone.stride, *size, content=content)
+        cached = ImageFeatures(
+            f.permute(1, 2, 0).to(torch.float16), fg, scale, self.backbone.stride, *size, content=content
+        )
         save_features(cache_uri(self.cache_root, self.fingerprint, image_id), cached)
         return image_id, int(fg.sum())
 
@@ -449,13 +471,23 @@ def plan_actors(conf, resources: dict) -> dict:
     use_gpu = conf.device == "cuda" or (conf.device == "auto" and gpus > 0)
     if use_gpu:
         actors = conf.actors or max(1, gpus)
-        return {"actors": actors, "num_gpus": 1, "num_cpus": conf.cpus_per_actor, "threads": conf.threads,
-                "batch_size": conf.batch_size or 32}
+        return {
+            "actors": actors,
+            "num_gpus": 1,
+            "num_cpus": conf.cpus_per_actor,
+            "threads": conf.threads,
+            "batch_size": conf.batch_size or 32,
+        }
     cpus = resources.get("CPU", 1)
     actors = conf.actors or max(1, int(cpus // (2 * conf.cpus_per_actor)))
     threads = conf.threads or max(1, math.floor(cpus / actors))
-    return {"actors": actors, "num_gpus": 0, "num_cpus": conf.cpus_per_actor, "threads": threads,
-            "batch_size": conf.batch_size or 8}
+    return {
+        "actors": actors,
+        "num_gpus": 0,
+        "num_cpus": conf.cpus_per_actor,
+        "threads": threads,
+        "batch_size": conf.batch_size or 8,
+    }
 
 
 RESULT_COLUMNS = ["image_id", "n_fg", "error", "seconds", "actor"]
@@ -482,13 +514,18 @@ def extract_features(todo, conf, backbone_conf, image_size: int, cache_root: str
         start_ray()
         t0 = time.perf_counter()
     plan = plan_actors(conf, ray.cluster_resources())
-    log.info("features: %d images on %d actor(s), %s", len(todo), plan["actors"],
-             "1 GPU each" if plan["num_gpus"] else f"{plan['threads']} threads each")
+    log.info(
+        "features: %d images on %d actor(s), %s",
+        len(todo),
+        plan["actors"],
+        "1 GPU each" if plan["num_gpus"] else f"{plan['threads']} threads each",
+    )
     with Progress(len(todo), "features", "images") as bar:
         for attempt in range(1, conf.attempts + 1):
             try:
-                for batch in feature_dataset(todo, conf, plan, backbone_conf, image_size, cache_root, fingerprint).iter_batches(
-                        batch_size=None, batch_format="pandas"):
+                for batch in feature_dataset(
+                    todo, conf, plan, backbone_conf, image_size, cache_root, fingerprint
+                ).iter_batches(batch_size=None, batch_format="pandas"):
                     out.append(batch)
                     bar.update(len(batch))
                 break
@@ -500,10 +537,18 @@ def extract_features(todo, conf, backbone_conf, image_size: int, cache_root: str
                 todo = todo[~todo["image_id"].isin(reported)]
                 cause = str(e).strip().splitlines()[0][:200]
                 if attempt == conf.attempts:
-                    raise RuntimeError(f"features: pass {attempt} of {conf.attempts} failed too ({cause}); "
-                                       f"{len(todo)} images left without features: rerun with the same run_id") from e
-                log.warning("features: pass %d failed (%s); %d images left, starting pass %d of %d",
-                            attempt, cause, len(todo), attempt + 1, conf.attempts)
+                    raise RuntimeError(
+                        f"features: pass {attempt} of {conf.attempts} failed too ({cause}); "
+                        f"{len(todo)} images left without features: rerun with the same run_id"
+                    ) from e
+                log.warning(
+                    "features: pass %d failed (%s); %d images left, starting pass %d of %d",
+                    attempt,
+                    cause,
+                    len(todo),
+                    attempt + 1,
+                    conf.attempts,
+                )
     return pd.concat(out, ignore_index=True), time.perf_counter() - t0
 
 

@@ -44,11 +44,11 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     if uri.startswith("s3://") and "?" not in uri:
         env = os.environ
         endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
-        return _s3(endpoint, env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")), uri[len("s3://"):].rstrip("/")
+        return _s3(endpoint, env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")), uri[len("s3://") :].rstrip("/")
     if is_remote(uri):
         return pafs.FileSystem.from_uri(uri)
     if uri.startswith("file://"):
-        uri = uri[len("file://"):]
+        uri = uri[len("file://") :]
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
 
 
@@ -64,8 +64,11 @@ def resolve(uri: str, base_dir: str) -> str:
 
 
 log = logging.getLogger(__name__)
-TRANSIENT = re.compile(r"HTTP status 5\d\d|slow_?down|SERVICE_UNAVAILABLE|RequestTimeout|InternalError|INTERNAL_FAILURE|curl|connection|timed? ?out|"
-                       r"Broken pipe|size mismatch", re.IGNORECASE)
+TRANSIENT = re.compile(
+    r"HTTP status 5\d\d|slow_?down|SERVICE_UNAVAILABLE|RequestTimeout|InternalError|INTERNAL_FAILURE|curl|connection|timed? ?out|"
+    r"Broken pipe|size mismatch",
+    re.IGNORECASE,
+)
 ATTEMPTS = 6
 
 
@@ -98,9 +101,11 @@ class DiskFull(Fault):
         while folder and not os.path.isdir(folder):
             folder = os.path.dirname(folder)
         free = shutil.disk_usage(folder or "/").free
-        return cls(f"{folder}: no space left on its disk ({free:,} bytes free, {needed:,} needed for "
-                   f"{os.path.basename(path)}); free space there (or give the store or cache another folder), then run "
-                   "the same command again: a run resumes with its run_id")
+        return cls(
+            f"{folder}: no space left on its disk ({free:,} bytes free, {needed:,} needed for "
+            f"{os.path.basename(path)}); free space there (or give the store or cache another folder), then run "
+            "the same command again: a run resumes with its run_id"
+        )
 
 
 class Incomplete(OSError):

@@ -70,8 +70,15 @@ class Foreground:
         return cls(f.fg_feats().contiguous(), grid, f.to_pixels(grid), f.cell_px, (f.width, f.height))
 
 
-def candidates(run_id: str, category: str, tuples: list[tuple[str, ...]], features: dict[str, ImageFeatures], conf,
-               rotations: dict[str, np.ndarray] | None = None, device: str = "cpu"):
+def candidates(
+    run_id: str,
+    category: str,
+    tuples: list[tuple[str, ...]],
+    features: dict[str, ImageFeatures],
+    conf,
+    rotations: dict[str, np.ndarray] | None = None,
+    device: str = "cpu",
+):
     """Chain every tuple of the chunk; return candidate label rows and counts per stage.
     Composed labels are made only between views within the pose-gap cap (`rotations`:
     image -> 3x3, where known) and carry how far the pair's own direct match back lands.
@@ -83,8 +90,14 @@ def candidates(run_id: str, category: str, tuples: list[tuple[str, ...]], featur
     tuples_t = torch.tensor([[at[i] for i in t] for t in tuples], dtype=torch.long).reshape(len(tuples), k)
     sizes = torch.tensor([len(f.feats) for f in fgs], dtype=torch.long)
     full = (sizes[tuples_t] > 0).all(dim=1) if k else torch.zeros(0, dtype=torch.bool)
-    stats = {"tuples": len(tuples), "tuples_empty": int((~full).sum()), "seeds": 0, **{f"after_hop{h}": 0 for h in range(1, k)},
-             "composed": 0, "candidates": 0}
+    stats = {
+        "tuples": len(tuples),
+        "tuples_empty": int((~full).sum()),
+        "seeds": 0,
+        **{f"after_hop{h}": 0 for h in range(1, k)},
+        "composed": 0,
+        "candidates": 0,
+    }
     tuples_t = tuples_t[full]
     if not len(tuples_t):
         return to_table(run_id, category, ids, None), stats
@@ -109,10 +122,16 @@ def candidates(run_id: str, category: str, tuples: list[tuple[str, ...]], featur
     src, tgt, a, b = src[keep], tgt[keep], a[keep], b[keep]
     pixels = torch.cat([f.pixels for f in fgs]).to(device)
     cols = {
-        "src": a, "tgt": b, "src_xy": pixels[src], "tgt_xy": pixels[tgt],
-        "hops": one_way.hops.repeat(2)[keep], "cycle_error": one_way.cycle_error.repeat(2)[keep],
-        "similarity": sim.repeat(2)[keep], "support": one_way.support.repeat(2)[keep],
-        "pair_error": pair_error(nn, patches, a, b, src, tgt), "pose_gap": gap[keep],
+        "src": a,
+        "tgt": b,
+        "src_xy": pixels[src],
+        "tgt_xy": pixels[tgt],
+        "hops": one_way.hops.repeat(2)[keep],
+        "cycle_error": one_way.cycle_error.repeat(2)[keep],
+        "similarity": sim.repeat(2)[keep],
+        "support": one_way.support.repeat(2)[keep],
+        "pair_error": pair_error(nn, patches, a, b, src, tgt),
+        "pose_gap": gap[keep],
     }
     table = to_table(run_id, category, ids, cols)
     stats["candidates"] = table.num_rows
@@ -121,8 +140,10 @@ def candidates(run_id: str, category: str, tuples: list[tuple[str, ...]], featur
 
 def similarity(feats: torch.Tensor, src: torch.Tensor, tgt: torch.Tensor, block: int = 2048) -> torch.Tensor:
     """Cosine of each label's two patches, in cache-sized blocks (a gather of both ends is L x C)."""
-    return torch.cat([(feats[src[s : s + block]] * feats[tgt[s : s + block]]).sum(dim=1) for s in range(0, len(src), block)]
-                     or [feats.new_zeros(0)])
+    return torch.cat(
+        [(feats[src[s : s + block]] * feats[tgt[s : s + block]]).sum(dim=1) for s in range(0, len(src), block)]
+        or [feats.new_zeros(0)]
+    )
 
 
 def gap_matrix(ids: list[str], rotations: dict[str, np.ndarray] | None) -> np.ndarray:
@@ -141,8 +162,9 @@ def pose_gap(rotations: dict[str, np.ndarray] | None, a: str, b: str) -> float |
     return None if np.isnan(gap) else gap
 
 
-def pair_error(nn: Neighbours, patches: Patches, a: torch.Tensor, b: torch.Tensor, src: torch.Tensor,
-               tgt: torch.Tensor) -> torch.Tensor:
+def pair_error(
+    nn: Neighbours, patches: Patches, a: torch.Tensor, b: torch.Tensor, src: torch.Tensor, tgt: torch.Tensor
+) -> torch.Tensor:
     """Patches between each label's source and the direct nearest neighbour of its target
     back in the source image: a composed label whose pair disagrees points from a part the
     target does not show."""
@@ -159,8 +181,16 @@ def pair_check(table: pa.Table, radius: float | None) -> pa.Table:
 
 
 # a label's signals (its columns) -> whether a lower value speaks for the label
-SIGNALS = {"support": False, "similarity": False, "cycle_error": True, "pair_error": True, "hops": True,
-           "pose_gap": True, "confidence": False, "sphere_angle": True}
+SIGNALS = {
+    "support": False,
+    "similarity": False,
+    "cycle_error": True,
+    "pair_error": True,
+    "hops": True,
+    "pose_gap": True,
+    "confidence": False,
+    "sphere_angle": True,
+}
 # the confidence model's inputs: signals the chains measure, support as its logarithm
 CONFIDENCE_INPUTS = ("log_support", "similarity", "cycle_error", "pair_error", "hops", "pose_gap")
 
@@ -209,13 +239,18 @@ def to_table(run_id: str, category: str, ids: list[str], cols: dict | None) -> p
         return LABEL_SCHEMA.empty_table()
     n, names = len(cols["src"]), pa.array(ids, pa.string())
     data = {
-        "run_id": pa.repeat(pa.scalar(run_id, pa.string()), n), "category": pa.repeat(pa.scalar(category, pa.string()), n),
-        "src_image_id": names.take(cols["src"].cpu().numpy()), "tgt_image_id": names.take(cols["tgt"].cpu().numpy()),
-        "src_x": cols["src_xy"][:, 0].cpu().numpy(), "src_y": cols["src_xy"][:, 1].cpu().numpy(),
-        "tgt_x": cols["tgt_xy"][:, 0].cpu().numpy(), "tgt_y": cols["tgt_xy"][:, 1].cpu().numpy(),
+        "run_id": pa.repeat(pa.scalar(run_id, pa.string()), n),
+        "category": pa.repeat(pa.scalar(category, pa.string()), n),
+        "src_image_id": names.take(cols["src"].cpu().numpy()),
+        "tgt_image_id": names.take(cols["tgt"].cpu().numpy()),
+        "src_x": cols["src_xy"][:, 0].cpu().numpy(),
+        "src_y": cols["src_xy"][:, 1].cpu().numpy(),
+        "tgt_x": cols["tgt_xy"][:, 0].cpu().numpy(),
+        "tgt_y": cols["tgt_xy"][:, 1].cpu().numpy(),
         **{c: cols[c].cpu().numpy() for c in ("hops", "cycle_error", "similarity", "support", "pair_error")},
         "pose_gap": pa.array(cols["pose_gap"].cpu().numpy(), pa.float32(), from_pandas=True),  # nan: no pose
-        "sphere_angle": pa.nulls(n, pa.float32()), "confidence": pa.nulls(n, pa.float32()),
+        "sphere_angle": pa.nulls(n, pa.float32()),
+        "confidence": pa.nulls(n, pa.float32()),
     }
     return pa.table({name: data[name] for name in LABEL_SCHEMA.names}, schema=LABEL_SCHEMA)
 
@@ -294,5 +329,7 @@ def sphere_angles(table: pa.Table, fgs: dict[str, Foreground], points: dict[str,
 def sphere_filter(table: pa.Table, fgs, points, threshold_deg: float) -> pa.Table:
     """Fill sphere_angle and keep the labels within the threshold."""
     angles = sphere_angles(table, fgs, points)
-    table = table.set_column(table.schema.get_field_index("sphere_angle"), "sphere_angle", pa.array(angles, pa.float32()))
+    table = table.set_column(
+        table.schema.get_field_index("sphere_angle"), "sphere_angle", pa.array(angles, pa.float32())
+    )
     return table.filter(pa.array(angles <= threshold_deg))

@@ -80,7 +80,9 @@ def read_manifest(uri: str) -> pd.DataFrame:
     """Read, validate and resolve a manifest; relative URIs are taken from its folder."""
     parse = _parquet if _format(uri) == ".parquet" else _csv
     df = _checked(parse(uri, _read(uri)), uri, MAX_ERRORS)
-    base = posixpath.dirname(uri) if is_remote(uri) else posixpath.dirname(posixpath.abspath(uri.removeprefix("file://")))
+    base = (
+        posixpath.dirname(uri) if is_remote(uri) else posixpath.dirname(posixpath.abspath(uri.removeprefix("file://")))
+    )
     for col in LOCATIONS:
         if col in df.columns:
             df[col] = _resolved(df[col], base)
@@ -116,8 +118,10 @@ def _format(uri) -> str:
             raise ManifestError(f"manifest {_show(uri)} {what}")
     ext = posixpath.splitext(uri)[1].lower()
     if ext not in (".parquet", ".csv"):
-        raise ManifestError(f"manifest {uri}: {f'unknown format {ext!r}' if ext else 'no suffix to tell its format'}; "
-                            "use .parquet or .csv")
+        raise ManifestError(
+            f"manifest {uri}: {f'unknown format {ext!r}' if ext else 'no suffix to tell its format'}; "
+            "use .parquet or .csv"
+        )
     return ext
 
 
@@ -132,8 +136,10 @@ def _parquet(uri: str, data: bytes) -> pd.DataFrame:
     try:
         return pq.ParquetFile(pa.BufferReader(data)).read().to_pandas()
     except (pa.ArrowException, OSError, ValueError) as e:
-        raise ManifestError(f"manifest {uri}: not a Parquet file pyarrow can read ({e}); write it with "
-                            "pandas.DataFrame.to_parquet or pyarrow.parquet.write_table") from None
+        raise ManifestError(
+            f"manifest {uri}: not a Parquet file pyarrow can read ({e}); write it with "
+            "pandas.DataFrame.to_parquet or pyarrow.parquet.write_table"
+        ) from None
 
 
 def _csv(uri: str, data: bytes) -> pd.DataFrame:
@@ -141,8 +147,9 @@ def _csv(uri: str, data: bytes) -> pd.DataFrame:
     the angles as numbers), only an empty cell missing. A line that is not UTF-8, or a row
     whose fields do not match the header, is a problem named by its line."""
     if not data or data.isspace():
-        raise ManifestError(f"manifest {uri}: empty file; a CSV manifest starts with a header line, "
-                            "e.g. image_id,uri,category")
+        raise ManifestError(
+            f"manifest {uri}: empty file; a CSV manifest starts with a header line, e.g. image_id,uri,category"
+        )
     problems = Problems()
     if not _is_utf8(data):
         for line, raw in _not_utf8(data):
@@ -150,18 +157,29 @@ def _csv(uri: str, data: bytes) -> pd.DataFrame:
         problems.refuse(uri)
 
     def ragged(row) -> str:
-        problems.one(lambda: f"line {row.number}: {row.actual_columns} field(s) where the header has "
-                             f"{row.expected_columns}; quote values that hold commas or quotes")
+        problems.one(
+            lambda: (
+                f"line {row.number}: {row.actual_columns} field(s) where the header has "
+                f"{row.expected_columns}; quote values that hold commas or quotes"
+            )
+        )
         return "skip"
 
     read = pcsv.ReadOptions(use_threads=False)  # one thread: rows come with their line numbers
     try:
-        header = pcsv.open_csv(pa.BufferReader(data), read_options=read, parse_options=pcsv.ParseOptions(
-            newlines_in_values=True, invalid_row_handler=lambda row: "skip")).schema.names
-        table = pcsv.read_csv(pa.BufferReader(data), read_options=read,
-                              parse_options=pcsv.ParseOptions(newlines_in_values=True, invalid_row_handler=ragged),
-                              convert_options=pcsv.ConvertOptions(column_types=dict.fromkeys(header, pa.string()),
-                                                                  strings_can_be_null=True, null_values=[""]))
+        header = pcsv.open_csv(
+            pa.BufferReader(data),
+            read_options=read,
+            parse_options=pcsv.ParseOptions(newlines_in_values=True, invalid_row_handler=lambda row: "skip"),
+        ).schema.names
+        table = pcsv.read_csv(
+            pa.BufferReader(data),
+            read_options=read,
+            parse_options=pcsv.ParseOptions(newlines_in_values=True, invalid_row_handler=ragged),
+            convert_options=pcsv.ConvertOptions(
+                column_types=dict.fromkeys(header, pa.string()), strings_can_be_null=True, null_values=[""]
+            ),
+        )
     except pa.ArrowInvalid as e:
         raise ManifestError(f"manifest {uri}: not a CSV file pyarrow can read ({e}); check the file") from None
     problems.refuse(uri)
@@ -210,9 +228,13 @@ def _checked(df: pd.DataFrame, source: str, max_errors: int) -> pd.DataFrame:
         df[col] = _check_degrees(df[col], col, problems) if col in df.columns else np.nan
     _check_unique(df["image_id"], problems)
     if "homography" in df.columns:  # kept in the store's images table, as 9 float64
-        problems.rows(~df["homography"].map(_is_homography).to_numpy(bool), lambda i: (
-            f"row {i}, column 'homography': {_show(df['homography'].iloc[i])} is not 9 finite numbers "
-            "(a 3x3 homography, row by row); fix it or leave it empty"))
+        problems.rows(
+            ~df["homography"].map(_is_homography).to_numpy(bool),
+            lambda i: (
+                f"row {i}, column 'homography': {_show(df['homography'].iloc[i])} is not 9 finite numbers "
+                "(a 3x3 homography, row by row); fix it or leave it empty"
+            ),
+        )
     problems.refuse(source)
     return df
 
@@ -220,16 +242,16 @@ def _checked(df: pd.DataFrame, source: str, max_errors: int) -> pd.DataFrame:
 def _check_columns(df: pd.DataFrame, source: str):
     """What makes the rows unreadable: columns missing, given twice or on several header rows; no rows."""
     if df.columns.nlevels > 1:
-        raise ManifestError(f"{source}: its columns have {df.columns.nlevels} header rows; a manifest has one, "
-                            f"with {list(REQUIRED)}")
+        raise ManifestError(
+            f"{source}: its columns have {df.columns.nlevels} header rows; a manifest has one, with {list(REQUIRED)}"
+        )
     twice = sorted({str(c) for c in df.columns[df.columns.duplicated()]})
     if twice:
         raise ManifestError(f"{source}: column(s) {twice} given more than once; give each column once")
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise ManifestError(
-            f"{source}: missing column(s) {missing}; a manifest needs "
-            f"{list(REQUIRED)} and may have {list(OPTIONAL)}"
+            f"{source}: missing column(s) {missing}; a manifest needs {list(REQUIRED)} and may have {list(OPTIONAL)}"
         )
     if not len(df):
         raise ManifestError(f"{source}: no rows; a manifest lists the images to label, one per row")
@@ -239,14 +261,21 @@ def _check_text(col: pd.Series, name: str, problems: Problems) -> pd.Series:
     """The column as pandas strings (missing where not text); an empty optional value is
     one not given."""
     text, other, undecodable = _as_text(col)
-    problems.rows(other, lambda i: f"row {i}, column '{name}': {_show(col.iloc[i])} is not a string; "
-                                   "store the column as text")
-    problems.rows(undecodable, lambda i: f"row {i}, column '{name}': {_show(col.iloc[i])} holds bytes that are "
-                                         "not UTF-8; give it as UTF-8 text")
+    problems.rows(
+        other, lambda i: f"row {i}, column '{name}': {_show(col.iloc[i])} is not a string; store the column as text"
+    )
+    problems.rows(
+        undecodable,
+        lambda i: (
+            f"row {i}, column '{name}': {_show(col.iloc[i])} holds bytes that are not UTF-8; give it as UTF-8 text"
+        ),
+    )
     empty = _mask(pc.equal(text, ""))
     if name in REQUIRED:
-        problems.rows(_mask(pc.is_null(text)) & ~other & ~undecodable | empty,
-                      lambda i: f"row {i}, column '{name}': empty; every image needs one")
+        problems.rows(
+            _mask(pc.is_null(text)) & ~other & ~undecodable | empty,
+            lambda i: f"row {i}, column '{name}': empty; every image needs one",
+        )
     elif empty.any():
         text = pc.if_else(empty, pa.scalar(None, text.type), text)
     for rule, what in TEXT_RULES[name]:
@@ -263,12 +292,20 @@ def _as_text(col: pd.Series) -> tuple[pa.Array, np.ndarray, np.ndarray]:
         return _array(col), none, none
     values = col.astype(object)
     kind = pd.api.types.infer_dtype(values, skipna=True)
-    other = none if kind in ("string", "empty") else ~values.map(lambda v: isinstance(v, str) or _is_missing(v)).to_numpy(bool)
+    other = (
+        none
+        if kind in ("string", "empty")
+        else ~values.map(lambda v: isinstance(v, str) or _is_missing(v)).to_numpy(bool)
+    )
     try:
         return pa.array(values.where(~other, None), pa.large_string(), from_pandas=True), other, none
     except UnicodeEncodeError:
         undecodable = values.map(_undecodable).to_numpy(bool)
-        return pa.array(values.where(~(other | undecodable), None), pa.large_string(), from_pandas=True), other, undecodable
+        return (
+            pa.array(values.where(~(other | undecodable), None), pa.large_string(), from_pandas=True),
+            other,
+            undecodable,
+        )
 
 
 def _array(col: pd.Series) -> pa.Array:
@@ -326,9 +363,11 @@ LOCATION_RULES = [
 ]
 TEXT_RULES = {
     "image_id": [CONTROL_RULE],
-    "category": [CONTROL_RULE, (_slash, "holds '/' or '\\', but a category names folders of the store; rename it"),
-                 (_long_category, f"is longer than {MAX_CATEGORY} bytes, but a category names files of the store; "
-                                  "shorten it")],
+    "category": [
+        CONTROL_RULE,
+        (_slash, "holds '/' or '\\', but a category names folders of the store; rename it"),
+        (_long_category, f"is longer than {MAX_CATEGORY} bytes, but a category names files of the store; shorten it"),
+    ],
     "split": [CONTROL_RULE],
     **dict.fromkeys(LOCATIONS, LOCATION_RULES),
 }
@@ -337,11 +376,20 @@ TEXT_RULES = {
 def _check_degrees(col: pd.Series, name: str, problems: Problems) -> np.ndarray:
     """The column as float64 degrees, NaN where not given."""
     values, unread = _as_degrees(col)
-    problems.rows(unread | np.isinf(values), lambda i: f"row {i}, column '{name}': {_show(col.iloc[i])} is not a "
-                                                       "finite number of degrees; give a number or leave it empty")
-    problems.rows(np.isfinite(values) & (np.abs(values) > MAX_DEGREES), lambda i: (
-        f"row {i}, column '{name}': {_show(col.iloc[i])} is outside -{MAX_DEGREES:g}..{MAX_DEGREES:g} degrees; "
-        "give the angle in degrees"))
+    problems.rows(
+        unread | np.isinf(values),
+        lambda i: (
+            f"row {i}, column '{name}': {_show(col.iloc[i])} is not a "
+            "finite number of degrees; give a number or leave it empty"
+        ),
+    )
+    problems.rows(
+        np.isfinite(values) & (np.abs(values) > MAX_DEGREES),
+        lambda i: (
+            f"row {i}, column '{name}': {_show(col.iloc[i])} is outside -{MAX_DEGREES:g}..{MAX_DEGREES:g} degrees; "
+            "give the angle in degrees"
+        ),
+    )
     return values
 
 
@@ -384,8 +432,10 @@ def _check_unique(ids: pd.Series, problems: Problems):
     codes = a.dictionary_encode().indices.fill_null(-1).to_numpy()  # the ids numbered as they first appear
     new = codes > np.maximum.accumulate(np.r_[-1, codes[:-1]])
     first = np.flatnonzero(new)
-    problems.rows(~new & (codes >= 0) & ~_mask(pc.equal(a, "")), lambda i: (
-        f"row {i}, column 'image_id': {_show(ids.iloc[i])} repeats row {first[codes[i]]}; ids must be unique"))
+    problems.rows(
+        ~new & (codes >= 0) & ~_mask(pc.equal(a, "")),
+        lambda i: f"row {i}, column 'image_id': {_show(ids.iloc[i])} repeats row {first[codes[i]]}; ids must be unique",
+    )
 
 
 # ---- cells -------------------------------------------------------------------------
@@ -441,9 +491,12 @@ def _resolved(paths: pd.Series, base: str) -> pd.Series:
     """io.resolve over a column, as Python strings: relative paths joined to `base` at once,
     the few that start with ~ one by one."""
     a = _array(paths)
-    kept = pc.or_(pc.starts_with(a, "/"), pc.and_(pc.match_substring(a, "://"), pc.invert(pc.starts_with(a, "file://"))))
-    joined = pc.binary_join_element_wise(pa.scalar(base.rstrip("/") + "/", a.type), pc.utf8_trim(a, "/"),
-                                         pa.scalar("", a.type))
+    kept = pc.or_(
+        pc.starts_with(a, "/"), pc.and_(pc.match_substring(a, "://"), pc.invert(pc.starts_with(a, "file://")))
+    )
+    joined = pc.binary_join_element_wise(
+        pa.scalar(base.rstrip("/") + "/", a.type), pc.utf8_trim(a, "/"), pa.scalar("", a.type)
+    )
     out = _objects(pc.if_else(kept, a, joined))
     home = _mask(pc.starts_with(a, "~"))
     out[home] = [resolve(p, base) for p in paths[home]]

@@ -19,8 +19,9 @@ def relative_error(pred: np.ndarray, true: np.ndarray, size) -> np.ndarray:
     return np.linalg.norm(pred - true, axis=1) / size
 
 
-def homography_error(hom_src: np.ndarray, hom_tgt: np.ndarray, src_xy: np.ndarray, pred_xy: np.ndarray,
-                     size) -> np.ndarray:
+def homography_error(
+    hom_src: np.ndarray, hom_tgt: np.ndarray, src_xy: np.ndarray, pred_xy: np.ndarray, size
+) -> np.ndarray:
     """Errors of the predicted targets of source pixels, the truth carried over by the views'
     homographies (each maps its view to the shared plane)."""
     return relative_error(pred_xy, transfer(hom_src, hom_tgt, src_xy), size)

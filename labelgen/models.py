@@ -23,9 +23,14 @@ class Bottleneck(nn.Module):
             return nn.GroupNorm(min(groups, c) if c % min(groups, c) == 0 else 1, c)
 
         self.body = nn.Sequential(
-            nn.Conv2d(cin, mid, 1, bias=False), gn(mid), nn.ReLU(inplace=True),
-            nn.Conv2d(mid, mid, 3, padding=1, bias=False), gn(mid), nn.ReLU(inplace=True),
-            nn.Conv2d(mid, cout, 1, bias=False), gn(cout),
+            nn.Conv2d(cin, mid, 1, bias=False),
+            gn(mid),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(mid, mid, 3, padding=1, bias=False),
+            gn(mid),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(mid, cout, 1, bias=False),
+            gn(cout),
         )
         self.shortcut = nn.Identity() if cin == cout else nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), gn(cout))
 
@@ -81,8 +86,12 @@ class SphereMapper(nn.Module):
         return self.prototype(torch.cat([points, cat], dim=-1))
 
     def config(self) -> dict:
-        return {"in_dim": self.inp.in_features, "categories": self.categories, "dim": self.inp.out_features,
-                "heads": self.block.self_attn.num_heads}
+        return {
+            "in_dim": self.inp.in_features,
+            "categories": self.categories,
+            "dim": self.inp.out_features,
+            "heads": self.block.self_attn.num_heads,
+        }
 
 
 def checkpoint_bytes(model: nn.Module, **extra) -> bytes:

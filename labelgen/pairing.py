@@ -214,7 +214,9 @@ class Band:
         """One uniform valid next member per prefix (-1: none): by rejection, in chunks of
         prefixes; the few still pending take theirs from the exact enumeration."""
         chunks = range(0, len(prefix), WALKS_PER_CHUNK)
-        out = np.concatenate([np.zeros(0, dtype=np.int64), *(self.draw(prefix[s : s + WALKS_PER_CHUNK], rng) for s in chunks)])
+        out = np.concatenate(
+            [np.zeros(0, dtype=np.int64), *(self.draw(prefix[s : s + WALKS_PER_CHUNK], rng) for s in chunks)]
+        )
         pending = np.flatnonzero(out < 0)
         out[pending] = choose(*self.expand(prefix[pending]), len(pending), rng)
         return out
@@ -320,7 +322,10 @@ def view_rotations(rows: pd.DataFrame) -> dict[str, np.ndarray]:
     """image id -> 3x3 rotation of each row with an azimuth (no elevation or theta: 0)."""
     posed = rows[rows["azimuth"].notna()] if "azimuth" in rows.columns else rows.iloc[:0]
     angle = lambda col: posed[col].fillna(0.0) if col in posed.columns else np.zeros(len(posed))  # noqa: E731
-    return {i: rotation(a, e, t) for i, a, e, t in zip(posed["image_id"], posed["azimuth"], angle("elevation"), angle("theta"))}
+    return {
+        i: rotation(a, e, t)
+        for i, a, e, t in zip(posed["image_id"], posed["azimuth"], angle("elevation"), angle("theta"))
+    }
 
 
 POSE_COLUMNS = {"geodesic": ["azimuth", "elevation", "theta"], "bins": ["azimuth"], "similarity": []}
@@ -359,7 +364,9 @@ def category_tuples(rows: pd.DataFrame, conf, descriptors=None, anchors=None) ->
         return np.zeros((0, conf.k), dtype=np.int64)
     r = rows.iloc[placed]
     if mode == "geodesic":
-        hops = Band(np.stack([rotation(a, e, t) for a, e, t in zip(r["azimuth"], r["elevation"], r["theta"])]), conf.bin_deg)
+        hops = Band(
+            np.stack([rotation(a, e, t) for a, e, t in zip(r["azimuth"], r["elevation"], r["theta"])]), conf.bin_deg
+        )
     elif mode == "similarity":
         hops = Similar(descriptors(r), conf.neighbours)
     for k in range(conf.k, 1, -1):

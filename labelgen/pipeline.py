@@ -116,19 +116,32 @@ def train_sphere(run: Run, df: pd.DataFrame) -> dict:
     conf = run.conf.sphere
     pose = df["azimuth"] if "azimuth" in df.columns else pd.Series(np.nan, index=df.index)
     images = mapper_inputs(run.cache_root, run.label_features, zip(df["image_id"], df["category"], pose))
-    log.info("spherical mapper: none registered for features %s and these categories; fitting one to %d images "
-             "(labels.sphere=auto; labels.sphere=none turns the filter off)", run.label_features, len(images))
+    log.info(
+        "spherical mapper: none registered for features %s and these categories; fitting one to %d images "
+        "(labels.sphere=auto; labels.sphere=none turns the filter off)",
+        run.label_features,
+        len(images),
+    )
     with Progress(conf.steps, "sphere", "steps") as bar:
-        record = fit_sphere(run.store, images, run.label_features, run.run_id, conf,
-                            log=lambda h: bar.update(h["step"] - bar.done), categories=df["category"].unique())
+        record = fit_sphere(
+            run.store,
+            images,
+            run.label_features,
+            run.run_id,
+            conf,
+            log=lambda h: bar.update(h["step"] - bar.done),
+            categories=df["category"].unique(),
+        )
     log.info("spherical mapper %s: %d steps in %.1f s, registered", record["sphere_id"], conf.steps, record["train_s"])
     return record
 
 
 def sphere_line(s: dict, c: dict, sphere_deg: float) -> str:
     how = f"fitted now to {s['images']} images in {s['trained_s']:.0f} s" if s["trained_s"] else "registered"
-    return (f"  sphere    mapper {s['sphere_id']} ({how}), filter {s['filter_s']:.1f} s of task time: {c.get('labels', 0):,} of "
-            f"{c.get('confident', 0):,} confident labels map within {sphere_deg:g} deg")
+    return (
+        f"  sphere    mapper {s['sphere_id']} ({how}), filter {s['filter_s']:.1f} s of task time: {c.get('labels', 0):,} of "
+        f"{c.get('confident', 0):,} confident labels map within {sphere_deg:g} deg"
+    )
 
 
 def summary(run_id, store, counts, sphere_deg) -> str:
@@ -140,11 +153,23 @@ def summary(run_id, store, counts, sphere_deg) -> str:
             f"  features  {c['features_computed']:,} computed ({c['features_per_s']:.1f} images/s overall, "
             f"{c['features_per_actor_s']:.1f} per busy actor), "
             f"{c['features_cached']:,} from cache; backbone {c['backbone']} ({c['backbone_reason']})",
-            *([f"            by {'; '.join(f'{k}: {v}' for k, v in c['feature_actors'].items())}"] if c.get("feature_actors") else []),
-            *([f"            {c['features_replaced']:,} of them again: their file changed since (its labels are made anew)"]
-              if c.get("features_replaced") else []),
-            *([f"            labels on {c['label_features']} (labels.features; refined in {c['adapter_s']:.1f} s)"]
-              if c["label_features"] != c["backbone"] else []),
+            *(
+                [f"            by {'; '.join(f'{k}: {v}' for k, v in c['feature_actors'].items())}"]
+                if c.get("feature_actors")
+                else []
+            ),
+            *(
+                [
+                    f"            {c['features_replaced']:,} of them again: their file changed since (its labels are made anew)"
+                ]
+                if c.get("features_replaced")
+                else []
+            ),
+            *(
+                [f"            labels on {c['label_features']} (labels.features; refined in {c['adapter_s']:.1f} s)"]
+                if c["label_features"] != c["backbone"]
+                else []
+            ),
             *([f"  nothing new: {c['nothing_new']}"] if c.get("nothing_new") else chain_lines(c)),
             *([sphere_line(s, c, sphere_deg)] if (s := c.get("sphere")) else []),
             f"  coverage  {c['coverage']:.1%} of the {c['pairable']:,} pairable images are the source of a current label "
@@ -172,7 +197,9 @@ def chain_lines(c: dict) -> list[str]:
 
 
 def presets(argv: list[str]) -> dict | None:
-    return DEMO_PRESET if "data.builtin=demo" in argv and not any(a.startswith("data.manifest=") for a in argv) else None
+    return (
+        DEMO_PRESET if "data.builtin=demo" in argv and not any(a.startswith("data.manifest=") for a in argv) else None
+    )
 
 
 def parse(argv: list[str]):
@@ -218,25 +245,46 @@ def resolve(conf) -> Run:
     stored = OmegaConf.masked_copy(conf, [k for k in conf if k != "catalog"])  # its string may hold a password
     digest = config_hash(OmegaConf.masked_copy(stored, [k for k in stored if k not in ("run_id", "ray")]))
     record = store.begin_run(
-        {"run_id": run_id, "manifest": inputs.manifest, "backbone": inputs.backbone.name,
-         "backbone_fingerprint": inputs.fingerprint, "label_features": features, "config": OmegaConf.to_yaml(stored),
-         "config_hash": digest, "label_hash": label_hash(conf)}
+        {
+            "run_id": run_id,
+            "manifest": inputs.manifest,
+            "backbone": inputs.backbone.name,
+            "backbone_fingerprint": inputs.fingerprint,
+            "label_features": features,
+            "config": OmegaConf.to_yaml(stored),
+            "config_hash": digest,
+            "label_hash": label_hash(conf),
+        }
     )
     if record["config_hash"] != digest:
-        raise ValueError(f"run_id={run_id} was started with another config (hash {record['config_hash']}, now {digest}; "
-                         "or with another version of labelgen, whose defaults differ): resume it with the same overrides, "
-                         "or choose a new run_id")
+        raise ValueError(
+            f"run_id={run_id} was started with another config (hash {record['config_hash']}, now {digest}; "
+            "or with another version of labelgen, whose defaults differ): resume it with the same overrides, "
+            "or choose a new run_id"
+        )
     if record["label_features"] != features:  # labels.features=promoted, and another model promoted since
-        raise ValueError(f"run_id={run_id} was started on features {record['label_features']}, labels.features="
-                         f"{conf.labels.features} now gives {features}: resume it with labels.features=<that model>, "
-                         "or choose a new run_id")
+        raise ValueError(
+            f"run_id={run_id} was started on features {record['label_features']}, labels.features="
+            f"{conf.labels.features} now gives {features}: resume it with labels.features=<that model>, "
+            "or choose a new run_id"
+        )
     if record.get("sphere_id"):  # the mapper a previous attempt filtered with, whatever is latest now
         sphere = resolve_sphere(store, record["sphere_id"], features)
     # what runs committed before this one started labelled alike: the same for every attempt of it
     labelled = store.labelled_images(features, record["label_hash"], record["started"]) if conf.new_only else set()
-    return Run(**vars(inputs), conf=conf, store=store, run_id=run_id, model=model, label_features=features,
-               cache_root=store.feature_cache(conf.features.cache), sphere=sphere,
-               labelled=labelled & set(inputs.df["image_id"]), started=record["started"], stages=stages)
+    return Run(
+        **vars(inputs),
+        conf=conf,
+        store=store,
+        run_id=run_id,
+        model=model,
+        label_features=features,
+        cache_root=store.feature_cache(conf.features.cache),
+        sphere=sphere,
+        labelled=labelled & set(inputs.df["image_id"]),
+        started=record["started"],
+        stages=stages,
+    )
 
 
 def features_stage(run: Run) -> tuple[pd.DataFrame, list[dict], pd.DataFrame]:
@@ -246,14 +294,19 @@ def features_stage(run: Run) -> tuple[pd.DataFrame, list[dict], pd.DataFrame]:
     features are computed again, and it is labelled anew."""
     df, stages = run.df, run.stages
     todo = stale_features(with_versions(df), run.cache_root, run.fingerprint, run.conf.features.flips)
-    run.replaced = run.store.replaced_images(run.run_id, todo["image_id"][todo["cached"].notna()])  # before the cache changes
+    run.replaced = run.store.replaced_images(
+        run.run_id, todo["image_id"][todo["cached"].notna()]
+    )  # before the cache changes
     run.labelled = run.labelled - run.replaced
-    results, feat_s = extract_features(todo, run.conf.features, run.backbone, run.image_size, run.cache_root, run.fingerprint,
-                                       run.start_ray)
+    results, feat_s = extract_features(
+        todo, run.conf.features, run.backbone, run.image_size, run.cache_root, run.fingerprint, run.start_ray
+    )
     stages.add("features", feat_s)
     failed = results[results["error"] != ""]
     uris = dict(zip(df["image_id"], df["uri"]))
-    bad = [{"image_id": i, "uri": uris[i], "stage": "features", "error": e} for i, e in zip(failed.image_id, failed.error)]
+    bad = [
+        {"image_id": i, "uri": uris[i], "stage": "features", "error": e} for i, e in zip(failed.image_id, failed.error)
+    ]
     good = df[~df["image_id"].isin(failed["image_id"])]
     if run.model:
         run.start_ray()
@@ -283,8 +336,10 @@ def nothing_new(run: Run, tuples: Tuples) -> str | None:
     """Why a run has no tuple to chain because every pairable image is labelled already."""
     if tuples.anchors or not tuples.pairable:
         return None
-    return (f"all {tuples.pairable:,} pairable images were labelled by committed runs with these label features "
-            f"({run.label_features}) and label config; new_only=false labels them again")
+    return (
+        f"all {tuples.pairable:,} pairable images were labelled by committed runs with these label features "
+        f"({run.label_features}) and label config; new_only=false labels them again"
+    )
 
 
 def execute(run: Run) -> dict:
@@ -297,8 +352,12 @@ def execute(run: Run) -> dict:
     bad += tuples.left_out
     done = run.store.staged_categories(run.run_id)
     if done:
-        log.info("resuming run %s: %d of %d categories already done", run.run_id, len(done & set(tuples.by_category)),
-                 len(tuples.by_category))
+        log.info(
+            "resuming run %s: %d of %d categories already done",
+            run.run_id,
+            len(done & set(tuples.by_category)),
+            len(tuples.by_category),
+        )
     todo = {c: t for c, t in tuples.by_category.items() if c not in done and len(t)}
     sphere = sphere_stage(run, good) if todo else None
     wall = {"chains_s": 0.0, "vote_s": 0.0}
@@ -338,7 +397,9 @@ def run_counts(run: Run, tuples: Tuples, bad: list, results: pd.DataFrame, wall:
         "label_features": run.label_features,
         "adapter_s": round(run.stages.seconds.get("adapter", 0.0), 1),
         "k": run.conf.pairing.k,
-        "tuple_k": {c: t.idx.shape[1] for c, t in tuples.by_category.items() if len(t) and t.idx.shape[1] < run.conf.pairing.k},
+        "tuple_k": {
+            c: t.idx.shape[1] for c, t in tuples.by_category.items() if len(t) and t.idx.shape[1] < run.conf.pairing.k
+        },
         "no_tuples": tuples.untupled,  # category -> why it got none, and the fix
         "pairable": tuples.pairable,
         "anchors": tuples.anchors,
@@ -347,8 +408,13 @@ def run_counts(run: Run, tuples: Tuples, bad: list, results: pd.DataFrame, wall:
         "coverage": len(sources) / tuples.pairable if tuples.pairable else 0.0,
         "chain_s": round(wall["chains_s"], 3),
         "vote_s": round(wall["vote_s"], 3),
-        "sphere": sphere and {"sphere_id": sphere["sphere_id"], "trained_s": round(sphere["trained_s"], 1),
-                              "images": sphere["images"], "filter_s": round(filter_s, 1)},
+        "sphere": sphere
+        and {
+            "sphere_id": sphere["sphere_id"],
+            "trained_s": round(sphere["trained_s"], 1),
+            "images": sphere["images"],
+            "filter_s": round(filter_s, 1),
+        },
         "tuples_per_s": totals.get("tuples", 0) / wall["chains_s"] if wall["chains_s"] else 0.0,
         "labels_per_s": totals.get("labels", 0) / sum(wall.values()) if sum(wall.values()) else 0.0,
         "ray": run.ray or "not started: nothing to compute",
@@ -370,14 +436,19 @@ def label(conf) -> int:
         try:
             run.store.fail_run(run.run_id, f"{type(e).__name__}: {Fault.found_in(e) or e}")
         except Exception as why:  # e.g. the catalog's disk is the one that is full
-            log.warning("run %s: could not record its failure (%s); it stays incomplete", run.run_id, str(why).splitlines()[0])
+            log.warning(
+                "run %s: could not record its failure (%s); it stays incomplete", run.run_id, str(why).splitlines()[0]
+            )
         raise
     print(summary(run.run_id, run.store, counts, conf.labels.sphere_deg), flush=True)
     print(f"  time      {run.stages.line()}", flush=True)
     if not counts.get("labels") and not counts["nothing_new"]:
-        log.warning("run %s stored 0 labels: %s", run.run_id,
-                    "; ".join(f"'{c}': {why}" for c, why in counts["no_tuples"].items())
-                    or "every chain failed its cycle check or the filters removed every label (see python -m queries stage_yield)")
+        log.warning(
+            "run %s stored 0 labels: %s",
+            run.run_id,
+            "; ".join(f"'{c}': {why}" for c, why in counts["no_tuples"].items())
+            or "every chain failed its cycle check or the filters removed every label (see python -m queries stage_yield)",
+        )
     return 0
 
 

@@ -31,10 +31,22 @@ def init_ray(conf) -> str:
     # actor that Ray warns about at every start, ray-project/ray#53727).
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     # Bind a local instance to loopback: nothing outside this machine can reach it.
-    ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=True, dashboard_host="127.0.0.1",
-             num_cpus=conf.num_cpus, logging_level=console.ray_level())
-    auth = ("token authentication on (Ray's default: other clients join with RAY_AUTH_MODE=token, "
-            "RAY_AUTH_MODE=disabled opts out)") if os.environ.get("RAY_AUTH_MODE") == "token" else "no authentication"
+    ray.init(
+        address="local",
+        _node_ip_address="127.0.0.1",
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        num_cpus=conf.num_cpus,
+        logging_level=console.ray_level(),
+    )
+    auth = (
+        (
+            "token authentication on (Ray's default: other clients join with RAY_AUTH_MODE=token, "
+            "RAY_AUTH_MODE=disabled opts out)"
+        )
+        if os.environ.get("RAY_AUTH_MODE") == "token"
+        else "no authentication"
+    )
     return f"local instance on 127.0.0.1, {auth}"
 
 

@@ -42,7 +42,9 @@ def drop_known_pairs(table: pa.Table, labelled: set[str]) -> pa.Table:
 
 
 @ray.remote(num_cpus=1)
-def candidate_task(run_id, category, chunk, tuples, cache_root, fingerprint, conf, rotations, parts, store_uri, labelled):
+def candidate_task(
+    run_id, category, chunk, tuples, cache_root, fingerprint, conf, rotations, parts, store_uri, labelled
+):
     """Map: one chunk's candidate labels (none between two already labelled images), written
     per vote partition; returns the counts per stage and each image's size and foreground."""
     table, stats, feats = chunk_candidates(run_id, category, tuples, cache_root, fingerprint, conf, rotations)
@@ -97,9 +99,22 @@ def run_labels(run, df: pd.DataFrame, tuples_by_cat: dict[str, CategoryTuples], 
         rows[category] = df[df["category"] == category]
         rotations = ray.put(pairing.view_rotations(rows[category]))
         labelled = ray.put(run.labelled & set(tuples.ids))
-        refs = [candidate_task.remote(run_id, category, n, tuples[s : s + step], run.cache_root, run.label_features, conf,
-                                      rotations, parts[category], store.uri, labelled)
-                for n, s in enumerate(range(0, len(tuples), step))]
+        refs = [
+            candidate_task.remote(
+                run_id,
+                category,
+                n,
+                tuples[s : s + step],
+                run.cache_root,
+                run.label_features,
+                conf,
+                rotations,
+                parts[category],
+                store.uri,
+                labelled,
+            )
+            for n, s in enumerate(range(0, len(tuples), step))
+        ]
         votes += [vote_task.remote(run_id, category, p, conf, store.uri, sphere, *refs) for p in range(parts[category])]
         category_of.update(dict.fromkeys(refs, category))
         left[category] = len(refs)
@@ -124,5 +139,3 @@ def write_images(run, category: str, rows: pd.DataFrame, chunks, parts: int):
     sizes = pd.DataFrame.from_dict(seen, orient="index", columns=["width", "height", "n_fg"])
     images = rows[[c for c in IMAGE_COLUMNS if c in rows.columns]].join(sizes, on="image_id").assign(run_id=run.run_id)
     run.store.write_images(run.run_id, category, images_table(images), sum_counts(stats for stats, _ in chunks), parts)
-
-

@@ -31,8 +31,14 @@ def mapper_inputs(cache_root: str, fingerprint: str, rows) -> list[dict]:
     for image_id, category, azimuth in rows:
         fg = Foreground.of(load_features(cache_uri(cache_root, fingerprint, image_id)))
         if len(fg.feats):
-            out.append({"feats": fg.feats, "grid": fg.grid, "category": category,
-                        "azimuth": np.nan if azimuth is None or pd.isna(azimuth) else float(azimuth)})
+            out.append(
+                {
+                    "feats": fg.feats,
+                    "grid": fg.grid,
+                    "category": category,
+                    "azimuth": np.nan if azimuth is None or pd.isna(azimuth) else float(azimuth),
+                }
+            )
     return out
 
 
@@ -46,41 +52,63 @@ def run_images(store: LabelStore, run_id: str | None) -> tuple[str, str, list[di
     run_id, fingerprint, run_conf = row["run_id"], row["label_features"], OmegaConf.create(row["config"])
     con = store.connect()
     try:
-        images = con.execute("SELECT DISTINCT ON (image_id) image_id, category, azimuth FROM images JOIN runs USING (run_id) "
-                             "WHERE status = 'committed' AND label_features = ? AND n_fg > 0 ORDER BY image_id",
-                             [fingerprint]).fetchall()
+        images = con.execute(
+            "SELECT DISTINCT ON (image_id) image_id, category, azimuth FROM images JOIN runs USING (run_id) "
+            "WHERE status = 'committed' AND label_features = ? AND n_fg > 0 ORDER BY image_id",
+            [fingerprint],
+        ).fetchall()
     finally:
         con.close()
     cache_root = store.feature_cache(run_conf.features.cache)
     return run_id, fingerprint, mapper_inputs(cache_root, fingerprint, images)
 
 
-
-
 def fit(store: LabelStore, images: list[dict], fingerprint: str, label_run: str, conf, log=None, categories=()) -> dict:
     """Train a mapper on `images` (mapper inputs) and register it for their categories and
     `categories` (those it was asked to cover); returns its record."""
     if not images:
-        raise ValueError(f"no image of run {label_run} has foreground features to fit a spherical mapper to: "
-                         "check its masks (python -m queries empty_images), or run with labels.sphere=none")
+        raise ValueError(
+            f"no image of run {label_run} has foreground features to fit a spherical mapper to: "
+            "check its masks (python -m queries empty_images), or run with labels.sphere=none"
+        )
     t0 = time.perf_counter()
     mapper, history = sphere.train_mapper(images, conf, log=log)
-    return store.save_sphere({
-        "sphere_id": new_id(), "label_run": label_run,
-        "backbone_fingerprint": fingerprint, "categories": sorted(set(mapper.categories) | set(categories)), "images": len(images),
-        "history": history, "train_s": round(time.perf_counter() - t0, 1), "config": OmegaConf.to_yaml(conf),
-        "created": now()}, checkpoint_bytes(mapper))
+    return store.save_sphere(
+        {
+            "sphere_id": new_id(),
+            "label_run": label_run,
+            "backbone_fingerprint": fingerprint,
+            "categories": sorted(set(mapper.categories) | set(categories)),
+            "images": len(images),
+            "history": history,
+            "train_s": round(time.perf_counter() - t0, 1),
+            "config": OmegaConf.to_yaml(conf),
+            "created": now(),
+        },
+        checkpoint_bytes(mapper),
+    )
 
 
 def train(conf) -> int:
     store = LabelStore(conf.store, conf.catalog)
     run_id, fingerprint, images = run_images(store, conf.run_id)
-    record = fit(store, images, fingerprint, run_id, conf.sphere, log=lambda h: print(
-        "step {step}: loss {loss:.3f} (recon {recon:.3f}, triplet {triplet:.3f}, orientation {orientation:.3f}, "
-        "viewpoint {viewpoint:.3f})".format(**h), flush=True))
-    print(f"sphere {record['sphere_id']}: {len(images)} images of run {run_id}, {conf.sphere.steps} steps in "
-          f"{record['train_s']} s, final loss {record['history'][-1]['loss']:.3f}\n  weights {record['checkpoint']}\n"
-          f"  use it: python -m labelgen.run labels.sphere={record['sphere_id']} (or latest)")
+    record = fit(
+        store,
+        images,
+        fingerprint,
+        run_id,
+        conf.sphere,
+        log=lambda h: print(
+            "step {step}: loss {loss:.3f} (recon {recon:.3f}, triplet {triplet:.3f}, orientation {orientation:.3f}, "
+            "viewpoint {viewpoint:.3f})".format(**h),
+            flush=True,
+        ),
+    )
+    print(
+        f"sphere {record['sphere_id']}: {len(images)} images of run {run_id}, {conf.sphere.steps} steps in "
+        f"{record['train_s']} s, final loss {record['history'][-1]['loss']:.3f}\n  weights {record['checkpoint']}\n"
+        f"  use it: python -m labelgen.run labels.sphere={record['sphere_id']} (or latest)"
+    )
     return 0
 
 
@@ -94,17 +122,25 @@ def resolve(store: LabelStore, name: str, fingerprint: str, categories=()) -> di
     latest, or auto (the latest on these features that knows every one of `categories`;
     None when there is none, so the caller trains one)."""
     if name == "auto":
-        fits = [r for r in store.spheres() if r["backbone_fingerprint"] == fingerprint and set(categories) <= set(r["categories"])]
+        fits = [
+            r
+            for r in store.spheres()
+            if r["backbone_fingerprint"] == fingerprint and set(categories) <= set(r["categories"])
+        ]
         return fits[-1] if fits else None
     records = [r for r in store.spheres() if name in ("latest", r["sphere_id"])]
     if not records:
-        raise ValueError(f"labels.sphere={name}: no such spherical mapper in {store}; train one with "
-                         f"`python -m labelgen.train_sphere store={store}`, or use labels.sphere=auto (labels.sphere=none: "
-                         "no spherical filter)")
+        raise ValueError(
+            f"labels.sphere={name}: no such spherical mapper in {store}; train one with "
+            f"`python -m labelgen.train_sphere store={store}`, or use labels.sphere=auto (labels.sphere=none: "
+            "no spherical filter)"
+        )
     record = records[-1]
     if record["backbone_fingerprint"] != fingerprint:
-        raise ValueError(f"spherical mapper {record['sphere_id']} was trained on features {record['backbone_fingerprint']}, "
-                         f"this run has {fingerprint}: train one on these features, or use labels.sphere=auto")
+        raise ValueError(
+            f"spherical mapper {record['sphere_id']} was trained on features {record['backbone_fingerprint']}, "
+            f"this run has {fingerprint}: train one on these features, or use labels.sphere=auto"
+        )
     return record
 
 

@@ -96,5 +96,10 @@ def judge(src: PartTruth, tgt: PartTruth, src_xy: np.ndarray, tgt_xy: np.ndarray
     error = np.where(visible, relative_error(tgt_xy, truth, tgt.box_side), np.nan)
     landed, _, _, _ = tgt.at(tgt_xy)
     twin = src.twin[part]
-    return {"error": error, "correct": within(error, alphas), "hidden": (part > 0) & ~visible,
-            "twin_part": twin > 0, "mirrored": (twin > 0) & (landed == twin)}
+    return {
+        "error": error,
+        "correct": within(error, alphas),
+        "hidden": (part > 0) & ~visible,
+        "twin_part": twin > 0,
+        "mirrored": (twin > 0) & (landed == twin),
+    }

@@ -44,6 +44,7 @@ def make_tuples(df: pd.DataFrame, conf, cache_root: str, fingerprint: str, label
     """Tuples per category, anchored only at images not `labelled` yet; the images left out
     because they lack the pose their category is paired by; per category without a tuple,
     why and what to do."""
+
     def descriptors(rows):  # only categories without pose need them
         return np.stack([load_features(cache_uri(cache_root, fingerprint, i)).descriptor() for i in rows["image_id"]])
 
@@ -53,9 +54,15 @@ def make_tuples(df: pd.DataFrame, conf, cache_root: str, fingerprint: str, label
         cols = " and ".join(pairing.POSE_COLUMNS.get(mode, []))
         placed = ~pairing.unplaced(rows, mode)
         for _, r in rows[~placed].iterrows():
-            left_out.append({"image_id": r["image_id"], "uri": r["uri"], "stage": "pairing",
-                             "error": f"{r['uri']}: no {cols} while category '{category}' is paired by {mode} pose: left out of "
-                                      "every tuple; give its pose, or run with pairing.pose=similarity"})
+            left_out.append(
+                {
+                    "image_id": r["image_id"],
+                    "uri": r["uri"],
+                    "stage": "pairing",
+                    "error": f"{r['uri']}: no {cols} while category '{category}' is paired by {mode} pose: left out of "
+                    "every tuple; give its pose, or run with pairing.pose=similarity",
+                }
+            )
         new = (placed & ~rows["image_id"].isin(labelled)).to_numpy()
         pairable, anchors = pairable + int(placed.sum()), anchors + int(new.sum())
         if not new.any():
@@ -63,10 +70,16 @@ def make_tuples(df: pd.DataFrame, conf, cache_root: str, fingerprint: str, label
         idx = pairing.category_tuples(rows, conf, descriptors, anchors=new)
         out[category] = CategoryTuples(rows["image_id"].to_numpy(), idx)
         if not len(idx):
-            untupled[category] = (f"its {len(rows)} images make no pair one hop apart ({mode} pose, pairing.bin_deg={conf.bin_deg:g}): "
-                                  "widen pairing.bin_deg, add views of other poses, or pair by pairing.pose=similarity")
+            untupled[category] = (
+                f"its {len(rows)} images make no pair one hop apart ({mode} pose, pairing.bin_deg={conf.bin_deg:g}): "
+                "widen pairing.bin_deg, add views of other poses, or pair by pairing.pose=similarity"
+            )
             log.warning("category '%s' gets no labels: %s", category, untupled[category])
         elif idx.shape[1] < conf.k:
-            log.info("category '%s': its poses make no tuple of K=%d, so its tuples have %d images", category, conf.k,
-                     idx.shape[1])
+            log.info(
+                "category '%s': its poses make no tuple of K=%d, so its tuples have %d images",
+                category,
+                conf.k,
+                idx.shape[1],
+            )
     return Tuples(out, left_out, untupled, pairable, anchors)

@@ -31,13 +31,14 @@ def report_sql(name: str) -> str:
 def header(sql: str) -> dict[str, str]:
     """The report's description and plot spec, from its leading comments."""
     lines = [line[2:].strip() for line in sql.splitlines() if line.startswith("--")]
-    plot = next((line[len("plot:"):].strip() for line in lines if line.startswith("plot:")), "")
+    plot = next((line[len("plot:") :].strip() for line in lines if line.startswith("plot:")), "")
     about = " ".join(line for line in lines if not line.startswith("plot:"))
     return {"about": about, "plot": plot}
 
 
-def run_sql(store_uri: str, sql: str, params: dict[str, str] | None = None, catalog: str | None = None,
-            at: int | None = None) -> pd.DataFrame:
+def run_sql(
+    store_uri: str, sql: str, params: dict[str, str] | None = None, catalog: str | None = None, at: int | None = None
+) -> pd.DataFrame:
     """Run SQL on a read-only connection to the store (committed runs only), at its latest
     snapshot or at snapshot `at`, with the truth functions (`queries.functions`) where it calls them."""
     store = LabelStore(store_uri, catalog)

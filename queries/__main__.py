@@ -1,8 +1,8 @@
 """Reports on a label store.
 
-    python -m queries NAME [store=URI] [at=SNAPSHOT] [format=table|csv|json] [plot=out.png] [param=[k=v,...]]
-    python -m queries sql "SELECT ..." [store=URI]
-    python -m queries list
+python -m queries NAME [store=URI] [at=SNAPSHOT] [format=table|csv|json] [plot=out.png] [param=[k=v,...]]
+python -m queries sql "SELECT ..." [store=URI]
+python -m queries list
 """
 
 import sys

@@ -9,8 +9,9 @@ from labelgen.geometry import transfer
 from labelgen.truth import judge, load_truth
 
 USED = re.compile(r"\b(true_xy|part_truth)\s*\(", re.IGNORECASE)  # SQL that matches needs `register`
-PART_VERDICT = pa.struct([("error", pa.float64()), ("hidden", pa.bool_()), ("twin", pa.bool_()),
-                          ("mirrored", pa.bool_())])
+PART_VERDICT = pa.struct(
+    [("error", pa.float64()), ("hidden", pa.bool_()), ("twin", pa.bool_()), ("mirrored", pa.bool_())]
+)
 
 
 def true_xy(hom_src: pa.Array, hom_tgt: pa.Array, x: pa.Array, y: pa.Array) -> pa.Array:
@@ -27,8 +28,9 @@ def values(lists: pa.ListArray) -> np.ndarray:
     return lists.flatten().to_numpy(zero_copy_only=False)
 
 
-def part_truth(src_truth: pa.Array, tgt_truth: pa.Array, sx: pa.Array, sy: pa.Array, tx: pa.Array,
-               ty: pa.Array) -> pa.Array:
+def part_truth(
+    src_truth: pa.Array, tgt_truth: pa.Array, sx: pa.Array, sy: pa.Array, tx: pa.Array, ty: pa.Array
+) -> pa.Array:
     """SQL `part_truth(src truth_uri, tgt truth_uri, [src_x], [src_y], [tgt_x], [tgt_y])`: the
     verdicts of one image pair's labels (lists, aggregated per pair so that each pair's truth
     is read and judged once) against part truth (labelgen.truth.judge): per label the error
@@ -45,13 +47,19 @@ def part_truth(src_truth: pa.Array, tgt_truth: pa.Array, sx: pa.Array, sy: pa.Ar
         for key, value in out.items():
             value[lo:hi] = verdict[key]
     error = pa.array(out["error"], mask=np.isnan(out["error"]))
-    verdicts = pa.StructArray.from_arrays([error, *(pa.array(out[k]) for k in ("hidden", "twin_part", "mirrored"))],
-                                          fields=list(PART_VERDICT))
+    verdicts = pa.StructArray.from_arrays(
+        [error, *(pa.array(out[k]) for k in ("hidden", "twin_part", "mirrored"))], fields=list(PART_VERDICT)
+    )
     return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), verdicts)
 
 
 def register(con) -> None:
     """Add the functions to a connection."""
     con.create_function("true_xy", true_xy, ["DOUBLE[]", "DOUBLE[]", "DOUBLE", "DOUBLE"], "DOUBLE[]", type="arrow")
-    con.create_function("part_truth", part_truth, ["VARCHAR", "VARCHAR"] + ["DOUBLE[]"] * 4,
-                        "STRUCT(error DOUBLE, hidden BOOLEAN, twin BOOLEAN, mirrored BOOLEAN)[]", type="arrow")
+    con.create_function(
+        "part_truth",
+        part_truth,
+        ["VARCHAR", "VARCHAR"] + ["DOUBLE[]"] * 4,
+        "STRUCT(error DOUBLE, hidden BOOLEAN, twin BOOLEAN, mirrored BOOLEAN)[]",
+        type="arrow",
+    )

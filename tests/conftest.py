@@ -49,9 +49,15 @@ def dino_small_file(tmp_path_factory):
 def run():
     """`run(["labelgen.run", "key=value", ...])`: a `python -m` command as a user runs it, in
     a process of its own, its output captured."""
+
     def run(args, env=None, timeout=600):
-        return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, **(env or {})})
+        return subprocess.run(
+            [sys.executable, "-m", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, **(env or {})},
+        )
 
     return run
 

@@ -29,5 +29,7 @@ def test_reference_generator_and_service_give_identical_candidates(tiny_demo, tm
 def test_the_stage_times_are_read_back_from_the_run_summary():
     from benchmarks.memory import stages
 
-    summary = "run r: committed\n  store     /s\n  time      ray start 3.1 s, features 20.0 s, commit 0.4 s, total 41.0 s\n"
+    summary = (
+        "run r: committed\n  store     /s\n  time      ray start 3.1 s, features 20.0 s, commit 0.4 s, total 41.0 s\n"
+    )
     assert stages(summary) == {"ray start": 3.1, "features": 20.0, "commit": 0.4, "total": 41.0}

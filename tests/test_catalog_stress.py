@@ -46,8 +46,12 @@ def damaged(catalog: str) -> list:
 
 
 def reduced(catalog: str, retries: int) -> str:
-    p = subprocess.run([sys.executable, "-c", cs.REDUCED, catalog.split(":", 1)[1], str(retries)], capture_output=True,
-                       text=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-c", cs.REDUCED, catalog.split(":", 1)[1], str(retries)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     return p.stdout
 
@@ -70,15 +74,19 @@ def test_ducklakes_own_retry_leaves_files_naming_lost_name_maps_and_the_repair_r
 def test_without_ducklakes_retry_the_losing_commit_fails_whole_and_the_catalog_stays_readable(postgres):
     catalog = postgres("stress_reduced_no_retry")
     out = reduced(catalog, 0)
-    assert "commit: failed" in out and "duplicate key value violates unique constraint" in out and "read: ok" in out, out
+    assert "commit: failed" in out and "duplicate key value violates unique constraint" in out and "read: ok" in out, (
+        out
+    )
     assert damaged(catalog) == []
     assert read_t(catalog) == "(0, None)"  # nothing of the failed commit
 
 
 @pytest.mark.slow
 def test_with_the_store_settings_provoked_conflicts_damage_no_store(postgres, tmp_path):
-    a = parse_overrides(cs.default_conf, ["trials=3", "writers=3", "runs=1", "variant=store", f"workdir={tmp_path}",
-                                          "round_timeout=120"])
+    a = parse_overrides(
+        cs.default_conf,
+        ["trials=3", "writers=3", "runs=1", "variant=store", f"workdir={tmp_path}", "round_timeout=120"],
+    )
     result = cs.stress(a, postgres, pg_log=None, progress=print)
     s = result["summary"]["store"]
     assert s["rounds"] == 3 and s["crashes"] == 0

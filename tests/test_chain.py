@@ -75,8 +75,10 @@ def test_back_match_is_the_masked_argmax_within_each_group(topk):
     assert torch.equal(got, expect)
     assert torch.equal(targets - 50, sim.argmax(dim=1)[seeds])  # the forward match: plain nearest
     # both directions come from the same matmul
-    assert torch.equal(nn(torch.ones(40, dtype=torch.long), torch.zeros(40, dtype=torch.long), torch.arange(50, 90))[:, 0],
-                       sim.argmax(dim=0))
+    assert torch.equal(
+        nn(torch.ones(40, dtype=torch.long), torch.zeros(40, dtype=torch.long), torch.arange(50, 90))[:, 0],
+        sim.argmax(dim=0),
+    )
 
 
 def test_chain_of_permutations_recovers_composition():
@@ -107,11 +109,22 @@ def test_compose_counts_tuples_and_keeps_the_best_cycle_error():
     # three tuples over two images of patches {0, 1} and {2, 3}: chains (0 -> 2) twice in
     # tuple 0 (errors 3, 1), once in tuple 1 (error 2); (1 -> 3) once in tuple 1 (error 5);
     # tuple 2 sweeps the other way and proposes (2 -> 0), which is (0 -> 2) turned around
-    ch = Chains(torch.tensor([0, 0, 1, 1, 2]), torch.tensor([[0, 2], [0, 2], [0, 2], [1, 3], [2, 0]]),
-                torch.tensor([[3.0], [1.0], [2.0], [5.0], [4.0]]), [5, 5])
+    ch = Chains(
+        torch.tensor([0, 0, 1, 1, 2]),
+        torch.tensor([[0, 2], [0, 2], [0, 2], [1, 3], [2, 0]]),
+        torch.tensor([[3.0], [1.0], [2.0], [5.0], [4.0]]),
+        [5, 5],
+    )
     labels = compose(ch, 4, torch.ones(5, 1))
-    rows = sorted(zip(labels.src.tolist(), labels.tgt.tolist(), labels.hops.tolist(), labels.cycle_error.tolist(),
-                      labels.support.tolist()))
+    rows = sorted(
+        zip(
+            labels.src.tolist(),
+            labels.tgt.tolist(),
+            labels.hops.tolist(),
+            labels.cycle_error.tolist(),
+            labels.support.tolist(),
+        )
+    )
     assert rows == [(0, 2, 1, 1.0, 3), (1, 3, 1, 5.0, 1)]
 
 

@@ -64,7 +64,10 @@ def test_help_shows_the_values_the_code_runs_with():
     from labelgen import features
 
     line = next(x for x in describe({"features": features.default_conf}).splitlines() if "features.flips=" in x)
-    assert line.split(None, 1) == ["features.flips=True", "also cache features of the mirrored image (flip augmentation, pose alignment)"]
+    assert line.split(None, 1) == [
+        "features.flips=True",
+        "also cache features of the mirrored image (flip augmentation, pose alignment)",
+    ]
 
 
 @pytest.mark.parametrize("name", READERS)
@@ -89,13 +92,42 @@ def test_store_defaults_are_written_once_and_documented_where_they_are_spread():
 
 def test_old_flags_work_for_one_release_with_a_warning(capsys):
     defaults = {**STORE_DEFAULTS, "at": None, "param": [], "detach": False, "sweeps": True, "older_than_days": 7.0}
-    argv = ["report", "--store", "s", "--at=3", "--param", "a=b", "--param", "c='d", "--detach", "--no-sweeps",
-            "--older-than-days", "0", "k=v", "--nope", "x", "--at"]
-    assert old_flags(argv, defaults) == ["report", "store=s", "at=3", "detach=true", "sweeps=false", "older_than_days=0",
-                                         "k=v", "--nope", "x", "--at", "param=['a=b','c=''d']"]
+    argv = [
+        "report",
+        "--store",
+        "s",
+        "--at=3",
+        "--param",
+        "a=b",
+        "--param",
+        "c='d",
+        "--detach",
+        "--no-sweeps",
+        "--older-than-days",
+        "0",
+        "k=v",
+        "--nope",
+        "x",
+        "--at",
+    ]
+    assert old_flags(argv, defaults) == [
+        "report",
+        "store=s",
+        "at=3",
+        "detach=true",
+        "sweeps=false",
+        "older_than_days=0",
+        "k=v",
+        "--nope",
+        "x",
+        "--at",
+        "param=['a=b','c=''d']",
+    ]
     err = capsys.readouterr().err.splitlines()
     assert err[0] == "warning: --store is deprecated, write store=...; flags go away in the next release"
-    assert len(err) == 6 and "write detach=true;" in err[3] and "--no-sweeps is deprecated, write sweeps=false;" in err[4]
+    assert (
+        len(err) == 6 and "write detach=true;" in err[3] and "--no-sweeps is deprecated, write sweeps=false;" in err[4]
+    )
     conf = parse_overrides(defaults, old_flags(["--param", "a=b", "--param", "c='d"], defaults))
     assert list(conf.param) == ["a=b", "c='d"]
 
@@ -138,8 +170,15 @@ def test_relative_locations_are_resolved_against_the_working_directory_once(tmp_
     from labelgen.pipeline import default_conf
 
     monkeypatch.chdir(tmp_path)
-    conf = parse_overrides(default_conf, ["store=out/labels", "data.manifest=m.parquet", "features.cache=s3://b/feats",
-                                          "backbone.weights=~/w.safetensors"])
+    conf = parse_overrides(
+        default_conf,
+        [
+            "store=out/labels",
+            "data.manifest=m.parquet",
+            "features.cache=s3://b/feats",
+            "backbone.weights=~/w.safetensors",
+        ],
+    )
     assert conf.store == str(tmp_path / "out" / "labels")
     assert conf.data.manifest == str(tmp_path / "m.parquet")
     assert conf.data.demo.root == str(tmp_path / "data")  # defaults too
@@ -149,7 +188,9 @@ def test_relative_locations_are_resolved_against_the_working_directory_once(tmp_
     from trainer.retrain import default_conf as retrain_conf
 
     nested = parse_overrides(retrain_conf, ["train.checkpoint.storage=ckpt"])
-    assert nested.train.data.store == str(tmp_path / "labelstore") and nested.train.checkpoint.storage == str(tmp_path / "ckpt")
+    assert nested.train.data.store == str(tmp_path / "labelstore") and nested.train.checkpoint.storage == str(
+        tmp_path / "ckpt"
+    )
 
 
 def test_every_location_key_of_the_entry_points_is_known_as_one():
@@ -170,6 +211,8 @@ def test_progress_in_a_log_file_is_a_few_plain_lines(monkeypatch):
         bar.update(40)  # t=40: a line
         bar.update(50)  # t=41: done, the closing line says it
     lines = out.getvalue().splitlines()
-    assert lines == ["features: 50/100 images (50%), 1.2 images/s, about 40 s left",
-                     "features: 100/100 images in 90.0 s (1.1 images/s)"]
+    assert lines == [
+        "features: 50/100 images (50%), 1.2 images/s, about 40 s left",
+        "features: 100/100 images in 90.0 s (1.1 images/s)",
+    ]
     assert "\r" not in out.getvalue()

@@ -61,18 +61,29 @@ def test_jobs_ship_the_repository_as_working_dir():
 
 
 def ray_cli(*args, env=None, timeout=180):
-    return subprocess.run([os.path.join(BIN, "ray"), *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **CLIENT_ENV, **(env or {})})
+    return subprocess.run(
+        [os.path.join(BIN, "ray"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **CLIENT_ENV, **(env or {})},
+    )
 
 
 def gpu_check(address, actors):
-    out = subprocess.run([sys.executable, "-m", "cluster.gpu_check", f"address={address}", f"actors={actors}"],
-                         capture_output=True, text=True, timeout=300, env={**os.environ, **CLIENT_ENV}, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-m", "cluster.gpu_check", f"address={address}", f"actors={actors}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **CLIENT_ENV},
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     # one indented JSON object; Ray may print a warning beside it (seen: "(raylet) Task GpuProbe.report
     # failed ... The actor was restarted", on a loaded CI machine)
     text = out.stdout
-    return json.loads(text[text.index("{\n"):text.rindex("\n}") + 2])
+    return json.loads(text[text.index("{\n") : text.rindex("\n}") + 2])
 
 
 # A label run in another shell: a local Ray of its own (ray.init()) that runs a task per line read.
@@ -90,11 +101,18 @@ class OtherRay:
     it ends by its own means (its driver exits) at the end."""
 
     def __init__(self, log):
-        self.proc = subprocess.Popen([sys.executable, "-c", OTHER_RAY], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=log, text=True, env={**os.environ, "RAY_ADDRESS": ""})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", OTHER_RAY],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            env={**os.environ, "RAY_ADDRESS": ""},
+        )
         assert self.task() == "alive", "the other Ray instance did not start"
-        self.daemons = [p for p in psutil.Process(self.proc.pid).children(recursive=True)
-                        if p.name() in ("raylet", "gcs_server")]
+        self.daemons = [
+            p for p in psutil.Process(self.proc.pid).children(recursive=True) if p.name() in ("raylet", "gcs_server")
+        ]
         assert sorted(p.name() for p in self.daemons) == ["gcs_server", "raylet"]
 
     def task(self, timeout_s=120) -> str:
@@ -141,10 +159,20 @@ def fake_gpu_cluster():
     with open(path, "w") as f:
         yaml.safe_dump(config, f)
     try:
-        start = ray_cli("start", "--head", f"--temp-dir={home}/ray", f"--port={port}",
-                        f"--ray-client-server-port={client_port}", f"--dashboard-agent-listen-port={agent_port}",
-                        "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats",
-                        f"--autoscaling-config={path}", env={"RAY_FAKE_CLUSTER": "1", OWNER: home})
+        start = ray_cli(
+            "start",
+            "--head",
+            f"--temp-dir={home}/ray",
+            f"--port={port}",
+            f"--ray-client-server-port={client_port}",
+            f"--dashboard-agent-listen-port={agent_port}",
+            "--num-cpus=2",
+            "--num-gpus=0",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--autoscaling-config={path}",
+            env={"RAY_FAKE_CLUSTER": "1", OWNER: home},
+        )
         assert start.returncode == 0, start.stderr[-3000:]
         yield f"{ip}:{port}"
     finally:
@@ -158,9 +186,21 @@ def test_fake_gpu_cluster_scales_up_pins_one_gpu_per_actor_and_scales_down(other
         assert [n["resources"] for n in gpu_check(address, 0)["nodes"]] == [{"CPU": 2.0}]  # the head alone
         store = tmp_path / "store"
         job = subprocess.run(
-            [sys.executable, "-m", "labelgen.run", *tiny_demo_args(tiny_demo), f"store={store}", "run_id=gpu",
-             f"ray.address={address}", "features.device=cuda", "features.actors=2"],
-            capture_output=True, text=True, timeout=600, env={**os.environ, **CLIENT_ENV},
+            [
+                sys.executable,
+                "-m",
+                "labelgen.run",
+                *tiny_demo_args(tiny_demo),
+                f"store={store}",
+                "run_id=gpu",
+                f"ray.address={address}",
+                "features.device=cuda",
+                "features.actors=2",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, **CLIENT_ENV},
         )
         assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
         con = LabelStore(str(store)).connect()
@@ -173,21 +213,27 @@ def test_fake_gpu_cluster_scales_up_pins_one_gpu_per_actor_and_scales_down(other
 
         report = gpu_check(address, 2)  # the same demand, probed directly
         nodes = [a["node"] for a in report["actors"]]
-        assert len(set(nodes)) == 2 and all(a["CUDA_VISIBLE_DEVICES"] == "0" and a["gpu_ids"] == ["0"] for a in report["actors"])
+        assert len(set(nodes)) == 2 and all(
+            a["CUDA_VISIBLE_DEVICES"] == "0" and a["gpu_ids"] == ["0"] for a in report["actors"]
+        )
         gpu_nodes = {n["node"] for n in report["nodes"] if n["resources"].get("GPU")}
         assert set(nodes) <= gpu_nodes and len(gpu_nodes) == 2  # added by the autoscaler, capped at max_workers
 
         deadline = time.time() + 180  # idle_timeout_minutes: 0.1, then the autoscaler's next round
-        while (left := [n for n in gpu_check(address, 0)["nodes"] if n["resources"].get("GPU")]) and time.time() < deadline:
+        while (
+            left := [n for n in gpu_check(address, 0)["nodes"] if n["resources"].get("GPU")]
+        ) and time.time() < deadline:
             time.sleep(5)
         assert left == [], "idle GPU nodes were not removed"
     other_ray.assert_running()  # the fake cluster's teardown left it alone
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("LABELGEN_SSH_TESTS") != "1",
-                    reason="needs sshd on 127.0.0.1 and edits ~/.profile and ~/.bashrc: .ci/run sets LABELGEN_SSH_TESTS=1 "
-                           "after installing openssh-server and rsync; by hand: python -m cluster.local_up")
+@pytest.mark.skipif(
+    os.environ.get("LABELGEN_SSH_TESTS") != "1",
+    reason="needs sshd on 127.0.0.1 and edits ~/.profile and ~/.bashrc: .ci/run sets LABELGEN_SSH_TESTS=1 "
+    "after installing openssh-server and rsync; by hand: python -m cluster.local_up",
+)
 def test_ray_up_job_submit_and_a_teardown_of_its_own_processes_over_ssh(other_ray, tiny_demo, tmp_path):
     from cluster.local_up import up_job_down
 

@@ -19,7 +19,9 @@ def test_optional_number_keys_take_null_and_others_refuse_it():
         parse_overrides(default_conf, ["labels.radius=null"])
     with pytest.raises(ConfigError, match="labels.keep takes a finite number"):
         parse_overrides(default_conf, ["labels.keep=lots"])
-    with pytest.raises(ConfigError, match=r"labels.min_confidence is gone; it is now labels.keep: .*labels.keep=null keeps"):
+    with pytest.raises(
+        ConfigError, match=r"labels.min_confidence is gone; it is now labels.keep: .*labels.keep=null keeps"
+    ):
         parse_overrides(default_conf, ["labels.min_confidence=0"])
 
 

@@ -43,11 +43,15 @@ def test_the_mirror_of_the_resized_view_is_the_resized_mirror():
     x, fg = model_input(pixels[:, ::-1], area[:, ::-1], 64, 8, (0.5,) * 3, (0.2,) * 3)
     flip = Image.Transpose.FLIP_LEFT_RIGHT
     want_x, want_fg, want_scale = preprocess(image.transpose(flip), mask.transpose(flip), 64, 8, (0.5,) * 3, (0.2,) * 3)
-    assert torch.equal(torch.from_numpy(x).permute(2, 0, 1), want_x) and torch.equal(fg, want_fg) and scale == want_scale
+    assert (
+        torch.equal(torch.from_numpy(x).permute(2, 0, 1), want_x) and torch.equal(fg, want_fg) and scale == want_scale
+    )
 
 
 def test_cell_centres_map_back_to_original_pixels():
-    f = ImageFeatures(torch.zeros(8, 8, 4), torch.ones(8, 8, dtype=torch.bool), scale=0.32, stride=8, width=200, height=100)
+    f = ImageFeatures(
+        torch.zeros(8, 8, 4), torch.ones(8, 8, dtype=torch.bool), scale=0.32, stride=8, width=200, height=100
+    )
     xy = f.cell_xy(torch.tensor([0, 9, 63]))
     assert xy.tolist() == [[0, 0], [1, 1], [7, 7]]
     assert f.to_pixels(xy).flatten().tolist() == pytest.approx([12.5, 12.5, 37.5, 37.5, 187.5, 187.5])
@@ -90,7 +94,9 @@ def test_cache_keeps_the_foreground_and_its_context_ring(tmp_path):
 def test_an_image_without_foreground_keeps_only_its_descriptor(tmp_path):
     grid = torch.nn.functional.normalize(torch.randn(4, 5, 8), dim=2)
     uri = cache_uri(str(tmp_path), "fp", "empty")
-    save_features(uri, ImageFeatures(grid, torch.zeros(4, 5, dtype=torch.bool), scale=1.0, stride=8, width=40, height=32))
+    save_features(
+        uri, ImageFeatures(grid, torch.zeros(4, 5, dtype=torch.bool), scale=1.0, stride=8, width=40, height=32)
+    )
     got = load_features(uri)
     assert got.feats.shape == (0, 8) and len(got.fg_feats()) == 0 and (got.grid() == 0).all()
     want = torch.nn.functional.normalize(grid.flatten(0, 1).mean(0), dim=0)  # pairing still sees the whole image
@@ -99,7 +105,9 @@ def test_an_image_without_foreground_keeps_only_its_descriptor(tmp_path):
 
 def test_cache_listing(tmp_path):
     grid, fg = torch.randn(5, 6, 4), torch.rand(5, 6) > 0.5
-    save_features(cache_uri(str(tmp_path), "fp", "cat/001.jpg"), ImageFeatures(grid, fg, 0.25, 14, 300, 280, content="7:1|"))
+    save_features(
+        cache_uri(str(tmp_path), "fp", "cat/001.jpg"), ImageFeatures(grid, fg, 0.25, 14, 300, 280, content="7:1|")
+    )
     assert cached_versions(str(tmp_path), "fp", ["cat/001.jpg", "cat/002.jpg"]) == {"cat/001.jpg": "7:1|"}
     assert cached_versions(str(tmp_path), "other", ["cat/001.jpg"]) == {}
     assert not list(tmp_path.rglob("*.tmp"))  # written whole, then renamed
@@ -147,10 +155,19 @@ def test_features_of_a_replaced_file_are_stale(tmp_path):
 
     (tmp_path / "a.png").write_bytes(b"first")
     (tmp_path / "b.png").write_bytes(b"other")
-    df = with_versions(pd.DataFrame({"image_id": ["a", "b", "c"], "uri": [str(tmp_path / n) for n in ("a.png", "b.png", "c.png")],
-                                     "mask_uri": [None, None, None]}))
+    df = with_versions(
+        pd.DataFrame(
+            {
+                "image_id": ["a", "b", "c"],
+                "uri": [str(tmp_path / n) for n in ("a.png", "b.png", "c.png")],
+                "mask_uri": [None, None, None],
+            }
+        )
+    )
     grid, fg = torch.randn(5, 6, 4), torch.rand(5, 6) > 0.5
-    save_features(cache_uri(str(tmp_path), "fp", "a"), ImageFeatures(grid, fg, 0.25, 14, 300, 280, content=df.content[0]))
+    save_features(
+        cache_uri(str(tmp_path), "fp", "a"), ImageFeatures(grid, fg, 0.25, 14, 300, 280, content=df.content[0])
+    )
     save_features(cache_uri(str(tmp_path), "fp", "b"), ImageFeatures(grid, fg, 0.25, 14, 300, 280))  # an older cache
     stale = stale_features(df, str(tmp_path), "fp")
     assert stale.image_id.tolist() == ["b", "c"] and stale.cached.tolist() == ["", None]

@@ -21,15 +21,20 @@ def test_worker_caches_the_mirrored_twin_and_pose_alignment_uses_it(tiny_demo, t
     Image.open(src).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirror)
     backbone_conf = OmegaConf.merge(OmegaConf.create(backbones_conf), {"name": "mobilenetv2"})
     batch = worker_batch(pd.DataFrame({"image_id": ["a", "b"], "uri": [src, str(mirror)], "mask_uri": [None, None]}))
-    worker = FeatureWorker(backbone_conf, 320, str(tmp_path / "cache"), "fp", threads=2, flips=True, mask_fallback="image")
+    worker = FeatureWorker(
+        backbone_conf, 320, str(tmp_path / "cache"), "fp", threads=2, flips=True, mask_fallback="image"
+    )
     out = worker(batch)
     assert out["error"].tolist() == ["", ""]
-    parts = FeatureWorker(backbone_conf, 320, str(tmp_path / "parts"), "fp", threads=2, flips=True, mask_fallback="image",
-                          micro_batch=3)  # forwards of 3 and 1 views, as a GPU actor splits its batches
+    parts = FeatureWorker(
+        backbone_conf, 320, str(tmp_path / "parts"), "fp", threads=2, flips=True, mask_fallback="image", micro_batch=3
+    )  # forwards of 3 and 1 views, as a GPU actor splits its batches
     assert parts(batch)["error"].tolist() == ["", ""]
     for i in ("a", "a" + FLIPPED, "b", "b" + FLIPPED):
         whole, split = (load_features(cache_uri(str(tmp_path / d), "fp", i)) for d in ("cache", "parts"))
-        assert torch.equal(whole.stored, split.stored) and torch.allclose(whole.feats.float(), split.feats.float(), atol=1e-2)
+        assert torch.equal(whole.stored, split.stored) and torch.allclose(
+            whole.feats.float(), split.feats.float(), atol=1e-2
+        )
     a, a_flip = (load_features(cache_uri(str(tmp_path / "cache"), "fp", i)) for i in ("a", "a" + FLIPPED))
     assert torch.equal(a_flip.fg, a.fg.flip(1))  # 320 x 320: the mirror is cell for cell
     b = load_features(cache_uri(str(tmp_path / "cache"), "fp", "b"))

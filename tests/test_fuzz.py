@@ -33,19 +33,30 @@ from labelgen.io import resolve
 from labelgen.manifest import ManifestError, read_manifest, validate
 from labelgen.store import images_table
 
-FUZZ = dict(derandomize=True, database=None, deadline=None, print_blob=True,
-            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+FUZZ = dict(
+    derandomize=True,
+    database=None,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+)
 
 # ---- manifests ---------------------------------------------------------------------
 
 TEXT_CHARS = st.characters(blacklist_categories=("Cc", "Cs"))  # no control characters, no lone surrogates
 CONTROL = st.sampled_from(["\t", "\n", "\r", "\x00", "\x1b", "\x7f", "\x85"])
 words = st.text(TEXT_CHARS, min_size=1, max_size=12)
-names = st.text(st.characters(blacklist_categories=("Cc", "Cs"), blacklist_characters="/"), min_size=1, max_size=12) | \
-    st.sampled_from([".", "..", "~", " a b ", "ü" * 127, "n" * 255])
-paths = st.builds(lambda head, parts: head + "/".join(parts), st.sampled_from(["", "", "/", "../", "~/", "s3://bucket/"]),
-                  st.lists(names, min_size=1, max_size=4)) | st.just("/".join(["n" * 100] * 40))  # 4,039 bytes
-categories = st.text(st.characters(blacklist_categories=("Cc", "Cs"), blacklist_characters="/\\"), min_size=1, max_size=12)
+names = st.text(
+    st.characters(blacklist_categories=("Cc", "Cs"), blacklist_characters="/"), min_size=1, max_size=12
+) | st.sampled_from([".", "..", "~", " a b ", "ü" * 127, "n" * 255])
+paths = st.builds(
+    lambda head, parts: head + "/".join(parts),
+    st.sampled_from(["", "", "/", "../", "~/", "s3://bucket/"]),
+    st.lists(names, min_size=1, max_size=4),
+) | st.just("/".join(["n" * 100] * 40))  # 4,039 bytes
+categories = st.text(
+    st.characters(blacklist_categories=("Cc", "Cs"), blacklist_characters="/\\"), min_size=1, max_size=12
+)
 numbers = st.floats(-360, 360) | st.integers(-360, 360)
 angle_texts = st.sampled_from([" 12 ", "+5", "-0", "1e2", ".5", "5.", "NaN", "nan", "-360", "359.999"])
 homographies = st.lists(st.floats(-1e6, 1e6), min_size=9, max_size=9)
@@ -56,16 +67,30 @@ ANGLES = ("azimuth", "elevation", "theta")
 def bads(column: str, row: int, sink: str) -> st.SearchStrategy:
     """Values that make exactly one problem in a cell of `column`, of those the sink can hold."""
     control = CONTROL.map(lambda c: f"x{row}{c}y")
-    memory = {  # what only a frame in memory holds: a mixed column
-        "image_id": [row, b"id", 1.5, ["a"], f"i\udcff{row}"], "uri": [7, b"a.png", "a\udcffb.png"], "category": [3],
-        "mask_uri": [1.5], "split": [2], **dict.fromkeys(ANGLES, [True, b"1", [1.0]]), "homography": [["a"] * 9, "identity"],
-    }[column] if sink == "memory" else []
+    memory = (
+        {  # what only a frame in memory holds: a mixed column
+            "image_id": [row, b"id", 1.5, ["a"], f"i\udcff{row}"],
+            "uri": [7, b"a.png", "a\udcffb.png"],
+            "category": [3],
+            "mask_uri": [1.5],
+            "split": [2],
+            **dict.fromkeys(ANGLES, [True, b"1", [1.0]]),
+            "homography": [["a"] * 9, "identity"],
+        }[column]
+        if sink == "memory"
+        else []
+    )
     text = {
-        "image_id": ["", None], "uri": ["", None, "http://host/a.png", "a/" + "é" * 128, "p/" * 2100],
-        "category": ["", None, "a/b", "a\\b", "c" * 201], "mask_uri": ["ftp://host/m.png", "m/" + "n" * 256], "split": [],
+        "image_id": ["", None],
+        "uri": ["", None, "http://host/a.png", "a/" + "é" * 128, "p/" * 2100],
+        "category": ["", None, "a/b", "a\\b", "c" * 201],
+        "mask_uri": ["ftp://host/m.png", "m/" + "n" * 256],
+        "split": [],
     }
     if column in ANGLES:
-        values = ["north", "NA", "1,5", "  ", "inf", "-inf", "1e999", "400", "-360.5", "1e308"] if sink != "parquet" else []
+        values = (
+            ["north", "NA", "1,5", "  ", "inf", "-inf", "1e999", "400", "-360.5", "1e308"] if sink != "parquet" else []
+        )
         return st.sampled_from(values + ([361.0, -1e308, math.inf] if sink != "csv" else []) + memory)
     if column == "homography":
         return st.sampled_from([[1.0] * 8, [1.0] * 8 + [math.nan]] + memory)
@@ -73,8 +98,12 @@ def bads(column: str, row: int, sink: str) -> st.SearchStrategy:
 
 
 GOOD = {
-    "uri": paths, "category": categories, "mask_uri": st.none() | st.just("") | paths, "split": st.none() | st.just("") | words,
-    **dict.fromkeys(ANGLES, st.none() | numbers | st.just(math.nan)), "note": st.none() | words,
+    "uri": paths,
+    "category": categories,
+    "mask_uri": st.none() | st.just("") | paths,
+    "split": st.none() | st.just("") | words,
+    **dict.fromkeys(ANGLES, st.none() | numbers | st.just(math.nan)),
+    "note": st.none() | words,
     "homography": st.none() | homographies,
 }
 
@@ -99,8 +128,9 @@ def manifests(draw, broken: bool) -> Manifest:
     """A manifest of good rows or, if `broken`, with at least one problem of a known kind."""
     sink = draw(st.sampled_from(SINKS))
     n = draw(st.integers(1, 24))
-    optional = draw(st.sets(st.sampled_from(["mask_uri", "split", *ANGLES, "note"]
-                                            + (["homography"] if sink != "csv" else []))))
+    optional = draw(
+        st.sets(st.sampled_from(["mask_uri", "split", *ANGLES, "note"] + (["homography"] if sink != "csv" else [])))
+    )
     columns = {"image_id": draw(st.lists(words, min_size=n, max_size=n, unique=True))}
     for col in ["uri", "category", *sorted(optional)]:
         columns[col] = draw(st.lists(GOOD[col], min_size=n, max_size=n))
@@ -117,8 +147,13 @@ def manifests(draw, broken: bool) -> Manifest:
 
 def break_cells(draw, m: Manifest):
     """Some cells with one defect each: a bad value, or an id that repeats an earlier one."""
-    cells = draw(st.sets(st.tuples(st.integers(0, m.rows - 1), st.sampled_from(sorted(set(m.columns) - {"note"}))),
-                         min_size=1, max_size=8))
+    cells = draw(
+        st.sets(
+            st.tuples(st.integers(0, m.rows - 1), st.sampled_from(sorted(set(m.columns) - {"note"}))),
+            min_size=1,
+            max_size=8,
+        )
+    )
     for row, col in sorted(cells):
         if col == "image_id" and row and draw(st.booleans()):
             m.columns[col][row] = m.columns[col][draw(st.integers(0, row - 1))]
@@ -285,9 +320,14 @@ def test_a_bad_manifest_is_refused_with_every_problem_counted_and_named(m):
 @given(st.text(max_size=12) | angle_texts | st.sampled_from(["inf", "1e999", "400", "٣", "1_0", "\u00a012"]))
 def test_a_number_reads_the_same_beside_a_good_or_a_bad_one(text):
     """pyarrow parses a column at once, pandas cell by cell once one is no number: same verdicts."""
+
     def refused(column):
         try:
-            validate(pd.DataFrame({"image_id": ["a", "b"], "uri": "u", "category": "c", "azimuth": pd.Series(column, dtype="str")}))
+            validate(
+                pd.DataFrame(
+                    {"image_id": ["a", "b"], "uri": "u", "category": "c", "azimuth": pd.Series(column, dtype="str")}
+                )
+            )
         except ManifestError as e:
             return "row 0" in str(e)
         return False
@@ -311,8 +351,26 @@ PATHS = {"store", "manifest", "cache", "weights", "sd_weights", "storage", "spai
 TEXT = PATHS | {"run_id", "model_id", "catalog", "address"}
 OPTIONAL = {"keep", "max_gap_deg", "pair_radius"}  # numbers that take null too
 NULLS = {"null", "Null", "NULL", "~"}
-BOOLS = {"yes", "Yes", "YES", "no", "No", "NO", "true", "True", "TRUE", "false", "False", "FALSE", "on", "On", "ON", "off", "Off",
-         "OFF"}  # what YAML reads as booleans
+BOOLS = {
+    "yes",
+    "Yes",
+    "YES",
+    "no",
+    "No",
+    "NO",
+    "true",
+    "True",
+    "TRUE",
+    "false",
+    "False",
+    "FALSE",
+    "on",
+    "On",
+    "ON",
+    "off",
+    "Off",
+    "OFF",
+}  # what YAML reads as booleans
 plain = st.from_regex(r"[A-Za-z][A-Za-z0-9_.-]{0,12}", fullmatch=True).filter(lambda t: t not in NULLS)
 
 
@@ -336,9 +394,13 @@ def value_for(key: str, default):
         return numbers | st.just(("null", None)) if name in OPTIONAL else numbers
     if isinstance(default, list):
         if all(isinstance(v, str) for v in default):
-            return st.lists(plain.filter(lambda t: t not in BOOLS), max_size=3).map(lambda vs: ("[" + ",".join(vs) + "]", vs))
+            return st.lists(plain.filter(lambda t: t not in BOOLS), max_size=3).map(
+                lambda vs: ("[" + ",".join(vs) + "]", vs)
+            )
         kind = int if all(type(v) is int for v in default) else float
-        return st.lists(st.integers(-90, 90).map(kind), max_size=3).map(lambda vs: ("[" + ",".join(map(str, vs)) + "]", vs))
+        return st.lists(st.integers(-90, 90).map(kind), max_size=3).map(
+            lambda vs: ("[" + ",".join(map(str, vs)) + "]", vs)
+        )
     if isinstance(default, str) or name in TEXT:
         texts = plain | st.integers(0, 10**6).map(str) | st.sampled_from(["off", "yes", "1e5", "007"])
         return texts.map(lambda t: (t, absolute(t) if name in PATHS else t))
@@ -360,7 +422,9 @@ def bad_value(key: str, default) -> st.SearchStrategy:
     if isinstance(default, float):
         return st.sampled_from(["abc", ".inf", ".nan", "[1.0]", "true", "", "1e999"])
     if isinstance(default, list):
-        return st.sampled_from(["5", "abc", "{a: 1}"] + (["[1, 2]"] if default and isinstance(default[0], str) else ["[a]"]))
+        return st.sampled_from(
+            ["5", "abc", "{a: 1}"] + (["[1, 2]"] if default and isinstance(default[0], str) else ["[a]"])
+        )
     if key.rsplit(".", 1)[-1] in PATHS and default is not None:
         return st.sampled_from(["", "null", "[a, b]"])
     if isinstance(default, str) or key.rsplit(".", 1)[-1] in TEXT:
@@ -370,11 +434,16 @@ def bad_value(key: str, default) -> st.SearchStrategy:
 
 @st.composite
 def bad_args(draw) -> Arg:
-    how = draw(st.sampled_from(["unknown", "no =", "into a value", "section", "type", "yaml", "interpolation", "bytes"]))
+    how = draw(
+        st.sampled_from(["unknown", "no =", "into a value", "section", "type", "yaml", "interpolation", "bytes"])
+    )
     key = draw(st.sampled_from(sorted(LEAVES)))
     if how == "unknown":
-        key = draw(st.from_regex(r"[a-z_]{1,8}(\.[a-z_]{1,8}){0,2}", fullmatch=True).filter(
-            lambda k: k not in LEAVES and k not in SECTIONS and not any(k.startswith(f"{leaf}.") for leaf in LEAVES)))
+        key = draw(
+            st.from_regex(r"[a-z_]{1,8}(\.[a-z_]{1,8}){0,2}", fullmatch=True).filter(
+                lambda k: k not in LEAVES and k not in SECTIONS and not any(k.startswith(f"{leaf}.") for leaf in LEAVES)
+            )
+        )
         return Arg(f"{key}={draw(st.text(max_size=5))}", key, good=False)
     if how == "no =":
         return Arg(draw(st.text(st.characters(blacklist_characters="="), max_size=10)), good=False)
@@ -386,10 +455,15 @@ def bad_args(draw) -> Arg:
     if how == "type" and not bad_value(key, LEAVES[key]).is_empty:
         return Arg(f"{key}={draw(bad_value(key, LEAVES[key]))}", key, good=False)
     if how == "yaml":
-        return Arg(f"{key}={draw(st.sampled_from(['[', '{', chr(39) + 'a', '!!python/object:os.system', '*a', '%x']))}", key,
-                   good=False)
+        return Arg(
+            f"{key}={draw(st.sampled_from(['[', '{', chr(39) + 'a', '!!python/object:os.system', '*a', '%x']))}",
+            key,
+            good=False,
+        )
     if how == "interpolation":
-        return Arg(f"{key}={draw(st.sampled_from(['${nope_xyz}', '${oc.env:LABELGEN_FUZZ_UNSET}', '${']))}", key, good=False)
+        return Arg(
+            f"{key}={draw(st.sampled_from(['${nope_xyz}', '${oc.env:LABELGEN_FUZZ_UNSET}', '${']))}", key, good=False
+        )
     return Arg(draw(st.sampled_from([f"{key}=\udcff", "\udcff=1", f"{key}=a\udc80"])), key, good=False)
 
 
@@ -411,7 +485,9 @@ def given_once(args: list[Arg]) -> list[Arg]:
 
 @settings(max_examples=400, **FUZZ)
 @given(st.lists(good_args(), max_size=6), st.lists(bad_args(), max_size=3), st.randoms())
-@example([Arg("labels.radius=1.5", "labels.radius", 1.5)], [Arg("labels.radiuss=2", "labels.radiuss", good=False)], None)
+@example(
+    [Arg("labels.radius=1.5", "labels.radius", 1.5)], [Arg("labels.radiuss=2", "labels.radiuss", good=False)], None
+)
 def test_overrides_are_applied_or_every_bad_one_refused_by_name(good, bad, rnd):
     args = good + bad
     if rnd is not None:
@@ -425,7 +501,9 @@ def test_overrides_are_applied_or_every_bad_one_refused_by_name(good, bad, rnd):
         wrong = [a for a in args if not a.good]
         assert wrong, message
         for a in wrong:
-            assert (f"{named(a.text)}: " if "=" in a.text and not a.text.startswith("=") else repr(a.text)) in message, (a, message)
+            assert (
+                f"{named(a.text)}: " if "=" in a.text and not a.text.startswith("=") else repr(a.text)
+            ) in message, (a, message)
         return
     assert all(a.good for a in args), argv
     values = flat(OmegaConf.to_container(conf, resolve=True))
@@ -433,22 +511,31 @@ def test_overrides_are_applied_or_every_bad_one_refused_by_name(good, bad, rnd):
         assert values[a.key] == a.expected, (a, argv)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["pairing.k=abc"], "pairing.k=abc: pairing.k takes an integer (default 4), not 'abc'"),  # was accepted: a crash in pairing
-    (["pairing.k=[1,2]"], "pairing.k takes an integer"),
-    (["pairing.bin_deg=.inf"], "takes a finite number"),
-    (["new_only=maybe"], "new_only takes true or false"),
-    (["store="], "store takes a path or URI"),  # was None: the store's constructor failed
-    (["pairing=3"], "pairing is a section of keys, not a value; set one of them, e.g. pairing.k=4"),
-    (["labels=[]"], "labels is a section of keys"),  # was TypeError: Cannot merge incompatible container types
-    (["pairing.k.x=3"], "pairing.k is a value, not a section"),  # was accepted
-    (["store=${nope}"], "the interpolation does not resolve"),  # was InterpolationKeyError
-    (["pairing.k=["], "'[' cannot be read as a value"),  # was yaml ParserError
-    (["pairing.k=!!python/object:os.system"], "cannot be read as a value"),  # was ConstructorError
-    (["pairing.k=\udcff"], r"'pairing.k=\\udcff': holds bytes that are not UTF-8"),  # was UnicodeEncodeError
-    (["pairing.k=1", "pairing.k=2"], "pairing.k=2: pairing.k is given twice, 1 and 2; give it once"),  # the last won
-    (["pairing.k=abc", "labels.radiuss=2", "x"], r"config: 3 problems\narguments \['x'\] are not key=value"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["pairing.k=abc"],
+            "pairing.k=abc: pairing.k takes an integer (default 4), not 'abc'",
+        ),  # was accepted: a crash in pairing
+        (["pairing.k=[1,2]"], "pairing.k takes an integer"),
+        (["pairing.bin_deg=.inf"], "takes a finite number"),
+        (["new_only=maybe"], "new_only takes true or false"),
+        (["store="], "store takes a path or URI"),  # was None: the store's constructor failed
+        (["pairing=3"], "pairing is a section of keys, not a value; set one of them, e.g. pairing.k=4"),
+        (["labels=[]"], "labels is a section of keys"),  # was TypeError: Cannot merge incompatible container types
+        (["pairing.k.x=3"], "pairing.k is a value, not a section"),  # was accepted
+        (["store=${nope}"], "the interpolation does not resolve"),  # was InterpolationKeyError
+        (["pairing.k=["], "'[' cannot be read as a value"),  # was yaml ParserError
+        (["pairing.k=!!python/object:os.system"], "cannot be read as a value"),  # was ConstructorError
+        (["pairing.k=\udcff"], r"'pairing.k=\\udcff': holds bytes that are not UTF-8"),  # was UnicodeEncodeError
+        (
+            ["pairing.k=1", "pairing.k=2"],
+            "pairing.k=2: pairing.k is given twice, 1 and 2; give it once",
+        ),  # the last won
+        (["pairing.k=abc", "labels.radiuss=2", "x"], r"config: 3 problems\narguments \['x'\] are not key=value"),
+    ],
+)
 def test_bad_overrides_found_by_fuzzing_are_refused_by_name(argv, message):
     with pytest.raises(ConfigError, match=re.escape(message) if "\\" not in message else message):
         parse_overrides(run_mod.default_conf, argv, run_mod.presets(argv))
@@ -456,12 +543,18 @@ def test_bad_overrides_found_by_fuzzing_are_refused_by_name(argv, message):
 
 def test_text_keys_keep_a_number_as_written():
     conf = parse_overrides(run_mod.default_conf, ["run_id=007", "labels.sphere=off", "store=2024"])
-    assert conf.run_id == "007" and conf.labels.sphere == "off" and conf.store == os.path.abspath("2024")  # were 7, False, 2024
+    assert (
+        conf.run_id == "007" and conf.labels.sphere == "off" and conf.store == os.path.abspath("2024")
+    )  # were 7, False, 2024
 
 
 @settings(max_examples=60, **FUZZ)
-@given(manifests(broken=True).filter(lambda m: m.sink != "memory"),
-       st.lists((good_args() | bad_args()).filter(lambda a: a.text not in ("-h", "--help", "-v", "--verbose")), max_size=3))
+@given(
+    manifests(broken=True).filter(lambda m: m.sink != "memory"),
+    st.lists(
+        (good_args() | bad_args()).filter(lambda a: a.text not in ("-h", "--help", "-v", "--verbose")), max_size=3
+    ),
+)
 def test_the_command_line_refuses_a_bad_manifest_or_config_before_any_work(m, args):
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, f"manifest.{m.sink}")
@@ -469,8 +562,10 @@ def test_the_command_line_refuses_a_bad_manifest_or_config_before_any_work(m, ar
         store = os.path.join(folder, "store")
         err = io.StringIO()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            code = run_mod.main([a.text for a in args if a.key not in ("data.manifest", "store")]
-                                + [f"data.manifest={path}", f"store={store}"])
+            code = run_mod.main(
+                [a.text for a in args if a.key not in ("data.manifest", "store")]
+                + [f"data.manifest={path}", f"store={store}"]
+            )
         assert code == 2 and err.getvalue().startswith("error: "), err.getvalue()
         assert not os.path.exists(store)
 
@@ -504,13 +599,21 @@ def peak_growth(fn) -> tuple[object, int]:
 def test_a_million_rows_are_read_whole_in_memory_bounded_by_their_size(tmp_path):
     n = 1_000_000
     ids = np.char.add("img", np.arange(n).astype(str))
-    table = pa.table({"image_id": ids, "uri": np.char.add("images/", np.char.add(ids, ".png")),
-                      "category": np.char.add("cat_", (np.arange(n) % 100).astype(str)),
-                      "azimuth": np.linspace(-180, 180, n), "split": np.where(np.arange(n) % 10, "train", "val")})
+    table = pa.table(
+        {
+            "image_id": ids,
+            "uri": np.char.add("images/", np.char.add(ids, ".png")),
+            "category": np.char.add("cat_", (np.arange(n) % 100).astype(str)),
+            "azimuth": np.linspace(-180, 180, n),
+            "split": np.where(np.arange(n) % 10, "train", "val"),
+        }
+    )
     path = tmp_path / "manifest.csv"
     pcsv.write_csv(table, str(path))
     del table
     df, growth = peak_growth(lambda: read_manifest(str(path)))
     assert len(df) == n and (df["image_id"].to_numpy() == ids).all()
     assert df["uri"].iloc[-1] == f"{tmp_path}/images/img{n - 1}.png" and df["azimuth"].iloc[-1] == 180.0
-    assert growth < 12 * path.stat().st_size, f"{growth / 2**20:.0f} MiB for a {path.stat().st_size / 2**20:.0f} MiB manifest"
+    assert growth < 12 * path.stat().st_size, (
+        f"{growth / 2**20:.0f} MiB for a {path.stat().st_size / 2**20:.0f} MiB manifest"
+    )

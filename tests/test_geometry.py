@@ -46,8 +46,17 @@ def test_a_rolled_demo_gives_full_pose_and_its_homographies_hold(tmp_path):
     from labelgen.pairing import pose_mode
 
     assert not set(UNSEEN) & set(default_conf["photos"])  # measured on, never tuned on
-    manifest = build_demo({"root": str(tmp_path), "photos": ["coins"], "azimuths": [-45, -15, 15, 45], "elevations": [0],
-                           "roll": 20.0, "size": 96, "focal": 115.0})
+    manifest = build_demo(
+        {
+            "root": str(tmp_path),
+            "photos": ["coins"],
+            "azimuths": [-45, -15, 15, 45],
+            "elevations": [0],
+            "roll": 20.0,
+            "size": 96,
+            "focal": 115.0,
+        }
+    )
     df = pd.read_parquet(manifest)
     assert df["theta"].abs().between(0.1, 20).all()
     assert pose_mode(df, OmegaConf.create(pairing_conf)) == "geodesic"
@@ -55,5 +64,9 @@ def test_a_rolled_demo_gives_full_pose_and_its_homographies_hold(tmp_path):
     for row in df.itertuples():
         hom = np.asarray(row.homography).reshape(3, 3)
         mask = np.asarray(Image.open(os.path.join(os.path.dirname(manifest), row.mask_uri))) > 0
-        inside = apply_homography(hom, np.array([[w / 2, h / 2], [w * 0.2, h * 0.2], [w * 0.8, h * 0.7]])).round().astype(int)
+        inside = (
+            apply_homography(hom, np.array([[w / 2, h / 2], [w * 0.2, h * 0.2], [w * 0.8, h * 0.7]]))
+            .round()
+            .astype(int)
+        )
         assert mask[inside[:, 1], inside[:, 0]].all()

@@ -33,8 +33,11 @@ def counts(store, run_id):
 
 def once_each(store) -> bool:
     """count(*) of `labels` equals its distinct (pair, source point)."""
-    return rows(store, "SELECT count(*) = (SELECT count(*) FROM (SELECT DISTINCT src_image_id, tgt_image_id, src_x, src_y "
-                       "FROM labels)) FROM labels") == [(True,)]
+    return rows(
+        store,
+        "SELECT count(*) = (SELECT count(*) FROM (SELECT DISTINCT src_image_id, tgt_image_id, src_x, src_y "
+        "FROM labels)) FROM labels",
+    ) == [(True,)]
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +45,16 @@ def grown(tmp_path_factory):
     """A 3D collection of 2 categories x 3 instances x 8 views, and the same without each
     category's last instance: the collection before it grew."""
     root = tmp_path_factory.mktemp("grow")
-    full = build_collection({"root": str(root), "categories": ["chair", "figure"], "dev_instances": 2, "val_instances": 1,
-                             "views": 8, "size": 128})
+    full = build_collection(
+        {
+            "root": str(root),
+            "categories": ["chair", "figure"],
+            "dev_instances": 2,
+            "val_instances": 1,
+            "views": 8,
+            "size": 128,
+        }
+    )
     df = pd.read_parquet(full)
     last = df.groupby("category")["instance"].transform("max")
     small = full.replace("manifest.parquet", "small.parquet")  # beside it: relative URIs stay right
@@ -69,17 +80,24 @@ def test_a_grown_manifest_labels_only_its_new_views_and_a_repeated_run_adds_noth
     assert c2["tuples"] < c1["tuples"]
     # every label of the grown run touches a new view: no old pair is chained again
     marks = ", ".join(f"'{i}'" for i in sorted(new))
-    assert rows(store, f"SELECT count(*) FROM label_history WHERE run_id = 'second' AND src_image_id NOT IN ({marks}) "
-                       f"AND tgt_image_id NOT IN ({marks})") == [(0,)]
+    assert rows(
+        store,
+        f"SELECT count(*) FROM label_history WHERE run_id = 'second' AND src_image_id NOT IN ({marks}) "
+        f"AND tgt_image_id NOT IN ({marks})",
+    ) == [(0,)]
     assert rows(store, "SELECT run_id, count(*) FROM labels GROUP BY 1 ORDER BY 1") == [
-        ("first", c1["labels"]), ("second", c2["labels"])]
+        ("first", c1["labels"]),
+        ("second", c2["labels"]),
+    ]
     assert c2["coverage"] == 1.0 and once_each(store)
 
     again = run([*args, f"data.manifest={full}", "run_id=again"])
     assert again.returncode == 0, again.stderr[-3000:]
     assert "nothing new: all 48 pairable images were labelled" in again.stdout
     c3 = counts(store, "again")
-    assert c3.get("labels", 0) == 0 and c3.get("tuples", 0) == 0 and c3["features_computed"] == 0 and c3["coverage"] == 1.0
+    assert (
+        c3.get("labels", 0) == 0 and c3.get("tuples", 0) == 0 and c3["features_computed"] == 0 and c3["coverage"] == 1.0
+    )
     assert rows(store, "SELECT count(*) FROM labels") == [(c1["labels"] + c2["labels"],)]
 
     # the reports and the evaluation still find the current labels after a run that labelled nothing
@@ -103,7 +121,7 @@ def test_a_grown_manifest_labels_only_its_new_views_and_a_repeated_run_adds_noth
     # the trainer reads the current labels: one pair of training data per current image pair
     source = resolve_source(OmegaConf.merge(data_conf, {"store": store}))
     data = load_label_data(source, "none")
-    (pairs, labels), = rows(store, "SELECT count(DISTINCT (src_image_id, tgt_image_id)), count(*) FROM labels")
+    ((pairs, labels),) = rows(store, "SELECT count(DISTINCT (src_image_id, tgt_image_id)), count(*) FROM labels")
     assert len(data.train) == pairs and sum(len(p.src_xy) for p in data.train) == labels
 
     # an image file replaced under the same id: new features, and no current label of it is made on the old ones
@@ -123,6 +141,8 @@ def test_a_grown_manifest_labels_only_its_new_views_and_a_repeated_run_adds_noth
     touching = f"(src_image_id = '{changed}' OR tgt_image_id = '{changed}')"
     assert rows(store, f"SELECT count(*) FROM labels WHERE {touching} AND run_id <> 'replaced'") == [(0,)]
     assert rows(store, f"SELECT count(*) FROM labels WHERE {touching}")[0][0] > 0
-    assert rows(store, f"SELECT count(*) FROM current_pairs WHERE NOT {touching} AND run_id = 'replaced' AND labels = 0 "
-                       "AND runs > 1") == [(0,)]  # the other pairs keep their labels
+    assert rows(
+        store,
+        f"SELECT count(*) FROM current_pairs WHERE NOT {touching} AND run_id = 'replaced' AND labels = 0 AND runs > 1",
+    ) == [(0,)]  # the other pairs keep their labels
     assert once_each(store)

@@ -50,7 +50,9 @@ def test_a_run_killed_in_each_stage_shows_nothing_and_resumes_to_the_undisturbed
     cat, landed, sweep, final = sqlite_kills
     assert landed == ["features", "vote", "commit"]
     assert [(p, died, status) for p, died, status, _ in sweep] == [
-        ("commit:probe", "before COMMIT", "incomplete"), ("commit:after", "after COMMIT", "committed")]
+        ("commit:probe", "before COMMIT", "incomplete"),
+        ("commit:after", "after COMMIT", "committed"),
+    ]
     assert final["rc"] == 0 and final["status"] == "committed" and final["differ"] == []
     assert "already committed" in final["output"]
     assert not broken(cat), broken(cat)
@@ -72,8 +74,14 @@ def postgres_kills(sqlite_kills, tiny_demo, postgres, tmp_path_factory):
     (every statement done but COMMIT), then resumed."""
     ref = sqlite_kills[0].ref
     cache = os.path.join(ref.store, "features")
-    cat = K.Catalog("postgres", str(tmp_path_factory.mktemp("kills-postgres")),
-                    [*K.demo_args(tiny_demo), f"features.cache={cache}"], new_catalog=postgres, cache_root=cache, ref=ref)
+    cat = K.Catalog(
+        "postgres",
+        str(tmp_path_factory.mktemp("kills-postgres")),
+        [*K.demo_args(tiny_demo), f"features.cache={cache}"],
+        new_catalog=postgres,
+        cache_root=cache,
+        ref=ref,
+    )
     store, cargs = cat.shared, cat.shared_args = cat.new_store("shared")
     a = K.attempt(cat, store, cargs, "victim", "commit", mode="event")
     assert a.rc is None, a.output[-3000:]

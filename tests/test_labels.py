@@ -10,10 +10,27 @@ from labelgen.labels import LABEL_SCHEMA, candidates, default_conf, pair_check, 
 
 def rows(*labels):
     """Candidate rows: (src_id, tgt_id, src_x, tgt_x, support, similarity); other columns null."""
-    return pa.Table.from_pylist([
-        dict(run_id="r", category="c", src_image_id=src_id, tgt_image_id=tgt_id, src_x=sx, src_y=0.0, tgt_x=tx, tgt_y=0.0,
-             hops=1, cycle_error=1.0, similarity=sim, support=support, pair_error=0.0)
-        for src_id, tgt_id, sx, tx, support, sim in labels], schema=LABEL_SCHEMA)
+    return pa.Table.from_pylist(
+        [
+            dict(
+                run_id="r",
+                category="c",
+                src_image_id=src_id,
+                tgt_image_id=tgt_id,
+                src_x=sx,
+                src_y=0.0,
+                tgt_x=tx,
+                tgt_y=0.0,
+                hops=1,
+                cycle_error=1.0,
+                similarity=sim,
+                support=support,
+                pair_error=0.0,
+            )
+            for src_id, tgt_id, sx, tx, support, sim in labels
+        ],
+        schema=LABEL_SCHEMA,
+    )
 
 
 def test_vote_sums_support_across_chunks_and_keeps_the_best_target():
@@ -54,10 +71,17 @@ def test_candidates_of_identical_images_are_exact_and_cover_all_ordered_pairs():
 def test_the_pair_check_drops_composed_labels_whose_direct_match_disagrees():
     """Features on a circle, one row of four patches per image: chains w -> x -> y map
     patch p to p, yet y's patches are nearest to w's next patch; the composed pair disagrees."""
+
     def image(degrees):
         a = torch.deg2rad(torch.tensor(degrees, dtype=torch.float32))
-        return ImageFeatures(torch.stack([a.cos(), a.sin()], -1)[None], torch.ones(1, 4, dtype=torch.bool), scale=1.0,
-                             stride=8, width=32, height=8)
+        return ImageFeatures(
+            torch.stack([a.cos(), a.sin()], -1)[None],
+            torch.ones(1, 4, dtype=torch.bool),
+            scale=1.0,
+            stride=8,
+            width=32,
+            height=8,
+        )
 
     images = {"w": image([0, 20, 40, 60]), "x": image([8, 28, 48, 68]), "y": image([16, 36, 56, 76])}
     table, stats = candidates("r", "c", [("w", "x", "y")], images, OmegaConf.create(default_conf))
@@ -76,8 +100,10 @@ def test_no_labels_between_views_beyond_the_pose_gap_cap():
 
     g = torch.Generator().manual_seed(0)
     feats = torch.nn.functional.normalize(torch.randn(4, 4, 16, generator=g), dim=2)
-    images = {i: ImageFeatures(feats, torch.ones(4, 4, dtype=torch.bool), scale=1.0, stride=8, width=32, height=32)
-              for i in "wxyz"}
+    images = {
+        i: ImageFeatures(feats, torch.ones(4, 4, dtype=torch.bool), scale=1.0, stride=8, width=32, height=32)
+        for i in "wxyz"
+    }
     rotations = {i: rotation(az, 0.0, 0.0) for i, az in zip("wxyz", [0, 40, 80, 120])}
     conf = OmegaConf.merge(default_conf, {"max_gap_deg": 90.0})
     table, stats = candidates("r", "c", [tuple("wxyz")], images, conf, rotations)
@@ -90,13 +116,27 @@ def test_confidence_is_the_logistic_model_of_the_signals_and_the_quota_keeps_the
     from labelgen.labels import confidence_filter
 
     table = rows(("a", "b", 4, 10, 1, 0.9), ("a", "b", 12, 20, 4, 0.2), ("c", "b", 8, 10, 1, 0.1))
-    conf = OmegaConf.merge(default_conf, {"keep": None, "confidence": {
-        "bias": -1.0, "log_support": 1.0, "similarity": 2.0, "cycle_error": 0.0, "pair_error": 0.0, "hops": 0.0, "pose_gap": 0.0}})
+    conf = OmegaConf.merge(
+        default_conf,
+        {
+            "keep": None,
+            "confidence": {
+                "bias": -1.0,
+                "log_support": 1.0,
+                "similarity": 2.0,
+                "cycle_error": 0.0,
+                "pair_error": 0.0,
+                "hops": 0.0,
+                "pose_gap": 0.0,
+            },
+        },
+    )
     pairs = table.group_by(["src_image_id", "tgt_image_id"]).aggregate([])
     # logits: -1 + 0 + 1.8 = 0.8, -1 + log 4 + 0.4 = 0.786 and -1 + 0 + 0.2 = -0.8
     out = confidence_filter(table, conf, {"a": 10, "c": 5}, pairs)
     assert out.column("confidence").to_pylist() == pytest.approx(
-        [1 / (1 + np.exp(-0.8)), 1 / (1 + np.exp(-(np.log(4) - 0.6))), 1 / (1 + np.exp(0.8))])
+        [1 / (1 + np.exp(-0.8)), 1 / (1 + np.exp(-(np.log(4) - 0.6))), 1 / (1 + np.exp(0.8))]
+    )
     # per source image a budget of keep * its foreground patches * its pairs examined, most confident first
     conf.keep = 0.1  # a: 1 label, c: 0.5 -> 0 (rounded to even)
     assert confidence_filter(table, conf, {"a": 10, "c": 5}, pairs).column("src_x").to_pylist() == [4.0]
@@ -105,8 +145,11 @@ def test_confidence_is_the_logistic_model_of_the_signals_and_the_quota_keeps_the
     conf.keep = 0.15  # with 5 patches each: a 1 (0.75), c 1: c's label stays though a's second is more confident
     assert confidence_filter(table, conf, {"a": 5, "c": 5}, pairs).column("src_x").to_pylist() == [4.0, 8.0]
     # the same labels whatever shifts every similarity: a rank, not a threshold
-    shifted = table.set_column(table.schema.get_field_index("similarity"), "similarity",
-                               pa.array([x + 3.0 for x in table.column("similarity").to_pylist()], pa.float32()))
+    shifted = table.set_column(
+        table.schema.get_field_index("similarity"),
+        "similarity",
+        pa.array([x + 3.0 for x in table.column("similarity").to_pylist()], pa.float32()),
+    )
     assert confidence_filter(shifted, conf, {"a": 5, "c": 5}, pairs).column("src_x").to_pylist() == [4.0, 8.0]
 
 
@@ -114,8 +157,22 @@ def test_the_vote_over_partitions_by_source_image_equals_the_whole_vote():
     from labelgen.labels import by_partition
 
     g = np.random.default_rng(0)
-    cands = [rows(*[(f"i{g.integers(6)}", f"i{g.integers(6)}", float(g.integers(4)), float(g.integers(4)), int(g.integers(1, 4)),
-                     float(g.random())) for _ in range(200)]) for _ in range(3)]  # three chunks
+    cands = [
+        rows(
+            *[
+                (
+                    f"i{g.integers(6)}",
+                    f"i{g.integers(6)}",
+                    float(g.integers(4)),
+                    float(g.integers(4)),
+                    int(g.integers(1, 4)),
+                    float(g.random()),
+                )
+                for _ in range(200)
+            ]
+        )
+        for _ in range(3)
+    ]  # three chunks
     conf = OmegaConf.create(default_conf)
     whole = vote(cands, conf)
     parts = [dict(by_partition(c, 4)) for c in cands]

@@ -67,7 +67,9 @@ def violations(root: Path = ROOT) -> list[str]:
             if theirs != "base" and theirs not in MAY_IMPORT[mine]:
                 broken.append(f"{name} imports {target}: {mine} may not import {theirs}")
             other_package = target.split(".")[0] != name.split(".")[0]
-            command_line = any(target == c or target.startswith(c + ".") for c in COMMAND_LINES) or ".__main__" in target
+            command_line = (
+                any(target == c or target.startswith(c + ".") for c in COMMAND_LINES) or ".__main__" in target
+            )
             if other_package and command_line and mine not in TOP:
                 broken.append(f"{name} imports {target}: another package's command line")
     return broken

@@ -37,7 +37,9 @@ def test_missing_pose_is_allowed_and_optional_columns_are_filled():
 
 
 def test_csv_manifest_resolves_relative_uris(tmp_path):
-    (tmp_path / "m.csv").write_text("image_id,uri,category,azimuth,mask_uri\n1,img/1.png,dog,45,masks/1.png\n2,/abs/2.png,dog,,\n")
+    (tmp_path / "m.csv").write_text(
+        "image_id,uri,category,azimuth,mask_uri\n1,img/1.png,dog,45,masks/1.png\n2,/abs/2.png,dog,,\n"
+    )
     df = read_manifest(str(tmp_path / "m.csv"))
     assert df["image_id"].tolist() == ["1", "2"]  # ids stay strings
     assert df["uri"].tolist() == [f"{tmp_path}/img/1.png", "/abs/2.png"]
@@ -46,7 +48,9 @@ def test_csv_manifest_resolves_relative_uris(tmp_path):
 
 def test_a_file_uri_manifest_resolves_relative_uris_from_its_folder(tmp_path):
     (tmp_path / "m.csv").write_text("image_id,uri,category\n1,img/1.png,dog\n")
-    assert read_manifest(f"file://{tmp_path}/m.csv")["uri"].tolist() == [f"{tmp_path}/img/1.png"]  # was <cwd>/file:<tmp_path>/...
+    assert read_manifest(f"file://{tmp_path}/m.csv")["uri"].tolist() == [
+        f"{tmp_path}/img/1.png"
+    ]  # was <cwd>/file:<tmp_path>/...
 
 
 def test_unreadable_manifest_says_so(tmp_path):
@@ -64,7 +68,9 @@ def write(tmp_path, data: bytes, name="m.csv") -> str:
 
 @pytest.mark.parametrize("data", [b"", b"\n\n"])
 def test_an_empty_csv_file_says_what_a_manifest_starts_with(tmp_path, data):
-    with pytest.raises(ManifestError, match="empty file; a CSV manifest starts with a header line"):  # was EmptyDataError
+    with pytest.raises(
+        ManifestError, match="empty file; a CSV manifest starts with a header line"
+    ):  # was EmptyDataError
         read_manifest(write(tmp_path, data))
 
 
@@ -98,7 +104,9 @@ def test_a_row_whose_fields_do_not_match_the_header_is_named_by_line(tmp_path):
 
 
 def test_csv_text_stays_as_written(tmp_path):
-    df = read_manifest(write(tmp_path, b'image_id,uri,category,azimuth,note\n007,1,NA,  12 ,1\nnull,"a, b.png",cat,nan,x\n'))
+    df = read_manifest(
+        write(tmp_path, b'image_id,uri,category,azimuth,note\n007,1,NA,  12 ,1\nnull,"a, b.png",cat,nan,x\n')
+    )
     assert df["image_id"].tolist() == ["007", "null"]  # 'null' and 'NA' were missing, a number uri "not a string"
     assert df["uri"].tolist() == [f"{tmp_path}/1", f"{tmp_path}/a, b.png"]
     assert df["category"].tolist() == ["NA", "cat"]
@@ -112,7 +120,9 @@ def test_a_column_given_twice_is_refused(tmp_path):
     twice = pd.DataFrame([["a", "b", "a.png", "c"]], columns=["image_id", "image_id", "uri", "category"])
     with pytest.raises(ManifestError, match="given more than once"):  # was "Operands are not aligned"
         validate(twice)
-    levels = pd.DataFrame([["a", "a.png", "c"]], columns=pd.MultiIndex.from_tuples([("image_id", 0), ("uri", 0), ("category", 0)]))
+    levels = pd.DataFrame(
+        [["a", "a.png", "c"]], columns=pd.MultiIndex.from_tuples([("image_id", 0), ("uri", 0), ("category", 0)])
+    )
     with pytest.raises(ManifestError, match="2 header rows"):
         validate(levels)
 
@@ -129,23 +139,26 @@ def test_missing_ids_are_empty_not_repeats():
     assert "2 problem(s)" in str(e.value) and "repeats" not in str(e.value)
 
 
-@pytest.mark.parametrize("column, value, message", [
-    ("azimuth", 1e308, r"1e\+308 is outside -360..360 degrees"),  # accepted: pairing's int64 bins overflowed
-    ("azimuth", True, "True is not a finite number of degrees"),  # accepted as 1.0
-    ("azimuth", pd.Timestamp("2024-01-01"), "is not a finite number of degrees"),  # accepted as nanoseconds
-    ("azimuth", "NA", "'NA' is not a finite number of degrees; give a number or leave it empty"),
-    ("image_id", "a\nb", r"'a\\nb' holds a control character"),
-    ("category", "a/b", "holds '/' or '\\\\', but a category names folders of the store"),  # was a nested folder
-    ("category", "x" * 201, "longer than 200 bytes"),
-    ("uri", "http://host/a.png", "a URI of a storage labelgen cannot read"),  # the run crashed listing versions
-    ("uri", "a/" + "é" * 128, "a name longer than 255 bytes"),  # ... with File name too long
-    ("uri", "x/" * 2100, "longer than 4,096 bytes"),
-    ("uri", "a\x00b", "holds a control character"),
-    ("uri", b"a.png", "b'a.png' is not a string; store the column as text"),
-    ("uri", "a\udcffb", "holds bytes that are not UTF-8"),  # was UnicodeEncodeError
-    ("truth_uri", 5, "5 is not a string"),  # was TypeError, resolving it
-    ("homography", [1.0, 2.0, 3.0], "is not 9 finite numbers"),  # the store's images table failed after the chains
-])
+@pytest.mark.parametrize(
+    "column, value, message",
+    [
+        ("azimuth", 1e308, r"1e\+308 is outside -360..360 degrees"),  # accepted: pairing's int64 bins overflowed
+        ("azimuth", True, "True is not a finite number of degrees"),  # accepted as 1.0
+        ("azimuth", pd.Timestamp("2024-01-01"), "is not a finite number of degrees"),  # accepted as nanoseconds
+        ("azimuth", "NA", "'NA' is not a finite number of degrees; give a number or leave it empty"),
+        ("image_id", "a\nb", r"'a\\nb' holds a control character"),
+        ("category", "a/b", "holds '/' or '\\\\', but a category names folders of the store"),  # was a nested folder
+        ("category", "x" * 201, "longer than 200 bytes"),
+        ("uri", "http://host/a.png", "a URI of a storage labelgen cannot read"),  # the run crashed listing versions
+        ("uri", "a/" + "é" * 128, "a name longer than 255 bytes"),  # ... with File name too long
+        ("uri", "x/" * 2100, "longer than 4,096 bytes"),
+        ("uri", "a\x00b", "holds a control character"),
+        ("uri", b"a.png", "b'a.png' is not a string; store the column as text"),
+        ("uri", "a\udcffb", "holds bytes that are not UTF-8"),  # was UnicodeEncodeError
+        ("truth_uri", 5, "5 is not a string"),  # was TypeError, resolving it
+        ("homography", [1.0, 2.0, 3.0], "is not 9 finite numbers"),  # the store's images table failed after the chains
+    ],
+)
 def test_values_the_pipeline_cannot_use_are_refused(column, value, message):
     df = frame()
     df[column] = pd.Series([value, None if column not in ("image_id", "uri", "category") else "ok"], dtype=object)
@@ -159,13 +172,16 @@ def test_nan_and_an_empty_value_are_not_given():
     assert df["mask_uri"].tolist() == [None, "m.png"] and df["split"].tolist() == [None, "train"]
 
 
-@pytest.mark.parametrize("uri, message", [
-    (5, "manifest 5: not a path"),
-    ("/tmp/m\x00.csv", "holds a control character"),  # was ArrowInvalid
-    ("/tmp/m\udcff.csv", "the name holds bytes that are not UTF-8"),  # was UnicodeEncodeError
-    ("/tmp/manifest", "no suffix to tell its format"),  # said: unknown format './tmp/manifest'
-    ("/tmp/" + "m" * 300 + ".csv", "a name longer than 255 bytes"),
-])
+@pytest.mark.parametrize(
+    "uri, message",
+    [
+        (5, "manifest 5: not a path"),
+        ("/tmp/m\x00.csv", "holds a control character"),  # was ArrowInvalid
+        ("/tmp/m\udcff.csv", "the name holds bytes that are not UTF-8"),  # was UnicodeEncodeError
+        ("/tmp/manifest", "no suffix to tell its format"),  # said: unknown format './tmp/manifest'
+        ("/tmp/" + "m" * 300 + ".csv", "a name longer than 255 bytes"),
+    ],
+)
 def test_a_manifest_path_no_storage_opens_is_refused(uri, message):
     with pytest.raises(ManifestError, match=message):
         read_manifest(uri)

@@ -35,8 +35,12 @@ def test_homography_errors_and_the_tally_by_group():
 def rows(errors, kind="chain + vote"):
     """part_rows of one image pair whose labels have these errors (nan: hidden)."""
     n = len(errors)
-    judged = {"error": np.asarray(errors, float), "hidden": np.isnan(errors), "twin_part": np.zeros(n, bool),
-              "mirrored": np.zeros(n, bool)}
+    judged = {
+        "error": np.asarray(errors, float),
+        "hidden": np.isnan(errors),
+        "twin_part": np.zeros(n, bool),
+        "mirrored": np.zeros(n, bool),
+    }
     signals = {k: np.arange(n, dtype=float) for k in CURVE_SIGNALS}
     return part_rows(judged, {"kind": kind}, 10, signals)
 

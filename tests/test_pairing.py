@@ -14,8 +14,9 @@ def conf(**kw):
 
 def full_pose(n, seed=0):
     rng = np.random.default_rng(seed)
-    return pd.DataFrame({"azimuth": rng.uniform(0, 360, n), "elevation": rng.uniform(-10, 40, n),
-                         "theta": rng.uniform(-10, 10, n)})
+    return pd.DataFrame(
+        {"azimuth": rng.uniform(0, 360, n), "elevation": rng.uniform(-10, 40, n), "theta": rng.uniform(-10, 10, n)}
+    )
 
 
 def uniform_pose(n, seed=0):

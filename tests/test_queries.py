@@ -23,13 +23,37 @@ def store(tmp_path_factory):
     store = LabelStore(str(root / "store"))
     for run_id, offsets in (("r1", [10.0, 10.0, 40.0]), ("r2", [10.0, 10.0])):
         store.begin_run({"run_id": run_id, "config_hash": "h", "config": "k: 1"})
-        rows = [dict(run_id=run_id, category="cat", src_image_id="a", tgt_image_id="b", src_x=10.0 * i, src_y=5.0,
-                     tgt_x=10.0 * i + d, tgt_y=5.0, hops=1, cycle_error=float(i), similarity=0.8, sphere_angle=None,
-                     support=2) for i, d in enumerate(offsets)]
-        images = pd.DataFrame({"run_id": run_id, "image_id": ["a", "b", "c"], "category": "cat",
-                               "uri": [str(root / "a.png"), str(root / "b.png"), str(root / "a.png")],
-                               "azimuth": [0.0, 30.0, None], "width": 100, "height": 80, "n_fg": [20, 20, None],
-                               "homography": [np.eye(3).flatten().tolist(), SHIFT.tolist(), None]})
+        rows = [
+            dict(
+                run_id=run_id,
+                category="cat",
+                src_image_id="a",
+                tgt_image_id="b",
+                src_x=10.0 * i,
+                src_y=5.0,
+                tgt_x=10.0 * i + d,
+                tgt_y=5.0,
+                hops=1,
+                cycle_error=float(i),
+                similarity=0.8,
+                sphere_angle=None,
+                support=2,
+            )
+            for i, d in enumerate(offsets)
+        ]
+        images = pd.DataFrame(
+            {
+                "run_id": run_id,
+                "image_id": ["a", "b", "c"],
+                "category": "cat",
+                "uri": [str(root / "a.png"), str(root / "b.png"), str(root / "a.png")],
+                "azimuth": [0.0, 30.0, None],
+                "width": 100,
+                "height": 80,
+                "n_fg": [20, 20, None],
+                "homography": [np.eye(3).flatten().tolist(), SHIFT.tolist(), None],
+            }
+        )
         store.write_category(run_id, "cat", pa.Table.from_pylist(rows, schema=LABEL_SCHEMA), images_table(images), {})
         store.commit(run_id, {"seeds": 10, "after_hop1": 8, "candidates": 5, "labels": len(rows)}, [])
     return str(root / "store")
@@ -66,12 +90,24 @@ def commit_of(store, capsys, run_id) -> int:
 
 def test_compare_empty_images_and_stage_yield(store, capsys):
     _, out, _ = cli(capsys, "compare", "--store", store, "--format", "json")
-    assert json.loads(out) == [{"run_a": "r1", "run_b": "r2", "category": "cat", "labels_a": 3, "labels_b": 2,
-                                "shared": 2, "only_a": 1, "only_b": 0}]
+    assert json.loads(out) == [
+        {
+            "run_a": "r1",
+            "run_b": "r2",
+            "category": "cat",
+            "labels_a": 3,
+            "labels_b": 2,
+            "shared": 2,
+            "only_a": 1,
+            "only_b": 0,
+        }
+    ]
     _, out, _ = cli(capsys, "compare", "--store", store, "--format", "json", "--param", "a=r2", "--param", "b=r1")
     assert json.loads(out)[0]["only_b"] == 1
     _, out, _ = cli(capsys, "empty_images", "--store", store, "--format", "json")
-    assert {(r["image_id"], r["likely_reason"]) for r in json.loads(out)} == {("c", "no azimuth: takes part in no tuple")}
+    assert {(r["image_id"], r["likely_reason"]) for r in json.loads(out)} == {
+        ("c", "no azimuth: takes part in no tuple")
+    }
     _, out, _ = cli(capsys, "stage_yield", "--store", store, "--format", "csv")
     assert "r1,after_hop1,8,0.8,0.8" in out
 
@@ -103,9 +139,12 @@ def test_snapshots_go_back_to_a_commit(store, capsys):
     assert {r["run_id"]: r["snapshot"] for r in json.loads(out)} == commits  # each run records its commit
     sql = "SELECT string_agg(DISTINCT run_id) AS runs, count(*) AS n FROM labels"
     assert cli(capsys, "sql", sql, "--store", store, "--at", str(commits["r1"]), "--format", "csv")[1].splitlines() == [
-        "runs,n", "r1,3"]
-    assert cli(capsys, "sql", sql, "--store", store, "--at", str(commits["r1"] - 1), "--format", "csv")[1].splitlines() == [
-        "runs,n", ",0"]
+        "runs,n",
+        "r1,3",
+    ]
+    assert cli(capsys, "sql", sql, "--store", store, "--at", str(commits["r1"] - 1), "--format", "csv")[
+        1
+    ].splitlines() == ["runs,n", ",0"]
     code, _, err = cli(capsys, "runs", "--store", store, "--at", "999")
     assert code == 2 and "snapshot 999" in err
 

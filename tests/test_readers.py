@@ -23,8 +23,11 @@ def test_folder_reader_takes_categories_from_subfolders(tmp_path):
     image(tmp_path / "data" / "cat" / "c.jpeg")
     (tmp_path / "data" / "cat" / "notes.txt").write_text("not an image")
     df = folder.scan(str(tmp_path / "data"))
-    assert df.to_dict("list") == {"image_id": ["cat/c", "dog/a", "dog/more/b"],
-                                  "uri": ["cat/c.jpeg", "dog/a.jpg", "dog/more/b.png"], "category": ["cat", "dog", "dog"]}
+    assert df.to_dict("list") == {
+        "image_id": ["cat/c", "dog/a", "dog/more/b"],
+        "uri": ["cat/c.jpeg", "dog/a.jpg", "dog/more/b.png"],
+        "category": ["cat", "dog", "dog"],
+    }
     assert reader_main(folder.scan, [str(tmp_path / "data"), str(tmp_path / "m.parquet")]) == 0
     m = read_manifest(str(tmp_path / "m.parquet"))  # valid, URIs absolute, no pose
     assert m["uri"][0] == str(tmp_path / "data" / "cat" / "c.jpeg") and m["azimuth"].isna().all()
@@ -38,11 +41,15 @@ def test_pose_reader_converts_radians_and_finds_masks(tmp_path):
     image(root / "images" / "car" / "n2.JPEG")
     image(root / "images" / "car" / "n3.JPEG")
     (root / "annotations" / "car").mkdir(parents=True)
-    (root / "annotations" / "car" / "n1.json").write_text(json.dumps({"azimuth": np.pi / 2, "elevation": 0.1, "theta": -0.05}))
+    (root / "annotations" / "car" / "n1.json").write_text(
+        json.dumps({"azimuth": np.pi / 2, "elevation": 0.1, "theta": -0.05})
+    )
     np.savez(root / "annotations" / "car" / "n2.npz", azimuth=[np.pi], elevation=[0.0], theta=[0.0], distance=[5.0])
     image(root / "masks" / "car" / "n2.png")
     df = pose3d.scan(str(root)).set_index("image_id")
-    assert df.loc["car/n1", ["azimuth", "elevation", "theta"]].tolist() == pytest.approx([90.0, 5.7296, -2.8648], abs=1e-3)
+    assert df.loc["car/n1", ["azimuth", "elevation", "theta"]].tolist() == pytest.approx(
+        [90.0, 5.7296, -2.8648], abs=1e-3
+    )
     assert df.loc["car/n2", "azimuth"] == pytest.approx(180.0) and df.loc["car/n2", "mask_uri"] == "masks/car/n2.png"
     assert np.isnan(df.loc["car/n3", "azimuth"]) and pd.isna(df.loc["car/n3", "mask_uri"])  # no annotation: no pose
     assert reader_main(pose3d.scan, [str(root), str(tmp_path / "m.parquet")]) == 0
@@ -55,8 +62,11 @@ def test_pose_reader_converts_radians_and_finds_masks(tmp_path):
 
 def test_a_csv_manifest_on_s3_resolves_relative_uris_there(s3_server):
     s3 = boto3.client("s3")
-    s3.put_object(Bucket="labels", Key="sets/dogs/manifest.csv",
-                  Body=b"image_id,uri,category\n1,img/1.jpg,dog\n2,s3://other/2.jpg,dog\n")
+    s3.put_object(
+        Bucket="labels",
+        Key="sets/dogs/manifest.csv",
+        Body=b"image_id,uri,category\n1,img/1.jpg,dog\n2,s3://other/2.jpg,dog\n",
+    )
     df = read_manifest(f"{s3_server}/sets/dogs/manifest.csv")
     assert df["uri"].tolist() == ["s3://labels/sets/dogs/img/1.jpg", "s3://other/2.jpg"]
     pd.testing.assert_series_equal(df["category"], pd.Series(["dog", "dog"], name="category"), check_dtype=False)

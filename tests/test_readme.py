@@ -56,8 +56,13 @@ def smaller(command: str) -> str:
 
 def scratch_copy(dest: str) -> str:
     """The repository's files (tracked, or new and not ignored) with their times, and its virtualenv."""
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.splitlines()
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
     for f in files:
         if os.path.isfile(os.path.join(ROOT, f)):
             os.makedirs(os.path.dirname(os.path.join(dest, f)), exist_ok=True)
@@ -68,8 +73,18 @@ def scratch_copy(dest: str) -> str:
 
 def test_the_marked_blocks_hold_the_flow_the_readme_promises():
     commands = runnable_commands(open(os.path.join(ROOT, "README.md")).read())
-    flow = ["make run", "trainer.train", "trainer.evaluate", "trainer.retrain", "trainer.schedule",
-            "labels.sphere=auto", "labelgen.train_sphere", "queries", "labelgen.evaluate", "labelgen.calibrate"]
+    flow = [
+        "make run",
+        "trainer.train",
+        "trainer.evaluate",
+        "trainer.retrain",
+        "trainer.schedule",
+        "labels.sphere=auto",
+        "labelgen.train_sphere",
+        "queries",
+        "labelgen.evaluate",
+        "labelgen.calibrate",
+    ]
     for step in flow:
         assert any(step in c for c in commands), f"no runnable README command runs {step}"
     assert commands[0].split("#")[0].strip() == "make run"  # the flow starts from nothing
@@ -81,7 +96,9 @@ def readme_run(tmp_path_factory):
     result (stops at the first failure)."""
     repo = scratch_copy(str(tmp_path_factory.mktemp("readme") / "repo"))
     # `make run` must not reinstall into the shared virtualenv from the copy
-    assert subprocess.run(["make", "-q", ".venv/.installed"], cwd=repo).returncode == 0, "run `make test` (it installs) first"
+    assert subprocess.run(["make", "-q", ".venv/.installed"], cwd=repo).returncode == 0, (
+        "run `make test` (it installs) first"
+    )
     env, done = {**os.environ, "RAY_ADDRESS": ""}, []
     for command in runnable_commands(open(os.path.join(repo, "README.md")).read()):
         run = smaller(command)
@@ -122,11 +139,31 @@ def test_the_spherical_filter_is_measured_beside_chain_and_vote(readme_run):
     first = con.execute("SELECT run_id FROM runs WHERE status = 'committed' ORDER BY finished LIMIT 1").fetchone()[0]
     con.close()
     out = os.path.join(repo, "eval.json")
-    run = subprocess.run([".venv/bin/python", "-m", "labelgen.evaluate", "store=labelstore", f"run_id={first}", "max_pairs=4",
-                          "sphere=latest", f"output={out}"], cwd=repo, capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [
+            ".venv/bin/python",
+            "-m",
+            "labelgen.evaluate",
+            "store=labelstore",
+            f"run_id={first}",
+            "max_pairs=4",
+            "sphere=latest",
+            f"output={out}",
+        ],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     report = json.load(open(out))
     by_kind = {r["kind"]: r for r in report["by_kind"] if r["split"] == "val"}
-    assert report["stored"] == "chain + vote" and set(by_kind) == {"raw NN", "mutual NN", "NN + cycle", "chain + vote", "+ sphere"}
+    assert report["stored"] == "chain + vote" and set(by_kind) == {
+        "raw NN",
+        "mutual NN",
+        "NN + cycle",
+        "chain + vote",
+        "+ sphere",
+    }
     assert 0 < by_kind["+ sphere"]["labels"] <= by_kind["chain + vote"]["labels"]
     assert any(r["signal"] == "sphere_angle" for r in report["curves"])

@@ -24,8 +24,14 @@ from trainer.data import default_conf, load_label_data, resolve_source
 
 
 def start(args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "labelgen.run", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "RAY_ADDRESS": ""}, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "labelgen.run", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "RAY_ADDRESS": ""},
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -42,15 +48,19 @@ def concurrent_runs(tiny_demo, tmp_path_factory):
             except FileNotFoundError:  # nothing written yet
                 time.sleep(0.2)
                 continue
-            rows = con.execute("SELECT r.run_id, r.status, (SELECT count(*) FROM label_history l WHERE l.run_id = r.run_id) "
-                               "FROM runs r").fetchall()
+            rows = con.execute(
+                "SELECT r.run_id, r.status, (SELECT count(*) FROM label_history l WHERE l.run_id = r.run_id) "
+                "FROM runs r"
+            ).fetchall()
             con.close()
             trained_on, committed_after = None, None
             if any(status == "committed" for _, status, _ in rows):
                 data = load_label_data(resolve_source(OmegaConf.merge(default_conf, {"store": store})), "none")
                 trained_on = sorted(data.runs)
                 con = LabelStore(store).connect()  # a run committed stays committed: check against a later look
-                committed_after = {r for (r,) in con.execute("SELECT run_id FROM runs WHERE status = 'committed'").fetchall()}
+                committed_after = {
+                    r for (r,) in con.execute("SELECT run_id FROM runs WHERE status = 'committed'").fetchall()
+                }
                 con.close()
             seen.append((rows, trained_on, committed_after))
             time.sleep(0.3)
@@ -94,8 +104,17 @@ def bad_corpus(root, demo_manifest) -> str:
     rows = []
 
     def add(name, azimuth=0.0, mask_uri=None, category="odd"):
-        rows.append({"image_id": name, "uri": str(root / name), "category": category, "azimuth": azimuth,
-                     "elevation": 0.0, "mask_uri": mask_uri, "split": "train"})
+        rows.append(
+            {
+                "image_id": name,
+                "uri": str(root / name),
+                "category": category,
+                "azimuth": azimuth,
+                "elevation": 0.0,
+                "mask_uri": mask_uri,
+                "split": "train",
+            }
+        )
 
     for i, az in enumerate([-45.0, -15.0, 15.0, 45.0]):  # odd but fine: must be used, not reported
         img = Image.open(os.path.join(base, df.uri[i])).convert("RGB")
@@ -111,7 +130,7 @@ def bad_corpus(root, demo_manifest) -> str:
             img = img.resize((4000, 4000))
         img.save(root / name)
         add(name, az)
-    buf = (root / "whole.jpg")
+    buf = root / "whole.jpg"
     view.save(buf, quality=90)
     (root / "truncated.jpg").write_bytes(buf.read_bytes()[: len(buf.read_bytes()) // 2])
     add("truncated.jpg", category="broken")
@@ -125,8 +144,7 @@ def bad_corpus(root, demo_manifest) -> str:
     add("bomb.png", category="broken")
     add("nopose.png", azimuth=np.nan)
     view.save(root / "nopose.png")
-    demo = df.assign(uri=[os.path.join(base, u) for u in df.uri],
-                     mask_uri=[os.path.join(base, m) for m in df.mask_uri])
+    demo = df.assign(uri=[os.path.join(base, u) for u in df.uri], mask_uri=[os.path.join(base, m) for m in df.mask_uri])
     manifest = root / "manifest.parquet"
     pd.concat([demo, pd.DataFrame(rows)], ignore_index=True).to_parquet(manifest)
     return str(manifest)
@@ -134,12 +152,12 @@ def bad_corpus(root, demo_manifest) -> str:
 
 @pytest.mark.slow
 def test_a_killed_feature_actor_and_a_bad_input_corpus_leave_the_labels_of_an_undisturbed_run(
-        concurrent_runs, tiny_demo, tmp_path):
+    concurrent_runs, tiny_demo, tmp_path
+):
     reference_store, _ = concurrent_runs
     manifest = bad_corpus(tmp_path / "corpus", tiny_demo)
     store = str(tmp_path / "store")
-    proc = start([*tiny_demo_args(manifest), f"store={store}", "run_id=hurt",
-                  "features.batch_size=1"])
+    proc = start([*tiny_demo_args(manifest), f"store={store}", "run_id=hurt", "features.batch_size=1"])
     cache, killed, deadline = os.path.join(store, "features"), [], time.time() + 300
     while not killed and time.time() < deadline and proc.poll() is None:
         done = sum(len(f) for _, _, f in os.walk(cache)) if os.path.exists(cache) else 0
@@ -154,11 +172,16 @@ def test_a_killed_feature_actor_and_a_bad_input_corpus_leave_the_labels_of_an_un
     assert proc.returncode == 0, out[-3000:]
 
     demo_categories = ["chelsea", "motorcycle"]
-    assert labels_of(store, "hurt", demo_categories).drop(columns="category").equals(
-        labels_of(reference_store, "one", demo_categories).drop(columns="category"))
+    assert (
+        labels_of(store, "hurt", demo_categories)
+        .drop(columns="category")
+        .equals(labels_of(reference_store, "one", demo_categories).drop(columns="category"))
+    )
     con = LabelStore(store).connect()
     bad = dict(con.execute("SELECT image_id, error FROM bad_inputs WHERE run_id = 'hurt'").fetchall())
-    assert con.execute("SELECT count(*) FROM label_history WHERE run_id = 'hurt' AND category = 'odd'").fetchone()[0] > 100
+    assert (
+        con.execute("SELECT count(*) FROM label_history WHERE run_id = 'hurt' AND category = 'odd'").fetchone()[0] > 100
+    )
     con.close()
     expect = {
         "truncated.jpg": "truncated.jpg: broken or truncated image data",
@@ -175,12 +198,15 @@ def test_a_killed_feature_actor_and_a_bad_input_corpus_leave_the_labels_of_an_un
     assert "6 bad (see bad_inputs)" in out
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda df: df.drop(columns="category"), r"missing column\(s\) \['category'\]"),
-    (lambda df: df.assign(azimuth=["left"] * len(df)), "'left' is not a finite number of degrees"),
-    (lambda df: df.assign(image_id=df.image_id.iloc[0]), "repeats row 0; ids must be unique"),
-    (lambda df: df.assign(category=[7] * len(df)), "7 is not a string"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda df: df.drop(columns="category"), r"missing column\(s\) \['category'\]"),
+        (lambda df: df.assign(azimuth=["left"] * len(df)), "'left' is not a finite number of degrees"),
+        (lambda df: df.assign(image_id=df.image_id.iloc[0]), "repeats row 0; ids must be unique"),
+        (lambda df: df.assign(category=[7] * len(df)), "7 is not a string"),
+    ],
+)
 def test_a_broken_manifest_is_refused_before_any_work(tiny_demo, tmp_path, capsys, change, message):
     df = pd.read_parquet(tiny_demo)
     df["uri"] = [os.path.join(os.path.dirname(tiny_demo), u) for u in df.uri]
@@ -223,15 +249,20 @@ def test_checkpoints_load_weights_only_and_refuse_code(tmp_path, load):
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs, as root (CI runs as root)")
 @pytest.mark.parametrize("stage, size, cache", [("features", "3m", False), ("vote", "400k", True)])
 def test_a_full_disk_fails_in_words_leaves_nothing_visible_and_the_run_resumes_once_space_is_free(
-        concurrent_runs, tiny_demo, tmp_path, stage, size, cache):
+    concurrent_runs, tiny_demo, tmp_path, stage, size, cache
+):
     reference, _ = concurrent_runs
     disk = tmp_path / "disk"
     disk.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)], check=True)
     try:
         store = disk / "store"  # with the feature cache on it, or elsewhere: then the run's own files fill it
-        args = [*tiny_demo_args(tiny_demo), f"store={store}", "run_id=full",
-                *([f"features.cache={tmp_path / 'cache'}"] if cache else [])]
+        args = [
+            *tiny_demo_args(tiny_demo),
+            f"store={store}",
+            "run_id=full",
+            *([f"features.cache={tmp_path / 'cache'}"] if cache else []),
+        ]
         proc = start(args)
         out = proc.communicate(timeout=600)[0]
         assert proc.returncode == 1, out[-3000:]
@@ -255,7 +286,8 @@ def test_a_full_disk_fails_in_words_leaves_nothing_visible_and_the_run_resumes_o
 
 @pytest.mark.slow
 def test_a_postgresql_restart_during_a_run_is_waited_out_and_the_labels_are_those_of_an_undisturbed_run(
-        concurrent_runs, tiny_demo, tmp_path, postgres):
+    concurrent_runs, tiny_demo, tmp_path, postgres
+):
     reference, _ = concurrent_runs
     store = tmp_path / "store"
     proc = start([*tiny_demo_args(tiny_demo), f"store={store}", "run_id=restart", f"catalog={postgres('restart')}"])

@@ -23,7 +23,16 @@ def test_pipeline_writes_queryable_labels_and_reuses_the_feature_cache(tiny_demo
     assert "committed" in first.stdout and "after the vote" in first.stdout
     stages = re.search(r"time +(.*)", first.stdout).group(1)
     assert [part.rsplit(" ", 2)[0] for part in stages.split(", ")] == [
-        "collection", "backbone", "ray start", "features", "tuples", "chains", "vote", "commit", "total"], stages
+        "collection",
+        "backbone",
+        "ray start",
+        "features",
+        "tuples",
+        "chains",
+        "vote",
+        "commit",
+        "total",
+    ], stages
     con = LabelStore(str(store)).connect()
     assert [c[0] for c in con.execute("DESCRIBE labels").fetchall()] == LABEL_SCHEMA.names
     n, cats, pairs, max_hops = con.execute(
@@ -31,7 +40,9 @@ def test_pipeline_writes_queryable_labels_and_reuses_the_feature_cache(tiny_demo
     ).fetchone()
     # 2 categories x 2 tuples (both sweep directions) x 12 ordered pairs
     assert cats == 2 and pairs == 24 and max_hops == 3 and n > 1000
-    assert con.execute("SELECT count(*) FROM labels WHERE src_x < 0 OR src_x > 320 OR tgt_y < 0 OR tgt_y > 320").fetchone() == (0,)
+    assert con.execute(
+        "SELECT count(*) FROM labels WHERE src_x < 0 OR src_x > 320 OR tgt_y < 0 OR tgt_y > 320"
+    ).fetchone() == (0,)
     counts = json.loads(con.execute("SELECT counts FROM runs").fetchone()[0])
     assert counts["features_computed"] == 8 and counts["labels"] == n
     con.close()
@@ -44,8 +55,10 @@ def test_pipeline_writes_queryable_labels_and_reuses_the_feature_cache(tiny_demo
     assert counts["features_cached"] == 8 and counts["features_computed"] == 0
     # same features, the vote partitioned: the same labels
     for a, b in (("=", "<>"), ("<>", "=")):
-        diff = con.execute(f"SELECT count(*) FROM (SELECT * EXCLUDE run_id FROM label_history WHERE run_id {a} 'again' "
-                           f"EXCEPT ALL SELECT * EXCLUDE run_id FROM label_history WHERE run_id {b} 'again')").fetchone()
+        diff = con.execute(
+            f"SELECT count(*) FROM (SELECT * EXCLUDE run_id FROM label_history WHERE run_id {a} 'again' "
+            f"EXCEPT ALL SELECT * EXCLUDE run_id FROM label_history WHERE run_id {b} 'again')"
+        ).fetchone()
         assert diff == (0,)
     con.close()
     assert len(list((store / "runs" / "again" / "labels").glob("category=*/part-*.parquet"))) == 4
@@ -60,7 +73,9 @@ def test_pipeline_writes_queryable_labels_and_reuses_the_feature_cache(tiny_demo
     assert rows["direct raw hops=3"]["P@0.05"] < rows["direct cycle hops=3"]["P@0.05"]
 
     query = run(["queries", "labels_per_category", f"store={store}", "format=csv"])
-    assert query.returncode == 0 and query.stdout.count("\n") == 3  # header + 2 categories: "again" relabelled every pair
+    assert (
+        query.returncode == 0 and query.stdout.count("\n") == 3
+    )  # header + 2 categories: "again" relabelled every pair
 
 
 def test_categories_with_narrow_poses_get_shorter_tuples_and_a_run_without_labels_says_why(tiny_demo, tmp_path, run):
@@ -88,8 +103,10 @@ def test_categories_with_narrow_poses_get_shorter_tuples_and_a_run_without_label
     assert "warning: run lone stored 0 labels: 'motorcycle': its 1 images make no pair" in empty.stdout + empty.stderr
 
 
-@pytest.mark.skipif(os.environ.get("LABELGEN_SSH_TESTS") == "1",
-                    reason="test_cluster's ray up test submits the same job to a head started over ssh")
+@pytest.mark.skipif(
+    os.environ.get("LABELGEN_SSH_TESTS") == "1",
+    reason="test_cluster's ray up test submits the same job to a head started over ssh",
+)
 def test_ray_job_submit_against_a_local_head(tiny_demo, tmp_path):
     """`ray start --head` on loopback, then `ray job submit -- python -m labelgen.run`.
 
@@ -105,17 +122,45 @@ def test_ray_job_submit_against_a_local_head(tiny_demo, tmp_path):
     ray = os.path.join(bin_dir, "ray")
     try:
         start = subprocess.run(
-            [ray, "start", "--head", f"--temp-dir={home}/ray", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--ray-client-server-port={client}",
-             f"--dashboard-agent-listen-port={agent}", "--num-cpus=2", "--disable-usage-stats"],
-            capture_output=True, text=True, timeout=180, env={**os.environ, **env, OWNER: home},
+            [
+                ray,
+                "start",
+                "--head",
+                f"--temp-dir={home}/ray",
+                "--node-ip-address=127.0.0.1",
+                f"--port={gcs}",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={dashboard}",
+                f"--ray-client-server-port={client}",
+                f"--dashboard-agent-listen-port={agent}",
+                "--num-cpus=2",
+                "--disable-usage-stats",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env={**os.environ, **env, OWNER: home},
         )
         assert start.returncode == 0, start.stderr[-3000:]
         store = tmp_path / "store"
         job = subprocess.run(
-            [ray, "job", "submit", f"--address=http://127.0.0.1:{dashboard}", "--",
-             "python", "-m", "labelgen.run", *tiny_demo_args(tiny_demo), f"store={store}", "run_id=from-job"],
-            capture_output=True, text=True, timeout=600, env={**os.environ, **env},
+            [
+                ray,
+                "job",
+                "submit",
+                f"--address=http://127.0.0.1:{dashboard}",
+                "--",
+                "python",
+                "-m",
+                "labelgen.run",
+                *tiny_demo_args(tiny_demo),
+                f"store={store}",
+                "run_id=from-job",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, **env},
         )
         assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
         assert "cluster at" in job.stdout and "succeeded" in job.stdout + job.stderr
@@ -133,8 +178,15 @@ def test_a_run_on_a_postgresql_catalog_is_found_again_by_every_reader(tiny_demo,
     assert out.returncode == 0, out.stderr[-3000:]
     assert not (store / "catalog.sqlite").exists()
     # later commands name only the store: its catalog.json says where the catalog is
-    query = run(["queries", "sql", "SELECT status, counts->>'labels' AS n, (SELECT count(*) FROM labels) AS rows FROM runs",
-                 f"store={store}", "format=json"])
+    query = run(
+        [
+            "queries",
+            "sql",
+            "SELECT status, counts->>'labels' AS n, (SELECT count(*) FROM labels) AS rows FROM runs",
+            f"store={store}",
+            "format=json",
+        ]
+    )
     assert query.returncode == 0, query.stderr[-3000:]
     (row,) = json.loads(query.stdout)
     assert row["status"] == "committed" and int(row["n"]) == row["rows"] > 1000

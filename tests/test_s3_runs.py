@@ -29,12 +29,15 @@ def undisturbed(tiny_demo, s3_server, run):
 
 
 def test_a_whole_run_through_s3_faults_equals_an_undisturbed_one_and_never_shows_a_secret(
-        tiny_demo, s3_server, s3_secret, undisturbed, run):
+    tiny_demo, s3_server, s3_secret, undisturbed, run
+):
     proxy = FaultyS3Proxy(os.environ["AWS_ENDPOINT_URL"], every=10)  # 1 in 10 requests: 503; 1 in 10: dropped
     store = f"{s3_server}/whole"
     try:
-        out = run(["labelgen.run", *tiny_demo_args(tiny_demo), f"store={store}", "run_id=s3run"],
-                  env={"AWS_ENDPOINT_URL": proxy.url})
+        out = run(
+            ["labelgen.run", *tiny_demo_args(tiny_demo), f"store={store}", "run_id=s3run"],
+            env={"AWS_ENDPOINT_URL": proxy.url},
+        )
     finally:
         proxy.close()
     assert out.returncode == 0, out.stderr[-3000:]
@@ -84,7 +87,9 @@ def kill_tree(proc):
 
 
 def test_a_killed_run_shows_nothing_and_its_resume_equals_an_undisturbed_run(tmp_path_factory, s3_server, capsys, run):
-    manifest = build_demo({"root": str(tmp_path_factory.mktemp("demo8")), "azimuths": [-45, -15, 15, 45], "elevations": [0]})
+    manifest = build_demo(
+        {"root": str(tmp_path_factory.mktemp("demo8")), "azimuths": [-45, -15, 15, 45], "elevations": [0]}
+    )
     store = f"{s3_server}/resume"
     args = ["labelgen.run", *tiny_demo_args(manifest), f"store={store}", "labels.tuples_per_task=1", "new_only=false"]
 
@@ -92,7 +97,9 @@ def test_a_killed_run_shows_nothing_and_its_resume_equals_an_undisturbed_run(tmp
     ref = run([*args, "run_id=reference"])
     assert ref.returncode == 0, ref.stderr[-3000:]
 
-    proc = subprocess.Popen([sys.executable, "-m", *args, "run_id=victim"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *args, "run_id=victim"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 300
     while not any("/labels/" in k for k in staged_keys("resume/runs/victim/")):
         assert proc.poll() is None and time.time() < deadline, "the run ended before it staged anything"
@@ -110,7 +117,10 @@ def test_a_killed_run_shows_nothing_and_its_resume_equals_an_undisturbed_run(tmp
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "categories already done" in resumed.stderr + resumed.stdout
     con = LabelStore(store).connect()
-    n_ref, n_victim = (con.execute(f"SELECT count(*) FROM label_history WHERE run_id = '{r}'").fetchone()[0] for r in ("reference", "victim"))
+    n_ref, n_victim = (
+        con.execute(f"SELECT count(*) FROM label_history WHERE run_id = '{r}'").fetchone()[0]
+        for r in ("reference", "victim")
+    )
     assert n_ref == n_victim > 1000
     differ = con.execute(
         "SELECT count(*) FROM ((SELECT * EXCLUDE run_id FROM label_history WHERE run_id = 'reference' "
@@ -131,11 +141,22 @@ def test_a_killed_run_shows_nothing_and_its_resume_equals_an_undisturbed_run(tmp
 
 def test_training_checkpoints_to_s3(undisturbed, run):
     store = undisturbed
-    out = run(["trainer.train", f"data.store={store}", "model_id=s3model", "data.val_split=none", "optim.steps=2",
-               "optim.log_every=1", "checkpoint.every=2"])
+    out = run(
+        [
+            "trainer.train",
+            f"data.store={store}",
+            "model_id=s3model",
+            "data.val_split=none",
+            "optim.steps=2",
+            "optim.log_every=1",
+            "checkpoint.every=2",
+        ]
+    )
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     keys = staged_keys("train/")
     assert any(k.startswith("train/checkpoints/s3model/checkpoint_") and k.endswith("/adapter.pt") for k in keys)
     assert "train/models/s3model/adapter.pt" in keys, [k for k in keys if "models" in k]
     (model,) = LabelStore(store).models()
-    assert model["model_id"] == "s3model" and model["snapshot"] == LabelStore(store).current_snapshot() - 2  # then its own two rows
+    assert (
+        model["model_id"] == "s3model" and model["snapshot"] == LabelStore(store).current_snapshot() - 2
+    )  # then its own two rows

@@ -61,15 +61,27 @@ def write_spair(root, demo_manifest):
         mask = np.asarray(Image.open(os.path.join(base, row.mask_uri))) > 0
         ys, xs = np.nonzero(mask)
         kps[name] = apply_homography(np.asarray(row.homography).reshape(3, 3), photo_pts)
-        ann = {"filename": name + ".jpg", "category": "cat", "azimuth_id": int(round(row.azimuth / 45)) % 8,
-               "bndbox": [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())],
-               "kps": {str(k): p.tolist() for k, p in enumerate(kps[name])}}
+        ann = {
+            "filename": name + ".jpg",
+            "category": "cat",
+            "azimuth_id": int(round(row.azimuth / 45)) % 8,
+            "bndbox": [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())],
+            "kps": {str(k): p.tolist() for k, p in enumerate(kps[name])},
+        }
         json.dump(ann, open(os.path.join(root, "ImageAnnotation/cat", name + ".json"), "w"))
     names = sorted(kps)
     for n, (a, b) in enumerate([(names[0], names[1]), (names[1], names[2])]):
         bbox = json.load(open(os.path.join(root, "ImageAnnotation/cat", b + ".json")))["bndbox"]
-        pair = {"src_imname": a + ".jpg", "trg_imname": b + ".jpg", "category": "cat", "src_kps": kps[a].tolist(),
-                "trg_kps": kps[b].tolist(), "src_bndbox": bbox, "trg_bndbox": bbox, "kps_ids": list("01234")}
+        pair = {
+            "src_imname": a + ".jpg",
+            "trg_imname": b + ".jpg",
+            "category": "cat",
+            "src_kps": kps[a].tolist(),
+            "trg_kps": kps[b].tolist(),
+            "src_bndbox": bbox,
+            "trg_bndbox": bbox,
+            "kps_ids": list("01234"),
+        }
         json.dump(pair, open(os.path.join(root, "PairAnnotation/test", f"{n}-{a}-{b}:cat.json"), "w"))
 
 
@@ -80,7 +92,10 @@ def test_reader_and_raw_backbone_pck_on_a_fixture(tiny_demo, tmp_path):
     assert manifest["image_id"].tolist() == ["cat/2008_000000", "cat/2008_000001", "cat/2008_000002"]
     assert set(manifest["split"]) == {"test"} and manifest["azimuth"].notna().all()
     pairs = read_pairs(root, "test")
-    assert [(p.src, p.tgt) for p in pairs] == [("cat/2008_000000", "cat/2008_000001"), ("cat/2008_000001", "cat/2008_000002")]
+    assert [(p.src, p.tgt) for p in pairs] == [
+        ("cat/2008_000000", "cat/2008_000001"),
+        ("cat/2008_000001", "cat/2008_000002"),
+    ]
     assert pairs[0].src_kps.shape == (5, 2)
     with pytest.raises(ValueError, match="is .* an SPair-71k folder"):
         read_pairs(root, "trn")

@@ -69,10 +69,15 @@ def test_viewpoint_loss_matches_mean_directions_to_azimuth_gaps():
     az = torch.tensor([0.0, 30.0, 90.0])
     rad = torch.deg2rad(az)
     means = torch.stack([torch.sin(rad), torch.zeros(3), torch.cos(rad)], 1)  # turned by the azimuth
-    points, valid, cat = means[:, None].repeat(1, 4, 1), torch.ones(3, 4, dtype=torch.bool), torch.zeros(3, dtype=torch.long)
+    points, valid, cat = (
+        means[:, None].repeat(1, 4, 1),
+        torch.ones(3, 4, dtype=torch.bool),
+        torch.zeros(3, dtype=torch.long),
+    )
     assert viewpoint_loss(points, valid, az, cat).item() < 1e-6
     assert viewpoint_loss(points, valid, torch.tensor([0.0, 60.0, 90.0]), cat).item() == pytest.approx(
-        2 * (math.radians(30) ** 2) / 6 * 2, rel=1e-3)  # pairs (0,1) and (1,2) off by 30 deg, both orders
+        2 * (math.radians(30) ** 2) / 6 * 2, rel=1e-3
+    )  # pairs (0,1) and (1,2) off by 30 deg, both orders
     assert viewpoint_loss(points, valid, az, torch.tensor([0, 1, 2])).item() == 0.0  # no same-category pair
 
 
@@ -87,7 +92,9 @@ def test_mapper_size_and_training_lowers_the_loss():
     for cat in ("a", "b"):
         base = F.normalize(torch.randn(64, 32, generator=gen), dim=1)
         for az in (0.0, 30.0, 60.0):
-            images.append({"feats": base + 0.05 * torch.randn(64, 32, generator=gen), "grid": g, "category": cat, "azimuth": az})
+            images.append(
+                {"feats": base + 0.05 * torch.randn(64, 32, generator=gen), "grid": g, "category": cat, "azimuth": az}
+            )
     mapper, history = train_mapper(images, conf(steps=60, dim=64, heads=4, images_per_step=6, samples=64))
     assert history[-1]["loss"] < 0.7 * history[0]["loss"]
     pts = mapper(images[0]["feats"][None])[0]
@@ -110,8 +117,24 @@ def test_sphere_filter_fills_angles_and_drops_far_labels():
         patch_index(f, np.array([[8.0, 8.0]]))
     north, east = torch.tensor([0.0, 0, 1]), torch.tensor([1.0, 0, 0])
     points = {"a": torch.stack([north, north, north, north]), "b": torch.stack([north, east, north, east])}
-    rows = [dict(run_id="r", category="c", src_image_id="a", tgt_image_id="b", src_x=24.0, src_y=24.0, tgt_x=tx,
-                 tgt_y=24.0, hops=1, cycle_error=0.0, similarity=1.0, sphere_angle=None, support=1) for tx in (24.0, 40.0)]
+    rows = [
+        dict(
+            run_id="r",
+            category="c",
+            src_image_id="a",
+            tgt_image_id="b",
+            src_x=24.0,
+            src_y=24.0,
+            tgt_x=tx,
+            tgt_y=24.0,
+            hops=1,
+            cycle_error=0.0,
+            similarity=1.0,
+            sphere_angle=None,
+            support=1,
+        )
+        for tx in (24.0, 40.0)
+    ]
     kept = sphere_filter(pa.Table.from_pylist(rows, schema=LABEL_SCHEMA), {"a": f, "b": f}, points, 27.0)
     assert kept.column("tgt_x").to_pylist() == [24.0]  # 0 deg kept, 90 deg dropped
     assert kept.column("sphere_angle").to_pylist() == [0.0]
@@ -121,7 +144,7 @@ def test_sphere_filter_fills_angles_and_drops_far_labels():
 def test_pipeline_filters_with_a_trained_mapper(tiny_demo, tmp_path, run):
     from benchmarks.tiny import tiny_demo_args
     from labelgen.store import LabelStore
-    
+
     store = str(tmp_path / "store")
     args = ["labelgen.run", *tiny_demo_args(tiny_demo), f"store={store}"]
     out = run([*args, "labels.sphere=latest"])
@@ -137,9 +160,13 @@ def test_pipeline_filters_with_a_trained_mapper(tiny_demo, tmp_path, run):
     con = LabelStore(store).connect()
     base = con.execute("SELECT count(*) FROM label_history WHERE run_id = 'base'").fetchone()[0]
     for run_id, deg in (("auto", 27), ("filtered", 20)):
-        n, worst, nulls = con.execute("SELECT count(*), max(sphere_angle), count(*) - count(sphere_angle) FROM "
-                                      "label_history WHERE run_id = ?", [run_id]).fetchone()
+        n, worst, nulls = con.execute(
+            "SELECT count(*), max(sphere_angle), count(*) - count(sphere_angle) FROM label_history WHERE run_id = ?",
+            [run_id],
+        ).fetchone()
         assert nulls == 0 and worst <= deg and 0 < n <= base
     assert con.execute("SELECT label_run FROM spheres ORDER BY created").fetchall() == [("auto",), ("base",)]
-    assert con.execute("SELECT counts->'sphere'->>'sphere_id' FROM runs WHERE run_id = 'auto'").fetchone()[0] is not None
+    assert (
+        con.execute("SELECT counts->'sphere'->>'sphere_id' FROM runs WHERE run_id = 'auto'").fetchone()[0] is not None
+    )
     con.close()

@@ -23,18 +23,37 @@ def tiny_sd(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sd")
     torch.manual_seed(0)
     AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 16, 16), latent_channels=4, norm_num_groups=4, layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 16, 16),
+        latent_channels=4,
+        norm_num_groups=4,
+        layers_per_block=1,
     ).save_pretrained(folder / "vae")
     UNet2DConditionModel(
-        sample_size=8, block_out_channels=(8, 16, 24, 24), layers_per_block=1, cross_attention_dim=16,
-        attention_head_dim=2, norm_num_groups=4,
+        sample_size=8,
+        block_out_channels=(8, 16, 24, 24),
+        layers_per_block=1,
+        cross_attention_dim=16,
+        attention_head_dim=2,
+        norm_num_groups=4,
     ).save_pretrained(folder / "unet")
-    CLIPTextModel(CLIPTextConfig(
-        vocab_size=8, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-        max_position_embeddings=8, bos_token_id=0, eos_token_id=1, pad_token_id=1,
-    )).save_pretrained(folder / "text_encoder")
-    DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).save_pretrained(folder / "scheduler")
+    CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=8,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=8,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
+    ).save_pretrained(folder / "text_encoder")
+    DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).save_pretrained(
+        folder / "scheduler"
+    )
     tok = folder / "tokenizer"
     tok.mkdir()
     (tok / "vocab.json").write_text(json.dumps({"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2, "a": 3}))
@@ -62,7 +81,9 @@ def test_sd_features_are_the_unet_up_blocks_at_the_noised_latent(tiny_sd):
         for h in hooks:
             h.remove()
     assert [o.shape[1] for o in outs] == [24, 24, 16, 8]
-    ref = torch.cat([F.normalize(F.interpolate(o, size=(8, 8), mode="bilinear", antialias=True), dim=1) for o in outs[:3]], 1)
+    ref = torch.cat(
+        [F.normalize(F.interpolate(o, size=(8, 8), mode="bilinear", antialias=True), dim=1) for o in outs[:3]], 1
+    )
     assert f.shape == (2, 64, 8, 8)  # stride 16
     assert torch.allclose(f, F.normalize(ref, dim=1), atol=1e-5)
     assert torch.allclose(sd.empty_prompt, empty)
@@ -106,15 +127,26 @@ def test_missing_sd_weights_say_where_to_put_them(tmp_path, monkeypatch):
         build_backbone(OmegaConf.create({**default_conf, "name": "sd15", "sd_weights": "/nowhere"}))
 
 
-def test_the_run_config_selects_fused_features_end_to_end_through_the_cache(tiny_sd, dino_small_file, tiny_demo, tmp_path):
+def test_the_run_config_selects_fused_features_end_to_end_through_the_cache(
+    tiny_sd, dino_small_file, tiny_demo, tmp_path
+):
     path, _ = dino_small_file
-    argv = [*tiny_demo_args(tiny_demo), f"store={tmp_path}", "backbone.name=sd15_dinov2_vits14", f"backbone.weights={path}",
-            f"backbone.sd_weights={tiny_sd}", "backbone.image_size=112", "backbone.sd_image_size=128"]
+    argv = [
+        *tiny_demo_args(tiny_demo),
+        f"store={tmp_path}",
+        "backbone.name=sd15_dinov2_vits14",
+        f"backbone.weights={path}",
+        f"backbone.sd_weights={tiny_sd}",
+        "backbone.image_size=112",
+        "backbone.sd_image_size=128",
+    ]
     conf = pipeline.parse(argv)
     inputs = pipeline.prepare(conf)
     fingerprint = inputs.fingerprint
     assert inputs.backbone_reason == "asked for" and fingerprint.startswith("sd15_dinov2_vits14-112-")
-    worker = FeatureWorker(inputs.backbone, inputs.image_size, str(tmp_path / "features"), fingerprint, mask_fallback="image")
+    worker = FeatureWorker(
+        inputs.backbone, inputs.image_size, str(tmp_path / "features"), fingerprint, mask_fallback="image"
+    )
     rows = inputs.df.head(2)
     out = worker(worker_batch(rows.assign(mask_uri=None)))
     assert list(out["error"]) == ["", ""]

@@ -13,8 +13,21 @@ from labelgen.store import IMAGE_SCHEMA, LABEL_SCHEMA, LabelStore, catalog, exte
 
 def labels(run_id, n, category="cat"):
     rows = [
-        dict(run_id=run_id, category=category, src_image_id="a", tgt_image_id="b", src_x=float(i), src_y=0.0,
-             tgt_x=1.0, tgt_y=2.0, hops=1, cycle_error=0.5, similarity=0.9, sphere_angle=None, support=1)
+        dict(
+            run_id=run_id,
+            category=category,
+            src_image_id="a",
+            tgt_image_id="b",
+            src_x=float(i),
+            src_y=0.0,
+            tgt_x=1.0,
+            tgt_y=2.0,
+            hops=1,
+            cycle_error=0.5,
+            similarity=0.9,
+            sphere_angle=None,
+            support=1,
+        )
         for i in range(n)
     ]
     return pa.Table.from_pylist(rows, schema=LABEL_SCHEMA)
@@ -23,8 +36,16 @@ def labels(run_id, n, category="cat"):
 def images(run_id, category="cat"):
     import pandas as pd
 
-    frame = pd.DataFrame({"run_id": run_id, "image_id": ["a", "b"], "category": category, "uri": ["a.png", "b.png"],
-                          "azimuth": [0.0, 30.0], "n_fg": [10, 12]})
+    frame = pd.DataFrame(
+        {
+            "run_id": run_id,
+            "image_id": ["a", "b"],
+            "category": category,
+            "uri": ["a.png", "b.png"],
+            "azimuth": [0.0, 30.0],
+            "n_fg": [10, 12],
+        }
+    )
     return images_table(frame)
 
 
@@ -42,8 +63,16 @@ def store(request, tmp_path):
 
 
 def begin(store, run_id, digest="h"):
-    return store.begin_run({"run_id": run_id, "manifest": "m.parquet", "backbone": "mobilenetv2",
-                            "backbone_fingerprint": "fp", "config": "k: 1", "config_hash": digest})
+    return store.begin_run(
+        {
+            "run_id": run_id,
+            "manifest": "m.parquet",
+            "backbone": "mobilenetv2",
+            "backbone_fingerprint": "fp",
+            "config": "k: 1",
+            "config_hash": digest,
+        }
+    )
 
 
 def count(store, sql):
@@ -64,7 +93,12 @@ def test_a_category_in_vote_partitions_is_done_when_every_partition_is(store):
     assert store.category_stats("r1") == {"cat": {"tuples": 2, "seeds": 40, "voted": 6, "labels": 5}}
     store.commit("r1", {"labels": 5}, [])
     assert count(store, "SELECT count(*) FROM labels") == [(5,)]
-    assert json.loads(count(store, "SELECT counts FROM run_stats")[0][0]) == {"tuples": 2, "seeds": 40, "voted": 6, "labels": 5}
+    assert json.loads(count(store, "SELECT counts FROM run_stats")[0][0]) == {
+        "tuples": 2,
+        "seeds": 40,
+        "voted": 6,
+        "labels": 5,
+    }
 
 
 def test_a_run_is_invisible_until_its_commit_record_lands(store):
@@ -85,7 +119,9 @@ def test_a_run_is_invisible_until_its_commit_record_lands(store):
     assert count(store, "SELECT count(*), sum(n_fg) FROM images") == [(4, 44)]
     assert [c[0] for c in count(store, "DESCRIBE images")] == IMAGE_SCHEMA.names
     assert count(store, "SELECT category, labels, image_pairs, counts->>'tuples' FROM run_stats ORDER BY 1") == [
-        ("cat", 5, 1, "2"), ("dog", 3, 1, "1")]
+        ("cat", 5, 1, "2"),
+        ("dog", 3, 1, "1"),
+    ]
     if not is_remote(store.uri):  # small tables' rows live in the catalog: no Parquet file per run state or stat
         assert not list(Path(store.uri, "lake").rglob("*.parquet"))
 
@@ -101,7 +137,9 @@ def test_a_commit_is_retried_whole_on_a_lock_conflict_unless_it_landed():
 
     assert catalog.retrying("commit", attempt) == "done" and len(tries) == 3
     tries.clear()
-    assert catalog.retrying("commit", attempt, committed=lambda: True) is None and len(tries) == 1  # it landed: no second
+    assert (
+        catalog.retrying("commit", attempt, committed=lambda: True) is None and len(tries) == 1
+    )  # it landed: no second
     with pytest.raises(duckdb.BinderException):  # not a conflict: at once
         catalog.retrying("commit", lambda: (_ for _ in ()).throw(duckdb.BinderException("no such column")))
 
@@ -125,9 +163,16 @@ def test_the_catalog_is_read_only_and_sealed(store):
     # an extension of the same trusted wheels that this set-up has not loaded
     other = "sqlite_scanner" if (store.catalog or "").startswith("postgres:") else "postgres_scanner"
     try:
-        for sql in ("DELETE FROM label_history", "INSERT INTO run_log (run_id) VALUES ('x')", "CREATE TABLE t (x INT)", "COPY runs TO '/tmp/runs.csv'",
-                    f"LOAD '{extensions.extension_path(other)}'", "INSTALL spatial",
-                    "SELECT * FROM read_csv('/etc/passwd')", "SET enable_external_access = true"):
+        for sql in (
+            "DELETE FROM label_history",
+            "INSERT INTO run_log (run_id) VALUES ('x')",
+            "CREATE TABLE t (x INT)",
+            "COPY runs TO '/tmp/runs.csv'",
+            f"LOAD '{extensions.extension_path(other)}'",
+            "INSTALL spatial",
+            "SELECT * FROM read_csv('/etc/passwd')",
+            "SET enable_external_access = true",
+        ):
             with pytest.raises(Exception, match="read-only|Permission|disabled|Cannot change"):
                 con.execute(sql)
         assert con.execute("SELECT count(*) FROM labels").fetchone() == (2,)
@@ -143,11 +188,17 @@ def test_missing_store_is_a_clear_error(tmp_path):
 def test_a_new_store_refuses_the_catalog_of_another_store_and_completes_its_own(tmp_path):
     shared = f"sqlite:{tmp_path}/shared.sqlite"
     begin(LabelStore(str(tmp_path / "a"), shared), "r1")
-    with pytest.raises(ValueError, match=r"store .*/b is new \(no catalog.json\) but its catalog .*shared.sqlite already exists"):
+    with pytest.raises(
+        ValueError, match=r"store .*/b is new \(no catalog.json\) but its catalog .*shared.sqlite already exists"
+    ):
         begin(LabelStore(str(tmp_path / "b"), shared), "r1")
-    (tmp_path / "a" / "catalog.json").unlink()  # a creation cut short before its last step: the next writer completes it
+    (
+        tmp_path / "a" / "catalog.json"
+    ).unlink()  # a creation cut short before its last step: the next writer completes it
     begin(LabelStore(str(tmp_path / "a"), shared), "r2")
-    assert (tmp_path / "a" / "catalog.json").exists() and count(LabelStore(str(tmp_path / "a")), "SELECT count(*) FROM runs") == [(2,)]
+    assert (tmp_path / "a" / "catalog.json").exists() and count(
+        LabelStore(str(tmp_path / "a")), "SELECT count(*) FROM runs"
+    ) == [(2,)]
 
 
 WRITER = """
@@ -179,8 +230,12 @@ def test_two_concurrent_writers_land_every_run_once_and_a_reader_never_sees_half
     catalog = request.getfixturevalue("postgres")(f"concurrent_{setup}") if setup == "postgres" else ""
     store, n = LabelStore(str(tmp_path / "store"), catalog or None), 8
     store.begin_run({"run_id": "seed", "config_hash": "h", "config": "k: 1"})  # created before the writers race
-    writers = [subprocess.Popen([sys.executable, "-c", WRITER, store.uri, catalog, name, str(n)], stderr=subprocess.PIPE,
-                                text=True) for name in ("one", "two")]
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, store.uri, catalog, name, str(n)], stderr=subprocess.PIPE, text=True
+        )
+        for name in ("one", "two")
+    ]
     looks = 0
     while any(w.poll() is None for w in writers):
         con = store.connect()
@@ -199,8 +254,9 @@ def test_two_concurrent_writers_land_every_run_once_and_a_reader_never_sees_half
     try:
         assert con.execute("SELECT count(*), count(DISTINCT run_id) FROM label_history").fetchone() == (24 * n, 2 * n)
         assert con.execute("SELECT count(*) FROM runs WHERE status = 'committed'").fetchone() == (2 * n,)
-        assert con.execute("SELECT count(*), count(DISTINCT snapshot) FROM runs WHERE status = 'committed'").fetchone() == (
-            2 * n, 2 * n)  # a snapshot each
+        assert con.execute(
+            "SELECT count(*), count(DISTINCT snapshot) FROM runs WHERE status = 'committed'"
+        ).fetchone() == (2 * n, 2 * n)  # a snapshot each
     finally:
         con.close()
     assert looks > 3
@@ -213,8 +269,15 @@ def test_training_reads_the_runs_of_a_snapshot_from_files_the_driver_resolved(tm
 
     store = LabelStore(str(tmp_path / "store"))
     for run_id, n in (("r1", 5), ("r2", 3)):
-        store.begin_run({"run_id": run_id, "backbone": "mobilenetv2", "backbone_fingerprint": "fp", "config_hash": "h",
-                         "config": "features: {cache: null, flips: false}"})
+        store.begin_run(
+            {
+                "run_id": run_id,
+                "backbone": "mobilenetv2",
+                "backbone_fingerprint": "fp",
+                "config_hash": "h",
+                "config": "features: {cache: null, flips: false}",
+            }
+        )
         store.write_category(run_id, "cat", labels(run_id, n), images(run_id), {})
         store.commit(run_id, {"labels": n}, [])
     first = count(store, "SELECT snapshot FROM runs WHERE run_id = 'r1'")[0][0]
@@ -231,9 +294,25 @@ def test_training_reads_the_runs_of_a_snapshot_from_files_the_driver_resolved(tm
 
 def pair_labels(run_id, pairs: dict[tuple[str, str], int]):
     """Labels of several image pairs: n labels (source points 0..n-1) for each (src, tgt)."""
-    rows = [dict(run_id=run_id, category="cat", src_image_id=a, tgt_image_id=b, src_x=float(i), src_y=0.0, tgt_x=1.0,
-                 tgt_y=2.0, hops=1, cycle_error=0.5, similarity=0.9, sphere_angle=None, support=1)
-            for (a, b), n in pairs.items() for i in range(n)]
+    rows = [
+        dict(
+            run_id=run_id,
+            category="cat",
+            src_image_id=a,
+            tgt_image_id=b,
+            src_x=float(i),
+            src_y=0.0,
+            tgt_x=1.0,
+            tgt_y=2.0,
+            hops=1,
+            cycle_error=0.5,
+            similarity=0.9,
+            sphere_angle=None,
+            support=1,
+        )
+        for (a, b), n in pairs.items()
+        for i in range(n)
+    ]
     return pa.Table.from_pylist(rows, schema=LABEL_SCHEMA)
 
 
@@ -248,13 +327,23 @@ def test_the_latest_run_that_examined_a_pair_holds_its_current_labels(store):
     store.write_images("r2", "cat", images("r2"), {}, parts=1)
     store.write_part("r2", "cat", 0, kept, {}, examined)
     store.commit("r2", {}, [])
-    assert count(store, "SELECT run_id, src_image_id, tgt_image_id, count(*) FROM labels GROUP BY ALL ORDER BY ALL") == [
-        ("r2", "a", "b", 4), ("r2", "a", "c", 1)]
-    assert count(store, "SELECT run_id, count(*) FROM label_history GROUP BY ALL ORDER BY ALL") == [("r1", 5), ("r2", 5)]
+    assert count(
+        store, "SELECT run_id, src_image_id, tgt_image_id, count(*) FROM labels GROUP BY ALL ORDER BY ALL"
+    ) == [("r2", "a", "b", 4), ("r2", "a", "c", 1)]
+    assert count(store, "SELECT run_id, count(*) FROM label_history GROUP BY ALL ORDER BY ALL") == [
+        ("r1", 5),
+        ("r2", 5),
+    ]
     assert count(store, "SELECT src_image_id, tgt_image_id, run_id, labels, runs FROM current_pairs ORDER BY ALL") == [
-        ("a", "b", "r2", 4, 2), ("a", "c", "r2", 1, 1), ("b", "a", "r2", 0, 2)]
-    assert count(store, "SELECT count(*) = (SELECT count(*) FROM (SELECT DISTINCT src_image_id, tgt_image_id, src_x, src_y "
-                        "FROM labels)) FROM labels") == [(True,)]
+        ("a", "b", "r2", 4, 2),
+        ("a", "c", "r2", 1, 1),
+        ("b", "a", "r2", 0, 2),
+    ]
+    assert count(
+        store,
+        "SELECT count(*) = (SELECT count(*) FROM (SELECT DISTINCT src_image_id, tgt_image_id, src_x, src_y "
+        "FROM labels)) FROM labels",
+    ) == [(True,)]
     con = store.connect(snapshot=pinned)  # what a model that pinned r1's snapshot read
     try:
         assert con.execute("SELECT run_id, count(*) FROM labels GROUP BY ALL").fetchall() == [("r1", 5)]
@@ -263,8 +352,16 @@ def test_the_latest_run_that_examined_a_pair_holds_its_current_labels(store):
 
 
 def test_images_in_a_tuple_of_a_committed_run_count_as_labelled_for_its_features_and_label_config(store):
-    store.begin_run({"run_id": "r1", "backbone_fingerprint": "fp", "label_features": "fp", "label_hash": "L1", "config": "",
-                     "config_hash": "h"})
+    store.begin_run(
+        {
+            "run_id": "r1",
+            "backbone_fingerprint": "fp",
+            "label_features": "fp",
+            "label_hash": "L1",
+            "config": "",
+            "config_hash": "h",
+        }
+    )
     frame = images("r1").to_pandas()
     frame.loc[1, "n_fg"] = None  # b took part in no tuple
     store.write_category("r1", "cat", labels("r1", 2), images_table(frame), {})
@@ -283,19 +380,28 @@ def test_a_store_of_the_layout_before_current_labels_is_upgraded_on_its_first_wr
     store.write_category("r1", "cat", pair_labels("r1", {("a", "b"): 3, ("b", "a"): 2}), images("r1"), {})
     store.commit("r1", {}, [])
     con = catalog.attach(store.uri)  # back to the previous layout: one labels table, no label_pairs, no label_hash
-    for sql in ("DROP VIEW lake.labels", "DROP VIEW lake.current_pairs", "DROP TABLE lake.label_pairs",
-                "CREATE TABLE lake.labels AS FROM lake.label_history", "DROP TABLE lake.label_history",
-                "ALTER TABLE lake.run_log DROP COLUMN label_hash"):
+    for sql in (
+        "DROP VIEW lake.labels",
+        "DROP VIEW lake.current_pairs",
+        "DROP TABLE lake.label_pairs",
+        "CREATE TABLE lake.labels AS FROM lake.label_history",
+        "DROP TABLE lake.label_history",
+        "ALTER TABLE lake.run_log DROP COLUMN label_hash",
+    ):
         con.execute(sql)
     con.close()
     old = store.current_snapshot()
     begin(store, "r2")  # the first write upgrades it
     assert count(store, "SELECT run_id, src_image_id, tgt_image_id, labels FROM current_pairs ORDER BY ALL") == [
-        ("r1", "a", "b", 3), ("r1", "b", "a", 2)]
+        ("r1", "a", "b", 3),
+        ("r1", "b", "a", 2),
+    ]
     assert count(store, "SELECT count(*) FROM labels") == count(store, "SELECT count(*) FROM label_history") == [(5,)]
     assert count(store, "SELECT run_id, label_hash FROM runs ORDER BY 1") == [("r1", None), ("r2", None)]
     snapshot = store.current_snapshot()
-    assert all(store.data_files(t, snapshot) for t in ("label_history", "label_pairs"))  # files: Train workers read them
+    assert all(
+        store.data_files(t, snapshot) for t in ("label_history", "label_pairs")
+    )  # files: Train workers read them
     con = store.connect(snapshot=old)  # before the upgrade: the table as it was
     try:
         assert con.execute("SELECT count(*) FROM labels").fetchone() == (5,)
@@ -303,7 +409,9 @@ def test_a_store_of_the_layout_before_current_labels_is_upgraded_on_its_first_wr
         con.close()
 
 
-@pytest.mark.parametrize("store", ["local", "postgres"], indirect=True)  # on S3 alike, after DuckDB's HTTP retries: ~1 min
+@pytest.mark.parametrize(
+    "store", ["local", "postgres"], indirect=True
+)  # on S3 alike, after DuckDB's HTTP retries: ~1 min
 def test_check_names_a_deleted_or_damaged_data_file_with_its_run_and_reports_say_so(store, capsys):
     from labelgen.io import filesystem, write_bytes
     from labelgen.store.__main__ import main
@@ -341,7 +449,9 @@ def test_a_commit_waits_for_a_restarting_catalog_server_and_says_so_when_it_stay
     monkeypatch.setattr(catalog, "ATTEMPTS", 3)
     postgres.stop()
     try:
-        with pytest.raises(catalog.CatalogUnreachable, match=r"the catalog's server did not answer for \d+ s .*start it"):
+        with pytest.raises(
+            catalog.CatalogUnreachable, match=r"the catalog's server did not answer for \d+ s .*start it"
+        ):
             store.update_run("r1", status="x")
     finally:
         postgres.start()
@@ -355,10 +465,12 @@ def test_a_catalog_whose_files_name_lost_column_maps_is_refused_on_open_and_repa
         begin(store, run_id)
         store.write_category(run_id, "cat", labels(run_id, 5), images(run_id), {"labels": 5})
         store.commit(run_id, {"labels": 5}, [])
-    (first,), = count(store, "SELECT snapshot FROM runs WHERE run_id = 'r1'")
+    ((first,),) = count(store, "SELECT snapshot FROM runs WHERE run_id = 'r1'")
     con = catalog.attach(store.uri, store.catalog)  # a first file naming a lost map: what DuckLake 1.4's retry leaves
-    con.execute("UPDATE __ducklake_metadata_lake.ducklake_data_file SET mapping_id = mapping_id + 1000 WHERE data_file_id = "
-                "(SELECT min(data_file_id) FROM __ducklake_metadata_lake.ducklake_data_file WHERE mapping_id IS NOT NULL)")
+    con.execute(
+        "UPDATE __ducklake_metadata_lake.ducklake_data_file SET mapping_id = mapping_id + 1000 WHERE data_file_id = "
+        "(SELECT min(data_file_id) FROM __ducklake_metadata_lake.ducklake_data_file WHERE mapping_id IS NOT NULL)"
+    )
     con.close()
     with pytest.raises(RuntimeError, match=r"the catalog is damaged: 1 data file\(s\) .* labelgen.store repair store="):
         store.connect()
@@ -367,7 +479,10 @@ def test_a_catalog_whose_files_name_lost_column_maps_is_refused_on_open_and_repa
     store.connect(snapshot=first - 1).close()  # the store before the damaged commit still reads
     assert main(["repair", *args]) == 0
     assert "1 data file(s) repaired" in capsys.readouterr().out
-    assert count(store, "SELECT run_id, count(*), sum(n_fg) FROM images GROUP BY 1 ORDER BY 1") == [("r1", 2, 22), ("r2", 2, 22)]
+    assert count(store, "SELECT run_id, count(*), sum(n_fg) FROM images GROUP BY 1 ORDER BY 1") == [
+        ("r1", 2, 22),
+        ("r2", 2, 22),
+    ]
     assert count(store, "SELECT run_id, count(*) FROM label_history GROUP BY 1 ORDER BY 1") == [("r1", 5), ("r2", 5)]
 
 
@@ -375,8 +490,14 @@ def test_a_catalog_whose_files_name_lost_column_maps_is_refused_on_open_and_repa
 def test_a_model_whose_scores_are_nan_is_saved_with_null_scores(store):
     """Trained without held-out pairs, a model's scores are NaN: PostgreSQL's JSON refuses NaN
     (found by benchmarks.kills: the trainer could not register such a model there)."""
-    store.save_model({"model_id": "m", "label_runs": ["r1"], "created": "2025-01-01T00:00:00.000+00:00",
-                      "metrics": {"steps": 4, "adapter_val_pck@0.10": float("nan"), "curve": [1.0, float("inf")]}})
+    store.save_model(
+        {
+            "model_id": "m",
+            "label_runs": ["r1"],
+            "created": "2025-01-01T00:00:00.000+00:00",
+            "metrics": {"steps": 4, "adapter_val_pck@0.10": float("nan"), "curve": [1.0, float("inf")]},
+        }
+    )
     assert store.models()[0]["metrics"] == {"steps": 4, "adapter_val_pck@0.10": None, "curve": [1.0, None]}
 
 

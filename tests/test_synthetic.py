@@ -33,10 +33,15 @@ def scene():
     def view(azimuth, elevation, theta):
         R = rotation(azimuth, elevation, theta)
         t = np.array([0.0, 0.0, 3.0]) - R @ centre
-        _, part, coord, depth = renderer.render(parts, [ids[p.name] for p in parts], texs, R, t, focal, principal,
-                                                np.array([0.0, -1.0, -1.0]))
-        return {"truth": PartTruth(**truth_arrays(part, coord, depth, parts, ids, R, t, focal, principal)), "depth": depth,
-                "R": R, "t": t}
+        _, part, coord, depth = renderer.render(
+            parts, [ids[p.name] for p in parts], texs, R, t, focal, principal, np.array([0.0, -1.0, -1.0])
+        )
+        return {
+            "truth": PartTruth(**truth_arrays(part, coord, depth, parts, ids, R, t, focal, principal)),
+            "depth": depth,
+            "R": R,
+            "t": t,
+        }
 
     yield parts, names, view, focal, principal
     renderer.release()
@@ -118,7 +123,12 @@ def test_the_precision_report_judges_stored_labels_against_part_truth(scene, tmp
     from queries.__main__ import main
 
     _, names, view, _, _ = scene
-    views = {"a": view(20.0, 25.0, 5.0), "b": view(65.0, 15.0, -5.0), "c": view(35.0, 20.0, 8.0), "d": view(-35.0, 20.0, -8.0)}
+    views = {
+        "a": view(20.0, 25.0, 5.0),
+        "b": view(65.0, 15.0, -5.0),
+        "c": view(35.0, 20.0, 8.0),
+        "d": view(-35.0, 20.0, -8.0),
+    }
     for name, v in views.items():
         np.savez(tmp_path / f"{name}.npz", **vars(v["truth"]))
     ta, tb = views["a"]["truth"], views["b"]["truth"]
@@ -137,13 +147,40 @@ def test_the_precision_report_judges_stored_labels_against_part_truth(scene, tmp
     labels += [(("c", "d"), 2, s, np.array([SIZE - s[0], s[1]])) for s in src]
     store = LabelStore(str(tmp_path / "store"))
     store.begin_run({"run_id": "r", "config_hash": "h", "config": "k: 1"})
-    table = pa.Table.from_pylist([
-        dict(run_id="r", category="chair", src_image_id=a, tgt_image_id=b, src_x=s[0], src_y=s[1], tgt_x=t[0], tgt_y=t[1],
-             hops=h, cycle_error=0.0, similarity=0.9, sphere_angle=None, support=1) for (a, b), h, s, t in labels],
-        schema=LABEL_SCHEMA)
-    images = pd.DataFrame({"run_id": "r", "image_id": list(views), "category": "chair", "uri": "unused.png",
-                           "split": "val", "width": SIZE, "height": SIZE, "n_fg": 1,
-                           "truth_uri": [str(tmp_path / f"{n}.npz") for n in views]})
+    table = pa.Table.from_pylist(
+        [
+            dict(
+                run_id="r",
+                category="chair",
+                src_image_id=a,
+                tgt_image_id=b,
+                src_x=s[0],
+                src_y=s[1],
+                tgt_x=t[0],
+                tgt_y=t[1],
+                hops=h,
+                cycle_error=0.0,
+                similarity=0.9,
+                sphere_angle=None,
+                support=1,
+            )
+            for (a, b), h, s, t in labels
+        ],
+        schema=LABEL_SCHEMA,
+    )
+    images = pd.DataFrame(
+        {
+            "run_id": "r",
+            "image_id": list(views),
+            "category": "chair",
+            "uri": "unused.png",
+            "split": "val",
+            "width": SIZE,
+            "height": SIZE,
+            "n_fg": 1,
+            "truth_uri": [str(tmp_path / f"{n}.npz") for n in views],
+        }
+    )
     store.write_category("r", "chair", table, images_table(images), {})
     store.commit("r", {"labels": len(labels)}, [])
     assert main(["precision", f"store={store.uri}", "format=json"]) == 0
@@ -155,8 +192,16 @@ def test_the_precision_report_judges_stored_labels_against_part_truth(scene, tmp
 
 
 def test_a_collection_has_disjoint_dev_and_val_instances_with_full_truth(tmp_path):
-    manifest = build_collection({"root": str(tmp_path), "categories": ["bird", "lamp"], "dev_instances": 2,
-                                 "val_instances": 1, "views": 3, "size": 96})
+    manifest = build_collection(
+        {
+            "root": str(tmp_path),
+            "categories": ["bird", "lamp"],
+            "dev_instances": 2,
+            "val_instances": 1,
+            "views": 3,
+            "size": 96,
+        }
+    )
     df = pd.read_parquet(manifest)
     assert len(df) == 2 * 3 * 3 and set(df.split) == {"dev", "val"}
     assert not set(df[df.split == "dev"].instance) & set(df[df.split == "val"].instance)
@@ -169,22 +214,44 @@ def test_a_collection_has_disjoint_dev_and_val_instances_with_full_truth(tmp_pat
     assert kps.twin.fillna("-").tolist() == [twin(n) or "-" for n in kps.name] and kps.twin.notna().any()
     kps.drop(columns="twin").to_parquet(tmp_path / "old.parquet")
     assert read_keypoints(str(tmp_path / "old.parquet")).twin.fillna("-").tolist() == kps.twin.fillna("-").tolist()
-    assert build_collection({"root": str(tmp_path), "categories": ["bird", "lamp"], "dev_instances": 2,
-                             "val_instances": 1, "views": 3, "size": 96}) == manifest  # rendered once
+    assert (
+        build_collection(
+            {
+                "root": str(tmp_path),
+                "categories": ["bird", "lamp"],
+                "dev_instances": 2,
+                "val_instances": 1,
+                "views": 3,
+                "size": 96,
+            }
+        )
+        == manifest
+    )  # rendered once
 
 
 def test_keypoint_pairs_of_held_out_instances_and_the_geometry_aware_subset(tmp_path):
     from types import SimpleNamespace
 
-    manifest = build_collection({"root": str(tmp_path), "categories": ["bird", "figure"], "dev_instances": 1,
-                                 "val_instances": 2, "views": 3, "size": 96})
+    manifest = build_collection(
+        {
+            "root": str(tmp_path),
+            "categories": ["bird", "figure"],
+            "dev_instances": 1,
+            "val_instances": 2,
+            "views": 3,
+            "size": 96,
+        }
+    )
     df = pd.read_parquet(manifest).set_index("image_id")
     kps = pd.read_parquet(manifest.replace("manifest.parquet", "keypoints.parquet")).set_index(["image_id", "name"])
     data = SimpleNamespace(manifests=[manifest], val_split="val", images=df)
     pairs = collection_keypoint_pairs(data, per_category=20)
     assert len(pairs) == 2 * 9 * 2  # per category: 6 val views, 2 instances: 2 x 3 x 3 ordered pairs
     for p in pairs:
-        assert df.at[p.src, "split"] == df.at[p.tgt, "split"] == "val" and df.at[p.src, "instance"] != df.at[p.tgt, "instance"]
+        assert (
+            df.at[p.src, "split"] == df.at[p.tgt, "split"] == "val"
+            and df.at[p.src, "instance"] != df.at[p.tgt, "instance"]
+        )
         for k, name in enumerate(p.kps_ids):
             both = kps.at[(p.src, name), "visible"] and kps.at[(p.tgt, name), "visible"]
             assert np.isfinite(p.src_kps[k]).all() == both == np.isfinite(p.tgt_kps[k]).all()
@@ -205,4 +272,6 @@ def test_keypoint_pairs_of_held_out_instances_and_the_geometry_aware_subset(tmp_
     exact = keypoint_pck(Oracle(False), pairs, [0.1]).set_index("category")
     mirrored = keypoint_pck(Oracle(True), pairs, [0.1]).set_index("category")
     assert exact.at["ALL", "pck@0.10 per kpt"] == 1.0 and exact.at["ALL", "geo pck@0.10 per kpt"] == 1.0
-    assert mirrored.at["ALL", "geo pck@0.10 per kpt"] < mirrored.at["ALL", "pck@0.10 per kpt"] < 1.0  # twins are where it fails
+    assert (
+        mirrored.at["ALL", "geo pck@0.10 per kpt"] < mirrored.at["ALL", "pck@0.10 per kpt"] < 1.0
+    )  # twins are where it fails

@@ -18,8 +18,16 @@ FAST = ["optim.steps=6", "optim.pairs_per_step=2", "optim.log_every=2", "checkpo
 
 
 def test_promotion_needs_a_truth_free_score_higher_by_the_margin():
-    m = {"raw_val_cycle": 0.43, "adapter_val_cycle": 0.52, "raw_train_kpt_pck@0.10": 0.52, "adapter_train_kpt_pck@0.10": 0.40}
-    assert decide(m, None, 0.02) == ("promoted", "adapter_val_cycle 0.5200 > 0.4300 + 0.02 of the raw backbone")  # keypoints do not decide
+    m = {
+        "raw_val_cycle": 0.43,
+        "adapter_val_cycle": 0.52,
+        "raw_train_kpt_pck@0.10": 0.52,
+        "adapter_train_kpt_pck@0.10": 0.40,
+    }
+    assert decide(m, None, 0.02) == (
+        "promoted",
+        "adapter_val_cycle 0.5200 > 0.4300 + 0.02 of the raw backbone",
+    )  # keypoints do not decide
     m["promoted_val_cycle"] = 0.51
     decision, reason = decide(m, {"model_id": "old"}, 0.02)
     assert decision == "rejected" and "0.5200 <= 0.5100 + 0.02 of promoted model old" in reason
@@ -58,7 +66,11 @@ def test_an_adapter_s_cached_features_are_keyed_by_its_weights_not_only_its_id(t
         (tmp_path / name).write_bytes(weights)
     a, b, c = ({"model_id": "m1", "checkpoint": str(tmp_path / n)} for n in ("a.pt", "b.pt", "c.pt"))
     assert label_fingerprint("fp", a) != label_fingerprint("fp", b)  # two stores' m1 sharing one cache
-    assert label_fingerprint("fp", a) == label_fingerprint("fp", c) == f"fp+adapter-m1-{hashlib.sha256(b'one').hexdigest()[:8]}"
+    assert (
+        label_fingerprint("fp", a)
+        == label_fingerprint("fp", c)
+        == f"fp+adapter-m1-{hashlib.sha256(b'one').hexdigest()[:8]}"
+    )
     assert label_fingerprint("fp", None) == "fp"
 
 
@@ -68,8 +80,16 @@ def test_labels_features_names_a_model_as_every_command_does(tmp_path, caplog):
 
     store = LabelStore(str(tmp_path / "store"))
     for model_id, status in (("m1", "promoted"), ("m2", "rejected")):
-        store.save_model({"model_id": model_id, "backbone_fingerprint": "fp", "decision": status, "created": now(),
-                          "decided": now()}, b"weights")
+        store.save_model(
+            {
+                "model_id": model_id,
+                "backbone_fingerprint": "fp",
+                "decision": status,
+                "created": now(),
+                "decided": now(),
+            },
+            b"weights",
+        )
     assert resolve_model(store, "backbone", "fp") is None
     assert resolve_model(store, "promoted", "fp")["model_id"] == "m1"
     assert resolve_model(store, "latest", "fp")["model_id"] == "m2"
@@ -91,8 +111,17 @@ def labelled_store(tiny_demo, tmp_path_factory, run):
 
 @pytest.mark.slow
 def test_two_worker_training_checkpoints_registers_and_retrain_waits_for_new_labels(labelled_store, tiny_demo, run):
-    out = run(["trainer.train", f"data.store={labelled_store}", "scaling.workers=2", "scaling.cpus_per_worker=0.5",
-               "model_id=m1", "data.val_split=none", *FAST])
+    out = run(
+        [
+            "trainer.train",
+            f"data.store={labelled_store}",
+            "scaling.workers=2",
+            "scaling.cpus_per_worker=0.5",
+            "model_id=m1",
+            "data.val_split=none",
+            *FAST,
+        ]
+    )
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
     store = LabelStore(labelled_store)
     (model,) = store.models()
@@ -105,12 +134,20 @@ def test_two_worker_training_checkpoints_registers_and_retrain_waits_for_new_lab
     assert len(checkpoints) == 2  # steps 3 and 6
     assert all((store_path / c / "adapter.pt").exists() for c in checkpoints)
     con = store.connect()
-    assert con.execute("SELECT model_id, status, label_runs FROM models").fetchall() == [("m1", "rejected", '["first"]')]
+    assert con.execute("SELECT model_id, status, label_runs FROM models").fetchall() == [
+        ("m1", "rejected", '["first"]')
+    ]
     con.close()
 
     # nothing new since m1 trained on run 'first'
-    retrain = ["trainer.retrain", "min_new_labels=1", f"train.data.store={labelled_store}", "train.data.val_split=none",
-               "train.scaling.cpus_per_worker=1", *[f"train.{a}" for a in FAST]]
+    retrain = [
+        "trainer.retrain",
+        "min_new_labels=1",
+        f"train.data.store={labelled_store}",
+        "train.data.val_split=none",
+        "train.scaling.cpus_per_worker=1",
+        *[f"train.{a}" for a in FAST],
+    ]
     idle = run(retrain)
     assert idle.returncode == 0 and "nothing to do: 0 new labels since model m1 (rejected)" in idle.stdout
     scheduled = run(["trainer.schedule", "every_s=0", "max_runs=1", "--", *retrain[1:]])
@@ -132,8 +169,17 @@ def test_the_loop_relabels_with_each_promoted_model_and_stops_when_one_is_not(ti
     store_uri = str(tmp_path / "store")
     out = run(["labelgen.run", *tiny_demo_args(tiny_demo), f"store={store_uri}", "run_id=first"])
     assert out.returncode == 0, out.stderr[-3000:]
-    out = run(["trainer.retrain", "min_new_labels=1", f"train.data.store={store_uri}", "relabel=[]", "rounds=3",
-               "train.model_id=loop", *[f"train.{a}" for a in FAST]])
+    out = run(
+        [
+            "trainer.retrain",
+            "min_new_labels=1",
+            f"train.data.store={store_uri}",
+            "relabel=[]",
+            "rounds=3",
+            "train.model_id=loop",
+            *[f"train.{a}" for a in FAST],
+        ]
+    )
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
     store = LabelStore(store_uri)
     models = sorted(store.models(), key=lambda m: m["created"])
@@ -161,11 +207,17 @@ def relabel_with_the_adapter(store_uri: str, tiny_demo: str, m1: dict, run):
     out = run([*args, "run_id=nothing", "labels.features=promoted"])
     assert out.returncode == 2 and "has no promoted adapter" in out.stderr
     out = run([*args, "run_id=relabel", "labels.features=m1"])
-    digest = hashlib.sha256(Path(m1["checkpoint"]).read_bytes()).hexdigest()[:8]  # of the weights: another m1 is another cache
-    assert out.returncode == 0 and f"+adapter-m1-{digest} (labels.features; refined in" in out.stdout, out.stderr[-3000:]
+    digest = hashlib.sha256(Path(m1["checkpoint"]).read_bytes()).hexdigest()[
+        :8
+    ]  # of the weights: another m1 is another cache
+    assert out.returncode == 0 and f"+adapter-m1-{digest} (labels.features; refined in" in out.stdout, out.stderr[
+        -3000:
+    ]
     store = LabelStore(store_uri)
     con = store.connect()
-    rows = {r: (b, f) for r, b, f in con.execute("SELECT run_id, backbone_fingerprint, label_features FROM runs").fetchall()}
+    rows = {
+        r: (b, f) for r, b, f in con.execute("SELECT run_id, backbone_fingerprint, label_features FROM runs").fetchall()
+    }
     (n,) = con.execute("SELECT count(*) FROM label_history WHERE run_id = 'relabel'").fetchone()
     image_id = con.execute("SELECT image_id FROM images WHERE run_id = 'relabel' LIMIT 1").fetchone()[0]
     con.close()
@@ -173,8 +225,10 @@ def relabel_with_the_adapter(store_uri: str, tiny_demo: str, m1: dict, run):
     assert rows["first"] == (fingerprint, fingerprint) and n > 0
     assert rows["relabel"] == (fingerprint, f"{fingerprint}+adapter-m1-{digest}")
     # the cached features are the adapter's output on the backbone's (float16 in the cache)
-    raw, refined = (load_features(cache_uri(str(Path(store_uri) / "features"), fp, image_id))
-                    for fp in (fingerprint, f"{fingerprint}+adapter-m1-{digest}"))
+    raw, refined = (
+        load_features(cache_uri(str(Path(store_uri) / "features"), fp, image_id))
+        for fp in (fingerprint, f"{fingerprint}+adapter-m1-{digest}")
+    )
     with torch.inference_mode():
         want = load_checkpoint(Adapter, m1["checkpoint"])(raw.grid().permute(2, 0, 1).float()[None])[0].permute(1, 2, 0)
     assert torch.equal(refined.stored, raw.stored) and torch.equal(refined.fg, raw.fg)

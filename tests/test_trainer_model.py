@@ -65,9 +65,15 @@ def test_truth_pairs_take_the_labels_pose_gap_which_is_the_azimuth_gap_at_elevat
     from trainer.evaluate import truth_pairs
 
     azimuths = [-45.0, -15.0, 15.0, 45.0, 170.0, -170.0]
-    images = pd.DataFrame({"category": "cat", "split": ["val"] * 5 + ["train"], "azimuth": azimuths,
-                           "homography": [np.eye(3).flatten()] * 4 + [None] * 2},
-                          index=pd.Index([f"v{k}" for k in range(6)], name="image_id"))
+    images = pd.DataFrame(
+        {
+            "category": "cat",
+            "split": ["val"] * 5 + ["train"],
+            "azimuth": azimuths,
+            "homography": [np.eye(3).flatten()] * 4 + [None] * 2,
+        },
+        index=pd.Index([f"v{k}" for k in range(6)], name="image_id"),
+    )
     pairs = truth_pairs(SimpleNamespace(images=images, val_split="val"))
     assert len(pairs) == 4 * 3  # held-out views with truth only
     az = dict(zip(images.index, azimuths))

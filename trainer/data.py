@@ -91,17 +91,27 @@ def resolve_source(conf) -> dict:
         if len(info) != 1:
             raise ValueError(f"label runs {runs} used different backbones {info}: train on runs of one backbone")
         run_config = con.execute("SELECT config FROM runs WHERE run_id = ?", [runs[-1]]).fetchone()[0]
-        manifests = [m for (m,) in con.execute(f"SELECT DISTINCT manifest FROM runs WHERE run_id IN ({marks}) ORDER BY 1",
-                                                runs).fetchall()]
+        manifests = [
+            m
+            for (m,) in con.execute(
+                f"SELECT DISTINCT manifest FROM runs WHERE run_id IN ({marks}) ORDER BY 1", runs
+            ).fetchall()
+        ]
         snapshots = dict(con.execute(f"SELECT run_id, snapshot FROM runs WHERE run_id IN ({marks})", runs).fetchall())
     finally:
         con.close()
     run_conf = OmegaConf.create(run_config)
-    return {"snapshot": snapshot, "runs": runs, "run_snapshots": snapshots, "backbone": info[0][0], "fingerprint": info[0][1],
-            "manifests": manifests,
-            "cache_root": store.feature_cache(run_conf.features.cache),
-            "flips": bool(OmegaConf.select(run_conf, "features.flips", default=False)),
-            **{table: store.data_files(table, snapshot) for table in ("label_history", "label_pairs", "images")}}
+    return {
+        "snapshot": snapshot,
+        "runs": runs,
+        "run_snapshots": snapshots,
+        "backbone": info[0][0],
+        "fingerprint": info[0][1],
+        "manifests": manifests,
+        "cache_root": store.feature_cache(run_conf.features.cache),
+        "flips": bool(OmegaConf.select(run_conf, "features.flips", default=False)),
+        **{table: store.data_files(table, snapshot) for table in ("label_history", "label_pairs", "images")},
+    }
 
 
 def _read(uris: list[str], schema: pa.Schema, columns: list[str], runs: list[str]) -> pa.Table:
@@ -119,33 +129,73 @@ def load_label_data(source: dict, val_split: str) -> LabelData:
     runs = source["runs"]
     con = duckdb.connect()
     try:
-        con.register("images_data", _read(source["images"], IMAGE_SCHEMA, ["image_id", "category", "split", "azimuth", "width",
-                                                                           "height", "homography"], runs))
-        con.register("history", _read(source["label_history"], LABEL_SCHEMA, ["run_id", "category", "src_image_id",
-                                                                              "tgt_image_id", "src_x", "src_y", "tgt_x", "tgt_y"], runs))
+        con.register(
+            "images_data",
+            _read(
+                source["images"],
+                IMAGE_SCHEMA,
+                ["image_id", "category", "split", "azimuth", "width", "height", "homography"],
+                runs,
+            ),
+        )
+        con.register(
+            "history",
+            _read(
+                source["label_history"],
+                LABEL_SCHEMA,
+                ["run_id", "category", "src_image_id", "tgt_image_id", "src_x", "src_y", "tgt_x", "tgt_y"],
+                runs,
+            ),
+        )
         con.register("pairs", _read(source["label_pairs"], PAIR_SCHEMA, PAIR_SCHEMA.names, runs))
-        con.register("run_snapshots", pa.table({"run_id": list(source["run_snapshots"]),
-                                                "snapshot": pa.array(list(source["run_snapshots"].values()), pa.int64())}))
+        con.register(
+            "run_snapshots",
+            pa.table(
+                {
+                    "run_id": list(source["run_snapshots"]),
+                    "snapshot": pa.array(list(source["run_snapshots"].values()), pa.int64()),
+                }
+            ),
+        )
         con.execute(f"CREATE VIEW current AS {current_pairs_sql('pairs', 'run_snapshots')}")
-        images = con.execute(
-            "SELECT image_id, any_value(category) AS category, any_value(split) AS split, any_value(azimuth) AS azimuth, "
-            "any_value(width) AS width, any_value(height) AS height, any_value(homography) AS homography "
-            "FROM images_data GROUP BY image_id"
-        ).df().set_index("image_id")
-        labels = con.execute(f"SELECT * EXCLUDE (run_id) FROM ({current_labels_sql('history', 'current')}) "
-                             "ORDER BY src_image_id, tgt_image_id, src_y, src_x, tgt_y, tgt_x").df()
+        images = (
+            con.execute(
+                "SELECT image_id, any_value(category) AS category, any_value(split) AS split, any_value(azimuth) AS azimuth, "
+                "any_value(width) AS width, any_value(height) AS height, any_value(homography) AS homography "
+                "FROM images_data GROUP BY image_id"
+            )
+            .df()
+            .set_index("image_id")
+        )
+        labels = con.execute(
+            f"SELECT * EXCLUDE (run_id) FROM ({current_labels_sql('history', 'current')}) "
+            "ORDER BY src_image_id, tgt_image_id, src_y, src_x, tgt_y, tgt_x"
+        ).df()
     finally:
         con.close()
     held_out = set(images.index[images["split"] == val_split])
     train, val = [], []
     for (category, a, b), g in labels.groupby(["category", "src_image_id", "tgt_image_id"], sort=True):
-        pair = Pair(category, a, b, g[["src_x", "src_y"]].to_numpy(np.float32), g[["tgt_x", "tgt_y"]].to_numpy(np.float32))
+        pair = Pair(
+            category, a, b, g[["src_x", "src_y"]].to_numpy(np.float32), g[["tgt_x", "tgt_y"]].to_numpy(np.float32)
+        )
         if a in held_out and b in held_out:
             val.append(pair)
         elif a not in held_out and b not in held_out:
             train.append(pair)
-    return LabelData(runs, source["snapshot"], source["backbone"], source["fingerprint"], source["cache_root"], train, val,
-                     images, source["flips"], val_split, source["manifests"])
+    return LabelData(
+        runs,
+        source["snapshot"],
+        source["backbone"],
+        source["fingerprint"],
+        source["cache_root"],
+        train,
+        val,
+        images,
+        source["flips"],
+        val_split,
+        source["manifests"],
+    )
 
 
 @dataclass

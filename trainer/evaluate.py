@@ -101,8 +101,10 @@ def image_side(f) -> int:
 
 def pseudo_pck(matcher: Matcher, pairs: list[Pair], alphas) -> dict[str, float]:
     """PCK against held-out pseudo-labels."""
-    errs = [relative_error(matcher.predict(p.src, p.tgt, p.src_xy), p.tgt_xy, image_side(matcher.bank(p.tgt)))
-            for p in pairs]
+    errs = [
+        relative_error(matcher.predict(p.src, p.tgt, p.src_xy), p.tgt_xy, image_side(matcher.bank(p.tgt)))
+        for p in pairs
+    ]
     return pck(np.concatenate(errs) if errs else np.zeros(0), alphas)
 
 
@@ -111,7 +113,11 @@ def cycle_score(matcher: Matcher, pairs: list[Pair], conf, seed: int = 0) -> flo
     image pairs: needs no truth, and no model's chains made it (nan without pairs)."""
     distinct = sorted({(p.src, p.tgt) for p in pairs})
     chosen = [distinct[i] for i in np.random.default_rng(seed).permutation(len(distinct))[: conf.cycle_pairs]]
-    return float(np.mean([matcher.cycle_consistency(a, b, conf.cycle_radius) for a, b in chosen])) if chosen else float("nan")
+    return (
+        float(np.mean([matcher.cycle_consistency(a, b, conf.cycle_radius) for a, b in chosen]))
+        if chosen
+        else float("nan")
+    )
 
 
 def truth_pairs(data: LabelData) -> list[tuple[str, str, float]]:
@@ -119,8 +125,13 @@ def truth_pairs(data: LabelData) -> list[tuple[str, str, float]]:
     (the labels' geodesic one)."""
     imgs = data.images[(data.images["split"] == data.val_split) & data.images["homography"].notna()]
     rotations = view_rotations(imgs.rename_axis("image_id").reset_index())
-    return [(a, b, pose_gap(rotations, a, b)) for _, g in imgs.groupby("category") for a in g.index for b in g.index
-            if a != b]
+    return [
+        (a, b, pose_gap(rotations, a, b))
+        for _, g in imgs.groupby("category")
+        for a in g.index
+        for b in g.index
+        if a != b
+    ]
 
 
 def truth_pck(matcher: Matcher, data: LabelData, conf) -> dict[str, float]:
@@ -150,15 +161,27 @@ def keypoint_pck(matcher: Matcher, pairs, alphas) -> pd.DataFrame:
     `geo` columns for the geometry-aware subset where the pairs mark it."""
     rows = []
     for p in pairs:
-        visible = np.isfinite(p.src_kps).all(1) & np.isfinite(p.tgt_kps).all(1) & (p.src_kps >= 0).all(1) & (p.tgt_kps >= 0).all(1)
+        visible = (
+            np.isfinite(p.src_kps).all(1)
+            & np.isfinite(p.tgt_kps).all(1)
+            & (p.src_kps >= 0).all(1)
+            & (p.tgt_kps >= 0).all(1)
+        )
         if not visible.any():
             continue
         pred = matcher.predict(p.src, p.tgt, p.src_kps[visible].astype(np.float32))
         side = max(p.tgt_bbox[2] - p.tgt_bbox[0], p.tgt_bbox[3] - p.tgt_bbox[1])
         ok = within(relative_error(pred, p.tgt_kps[visible], side), alphas)
         geo = p.geo[visible] if p.geo is not None else np.zeros(len(ok), bool)
-        rows.append({"category": p.category, "n": len(ok), "n_geo": int(geo.sum()), **dict(zip(alphas, ok.sum(0))),
-                     **{("geo", a): n for a, n in zip(alphas, ok[geo].sum(0))}})
+        rows.append(
+            {
+                "category": p.category,
+                "n": len(ok),
+                "n_geo": int(geo.sum()),
+                **dict(zip(alphas, ok.sum(0))),
+                **{("geo", a): n for a, n in zip(alphas, ok[geo].sum(0))},
+            }
+        )
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
@@ -176,7 +199,9 @@ def keypoint_pck(matcher: Matcher, pairs, alphas) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def collection_keypoint_pairs(data: LabelData, per_category: int, seed: int = 0, held_out: bool = True) -> list[KeypointPair]:
+def collection_keypoint_pairs(
+    data: LabelData, per_category: int, seed: int = 0, held_out: bool = True
+) -> list[KeypointPair]:
     """Keypoint pairs of two held-out views (`held_out=False`: two training views) of one
     category showing different instances, from a rendered collection (keypoints.parquet
     beside its manifest). A keypoint counts where both views see it; `geo` marks those
@@ -188,7 +213,9 @@ def collection_keypoint_pairs(data: LabelData, per_category: int, seed: int = 0,
             continue
         manifest = read_manifest(uri)
         split = manifest["split"] == data.val_split
-        views = manifest[(split if held_out else ~split) & manifest["image_id"].isin(data.images.index)].set_index("image_id")
+        views = manifest[(split if held_out else ~split) & manifest["image_id"].isin(data.images.index)].set_index(
+            "image_id"
+        )
         kps = read_keypoints(kp_uri)
         for category, g in views.groupby("category"):
             of = kps[kps["category"] == category]
@@ -265,18 +292,25 @@ def compare_models(conf) -> int:
     store = LabelStore(conf.store, conf.catalog)
     record = store.model(conf.model)
     if record is None:
-        raise ValueError(f"model={conf.model}: no such model in {store}; train one with `python -m trainer.train`, "
-                         "or see `python -m queries sql 'SELECT * FROM models'`")
+        raise ValueError(
+            f"model={conf.model}: no such model in {store}; train one with `python -m trainer.train`, "
+            "or see `python -m queries sql 'SELECT * FROM models'`"
+        )
     print(f"model {record['model_id']} ({record['status']}: {record.get('reason', '')})")
     adapter = load_checkpoint(Adapter, record["checkpoint"])
-    source = resolve_source(OmegaConf.create({"store": conf.store, "catalog": conf.catalog, "runs": record["label_runs"],
-                                              "snapshot": record["snapshot"]}))  # the labels the model saw
+    source = resolve_source(
+        OmegaConf.create(
+            {"store": conf.store, "catalog": conf.catalog, "runs": record["label_runs"], "snapshot": record["snapshot"]}
+        )
+    )  # the labels the model saw
     data = load_label_data(source, conf.val_split)
     models = {"raw": None, record["model_id"]: adapter}
     if conf.spair:
         bank, pairs = FeatureBank(data.cache_root, data.fingerprint), read_pairs(conf.spair, conf.split)
-        tables = [keypoint_pck(Matcher(bank, model, conf.eval), pairs, conf.eval.alphas).assign(model=name)
-                  for name, model in models.items()]
+        tables = [
+            keypoint_pck(Matcher(bank, model, conf.eval), pairs, conf.eval.alphas).assign(model=name)
+            for name, model in models.items()
+        ]
     else:
         compared = compare(data, models, conf.eval)
         tables = [pd.DataFrame([metrics]).assign(model=name) for name, metrics in compared.items()]

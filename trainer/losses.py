@@ -28,8 +28,9 @@ def soft_argmax(query: torch.Tensor, feats: torch.Tensor, temperature: float = 0
     return prob @ cells
 
 
-def dense_loss(src: torch.Tensor, tgt_feats: torch.Tensor, tgt_xy: torch.Tensor, temperature: float = 0.02,
-               noise: float = 0.0) -> torch.Tensor:
+def dense_loss(
+    src: torch.Tensor, tgt_feats: torch.Tensor, tgt_xy: torch.Tensor, temperature: float = 0.02, noise: float = 0.0
+) -> torch.Tensor:
     """Mean end-point error (grid units) of the soft-argmax against the labels (+ Gaussian noise)."""
     if noise:
         tgt_xy = tgt_xy + noise * torch.randn_like(tgt_xy)

@@ -52,10 +52,14 @@ def new_labels(conf) -> tuple[int, list[str], dict | None]:
 def relabel_conf(conf, run_id: str, model_id: str):
     """labelgen.run's config for relabelling run `run_id` with adapter `model_id`."""
     if not OmegaConf.is_list(conf.relabel):
-        raise ValueError(f"relabel={conf.relabel}: give a list of labelgen.run overrides, e.g. relabel=[] or "
-                         "relabel=[labels.keep=0.1]")
+        raise ValueError(
+            f"relabel={conf.relabel}: give a list of labelgen.run overrides, e.g. relabel=[] or "
+            "relabel=[labels.keep=0.1]"
+        )
     try:
-        return relabel_config(LabelStore(conf.train.data.store, conf.train.data.catalog), run_id, model_id, conf.relabel)
+        return relabel_config(
+            LabelStore(conf.train.data.store, conf.train.data.catalog), run_id, model_id, conf.relabel
+        )
     except ValueError as e:
         raise ValueError(f"relabel={list(conf.relabel)} over run {run_id}'s config: {e}") from None
 
@@ -76,8 +80,10 @@ def report(conf) -> int:
     if conf.rounds < 1:
         raise ValueError(f"rounds={conf.rounds}: give 1 or more")
     if conf.rounds > 1 and conf.relabel is None:
-        raise ValueError(f"rounds={conf.rounds} needs relabel=[...] (e.g. relabel=[]): without relabelling, a round "
-                         "has no new labels to train on")
+        raise ValueError(
+            f"rounds={conf.rounds} needs relabel=[...] (e.g. relabel=[]): without relabelling, a round "
+            "has no new labels to train on"
+        )
     rounds, t0 = [], time.perf_counter()
     for n in range(1, conf.rounds + 1):
         this = OmegaConf.create(OmegaConf.to_container(conf))  # each round picks the runs and snapshot afresh
@@ -97,13 +103,17 @@ def report(conf) -> int:
         if code:
             return code
     if conf.rounds > 1:
-        scores = " -> ".join(f"{r['model_id']} {r['metrics']['adapter_val_cycle']:.3f} ({r['decision']})" for r in rounds)
+        scores = " -> ".join(
+            f"{r['model_id']} {r['metrics']['adapter_val_cycle']:.3f} ({r['decision']})" for r in rounds
+        )
         if rounds and rounds[-1]["decision"] != "promoted":
             why = ": its model was not promoted"
         else:
             why = ": nothing to train" if len(rounds) < conf.rounds else ""
-        print(f"loop stopped after round {len(rounds)}{why}; {time.perf_counter() - t0:.0f} s; val_cycle {scores or 'none'}",
-              flush=True)
+        print(
+            f"loop stopped after round {len(rounds)}{why}; {time.perf_counter() - t0:.0f} s; val_cycle {scores or 'none'}",
+            flush=True,
+        )
     return 0
 
 

@@ -88,8 +88,11 @@ def pair_batch_loss(model, logit_scale, bank, pairs, conf, rng) -> torch.Tensor:
         sxy = bank.to_grid(src, src_xy).to(device)
         txy = bank.to_grid(tgt, tgt_xy).to(device)
         fs, ft = sample(out[2 * k], sxy), sample(out[2 * k + 1], txy)
-        total = total + clip_loss(fs, ft, logit_scale) + conf.optim.dense_weight * dense_loss(
-            fs, out[2 * k + 1], txy, conf.optim.temperature, conf.optim.label_noise
+        total = (
+            total
+            + clip_loss(fs, ft, logit_scale)
+            + conf.optim.dense_weight
+            * dense_loss(fs, out[2 * k + 1], txy, conf.optim.temperature, conf.optim.label_noise)
         )
     return total / len(pairs)
 
@@ -125,7 +128,9 @@ def train_loop(config: dict):
     recent = []
     for step in range(start, conf.optim.steps):
         model.train()
-        batch = [shard[i] for i in rng.choice(len(shard), size=min(len(shard), conf.optim.pairs_per_step), replace=False)]
+        batch = [
+            shard[i] for i in rng.choice(len(shard), size=min(len(shard), conf.optim.pairs_per_step), replace=False)
+        ]
         loss = pair_batch_loss(model, adapter.logit_scale, bank, batch, conf, rng)
         opt.zero_grad()
         loss.backward()
@@ -142,7 +147,12 @@ def train_loop(config: dict):
             with tempfile.TemporaryDirectory() as d:
                 ckpt = None
                 if save and rank == 0:
-                    state = {"adapter": adapter.state_dict(), "optim": opt.state_dict(), "sched": sched.state_dict(), "step": done}
+                    state = {
+                        "adapter": adapter.state_dict(),
+                        "optim": opt.state_dict(),
+                        "sched": sched.state_dict(),
+                        "step": done,
+                    }
                     torch.save(state, os.path.join(d, "state.pt"))
                     write_bytes(os.path.join(d, "adapter.pt"), checkpoint_bytes(adapter, step=done))
                     ckpt = Checkpoint.from_directory(d)
@@ -172,26 +182,45 @@ def train(conf, parent: dict | None = None) -> dict:
     if not data.train:
         raise ValueError(f"no training pair in runs {data.runs}: every labelled pair touches a held-out image")
     if conf.optim.flip_prob > 0 and not data.flips:
-        raise ValueError(f"label runs {data.runs} cached no mirrored features: re-run them with features.flips=true "
-                         "(the cache is reused) or set optim.flip_prob=0")
+        raise ValueError(
+            f"label runs {data.runs} cached no mirrored features: re-run them with features.flips=true "
+            "(the cache is reused) or set optim.flip_prob=0"
+        )
     conf.data.runs, conf.data.snapshot = data.runs, data.snapshot
     model_id = conf.model_id or new_id()
-    log.info("model %s: %d training and %d held-out pairs from runs %s", model_id, len(data.train), len(data.val), data.runs)
+    log.info(
+        "model %s: %d training and %d held-out pairs from runs %s", model_id, len(data.train), len(data.val), data.runs
+    )
     promoted = parent if parent is not None else store.promoted_model()
-    record = store.save_model({"model_id": model_id, "parent": promoted and promoted["model_id"], "label_runs": data.runs,
-                               "snapshot": data.snapshot, "backbone_fingerprint": data.fingerprint,
-                               "config": OmegaConf.to_yaml(conf), "created": now()})
+    record = store.save_model(
+        {
+            "model_id": model_id,
+            "parent": promoted and promoted["model_id"],
+            "label_runs": data.runs,
+            "snapshot": data.snapshot,
+            "backbone_fingerprint": data.fingerprint,
+            "config": OmegaConf.to_yaml(conf),
+            "created": now(),
+        }
+    )
     where = ray_utils.init_ray(conf.ray)
     fs, path = filesystem(conf.checkpoint.storage or join(store.uri, "checkpoints"))
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"conf": OmegaConf.to_container(conf), "source": source},
-        scaling_config=ScalingConfig(num_workers=conf.scaling.workers, use_gpu=conf.scaling.use_gpu,
-                                     resources_per_worker={"CPU": conf.scaling.cpus_per_worker}),
-        run_config=RunConfig(name=model_id, storage_path=path, storage_filesystem=fs,
-                             failure_config=FailureConfig(max_failures=conf.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=conf.checkpoint.keep),
-                             logging_config=LoggingConfig(log_level=logging.getLevelName(console.ray_level()))),
+        scaling_config=ScalingConfig(
+            num_workers=conf.scaling.workers,
+            use_gpu=conf.scaling.use_gpu,
+            resources_per_worker={"CPU": conf.scaling.cpus_per_worker},
+        ),
+        run_config=RunConfig(
+            name=model_id,
+            storage_path=path,
+            storage_filesystem=fs,
+            failure_config=FailureConfig(max_failures=conf.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=conf.checkpoint.keep),
+            logging_config=LoggingConfig(log_level=logging.getLevelName(console.ray_level())),
+        ),
     )
     t0 = time.perf_counter()
     result = trainer.fit()
@@ -201,28 +230,49 @@ def train(conf, parent: dict | None = None) -> dict:
         weights = open(os.path.join(d, "adapter.pt"), "rb").read()
     adapter = load_checkpoint(Adapter, weights)
     baseline = load_checkpoint(Adapter, promoted["checkpoint"]) if promoted else None
-    metrics = {"train_s": round(time.perf_counter() - t0, 1), "steps": conf.optim.steps, "final_loss": result.metrics["loss"],
-               "train_pairs": len(data.train), "val_pairs": len(data.val)}
+    metrics = {
+        "train_s": round(time.perf_counter() - t0, 1),
+        "steps": conf.optim.steps,
+        "final_loss": result.metrics["loss"],
+        "train_pairs": len(data.train),
+        "val_pairs": len(data.val),
+    }
     models = {"raw": None, **({"promoted": baseline} if baseline is not None else {}), "adapter": adapter}
     for name, compared in eval_mod.compare(data, models, conf.eval, conf.seed).items():
         metrics.update({f"{name}_{k}": v for k, v in compared.items()})
     decision, reason = decide(metrics, promoted, conf.promote_margin)
-    record = store.save_model({**record, "metrics": metrics, "decision": decision, "decided": now(), "reason": reason,
-                               "ray": where, "ray_checkpoint": result.checkpoint.path}, weights)
+    record = store.save_model(
+        {
+            **record,
+            "metrics": metrics,
+            "decision": decision,
+            "decided": now(),
+            "reason": reason,
+            "ray": where,
+            "ray_checkpoint": result.checkpoint.path,
+        },
+        weights,
+    )
     return record
 
 
 def summary(record: dict) -> str:
     m = record["metrics"]
-    lines = [f"model {record['model_id']}: {record['decision']} ({record['reason']})",
-             f"  trained   {m['steps']} steps in {m['train_s']} s on {m['train_pairs']} pairs, final loss {m['final_loss']:.3f}"]
-    row = "  ".join(f"{who} {m[f'{who}_val_cycle']:.3f}" for who in ("raw", "promoted", "adapter") if f"{who}_val_cycle" in m)
+    lines = [
+        f"model {record['model_id']}: {record['decision']} ({record['reason']})",
+        f"  trained   {m['steps']} steps in {m['train_s']} s on {m['train_pairs']} pairs, final loss {m['final_loss']:.3f}",
+    ]
+    row = "  ".join(
+        f"{who} {m[f'{who}_val_cycle']:.3f}" for who in ("raw", "promoted", "adapter") if f"{who}_val_cycle" in m
+    )
     lines.append(f"  {'val_cycle':18s} {row}")
     for kind in ("val", "truth_near", "truth_far", "train_kpt", "kpt", "kpt_geo", "kpt_aligned", "kpt_aligned_geo"):
         for a in ("0.05", "0.10"):
             key = f"{kind}_pck@{a}"
             if f"adapter_{key}" in m:
-                row = "  ".join(f"{who} {m[f'{who}_{key}']:.3f}" for who in ("raw", "promoted", "adapter") if f"{who}_{key}" in m)
+                row = "  ".join(
+                    f"{who} {m[f'{who}_{key}']:.3f}" for who in ("raw", "promoted", "adapter") if f"{who}_{key}" in m
+                )
                 lines.append(f"  {key:18s} {row}")
     lines.append(f"  weights   {record['checkpoint']}")
     return "\n".join(lines)

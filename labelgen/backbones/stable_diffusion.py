@@ -85,9 +85,14 @@ class StableDiffusion(Backbone):
         self.timestep, self.seed = timestep, seed
         self.groups = tuple(reversed(self.unet.config.block_out_channels))[:3]  # the three up-block widths
         self.dim = sum(self.groups)
-        self.register_buffer("empty_prompt", self._encode_empty_prompt(
-            CLIPTokenizer.from_pretrained(path, subfolder="tokenizer"),
-            CLIPTextModel.from_pretrained(path, subfolder="text_encoder")), persistent=False)
+        self.register_buffer(
+            "empty_prompt",
+            self._encode_empty_prompt(
+                CLIPTokenizer.from_pretrained(path, subfolder="tokenizer"),
+                CLIPTextModel.from_pretrained(path, subfolder="text_encoder"),
+            ),
+            persistent=False,
+        )
         self.eval()
 
     @staticmethod
@@ -177,7 +182,10 @@ class StableDiffusionDino(Backbone):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dino = self.dino(x)
-        pixels = x * torch.tensor(self.std, device=x.device)[:, None, None] + torch.tensor(self.mean, device=x.device)[:, None, None]
+        pixels = (
+            x * torch.tensor(self.std, device=x.device)[:, None, None]
+            + torch.tensor(self.mean, device=x.device)[:, None, None]
+        )
         side = self.sd_image_size
         sd_in = F.interpolate(pixels * 2 - 1, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
         sd = self.sd.features(sd_in, dino.shape[-2:])

@@ -25,8 +25,9 @@ def reader_main(scan, argv=None) -> int:
         df: pd.DataFrame = scan(root)
         for col in ("uri", "mask_uri"):
             if col in df:
-                df[col] = pd.Series([None if pd.isna(u) else os.path.join(os.path.abspath(root), u) for u in df[col]],
-                                    dtype=object)
+                df[col] = pd.Series(
+                    [None if pd.isna(u) else os.path.join(os.path.abspath(root), u) for u in df[col]], dtype=object
+                )
         write_manifest(df, out)
         print(f"{len(df)} images in {df['category'].nunique()} categories -> {out}")
         return 0

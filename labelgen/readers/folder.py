@@ -1,6 +1,6 @@
 """A plain folder: `ROOT/<category>/**/<image>`; no pose (pairing falls back to feature similarity).
 
-    python -m labelgen.readers.folder /data/my-objects manifest.parquet
+python -m labelgen.readers.folder /data/my-objects manifest.parquet
 """
 
 import os

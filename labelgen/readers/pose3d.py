@@ -43,13 +43,25 @@ def scan(root: str) -> pd.DataFrame:
             stem, ext = os.path.splitext(name)
             if ext.lower() not in IMAGE_EXTENSIONS:
                 continue
-            ann = next((p for p in (os.path.join(annotations, category, stem + e) for e in (".json", ".npz"))
-                        if os.path.exists(p)), None)
+            ann = next(
+                (
+                    p
+                    for p in (os.path.join(annotations, category, stem + e) for e in (".json", ".npz"))
+                    if os.path.exists(p)
+                ),
+                None,
+            )
             pose = read_pose(ann) if ann else dict.fromkeys(KEYS)
             mask = os.path.join("masks", category, stem + ".png")
-            rows.append({"image_id": f"{category}/{stem}", "uri": os.path.join("images", category, name),
-                         "category": category, **pose,
-                         "mask_uri": mask if os.path.exists(os.path.join(root, mask)) else None})
+            rows.append(
+                {
+                    "image_id": f"{category}/{stem}",
+                    "uri": os.path.join("images", category, name),
+                    "category": category,
+                    **pose,
+                    "mask_uri": mask if os.path.exists(os.path.join(root, mask)) else None,
+                }
+            )
     return pd.DataFrame(rows)
 
 

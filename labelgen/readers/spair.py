@@ -26,7 +26,9 @@ class KeypointPair:
     tgt_kps: np.ndarray
     tgt_bbox: np.ndarray  # (4,) x1, y1, x2, y2
     kps_ids: list[str]
-    geo: np.ndarray | None = None  # (K,) bool: the keypoint's left/right twin is visible in the target (GeoAware's subset)
+    geo: np.ndarray | None = (
+        None  # (K,) bool: the keypoint's left/right twin is visible in the target (GeoAware's subset)
+    )
 
 
 def image_id(category: str, name: str) -> str:
@@ -53,10 +55,13 @@ def read_pairs(root: str, split: str = "test") -> list[KeypointPair]:
         cat = a["category"]
         pairs.append(
             KeypointPair(
-                cat, image_id(cat, a["src_imname"]), image_id(cat, a["trg_imname"]),
+                cat,
+                image_id(cat, a["src_imname"]),
+                image_id(cat, a["trg_imname"]),
                 np.asarray(a["src_kps"], dtype=np.float64).reshape(-1, 2),
                 np.asarray(a["trg_kps"], dtype=np.float64).reshape(-1, 2),
-                np.asarray(a["trg_bndbox"], dtype=np.float64), [str(k) for k in a.get("kps_ids", [])],
+                np.asarray(a["trg_bndbox"], dtype=np.float64),
+                [str(k) for k in a.get("kps_ids", [])],
             )
         )
     return pairs
@@ -79,15 +84,17 @@ def scan(root: str) -> pd.DataFrame:
         for name in sorted(os.listdir(os.path.join(ann_root, cat))):
             a = _json(os.path.join(ann_root, cat, name))
             iid = image_id(cat, a.get("filename", name))
-            rows.append({
-                "image_id": iid,
-                "uri": os.path.join("JPEGImages", cat, os.path.splitext(name)[0] + ".jpg"),
-                "category": cat,
-                "azimuth": 45.0 * a["azimuth_id"] if a.get("azimuth_id") is not None else None,
-                "elevation": None,
-                "mask_uri": None,
-                "split": split_of.get(iid, "train"),
-            })
+            rows.append(
+                {
+                    "image_id": iid,
+                    "uri": os.path.join("JPEGImages", cat, os.path.splitext(name)[0] + ".jpg"),
+                    "category": cat,
+                    "azimuth": 45.0 * a["azimuth_id"] if a.get("azimuth_id") is not None else None,
+                    "elevation": None,
+                    "mask_uri": None,
+                    "split": split_of.get(iid, "train"),
+                }
+            )
     return pd.DataFrame(rows)
 
 

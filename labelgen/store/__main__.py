@@ -48,9 +48,11 @@ def copy_old_store(conf, words: list[str]) -> int:
         raise ConfigError("migrate takes OLD NEW: the old store and the new one")
     old, new = words
     s = migrate(old, new, conf.catalog)
-    print(f"migrated {s['runs']} runs ({s['committed']} committed, {s['failed']} failed, {s['incomplete']} "
-          f"incomplete), {s['labels']:,} labels, {s['models']} models, {s['spheres']} spherical mappers "
-          f"in {s['seconds']:.1f} s into {new}")
+    print(
+        f"migrated {s['runs']} runs ({s['committed']} committed, {s['failed']} failed, {s['incomplete']} "
+        f"incomplete), {s['labels']:,} labels, {s['models']} models, {s['spheres']} spherical mappers "
+        f"in {s['seconds']:.1f} s into {new}"
+    )
     return 0
 
 
@@ -59,8 +61,10 @@ def compact(conf) -> int:
     latest, nor one a model pinned), and delete the files that were scheduled for
     deletion at least that long ago. Runs and readers may go on meanwhile."""
     s = maintain(LabelStore(conf.store, conf.catalog), conf.older_than_days)
-    print(f"data files {s['files_before']} -> {s['files_after']}, {s['snapshots_expired']} snapshots expired, "
-          f"{len(s['kept_pinned'])} kept for models, {s['files_deleted']} files deleted")
+    print(
+        f"data files {s['files_before']} -> {s['files_after']}, {s['snapshots_expired']} snapshots expired, "
+        f"{len(s['kept_pinned'])} kept for models, {s['files_deleted']} files deleted"
+    )
     return 0
 
 
@@ -87,9 +91,15 @@ def repair_store(conf) -> int:
     then checks again. Stop writers first."""
     store = existing(conf)
     done = repair(store)
-    print(f"store {store}: {done['repaired']} data file(s) repaired"
-          + (f"; {len(done['left'])} without a map of their commit: restore the catalog from a backup, or "
-             "read an earlier snapshot (at=)" if done["left"] else ""))
+    print(
+        f"store {store}: {done['repaired']} data file(s) repaired"
+        + (
+            f"; {len(done['left'])} without a map of their commit: restore the catalog from a backup, or "
+            "read an earlier snapshot (at=)"
+            if done["left"]
+            else ""
+        )
+    )
     return check_store(conf)
 
 
@@ -118,8 +128,10 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:
         helped = bool(argv) and argv[0] in ("-h", "--help")
-        print(__doc__.strip() if helped else f"error: name a command: {', '.join(COMMANDS)} (see --help)",
-              file=sys.stdout if helped else sys.stderr)
+        print(
+            __doc__.strip() if helped else f"error: name a command: {', '.join(COMMANDS)} (see --help)",
+            file=sys.stdout if helped else sys.stderr,
+        )
         return 0 if helped else 2
     defaults, body, words = COMMANDS[argv[0]]
     return run_command(defaults, body, argv[1:], words=words, command=argv[0], announce=False)

@@ -36,13 +36,18 @@ log = logging.getLogger(__name__)
 MARKER = "catalog.json"
 # SQLite admits one writer at a time; a losing transaction fails whole and leaves nothing. Without
 # DuckLake's own retry a commit that lost to one on other tables fails on the snapshot's key instead
-CONFLICT = re.compile(r"database is locked|busy|conflict|could not serialize|deadlock|"
-                      r'duplicate key value violates unique constraint "ducklake_|UNIQUE constraint failed: ducklake_',
-                      re.IGNORECASE)
+CONFLICT = re.compile(
+    r"database is locked|busy|conflict|could not serialize|deadlock|"
+    r'duplicate key value violates unique constraint "ducklake_|UNIQUE constraint failed: ducklake_',
+    re.IGNORECASE,
+)
 FULL = re.compile(r"no space left|disk is full|could not extend file", re.IGNORECASE)  # SQLite, DuckDB, PostgreSQL
 # a PostgreSQL catalog's server restarting or away: the whole transaction is tried again
-UNREACHABLE = re.compile(r"unable to connect to postgres|connection refused|server closed the connection|"
-                         r"terminating connection|no connection to the server", re.IGNORECASE)
+UNREACHABLE = re.compile(
+    r"unable to connect to postgres|connection refused|server closed the connection|"
+    r"terminating connection|no connection to the server",
+    re.IGNORECASE,
+)
 ATTEMPTS = 12  # about 15 s of backoff after conflicts, 30 s while the server is unreachable
 BUSY_TIMEOUT_MS = 10_000
 
@@ -58,8 +63,12 @@ def default_catalog(uri: str) -> str:
     name = re.sub(r"[^\w.-]+", "_", uri.split("://", 1)[1].strip("/"))
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser(os.path.join("~", ".cache"))
     path = os.path.join(cache, "labelgen", "catalogs", f"{name}.sqlite")
-    log.warning("store %s: its catalog is the SQLite file %s on this machine; only this machine can use the store. "
-                "For a cluster, give every command catalog=postgres:<libpq string> (README: the label store).", uri, path)
+    log.warning(
+        "store %s: its catalog is the SQLite file %s on this machine; only this machine can use the store. "
+        "For a cluster, give every command catalog=postgres:<libpq string> (README: the label store).",
+        uri,
+        path,
+    )
     return f"sqlite:{path}"
 
 
@@ -69,22 +78,32 @@ def resolve_catalog(uri: str, catalog: str | None, create: bool) -> str:
     marker = join(uri, MARKER)
     recorded = json.loads(read_bytes(marker))["catalog"] if exists(marker) else None
     if catalog and recorded and _public(catalog) != recorded:
-        raise ValueError(f"store {uri} was created with catalog={recorded}, not catalog={_public(catalog)}: "
-                         f"drop catalog= or give that one")
+        raise ValueError(
+            f"store {uri} was created with catalog={recorded}, not catalog={_public(catalog)}: "
+            f"drop catalog= or give that one"
+        )
     if recorded is None and not create:
         if exists(join(uri, "commits")) or exists(join(uri, "runs")):
-            raise FileNotFoundError(f"{uri} is a label store of an older labelgen (commit records, no catalog): "
-                                    f"copy it into a new one with `python -m labelgen.store migrate {uri} NEW`")
-        raise FileNotFoundError(f"no label store at {uri} (no {MARKER}); run `python -m labelgen.run store={uri}` first")
+            raise FileNotFoundError(
+                f"{uri} is a label store of an older labelgen (commit records, no catalog): "
+                f"copy it into a new one with `python -m labelgen.store migrate {uri} NEW`"
+            )
+        raise FileNotFoundError(
+            f"no label store at {uri} (no {MARKER}); run `python -m labelgen.run store={uri}` first"
+        )
     spec = catalog or recorded or default_catalog(uri)
     kind = spec.split(":", 1)[0]
     if kind not in ("sqlite", "postgres") or ":" not in spec:
-        raise ValueError(f"catalog={spec}: give postgres:<libpq string> (e.g. postgres:dbname=labels host=head), "
-                         "sqlite:<file>, or nothing for catalog.sqlite in the store's folder")
+        raise ValueError(
+            f"catalog={spec}: give postgres:<libpq string> (e.g. postgres:dbname=labels host=head), "
+            "sqlite:<file>, or nothing for catalog.sqlite in the store's folder"
+        )
     sqlite = sqlite_file(uri, spec)
     if recorded is None and sqlite and os.path.exists(sqlite) and not _begun_here(sqlite, uri):
-        raise ValueError(f"store {uri} is new (no {MARKER}) but its catalog {sqlite} already exists, with the files of "
-                         "another store: remove that file, or give another catalog=")
+        raise ValueError(
+            f"store {uri} is new (no {MARKER}) but its catalog {sqlite} already exists, with the files of "
+            "another store: remove that file, or give another catalog="
+        )
     return spec
 
 
@@ -121,8 +140,10 @@ def sqlite_file(uri: str, spec: str) -> str | None:
     if os.path.isabs(rest):
         return rest
     if is_remote(uri):
-        raise ValueError(f"catalog={spec}: a SQLite catalog cannot live on S3 ({uri}); give an absolute local path "
-                         "or postgres:<libpq string>")
+        raise ValueError(
+            f"catalog={spec}: a SQLite catalog cannot live on S3 ({uri}); give an absolute local path "
+            "or postgres:<libpq string>"
+        )
     return os.path.join(uri, rest)
 
 
@@ -134,9 +155,13 @@ def _s3_setup() -> list[str]:
     if endpoint:
         scheme, host = endpoint.split("://", 1) if "://" in endpoint else ("https", endpoint)
         options += [f"ENDPOINT '{host.rstrip('/')}'", "URL_STYLE 'path'", f"USE_SSL {str(scheme == 'https').lower()}"]
-    return [f"CREATE OR REPLACE SECRET labelgen_s3 (TYPE s3, PROVIDER credential_chain, {', '.join(options)})",
-            # throttling and dropped connections: as labelgen.io, retry with backoff
-            "SET http_retries = 8", "SET http_retry_wait_ms = 200", "SET http_retry_backoff = 2"]
+    return [
+        f"CREATE OR REPLACE SECRET labelgen_s3 (TYPE s3, PROVIDER credential_chain, {', '.join(options)})",
+        # throttling and dropped connections: as labelgen.io, retry with backoff
+        "SET http_retries = 8",
+        "SET http_retry_wait_ms = 200",
+        "SET http_retry_backoff = 2",
+    ]
 
 
 def statements(uri: str, spec: str, *, read_only: bool = False, snapshot: int | None = None) -> list[str]:
@@ -164,8 +189,9 @@ def statements(uri: str, spec: str, *, read_only: bool = False, snapshot: int | 
     return [*sql, f"ATTACH '{target}' AS lake ({', '.join(options)})", "USE lake"]
 
 
-def attach(uri: str, catalog: str | None = None, *, read_only: bool = False, snapshot: int | None = None,
-           create: bool = False) -> duckdb.DuckDBPyConnection:
+def attach(
+    uri: str, catalog: str | None = None, *, read_only: bool = False, snapshot: int | None = None, create: bool = False
+) -> duckdb.DuckDBPyConnection:
     """A new in-memory DuckDB with the store attached as `lake` (and selected)."""
     spec = resolve_catalog(uri, catalog, create)
     sqlite = sqlite_file(uri, spec)
@@ -219,13 +245,17 @@ def retrying(what: str, attempt, committed=lambda: False):
         except duckdb.Error as e:
             first = str(e).splitlines()[0]
             if FULL.search(str(e)):
-                raise DiskFull(f"{what}: the catalog's disk is full ({first}); free space where the catalog lives, "
-                               "then run the same command again: a run resumes with its run_id") from None
+                raise DiskFull(
+                    f"{what}: the catalog's disk is full ({first}); free space where the catalog lives, "
+                    "then run the same command again: a run resumes with its run_id"
+                ) from None
             away = bool(UNREACHABLE.search(str(e)))
             if away and n == ATTEMPTS - 1:
-                raise CatalogUnreachable(f"{what}: the catalog's server did not answer for {time.monotonic() - t0:.0f} s "
-                                         f"({first}); start it or mend the network, then run the same command again: a "
-                                         "run resumes with its run_id") from None
+                raise CatalogUnreachable(
+                    f"{what}: the catalog's server did not answer for {time.monotonic() - t0:.0f} s "
+                    f"({first}); start it or mend the network, then run the same command again: a "
+                    "run resumes with its run_id"
+                ) from None
             if n == ATTEMPTS - 1 or not (away or is_conflict(e)):
                 raise
             if _landed(committed):

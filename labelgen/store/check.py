@@ -72,10 +72,12 @@ def damaged_files(con, snapshot: int | None = None) -> list[tuple]:
 
 def damaged_message(store, damaged: list[tuple]) -> str:
     snapshots = sorted({s for *_, s in damaged})
-    return (f"store {store}: the catalog is damaged: {len(damaged)} data file(s) of snapshot(s) {snapshots} name column "
-            "maps their table does not have (DuckLake 1.4's own commit retry leaves this; the store keeps it off, but an "
-            f"older labelgen or another DuckDB client may have written with it on): repair it with `python -m labelgen.store "
-            f"repair store={store}`, or read the store as it was before (at={snapshots[0] - 1})")
+    return (
+        f"store {store}: the catalog is damaged: {len(damaged)} data file(s) of snapshot(s) {snapshots} name column "
+        "maps their table does not have (DuckLake 1.4's own commit retry leaves this; the store keeps it off, but an "
+        f"older labelgen or another DuckDB client may have written with it on): repair it with `python -m labelgen.store "
+        f"repair store={store}`, or read the store as it was before (at={snapshots[0] - 1})"
+    )
 
 
 def mend(con) -> dict:
@@ -85,7 +87,9 @@ def mend(con) -> dict:
         fixes = con.execute(OWN_MAP.format(m=META, damaged=DAMAGED_FILES.format(m=META))).fetchall()
         for file_id, mapping_id in fixes:
             if mapping_id is not None:
-                con.execute(f"UPDATE {META}ducklake_data_file SET mapping_id = ? WHERE data_file_id = ?", [mapping_id, file_id])
+                con.execute(
+                    f"UPDATE {META}ducklake_data_file SET mapping_id = ? WHERE data_file_id = ?", [mapping_id, file_id]
+                )
     left = damaged_files(con)
     return {"repaired": len(fixes) - len(left), "left": left}
 
@@ -111,7 +115,9 @@ def check(store) -> dict:
             problems.append(("the catalog", None, damaged_message(store, damaged)))
         files = []
         for table in [*DATA_TABLES, *LOG_TABLES]:
-            files += con.execute(f"SELECT data_file, data_file_size_bytes FROM ducklake_list_files('lake', '{table}')").fetchall()
+            files += con.execute(
+                f"SELECT data_file, data_file_size_bytes FROM ducklake_list_files('lake', '{table}')"
+            ).fetchall()
         for name in tables:
             try:
                 con.execute(f"SELECT count(*) FROM lake.{name}").fetchall()
@@ -135,12 +141,16 @@ def describe(store, report: dict) -> str:
         lines.append(f"  {what}{f' (run {run})' if run else ''}: {why}")
     runs = sorted({r for _, r, _ in report["problems"] if r})
     if runs:
-        lines.append(f"A data file is written once, before its run commits: restore it from a backup of {store} (or the "
-                     f"bucket's object versions); the store as it was before run(s) {', '.join(runs)} committed still reads "
-                     "(python -m queries snapshots, then at=SNAPSHOT).")
+        lines.append(
+            f"A data file is written once, before its run commits: restore it from a backup of {store} (or the "
+            f"bucket's object versions); the store as it was before run(s) {', '.join(runs)} committed still reads "
+            "(python -m queries snapshots, then at=SNAPSHOT)."
+        )
     if any(r is None for _, r, _ in report["problems"]):
-        lines.append("A catalog or table that cannot be read: restore the catalog from a backup, or read an earlier snapshot "
-                     f"(python -m labelgen.store attach store={store} at=SNAPSHOT).")
+        lines.append(
+            "A catalog or table that cannot be read: restore the catalog from a backup, or read an earlier snapshot "
+            f"(python -m labelgen.store attach store={store} at=SNAPSHOT)."
+        )
     return "\n".join(lines)
 
 
@@ -153,7 +163,9 @@ def explain(store, e: duckdb.Error) -> str | None:
         if root in name:
             path = join(store.uri, name.split(root, 1)[1])
             run = run_of(path)
-            return (f"store {store}: the data file {path}{f' of run {run}' if run else ''} is missing or damaged "
-                    f"({str(e).splitlines()[0]}); python -m labelgen.store check store={store} lists every such file "
-                    "and what to do")
+            return (
+                f"store {store}: the data file {path}{f' of run {run}' if run else ''} is missing or damaged "
+                f"({str(e).splitlines()[0]}); python -m labelgen.store check store={store} lists every such file "
+                "and what to do"
+            )
     return None

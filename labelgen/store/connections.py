@@ -56,13 +56,16 @@ def _log_row(table: str, record: dict) -> list:
     unknown = set(record) - set(COLUMNS[table]) - ({"status"} if table == "model_log" else set())  # status: derived
     if unknown:
         raise ValueError(f"{table} has no columns {sorted(unknown)}; columns: {COLUMNS[table]}")
-    return [_json(record.get(c)) if c in JSON_COLUMNS and record.get(c) is not None else record.get(c)
-            for c in COLUMNS[table]]
+    return [
+        _json(record.get(c)) if c in JSON_COLUMNS and record.get(c) is not None else record.get(c)
+        for c in COLUMNS[table]
+    ]
 
 
 def _json(value) -> str:
     """Standard JSON, NaN and infinities as null: a PostgreSQL catalog's JSON type refuses them
     (a model trained without held-out pairs has NaN scores)."""
+
     def finite(v):
         if isinstance(v, float) and not math.isfinite(v):
             return None
@@ -90,6 +93,7 @@ class Connections:
 
     def session(self, what: str, fn, read_only: bool = True):
         """fn(con) on a fresh connection to the store, again after a lock conflict."""
+
         def attempt():
             con = cat.attach(self.uri, self.catalog, read_only=read_only)
             try:
@@ -114,25 +118,33 @@ class Connections:
         cat.retrying(f"append to {table} of {self}", insert)
 
     def current_snapshot(self) -> int:
-        return self.session("snapshot of", lambda con: con.execute(
-            "SELECT max(snapshot_id) FROM lake.snapshots()").fetchone()[0])
+        return self.session(
+            "snapshot of", lambda con: con.execute("SELECT max(snapshot_id) FROM lake.snapshots()").fetchone()[0]
+        )
 
     def data_files(self, table: str, snapshot: int) -> list[str]:
         """The Parquet URIs that hold `table` at `snapshot`, for readers that must not open the
         catalog (Ray tasks and Train workers). label_history, label_pairs and images only:
         their rows are always registered files, never inlined, never deleted. After compaction a file may also hold
         rows of later runs: readers filter by run_id (runs committed at `snapshot`)."""
-        rows = self.session("files of", lambda con: con.execute(
-            f"SELECT data_file, delete_file FROM ducklake_list_files('lake', '{table}', snapshot_version => {int(snapshot)})"
-        ).fetchall())
+        rows = self.session(
+            "files of",
+            lambda con: con.execute(
+                f"SELECT data_file, delete_file FROM ducklake_list_files('lake', '{table}', snapshot_version => {int(snapshot)})"
+            ).fetchall(),
+        )
         if any(d for _, d in rows):
-            raise RuntimeError(f"table {table} of {self} has deleted rows at snapshot {snapshot}; read it through the catalog")
+            raise RuntimeError(
+                f"table {table} of {self} has deleted rows at snapshot {snapshot}; read it through the catalog"
+            )
         return [f for f, _ in rows]
 
     def connect(self, snapshot: int | None = None) -> duckdb.DuckDBPyConnection:
         """A read-only DuckDB connection at the latest snapshot (or `snapshot`): the tables and
         views of the store. It cannot write, nor read any file outside the store and its catalog."""
-        con = cat.retrying(f"open {self}", lambda: cat.attach(self.uri, self.catalog, read_only=True, snapshot=snapshot))
+        con = cat.retrying(
+            f"open {self}", lambda: cat.attach(self.uri, self.catalog, read_only=True, snapshot=snapshot)
+        )
         if damaged := damaged_files(con, snapshot):
             con.close()
             raise RuntimeError(damaged_message(self, damaged))

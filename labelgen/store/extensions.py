@@ -39,9 +39,11 @@ def extension_path(name: str) -> str:
     root = extension_dir()
     path = os.path.join(root or "", f"v{duckdb.__version__}", platform(), f"{name}.duckdb_extension")
     if root is None or not os.path.isfile(path):
-        raise RuntimeError(f"DuckDB extension '{name}' for duckdb {duckdb.__version__} on {platform()} is not installed "
-                           f"(looked for {path}): pip install '{WHEELS[name]}==1.4.4.*' 'duckdb=={duckdb.__version__}' "
-                           "(the label store never downloads extensions)")
+        raise RuntimeError(
+            f"DuckDB extension '{name}' for duckdb {duckdb.__version__} on {platform()} is not installed "
+            f"(looked for {path}): pip install '{WHEELS[name]}==1.4.4.*' 'duckdb=={duckdb.__version__}' "
+            "(the label store never downloads extensions)"
+        )
     return path
 
 

@@ -19,18 +19,25 @@ from .lake import LabelStore
 
 def _files(con) -> dict[str, int]:
     """Data files the latest snapshot refers to, per table."""
-    tables = [t for (t,) in con.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = 'lake' ORDER BY 1")
-              .fetchall()]
+    tables = [
+        t
+        for (t,) in con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = 'lake' ORDER BY 1"
+        ).fetchall()
+    ]
     return {t: con.execute("SELECT count(*) FROM ducklake_list_files('lake', ?)", [t]).fetchone()[0] for t in tables}
 
 
 def _expirable(con, older_than_days: float) -> tuple[list[int], list[int]]:
     """Snapshots older than the threshold, and those of them kept because a model pinned them."""
-    rows = con.execute("""
+    rows = con.execute(
+        """
         SELECT snapshot_id, snapshot_id IN (SELECT snapshot FROM lake.model_log WHERE snapshot IS NOT NULL) AS pinned
         FROM lake.snapshots()
         WHERE snapshot_time < now() - to_seconds(?) AND snapshot_id < (SELECT max(snapshot_id) FROM lake.snapshots())
-        ORDER BY 1""", [older_than_days * 86400.0]).fetchall()
+        ORDER BY 1""",
+        [older_than_days * 86400.0],
+    ).fetchall()
     return [s for s, pinned in rows if not pinned], [s for s, pinned in rows if pinned]
 
 
@@ -41,7 +48,9 @@ def maintain(store: LabelStore, older_than_days: float, log=print) -> dict:
         raise ValueError(f"older_than_days={older_than_days}: give 0 or more")
     before = store.session("count files of", _files)
     log(f"store {store}: {sum(before.values())} data files")
-    store.session("compact", lambda con: con.execute("CALL ducklake_merge_adjacent_files('lake')").fetchall(), read_only=False)
+    store.session(
+        "compact", lambda con: con.execute("CALL ducklake_merge_adjacent_files('lake')").fetchall(), read_only=False
+    )
     after = store.session("count files of", _files)
     merged = [f"{t} {before.get(t, 0)} -> {n}" for t, n in after.items() if n != before.get(t, 0)]
     log(f"compacted: {', '.join(merged)}" if merged else "compacted: nothing to merge")
@@ -49,19 +58,39 @@ def maintain(store: LabelStore, older_than_days: float, log=print) -> dict:
     def expire(con):
         expired, pinned = _expirable(con, older_than_days)
         if expired:
-            con.execute(f"CALL ducklake_expire_snapshots('lake', versions => [{', '.join(map(str, expired))}])").fetchall()
+            con.execute(
+                f"CALL ducklake_expire_snapshots('lake', versions => [{', '.join(map(str, expired))}])"
+            ).fetchall()
         return expired, pinned
 
     expired, pinned = store.session("expire snapshots of", expire, read_only=False)
-    log(f"expired {len(expired)} snapshots older than {older_than_days:g} days; kept {len(pinned)} pinned by models"
-        + (f" ({', '.join(map(str, pinned))})" if pinned else ""))
+    log(
+        f"expired {len(expired)} snapshots older than {older_than_days:g} days; kept {len(pinned)} pinned by models"
+        + (f" ({', '.join(map(str, pinned))})" if pinned else "")
+    )
     cutoff = f"now() - to_seconds({float(older_than_days) * 86400.0})"
-    deleted = store.session("delete old files of", lambda con: con.execute(
-        f"CALL ducklake_cleanup_old_files('lake', older_than => {cutoff})").fetchall(), read_only=False)
-    waiting = store.session("list scheduled files of", lambda con: con.execute(
-        "CALL ducklake_cleanup_old_files('lake', dry_run => true, cleanup_all => true)").fetchall(), read_only=False)
-    log(f"deleted {len(deleted)} files no snapshot needs" + (f"; {len(waiting)} more wait until they are "
-                                                              f"{older_than_days:g} days unused" if waiting else ""))
-    return {"files_before": sum(before.values()), "files_after": sum(after.values()),
-            "files": {t: (before.get(t, 0), n) for t, n in after.items()}, "snapshots_expired": len(expired),
-            "kept_pinned": pinned, "files_deleted": len(deleted), "files_waiting": len(waiting)}
+    deleted = store.session(
+        "delete old files of",
+        lambda con: con.execute(f"CALL ducklake_cleanup_old_files('lake', older_than => {cutoff})").fetchall(),
+        read_only=False,
+    )
+    waiting = store.session(
+        "list scheduled files of",
+        lambda con: con.execute(
+            "CALL ducklake_cleanup_old_files('lake', dry_run => true, cleanup_all => true)"
+        ).fetchall(),
+        read_only=False,
+    )
+    log(
+        f"deleted {len(deleted)} files no snapshot needs"
+        + (f"; {len(waiting)} more wait until they are {older_than_days:g} days unused" if waiting else "")
+    )
+    return {
+        "files_before": sum(before.values()),
+        "files_after": sum(after.values()),
+        "files": {t: (before.get(t, 0), n) for t, n in after.items()},
+        "snapshots_expired": len(expired),
+        "kept_pinned": pinned,
+        "files_deleted": len(deleted),
+        "files_waiting": len(waiting),
+    }

@@ -42,8 +42,13 @@ def _table(uris: list[str], schema: pa.Schema) -> pa.Table:
     """Parquet files in `schema`: columns an older labelgen did not write are null."""
     tables = [pq.read_table(pa.BufferReader(read_bytes(u))) for u in uris]
     table = pa.concat_tables(tables, promote_options="permissive") if tables else schema.empty_table()
-    return pa.table({f.name: table[f.name].cast(f.type) if f.name in table.column_names else pa.nulls(len(table), f.type)
-                     for f in schema}, schema=schema)
+    return pa.table(
+        {
+            f.name: table[f.name].cast(f.type) if f.name in table.column_names else pa.nulls(len(table), f.type)
+            for f in schema
+        },
+        schema=schema,
+    )
 
 
 def _pick(record: dict, table: str) -> dict:
@@ -72,7 +77,7 @@ def _by_category(files: list[str], kind: str) -> dict[str, list[str]]:
     for f in files:
         parts = f.split("/")  # runs/<run>/<kind>/category=<c>[.parquet|/part-N.parquet]
         if len(parts) > 3 and parts[2] == kind:
-            category = parts[3][len("category="):].removesuffix(".parquet")
+            category = parts[3][len("category=") :].removesuffix(".parquet")
             out.setdefault(category, []).append(f)
     return out
 
@@ -106,8 +111,10 @@ def migrate(old_uri: str, new_uri: str, catalog: str | None = None, log=print) -
     if new.uri == old:
         raise ValueError(f"migrate into a new folder, not into the old store {old} itself")
     if exists(join(new.uri, MARKER)):
-        raise ValueError(f"cannot migrate {old} into {new.uri}: {new.uri} already holds a store ({MARKER}); "
-                         "give a new folder, or remove that store (and its catalog) to start again")
+        raise ValueError(
+            f"cannot migrate {old} into {new.uri}: {new.uri} already holds a store ({MARKER}); "
+            "give a new folder, or remove that store (and its catalog) to start again"
+        )
     runs = _old_runs(old)
     summary = {"runs": 0, "committed": 0, "failed": 0, "incomplete": 0, "labels": 0, "models": 0, "spheres": 0}
     log(f"migrating {old} -> {new.uri}: {len(runs)} runs")
@@ -115,9 +122,13 @@ def migrate(old_uri: str, new_uri: str, catalog: str | None = None, log=print) -
         pass
     for k, (record, commit) in enumerate(runs, 1):
         status = "committed" if commit else "failed" if record.get("error") else "incomplete"
-        row = {**_pick(record, "run_log"), "status": "incomplete" if commit else status,
-               "finished": None if commit else record.get("failed"),
-               "label_features": record.get("label_features") or record.get("backbone_fingerprint"), "logged": now()}
+        row = {
+            **_pick(record, "run_log"),
+            "status": "incomplete" if commit else status,
+            "finished": None if commit else record.get("failed"),
+            "label_features": record.get("label_features") or record.get("backbone_fingerprint"),
+            "logged": now(),
+        }
         new._append("run_log", row)  # begin_run would stamp it with today's start and code version
         n = _copy_run(old, new, record, commit) if commit else 0
         summary["runs"] += 1
@@ -133,8 +144,10 @@ def migrate(old_uri: str, new_uri: str, catalog: str | None = None, log=print) -
         summary["spheres"] += 1
     log(f"models: {summary['models']}, spherical mappers: {summary['spheres']}")
     if exists(join(old, "features")):
-        log(f"the feature cache {join(old, 'features')} is not copied: runs, training and evaluation on this store "
+        log(
+            f"the feature cache {join(old, 'features')} is not copied: runs, training and evaluation on this store "
             f"recompute features into {join(new.uri, 'features')} unless given features.cache={join(old, 'features')} "
-            "(or the folder is moved there)")
+            "(or the folder is moved there)"
+        )
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     return summary

@@ -64,10 +64,20 @@ PAIR_SCHEMA = pa.schema(
     ]
 )
 BAD_INPUT_SCHEMA = pa.schema(
-    [("run_id", pa.string()), ("image_id", pa.string()), ("uri", pa.string()), ("stage", pa.string()), ("error", pa.string())]
+    [
+        ("run_id", pa.string()),
+        ("image_id", pa.string()),
+        ("uri", pa.string()),
+        ("stage", pa.string()),
+        ("error", pa.string()),
+    ]
 )
-DATA_TABLES = {"label_history": LABEL_SCHEMA, "label_pairs": PAIR_SCHEMA, "images": IMAGE_SCHEMA,
-               "bad_inputs": BAD_INPUT_SCHEMA}
+DATA_TABLES = {
+    "label_history": LABEL_SCHEMA,
+    "label_pairs": PAIR_SCHEMA,
+    "images": IMAGE_SCHEMA,
+    "bad_inputs": BAD_INPUT_SCHEMA,
+}
 
 # times are UTC; JSON columns hold what the pipeline reports (counts, metrics)
 LOG_TABLES = {
@@ -85,7 +95,6 @@ LOG_TABLES = {
 COLUMNS = {name: [c.split()[0] for c in ddl.split(",")] for name, ddl in LOG_TABLES.items()}
 JSON_COLUMNS = {"counts", "label_runs", "metrics", "history"}
 COMMIT_MESSAGE = "labelgen run"  # the snapshot that commits a run carries this message and the run id
-
 
 
 def current_pairs_sql(pairs: str, runs: str) -> str:
@@ -127,14 +136,25 @@ def pair_table(run_id: str, category: str, examined: pa.Table, kept: pa.Table) -
     """PAIR_SCHEMA rows: the ordered image pairs that have candidates in `examined`, with the
     labels `kept` of each (0 where every candidate was filtered out)."""
     pairs = examined.select(["src_image_id", "tgt_image_id"]).group_by(["src_image_id", "tgt_image_id"]).aggregate([])
-    counts = kept.select(["src_image_id", "tgt_image_id"]).group_by(["src_image_id", "tgt_image_id"]).aggregate(
-        [([], "count_all")])
-    joined = pairs.join(counts, ["src_image_id", "tgt_image_id"]).sort_by([("src_image_id", "ascending"),
-                                                                          ("tgt_image_id", "ascending")])
+    counts = (
+        kept.select(["src_image_id", "tgt_image_id"])
+        .group_by(["src_image_id", "tgt_image_id"])
+        .aggregate([([], "count_all")])
+    )
+    joined = pairs.join(counts, ["src_image_id", "tgt_image_id"]).sort_by(
+        [("src_image_id", "ascending"), ("tgt_image_id", "ascending")]
+    )
     n = joined.num_rows
-    return pa.table({"run_id": pa.array([run_id] * n, pa.string()), "category": pa.array([category] * n, pa.string()),
-                     "src_image_id": joined["src_image_id"], "tgt_image_id": joined["tgt_image_id"],
-                     "labels": pc.fill_null(joined["count_all"], 0).cast(pa.int32())}, schema=PAIR_SCHEMA)
+    return pa.table(
+        {
+            "run_id": pa.array([run_id] * n, pa.string()),
+            "category": pa.array([category] * n, pa.string()),
+            "src_image_id": joined["src_image_id"],
+            "tgt_image_id": joined["tgt_image_id"],
+            "labels": pc.fill_null(joined["count_all"], 0).cast(pa.int32()),
+        },
+        schema=PAIR_SCHEMA,
+    )
 
 
 def images_table(frame: pd.DataFrame) -> pa.Table:

@@ -39,7 +39,7 @@ def sum_counts(counts) -> dict:
 
 def _category(uri: str) -> str:
     """The category of a run's label file (.../category=<c>/part-<p>.parquet)."""
-    return posixpath.basename(posixpath.dirname(uri))[len("category="):]
+    return posixpath.basename(posixpath.dirname(uri))[len("category=") :]
 
 
 class Staging:
@@ -110,11 +110,19 @@ class Staging:
             return con.execute(
                 "SELECT c.category, c.src_image_id, c.tgt_image_id FROM lake.current_pairs c JOIN lake.runs r USING (run_id) "
                 "WHERE c.labels > 0 AND r.finished < ?::TIMESTAMP AND (c.src_image_id IN (FROM replaced) "
-                "OR c.tgt_image_id IN (FROM replaced))", [before]).fetch_arrow_table()
+                "OR c.tgt_image_id IN (FROM replaced))",
+                [before],
+            ).fetch_arrow_table()
 
-        stale, keys = self.session("labels of replaced images in", current), ["category", "src_image_id", "tgt_image_id"]
-        examined = [pq.read_table(pa.BufferReader(read_bytes(f)), columns=keys) for f in self._staged(run_id, "pairs")
-                    if not f.endswith(RETRACTED)]
+        stale, keys = (
+            self.session("labels of replaced images in", current),
+            ["category", "src_image_id", "tgt_image_id"],
+        )
+        examined = [
+            pq.read_table(pa.BufferReader(read_bytes(f)), columns=keys)
+            for f in self._staged(run_id, "pairs")
+            if not f.endswith(RETRACTED)
+        ]
         if examined:
             stale = stale.join(pa.concat_tables(examined), keys, join_type="left anti")
         for category in pc.unique(stale["category"]).to_pylist():
@@ -123,8 +131,9 @@ class Staging:
             write_bytes(self._run(run_id, "pairs", f"category={category}", RETRACTED), table_bytes(pairs))
         return stale.num_rows
 
-    def write_part(self, run_id: str, category: str, part: int, labels: pa.Table, stats: dict,
-                   examined: pa.Table | None = None):
+    def write_part(
+        self, run_id: str, category: str, part: int, labels: pa.Table, stats: dict, examined: pa.Table | None = None
+    ):
         """One vote partition's labels, with its counts in the file's metadata, and the image
         pairs it examined (those with candidates in `examined`, default: in `labels`), first:
         the label file marks the partition done. Called from Ray tasks: files only, no catalog."""
@@ -148,16 +157,20 @@ class Staging:
         out = {}
         for uri in self._staged(run_id, "images"):
             meta = pq.read_schema(pa.BufferReader(read_bytes(uri))).metadata or {}
-            out[posixpath.basename(uri)[len("category="):-len(".parquet")]] = (
-                json.loads(meta.get(STATS_KEY, b"{}")), int(meta.get(PARTS_KEY, b"1")))
+            out[posixpath.basename(uri)[len("category=") : -len(".parquet")]] = (
+                json.loads(meta.get(STATS_KEY, b"{}")),
+                int(meta.get(PARTS_KEY, b"1")),
+            )
         return out
 
     def category_stats(self, run_id: str, label_meta: dict[str, dict] | None = None) -> dict[str, dict]:
         """Per-category counts of the categories staged so far: the chains' and the sum of its
         vote partitions' (`label_meta`: label file -> its metadata, when already read)."""
         if label_meta is None:
-            label_meta = {uri: pq.read_schema(pa.BufferReader(read_bytes(uri))).metadata or {}
-                          for uri in self._staged(run_id, "labels")}
+            label_meta = {
+                uri: pq.read_schema(pa.BufferReader(read_bytes(uri))).metadata or {}
+                for uri in self._staged(run_id, "labels")
+            }
         parts = {}
         for uri, meta in label_meta.items():
             parts.setdefault(_category(uri), []).append(json.loads(meta.get(STATS_KEY, b"{}")))
@@ -173,20 +186,29 @@ class Staging:
         con, sums, meta = duckdb.connect(), [], {}
         try:
             for f in files or [None]:
-                table = (LABEL_SCHEMA.empty_table() if f is None else
-                         pq.read_table(pa.BufferReader(read_bytes(f)), columns=STAT_COLUMNS))
+                table = (
+                    LABEL_SCHEMA.empty_table()
+                    if f is None
+                    else pq.read_table(pa.BufferReader(read_bytes(f)), columns=STAT_COLUMNS)
+                )
                 meta[f] = table.schema.metadata or {}
                 con.register("staged", table)
-                sums.append(con.execute(f"SELECT category, count(*) AS labels, count(DISTINCT (src_image_id, tgt_image_id)) "
-                                        f"AS image_pairs, max(hops) AS max_hops, {SUMS} FROM staged GROUP BY category"
-                                        ).fetch_arrow_table())
+                sums.append(
+                    con.execute(
+                        f"SELECT category, count(*) AS labels, count(DISTINCT (src_image_id, tgt_image_id)) "
+                        f"AS image_pairs, max(hops) AS max_hops, {SUMS} FROM staged GROUP BY category"
+                    ).fetch_arrow_table()
+                )
                 con.unregister("staged")
             con.register("sums", pa.concat_tables(sums))
             means = ", ".join(f"sum(sum_{c}) / sum(n_{c}) AS mean_{c}" for c in MEAN_COLUMNS)
-            out = con.execute(f"""
+            out = con.execute(
+                f"""
                 SELECT ? AS run_id, category, sum(labels)::BIGINT AS labels, sum(image_pairs)::BIGINT AS image_pairs,
                        {means}, max(max_hops)::INTEGER AS max_hops
-                FROM sums GROUP BY category ORDER BY category""", [run_id]).fetch_arrow_table()
+                FROM sums GROUP BY category ORDER BY category""",
+                [run_id],
+            ).fetch_arrow_table()
         finally:
             con.close()
         stats = self.category_stats(run_id, {f: m for f, m in meta.items() if f is not None})

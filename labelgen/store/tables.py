@@ -42,6 +42,7 @@ def _upgrade(con, store, have: set[str]):
     they cover into one of label_pairs (pairs it examined and kept nothing of were not
     recorded then), both registered as a run's own files are; then the old table goes.
     (Not a RENAME: DuckLake 1.4.4 cannot read a renamed table's inlined data afterwards.)"""
+
     def upgrade():
         with cat.transaction(con):
             for name in ("label_history", "label_pairs"):
@@ -51,10 +52,16 @@ def _upgrade(con, store, have: set[str]):
             for (run_id,) in con.execute("SELECT DISTINCT run_id FROM lake.labels ORDER BY 1").fetchall():
                 rows = con.execute("FROM lake.labels WHERE run_id = ?", [run_id]).fetch_arrow_table()
                 pairs = pair_table(run_id, "", rows, rows).drop_columns("category")  # category: per label, below
-                pairs = pairs.join(rows.select(["src_image_id", "tgt_image_id", "category"]).group_by(
-                    ["src_image_id", "tgt_image_id", "category"]).aggregate([]), ["src_image_id", "tgt_image_id"])
-                for name, table in (("label_history", rows.cast(LABEL_SCHEMA)),
-                                    ("label_pairs", pairs.select(DATA_TABLES["label_pairs"].names).cast(DATA_TABLES["label_pairs"]))):
+                pairs = pairs.join(
+                    rows.select(["src_image_id", "tgt_image_id", "category"])
+                    .group_by(["src_image_id", "tgt_image_id", "category"])
+                    .aggregate([]),
+                    ["src_image_id", "tgt_image_id"],
+                )
+                for name, table in (
+                    ("label_history", rows.cast(LABEL_SCHEMA)),
+                    ("label_pairs", pairs.select(DATA_TABLES["label_pairs"].names).cast(DATA_TABLES["label_pairs"])),
+                ):
                     uri = store._run(run_id, name, "upgrade.parquet")
                     write_bytes(uri, table_bytes(table))
                     con.execute(f"CALL ducklake_add_data_files('lake', '{name}', ?)", [uri])

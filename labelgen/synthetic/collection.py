@@ -74,7 +74,9 @@ def pattern(rng, size: int = 128) -> np.ndarray:
 
 def textures(rng, photos: dict, n: int = 4) -> list[np.ndarray]:
     """Per texture slot a photo crop (from the photos the Python packages ship) or a pattern."""
-    return [_crop(photos[rng.choice(sorted(photos))], rng, 128) if rng.uniform() < 0.5 else pattern(rng) for _ in range(n)]
+    return [
+        _crop(photos[rng.choice(sorted(photos))], rng, 128) if rng.uniform() < 0.5 else pattern(rng) for _ in range(n)
+    ]
 
 
 def background(rng, photos: dict, size: int) -> np.ndarray:
@@ -115,8 +117,18 @@ def keypoint_rows(image_id, category, parts, R, t, focal, principal, part_map, d
         col, row = int(np.floor(x)), int(np.floor(y))
         inside = 0 <= col < depth.shape[1] and 0 <= row < depth.shape[0]
         visible = bool(inside and z <= depth[row, col] + 0.01 * z)
-        rows.append({"image_id": image_id, "category": category, "name": name, "part": part_name,
-                     "x": float(x), "y": float(y), "visible": visible, "twin": twin(name)})
+        rows.append(
+            {
+                "image_id": image_id,
+                "category": category,
+                "name": name,
+                "part": part_name,
+                "x": float(x),
+                "y": float(y),
+                "visible": visible,
+                "twin": twin(name),
+            }
+        )
     return rows
 
 
@@ -139,20 +151,39 @@ def render_instance(renderer, root: str, conf, category: str, instance: str, spl
         azimuth = (start + 360.0 * v / conf.views + rng.uniform(-10, 10)) % 360.0 - 180.0
         pose, R, t, focal, principal = camera(rng, conf, centre, radius, azimuth)
         light = np.array([rng.uniform(-0.5, 0.5), rng.uniform(-1, -0.3), -1.0])
-        colour, part, coord, depth = renderer.render(parts, [ids[p.name] for p in parts], texs, R, t, focal, principal, light)
+        colour, part, coord, depth = renderer.render(
+            parts, [ids[p.name] for p in parts], texs, R, t, focal, principal, light
+        )
         mask = part > 0
         image_id = f"{instance}-v{v:02d}"
-        files = {"uri": f"images/{category}/{image_id}.png", "mask_uri": f"masks/{category}/{image_id}.png",
-                 "truth_uri": f"truth/{category}/{image_id}.npz"}
+        files = {
+            "uri": f"images/{category}/{image_id}.png",
+            "mask_uri": f"masks/{category}/{image_id}.png",
+            "truth_uri": f"truth/{category}/{image_id}.npz",
+        }
         for f in files.values():
             os.makedirs(os.path.join(root, os.path.dirname(f)), exist_ok=True)
-        Image.fromarray(np.where(mask[..., None], colour, background(rng, photos, conf.size))).save(os.path.join(root, files["uri"]))
+        Image.fromarray(np.where(mask[..., None], colour, background(rng, photos, conf.size))).save(
+            os.path.join(root, files["uri"])
+        )
         Image.fromarray((mask * 255).astype(np.uint8)).save(os.path.join(root, files["mask_uri"]))
-        np.savez_compressed(os.path.join(root, files["truth_uri"]), **truth_arrays(part, coord, depth, parts, ids, R, t,
-                                                                                   focal, principal))
+        np.savez_compressed(
+            os.path.join(root, files["truth_uri"]),
+            **truth_arrays(part, coord, depth, parts, ids, R, t, focal, principal),
+        )
         kps += keypoint_rows(image_id, category, parts, R, t, focal, principal, part, depth)
-        rows.append({"image_id": image_id, **files, "category": category, "azimuth": pose[0], "elevation": pose[1],
-                     "theta": pose[2], "split": split, "instance": instance})
+        rows.append(
+            {
+                "image_id": image_id,
+                **files,
+                "category": category,
+                "azimuth": pose[0],
+                "elevation": pose[1],
+                "theta": pose[2],
+                "split": split,
+                "instance": instance,
+            }
+        )
         bar.update(1)
     for tex in texs:
         tex.release()
@@ -168,9 +199,17 @@ def truth_arrays(part, coord, depth, parts, ids: dict, R, t, focal, principal) -
     centre = np.full((len(ids) + 1, 3), np.nan)
     for p in parts:
         affine[ids[p.name]], centre[ids[p.name]] = p.affine, p.centre
-    return {"part": part, "coord": coord.astype(np.float16), "depth": depth.astype(np.float32), "R": R, "t": t,
-            "intrinsics": np.array([focal, *principal]), "affine": affine, "centre": centre,
-            "twin": twin_ids(ids)}
+    return {
+        "part": part,
+        "coord": coord.astype(np.float16),
+        "depth": depth.astype(np.float32),
+        "R": R,
+        "t": t,
+        "intrinsics": np.array([focal, *principal]),
+        "affine": affine,
+        "centre": centre,
+        "twin": twin_ids(ids),
+    }
 
 
 def twin_ids(ids: dict) -> np.ndarray:
@@ -209,8 +248,9 @@ def render_collection(conf: dict, manifest_path: str):
             for split, count in (("dev", conf.dev_instances), ("val", conf.val_instances)):
                 rng = np.random.default_rng([conf.seed + SPLIT_SEEDS[split], sorted(CATEGORIES).index(category)])
                 for k in range(count):
-                    more, more_kps = render_instance(renderer, root, conf, category, f"{category}-{split}{k}", split, rng,
-                                                     photos, bar)
+                    more, more_kps = render_instance(
+                        renderer, root, conf, category, f"{category}-{split}{k}", split, rng, photos, bar
+                    )
                     rows += more
                     kps += more_kps
     renderer.release()

@@ -46,18 +46,22 @@ class RendererUnavailable(RuntimeError):
 def gl_projection(focal: float, principal: tuple[float, float], size: int, near: float = 0.05, far: float = 50.0):
     """The OpenGL clip matrix of pinhole intrinsics (y down, as image rows)."""
     cx, cy = principal
-    return np.array([
-        [2 * focal / size, 0, 2 * cx / size - 1, 0],
-        [0, -2 * focal / size, 1 - 2 * cy / size, 0],
-        [0, 0, (far + near) / (far - near), -2 * far * near / (far - near)],
-        [0, 0, 1, 0],
-    ])
+    return np.array(
+        [
+            [2 * focal / size, 0, 2 * cx / size - 1, 0],
+            [0, -2 * focal / size, 1 - 2 * cy / size, 0],
+            [0, 0, (far + near) / (far - near), -2 * far * near / (far - near)],
+            [0, 0, 1, 0],
+        ]
+    )
 
 
 def project(points: np.ndarray, R: np.ndarray, t: np.ndarray, focal: float, principal) -> np.ndarray:
     """(N, 3) object points -> (N, 3): pixel x, pixel y, camera depth."""
     cam = points @ R.T + t
-    return np.stack([focal * cam[:, 0] / cam[:, 2] + principal[0], focal * cam[:, 1] / cam[:, 2] + principal[1], cam[:, 2]], 1)
+    return np.stack(
+        [focal * cam[:, 0] / cam[:, 2] + principal[0], focal * cam[:, 1] / cam[:, 2] + principal[1], cam[:, 2]], 1
+    )
 
 
 class Renderer:
@@ -71,11 +75,15 @@ class Renderer:
         except Exception as e:  # no EGL library or driver
             raise RendererUnavailable(
                 f"no headless OpenGL ({type(e).__name__}: {e}); install Debian's libegl1 and libgl1-mesa-dri "
-                "(the Makefile does when it runs as root)") from None
+                "(the Makefile does when it runs as root)"
+            ) from None
         self.size = size
         self.prog = self.ctx.program(vertex_shader=VERTEX, fragment_shader=FRAGMENT)
-        targets = [self.ctx.texture((size, size), 4, dtype="f1"), self.ctx.texture((size, size), 4, dtype="f4"),
-                   self.ctx.texture((size, size), 4, dtype="f4")]
+        targets = [
+            self.ctx.texture((size, size), 4, dtype="f1"),
+            self.ctx.texture((size, size), 4, dtype="f4"),
+            self.ctx.texture((size, size), 4, dtype="f4"),
+        ]
         self.fbo = self.ctx.framebuffer(targets, self.ctx.depth_renderbuffer((size, size)))
         self.vaos = {}
         for name, mesh in PRIMITIVES.items():

@@ -33,8 +33,12 @@ def _grid(nu: int, nv: int) -> np.ndarray:
 
 def _concat(meshes: list[Mesh]) -> Mesh:
     offsets = np.cumsum([0] + [len(m.pos) for m in meshes[:-1]])
-    return Mesh(np.concatenate([m.pos for m in meshes]), np.concatenate([m.normal for m in meshes]),
-                np.concatenate([m.uv for m in meshes]), np.concatenate([m.tri + o for m, o in zip(meshes, offsets)]))
+    return Mesh(
+        np.concatenate([m.pos for m in meshes]),
+        np.concatenate([m.normal for m in meshes]),
+        np.concatenate([m.uv for m in meshes]),
+        np.concatenate([m.tri + o for m, o in zip(meshes, offsets)]),
+    )
 
 
 def sphere(n_lat: int = 16, n_lon: int = 32) -> Mesh:
@@ -77,7 +81,9 @@ def cone(n: int = 32, rows: int = 8) -> Mesh:
     pos = np.stack([r * np.cos(ll), yy, r * np.sin(ll)], -1).reshape(-1, 3)
     normal = np.stack([np.cos(ll), np.full_like(ll, -0.5), np.sin(ll)], -1).reshape(-1, 3)
     uv = np.stack([ll / (2 * np.pi), (yy + 1) / 2], -1).reshape(-1, 2)
-    return _concat([Mesh(pos, normal / np.linalg.norm(normal, axis=1, keepdims=True), uv, _grid(rows, n)), _disk(1.0, n)])
+    return _concat(
+        [Mesh(pos, normal / np.linalg.norm(normal, axis=1, keepdims=True), uv, _grid(rows, n)), _disk(1.0, n)]
+    )
 
 
 def box(n: int = 6) -> Mesh:
@@ -92,7 +98,9 @@ def box(n: int = 6) -> Mesh:
             pos[..., axis], pos[..., u_ax], pos[..., v_ax] = side, a, b
             normal = np.zeros((n * n, 3))
             normal[:, axis] = side
-            faces.append(Mesh(pos.reshape(-1, 3), normal, np.stack([(a + 1) / 2, (b + 1) / 2], -1).reshape(-1, 2), _grid(n, n)))
+            faces.append(
+                Mesh(pos.reshape(-1, 3), normal, np.stack([(a + 1) / 2, (b + 1) / 2], -1).reshape(-1, 2), _grid(n, n))
+            )
     return _concat(faces)
 
 
