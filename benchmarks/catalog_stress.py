@@ -107,8 +107,10 @@ def connect():
     return con
 
 con = connect()
-versions = dict(con.execute("SELECT extension_name, extension_version FROM duckdb_extensions() WHERE loaded").fetchall())
-print(f"versions: duckdb {duckdb.__version__} ducklake {versions['ducklake']} postgres_scanner {versions['postgres_scanner']}")
+loaded = "SELECT extension_name, extension_version FROM duckdb_extensions() WHERE loaded"
+versions = dict(con.execute(loaded).fetchall())
+print(f"versions: duckdb {duckdb.__version__} ducklake {versions['ducklake']}",
+      f"postgres_scanner {versions['postgres_scanner']}")
 con.execute("CREATE TABLE lake.t (a INTEGER)")
 con.execute("CREATE TABLE lake.u (a INTEGER)")
 con.execute(f"COPY (SELECT 1 AS a) TO '{data}/f.parquet'")  # no field ids: registering it makes a name map
@@ -755,7 +757,8 @@ def run_stress(a) -> int:
             return 0
         print(
             f"PostgreSQL {server.bindir.split('/')[-2]} on port {server.port}; {a.trials} trials of {a.variant}, "
-            f"{a.writers} writers x {a.runs} runs, {a.trainers} trainers, spread {a.spread_ms} ms, jitter {a.jitter_ms} ms, "
+            f"{a.writers} writers x {a.runs} runs, {a.trainers} trainers, spread {a.spread_ms} ms, jitter "
+            f"{a.jitter_ms} ms, "
             f"locker {a.hold_ms}/{a.gap_ms} ms",
             flush=True,
         )

@@ -76,7 +76,8 @@ default_conf = {
     "catalog": "both",  # the catalogs to kill runs on: sqlite | postgres | both
     "seed": 0,  # of the delays and the episodes' plans
     "fresh": 3,  # episodes on a fresh store, aimed at the start
-    "sweeps": True,  # also the sweeps through a commit and a new store's first write; false: random kills, readers, a trainer
+    "sweeps": True,  # also the sweeps through a commit and a new store's first write; false: random kills, readers, a
+    # trainer
     "workdir": "data/bench/kills",  # demo images and stores (removed first)
     "json": None,  # also write the trials and findings here
 }

@@ -34,7 +34,9 @@ n, kind, overrides = int(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
 rng = np.random.default_rng(0)
 descriptors = None
 if kind == "full":
-    rows = pd.DataFrame({"azimuth": rng.uniform(0, 360, n), "elevation": rng.uniform(-10, 40, n), "theta": rng.uniform(-10, 10, n)})
+    rows = pd.DataFrame(
+        {"azimuth": rng.uniform(0, 360, n), "elevation": rng.uniform(-10, 40, n), "theta": rng.uniform(-10, 10, n)}
+    )
 elif kind == "so3":
     zxy = Rotation.random(n, random_state=0).as_euler("ZXY", degrees=True)  # rotation() is Rz Rx Ry
     rows = pd.DataFrame({"azimuth": zxy[:, 2], "elevation": zxy[:, 1], "theta": zxy[:, 0]})

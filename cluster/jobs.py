@@ -4,8 +4,9 @@ Ray jobs, with the runtime environment of cluster/runtime_env.yaml.
 JOB is one of: labels (labelgen.run), sphere (labelgen.train_sphere), retrain
 (trainer.retrain), evaluate (trainer.evaluate), schedule (trainer.schedule: a
 long-running job that retrains every `every_s`). The keys before JOB are this tool's;
-ARGS, everything after JOB, go to the entry point as they are. The address defaults to RAY_ADDRESS, else the dashboard on 127.0.0.1:8265 (what
-`ray dashboard ray_cluster.yaml` forwards).
+ARGS, everything after JOB, go to the entry point as they are. The address defaults to
+RAY_ADDRESS, else the dashboard on 127.0.0.1:8265 (what `ray dashboard ray_cluster.yaml`
+forwards).
 """
 
 import os

@@ -28,7 +28,8 @@ default_conf = {
     "split": "dev",  # the split to fit on; val is refused (it is for reporting)
     "max_pairs": 60,  # image pairs per category and hop distance
     "seed": 0,  # which pairs are sampled
-    "target_yield": 0.2,  # the recommended labels.keep keeps at least this share of co-visible patches of pairs up to 90 deg
+    "target_yield": 0.2,  # the recommended labels.keep keeps at least this share of co-visible patches of pairs up to
+    # 90 deg
 }
 
 

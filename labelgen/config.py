@@ -43,7 +43,8 @@ OPTIONAL_KEYS = frozenset({"keep", "max_gap_deg", "pair_radius"})
 # defaults (`**STORE_DEFAULTS`), where `describe` finds these comments.
 STORE_DEFAULTS = {
     "store": "labelstore",  # a folder or s3://bucket/prefix
-    "catalog": None,  # the store's catalog: none = the one it was made with (new: catalog.sqlite in it) | postgres:<libpq string> | sqlite:<file>
+    "catalog": None,  # the store's catalog: none = the one it was made with (new: catalog.sqlite in it) |
+    # postgres:<libpq string> | sqlite:<file>
 }
 
 PACKAGES = ("labelgen", "trainer", "queries", "cluster", "benchmarks")  # whose defaults `describe` reads
@@ -295,13 +296,21 @@ def collection_manifest(defaults: dict, conf, name: str) -> tuple[DictConfig, st
 
 @cache
 def _source_comments(filename: str) -> tuple[ast.Module, dict[int, str]]:
+    """The module's tree, and line -> its trailing comment; a comment alone on the next
+    lines continues the one above it (a long help text, wrapped)."""
     with open(filename) as f:
         text = f.read()
-    comments = {
-        t.start[0]: t.string.lstrip("# ").strip()
-        for t in tokenize.generate_tokens(io.StringIO(text).readline)
-        if t.type == tokenize.COMMENT
-    }
+    comments, first = {}, {}  # first: a continuation line -> the line its comment belongs to
+    for t in tokenize.generate_tokens(io.StringIO(text).readline):
+        if t.type != tokenize.COMMENT:
+            continue
+        line, note = t.start[0], t.string.lstrip("# ").strip()
+        above = first.get(line - 1, line - 1)
+        if t.line.lstrip().startswith("#") and above in comments:
+            comments[above] += " " + note
+            first[line] = above
+        else:
+            comments[line] = note
     return ast.parse(text), comments
 
 

@@ -55,7 +55,8 @@ default_conf = {
     "instances": 1,  # categories per photo (own view jitter each): a larger collection for benchmarks
     "azimuths": [-60, -45, -30, -15, 0, 15, 30, 45, 60],  # degrees, each view
     "elevations": [0, 15],  # degrees, each view
-    "roll": 0.0,  # in-plane roll, degrees, drawn per view in [-roll, roll]; above 0 the manifest gives theta (full pose)
+    "roll": 0.0,  # in-plane roll, degrees, drawn per view in [-roll, roll]; above 0 the manifest gives theta (full
+    # pose)
     "size": 320,  # square views, pixels
     "focal": 384.0,  # pixels; the frontal plane fills about 80% of the view
     "scale_jitter": 0.08,  # relative focal jitter per view

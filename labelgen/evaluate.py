@@ -50,9 +50,11 @@ default_conf = {
     "max_pairs": 40,  # image pairs per category and hop distance for the direct baselines
     "seed": 0,  # which pairs the direct baselines sample
     "output": None,  # also write the table as JSON here
-    "curves": None,  # part truth: draw the precision-yield curves into this PNG; default: <store>/eval/<run>-<split>-curves.png
+    "curves": None,  # part truth: draw the precision-yield curves into this PNG; default:
+    # <store>/eval/<run>-<split>-curves.png
     "split": "val",  # part truth: the split whose figures are printed (all splits go to `output`)
-    "sphere": "auto",  # part truth: the mapper of the `+ sphere` rows: an id, latest, none; auto: the latest one on the run's features
+    "sphere": "auto",  # part truth: the mapper of the `+ sphere` rows: an id, latest, none; auto: the latest one on the
+    # run's features
 }
 
 
@@ -327,7 +329,8 @@ def report_parts(conf, store, run_id, fingerprint, run_conf, manifest) -> int:
         )
     png = conf.curves or join(store.uri, "eval", f"{run_id}-{conf.split}-curves.png")
     print(
-        f"label precision of {judged(conf, run_id)} against part truth, split {conf.split} (P@a: within a * the target's box side;"
+        f"label precision of {judged(conf, run_id)} against part truth, split {conf.split} (P@a: within a * the "
+        "target's box side;"
         " yield = labels / source foreground patches; hidden: source point not visible in the target;"
         " mirror: labels from a left/right part that land on its twin)"
     )

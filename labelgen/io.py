@@ -65,7 +65,8 @@ def resolve(uri: str, base_dir: str) -> str:
 
 log = logging.getLogger(__name__)
 TRANSIENT = re.compile(
-    r"HTTP status 5\d\d|slow_?down|SERVICE_UNAVAILABLE|RequestTimeout|InternalError|INTERNAL_FAILURE|curl|connection|timed? ?out|"
+    r"HTTP status "
+    r"5\d\d|slow_?down|SERVICE_UNAVAILABLE|RequestTimeout|InternalError|INTERNAL_FAILURE|curl|connection|timed? ?out|"
     r"Broken pipe|size mismatch",
     re.IGNORECASE,
 )

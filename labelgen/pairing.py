@@ -38,7 +38,8 @@ default_conf = {
     "tuples_per_image": 30,  # tuples each posed image anchors (both directions together), all it has if fewer
     "max_tuples": None,  # optional cap per category: a uniform random subset
     "both_directions": True,  # sweep from each anchor towards larger and smaller azimuths
-    "pose": "auto",  # auto (geodesic with azimuth+elevation+theta, bins with azimuth, else similarity) | bins | geodesic | similarity
+    "pose": "auto",  # auto (geodesic with azimuth+elevation+theta, bins with azimuth, else similarity) | bins |
+    # geodesic | similarity
     "neighbours": 5,  # similarity: hops go to one of the most similar images
     "seed": 0,  # tuple sampling
 }

@@ -47,7 +47,8 @@ default_conf = {
     },
     **STORE_DEFAULTS,
     "run_id": None,  # default: a new id from the time
-    "new_only": True,  # label only images no committed run labelled with these label features and config; false: all again (superseding)
+    "new_only": True,  # label only images no committed run labelled with these label features and config; false: all
+    # again (superseding)
     "backbone": backbones.default_conf,
     "features": features.default_conf,
     "pairing": pairing.default_conf,
@@ -139,7 +140,8 @@ def train_sphere(run: Run, df: pd.DataFrame) -> dict:
 def sphere_line(s: dict, c: dict, sphere_deg: float) -> str:
     how = f"fitted now to {s['images']} images in {s['trained_s']:.0f} s" if s["trained_s"] else "registered"
     return (
-        f"  sphere    mapper {s['sphere_id']} ({how}), filter {s['filter_s']:.1f} s of task time: {c.get('labels', 0):,} of "
+        f"  sphere    mapper {s['sphere_id']} ({how}), filter {s['filter_s']:.1f} s of task time: "
+        f"{c.get('labels', 0):,} of "
         f"{c.get('confident', 0):,} confident labels map within {sphere_deg:g} deg"
     )
 
@@ -160,7 +162,8 @@ def summary(run_id, store, counts, sphere_deg) -> str:
             ),
             *(
                 [
-                    f"            {c['features_replaced']:,} of them again: their file changed since (its labels are made anew)"
+                    f"            {c['features_replaced']:,} of them again: their file changed since (its labels are "
+                    "made anew)"
                 ]
                 if c.get("features_replaced")
                 else []
@@ -172,7 +175,8 @@ def summary(run_id, store, counts, sphere_deg) -> str:
             ),
             *([f"  nothing new: {c['nothing_new']}"] if c.get("nothing_new") else chain_lines(c)),
             *([sphere_line(s, c, sphere_deg)] if (s := c.get("sphere")) else []),
-            f"  coverage  {c['coverage']:.1%} of the {c['pairable']:,} pairable images are the source of a current label "
+            f"  coverage  {c['coverage']:.1%} of the {c['pairable']:,} pairable images are the source of a current "
+            "label "
             f"(python -m queries coverage store={store})",
             f"  store     {store}  (python -m queries labels_per_category store={store})",
         ]
@@ -184,15 +188,19 @@ def chain_lines(c: dict) -> list[str]:
     hops = " -> ".join(f"{c.get(f'after_hop{h}', 0):,}" for h in range(1, c["k"]))
     known = f" ({c['known_pairs']:,} between already labelled images left out)" if c.get("known_pairs") else ""
     return [
-        f"  tuples    {c.get('tuples', 0):,} of K={c['k']} ({c['tuples_per_s']:.1f} tuples/s), anchored at {c['anchors']:,} "
+        f"  tuples    {c.get('tuples', 0):,} of K={c['k']} ({c['tuples_per_s']:.1f} tuples/s), anchored at "
+        f"{c['anchors']:,} "
         f"new of {c['pairable']:,} pairable images"
         + "".join(f"; {cat}: K={k} (its poses allow no longer)" for cat, k in c.get("tuple_k", {}).items()),
         *[f"            no tuple for '{cat}': {why}" for cat, why in c.get("no_tuples", {}).items()],
         f"  chains    {c.get('seeds', 0):,} foreground seeds -> cycle check per hop: {hops}",
-        f"  labels    {c.get('composed', 0):,} composed over all ordered pairs -> {c.get('candidates', 0):,} within the "
-        f"pose-gap cap{known} -> {c.get('voted', 0):,} after the vote -> {c.get('after_pair_check', 0):,} after the pair "
+        f"  labels    {c.get('composed', 0):,} composed over all ordered pairs -> {c.get('candidates', 0):,} within "
+        "the "
+        f"pose-gap cap{known} -> {c.get('voted', 0):,} after the vote -> {c.get('after_pair_check', 0):,} after the "
+        "pair "
         f"check -> {c.get('confident', 0):,} confident -> {c.get('labels', 0):,} stored"
-        f"{' after the spherical filter' if c.get('confident') != c.get('labels') else ''} ({c['labels_per_s']:,.0f} labels/s)",
+        f"{' after the spherical filter' if c.get('confident') != c.get('labels') else ''} ({c['labels_per_s']:,.0f} "
+        "labels/s)",
     ]
 
 
@@ -447,7 +455,8 @@ def label(conf) -> int:
             "run %s stored 0 labels: %s",
             run.run_id,
             "; ".join(f"'{c}': {why}" for c, why in counts["no_tuples"].items())
-            or "every chain failed its cycle check or the filters removed every label (see python -m queries stage_yield)",
+            or "every chain failed its cycle check or the filters removed every label "
+            "(see python -m queries stage_yield)",
         )
     return 0
 

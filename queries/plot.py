@@ -57,7 +57,8 @@ def pairs(df: pd.DataFrame, title: str, out: str, max_lines: int = 60):
         ax.plot([r.src_x, r.tgt_x + src.shape[1]], [r.src_y, r.tgt_y], "o", color=color, ms=2)
     ax.set_axis_off()
     ax.set_title(
-        f"{textwrap.shorten(title, 90)}\n{first['src_image_id']} -> {first['tgt_image_id']}: {len(sample)} of {len(df)} labels",
+        f"{textwrap.shorten(title, 90)}\n{first['src_image_id']} -> {first['tgt_image_id']}: {len(sample)} of "
+        f"{len(df)} labels",
         fontsize=8,
     )
     fig.tight_layout()

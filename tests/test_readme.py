@@ -15,7 +15,10 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MARKER = "<!-- runnable: tests/test_readme.py runs these commands in order, as written, on a small demo -->"
 
-SMALL_COLLECTION = "'data.objects.categories=[chair,figure]' data.objects.dev_instances=2 data.objects.val_instances=2 data.objects.views=6"
+SMALL_COLLECTION = (
+    "'data.objects.categories=[chair,figure]' data.objects.dev_instances=2 data.objects.val_instances=2 "
+    "data.objects.views=6"
+)
 SMALLER = [  # (what the command runs, the size knobs added to it)
     (r"^make run$", f'ARGS="{SMALL_COLLECTION}"'),
     (r"-m labelgen\.run\b.*data\.builtin=demo", "'data.demo.azimuths=[-30,0,30,60]' 'data.demo.elevations=[0]'"),

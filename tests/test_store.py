@@ -215,8 +215,9 @@ for i in range(n):
     for category, size in (("cat", 7), ("dog", 5)):
         rows = [dict(run_id=run_id, category=category, src_image_id="a", tgt_image_id="b", src_x=float(j), src_y=0.0,
                      tgt_x=1.0, tgt_y=2.0, hops=1, support=1) for j in range(size)]
-        images = images_table(pd.DataFrame({"run_id": run_id, "image_id": ["a", "b"], "category": category, "uri": "x.png"}))
-        store.write_category(run_id, category, pa.Table.from_pylist(rows, schema=LABEL_SCHEMA), images, {"labels": size})
+        frame = pd.DataFrame({"run_id": run_id, "image_id": ["a", "b"], "category": category, "uri": "x.png"})
+        table = pa.Table.from_pylist(rows, schema=LABEL_SCHEMA)
+        store.write_category(run_id, category, table, images_table(frame), {"labels": size})
     store.commit(run_id, {"labels": 12}, [])
 """
 

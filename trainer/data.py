@@ -25,7 +25,8 @@ from labelgen.store import IMAGE_SCHEMA, LABEL_SCHEMA, PAIR_SCHEMA, LabelStore, 
 default_conf = {
     **STORE_DEFAULTS,
     "snapshot": None,  # the store snapshot to read (python -m queries snapshots); default: the latest
-    "runs": None,  # label runs to learn from (their current labels: per image pair, the latest run's); default: every committed run with the latest run's backbone
+    "runs": None,  # label runs to learn from (their current labels: per image pair, the latest run's); default: every
+    # committed run with the latest run's backbone
     "val_split": "val",  # images of this split are held out
     "max_labels": 50,  # labels per pair and step
 }
@@ -160,7 +161,8 @@ def load_label_data(source: dict, val_split: str) -> LabelData:
         con.execute(f"CREATE VIEW current AS {current_pairs_sql('pairs', 'run_snapshots')}")
         images = (
             con.execute(
-                "SELECT image_id, any_value(category) AS category, any_value(split) AS split, any_value(azimuth) AS azimuth, "
+                "SELECT image_id, any_value(category) AS category, any_value(split) AS split, any_value(azimuth) AS "
+                "azimuth, "
                 "any_value(width) AS width, any_value(height) AS height, any_value(homography) AS homography "
                 "FROM images_data GROUP BY image_id"
             )

@@ -255,7 +255,8 @@ def keypoint_metrics(bank: FeatureBank, model, pairs: list[KeypointPair], conf, 
 
 main_conf = {
     **STORE_DEFAULTS,
-    "model": "latest",  # latest (the last one trained, promoted or not) | promoted | a model id; the raw backbone is always evaluated beside it
+    "model": "latest",  # latest (the last one trained, promoted or not) | promoted | a model id; the raw backbone is
+    # always evaluated beside it
     "spair": None,  # an SPair-71k folder: evaluate on its pairs (features must be in the store's cache)
     "split": "test",  # the SPair-71k pair split, with spair=
     "eval": default_conf,

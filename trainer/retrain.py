@@ -27,9 +27,11 @@ from . import train as train_mod
 from .data import choose_runs
 
 default_conf = {
-    "min_new_labels": 100_000,  # train only when this many current labels are new to the last model (from runs it did not learn from)
+    "min_new_labels": 100_000,  # train only when this many current labels are new to the last model (from runs it did
+    # not learn from)
     "train": train_mod.default_conf,
-    "relabel": None,  # after a promotion, relabel the latest trained-on run's collection with the new adapter, with these labelgen.run overrides (a list; []: none); null: no relabel
+    "relabel": None,  # after a promotion, relabel the latest trained-on run's collection with the new adapter, with
+    # these labelgen.run overrides (a list; []: none); null: no relabel
     "rounds": 1,  # with relabel: train and relabel up to this many times, stopping at the first model not promoted
 }
 
@@ -111,7 +113,8 @@ def report(conf) -> int:
         else:
             why = ": nothing to train" if len(rounds) < conf.rounds else ""
         print(
-            f"loop stopped after round {len(rounds)}{why}; {time.perf_counter() - t0:.0f} s; val_cycle {scores or 'none'}",
+            f"loop stopped after round {len(rounds)}{why}; {time.perf_counter() - t0:.0f} s; val_cycle "
+            f"{scores or 'none'}",
             flush=True,
         )
     return 0

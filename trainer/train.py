@@ -64,7 +64,8 @@ default_conf = {
         "storage": None,  # a folder or s3:// URI; default: <store>/checkpoints
         "keep": 2,  # checkpoints kept
     },
-    "promote_margin": 0.02,  # promote only when the held-out cycle consistency rises by more than this (chosen on dev: rounds that gained less did not raise keypoint PCK)
+    "promote_margin": 0.02,  # promote only when the held-out cycle consistency rises by more than this (chosen on dev:
+    # rounds that gained less did not raise keypoint PCK)
     "max_failures": 2,  # worker failures to recover from (from the last checkpoint)
     "model_id": None,  # default: a new id
     "seed": 0,  # weights, pair sampling, augmentation
@@ -260,7 +261,8 @@ def summary(record: dict) -> str:
     m = record["metrics"]
     lines = [
         f"model {record['model_id']}: {record['decision']} ({record['reason']})",
-        f"  trained   {m['steps']} steps in {m['train_s']} s on {m['train_pairs']} pairs, final loss {m['final_loss']:.3f}",
+        f"  trained   {m['steps']} steps in {m['train_s']} s on {m['train_pairs']} pairs, final loss "
+        f"{m['final_loss']:.3f}",
     ]
     row = "  ".join(
         f"{who} {m[f'{who}_val_cycle']:.3f}" for who in ("raw", "promoted", "adapter") if f"{who}_val_cycle" in m

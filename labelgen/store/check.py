@@ -28,7 +28,8 @@ DAMAGED_FILES = """
 SELECT f.data_file_id, f.table_id, f.mapping_id, f.begin_snapshot
 FROM {m}ducklake_data_file f
 WHERE f.mapping_id IS NOT NULL
-  AND NOT EXISTS (SELECT 1 FROM {m}ducklake_column_mapping c WHERE c.mapping_id = f.mapping_id AND c.table_id = f.table_id)
+  AND NOT EXISTS (SELECT 1 FROM {m}ducklake_column_mapping c
+                  WHERE c.mapping_id = f.mapping_id AND c.table_id = f.table_id)
 ORDER BY f.data_file_id"""
 # The map such a file's own commit wrote for its table: map ids come from the previous snapshot's
 # next_file_id, and a commit writes its maps before its files.
@@ -75,7 +76,8 @@ def damaged_message(store, damaged: list[tuple]) -> str:
     return (
         f"store {store}: the catalog is damaged: {len(damaged)} data file(s) of snapshot(s) {snapshots} name column "
         "maps their table does not have (DuckLake 1.4's own commit retry leaves this; the store keeps it off, but an "
-        f"older labelgen or another DuckDB client may have written with it on): repair it with `python -m labelgen.store "
+        "older labelgen or another DuckDB client may have written with it on): repair it with `python -m "
+        "labelgen.store "
         f"repair store={store}`, or read the store as it was before (at={snapshots[0] - 1})"
     )
 
@@ -135,7 +137,8 @@ def check(store) -> dict:
 def describe(store, report: dict) -> str:
     """The report for a person: what was checked, each problem, and what to do."""
     if not report["problems"]:
-        return f"store {store}: whole ({len(report['tables'])} tables and views read, {report['files']:,} data files checked)"
+        read, checked = len(report["tables"]), report["files"]
+        return f"store {store}: whole ({read} tables and views read, {checked:,} data files checked)"
     lines = [f"store {store}: {len(report['problems'])} problem(s)"]
     for what, run, why in report["problems"]:
         lines.append(f"  {what}{f' (run {run})' if run else ''}: {why}")

@@ -130,7 +130,8 @@ class Connections:
         rows = self.session(
             "files of",
             lambda con: con.execute(
-                f"SELECT data_file, delete_file FROM ducklake_list_files('lake', '{table}', snapshot_version => {int(snapshot)})"
+                f"SELECT data_file, delete_file FROM ducklake_list_files('lake', '{table}', snapshot_version => "
+                f"{int(snapshot)})"
             ).fetchall(),
         )
         if any(d for _, d in rows):

@@ -81,16 +81,16 @@ DATA_TABLES = {
 
 # times are UTC; JSON columns hold what the pipeline reports (counts, metrics)
 LOG_TABLES = {
-    "run_log": """run_id VARCHAR, status VARCHAR, started TIMESTAMP, finished TIMESTAMP, manifest VARCHAR, backbone VARCHAR,
-        backbone_fingerprint VARCHAR, label_features VARCHAR, sphere_id VARCHAR, config VARCHAR, config_hash VARCHAR,
-        code_version VARCHAR, counts JSON, error VARCHAR, logged TIMESTAMP, label_hash VARCHAR""",
+    "run_log": """run_id VARCHAR, status VARCHAR, started TIMESTAMP, finished TIMESTAMP, manifest VARCHAR,
+        backbone VARCHAR, backbone_fingerprint VARCHAR, label_features VARCHAR, sphere_id VARCHAR, config VARCHAR,
+        config_hash VARCHAR, code_version VARCHAR, counts JSON, error VARCHAR, logged TIMESTAMP, label_hash VARCHAR""",
     "run_stats": """run_id VARCHAR, category VARCHAR, labels BIGINT, image_pairs BIGINT, mean_cycle_error DOUBLE,
         mean_similarity DOUBLE, mean_support DOUBLE, max_hops INTEGER, counts JSON""",
     "model_log": """model_id VARCHAR, parent VARCHAR, label_runs JSON, snapshot BIGINT, backbone_fingerprint VARCHAR,
         config VARCHAR, created TIMESTAMP, metrics JSON, decision VARCHAR, decided TIMESTAMP, reason VARCHAR,
         checkpoint VARCHAR, ray VARCHAR, ray_checkpoint VARCHAR, logged TIMESTAMP""",
-    "spheres": """sphere_id VARCHAR, label_run VARCHAR, backbone_fingerprint VARCHAR, categories VARCHAR[], images INTEGER,
-        train_s DOUBLE, history JSON, config VARCHAR, checkpoint VARCHAR, created TIMESTAMP""",
+    "spheres": """sphere_id VARCHAR, label_run VARCHAR, backbone_fingerprint VARCHAR, categories VARCHAR[],
+        images INTEGER, train_s DOUBLE, history JSON, config VARCHAR, checkpoint VARCHAR, created TIMESTAMP""",
 }
 COLUMNS = {name: [c.split()[0] for c in ddl.split(",")] for name, ddl in LOG_TABLES.items()}
 JSON_COLUMNS = {"counts", "label_runs", "metrics", "history"}
