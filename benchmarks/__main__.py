@@ -213,10 +213,9 @@ def render(m, peak, peak_1, feats, backbones, actor_share, chains, cache, mem, m
         "",
         "Written by `python -m benchmarks` (`make bench`); every ratio is measured side by side in one run.",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']:.0f} GiB, Python {m['python']}, torch {m['torch']}, "
-        f"{m['date']}. Dense float32 matmul: {peak / 1e9:.0f} GFLOP/s on {m['cores']} threads, {peak_1 / 1e9:.0f} on "
-        "one. "
-        "GPU: "
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']:.0f} GiB, Python {m['python']}, torch "
+        f"{m['torch']}, {m['date']}. Dense float32 matmul: {peak / 1e9:.0f} GFLOP/s on {m['cores']} threads, "
+        f"{peak_1 / 1e9:.0f} on one. GPU: "
         + (m["gpu"] or "none (no GPU measurement below; the GPU code paths are covered by the fake-GPU cluster test)")
         + ".",
         "",
@@ -227,8 +226,7 @@ def render(m, peak, peak_1, feats, backbones, actor_share, chains, cache, mem, m
         *[
             f"| chain stage >= {TARGETS['chain_speedup']:.0f}x the per-tuple reference per core, same labels ({name}, "
             f"{c['tuples']} tuples) | {c['speedup']:.1f}x, labels identical: {c['identical']}. The pair matmuls alone "
-            "take "
-            f"{c['adjacent_s'] + c['other_s']:.2f} s of the service's {c['service_s']:.2f} s: at most "
+            f"take {c['adjacent_s'] + c['other_s']:.2f} s of the service's {c['service_s']:.2f} s: at most "
             f"{c['reference_s'] / (c['adjacent_s'] + c['other_s']):.0f}x with nothing else | "
             f"{ok(c['speedup'], TARGETS['chain_speedup'])} |"
             for name, c in chains.items()
@@ -242,21 +240,17 @@ def render(m, peak, peak_1, feats, backbones, actor_share, chains, cache, mem, m
         f"| vote: peak memory of one category with 10x the tuples < {TARGETS['memory_growth']}x, same labels | "
         + (
             f"x{mem['growth']:.2f} (the vote in one task: x{mem['growth_one_task']:.2f}), labels the same: "
-            f"{mem['same_labels']} | "
-            f"{ok(mem['growth'], TARGETS['memory_growth'], less=True)} |"
+            f"{mem['same_labels']} | {ok(mem['growth'], TARGETS['memory_growth'], less=True)} |"
             if mem
             else "skipped (quick=true) | |"
         ),
         f"| feature cache: bytes per image and the chains' reads cut | DINOv2-B shaped {dino['fraction']:.0%} of the "
-        "full grid "
-        f"({dino['bytes'] / 1e6:.2f} of {dino['full_bytes'] / 1e6:.2f} MB); 3D collection "
-        f"{cache['3D collection (masks)']['fraction']:.0%}; "
-        f"demo photos {cache['demo photos']['fraction']:.0%} | {ok(1 - dino['fraction'], 1e-9)} |",
-        f"| feature actor end to end >= {TARGETS['actor_share']:.0%} of the bare backbone | {actor_share:.0%}; decode "
-        "and "
-        f"cache files {steps['decode and inputs'] + steps['cache files']:.1f} ms per image beside a "
-        f"{steps['forward']:.1f} ms "
-        f"forward, on the same {m['cores']} cores | "
+        f"full grid ({dino['bytes'] / 1e6:.2f} of {dino['full_bytes'] / 1e6:.2f} MB); 3D collection "
+        f"{cache['3D collection (masks)']['fraction']:.0%}; demo photos {cache['demo photos']['fraction']:.0%} | "
+        f"{ok(1 - dino['fraction'], 1e-9)} |",
+        f"| feature actor end to end >= {TARGETS['actor_share']:.0%} of the bare backbone | {actor_share:.0%}; "
+        f"decode and cache files {steps['decode and inputs'] + steps['cache files']:.1f} ms per image beside a "
+        f"{steps['forward']:.1f} ms forward, on the same {m['cores']} cores | "
         f"{ok(actor_share, TARGETS['actor_share'])} |",
         f"| features >= {TARGETS['of_bound']:.0%} of the FLOP bound | MobileNetV2 {mobilenet:.0%} (channels-last), "
         f"ViT-S/14 {backbones[2]['of_bound']:.0%} | {ok(mobilenet, TARGETS['of_bound'])} (MobileNetV2) |",
@@ -267,8 +261,8 @@ def render(m, peak, peak_1, feats, backbones, actor_share, chains, cache, mem, m
             else "skipped (quick=true) | |"
         ),
         f"| scale ({', '.join(growth['sizes'])}{', one category of 20,000 views' if growth['big'] else ''}) and "
-        "growth | "
-        f"{sum(t['met'] for t in growth['targets'])} of {len(growth['targets'])} targets met; the section below | |",
+        f"growth | {sum(t['met'] for t in growth['targets'])} of {len(growth['targets'])} targets met; the section "
+        "below | |",
         "",
         "## Label generation (one core each)",
         "",
@@ -285,27 +279,22 @@ def render(m, peak, peak_1, feats, backbones, actor_share, chains, cache, mem, m
         "",
         *[
             f"{name}: {c['tuples']} tuples of K=4 over the demo's 8 categories; {c['labels']:,} candidate labels; "
-            "missing "
-            f"{c['missing']}, extra {c['extra']}, support differs {c['support_differs']}, values differ "
-            f"{c['values_differ']}. "
-            f"The service's similarity matmuls: {c['adjacent_pairs']} adjacent image pairs (the chains) "
-            f"{c['adjacent_s']:.2f} s, "
-            f"{c['other_pairs']} other pairs (the pair check's direct matches) {c['other_s']:.2f} s; the reference "
-            "computes one "
-            f"per hop ({3 * c['tuples']}).\n"
+            f"missing {c['missing']}, extra {c['extra']}, support differs {c['support_differs']}, values differ "
+            f"{c['values_differ']}. The service's similarity matmuls: {c['adjacent_pairs']} adjacent image pairs (the "
+            f"chains) {c['adjacent_s']:.2f} s, {c['other_pairs']} other pairs (the pair check's direct matches) "
+            f"{c['other_s']:.2f} s; the reference computes one per hop ({3 * c['tuples']}).\n"
             for name, c in chains.items()
         ],
         "## Feature extraction",
         "",
         table(backbones, {"of_bound": ".0%"}),
         "",
-        f"One feature actor end to end (PNG decode, the image and its mirror, foreground, cache write): "
+        "One feature actor end to end (PNG decode, the image and its mirror, foreground, cache write): "
         f"{feats['images_per_s']:.2f} images/s = {2 * feats['images_per_s']:.2f} backbone passes/s, "
-        f"{actor_share:.0%} of the bare backbone rate (channels-last, batch 8). Its steps one after the other, ms per "
-        "image "
-        f"and mirror: {', '.join(f'{k} {v:.1f}' for k, v in feats['steps_ms'].items())}; on {m['cores']} cores the "
-        "forward "
-        "keeps every core busy, so the other steps cannot hide behind it (on a GPU they run on the CPU beside it).",
+        f"{actor_share:.0%} of the bare backbone rate (channels-last, batch 8). Its steps one after the other, ms "
+        f"per image and mirror: {', '.join(f'{k} {v:.1f}' for k, v in feats['steps_ms'].items())}; on {m['cores']} "
+        "cores the forward keeps every core busy, so the other steps cannot hide behind it (on a GPU they run on "
+        "the CPU beside it).",
         "",
         "## Feature cache",
         "",
@@ -332,8 +321,7 @@ def render(m, peak, peak_1, feats, backbones, actor_share, chains, cache, mem, m
         ),
         "",
         "A file holds the foreground cells and a ring of context cells around them (the adapter's 3x3 convolution "
-        "reads "
-        "it) in float16; the chain stage reads the files whole, so its read volume falls by the same factor.",
+        "reads it) in float16; the chain stage reads the files whole, so its read volume falls by the same factor.",
         "",
     ]
     if mem:
@@ -343,10 +331,8 @@ def render(m, peak, peak_1, feats, backbones, actor_share, chains, cache, mem, m
             table(mem["rows"], {"peak_mb": ".0f", "driver_peak_mb": ".0f", "seconds": ".0f"}),
             "",
             f"The demo's chelsea photo in 50 views, features cached; 10x the tuples: peak x{mem['growth']:.2f} with "
-            "the "
-            f"vote partitioned by source image, x{mem['growth_one_task']:.2f} with the category's vote in one task; "
-            "the "
-            f"labels of both are the same: {mem['same_labels']}.",
+            f"the vote partitioned by source image, x{mem['growth_one_task']:.2f} with the category's vote in one "
+            f"task; the labels of both are the same: {mem['same_labels']}.",
             "",
         ]
     if make_run:
@@ -359,24 +345,22 @@ def render(m, peak, peak_1, feats, backbones, actor_share, chains, cache, mem, m
                 {"seconds": ".1f", "share": ".0%"},
             ),
             "",
-            f"The default run (the built-in 3D collection, rendered anew, in a fresh store); peak memory "
+            "The default run (the built-in 3D collection, rendered anew, in a fresh store); peak memory "
             f"{make_run['peak_mb']:.0f} MB.",
             "",
         ]
     lines += [
         "## Scale model: 1M images, DINOv2-B at 840 px, g5.xlarge workers",
         "",
-        f"DINOv2-B/14 at 840 px: {scale['dinov2_b_gflops']:.0f} GFLOP per image (counted); assumed A10G at "
-        f"40% of 125 bf16 TFLOP/s -> {scale['gpu_images_per_s']:.1f} images/s per GPU with the mirrored twin. "
-        f"Chains: an image pair's nearest neighbours {scale['pair_dino_s'] * 1e3:.0f} ms at {scale['fg_patches']} "
-        "foreground "
+        f"DINOv2-B/14 at 840 px: {scale['dinov2_b_gflops']:.0f} GFLOP per image (counted); assumed A10G at 40% of "
+        f"125 bf16 TFLOP/s -> {scale['gpu_images_per_s']:.1f} images/s per GPU with the mirrored twin. Chains: an "
+        f"image pair's nearest neighbours {scale['pair_dino_s'] * 1e3:.0f} ms at {scale['fg_patches']} foreground "
         f"patches x 768-d (the 3D collection's share of the grid; demo {scale['pair_demo_s'] * 1e3:.1f} ms), "
         f"{scale['pairs_per_tuple']:.2f} distinct pairs per tuple (the demo's), {scale['tuple_s'] * 1e3:.0f} ms per "
-        "tuple per core; "
-        f"{scale['tuples']:,} tuples (1000 categories x 2000). Feature cache {scale['cache_tb']:.1f} TB "
-        f"(${scale['cache_usd_month']:.0f}/month on S3; full grids {scale['cache_tb_full']:.1f} TB, "
-        f"${scale['cache_usd_month_full']:.0f}); the chain stage reads {scale['chain_read_tb']:.1f} TB "
-        f"(full grids {scale['chain_read_tb_full']:.1f} TB).",
+        f"tuple per core; {scale['tuples']:,} tuples (1000 categories x 2000). Feature cache {scale['cache_tb']:.1f} "
+        f"TB (${scale['cache_usd_month']:.0f}/month on S3; full grids {scale['cache_tb_full']:.1f} TB, "
+        f"${scale['cache_usd_month_full']:.0f}); the chain stage reads {scale['chain_read_tb']:.1f} TB (full grids "
+        f"{scale['chain_read_tb_full']:.1f} TB).",
         "",
         table(scale["rows"], {"wall_h": ".2f", "usd": ".0f"}),
         "",

@@ -758,8 +758,7 @@ def run_stress(a) -> int:
         print(
             f"PostgreSQL {server.bindir.split('/')[-2]} on port {server.port}; {a.trials} trials of {a.variant}, "
             f"{a.writers} writers x {a.runs} runs, {a.trainers} trainers, spread {a.spread_ms} ms, jitter "
-            f"{a.jitter_ms} ms, "
-            f"locker {a.hold_ms}/{a.gap_ms} ms",
+            f"{a.jitter_ms} ms, locker {a.hold_ms}/{a.gap_ms} ms",
             flush=True,
         )
         result = stress(a, server, server.log, progress=lambda s: print(s, flush=True))

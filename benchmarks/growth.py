@@ -343,10 +343,8 @@ def render_growth(result: dict) -> str:
         ),
         "",
         f"Growth at {growth['size']}: ~{GROWN_SHARE:.0%} of each category's instances into a fresh store (features "
-        "from the "
-        "full run's cache), then the full manifest into the same store (its new images' features computed), then the "
-        "same "
-        "command again; seconds against the full run at the same size:",
+        "from the full run's cache), then the full manifest into the same store (its new images' features "
+        "computed), then the same command again; seconds against the full run at the same size:",
         "",
         table(
             [

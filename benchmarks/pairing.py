@@ -83,9 +83,9 @@ def render_pairing(rows: list[dict]) -> str:
         [
             "## Pairing one category",
             "",
-            "`pairing.category_tuples` alone, each size in a fresh interpreter (peak: above its baseline after "
-            "the imports), at the defaults (K=4, 45 deg hops, 30 tuples per image); coverage: the share of "
-            "images that anchor a tuple.",
+            "`pairing.category_tuples` alone, each size in a fresh interpreter (peak: above its baseline after the "
+            "imports), at the defaults (K=4, 45 deg hops, 30 tuples per image); coverage: the share of images that "
+            "anchor a tuple.",
             "",
             table(rows, {"seconds": ".1f", "peak_mb": ".0f", "coverage": ".4f"}),
             "",

@@ -71,19 +71,10 @@ def direct_matches(fa: Foreground, fb: Foreground, radius: float):
 def run_record(store: LabelStore, run_id: str | None) -> tuple[str, str, DictConfig, str]:
     """The run to evaluate: id, features, config, manifest. Default: the latest committed run
     that holds current labels (a repeated run that labelled nothing has none)."""
-    con = store.connect()
-    try:
-        row = con.execute(
-            "SELECT run_id, label_features, config, manifest FROM runs WHERE status = 'committed' "
-            "AND (run_id = $run OR ($run IS NULL AND run_id IN (SELECT run_id FROM current_pairs WHERE labels > 0))) "
-            "ORDER BY finished DESC LIMIT 1",
-            {"run": run_id},
-        ).fetchone()
-    finally:
-        con.close()
+    row = store.latest_run(run_id)
     if row is None:
         raise ValueError(f"store {store.uri} has no committed run {run_id or 'with current labels'} to evaluate")
-    return row[0], row[1], OmegaConf.create(row[2]), row[3]
+    return row["run_id"], row["label_features"], OmegaConf.create(row["config"]), row["manifest"]
 
 
 def judged(conf, run_id: str) -> str:
@@ -110,7 +101,7 @@ def judged_labels(store: LabelStore, run_id: str, own: bool, columns: str) -> pd
 
 def foregrounds(store: LabelStore, run_conf, fingerprint: str):
     """image id -> its Foreground from the run's feature cache, each read once."""
-    cache_root = run_conf.features.cache or join(store.uri, "features")
+    cache_root = store.feature_cache(run_conf.features.cache)
     return cache(lambda image_id: Foreground.of(load_features(cache_uri(cache_root, fingerprint, image_id))))
 
 
@@ -330,9 +321,8 @@ def report_parts(conf, store, run_id, fingerprint, run_conf, manifest) -> int:
     png = conf.curves or join(store.uri, "eval", f"{run_id}-{conf.split}-curves.png")
     print(
         f"label precision of {judged(conf, run_id)} against part truth, split {conf.split} (P@a: within a * the "
-        "target's box side;"
-        " yield = labels / source foreground patches; hidden: source point not visible in the target;"
-        " mirror: labels from a left/right part that land on its twin)"
+        "target's box side; yield = labels / source foreground patches; hidden: source point not visible in the "
+        "target; mirror: labels from a left/right part that land on its twin)"
     )
     if stored == "+ sphere":
         print(

@@ -141,8 +141,7 @@ def sphere_line(s: dict, c: dict, sphere_deg: float) -> str:
     how = f"fitted now to {s['images']} images in {s['trained_s']:.0f} s" if s["trained_s"] else "registered"
     return (
         f"  sphere    mapper {s['sphere_id']} ({how}), filter {s['filter_s']:.1f} s of task time: "
-        f"{c.get('labels', 0):,} of "
-        f"{c.get('confident', 0):,} confident labels map within {sphere_deg:g} deg"
+        f"{c.get('labels', 0):,} of {c.get('confident', 0):,} confident labels map within {sphere_deg:g} deg"
     )
 
 
@@ -176,8 +175,7 @@ def summary(run_id, store, counts, sphere_deg) -> str:
             *([f"  nothing new: {c['nothing_new']}"] if c.get("nothing_new") else chain_lines(c)),
             *([sphere_line(s, c, sphere_deg)] if (s := c.get("sphere")) else []),
             f"  coverage  {c['coverage']:.1%} of the {c['pairable']:,} pairable images are the source of a current "
-            "label "
-            f"(python -m queries coverage store={store})",
+            f"label (python -m queries coverage store={store})",
             f"  store     {store}  (python -m queries labels_per_category store={store})",
         ]
     )
@@ -189,18 +187,15 @@ def chain_lines(c: dict) -> list[str]:
     known = f" ({c['known_pairs']:,} between already labelled images left out)" if c.get("known_pairs") else ""
     return [
         f"  tuples    {c.get('tuples', 0):,} of K={c['k']} ({c['tuples_per_s']:.1f} tuples/s), anchored at "
-        f"{c['anchors']:,} "
-        f"new of {c['pairable']:,} pairable images"
+        f"{c['anchors']:,} new of {c['pairable']:,} pairable images"
         + "".join(f"; {cat}: K={k} (its poses allow no longer)" for cat, k in c.get("tuple_k", {}).items()),
         *[f"            no tuple for '{cat}': {why}" for cat, why in c.get("no_tuples", {}).items()],
         f"  chains    {c.get('seeds', 0):,} foreground seeds -> cycle check per hop: {hops}",
         f"  labels    {c.get('composed', 0):,} composed over all ordered pairs -> {c.get('candidates', 0):,} within "
-        "the "
-        f"pose-gap cap{known} -> {c.get('voted', 0):,} after the vote -> {c.get('after_pair_check', 0):,} after the "
-        "pair "
-        f"check -> {c.get('confident', 0):,} confident -> {c.get('labels', 0):,} stored"
-        f"{' after the spherical filter' if c.get('confident') != c.get('labels') else ''} ({c['labels_per_s']:,.0f} "
-        "labels/s)",
+        f"the pose-gap cap{known} -> {c.get('voted', 0):,} after the vote -> {c.get('after_pair_check', 0):,} after "
+        f"the pair check -> {c.get('confident', 0):,} confident -> {c.get('labels', 0):,} "
+        f"stored{' after the spherical filter' if c.get('confident') != c.get('labels') else ''} "
+        f"({c['labels_per_s']:,.0f} labels/s)",
     ]
 
 
@@ -266,15 +261,15 @@ def resolve(conf) -> Run:
     )
     if record["config_hash"] != digest:
         raise ValueError(
-            f"run_id={run_id} was started with another config (hash {record['config_hash']}, now {digest}; "
-            "or with another version of labelgen, whose defaults differ): resume it with the same overrides, "
-            "or choose a new run_id"
+            f"run_id={run_id} was started with another config (hash {record['config_hash']}, now {digest}; or with "
+            "another version of labelgen, whose defaults differ): resume it with the same overrides, or choose a new "
+            "run_id"
         )
     if record["label_features"] != features:  # labels.features=promoted, and another model promoted since
         raise ValueError(
-            f"run_id={run_id} was started on features {record['label_features']}, labels.features="
-            f"{conf.labels.features} now gives {features}: resume it with labels.features=<that model>, "
-            "or choose a new run_id"
+            f"run_id={run_id} was started on features {record['label_features']}, "
+            f"labels.features={conf.labels.features} now gives {features}: resume it with labels.features=<that "
+            "model>, or choose a new run_id"
         )
     if record.get("sphere_id"):  # the mapper a previous attempt filtered with, whatever is latest now
         sphere = resolve_sphere(store, record["sphere_id"], features)

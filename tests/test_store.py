@@ -342,8 +342,8 @@ def test_the_latest_run_that_examined_a_pair_holds_its_current_labels(store):
     ]
     assert count(
         store,
-        "SELECT count(*) = (SELECT count(*) FROM (SELECT DISTINCT src_image_id, tgt_image_id, src_x, src_y "
-        "FROM labels)) FROM labels",
+        "SELECT count(*) = (SELECT count(*) FROM (SELECT DISTINCT src_image_id, tgt_image_id, src_x, src_y FROM "
+        "labels)) FROM labels",
     ) == [(True,)]
     con = store.connect(snapshot=pinned)  # what a model that pinned r1's snapshot read
     try:

@@ -162,9 +162,8 @@ def load_label_data(source: dict, val_split: str) -> LabelData:
         images = (
             con.execute(
                 "SELECT image_id, any_value(category) AS category, any_value(split) AS split, any_value(azimuth) AS "
-                "azimuth, "
-                "any_value(width) AS width, any_value(height) AS height, any_value(homography) AS homography "
-                "FROM images_data GROUP BY image_id"
+                "azimuth, any_value(width) AS width, any_value(height) AS height, any_value(homography) AS "
+                "homography FROM images_data GROUP BY image_id"
             )
             .df()
             .set_index("image_id")

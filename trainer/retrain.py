@@ -83,8 +83,8 @@ def report(conf) -> int:
         raise ValueError(f"rounds={conf.rounds}: give 1 or more")
     if conf.rounds > 1 and conf.relabel is None:
         raise ValueError(
-            f"rounds={conf.rounds} needs relabel=[...] (e.g. relabel=[]): without relabelling, a round "
-            "has no new labels to train on"
+            f"rounds={conf.rounds} needs relabel=[...] (e.g. relabel=[]): without relabelling, a round has no new "
+            "labels to train on"
         )
     rounds, t0 = [], time.perf_counter()
     for n in range(1, conf.rounds + 1):

@@ -77,8 +77,7 @@ def damaged_message(store, damaged: list[tuple]) -> str:
         f"store {store}: the catalog is damaged: {len(damaged)} data file(s) of snapshot(s) {snapshots} name column "
         "maps their table does not have (DuckLake 1.4's own commit retry leaves this; the store keeps it off, but an "
         "older labelgen or another DuckDB client may have written with it on): repair it with `python -m "
-        "labelgen.store "
-        f"repair store={store}`, or read the store as it was before (at={snapshots[0] - 1})"
+        f"labelgen.store repair store={store}`, or read the store as it was before (at={snapshots[0] - 1})"
     )
 
 
@@ -168,7 +167,7 @@ def explain(store, e: duckdb.Error) -> str | None:
             run = run_of(path)
             return (
                 f"store {store}: the data file {path}{f' of run {run}' if run else ''} is missing or damaged "
-                f"({str(e).splitlines()[0]}); python -m labelgen.store check store={store} lists every such file "
-                "and what to do"
+                f"({str(e).splitlines()[0]}); python -m labelgen.store check store={store} lists every such file and "
+                "what to do"
             )
     return None

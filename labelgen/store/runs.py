@@ -70,10 +70,9 @@ class Runs:
             "latest run of",
             lambda con: records(
                 con.execute(
-                    "FROM lake.runs WHERE status = 'committed' AND (run_id = $run OR ($run IS NULL AND (NOT $current "
-                    "OR "
-                    "run_id IN (SELECT run_id FROM lake.current_pairs WHERE labels > 0)))) ORDER BY finished DESC "
-                    "LIMIT 1",
+                    "FROM lake.runs WHERE status = 'committed' AND (run_id = $run OR ($run IS NULL AND (NOT "
+                    "$current OR run_id IN (SELECT run_id FROM lake.current_pairs WHERE labels > 0)))) ORDER BY "
+                    "finished DESC LIMIT 1",
                     {"run": run_id, "current": current},
                 )
             ),
@@ -90,9 +89,8 @@ class Runs:
                 "labelled images of",
                 lambda con: con.execute(
                     "SELECT DISTINCT i.image_id FROM lake.images i JOIN lake.runs r USING (run_id) WHERE r.status = "
-                    "'committed' "
-                    "AND r.label_features = ? AND r.label_hash = ? AND r.finished < ?::TIMESTAMP AND i.n_fg IS NOT "
-                    "NULL",
+                    "'committed' AND r.label_features = ? AND r.label_hash = ? AND r.finished < ?::TIMESTAMP AND "
+                    "i.n_fg IS NOT NULL",
                     [label_features, label_hash, before],
                 ).fetchall(),
             )

@@ -109,8 +109,7 @@ class Staging:
             con.register("replaced", replaced)
             return con.execute(
                 "SELECT c.category, c.src_image_id, c.tgt_image_id FROM lake.current_pairs c JOIN lake.runs r USING "
-                "(run_id) "
-                "WHERE c.labels > 0 AND r.finished < ?::TIMESTAMP AND (c.src_image_id IN (FROM replaced) "
+                "(run_id) WHERE c.labels > 0 AND r.finished < ?::TIMESTAMP AND (c.src_image_id IN (FROM replaced) "
                 "OR c.tgt_image_id IN (FROM replaced))",
                 [before],
             ).fetch_arrow_table()
