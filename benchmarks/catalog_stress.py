@@ -56,6 +56,7 @@ from collections import Counter
 from labelgen.cli import run_command
 
 from .postgres import PostgresServer, bindir
+from .tiny import begin_run, label_table
 
 VARIANTS = {"ducklake": ["ducklake"], "store": ["store"], "both": ["ducklake", "store"]}
 default_conf = {
@@ -186,30 +187,11 @@ def expected_run(run_id: str, i: int) -> dict:
 
 def run_tables(run_id: str, sizes: dict):
     import pandas as pd
-    import pyarrow as pa
 
-    from labelgen.store import LABEL_SCHEMA, images_table
+    from labelgen.store import images_table
 
     for category, n in sizes.items():
         a, b = f"{run_id}-{category}-a", f"{run_id}-{category}-b"  # the run's own pairs: every label stays current
-        rows = [
-            dict(
-                run_id=run_id,
-                category=category,
-                src_image_id=a,
-                tgt_image_id=b,
-                src_x=float(j),
-                src_y=0.0,
-                tgt_x=1.0,
-                tgt_y=2.0,
-                hops=1,
-                cycle_error=0.5,
-                similarity=0.9,
-                support=1,
-                confidence=0.5,
-            )
-            for j in range(n)
-        ]
         images = images_table(
             pd.DataFrame(
                 {
@@ -222,7 +204,7 @@ def run_tables(run_id: str, sizes: dict):
                 }
             )
         )
-        yield category, pa.Table.from_pylist(rows, schema=LABEL_SCHEMA), images
+        yield category, label_table(run_id, category, {(a, b): n}, confidence=0.5), images
 
 
 def set_variant(variant: str):
@@ -298,16 +280,7 @@ def writer(task: dict) -> dict:
                     out["ops"] += 1
                     continue
                 pause()
-                store.begin_run(
-                    {
-                        "run_id": run_id,
-                        "manifest": "m.parquet",
-                        "backbone": "mobilenetv2",
-                        "backbone_fingerprint": "fp",
-                        "config": "k: 1",
-                        "config_hash": "h",
-                    }
-                )
+                begin_run(store, run_id)
                 step = "update_run"
                 pause()
                 store.update_run(run_id, sphere_id=f"sphere-{task['name']}")  # as a run with a sphere does
@@ -323,7 +296,7 @@ def writer(task: dict) -> dict:
                 )
                 out["committed"].append(run_id)
                 out["ops"] += 3
-            except Exception as e:  # noqa: BLE001: every failure is a figure
+            except Exception as e:  # noqa: BLE001 (every failure is a figure)
                 out["errors"].append(
                     {
                         "run": run_id,

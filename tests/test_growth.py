@@ -46,14 +46,7 @@ def grown(tmp_path_factory):
     category's last instance: the collection before it grew."""
     root = tmp_path_factory.mktemp("grow")
     full = build_collection(
-        {
-            "root": str(root),
-            "categories": ["chair", "figure"],
-            "dev_instances": 2,
-            "val_instances": 1,
-            "views": 8,
-            "size": 128,
-        }
+        dict(root=str(root), categories=["chair", "figure"], dev_instances=2, val_instances=1, views=8, size=128)
     )
     df = pd.read_parquet(full)
     last = df.groupby("category")["instance"].transform("max")

@@ -4,33 +4,15 @@ import threading
 from pathlib import Path
 
 import duckdb
-import pyarrow as pa
 import pytest
 
+from benchmarks.tiny import begin_run, label_table
 from labelgen.io import is_remote
-from labelgen.store import IMAGE_SCHEMA, LABEL_SCHEMA, LabelStore, catalog, extensions, images_table
+from labelgen.store import IMAGE_SCHEMA, LabelStore, catalog, extensions, images_table
 
 
 def labels(run_id, n, category="cat"):
-    rows = [
-        dict(
-            run_id=run_id,
-            category=category,
-            src_image_id="a",
-            tgt_image_id="b",
-            src_x=float(i),
-            src_y=0.0,
-            tgt_x=1.0,
-            tgt_y=2.0,
-            hops=1,
-            cycle_error=0.5,
-            similarity=0.9,
-            sphere_angle=None,
-            support=1,
-        )
-        for i in range(n)
-    ]
-    return pa.Table.from_pylist(rows, schema=LABEL_SCHEMA)
+    return label_table(run_id, category, {("a", "b"): n})
 
 
 def images(run_id, category="cat"):
@@ -62,19 +44,6 @@ def store(request, tmp_path):
     return LabelStore(f"{bucket}/{name}", catalog=f"sqlite:{tmp_path}/catalog.sqlite")
 
 
-def begin(store, run_id, digest="h"):
-    return store.begin_run(
-        {
-            "run_id": run_id,
-            "manifest": "m.parquet",
-            "backbone": "mobilenetv2",
-            "backbone_fingerprint": "fp",
-            "config": "k: 1",
-            "config_hash": digest,
-        }
-    )
-
-
 def count(store, sql):
     con = store.connect()
     try:
@@ -84,7 +53,7 @@ def count(store, sql):
 
 
 def test_a_category_in_vote_partitions_is_done_when_every_partition_is(store):
-    begin(store, "r1")
+    begin_run(store, "r1")
     store.write_images("r1", "cat", images("r1"), {"tuples": 2, "seeds": 40}, parts=2)
     store.write_part("r1", "cat", 0, labels("r1", 3), {"voted": 4, "labels": 3})
     assert store.staged_categories("r1") == set()  # partition 1 is missing: a resume redoes the category
@@ -102,7 +71,7 @@ def test_a_category_in_vote_partitions_is_done_when_every_partition_is(store):
 
 
 def test_a_run_is_invisible_until_its_commit_record_lands(store):
-    begin(store, "r1")
+    begin_run(store, "r1")
     assert count(store, "SELECT count(*) FROM labels") == [(0,)]
     assert count(store, "SELECT run_id, status FROM runs") == [("r1", "incomplete")]
     store.write_category("r1", "cat", labels("r1", 5), images("r1"), {"labels": 5, "tuples": 2})
@@ -145,8 +114,8 @@ def test_a_commit_is_retried_whole_on_a_lock_conflict_unless_it_landed():
 
 
 def test_resume_finds_the_first_record_and_failures_are_recorded(store):
-    first = begin(store, "r2", digest="one")
-    assert begin(store, "r2", digest="two")["config_hash"] == "one" == first["config_hash"]
+    first = begin_run(store, "r2", digest="one")
+    assert begin_run(store, "r2", digest="two")["config_hash"] == "one" == first["config_hash"]
     store.update_run("r2", sphere_id="s1")
     store.fail_run("r2", "RuntimeError: boom")
     assert count(store, "SELECT status, error FROM runs") == [("failed", "RuntimeError: boom")]
@@ -156,7 +125,7 @@ def test_resume_finds_the_first_record_and_failures_are_recorded(store):
 
 
 def test_the_catalog_is_read_only_and_sealed(store):
-    begin(store, "r3")
+    begin_run(store, "r3")
     store.write_category("r3", "cat", labels("r3", 2), images("r3"), {"labels": 2})
     store.commit("r3", {"labels": 2}, [])
     con = store.connect()
@@ -187,15 +156,15 @@ def test_missing_store_is_a_clear_error(tmp_path):
 
 def test_a_new_store_refuses_the_catalog_of_another_store_and_completes_its_own(tmp_path):
     shared = f"sqlite:{tmp_path}/shared.sqlite"
-    begin(LabelStore(str(tmp_path / "a"), shared), "r1")
+    begin_run(LabelStore(str(tmp_path / "a"), shared), "r1")
     with pytest.raises(
         ValueError, match=r"store .*/b is new \(no catalog.json\) but its catalog .*shared.sqlite already exists"
     ):
-        begin(LabelStore(str(tmp_path / "b"), shared), "r1")
+        begin_run(LabelStore(str(tmp_path / "b"), shared), "r1")
     (
         tmp_path / "a" / "catalog.json"
     ).unlink()  # a creation cut short before its last step: the next writer completes it
-    begin(LabelStore(str(tmp_path / "a"), shared), "r2")
+    begin_run(LabelStore(str(tmp_path / "a"), shared), "r2")
     assert (tmp_path / "a" / "catalog.json").exists() and count(
         LabelStore(str(tmp_path / "a")), "SELECT count(*) FROM runs"
     ) == [(2,)]
@@ -293,38 +262,14 @@ def test_training_reads_the_runs_of_a_snapshot_from_files_the_driver_resolved(tm
     assert [len(p.src_xy) for p in load_label_data(latest, "none").train] == [3]  # r2 relabelled the pair: counted once
 
 
-def pair_labels(run_id, pairs: dict[tuple[str, str], int]):
-    """Labels of several image pairs: n labels (source points 0..n-1) for each (src, tgt)."""
-    rows = [
-        dict(
-            run_id=run_id,
-            category="cat",
-            src_image_id=a,
-            tgt_image_id=b,
-            src_x=float(i),
-            src_y=0.0,
-            tgt_x=1.0,
-            tgt_y=2.0,
-            hops=1,
-            cycle_error=0.5,
-            similarity=0.9,
-            sphere_angle=None,
-            support=1,
-        )
-        for (a, b), n in pairs.items()
-        for i in range(n)
-    ]
-    return pa.Table.from_pylist(rows, schema=LABEL_SCHEMA)
-
-
 def test_the_latest_run_that_examined_a_pair_holds_its_current_labels(store):
-    begin(store, "r1")
-    store.write_category("r1", "cat", pair_labels("r1", {("a", "b"): 3, ("b", "a"): 2}), images("r1"), {})
+    begin_run(store, "r1")
+    store.write_category("r1", "cat", label_table("r1", "cat", {("a", "b"): 3, ("b", "a"): 2}), images("r1"), {})
     store.commit("r1", {}, [])
     pinned = store.current_snapshot()
-    begin(store, "r2")  # relabels a -> b, and examines b -> a but keeps none of its candidates
-    examined = pair_labels("r2", {("a", "b"): 4, ("b", "a"): 1, ("a", "c"): 1})
-    kept = pair_labels("r2", {("a", "b"): 4, ("a", "c"): 1})
+    begin_run(store, "r2")  # relabels a -> b, and examines b -> a but keeps none of its candidates
+    examined = label_table("r2", "cat", {("a", "b"): 4, ("b", "a"): 1, ("a", "c"): 1})
+    kept = label_table("r2", "cat", {("a", "b"): 4, ("a", "c"): 1})
     store.write_images("r2", "cat", images("r2"), {}, parts=1)
     store.write_part("r2", "cat", 0, kept, {}, examined)
     store.commit("r2", {}, [])
@@ -377,8 +322,8 @@ def test_images_in_a_tuple_of_a_committed_run_count_as_labelled_for_its_features
 
 def test_a_store_of_the_layout_before_current_labels_is_upgraded_on_its_first_write(tmp_path):
     store = LabelStore(str(tmp_path / "store"))
-    begin(store, "r1")
-    store.write_category("r1", "cat", pair_labels("r1", {("a", "b"): 3, ("b", "a"): 2}), images("r1"), {})
+    begin_run(store, "r1")
+    store.write_category("r1", "cat", label_table("r1", "cat", {("a", "b"): 3, ("b", "a"): 2}), images("r1"), {})
     store.commit("r1", {}, [])
     con = catalog.attach(store.uri)  # back to the previous layout: one labels table, no label_pairs, no label_hash
     for sql in (
@@ -392,7 +337,7 @@ def test_a_store_of_the_layout_before_current_labels_is_upgraded_on_its_first_wr
         con.execute(sql)
     con.close()
     old = store.current_snapshot()
-    begin(store, "r2")  # the first write upgrades it
+    begin_run(store, "r2")  # the first write upgrades it
     assert count(store, "SELECT run_id, src_image_id, tgt_image_id, labels FROM current_pairs ORDER BY ALL") == [
         ("r1", "a", "b", 3),
         ("r1", "b", "a", 2),
@@ -419,7 +364,7 @@ def test_check_names_a_deleted_or_damaged_data_file_with_its_run_and_reports_say
     from queries import run_sql
 
     for run_id in ("r1", "r2"):
-        begin(store, run_id)
+        begin_run(store, run_id)
         store.write_category(run_id, "cat", labels(run_id, 5), images(run_id), {"labels": 5})
         store.commit(run_id, {"labels": 5}, [])
     args = ["check", f"store={store.uri}", *([f"catalog={store.catalog}"] if store.catalog else [])]
@@ -440,7 +385,7 @@ def test_check_names_a_deleted_or_damaged_data_file_with_its_run_and_reports_say
 
 def test_a_commit_waits_for_a_restarting_catalog_server_and_says_so_when_it_stays_away(postgres, tmp_path, monkeypatch):
     store = LabelStore(str(tmp_path / "store"), catalog=postgres("restarting"))
-    begin(store, "r1")
+    begin_run(store, "r1")
     store.write_category("r1", "cat", labels("r1", 5), images("r1"), {"labels": 5})
     postgres.stop()
     threading.Timer(3.0, postgres.start).start()  # a restart: down for a few seconds
@@ -463,7 +408,7 @@ def test_a_catalog_whose_files_name_lost_column_maps_is_refused_on_open_and_repa
     from labelgen.store.__main__ import main
 
     for run_id in ("r1", "r2"):
-        begin(store, run_id)
+        begin_run(store, run_id)
         store.write_category(run_id, "cat", labels(run_id, 5), images(run_id), {"labels": 5})
         store.commit(run_id, {"labels": 5}, [])
     ((first,),) = count(store, "SELECT snapshot FROM runs WHERE run_id = 'r1'")
@@ -511,7 +456,7 @@ def test_the_feature_cache_is_the_given_one_else_features_in_the_store(tmp_path)
 def test_the_latest_run_is_the_latest_committed_that_holds_current_labels_unless_named(tmp_path):
     store = LabelStore(str(tmp_path / "store"))
     for run_id in ("r1", "r2", "r3"):
-        begin(store, run_id)
+        begin_run(store, run_id)
     store.write_category("r1", "cat", labels("r1", 2), images("r1"), {})
     store.commit("r1", {}, [])
     store.commit("r2", {}, [])  # a repeated run that labelled nothing: it holds no current labels; r3 never commits

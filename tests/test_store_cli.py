@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from benchmarks.tiny import begin_run
 from labelgen.store import LABEL_SCHEMA, LabelStore, images_table
 from labelgen.store.__main__ import main
 from labelgen.store.maintain import maintain
@@ -274,16 +275,7 @@ def test_migrate_copies_what_the_old_store_showed(tmp_path, capsys):
 
 
 def commit(store, run_id, sizes):
-    store.begin_run(
-        {
-            "run_id": run_id,
-            "manifest": "m.parquet",
-            "backbone": "mobilenetv2",
-            "backbone_fingerprint": "fp",
-            "config": "k: 1",
-            "config_hash": "h",
-        }
-    )
+    begin_run(store, run_id)
     for c, n in sizes.items():
         store.write_category(run_id, c, labels(run_id, n, c), images(run_id, c), {"labels": n})
     store.commit(run_id, {"labels": sum(sizes.values())}, [])

@@ -192,16 +192,8 @@ def test_the_precision_report_judges_stored_labels_against_part_truth(scene, tmp
 
 
 def test_a_collection_has_disjoint_dev_and_val_instances_with_full_truth(tmp_path):
-    manifest = build_collection(
-        {
-            "root": str(tmp_path),
-            "categories": ["bird", "lamp"],
-            "dev_instances": 2,
-            "val_instances": 1,
-            "views": 3,
-            "size": 96,
-        }
-    )
+    conf = dict(root=str(tmp_path), categories=["bird", "lamp"], dev_instances=2, val_instances=1, views=3, size=96)
+    manifest = build_collection(conf)
     df = pd.read_parquet(manifest)
     assert len(df) == 2 * 3 * 3 and set(df.split) == {"dev", "val"}
     assert not set(df[df.split == "dev"].instance) & set(df[df.split == "val"].instance)
@@ -214,33 +206,14 @@ def test_a_collection_has_disjoint_dev_and_val_instances_with_full_truth(tmp_pat
     assert kps.twin.fillna("-").tolist() == [twin(n) or "-" for n in kps.name] and kps.twin.notna().any()
     kps.drop(columns="twin").to_parquet(tmp_path / "old.parquet")
     assert read_keypoints(str(tmp_path / "old.parquet")).twin.fillna("-").tolist() == kps.twin.fillna("-").tolist()
-    assert (
-        build_collection(
-            {
-                "root": str(tmp_path),
-                "categories": ["bird", "lamp"],
-                "dev_instances": 2,
-                "val_instances": 1,
-                "views": 3,
-                "size": 96,
-            }
-        )
-        == manifest
-    )  # rendered once
+    assert build_collection(conf) == manifest  # rendered once
 
 
 def test_keypoint_pairs_of_held_out_instances_and_the_geometry_aware_subset(tmp_path):
     from types import SimpleNamespace
 
     manifest = build_collection(
-        {
-            "root": str(tmp_path),
-            "categories": ["bird", "figure"],
-            "dev_instances": 1,
-            "val_instances": 2,
-            "views": 3,
-            "size": 96,
-        }
+        dict(root=str(tmp_path), categories=["bird", "figure"], dev_instances=1, val_instances=2, views=3, size=96)
     )
     df = pd.read_parquet(manifest).set_index("image_id")
     kps = pd.read_parquet(manifest.replace("manifest.parquet", "keypoints.parquet")).set_index(["image_id", "name"])
