@@ -30,9 +30,11 @@ def prog_name(body) -> str:
 
 def help_text(prog: str, doc: str, defaults: dict, tail: str = "") -> str:
     return (
-        f"usage: {prog} [-h] [-v] [key=value ...]{tail}\n\n{doc}\n\noptions:\n  -h, --help     this text\n  -v, "
-        "--verbose  also Ray's own log lines, and the whole resolved config\n\nkeys (key=default, then what it "
-        "means; relative paths are taken from the working directory):\n"
+        f"usage: {prog} [-h] [-v] [key=value ...]{tail}\n\n{doc}\n\n"
+        "options:\n"
+        "  -h, --help     this text\n"
+        "  -v, --verbose  also Ray's own log lines, and the whole resolved config\n\n"
+        "keys (key=default, then what it means; relative paths are taken from the working directory):\n"
         + (describe(defaults) if defaults else "  (none)")
     )
 
