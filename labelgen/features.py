@@ -105,6 +105,10 @@ class ImageFeatures:
         """Grid coordinates to original-image pixels (cell centres)."""
         return (xy + 0.5) * self.stride / self.scale
 
+    def to_grid(self, xy: torch.Tensor) -> torch.Tensor:
+        """Original-image pixels to grid coordinates (cell centres at integers): to_pixels undone."""
+        return xy * self.scale / self.stride - 0.5
+
     def on_foreground(self, xy: np.ndarray) -> np.ndarray:
         """(N,) bool: which original-image pixels lie in a foreground cell."""
         col, row = np.floor(np.asarray(xy) * self.scale / self.stride).astype(int).T

@@ -226,5 +226,4 @@ class FeatureBank:
 
     def to_grid(self, image_id: str, xy_px: np.ndarray) -> torch.Tensor:
         """Original pixels -> grid coordinates (cell centres at integers)."""
-        f = self(image_id)
-        return torch.tensor(np.asarray(xy_px, dtype=np.float32)) * f.scale / f.stride - 0.5
+        return self(image_id).to_grid(torch.tensor(np.asarray(xy_px, dtype=np.float32)))
