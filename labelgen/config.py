@@ -37,6 +37,8 @@ RENAMED = {
 }
 # Number keys that also take null, which turns their check off (labels.keep=null keeps every label).
 OPTIONAL_KEYS = frozenset({"keep", "max_gap_deg", "pair_radius"})
+# Keys whose default is null (none given) that take an integer (a snapshot id: at=3).
+INTEGER_KEYS = frozenset({"at"})
 
 
 # Where labels live, for every entry point that reads or writes a store: spread into its
@@ -192,10 +194,13 @@ def _checked(arg: str, key: str, default, value, text: str | None = None):
         return value
     if textual and text is not None and isinstance(value, (bool, int, float)):
         return text.strip()
-    if value is None and (name in OPTIONAL_KEYS or textual and not (name in PATH_KEYS and default is not None)):
+    if value is None and (
+        name in OPTIONAL_KEYS | INTEGER_KEYS or textual and not (name in PATH_KEYS and default is not None)
+    ):
         return None
-    if not (isinstance(value, str) if textual else _fits(default, value)):
-        kind = "a path or URI" if name in PATH_KEYS else "text" if textual else _kind(default)
+    like = 0 if name in INTEGER_KEYS else default  # a value of the kind the key takes
+    if not (isinstance(value, str) if textual else _fits(like, value)):
+        kind = "a path or URI" if name in PATH_KEYS else "text" if textual else _kind(like)
         raise ConfigError(f"{arg}: {key} takes {kind} (default {_show(default)}), not {_show_value(value)}")
     return value
 

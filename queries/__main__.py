@@ -35,8 +35,6 @@ def report(conf, words: list[str]) -> int:
         return 0
     if conf.format not in FORMATS:
         raise ConfigError(f"format={conf.format}: format takes {', '.join(FORMATS)}")
-    if conf.at is not None and not isinstance(conf.at, int):
-        raise ConfigError(f"at={conf.at}: at takes a snapshot id, an integer")
     try:
         params = dict(str(p).split("=", 1) for p in conf.param if "=" in str(p))
         if len(params) != len(conf.param):

@@ -144,6 +144,8 @@ def test_old_flags_of_the_tools_work_and_unknown_keys_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "the config has no key stor; did you mean store?" in err and "known keys: store, catalog, at, format" in err
     assert queries(["runs", "format=xml"]) == 2 and "format takes table, csv, json" in capsys.readouterr().err
+    for at in ("x", "1.5"):  # a snapshot id: an integer, or null (the latest)
+        assert queries(["runs", f"at={at}"]) == 2 and f"at={at}: at takes an integer" in capsys.readouterr().err
     assert queries([]) == 2 and "name a report" in capsys.readouterr().err
     assert queries(["list"]) == 0 and re.search(r"^labels_per_category +\S", capsys.readouterr().out, re.M)
     assert local_up.main(["--down", str(tmp_path), "data.builtin=demo"]) == 2  # ours by name, the rest labelgen.run's

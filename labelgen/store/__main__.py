@@ -107,8 +107,6 @@ def attach_sql(conf) -> int:
     """Print the statements that load the extensions from the installed wheels, set up
     S3 credentials (the AWS chain) where the store is on S3, and attach the store
     read-only as `lake`, e.g. for the DuckDB CLI: duckdb -cmd "$(python -m labelgen.store attach)"."""
-    if conf.at is not None and not isinstance(conf.at, int):
-        raise ConfigError(f"at={conf.at}: at takes a snapshot id, an integer")
     store = LabelStore(conf.store, conf.catalog)
     spec = resolve_catalog(store.uri, store.catalog, create=False)
     print(";\n".join(statements(store.uri, spec, read_only=True, snapshot=conf.at)) + ";")
