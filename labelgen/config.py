@@ -25,7 +25,19 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 # caller's working directory at the entry point, before any Ray worker (which runs
 # elsewhere: Ray Train changes into its own folder) sees it. URIs (s3://...) stay.
 PATH_KEYS = frozenset(
-    {"store", "manifest", "cache", "weights", "sd_weights", "storage", "spair", "output", "root", "workdir"}
+    {
+        "store",
+        "manifest",
+        "cache",
+        "weights",
+        "sd_weights",
+        "sam_weights",
+        "storage",
+        "spair",
+        "output",
+        "root",
+        "workdir",
+    }
 )
 # Keys with these names (and those whose default is text) hold text: a value YAML would
 # read as a number or a boolean (run_id=20240101, labels.sphere=off) is kept as written.

@@ -187,7 +187,8 @@ def evaluate_parts(conf, store: LabelStore, run_id: str, fingerprint: str, run_c
     """Per-label verdicts against part truth for a sample of each group's image pairs:
     the stored labels, after a spherical filter, and the direct baselines on the same pairs."""
     images = manifest.set_index("image_id")
-    rotations = view_rotations(manifest)
+    # the true pose gap: the views' rotations from their truth (a run may have estimated its poses, or none)
+    rotations = view_rotations(manifest) | {i: load_truth(u).R for i, u in images["truth_uri"].dropna().items()}
     labels = judged_labels(
         store,
         run_id,

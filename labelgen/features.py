@@ -37,6 +37,7 @@ from safetensors.numpy import save as st_save
 from .backbones.base import IMAGENET_MEAN
 from .console import Progress, quiet_ray_data
 from .io import Fault, join, list_files, read_bytes, read_head, versions, write_bytes
+from .manifest import BOX
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,6 @@ default_conf = {
     "device": "auto",  # auto (GPU when the cluster has one) | cpu | cuda
     "cache": None,  # feature cache URI; default: <store>/features
     "flips": True,  # also cache features of the mirrored image (flip augmentation, pose alignment)
-    "mask_fallback": "pca",  # images without a mask: pca (foreground from the features) | image (all of it)
     "attempts": 3,  # a lost actor ends the pass; the next pass computes what is not cached yet
 }
 FLIPPED = "#flipped"  # cache id suffix of an image's mirrored twin: x -> width - x
@@ -316,10 +316,21 @@ def with_versions(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def worker_batch(df: pd.DataFrame) -> dict:
-    """A FeatureWorker batch of the rows (with their versions)."""
+    """A FeatureWorker batch of the rows (with their versions, and their boxes where given)."""
     if "content" not in df.columns:
         df = with_versions(df)
-    return df[["image_id", "uri", "mask_uri", "content"]].astype(object).to_dict("list")
+    return df.assign(box=boxes(df))[WORKER_COLUMNS].astype(object).to_dict("list")
+
+
+WORKER_COLUMNS = ["image_id", "uri", "mask_uri", "content", "box"]
+
+
+def boxes(df: pd.DataFrame) -> list:
+    """Each row's box (x1, y1, x2, y2) in pixels, None where not given (manifest.BOX)."""
+    if not set(BOX) <= set(df.columns):
+        return [None] * len(df)
+    values = df[BOX].to_numpy(np.float64)
+    return [tuple(v) if np.isfinite(v).all() else None for v in values.tolist()]
 
 
 def stale_features(df: pd.DataFrame, cache_root: str, fingerprint: str, flips: bool = False) -> pd.DataFrame:
@@ -346,10 +357,11 @@ class FeatureWorker:
         fingerprint: str,
         threads=None,
         flips=False,
-        mask_fallback="pca",
+        foreground=None,
         micro_batch=None,
     ):
         from .backbones import build_backbone
+        from .foreground import Foregrounds
 
         if threads:
             torch.set_num_threads(int(threads))
@@ -361,24 +373,22 @@ class FeatureWorker:
         self.io = ThreadPoolExecutor(max(1, torch.get_num_threads()))  # decode and write beside the forward
         self.size, self.cache_root, self.fingerprint, self.flips = image_size, cache_root, fingerprint, flips
         self.micro_batch = micro_batch or (32 if self.device.type == "cuda" else None)  # None: the whole batch
-        if mask_fallback not in ("pca", "image"):
-            raise ValueError(f"features.mask_fallback={mask_fallback!r}: choose pca or image")
-        self.mask_fallback = mask_fallback
+        self.masks = Foregrounds(foreground, cache_root, self.device)  # where masks come from when none is given
         self.where = device_name(self.device)
         log.info("feature actor on %s (%s)", self.where, self.device)
 
-    def _prepare(self, image_id, uri, mask_uri, content) -> list[tuple]:
-        """(cache id, input (size, size, 3), foreground, scale, size, has mask, content) of the
-        image, and of its mirror (the resized image mirrored: no second resize)."""
+    def _prepare(self, image_id, uri, mask_uri, content, box) -> list[tuple]:
+        """(cache id, input (size, size, 3), foreground, scale, size, mask source, content) of
+        the image, and of its mirror (the resized image mirrored: no second resize)."""
         image = load_image(uri)
-        mask = load_image(mask_uri, "L") if mask_uri else None
+        mask, source = self.masks.mask(image_id, image, mask_uri, content, box)
         pixels, area, scale = fit(image, mask, self.size)
         views = [(image_id, pixels, area)]
         if self.flips:
             views.append((image_id + FLIPPED, pixels[:, ::-1], area[:, ::-1]))
         b = self.backbone
         return [
-            (i, *model_input(p, a, self.size, b.stride, b.mean, b.std), scale, image.size, mask is not None, content)
+            (i, *model_input(p, a, self.size, b.stride, b.mean, b.std), scale, image.size, source, content)
             for i, p, a in views
         ]
 
@@ -389,7 +399,7 @@ class FeatureWorker:
         except BadInput as e:
             return str(e)
         except Exception as e:
-            _, uri, mask_uri, _ = row
+            _, uri, mask_uri, _, _ = row
             return f"{uri}{f' (mask {mask_uri})' if mask_uri else ''}: {e or type(e).__name__}"
 
     def _views(self, rows, errors: list):
@@ -410,9 +420,9 @@ class FeatureWorker:
             return self.backbone(x).float().cpu()
 
     def _finish(self, view, f: torch.Tensor) -> tuple[str, int]:
-        """Foreground (the PCA fallback without a mask) and the cache write of one view."""
-        image_id, _, fg, scale, size, has_mask, content = view
-        if not has_mask and self.mask_fallback == "pca":
+        """Foreground (from the features with foreground.method=pca) and the cache write of one view."""
+        image_id, _, fg, scale, size, source, content = view
+        if source == "pca":
             fg = pca_foreground(f, fg)
         cached = ImageFeatures(
             f.permute(1, 2, 0).to(torch.float16), fg, scale, self.backbone.stride, *size, content=content
@@ -423,7 +433,9 @@ class FeatureWorker:
     @torch.inference_mode()
     def __call__(self, batch: dict) -> dict:
         t0, errors, writes = time.perf_counter(), [], []
-        rows = list(zip(batch["image_id"], batch["uri"], batch["mask_uri"], batch["content"]))
+        boxes = batch["box"] if "box" in batch else [None] * len(batch["image_id"])
+        boxes = [None if b is None else tuple(float(v) for v in b) for b in boxes]
+        rows = list(zip(batch["image_id"], batch["uri"], batch["mask_uri"], batch["content"], boxes))
         ready = self._views(rows, errors)
         for views in iter(lambda: list(islice(ready, self.micro_batch)), []):
             writes += [self.io.submit(self._finish, v, f) for v, f in zip(views, self._forward(views))]
@@ -434,6 +446,7 @@ class FeatureWorker:
             "error": np.asarray(errors, dtype=object),
             "seconds": np.full(len(errors), (time.perf_counter() - t0) / max(1, len(errors))),
             "actor": np.full(len(errors), self.where, dtype=object),
+            "mask_source": np.asarray([self.masks.source(m) for m in batch["mask_uri"]], dtype=object),
         }
 
 
@@ -494,10 +507,12 @@ def plan_actors(conf, resources: dict) -> dict:
     }
 
 
-RESULT_COLUMNS = ["image_id", "n_fg", "error", "seconds", "actor"]
+RESULT_COLUMNS = ["image_id", "n_fg", "error", "seconds", "actor", "mask_source"]
 
 
-def extract_features(todo, conf, backbone_conf, image_size: int, cache_root: str, fingerprint: str, start_ray=None):
+def extract_features(
+    todo, conf, backbone_conf, image_size: int, cache_root: str, fingerprint: str, start_ray=None, foreground=None
+):
     """Features of the rows of `todo` (stale_features: image_id, uri, mask_uri, content) on a
     Ray Data actor pool; returns the per-image results (errors among them) and the seconds
     it took. `start_ray` is called first when there is anything to compute (a run with
@@ -528,7 +543,7 @@ def extract_features(todo, conf, backbone_conf, image_size: int, cache_root: str
         for attempt in range(1, conf.attempts + 1):
             try:
                 for batch in feature_dataset(
-                    todo, conf, plan, backbone_conf, image_size, cache_root, fingerprint
+                    todo, conf, plan, backbone_conf, image_size, cache_root, fingerprint, foreground
                 ).iter_batches(batch_size=None, batch_format="pandas"):
                     out.append(batch)
                     bar.update(len(batch))
@@ -556,13 +571,13 @@ def extract_features(todo, conf, backbone_conf, image_size: int, cache_root: str
     return pd.concat(out, ignore_index=True), time.perf_counter() - t0
 
 
-def feature_dataset(todo, conf, plan, backbone_conf, image_size, cache_root, fingerprint):
+def feature_dataset(todo, conf, plan, backbone_conf, image_size, cache_root, fingerprint, foreground=None):
     """The Ray Data pipeline: rows of `todo` -> FeatureWorker actors -> per-image results."""
     import ray
     from ray.util.annotations import RayDeprecationWarning
 
     blocks = max(plan["actors"], math.ceil(len(todo) / plan["batch_size"]))
-    rows = ray.data.from_pandas(todo[["image_id", "uri", "mask_uri", "content"]].astype(object)).repartition(blocks)
+    rows = ray.data.from_pandas(todo.assign(box=boxes(todo))[WORKER_COLUMNS].astype(object)).repartition(blocks)
     # max_restarts reaches the actors through `ray_remote_args`, deprecated for Ray 2.64: revisit
     # with ray-project/ray#53727 (then Ray's own actor restarts are safe to use).
     with warnings.catch_warnings():
@@ -576,7 +591,7 @@ def feature_dataset(todo, conf, plan, backbone_conf, image_size, cache_root, fin
                 "fingerprint": fingerprint,
                 "threads": None if plan["num_gpus"] else plan["threads"],
                 "flips": conf.flips,
-                "mask_fallback": conf.mask_fallback,
+                "foreground": foreground,
                 "micro_batch": conf.micro_batch,
             },
             batch_size=plan["batch_size"],

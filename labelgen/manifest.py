@@ -34,7 +34,15 @@ import pyarrow.parquet as pq
 from .io import is_remote, read_bytes, resolve, write_bytes
 
 REQUIRED = {"image_id": "string", "uri": "string", "category": "string"}
-OPTIONAL = {"azimuth": "float", "elevation": "float", "theta": "float", "mask_uri": "string", "split": "string"}
+OPTIONAL = {
+    "azimuth": "float",
+    "elevation": "float",
+    "theta": "float",
+    "mask_uri": "string",
+    "split": "string",
+    **dict.fromkeys(["bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2"], "float"),
+}
+BOX = ["bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2"]  # the object's box in pixels: the mask and pose estimators' prompt
 LOCATIONS = ["uri", "mask_uri", "truth_uri"]  # truth_uri: the part truth of a rendered collection
 TEXT = ["image_id", "uri", "category", "mask_uri", "split", "truth_uri"]
 ANGLES = ["azimuth", "elevation", "theta"]
@@ -227,6 +235,8 @@ def _checked(df: pd.DataFrame, source: str, max_errors: int) -> pd.DataFrame:
     for col in ANGLES:
         df[col] = _check_degrees(df[col], col, problems) if col in df.columns else np.nan
     _check_unique(df["image_id"], problems)
+    if any(c in df.columns for c in BOX):
+        _check_box(df, problems)
     if "homography" in df.columns:  # kept in the store's images table, as 9 float64
         problems.rows(
             ~df["homography"].map(_is_homography).to_numpy(bool),
@@ -424,6 +434,28 @@ def _numbers(text: pd.Series) -> tuple[np.ndarray, np.ndarray]:
         values = pd.to_numeric(trimmed, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
         said_nan = trimmed.str.lower().str.lstrip("+-").eq("nan").to_numpy(bool)
         return values, trimmed.notna().to_numpy() & np.isnan(values) & ~said_nan
+
+
+def _check_box(df: pd.DataFrame, problems: Problems):
+    """The box columns as float64 pixels: all four or none per row, x1 < x2 and y1 < y2."""
+    for col in BOX:
+        if col not in df.columns:
+            problems.one(lambda col=col: f"column '{col}' is missing: a box takes {BOX}; give all four or none")
+            df[col] = np.nan
+            continue
+        values, unread = _as_degrees(df[col])
+        problems.rows(
+            unread | np.isinf(values),
+            lambda i, col=col: f"row {i}, column '{col}': {_show(df[col].iloc[i])} is not a finite number of pixels",
+        )
+        df[col] = values
+    box = df[BOX].to_numpy(np.float64)
+    given = np.isfinite(box)
+    problems.rows(given.any(1) & ~given.all(1), lambda i: f"row {i}: a box needs all of {BOX}; give all four or none")
+    problems.rows(
+        given.all(1) & ((box[:, 2] <= box[:, 0]) | (box[:, 3] <= box[:, 1])),
+        lambda i: f"row {i}: box {box[i].tolist()} is empty; give bbox_x1 < bbox_x2 and bbox_y1 < bbox_y2 in pixels",
+    )
 
 
 def _check_unique(ids: pd.Series, problems: Problems):

@@ -354,13 +354,29 @@ def category_tuples(rows: pd.DataFrame, conf, descriptors=None, anchors=None) ->
     rows). Each row that `anchors` (a boolean array over rows; default all) marks anchors
     up to tuples_per_image tuples, the first member; the others may be any placed row. Where
     the poses make no K-tuple (azimuths that span fewer bins than K), the tuples shorten
-    to the longest the poses allow, down to pairs."""
+    to the longest the poses allow, down to pairs. With pairing.pose=auto and `descriptors`,
+    the rows without the category's pose (none given, or an estimate too unsure) anchor
+    similarity walks over all rows, so a partly posed category leaves no image out."""
     mode = pose_mode(rows, conf)
     if mode not in POSE_COLUMNS:
         raise ValueError(f"pairing.pose={conf.pose!r}: choose auto, bins, geodesic or similarity")
-    placed = np.flatnonzero(~unplaced(rows, mode).to_numpy())
-    start = np.arange(len(placed)) if anchors is None else np.flatnonzero(np.asarray(anchors, dtype=bool)[placed])
+    start = np.ones(len(rows), dtype=bool) if anchors is None else np.asarray(anchors, dtype=bool)
     rng = np.random.default_rng(conf.seed)
+    rest = unplaced(rows, mode).to_numpy()
+    tuples = mode_tuples(rows, mode, ~rest, start & ~rest, conf, descriptors, rng, range(conf.k, 1, -1))
+    if conf.pose == "auto" and descriptors is not None and mode != "similarity" and (start & rest).any():
+        widths = [tuples.shape[1]] if len(tuples) else range(conf.k, 1, -1)
+        walked = mode_tuples(rows, "similarity", np.ones(len(rows), bool), start & rest, conf, descriptors, rng, widths)
+        if len(walked):
+            tuples = walked if not len(tuples) else np.unique(np.concatenate([tuples, walked]), axis=0)
+    return tuples
+
+
+def mode_tuples(rows, mode, placed, anchors, conf, descriptors, rng, widths) -> np.ndarray:
+    """(T, k) tuples over the `placed` rows by `mode`, anchored at `anchors` (boolean arrays
+    over rows), of the first of `widths` that makes any."""
+    placed = np.flatnonzero(placed)
+    start = np.flatnonzero(anchors[placed])
     if mode == "similarity" and descriptors is None or len(placed) < 2 or not len(start):
         return np.zeros((0, conf.k), dtype=np.int64)
     r = rows.iloc[placed]
@@ -370,7 +386,7 @@ def category_tuples(rows: pd.DataFrame, conf, descriptors=None, anchors=None) ->
         )
     elif mode == "similarity":
         hops = Similar(descriptors(r), conf.neighbours)
-    for k in range(conf.k, 1, -1):
+    for k in widths:
         if mode == "bins":
             tuples = bin_tuples(r["azimuth"].to_numpy(dtype=np.float64), start, OmegaConf.merge(conf, {"k": k}), rng)
         else:

@@ -20,7 +20,7 @@ import pandas as pd
 import ray
 from omegaconf import DictConfig, OmegaConf
 
-from . import backbones, demo, features, labels, pairing, ray_utils, synthetic
+from . import backbones, demo, features, foreground, labels, pairing, ray_utils, synthetic, viewpoint
 from .adapted import adapt_features, label_fingerprint, resolve_model
 from .config import STORE_DEFAULTS, config_hash, known_keys, parse_overrides
 from .console import Progress, Stages
@@ -51,6 +51,8 @@ default_conf = {
     # again (superseding)
     "backbone": backbones.default_conf,
     "features": features.default_conf,
+    "foreground": foreground.default_conf,  # masks of images without one, in the feature actors
+    "pose": viewpoint.default_conf,  # viewpoints of images without one, before pairing
     "pairing": pairing.default_conf,
     "labels": labels.default_conf,
     "sphere": sphere_conf,  # training, when labels.sphere=auto finds no mapper for the run's features
@@ -172,6 +174,8 @@ def summary(run_id, store, counts, sphere_deg) -> str:
                 if c["label_features"] != c["backbone"]
                 else []
             ),
+            *foreground_lines(c),
+            *pose_lines(c),
             *([f"  nothing new: {c['nothing_new']}"] if c.get("nothing_new") else chain_lines(c)),
             *([sphere_line(s, c, sphere_deg)] if (s := c.get("sphere")) else []),
             f"  coverage  {c['coverage']:.1%} of the {c['pairable']:,} pairable images are the source of a current "
@@ -179,6 +183,44 @@ def summary(run_id, store, counts, sphere_deg) -> str:
             f"  store     {store}  (python -m queries labels_per_category store={store})",
         ]
     )
+
+
+def foreground_lines(c: dict) -> list[str]:
+    """The summary's masks: given, estimated, by what."""
+    fg = c.get("foreground") or {}
+    if not fg:
+        return []
+    given, estimated = (sum(n[k] for n in fg["by_category"].values()) for k in ("given", "estimated"))
+    return [
+        f"  masks     {given:,} given, {estimated:,} estimated"
+        + (f" (foreground: {fg['method']}; {fg['reason']})" if estimated else "")
+    ]
+
+
+def pose_lines(c: dict) -> list[str]:
+    """The summary's pose and pairing: per category given, estimated (by what), none; how
+    many images paired by pose and by feature similarity."""
+    pose, paired = c.get("pose") or {}, c.get("paired_by") or {}
+    total = {k: sum(n[k] for n in pose.get("by_category", {}).values()) for k in ("given", "estimated", "none")}
+    if not pose:
+        return []
+    lines = [
+        f"  pose      {total['given']:,} given, {total['estimated']:,} estimated, {total['none']:,} none"
+        + (f" (estimator: {pose['estimator']}; {pose['reason']})" if pose["estimator"] != "none" else "")
+    ]
+    if total["estimated"] or total["none"]:
+        lines += [
+            f"            {cat}: {n['given']} given, {n['estimated']} estimated, {n['none']} none"
+            for cat, n in pose["by_category"].items()
+            if n["estimated"] or n["none"]
+        ]
+    by = {}
+    for modes in paired.values():
+        for mode, n in modes.items():
+            by[mode] = by.get(mode, 0) + n
+    if by:
+        lines.append("  pairing   " + ", ".join(f"{n:,} images by {mode}" for mode, n in sorted(by.items())))
+    return lines
 
 
 def chain_lines(c: dict) -> list[str]:
@@ -228,7 +270,7 @@ def prepare(conf, stages: Stages | None = None) -> Inputs:
         backbone, reason = backbones.build_backbone(conf.backbone)
     image_size = backbone.check_size(conf.backbone.image_size or backbone.image_size)
     backbone_conf = OmegaConf.merge(conf.backbone, {"name": backbone.name, **backbone.sources()})
-    fingerprint = backbone.fingerprint(image_size, variant=f"mask={conf.features.mask_fallback}")
+    fingerprint = backbone.fingerprint(image_size, variant=f"mask={foreground.method_name(conf.foreground)}")
     return Inputs(manifest_uri, df, backbone_conf, reason, image_size, fingerprint)
 
 
@@ -302,7 +344,14 @@ def features_stage(run: Run) -> tuple[pd.DataFrame, list[dict], pd.DataFrame]:
     )  # before the cache changes
     run.labelled = run.labelled - run.replaced
     results, feat_s = extract_features(
-        todo, run.conf.features, run.backbone, run.image_size, run.cache_root, run.fingerprint, run.start_ray
+        todo,
+        run.conf.features,
+        run.backbone,
+        run.image_size,
+        run.cache_root,
+        run.fingerprint,
+        run.start_ray,
+        OmegaConf.to_container(run.conf.foreground),
     )
     stages.add("features", feat_s)
     failed = results[results["error"] != ""]
@@ -311,6 +360,8 @@ def features_stage(run: Run) -> tuple[pd.DataFrame, list[dict], pd.DataFrame]:
         {"image_id": i, "uri": uris[i], "stage": "features", "error": e} for i, e in zip(failed.image_id, failed.error)
     ]
     good = df[~df["image_id"].isin(failed["image_id"])]
+    estimated = foreground.method_name(run.conf.foreground)
+    good = good.assign(mask_source=good["mask_uri"].map(lambda m: "given" if m else estimated))
     if run.model:
         run.start_ray()
         stages.add("adapter", adapt_features(good["image_id"].tolist(), run.model, run.cache_root, run.fingerprint))
@@ -350,6 +401,10 @@ def execute(run: Run) -> dict:
     categories a previous attempt finished are skipped."""
     stages = run.stages
     good, bad, results = features_stage(run)
+    with stages("poses"):
+        good, views = viewpoint.estimate_poses(run, good)
+    for warning in [*foreground.warnings(run.df, run.conf.foreground), *views.warnings]:
+        log.warning(warning)
     with stages("tuples"):
         tuples = make_tuples(good, run.conf.pairing, run.cache_root, run.label_features, run.labelled)
     bad += tuples.left_out
@@ -371,13 +426,28 @@ def execute(run: Run) -> dict:
     stages.add("vote", wall["vote_s"])
     if run.replaced:
         run.store.write_retractions(run.run_id, run.replaced, run.started)
-    counts = run_counts(run, tuples, bad, results, wall, sphere)
+    counts = run_counts(run, tuples, bad, results, wall, sphere, views)
     with stages("commit"):
         run.store.commit(run.run_id, counts, bad)
     return counts
 
 
-def run_counts(run: Run, tuples: Tuples, bad: list, results: pd.DataFrame, wall: dict, sphere: dict | None) -> dict:
+def foreground_record(df: pd.DataFrame, conf) -> dict:
+    """Per category how many images came with a mask and how many got one estimated, by what."""
+    missing = df["mask_uri"].isna()
+    name, reason = foreground.describe(conf)
+    return {
+        "method": name,
+        "reason": reason,
+        "by_category": {
+            c: {"given": int((~m).sum()), "estimated": int(m.sum())} for c, m in missing.groupby(df["category"])
+        },
+    }
+
+
+def run_counts(
+    run: Run, tuples: Tuples, bad: list, results: pd.DataFrame, wall: dict, sphere: dict | None, views
+) -> dict:
     """The run record's counts: the stages' sums, features, tuples and coverage."""
     totals = {"tuples": 0, "labels": 0, **sum_counts(run.store.category_stats(run.run_id).values())}
     filter_s = totals.pop("sphere_filter_s", 0.0)
@@ -404,6 +474,9 @@ def run_counts(run: Run, tuples: Tuples, bad: list, results: pd.DataFrame, wall:
             c: t.idx.shape[1] for c, t in tuples.by_category.items() if len(t) and t.idx.shape[1] < run.conf.pairing.k
         },
         "no_tuples": tuples.untupled,  # category -> why it got none, and the fix
+        "foreground": foreground_record(run.df, run.conf.foreground),  # per category: masks given, estimated; by what
+        "pose": views.record(),  # per category: given, estimated, none; by what
+        "paired_by": tuples.paired_by,  # per category: images paired by pose, by similarity
         "pairable": tuples.pairable,
         "anchors": tuples.anchors,
         "already_labelled": len(run.labelled),

@@ -38,6 +38,7 @@ class Tuples:
     untupled: dict[str, str]  # category -> why it got no tuple, and what to do
     pairable: int  # images that could take part in a tuple
     anchors: int  # of them, those that anchored tuples (new ones)
+    paired_by: dict[str, dict[str, int]]  # category -> {its pose mode: images, similarity: images without that pose}
 
 
 def make_tuples(df: pd.DataFrame, conf, cache_root: str, fingerprint: str, labelled: set[str] = frozenset()) -> Tuples:
@@ -48,11 +49,14 @@ def make_tuples(df: pd.DataFrame, conf, cache_root: str, fingerprint: str, label
     def descriptors(rows):  # only categories without pose need them
         return np.stack([load_features(cache_uri(cache_root, fingerprint, i)).descriptor() for i in rows["image_id"]])
 
-    out, left_out, untupled, pairable, anchors = {}, [], {}, 0, 0
+    out, left_out, untupled, pairable, anchors, paired_by = {}, [], {}, 0, 0, {}
     for category, rows in df.groupby("category", sort=True):
         mode = pairing.pose_mode(rows, conf)
         cols = " and ".join(pairing.POSE_COLUMNS.get(mode, []))
-        placed = ~pairing.unplaced(rows, mode)
+        posed = ~pairing.unplaced(rows, mode)
+        # pairing.pose=auto: images without the category's pose pair by similarity; a named mode leaves them out
+        placed = posed if conf.pose != "auto" else pd.Series(True, index=rows.index)
+        paired_by[category] = {mode: int(posed.sum())} | ({"similarity": int((~posed).sum())} if (~posed).any() else {})
         for _, r in rows[~placed].iterrows():
             left_out.append(
                 {
@@ -60,7 +64,7 @@ def make_tuples(df: pd.DataFrame, conf, cache_root: str, fingerprint: str, label
                     "uri": r["uri"],
                     "stage": "pairing",
                     "error": f"{r['uri']}: no {cols} while category '{category}' is paired by {mode} pose: left out of "
-                    "every tuple; give its pose, or run with pairing.pose=similarity",
+                    "every tuple; give its pose, or run with pairing.pose=auto (they pair by similarity)",
                 }
             )
         new = (placed & ~rows["image_id"].isin(labelled)).to_numpy()
@@ -82,4 +86,4 @@ def make_tuples(df: pd.DataFrame, conf, cache_root: str, fingerprint: str, label
                 conf.k,
                 idx.shape[1],
             )
-    return Tuples(out, left_out, untupled, pairable, anchors)
+    return Tuples(out, left_out, untupled, pairable, anchors, paired_by)

@@ -22,12 +22,19 @@ def test_worker_caches_the_mirrored_twin_and_pose_alignment_uses_it(tiny_demo, t
     backbone_conf = OmegaConf.merge(OmegaConf.create(backbones_conf), {"name": "mobilenetv2"})
     batch = worker_batch(pd.DataFrame({"image_id": ["a", "b"], "uri": [src, str(mirror)], "mask_uri": [None, None]}))
     worker = FeatureWorker(
-        backbone_conf, 320, str(tmp_path / "cache"), "fp", threads=2, flips=True, mask_fallback="image"
+        backbone_conf, 320, str(tmp_path / "cache"), "fp", threads=2, flips=True, foreground={"method": "image"}
     )
     out = worker(batch)
     assert out["error"].tolist() == ["", ""]
     parts = FeatureWorker(
-        backbone_conf, 320, str(tmp_path / "parts"), "fp", threads=2, flips=True, mask_fallback="image", micro_batch=3
+        backbone_conf,
+        320,
+        str(tmp_path / "parts"),
+        "fp",
+        threads=2,
+        flips=True,
+        foreground={"method": "image"},
+        micro_batch=3,
     )  # forwards of 3 and 1 views, as a GPU actor splits its batches
     assert parts(batch)["error"].tolist() == ["", ""]
     for i in ("a", "a" + FLIPPED, "b", "b" + FLIPPED):

@@ -27,6 +27,7 @@ def test_pipeline_writes_queryable_labels_and_reuses_the_feature_cache(tiny_demo
         "backbone",
         "ray start",
         "features",
+        "poses",
         "tuples",
         "chains",
         "vote",

@@ -145,7 +145,7 @@ def test_the_run_config_selects_fused_features_end_to_end_through_the_cache(
     fingerprint = inputs.fingerprint
     assert inputs.backbone_reason == "asked for" and fingerprint.startswith("sd15_dinov2_vits14-112-")
     worker = FeatureWorker(
-        inputs.backbone, inputs.image_size, str(tmp_path / "features"), fingerprint, mask_fallback="image"
+        inputs.backbone, inputs.image_size, str(tmp_path / "features"), fingerprint, foreground={"method": "image"}
     )
     rows = inputs.df.head(2)
     out = worker(worker_batch(rows.assign(mask_uri=None)))

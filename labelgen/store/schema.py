@@ -52,6 +52,10 @@ IMAGE_SCHEMA = pa.schema(
         ("n_fg", pa.int32()),  # foreground patches; null when the image took part in no tuple
         ("homography", pa.list_(pa.float64())),  # photo -> view, where truth is known (the demo)
         ("truth_uri", pa.string()),  # part truth of a rendered view (labelgen.truth), where known
+        ("theta", pa.float64()),  # in-plane rotation, degrees
+        ("pose_source", pa.string()),  # given | estimated: <estimator> (azimuth null: too unsure to use) | null: none
+        ("pose_confidence", pa.float64()),  # the estimator's confidence (1 where given)
+        ("mask_source", pa.string()),  # given | the foreground estimator that made it (labelgen.foreground)
     ]
 )
 PAIR_SCHEMA = pa.schema(

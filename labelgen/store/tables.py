@@ -3,12 +3,15 @@ layout before current labels, upgraded in place, once."""
 
 import logging
 
+import pyarrow as pa
+
 from ..io import write_bytes
 from . import catalog as cat
 from .schema import DATA_TABLES, LABEL_SCHEMA, LOG_TABLES, VIEWS, pair_table
 from .staging import table_bytes
 
 log = logging.getLogger(__name__)
+SQL_TYPES = {pa.float64(): "DOUBLE", pa.string(): "VARCHAR"}  # of the columns a table may gain
 INLINE_ROWS = 1000  # inserts of up to this many rows live in the catalog, not in a Parquet file each
 
 
@@ -16,6 +19,7 @@ def create_tables(con, store):
     """The store's tables and views, unless a writer made them already."""
     have = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = 'lake'").fetchall()}
     if {*DATA_TABLES, *LOG_TABLES} <= have:
+        _add_columns(con, store)
         return
 
     if "labels" in have:
@@ -34,6 +38,26 @@ def create_tables(con, store):
             con.execute(f"CALL lake.set_option('data_inlining_row_limit', {INLINE_ROWS})")
 
     cat.retrying(f"create store {store}", create)
+
+
+def _add_columns(con, store):
+    """Columns a data table gained since the store was made (images: theta, pose_source,
+    pose_confidence, mask_source), added empty: files written before read them as null."""
+    for name, schema in DATA_TABLES.items():
+        cols = con.execute(
+            "SELECT column_name FROM duckdb_columns() WHERE database_name = 'lake' AND table_name = ?", [name]
+        ).fetchall()
+        missing = [f for f in schema if f.name not in {c for (c,) in cols}]
+        if not missing:
+            continue
+
+        def add(missing=missing, name=name):
+            with cat.transaction(con):
+                for f in missing:
+                    con.execute(f"ALTER TABLE lake.{name} ADD COLUMN IF NOT EXISTS {f.name} {SQL_TYPES[f.type]}")
+
+        cat.retrying(f"upgrade store {store}", add)
+        log.info("store %s: table %s gained %s", store, name, ", ".join(f.name for f in missing))
 
 
 def _upgrade(con, store, have: set[str]):
