@@ -3,7 +3,8 @@
 An image is padded (right and bottom) to a square and resized to the backbone's
 input side, so a feature cell (row, col) covers original pixels
 ((col + 0.5) * stride / scale, (row + 0.5) * stride / scale). A cell is foreground
-when at least half of it lies on the mask (or, without a mask, on the image).
+when at least half of it lies on the mask: given, or estimated in the actor by a model made for
+it (labelgen.foreground), its masks cached beside the features.
 
 The cache keeps only what is read of an image: the foreground cells (the chains
 match them) and a ring of CONTEXT cells around them (the adapter's 3x3 conv reads

@@ -19,6 +19,8 @@ chord ||Ri - Rj|| = 2 sqrt(2) sin(angle / 2) makes a geodesic band an annulus.
 No pose at all (the documented fallback): hops follow global feature similarity
 (mean foreground feature of each image), each to one of the previous image's nearest
 neighbours and less similar to the anchor, a sweep in appearance instead of pose.
+In a category paired by pose, the images without one (none given, an estimate too
+unsure: labelgen.viewpoint) anchor such walks over the whole category (pairing.pose=auto).
 
 Anchors whose walks found fewer distinct tuples than the budget have their walks
 enumerated (at most `ENUMERATE_CAP` x budget prefixes per anchor and step), so an anchor

@@ -112,6 +112,20 @@ class Run(Inputs):
             log.info("ray: %s; %g CPUs, %g GPUs", self.ray, resources.get("CPU", 0), resources.get("GPU", 0))
         return self.ray
 
+    def compute_features(self, todo: pd.DataFrame) -> tuple[pd.DataFrame, float]:
+        """Features (and estimated masks) of `todo`'s rows (stale_features) on the actor pool:
+        the per-image results and the seconds it took."""
+        return extract_features(
+            todo,
+            self.conf.features,
+            self.backbone,
+            self.image_size,
+            self.cache_root,
+            self.fingerprint,
+            self.start_ray,
+            OmegaConf.to_container(self.conf.foreground),
+        )
+
 
 def train_sphere(run: Run, df: pd.DataFrame) -> dict:
     """labels.sphere=auto without a mapper for these features: fit one to the run's images
@@ -343,16 +357,7 @@ def features_stage(run: Run) -> tuple[pd.DataFrame, list[dict], pd.DataFrame]:
         run.run_id, todo["image_id"][todo["cached"].notna()]
     )  # before the cache changes
     run.labelled = run.labelled - run.replaced
-    results, feat_s = extract_features(
-        todo,
-        run.conf.features,
-        run.backbone,
-        run.image_size,
-        run.cache_root,
-        run.fingerprint,
-        run.start_ray,
-        OmegaConf.to_container(run.conf.foreground),
-    )
+    results, feat_s = run.compute_features(todo)
     stages.add("features", feat_s)
     failed = results[results["error"] != ""]
     uris = dict(zip(df["image_id"], df["uri"]))

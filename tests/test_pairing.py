@@ -240,3 +240,27 @@ def test_similarity_tuples_are_every_walk_when_fewer_than_the_budget():
     assert len(want) > 500 and {tuple(t) for t in got} == set(want)
     few = category_tuples(rows, conf(k=4, tuples_per_image=2, neighbours=4), descriptors=lambda r: desc)
     assert (per_anchor(few, 80) == np.minimum(2, per_anchor(got, 80))).all()
+
+
+def test_in_a_posed_category_the_images_without_pose_walk_feature_neighbours_and_none_is_left_out():
+    rows = full_pose(60, seed=3)
+    rows.loc[50:, ["azimuth", "elevation", "theta"]] = np.nan  # an estimator too unsure about the last 10
+    angles_ = np.linspace(0, np.pi, 60)  # descriptors along an arc: neighbours are adjacent
+    desc = np.stack([np.cos(angles_), np.sin(angles_)], axis=1)
+    c = conf(k=3, bin_deg=45, tuples_per_image=4, neighbours=2)
+    tuples = category_tuples(rows, c, descriptors=lambda r: desc[r.index])
+    counts = per_anchor(tuples, 60)
+    assert (counts > 0).all()  # every image anchors tuples: the posed by pose, the others by similarity
+    by_pose, by_similarity = tuples[tuples[:, 0] < 50], tuples[tuples[:, 0] >= 50]
+    assert (by_pose < 50).all()  # pose tuples take posed images only
+    check_geodesic(by_pose, rotations(rows.iloc[:50]), 45)
+    assert (np.abs(np.diff(by_similarity, axis=1)) <= 2).all()  # walks on the feature neighbours, any image
+    # a named pose mode leaves them out, and so does a call without descriptors
+    assert (
+        per_anchor(
+            category_tuples(rows, conf(k=3, bin_deg=45, tuples_per_image=4, pose="geodesic"), lambda r: desc[r.index]),
+            60,
+        )[50:]
+        == 0
+    ).all()
+    assert (per_anchor(category_tuples(rows, c), 60)[50:] == 0).all()

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from omegaconf import OmegaConf
 
-from ..features import FLIPPED, cache_uri, extract_features, load_features, stale_features, with_versions
+from ..features import FLIPPED, cache_uri, load_features, stale_features, with_versions
 from ..io import exists, join, read_bytes, write_bytes
 from ..models import checkpoint_bytes, load_checkpoint
 from . import head as viewpoint_head
@@ -203,16 +203,8 @@ def head_estimates(run, df: pd.DataFrame, todo: pd.DataFrame, conf) -> tuple[pd.
     if len(train) > conf.max_train:
         train = train.sample(conf.max_train, random_state=0)
     if train["image_id"].str.startswith(BUILTIN_PREFIX).any():  # their features may not be cached yet
-        stale = stale_features(with_versions(train), run.cache_root, run.fingerprint, run.conf.features.flips)
-        extract_features(
-            stale,
-            run.conf.features,
-            run.backbone,
-            run.image_size,
-            run.cache_root,
-            run.fingerprint,
-            run.start_ray,
-            OmegaConf.to_container(run.conf.foreground),
+        run.compute_features(
+            stale_features(with_versions(train), run.cache_root, run.fingerprint, run.conf.features.flips)
         )
     head = trained_head(run, train, conf)
     views, mirrors = layouts(
