@@ -347,7 +347,7 @@ def flat(d: dict, prefix: str = "") -> dict:
 
 LEAVES = flat(run_mod.default_conf)
 SECTIONS = sorted({k.rsplit(".", 1)[0] for k in LEAVES if "." in k})
-PATHS = {"store", "manifest", "cache", "weights", "sd_weights", "storage", "spair", "output", "root"}
+PATHS = {"store", "manifest", "cache", "weights", "sd_weights", "sam_weights", "storage", "spair", "output", "root"}
 TEXT = PATHS | {"run_id", "model_id", "catalog", "address"}
 OPTIONAL = {"keep", "max_gap_deg", "pair_radius"}  # numbers that take null too
 NULLS = {"null", "Null", "NULL", "~"}
