@@ -1,4 +1,5 @@
-"""A plain folder: `ROOT/<category>/**/<image>`; no pose (pairing falls back to feature similarity).
+"""A plain folder: `ROOT/<category>/**/<image>`; no pose, no masks: the run estimates both (pose.*,
+foreground.*) and says how.
 
 python -m labelgen.readers.folder /data/my-objects manifest.parquet
 """
