@@ -22,8 +22,12 @@ KEY = ("src_image_id", "tgt_image_id", "hops", "src_x", "src_y", "tgt_x", "tgt_y
 def service_candidates(tuples_by_cat, cache_root, fingerprint, conf, device="cpu") -> list:
     """What the service's candidate tasks compute (features loaded once per chunk)."""
     step = conf.tuples_per_task
+
+    def load(image_id):
+        return load_features(cache_uri(cache_root, fingerprint, image_id))
+
     return [
-        chunk_candidates("bench", category, tuples[s : s + step], cache_root, fingerprint, conf, device=device)[0]
+        chunk_candidates("bench", category, tuples[s : s + step], load, conf, device=device)[0]
         for category, tuples in tuples_by_cat.items()
         for s in range(0, len(tuples), step)
     ]

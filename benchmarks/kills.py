@@ -3,7 +3,8 @@ label runs at random instants, N times per catalog, and check the store's promis
 
 A trial starts `python -m labelgen.run` on the tiny demo (2 photos x 4 views) with the
 run_id of its episode, waits for the stage it aims at (the console and the store's files
-tell: the run's first line, then feature files in the cache, candidate files, label files,
+tell: the run's first line, then feature files in the cache, the chains' node-local copies of
+them, label files,
 all label files), waits a random delay inside that stage (its length measured on the
 catalog's reference run) and kills the driver's whole process tree: the driver and every
 process its local `ray.init()` started (GCS, raylet, dashboard, agents, workers). Each
@@ -29,7 +30,7 @@ other category's chains). After each kill:
 
 and each episode (a run_id killed one or more times, its resumes included), finally resumed
 to completion, commits labels, pairs and images equal to the reference run's, exactly, and
-leaves no staged candidates nor `.tmp` file behind.
+leaves no node-local feature copies nor `.tmp` file behind.
 
 Episodes share the catalog's store (new_only=false: each run labels everything again);
 features-stage kills first delete the store's feature cache; start-stage kills take a
@@ -81,7 +82,7 @@ default_conf = {
     "workdir": "data/bench/kills",  # demo images and stores (removed first)
     "json": None,  # also write the trials and findings here
 }
-PROBLEMS = ("corrupt", "partial", "double", "failed_resume", "differ", "unregistered", "tmp", "candidates")
+PROBLEMS = ("corrupt", "partial", "double", "failed_resume", "differ", "unregistered", "tmp", "copies")
 
 
 def say(*a):
@@ -371,7 +372,7 @@ class Files:
     images: frozenset = frozenset()
     labels: frozenset = frozenset()
     written: frozenset = frozenset()  # (label file, mtime): a file written again counts as new
-    candidates: frozenset = frozenset()  # (candidate file, mtime)
+    copies: frozenset = frozenset()  # node-local copies of its features the chains made (features.NodeCopy)
     sqlite: bool = False
     marker: bool = False
 
@@ -395,6 +396,21 @@ def stamps(root: str) -> frozenset:
     return frozenset(out)
 
 
+def copies(run_id: str) -> frozenset:
+    """The node-local copies of features that the chains of `run_id`'s attempts made."""
+    from labelgen.node_copy import COPIES
+
+    out = set()
+    for key in os.listdir(COPIES) if os.path.isdir(COPIES) else []:
+        if key.startswith(f"{run_id}-"):
+            out |= {
+                (key, os.path.relpath(os.path.join(d, f), COPIES))
+                for d, _, fs in os.walk(os.path.join(COPIES, key))
+                for f in fs
+            }
+    return frozenset(out)
+
+
 def staged(store: str, run_id: str, cache: str) -> Files:
     run = os.path.join(store, "runs", run_id)
     feats = sum(1 for _, _, fs in os.walk(cache) for f in fs if f.endswith(".safetensors"))
@@ -404,7 +420,7 @@ def staged(store: str, run_id: str, cache: str) -> Files:
         names(os.path.join(run, "images")),
         frozenset(n for n, _ in labels),
         labels,
-        stamps(os.path.join(run, "candidates")),
+        copies(run_id),
         os.path.exists(os.path.join(store, "catalog.sqlite")),
         os.path.exists(os.path.join(store, "catalog.json")),
     )
@@ -412,22 +428,21 @@ def staged(store: str, run_id: str, cache: str) -> Files:
 
 def leftovers(store: str, view: View) -> dict:
     """Files that should not be there once every run is done: `.tmp` files of writes cut short,
-    candidates of committed runs, staged files a committed run did not register."""
+    staged files a committed run did not register."""
     tmp = [os.path.relpath(os.path.join(d, f), store) for d, _, fs in os.walk(store) for f in fs if f.endswith(".tmp")]
     registered = {f for files in view.files.values() for f in files}
-    candidates, unregistered = [], []
+    unregistered = []
     for r, c in view.runs.items():
         if c["status"] != "committed":
             continue
         run = os.path.join(store, "runs", r)
-        candidates += [r] * bool(names(os.path.join(run, "candidates")))
         for kind in ("labels", "pairs", "images"):
             unregistered += [
                 f"{r}/{kind}/{n}"
                 for n in names(os.path.join(run, kind))
                 if os.path.join(run, kind, n) not in registered
             ]
-    return {"tmp": sorted(tmp), "candidates": sorted(candidates), "unregistered": sorted(unregistered)}
+    return {"tmp": sorted(tmp), "unregistered": sorted(unregistered)}
 
 
 def rows(store: str, run_id: str, table: str) -> list[str]:
@@ -518,7 +533,7 @@ def event_time(target: str, mode: str, proc: Proc, f: Files, f0: Files, ref: Ref
         return proc.seen(rf"^run {re.escape(run_id)}; if it stops")
     if target == "chains":
         if mode == "event":
-            return now if f.features >= ref.features and f.candidates - f0.candidates else None
+            return now if f.features >= ref.features and f.copies - f0.copies else None
         return now if proc.seen(r"^ray: ") and f.features >= ref.features else None
     if target == "vote":
         return now if f.written - f0.written else None
@@ -587,7 +602,7 @@ def attempt(
                     ("sqlite", f.sqlite),
                     ("marker", f.marker),
                     ("feature", f.features > 0),
-                    ("candidate", bool(f.candidates)),
+                    ("copy", bool(f.copies)),
                     ("label", bool(f.labels)),
                 ):
                     if hit:
@@ -677,8 +692,9 @@ def finish_episode(cat: Catalog, store: str, cargs: list[str], run_id: str, what
         cat.problem("differ", f"{what}: {', '.join(result['differ'])} differ from the reference's")
     left = leftovers(store, a.view)
     result.update(left)
-    if run_id in left["candidates"]:
-        cat.problem("candidates", f"{what}: runs/{run_id}/candidates left after the commit")
+    result["copies"] = sorted(copies(run_id))
+    if result["copies"]:
+        cat.problem("copies", f"{what}: node-local copies of its features left after the commit")
     for f in left["unregistered"]:
         if f.startswith(f"{run_id}/"):
             cat.problem("unregistered", f"{what}: {f} staged, not registered")
@@ -692,7 +708,7 @@ def finish_episode(cat: Catalog, store: str, cargs: list[str], run_id: str, what
             if result["differ"]
             else "labels, pairs, images equal the reference's"
         )
-        + ("; its candidates are left" if run_id in left["candidates"] else "")
+        + ("; its node-local feature copies are left" if result["copies"] else "")
         + (f"; {len(left['tmp'])} .tmp files in the store" if left["tmp"] else "")
     )
     return result
@@ -790,7 +806,7 @@ def dying_driver():
 
     commit:<k>            before the k-th statement of the commit's writer connection
     commit:mid:<s>        <s> seconds into its COMMIT (no kill if it returns first)
-    commit:after          once its COMMIT returned (before the staged candidates are deleted)
+    commit:after          once its COMMIT returned
     commit:probe          list the commit's statements; die before COMMIT
     <phase>:before:<SQL>  before the first statement (of that connection) that starts with <SQL>
     create:<k>            before the k-th statement of the process's first writer connection:
@@ -1141,7 +1157,7 @@ COLUMNS = [
     "episodes resumed and compared",
     "processes outside the tree",
     ".tmp files left",
-    "runs with candidates left",
+    "runs with feature copies left",
 ]
 
 
@@ -1166,7 +1182,7 @@ def summary(cats: list[Catalog], wall: float) -> str:
                         c.resumed,
                         c.escaped,
                         p["tmp"],
-                        p["candidates"],
+                        p["copies"],
                     ],
                 )
             )

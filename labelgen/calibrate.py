@@ -17,10 +17,10 @@ from sklearn.linear_model import LogisticRegression
 from . import evaluate
 from .cli import run_command
 from .config import STORE_DEFAULTS
-from .labels import CONFIDENCE_INPUTS, signal_frame
 from .manifest import read_manifest
 from .metrics import at, within
 from .store import LabelStore
+from .vote import CONFIDENCE_INPUTS, signal_frame
 
 default_conf = {
     **STORE_DEFAULTS,

@@ -32,7 +32,7 @@ from .cli import run_command
 from .config import STORE_DEFAULTS
 from .features import cache_uri, load_features
 from .io import join, write_bytes
-from .labels import SIGNALS, Foreground, pose_gap, sphere_angles
+from .labels import Foreground, pose_gap, sphere_angles
 from .manifest import read_manifest
 from .metrics import Tally, at, homography_error, within
 from .models import SphereMapper, load_checkpoint
@@ -42,6 +42,7 @@ from .store import LabelStore
 from .train_sphere import resolve as resolve_sphere
 from .train_sphere import wanted
 from .truth import judge, load_truth
+from .vote import SIGNALS
 
 default_conf = {
     **STORE_DEFAULTS,

@@ -272,7 +272,10 @@ def _metadata(data: bytes) -> dict:
 
 
 def load_features(uri: str) -> ImageFeatures:
-    data = read_bytes(uri)
+    return parse_features(read_bytes(uri))
+
+
+def parse_features(data: bytes) -> ImageFeatures:
     tensors = st_load(data)
     meta = _metadata(data)
     cells = torch.from_numpy(tensors["cells"])

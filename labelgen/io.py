@@ -216,13 +216,6 @@ def list_files(uri: str, recursive: bool = True) -> list[str]:
     return sorted(i.path for i in infos if i.type == pafs.FileType.File)
 
 
-def delete_dir(uri: str) -> None:
-    """Remove a folder and everything under it; nothing if it is absent."""
-    fs, path = filesystem(uri)
-    if retrying(uri, lambda: fs.get_file_info(path).type) != pafs.FileType.NotFound:
-        retrying(uri, lambda: fs.delete_dir(path))
-
-
 def list_dirs(uri: str) -> list[str]:
     """Names of the folders directly under a folder."""
     fs, path = filesystem(uri)

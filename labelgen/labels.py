@@ -1,26 +1,18 @@
-"""Pseudo-labels of one category: chains -> candidate labels -> vote -> checks -> label rows.
+"""Candidate labels of a chunk of tuples, the map side of a label run (labelgen.vote is the
+reduce side), and the spherical check.
 
-Map: a chunk of tuples shares the nearest neighbours of its image pairs
-(`chain.Neighbours`), so a pair that recurs across the chunk is matched once; every ordered pair
-of each tuple within the pose-gap cap gets the chains' matches as candidates, and
-`support` counts the tuples that proposed each one. Reduce: the candidates of a
-category are summed and, per source patch of an image pair, the target proposed by
-most tuples wins; then the pair itself must agree (co-visibility: a point the target
-does not show has no direct match back), and each source image keeps its most
-confident labels, a fixed share of its patches (a rank, so it holds on an adapter's features).
-On the 3D collection's dev split the checks lift P@0.10 from 0.23 to 0.53 at 21% of the
-co-visible patches; relabelling on the adapters of `trainer.retrain rounds=4` to 0.64.
+A chunk of tuples shares the nearest neighbours of its image pairs (`chain.Neighbours`), so a
+pair that recurs across the chunk is matched once; every ordered pair of each tuple within
+the pose-gap cap gets the chains' matches as candidates, and `support` counts the tuples
+that proposed each one. On the 3D collection's dev split the vote's checks lift P@0.10 from
+0.23 to 0.53 at 21% of the co-visible patches; relabelling on the adapters of
+`trainer.retrain rounds=4` to 0.64.
 """
 
-import math
-import zlib
 from dataclasses import dataclass
 
-import duckdb
 import numpy as np
-import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 
 from .chain import Neighbours, Patches, chain, compose
@@ -178,68 +170,6 @@ def pair_error(
     return (patches.grid[nn(b, a, tgt)[:, 0]] - patches.grid[src]).float().norm(dim=1)
 
 
-def pair_check(table: pa.Table, radius: float | None) -> pa.Table:
-    """Keep the labels whose pair agrees (co-visibility): the target's direct nearest
-    neighbour back in the source lies within `radius` patches. After the vote, so a
-    label the tuples agree on is not replaced by a runner-up that happens to pass."""
-    if radius is None:
-        return table
-    return table.filter(pc.less_equal(table["pair_error"], radius))
-
-
-# a label's signals (its columns) -> whether a lower value speaks for the label
-SIGNALS = {
-    "support": False,
-    "similarity": False,
-    "cycle_error": True,
-    "pair_error": True,
-    "hops": True,
-    "pose_gap": True,
-    "confidence": False,
-    "sphere_angle": True,
-}
-# the confidence model's inputs: signals the chains measure, support as its logarithm
-CONFIDENCE_INPUTS = ("log_support", "similarity", "cycle_error", "pair_error", "hops", "pose_gap")
-
-
-def signal_frame(labels) -> pd.DataFrame:
-    """The confidence model's inputs of label rows (a table or a frame with the label columns)."""
-    cols = ["support", *CONFIDENCE_INPUTS[1:]]
-    df = labels.select(cols).to_pandas() if isinstance(labels, pa.Table) else labels[cols]
-    x = df[list(CONFIDENCE_INPUTS[1:])].astype(np.float64).fillna(0.0)  # no pose: gap 0
-    return x.assign(log_support=np.log(np.maximum(df["support"].to_numpy(np.float64), 1.0)))[list(CONFIDENCE_INPUTS)]
-
-
-def confidence(labels, weights) -> np.ndarray:
-    """P(correct) of each label: a logistic model of its signals (labels.confidence)."""
-    x = signal_frame(labels).to_numpy()
-    logit = weights["bias"] + x @ np.array([weights[k] for k in CONFIDENCE_INPUTS])
-    return 1.0 / (1.0 + np.exp(-logit))
-
-
-def confidence_filter(table: pa.Table, conf, n_fg: dict[str, int], pairs: pa.Table) -> pa.Table:
-    """Fill the confidence column and keep, per source image, its most confident labels: at
-    most labels.keep per foreground patch of each image pair examined from it (`n_fg`: image
-    -> patches, `pairs`: the examined pairs' source ids). A rank, not an absolute confidence,
-    so the kept share stays put when an adapter's features shift every similarity, and per
-    source image, so images the adapter trained on do not crowd out the others (ties: table
-    order)."""
-    p = confidence(table, conf.confidence)
-    table = table.set_column(table.schema.get_field_index("confidence"), "confidence", pa.array(p, pa.float32()))
-    if conf.keep is None or not table.num_rows:
-        return table
-    examined = pd.Series(pairs["src_image_id"].to_pylist()).value_counts()
-    budget = {i: round(conf.keep * n_fg[i] * n) for i, n in examined.items()}
-    src = pc.dictionary_encode(table["src_image_id"]).combine_chunks()
-    group = src.indices.to_numpy(zero_copy_only=False)
-    order = np.lexsort((-p, group))  # by source image, most confident first (stable: ties in table order)
-    first = np.searchsorted(group[order], np.arange(len(src.dictionary)))
-    rank = np.empty(len(p), dtype=np.int64)
-    rank[order] = np.arange(len(p)) - first[group[order]]
-    allowed = np.array([budget[i] for i in src.dictionary.to_pylist()])
-    return table.filter(pa.array(rank < allowed[group]))
-
-
 def to_table(run_id: str, category: str, ids: list[str], cols: dict | None) -> pa.Table:
     """Label rows of the chunk's images `ids` (`cols`: image and patch columns, None: no rows)."""
     if cols is None:
@@ -260,54 +190,6 @@ def to_table(run_id: str, category: str, ids: list[str], cols: dict | None) -> p
         "confidence": pa.nulls(n, pa.float32()),
     }
     return pa.table({name: data[name] for name in LABEL_SCHEMA.names}, schema=LABEL_SCHEMA)
-
-
-def vote_parts(tuples: int, conf) -> int:
-    """How many partitions a category's vote runs in."""
-    return max(1, math.ceil(tuples / conf.vote_tuples))
-
-
-def by_partition(table: pa.Table, parts: int):
-    """(partition, rows) of candidate labels split by their source image (a stable hash),
-    so that every chunk's candidates of a source patch meet in one vote task."""
-    if parts == 1:
-        yield 0, table
-        return
-    ids = pc.dictionary_encode(table["src_image_id"]).combine_chunks()
-    of_id = np.array([zlib.crc32(i.encode()) % parts for i in ids.dictionary.to_pylist()], dtype=np.int64)
-    part = of_id[ids.indices.to_numpy(zero_copy_only=False)]
-    for p in np.unique(part):
-        yield int(p), table.filter(pa.array(part == p))
-
-
-def vote(tables: list[pa.Table], conf) -> pa.Table:
-    """Sum the support of identical candidates across chunks, then keep per source patch
-    and image pair the best-supported target (ties: higher similarity, then position)."""
-    cands = pa.concat_tables(tables) if tables else LABEL_SCHEMA.empty_table()
-    con = duckdb.connect()
-    con.register("cands", cands)
-    pick = (
-        "QUALIFY row_number() OVER (PARTITION BY src_image_id, tgt_image_id, src_x, src_y "
-        "ORDER BY support DESC, similarity DESC, tgt_y, tgt_x) = 1"
-        if conf.vote
-        else ""
-    )
-    out = con.sql(
-        f"""
-        WITH summed AS (
-            SELECT run_id, category, src_image_id, tgt_image_id, src_x, src_y, tgt_x, tgt_y,
-                   min(hops) AS hops, min(cycle_error) AS cycle_error, max(similarity) AS similarity,
-                   any_value(sphere_angle) AS sphere_angle, sum(support)::INTEGER AS support,
-                   min(pair_error) AS pair_error, any_value(pose_gap) AS pose_gap, any_value(confidence) AS confidence
-            FROM cands GROUP BY ALL
-        )
-        SELECT * FROM summed WHERE support >= $min_support {pick}
-        ORDER BY src_image_id, tgt_image_id, src_y, src_x, tgt_y, tgt_x
-        """,
-        params={"min_support": conf.min_support},
-    ).to_arrow_table()
-    con.close()
-    return out.cast(LABEL_SCHEMA)
 
 
 def patch_index(fg: Foreground, xy_px: np.ndarray) -> np.ndarray:

@@ -246,7 +246,9 @@ def chain_lines(c: dict) -> list[str]:
         f"{c['anchors']:,} new of {c['pairable']:,} pairable images"
         + "".join(f"; {cat}: K={k} (its poses allow no longer)" for cat, k in c.get("tuple_k", {}).items()),
         *[f"            no tuple for '{cat}': {why}" for cat, why in c.get("no_tuples", {}).items()],
-        f"  chains    {c.get('seeds', 0):,} foreground seeds -> cycle check per hop: {hops}",
+        f"  chains    {c.get('seeds', 0):,} foreground seeds -> cycle check per hop: {hops}; features read "
+        f"{c.get('feature_reads', 0) / max(1, c['images']):.1f} times per image from the cache (node-local copies "
+        f"served the rest of {c.get('feature_loads', 0) / max(1, c['images']):.1f} loads)",
         f"  labels    {c.get('composed', 0):,} composed over all ordered pairs -> {c.get('candidates', 0):,} within "
         f"the pose-gap cap{known} -> {c.get('voted', 0):,} after the vote -> {c.get('after_pair_check', 0):,} after "
         f"the pair check -> {c.get('confident', 0):,} confident -> {c.get('labels', 0):,} "
@@ -507,7 +509,6 @@ def label(conf) -> int:
     """Run (or resume) the label run `conf` describes, print its summary; 0 when committed."""
     run = resolve(conf)
     if run.store.is_committed(run.run_id):
-        run.store.drop_candidates(run.run_id)
         print(f"run {run.run_id} is already committed in {run.store}; nothing to do")
         return 0
     log.info("run %s; if it stops, the same command with run_id=%s resumes it", run.run_id, run.run_id)

@@ -59,6 +59,17 @@ def wait_each(refs):
         yield done[0], ray.get(done[0])
 
 
+def on_every_node(fn, *args) -> list:
+    """`fn(*args)` once on each alive node of the cluster (e.g. to clean its local disk)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    task = ray.remote(num_cpus=0)(fn)
+    nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+    return ray.get(
+        [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote(*args) for n in nodes]
+    )
+
+
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 

@@ -1,32 +1,53 @@
-"""The Ray tasks of a label run, map then reduce: candidate labels per chunk of tuples
-(`candidate_task`), written per vote partition, then one vote per partition (`vote_task`),
-which starts once its category's chunks are in. Tasks share no disk and never open the
-catalog: they write their own files under the store (labelgen.store), and the driver
-commits them. `run_labels` schedules them and shows their progress."""
+"""The label stage on Ray Data: chunks of tuples -> chains -> Ray's hash shuffle -> vote.
 
+A chain task turns one chunk of tuples into candidate labels, each keyed by its vote
+partition (a stable hash of its source image); Ray Data's hash shuffle brings every
+chunk's candidates of a (category, partition) together, and one vote per partition keeps
+the labels the tuples agree on and writes them. Candidates travel through Ray's object
+store (spilled to the node's disk when it fills), never through files of the store; the
+vote gets its images' foreground counts as a column. The chain tasks report their counts
+and image sizes to a `ChainTally` actor (keyed by chunk, so a retried task counts once);
+the driver holds O(categories + partitions) and writes each category's images file once
+all its partitions are voted. Tasks share no disk and never open the catalog: the vote
+writes its own files under the store (labelgen.store), and the driver commits them.
+
+Each image's features are read by every chunk that holds it (60-90 chunks: tuples are
+random walks over the category), so the tasks read them through a node-local copy
+(`node_copy.NodeCopy`): from the store once per node.
+"""
+
+import threading
 import time
+import uuid
+from functools import lru_cache
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 from omegaconf import OmegaConf
 
-from . import labels, pairing
-from .console import Progress
-from .features import cache_uri, load_features
-from .models import SphereMapper, load_checkpoint
-from .ray_utils import wait_each
-from .sphere import map_image
-from .store import IMAGE_SCHEMA, LabelStore, images_table, sum_counts
+from . import labels, pairing, vote
+from .console import Progress, quiet_ray_data
+from .features import cache_uri, parse_features
+from .node_copy import NodeCopy, remove_copies
+from .ray_utils import on_every_node
+from .store import IMAGE_SCHEMA, images_table, sum_counts
+from .store.schema import LABEL_SCHEMA
 from .tuples import CategoryTuples
 
+# a candidate row on its way to the vote: the label columns, its vote partition, its source's foreground patches
+EXCHANGE_SCHEMA = pa.schema(
+    [*LABEL_SCHEMA, pa.field("vote", pa.int32()), pa.field("part", pa.int32()), pa.field("src_n_fg", pa.int32())]
+)  # vote: the shuffle's key, the partition's number over the run (an int hashes and sorts fast)
+IMAGE_COLUMNS = [n for n in IMAGE_SCHEMA.names if n not in ("run_id", "width", "height", "n_fg")]
 
-def chunk_candidates(run_id, category, tuples, cache_root, fingerprint, conf, rotations=None, device="cpu"):
-    """Chain one chunk of tuples into candidate labels, reading each of its images once;
-    returns the labels, the counts per stage and the features read."""
-    ids = sorted({i for t in tuples for i in t})
-    feats = {i: load_features(cache_uri(cache_root, fingerprint, i)) for i in ids}
+
+def chunk_candidates(run_id, category, tuples, load, conf, rotations=None, device="cpu"):
+    """Chain one chunk of tuples into candidate labels, loading each of its images once
+    (`load`: image id -> ImageFeatures); returns the labels, the counts per stage and the features."""
+    feats = {i: load(i) for i in sorted({i for t in tuples for i in t})}
     table, stats = labels.candidates(run_id, category, tuples, feats, conf, rotations, device)
     return table, stats, feats
 
@@ -41,101 +62,201 @@ def drop_known_pairs(table: pa.Table, labelled: set[str]) -> pa.Table:
     return table.filter(pc.invert(old))
 
 
-@ray.remote(num_cpus=1)
-def candidate_task(
-    run_id, category, chunk, tuples, cache_root, fingerprint, conf, rotations, parts, store_uri, labelled
-):
-    """Map: one chunk's candidate labels (none between two already labelled images), written
-    per vote partition; returns the counts per stage and each image's size and foreground."""
-    table, stats, feats = chunk_candidates(run_id, category, tuples, cache_root, fingerprint, conf, rotations)
-    table = drop_known_pairs(table, labelled)
+@ray.remote(num_cpus=0)
+class ChainTally:
+    """What the chain tasks report: counts per chunk, the sizes and foreground of the images
+    they saw, the vote partitions they sent candidates to."""
+
+    def __init__(self):
+        self.stats, self.sizes, self.parts = {}, {}, {}
+
+    def add(self, category: str, chunk: int, stats: dict, sizes: dict, parts: list[int]):
+        self.stats[category, chunk] = stats
+        self.sizes.setdefault(category, {}).update(sizes)
+        self.parts.setdefault(category, set()).update(parts)
+
+    def tuples(self) -> int:
+        return sum(s["tuples"] for s in self.stats.values())
+
+    def voted_parts(self) -> dict[str, set[int]]:
+        """category -> the partitions that got candidates (each gets a vote)."""
+        return self.parts
+
+    def category(self, category: str) -> tuple[dict, dict]:
+        """A category's summed chain counts and its images' (width, height, foreground patches)."""
+        return sum_counts(s for (c, _), s in self.stats.items() if c == category), self.sizes.get(category, {})
+
+
+@lru_cache(maxsize=4)
+def shared(ref) -> dict:
+    """A category's data for its chain tasks, fetched once per worker process."""
+    return ray.get(ref)
+
+
+def chain_chunk(batch: dict, run_id, categories, first_chunk, data, conf, features, copy_key, tally) -> pa.Table:
+    """Map: one chunk's candidate labels (none between two already labelled images), keyed by
+    their vote partition; its counts, image sizes and partitions go to the tally."""
+    n = int(batch["id"][0])
+    c = int(np.searchsorted(first_chunk, n, side="right")) - 1
+    category, chunk, d = categories[c], n - int(first_chunk[c]), shared(data[categories[c]])
+    step = conf.tuples_per_task
+    tuples = [tuple(t) for t in d["ids"][d["idx"][chunk * step : (chunk + 1) * step]]]
+    (cache_root, fingerprint), reader = features, NodeCopy(copy_key)
+
+    def load(image_id):
+        return parse_features(reader.read(cache_uri(cache_root, fingerprint, image_id)))
+
+    table, stats, feats = chunk_candidates(run_id, category, tuples, load, conf, d["rotations"])
+    table = drop_known_pairs(table, d["labelled"])
     stats["known_pairs"], stats["candidates"] = stats["candidates"] - table.num_rows, table.num_rows
-    store = LabelStore(store_uri)
-    for part, rows in labels.by_partition(table, parts):
-        store.write_candidates(run_id, category, part, chunk, rows)
-    return stats, {i: (f.width, f.height, int(f.fg.sum())) for i, f in feats.items()}
+    stats["feature_loads"], stats["feature_reads"] = len(feats), reader.reads
+    n_fg = {i: int(f.fg.sum()) for i, f in feats.items()}
+    part = vote.partition_of(table["src_image_id"], d["parts"])
+    src_n_fg = np.array([n_fg[i] for i in table["src_image_id"].to_pylist()], dtype=np.int32)
+    table = (
+        table.append_column("vote", pa.array(part + d["first_part"], pa.int32()))
+        .append_column("part", pa.array(part, pa.int32()))
+        .append_column("src_n_fg", pa.array(src_n_fg))
+    )
+    table, sizes = table.cast(EXCHANGE_SCHEMA), {i: (f.width, f.height, n_fg[i]) for i, f in feats.items()}
+    stats["exchanged_bytes"] = table.nbytes
+    ray.get(tally.add.remote(category, chunk, stats, sizes, np.unique(part).tolist()))
+    return table
 
 
-@ray.remote(num_cpus=1)
-def vote_task(run_id, category, part, conf, store_uri, sphere, *chunks):
-    """Reduce one vote partition of a category (it starts once the category's candidate tasks,
-    `chunks`, are done, with their images' foreground counts): vote, keep the labels whose
-    pair agrees and the most confident of them, filter on the sphere if asked; write them
-    with the counts and the pairs examined."""
-    store = LabelStore(store_uri)
-    examined = labels.vote([store.candidates(run_id, category, part)], conf)
-    stats = {"voted": examined.num_rows}
-    table = labels.pair_check(examined, conf.pair_radius)
-    stats["after_pair_check"] = table.num_rows
-    n_fg = {i: size[2] for _, sizes in chunks for i, size in sizes.items()}
-    pairs = examined.group_by(["src_image_id", "tgt_image_id"]).aggregate([])
-    table = labels.confidence_filter(table, conf, n_fg, pairs)
-    stats["confident"] = table.num_rows
-    if sphere is not None and table.num_rows:
-        t0 = time.perf_counter()
-        mapper, (cache_root, fingerprint) = load_checkpoint(SphereMapper, sphere["checkpoint"]), sphere["cache"]
-        ids = sorted(set(table.column("src_image_id").to_pylist()) | set(table.column("tgt_image_id").to_pylist()))
-        fgs = {i: labels.Foreground.of(load_features(cache_uri(cache_root, fingerprint, i))) for i in ids}
-        points = {i: map_image(mapper, fg.feats) for i, fg in fgs.items()}
-        table = labels.sphere_filter(table, fgs, points, conf.sphere_deg)
-        stats["sphere_filter_s"] = time.perf_counter() - t0
-    stats["labels"] = table.num_rows
-    store.write_part(run_id, category, part, table, stats, examined)
-    return stats
+def label_dataset(
+    run, df: pd.DataFrame, tuples_by_cat: dict[str, CategoryTuples], parts: dict, tally, sphere, copy_key
+):
+    """The Ray Data pipeline: chunk numbers -> chain tasks -> hash shuffle by (category,
+    partition) -> one vote per partition; yields a row per partition voted."""
+    conf = OmegaConf.create(OmegaConf.to_container(run.conf.labels))
+    categories = list(tuples_by_cat)
+    chunks = [-(-len(tuples_by_cat[c]) // conf.tuples_per_task) for c in categories]
+    first_chunk = np.concatenate([[0], np.cumsum(chunks)[:-1]]).astype(np.int64)
+    first_part, data = dict(zip(categories, np.cumsum([0, *(parts[c] for c in categories)]).tolist())), {}
+    for c in categories:
+        t, rows = tuples_by_cat[c], df[df["category"] == c]
+        data[c] = ray.put(
+            {
+                "ids": t.ids,
+                "idx": t.idx,
+                "rotations": pairing.view_rotations(rows),
+                "labelled": run.labelled & set(t.ids),
+                "parts": parts[c],
+                "first_part": first_part[c],
+            }
+        )
+    # Ray Data keeps half of the CPUs for the operators downstream of the chains by default; the
+    # shuffle's map tasks need them only at the end, so the chains take every CPU (x2 on 2 cores)
+    context = ray.data.DataContext.get_current()
+    context.op_resource_reservation_enabled = False
+    chained = ray.data.range(sum(chunks), override_num_blocks=sum(chunks)).map_batches(
+        chain_chunk,
+        batch_size=None,  # a block is one chunk number: Ray Data fuses the read into the chain task
+        num_cpus=1,
+        fn_kwargs={
+            "run_id": run.run_id,
+            "categories": categories,
+            "first_chunk": first_chunk,
+            "data": data,
+            "conf": conf,
+            "features": (run.cache_root, run.label_features),
+            "copy_key": copy_key,
+            "tally": tally,
+        },
+    )
+    return chained.groupby("vote", num_partitions=sum(parts.values())).map_groups(
+        vote.vote_group,
+        batch_format="pyarrow",
+        num_cpus=1,
+        fn_kwargs={
+            "run_id": run.run_id,
+            "conf": conf,
+            "store_uri": run.store.uri,
+            "sphere": sphere and {"checkpoint": sphere["checkpoint"], "cache": sphere["cache"]},
+            "copy_key": copy_key,
+        },
+    )
 
 
-IMAGE_COLUMNS = [n for n in IMAGE_SCHEMA.names if n not in ("run_id", "width", "height", "n_fg")]
+class ChainProgress:
+    """The chains' progress bar, moved by polling the tally from a thread (the pipeline's
+    first output comes only after every chain task is done); notes when the last one ended."""
+
+    def __init__(self, tally, total: int, every_s: float = 0.5):
+        self.tally, self.total, self.every_s = tally, total, every_s
+        self.bar, self.done_at = Progress(total, "chains", "tuples"), None
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.poll, daemon=True)
+        self.thread.start()
+
+    def poll(self):
+        while not self.stop.wait(self.every_s) and self.done_at is None:
+            self.seen(ray.get(self.tally.tuples.remote()))
+
+    def seen(self, done: int):
+        self.bar.update(done - self.bar.done)
+        if done >= self.total and self.done_at is None:
+            self.done_at = time.perf_counter()
+            self.bar.close()
+
+    def finish(self) -> float:
+        """Stop polling (every chain task is done); when the last one was seen to end."""
+        self.stop.set()
+        self.thread.join()
+        if self.done_at is None:
+            self.seen(ray.get(self.tally.tuples.remote()))
+        return self.done_at
 
 
 def run_labels(run, df: pd.DataFrame, tuples_by_cat: dict[str, CategoryTuples], sphere=None) -> dict:
-    """Candidate tasks per chunk of tuples, then the vote tasks of each category's partitions;
-    a category's images file (with the chains' counts) is written once its chunks are in.
-    Returns the seconds until the last chain and until the last vote."""
-    conf = OmegaConf.create(OmegaConf.to_container(run.conf.labels))
-    step, store, run_id = conf.tuples_per_task, run.store, run.run_id
-    category_of, left, parts, rows, votes = {}, {}, {}, {}, []
-    for category, tuples in tuples_by_cat.items():
-        parts[category] = labels.vote_parts(len(tuples), conf)
-        rows[category] = df[df["category"] == category]
-        rotations = ray.put(pairing.view_rotations(rows[category]))
-        labelled = ray.put(run.labelled & set(tuples.ids))
-        refs = [
-            candidate_task.remote(
-                run_id,
-                category,
-                n,
-                tuples[s : s + step],
-                run.cache_root,
-                run.label_features,
-                conf,
-                rotations,
-                parts[category],
-                store.uri,
-                labelled,
-            )
-            for n, s in enumerate(range(0, len(tuples), step))
-        ]
-        votes += [vote_task.remote(run_id, category, p, conf, store.uri, sphere, *refs) for p in range(parts[category])]
-        category_of.update(dict.fromkeys(refs, category))
-        left[category] = len(refs)
-    t0, done_chunks = time.perf_counter(), {c: [] for c in tuples_by_cat}
-    with Progress(sum(len(t) for t in tuples_by_cat.values()), "chains", "tuples") as bar:
-        for ref, chunk in wait_each(category_of):
-            category = category_of[ref]
-            done_chunks[category].append(chunk)
-            bar.update(chunk[0]["tuples"])
-            if len(done_chunks[category]) == left[category]:
-                write_images(run, category, rows.pop(category), done_chunks.pop(category), parts[category])
-    chains_s = time.perf_counter() - t0
-    with Progress(len(votes), "vote", "partitions") as bar:
-        for _ in wait_each(votes):
+    """Chains and vote of every category on one Ray Data pipeline; a category's images file
+    (with the chains' counts and its number of partitions) is written once its partitions are
+    voted, which marks it done for a resumed attempt. Returns the seconds until the last chain
+    and until the last vote."""
+    quiet_ray_data()
+    parts = {c: vote.vote_parts(len(t), run.conf.labels) for c, t in tuples_by_cat.items()}
+    copy_key, tally = f"{run.run_id}-{uuid.uuid4().hex[:8]}", ChainTally.remote()
+    on_every_node(remove_copies, f"{run.run_id}-")  # of an earlier attempt, whose features may have changed since
+    t0, voted, expected = time.perf_counter(), {c: set() for c in tuples_by_cat}, None
+    chains = ChainProgress(tally, sum(len(t) for t in tuples_by_cat.values()))
+    try:
+        rows = label_dataset(run, df, tuples_by_cat, parts, tally, sphere, copy_key).iter_rows()
+        for row in rows:
+            if expected is None:
+                expected, chains_s = expect(run, df, list(voted), tally, chains, t0)
+                bar = Progress(sum(map(len, expected.values())), "vote", "partitions")
+            voted[row["category"]].add(row["part"])
             bar.update(1)
+            if voted[row["category"]] == expected[row["category"]]:
+                write_images(run, df, row["category"], tally, len(expected[row["category"]]))
+        if expected is None:  # no candidates at all: no vote ran
+            expected, chains_s = expect(run, df, list(voted), tally, chains, t0)
+        else:
+            bar.close()
+    finally:
+        chains.finish()
+        on_every_node(remove_copies, f"{run.run_id}-")
+        ray.kill(tally)
     return {"chains_s": chains_s, "vote_s": time.perf_counter() - t0 - chains_s}
 
 
-def write_images(run, category: str, rows: pd.DataFrame, chunks, parts: int):
-    """The category's images (sizes and foreground as its chunks saw them) and the chains' counts."""
-    seen = {i: size for _, chunk_seen in chunks for i, size in chunk_seen.items()}
+def expect(run, df: pd.DataFrame, categories: list, tally, chains: ChainProgress, t0: float) -> tuple[dict, float]:
+    """Once the chains are done: the partitions each category will vote (those that got
+    candidates), the chains' seconds; a category with none is done already."""
+    chains_s, got = chains.finish() - t0, ray.get(tally.voted_parts.remote())
+    expected = {c: got.get(c, set()) for c in categories}
+    for category, wanted in expected.items():
+        if not wanted:
+            write_images(run, df, category, tally, 0)
+    return expected, chains_s
+
+
+def write_images(run, df: pd.DataFrame, category: str, tally, parts: int):
+    """The category's images (sizes and foreground as its chunks saw them), the chains' counts
+    and its number of vote partitions."""
+    stats, seen = ray.get(tally.category.remote(category))
     sizes = pd.DataFrame.from_dict(seen, orient="index", columns=["width", "height", "n_fg"])
+    rows = df[df["category"] == category]
     images = rows[[c for c in IMAGE_COLUMNS if c in rows.columns]].join(sizes, on="image_id").assign(run_id=run.run_id)
-    run.store.write_images(run.run_id, category, images_table(images), sum_counts(stats for stats, _ in chunks), parts)
+    run.store.write_images(run.run_id, category, images_table(images), stats, parts)

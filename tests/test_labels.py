@@ -5,7 +5,8 @@ import torch
 from omegaconf import OmegaConf
 
 from labelgen.features import ImageFeatures
-from labelgen.labels import LABEL_SCHEMA, candidates, default_conf, pair_check, vote
+from labelgen.labels import LABEL_SCHEMA, candidates, default_conf
+from labelgen.vote import pair_check, vote
 
 
 def rows(*labels):
@@ -113,7 +114,7 @@ def test_no_labels_between_views_beyond_the_pose_gap_cap():
 
 
 def test_confidence_is_the_logistic_model_of_the_signals_and_the_quota_keeps_the_most_confident():
-    from labelgen.labels import confidence_filter
+    from labelgen.vote import confidence_filter
 
     table = rows(("a", "b", 4, 10, 1, 0.9), ("a", "b", 12, 20, 4, 0.2), ("c", "b", 8, 10, 1, 0.1))
     conf = OmegaConf.merge(
@@ -154,7 +155,7 @@ def test_confidence_is_the_logistic_model_of_the_signals_and_the_quota_keeps_the
 
 
 def test_the_vote_over_partitions_by_source_image_equals_the_whole_vote():
-    from labelgen.labels import by_partition
+    from labelgen.vote import partition_of
 
     g = np.random.default_rng(0)
     cands = [
@@ -175,7 +176,8 @@ def test_the_vote_over_partitions_by_source_image_equals_the_whole_vote():
     ]  # three chunks
     conf = OmegaConf.create(default_conf)
     whole = vote(cands, conf)
-    parts = [dict(by_partition(c, 4)) for c in cands]
+    parts = [{int(k): c.filter(pa.array(partition_of(c["src_image_id"], 4) == k)) for k in range(4)} for c in cands]
+    parts = [{k: t for k, t in p.items() if t.num_rows} for p in parts]
     assert all(sorted(p) != [0] for p in parts)  # the rows did spread over partitions
     split = pa.concat_tables([vote([p[k] for p in parts if k in p], conf) for k in range(4)])
     key = ["src_image_id", "tgt_image_id", "src_y", "src_x", "tgt_y", "tgt_x"]

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 
 from labelgen.evaluate import CURVE_SIGNALS, curves, part_rows, summarise
-from labelgen.labels import CONFIDENCE_INPUTS, SIGNALS
 from labelgen.metrics import Tally, homography_error, pck, relative_error, within
+from labelgen.vote import CONFIDENCE_INPUTS, SIGNALS
 
 SHIFT = np.array([[1.0, 0, 10], [0, 1, 0], [0, 0, 1]])  # the target view is the source shifted 10 px right
 

@@ -251,7 +251,7 @@ def test_checkpoints_load_weights_only_and_refuse_code(tmp_path, load):
 
 @pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs, as root (CI runs as root)")
-@pytest.mark.parametrize("stage, size, cache", [("features", "3m", False), ("vote", "400k", True)])
+@pytest.mark.parametrize("stage, size, cache", [("features", "3m", False), ("vote", "300k", True)])
 def test_a_full_disk_fails_in_words_leaves_nothing_visible_and_the_run_resumes_once_space_is_free(
     concurrent_runs, tiny_demo, tmp_path, stage, size, cache
 ):

@@ -1,5 +1,6 @@
 """End to end on local Ray: the user's commands, run as the user runs them."""
 
+import glob
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import pytest
 
 from benchmarks.tiny import tiny_demo_args
 from labelgen.labels import LABEL_SCHEMA
+from labelgen.node_copy import COPIES
 from labelgen.store import LabelStore
 
 pytestmark = pytest.mark.slow
@@ -63,7 +65,7 @@ def test_pipeline_writes_queryable_labels_and_reuses_the_feature_cache(tiny_demo
         assert diff == (0,)
     con.close()
     assert len(list((store / "runs" / "again" / "labels").glob("category=*/part-*.parquet"))) == 4
-    assert not (store / "runs" / "again" / "candidates").exists()  # the vote's inputs go with the commit
+    assert not glob.glob(os.path.join(COPIES, "again-*"))  # the chains' copies of features go with the run
 
     report = run(["labelgen.evaluate", f"store={store}", "run_id=again", f"output={tmp_path / 'eval.json'}"])
     assert report.returncode == 0, report.stderr[-3000:]

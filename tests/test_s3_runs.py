@@ -101,7 +101,7 @@ def test_a_killed_run_shows_nothing_and_its_resume_equals_an_undisturbed_run(tmp
         [sys.executable, "-m", *args, "run_id=victim"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     deadline = time.time() + 300
-    while not any("/labels/" in k for k in staged_keys("resume/runs/victim/")):
+    while not any("/images/" in k for k in staged_keys("resume/runs/victim/")):  # a category voted whole
         assert proc.poll() is None and time.time() < deadline, "the run ended before it staged anything"
         time.sleep(0.05)
     kill_tree(proc)
@@ -160,3 +160,38 @@ def test_training_checkpoints_to_s3(undisturbed, run):
     assert (
         model["model_id"] == "s3model" and model["snapshot"] == LabelStore(store).current_snapshot() - 2
     )  # then its own two rows
+
+
+def test_a_run_on_three_nodes_without_a_shared_disk_gives_the_labels_of_one_node(
+    undisturbed, tiny_demo, s3_server, run
+):
+    """A head and two worker nodes on this machine, each with a temporary folder of its own
+    (where the chains keep their copies of features), the store and its feature cache on S3:
+    the labels of the one-node run, chains on both workers, no copy left on any node."""
+    import tempfile
+
+    from ray.cluster_utils import Cluster
+
+    homes = [tempfile.mkdtemp(prefix="labelgen-node-") for _ in range(3)]  # short: Ray's socket paths are limited
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "env_vars": {"TMPDIR": homes[0]}})
+    try:
+        for home in homes[1:]:
+            cluster.add_node(num_cpus=1, env_vars={"TMPDIR": home})
+        store = f"{s3_server}/nodes"
+        args = [*tiny_demo_args(tiny_demo), f"store={store}", "run_id=lab", "labels.tuples_per_task=1"]
+        out = run(["labelgen.run", *args, f"ray.address={cluster.address}"])
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert labels_of(store, "lab").equals(labels_of(undisturbed, "lab"))
+        con = LabelStore(store).connect()
+        counts = json.loads(con.execute("SELECT counts FROM runs WHERE run_id = 'lab'").fetchone()[0])
+        con.close()
+        assert len(set(counts["feature_actors"])) >= 1 and counts["images"] == 8
+        # each worker node read the features of its chunks from S3 once (one node alone reads each image once)
+        assert 8 < counts["feature_reads"] <= counts["feature_loads"]
+        assert all(
+            not os.listdir(os.path.join(h, "labelgen-copies"))
+            for h in homes
+            if os.path.isdir(os.path.join(h, "labelgen-copies"))
+        )
+    finally:
+        cluster.shutdown()

@@ -6,7 +6,6 @@ Layout under the store URI (a local folder or s3://bucket/prefix):
 
     catalog.json                                      which catalog the store was created with; written last
     catalog.sqlite                                    the default catalog (catalog.py says which others)
-    runs/<run>/candidates/category=<c>/part-<p>/...   a chunk's candidate labels per vote partition (until the commit)
     runs/<run>/labels/category=<c>/part-<p>.parquet    labels of a vote partition of a category, written by its Ray task
     runs/<run>/pairs/category=<c>/part-<p>.parquet     the image pairs that partition examined, with their label counts
     runs/<run>/pairs/category=<c>/retracted.parquet    pairs of replaced images it did not examine: 0 labels now

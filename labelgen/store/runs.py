@@ -8,7 +8,6 @@ import subprocess
 import pyarrow as pa
 
 from .. import __version__
-from ..io import delete_dir
 from . import catalog as cat
 from .connections import insert_log, now, records
 from .schema import BAD_INPUT_SCHEMA, COMMIT_MESSAGE
@@ -141,10 +140,4 @@ class Runs:
                 insert_log(con, "run_log", {**record, "logged": now()})
 
         cat.retrying(f"commit run {run_id}", attempt, committed=lambda: self.is_committed(run_id))
-        self.drop_candidates(run_id)
         return record
-
-    def drop_candidates(self, run_id: str):
-        """Delete a committed run's staged candidates: the vote's inputs, not part of the run
-        (a kill between the commit and this leaves them for the next start to drop)."""
-        delete_dir(self._run(run_id, "candidates"))

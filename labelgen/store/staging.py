@@ -55,18 +55,6 @@ class Staging:
     def images_uri(self, run_id: str, category: str) -> str:
         return self._run(run_id, "images", f"category={category}.parquet")
 
-    def candidates_uri(self, run_id: str, category: str, part: int, chunk: int) -> str:
-        return self._run(run_id, "candidates", f"category={category}", f"part-{part:05d}", f"chunk-{chunk:05d}.parquet")
-
-    def write_candidates(self, run_id: str, category: str, part: int, chunk: int, table: pa.Table):
-        write_bytes(self.candidates_uri(run_id, category, part, chunk), table_bytes(table))
-
-    def candidates(self, run_id: str, category: str, part: int) -> pa.Table:
-        """The candidate labels every chunk of a category wrote for one vote partition."""
-        files = self._staged(run_id, "candidates", f"category={category}", f"part-{part:05d}")
-        tables = [pq.read_table(pa.BufferReader(read_bytes(f))) for f in files]
-        return pa.concat_tables(tables) if tables else LABEL_SCHEMA.empty_table()
-
     def _staged(self, run_id: str, *kind: str) -> list[str]:
         """URIs of the files of one kind (labels, images, candidates/...) that the run's tasks wrote."""
         _, root = filesystem(self.uri)
@@ -80,7 +68,7 @@ class Staging:
         for uri in self._staged(run_id, "labels"):
             category = _category(uri)
             written[category] = written.get(category, 0) + 1
-        return {c for c, (_, parts) in self._images_meta(run_id).items() if written.get(c) == parts}
+        return {c for c, (_, parts) in self._images_meta(run_id).items() if written.get(c, 0) == parts}
 
     def staged_sources(self, run_id: str) -> set[str]:
         """Source images of the labels the run's tasks wrote (from its pair files)."""
