@@ -13,12 +13,14 @@ import time
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 from labelgen import pipeline
 from labelgen.cli import run_command
 from labelgen.features import FeatureWorker, worker_batch
 from labelgen.manifest import read_manifest
 
+from . import exchange
 from .chains import bench_chains
 from .current_labels import bench_current_labels, render_current_labels
 from .features import bench_backbones, bench_cache, cache_cut_dinov2, matmul_flops
@@ -103,7 +105,7 @@ def table(rows: list[dict], fmt: dict | None = None) -> str:
 def bench(conf) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     m = machine()
-    steps = 9
+    steps = 10
     print(
         f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']:.0f} GiB; torch {m['torch']}; GPU: "
         f"{m['gpu'] or 'none'}",
@@ -165,7 +167,7 @@ def bench(conf) -> int:
     )
     print(
         f"[7/{steps}] scale and growth: the 3D collection at "
-        + ("1x and 4x, growth at 1x" if conf.quick else "1x, 4x and 16x, one category of 20,000 views, growth at 4x"),
+        + ("1x and 4x, growth at 1x" if conf.quick else "1x, 4x and 16x, growth at 4x"),
         flush=True,
     )
     growth = bench_growth(os.path.abspath(conf.workdir), conf.quick)
@@ -188,11 +190,18 @@ def bench(conf) -> int:
     )
     pairing = bench_pairing(conf.quick)
 
+    print(f"[10/{steps}] one category at N views: the exchange's growth", flush=True)
+    sizes = exchange.default_conf["sizes"][:2] if conf.quick else exchange.default_conf["sizes"]
+    one_category = exchange.bench_exchange(
+        OmegaConf.create({**exchange.default_conf, "sizes": sizes, "workdir": os.path.join(conf.workdir, "exchange")})
+    )
+
     report = "\n".join(
         [
             render(m, peak, peak_1, feats, backbones, actor_share, chains, cache, mem, make_run, scale, growth),
             render_current_labels(current),
             render_pairing(pairing),
+            exchange.markdown(one_category),
         ]
     )
     print(report)
@@ -260,7 +269,7 @@ def render(m, peak, peak_1, feats, backbones, actor_share, chains, cache, mem, m
             if make_run
             else "skipped (quick=true) | |"
         ),
-        f"| scale ({', '.join(growth['sizes'])}{', one category of 20,000 views' if growth['big'] else ''}) and "
+        f"| scale ({', '.join(growth['sizes'])}) and "
         f"growth | {sum(t['met'] for t in growth['targets'])} of {len(growth['targets'])} targets met; the section "
         "below | |",
         "",

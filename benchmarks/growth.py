@@ -2,8 +2,8 @@
 labelling a grown collection costs against labelling it anew.
 
 The built-in 3D collection at 1x (7 instances x 10 views x 6 categories = 420 views),
-4x and 16x (more instances per category, the same views), and one category of 20,000
-small views. Every collection is rendered once, before and outside the timed runs
+4x and 16x (more instances per category, the same views); one category of up to 20,000
+views is benchmarks.exchange. Every collection is rendered once, before and outside the timed runs
 (`data.manifest=` then points at it), so the runs time the pipeline, not the renderer.
 Each size's full run is in a fresh store with a fresh feature cache: its features stage
 is real. A run is `benchmarks.memory.peak_memory` (the process tree's peak PSS, the
@@ -31,11 +31,7 @@ from .memory import peak_memory
 
 SCALES = {"1x": 1, "4x": 4, "16x": 16}  # x the default's instances per category (4 dev, 3 val)
 QUICK_SCALES = ("1x", "4x")
-BIG = {"categories": ["chair"], "dev_instances": 1200, "val_instances": 800, "size": 64}  # x 10 views = 20,000
-BIG_ARGS = ["backbone.image_size=32"]  # the smallest MobileNetV2 takes (a multiple of 32)
-BIG_TIMEOUT_S = 900  # longer: measured on a quarter of its instances instead
-RUN_TIMEOUT_S = 3600  # any other run (16x may take ~20 min here)
-BIG_FALLBACK = 0.25
+RUN_TIMEOUT_S = 3600  # a run (16x may take ~20 min here)
 GROWN_SHARE = 0.9  # of each category's instances in the first growth run
 TARGETS = {"stage_growth": 1.3, "labels_drift": 0.25, "coverage": 0.95, "driver_growth": 1.5, "grown": 0.2}
 TIME_STEP_S = 0.05  # half the time line's rounding (0.1 s): the least a stage of "0.0 s" may have taken
@@ -195,32 +191,16 @@ def bench_increment(full: dict, root: str) -> dict:
     }
 
 
-def bench_big(root: str) -> dict:
-    """One category of 20,000 small views; if its run outlasts BIG_TIMEOUT_S, a quarter of its
-    instances instead (the largest tried that fits)."""
-    manifest, render_s = render(root, BIG)
-    r = measure("big", manifest, root, BIG_ARGS, BIG_TIMEOUT_S)
-    if r is None:
-        r = measure("big", subset(manifest, BIG_FALLBACK, "manifest-quarter"), root, BIG_ARGS, BIG_TIMEOUT_S)
-        r = r and {
-            **r,
-            "fallback": f"the 20,000 views took longer than {BIG_TIMEOUT_S} s: measured on "
-            f"{BIG_FALLBACK:.0%} of the instances",
-        }
-    return r and {**r, "size": "one category", "render_s": render_s}
-
-
 def bench_growth(root: str, quick: bool) -> dict:
-    """Full runs at each size (1x, 4x and, unless quick, 16x and the 20,000-view category);
-    the growth runs at 1x (quick) or 4x; the targets."""
+    """Full runs at each size (1x, 4x and, unless quick, 16x); the growth runs at 1x (quick)
+    or 4x; the targets. One category of up to 20,000 views: benchmarks.exchange."""
     root = os.path.join(root, "growth")
     sizes = {}
     for name in QUICK_SCALES if quick else SCALES:
         manifest, render_s = render(root, {"dev_instances": 4 * SCALES[name], "val_instances": 3 * SCALES[name]})
         sizes[name] = {**measure(name, manifest, root), "render_s": render_s}
-    big = None if quick else bench_big(root)
     growth = bench_increment(sizes["1x" if quick else "4x"], root)
-    return {"sizes": sizes, "big": big, "growth": growth, "targets": targets(sizes, big, growth), "quick": quick}
+    return {"sizes": sizes, "growth": growth, "targets": targets(sizes, growth), "quick": quick}
 
 
 def against_1x(size: dict, first: dict, stage: str) -> float:
@@ -230,15 +210,14 @@ def against_1x(size: dict, first: dict, stage: str) -> float:
     )
 
 
-def targets(sizes: dict, big: dict | None, growth: dict) -> list[dict]:
+def targets(sizes: dict, growth: dict) -> list[dict]:
     """Each target: what it asks, what was measured, met or not (timings are never asserted)."""
     first, last = sizes["1x"], sizes[list(sizes)[-1]]
     name = last["size"]
     stage = {k: against_1x(last, first, k) for k in last["per_image"]}
     worst = max(stage, key=stage.get)
     drift = last["labels_per_image"] / first["labels_per_image"] - 1 if first["labels_per_image"] else float("inf")
-    covered = [*sizes.values(), *([big] if big else [])]
-    coverage = [s["coverage"] for s in covered]
+    coverage = [s["coverage"] for s in sizes.values()]
     driver = last["driver_peak_mb"] / first["driver_peak_mb"]
     grown, repeated = growth["rows"][1], growth["rows"][2]
     return [
@@ -255,7 +234,7 @@ def targets(sizes: dict, big: dict | None, growth: dict) -> list[dict]:
         {
             "target": f"coverage >= {TARGETS['coverage']} at every size",
             "measured": ", ".join(
-                f"{s['size']} {'n/a' if c is None else format(c, '.3f')}" for s, c in zip(covered, coverage)
+                f"{s['size']} {'n/a' if c is None else format(c, '.3f')}" for s, c in zip(sizes.values(), coverage)
             ),
             "met": all(c is not None and c >= TARGETS["coverage"] for c in coverage),
         },
@@ -286,7 +265,7 @@ def render_growth(result: dict) -> str:
     """The markdown section: the targets, each size's figures, seconds per image by stage, the growth runs."""
     from .__main__ import table
 
-    sizes = [*result["sizes"].values(), *([result["big"]] if result["big"] else [])]
+    sizes = list(result["sizes"].values())
     stages = list(dict.fromkeys(k for s in sizes for k in s["per_image"]))
     first = sizes[0]
     growth = result["growth"]
@@ -371,17 +350,4 @@ def render_growth(result: dict) -> str:
         f"image, source point) {growth['distinct']:,}.",
         "",
     ]
-    if result["big"]:
-        b = result["big"]
-        lines += [
-            f"One category: {BIG['dev_instances'] + BIG['val_instances']} instances x 10 views at {BIG['size']} px, "
-            f"{' '.join(BIG_ARGS)}" + (f"; {b['fallback']}" if b.get("fallback") else "") + ".",
-            "",
-        ]
-    elif not result["quick"]:
-        lines += [
-            f"One category of 20,000 views: not measured, neither it nor {BIG_FALLBACK:.0%} of its instances "
-            f"finished within {BIG_TIMEOUT_S} s.",
-            "",
-        ]
     return "\n".join(lines)

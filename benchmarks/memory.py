@@ -24,33 +24,33 @@ from labelgen.demo import build_demo
 from labelgen.store import LabelStore
 
 
-def tree_pss(root: psutil.Process) -> tuple[int, int]:
-    """(PSS of the whole tree, PSS of the root alone), bytes."""
-    total = own = 0
+def tree_pss(root: psutil.Process) -> tuple[int, int, int]:
+    """(PSS of the whole tree, of the root alone, of its largest other process), bytes."""
+    total = own = largest = 0
     for p in [root, *root.children(recursive=True)]:
         try:
             pss = p.memory_full_info().pss
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
         total += pss
-        own = pss if p.pid == root.pid else own
-    return total, own
+        own, largest = (pss, largest) if p.pid == root.pid else (own, max(largest, pss))
+    return total, own, largest
 
 
-def peak_memory(argv: list[str], timeout_s: float = 1800) -> dict:
+def peak_memory(argv: list[str], timeout_s: float = 1800, env: dict | None = None) -> dict:
     proc = subprocess.Popen(
         [sys.executable, "-m", "labelgen.run", *argv],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "RAY_ADDRESS": ""},
+        env={**os.environ, "RAY_ADDRESS": "", **(env or {})},
     )
-    root, peak, driver, done = psutil.Process(proc.pid), [0], [0], threading.Event()
+    root, peak, driver, task, done = psutil.Process(proc.pid), [0], [0], [0], threading.Event()
 
     def sample():
         while not done.is_set():
-            total, own = tree_pss(root)
-            peak[0], driver[0] = max(peak[0], total), max(driver[0], own)
+            total, own, largest = tree_pss(root)
+            peak[0], driver[0], task[0] = max(peak[0], total), max(driver[0], own), max(task[0], largest)
             time.sleep(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -74,6 +74,7 @@ def peak_memory(argv: list[str], timeout_s: float = 1800) -> dict:
     return {
         "peak_mb": peak[0] / 2**20,
         "driver_peak_mb": driver[0] / 2**20,
+        "task_peak_mb": task[0] / 2**20,  # the largest process beside the driver: a worker, or Ray's own
         "seconds": time.perf_counter() - t0,
         "stages": stages(out),
     }
