@@ -50,14 +50,14 @@ def instances(manifest: str, views: int, root: str) -> str:
     return path
 
 
-def measure(name: str, manifest: str, root: str, cache: str, timeout_s: float, env=None) -> dict | None:
+def measure(name: str, manifest: str, root: str, cache: str, timeout_s: float, checkout=None) -> dict | None:
     """One run in a fresh store on the shared cache: per image milliseconds of each stage,
     memory, reads, bytes and files; None when it outlasts timeout_s."""
     store = os.path.join(root, f"store-{name}")
     fresh(store)
     argv = [f"data.manifest={manifest}", f"store={store}", f"features.cache={cache}", "run_id=bench", *ARGS]
     try:
-        r = peak_memory(argv, timeout_s, env)
+        r = peak_memory(argv, timeout_s, checkout and {"PYTHONPATH": checkout}, checkout)
     except Exception as e:  # subprocess.TimeoutExpired, or a failed run
         return {"error": f"{type(e).__name__}: {str(e)[:200]}"}
     c = run_counts(store, "bench")
@@ -97,11 +97,11 @@ def bench_exchange(conf) -> dict:
     out = {"render_s": render_s, "sizes": list(conf.sizes), "runs": {}}
     sides = {"new": (None, conf.sizes)}
     if conf.old:
-        sides["old"] = ({"PYTHONPATH": os.path.abspath(conf.old)}, conf.old_sizes)
-    for side, (env, sizes) in sides.items():
+        sides["old"] = (os.path.abspath(conf.old), conf.old_sizes)
+    for side, (checkout, sizes) in sides.items():
         for n in sizes:
             print(f"exchange: {side}, {n:,} views", flush=True)
-            r = measure(f"{side}-{n}", instances(manifest, n, root), root, cache, conf.timeout_s, env)
+            r = measure(f"{side}-{n}", instances(manifest, n, root), root, cache, conf.timeout_s, checkout)
             out["runs"][f"{side}-{n}"] = r
             if "error" in r:
                 break  # a larger size will not finish either

@@ -37,13 +37,14 @@ def tree_pss(root: psutil.Process) -> tuple[int, int, int]:
     return total, own, largest
 
 
-def peak_memory(argv: list[str], timeout_s: float = 1800, env: dict | None = None) -> dict:
+def peak_memory(argv: list[str], timeout_s: float = 1800, env: dict | None = None, cwd: str | None = None) -> dict:
     proc = subprocess.Popen(
         [sys.executable, "-m", "labelgen.run", *argv],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, "RAY_ADDRESS": "", **(env or {})},
+        cwd=cwd,  # `-m` puts the working folder first on the path: another checkout runs from its own
     )
     root, peak, driver, task, done = psutil.Process(proc.pid), [0], [0], [0], threading.Event()
 

@@ -34,9 +34,8 @@ FEATURE_BYTES = 60 * 60 * 768 * 2  # one full DINOv2-B grid in float16 (what the
 IMAGES = 1_000_000
 IMAGES_PER_CATEGORY = 1000
 TUPLES_PER_IMAGE = pairing.default_conf["tuples_per_image"]  # each image anchors as many, whatever its category's size
-K = 4
 GRID_CELLS = 60 * 60  # DINOv2-B at 840 px
-TUPLES_PER_TASK = 256  # labels.tuples_per_task: a task reads each image of its chunk once
+TUPLES_PER_TASK = 256  # labels.tuples_per_task
 
 
 def dinov2_b_flops() -> int:
@@ -75,15 +74,14 @@ def scale_model(
     tuple_s = pairs_per_tuple * pair_dino + per_tuple_demo * fg_patches / demo_fg  # index work grows with patches
     categories = IMAGES // IMAGES_PER_CATEGORY
     tuples = IMAGES * TUPLES_PER_IMAGE
-    # a chunk's distinct images: the category's, each drawn with probability 1 - exp(-slots / images)
-    per_chunk = IMAGES_PER_CATEGORY * (1 - math.exp(-TUPLES_PER_TASK * K / IMAGES_PER_CATEGORY))
-    read_bytes_full = (
-        categories * math.ceil(IMAGES_PER_CATEGORY * TUPLES_PER_IMAGE / TUPLES_PER_TASK) * per_chunk * FEATURE_BYTES
-    )
-    read_bytes = read_bytes_full * cache_fraction
+    chunks = math.ceil(IMAGES_PER_CATEGORY * TUPLES_PER_IMAGE / TUPLES_PER_TASK)  # per category
     cache_bytes = IMAGES * 2 * FEATURE_BYTES  # the image and its mirrored twin
     rows = []
     for n in nodes:
+        # node-local copies (labelgen.node_copy): a category's images are read once by each node that chains
+        # one of its chunks, at worst every node (the head and n workers)
+        read_bytes_full = categories * min(n + 1, chunks) * IMAGES_PER_CATEGORY * FEATURE_BYTES
+        read_bytes = read_bytes_full * cache_fraction
         stages = {
             "features (GPU)": IMAGES / (gpu_img_s * n) / 3600,
             "chains (CPU)": tuples * tuple_s / (HEAD_CPUS + CPUS_PER_GPU_NODE * n) / 3600,
@@ -110,7 +108,7 @@ def scale_model(
         "tuple_s": tuple_s,
         "tuples": tuples,
         "rows": rows,
-        "chain_read_tb": read_bytes / 1e12,
+        "chain_read_tb": read_bytes / 1e12,  # at the most nodes
         "chain_read_tb_full": read_bytes_full / 1e12,
         "cache_tb": cache_bytes * cache_fraction / 1e12,
         "cache_tb_full": cache_bytes / 1e12,
