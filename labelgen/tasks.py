@@ -112,7 +112,9 @@ def chain_chunk(batch: dict, run_id, categories, first_chunk, data, conf, featur
     stats["feature_loads"], stats["feature_reads"] = len(feats), reader.reads
     n_fg = {i: int(f.fg.sum()) for i, f in feats.items()}
     part = vote.partition_of(table["src_image_id"], d["parts"])
-    src_n_fg = np.array([n_fg[i] for i in table["src_image_id"].to_pylist()], dtype=np.int32)
+    src = pc.dictionary_encode(table["src_image_id"]).combine_chunks()  # per source image, not per row
+    src_n_fg = np.array([n_fg[i] for i in src.dictionary.to_pylist()], dtype=np.int32)
+    src_n_fg = src_n_fg[src.indices.to_numpy(zero_copy_only=False)]
     table = (
         table.append_column("vote", pa.array(part + d["first_part"], pa.int32()))
         .append_column("part", pa.array(part, pa.int32()))
