@@ -2,6 +2,7 @@
 on the same cached features and the same tuples, one core each; and what bounds the
 service: the similarity matmuls of the distinct image pairs, timed alone."""
 
+import sys
 import time
 
 import torch
@@ -114,3 +115,9 @@ def bench_chains(df, conf, cache_root, fingerprint, tuples_per_category: int) ->
             cuda_device=torch.cuda.get_device_name(),
         )
     return out
+
+
+if __name__ == "__main__":
+    from benchmarks import library_main
+
+    sys.exit(library_main(__spec__.name, __doc__))

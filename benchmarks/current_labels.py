@@ -10,11 +10,15 @@ labelled (a relabel), half new ones.
 
 import os
 import shutil
+import sys
+import tempfile
 import time
 
 import numpy as np
 import pyarrow as pa
 
+from labelgen.cli import run_command
+from labelgen.console import Progress
 from labelgen.store import LABEL_SCHEMA, LabelStore, images_table
 
 POINTS = 50  # labels per image pair
@@ -60,6 +64,7 @@ def bench_current_labels(root: str, runs: int = 10, labels_per_run: int = 1_000_
     store, rng = LabelStore(path), np.random.default_rng(0)
     n_pairs = labels_per_run // POINTS
     rows, previous, next_id = [], np.zeros((0, 2), np.int64), 0
+    progress = Progress(runs, "commits", "runs")
     for r in range(runs):
         run_id = f"r{r:02d}"
         fresh = np.arange(next_id, next_id + n_pairs - len(previous) // 2)
@@ -85,6 +90,8 @@ def bench_current_labels(root: str, runs: int = 10, labels_per_run: int = 1_000_
         _, commit_s = timed(lambda: store.commit(run_id, {"labels": table.num_rows}, []))
         rows.append({"run": run_id, "history": (r + 1) * labels_per_run, "commit_s": commit_s})
         previous = pairs
+        progress.update(1)
+    progress.close()
     con = store.connect()
     try:
         (current,), current_s = timed(lambda: con.execute("SELECT count(*) FROM labels").fetchone())
@@ -139,9 +146,23 @@ def render_current_labels(r: dict) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    import sys
-    import tempfile
+default_conf = {
+    "workdir": None,  # where the store is made (store-current/, replaced); default: a new temporary folder
+    "runs": 10,  # runs committed one after the other
+    "labels_per_run": 1_000_000,  # labels of each run
+    "parts": 8,  # files per run, as vote partitions write them
+}
 
-    out = bench_current_labels(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp())
+
+def bench(conf) -> int:
+    out = bench_current_labels(conf.workdir or tempfile.mkdtemp(), conf.runs, conf.labels_per_run, conf.parts)
     print(render_current_labels(out))
+    return 0
+
+
+def main(argv=None) -> int:
+    return run_command(default_conf, bench, argv, announce=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

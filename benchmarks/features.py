@@ -13,6 +13,7 @@ on a DINOv2-B shaped grid.
 
 import math
 import os
+import sys
 import tempfile
 import time
 
@@ -142,3 +143,9 @@ def cache_cut_dinov2(fg_fraction: float, side: int = 60, dim: int = 768) -> dict
         "bytes": size,
         "fraction": size / full,
     }
+
+
+if __name__ == "__main__":
+    from benchmarks import library_main
+
+    sys.exit(library_main(__spec__.name, __doc__))

@@ -18,11 +18,13 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 
 import numpy as np
 import pandas as pd
 
+from labelgen.cli import run_command
 from labelgen.features import FLIPPED, cache_uri
 from labelgen.store import LabelStore
 from labelgen.synthetic import build_collection
@@ -351,3 +353,22 @@ def render_growth(result: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+default_conf = {
+    "workdir": "data/bench",  # collections, feature caches and stores of the runs (under growth/)
+    "quick": False,  # sizes 1x and 4x, growth at 1x; else 1x, 4x, 16x and growth at 4x
+}
+
+
+def bench(conf) -> int:
+    print(render_growth(bench_growth(conf.workdir, conf.quick)))
+    return 0
+
+
+def main(argv=None) -> int:
+    return run_command(default_conf, bench, argv, announce=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -155,3 +155,9 @@ def bench_make_run(root: str) -> dict:
     shutil.rmtree(store, ignore_errors=True)
     shutil.rmtree(os.path.join(root, "objects"), ignore_errors=True)
     return peak_memory([f"data.objects.root={os.path.join(root, 'objects')}", f"store={store}"])
+
+
+if __name__ == "__main__":
+    from benchmarks import library_main
+
+    sys.exit(library_main(__spec__.name, __doc__))

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 
 from cluster.local_up import free_ports
@@ -89,3 +90,9 @@ class PostgresServer:
 
     def __exit__(self, *exc):
         self.close()
+
+
+if __name__ == "__main__":
+    from benchmarks import library_main
+
+    sys.exit(library_main(__spec__.name, __doc__))

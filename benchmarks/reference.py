@@ -9,6 +9,8 @@ the service's chain stage (labelgen.labels.candidates), so the candidates must
 be identical.
 """
 
+import sys
+
 import torch
 
 from labelgen.features import cache_uri, load_features
@@ -58,3 +60,9 @@ def reference_candidates(tuples, cache_root: str, fingerprint: str, radius: floa
         for key in proposed:
             labels[key][0] += 1
     return labels
+
+
+if __name__ == "__main__":
+    from benchmarks import library_main
+
+    sys.exit(library_main(__spec__.name, __doc__))

@@ -10,6 +10,7 @@ ring: `cache_fraction` of the full grid's bytes, measured (benchmarks.features.c
 """
 
 import math
+import sys
 import time
 
 import timm
@@ -115,3 +116,9 @@ def scale_model(
         "cache_usd_month": cache_bytes * cache_fraction / 1e9 * S3_USD_GB_MONTH,
         "cache_usd_month_full": cache_bytes / 1e9 * S3_USD_GB_MONTH,
     }
+
+
+if __name__ == "__main__":
+    from benchmarks import library_main
+
+    sys.exit(library_main(__spec__.name, __doc__))

@@ -73,3 +73,11 @@ def label_table(run_id: str, category: str, pairs: dict[tuple[str, str], int], *
         for i in range(n)
     ]
     return pa.Table.from_pylist(rows, schema=LABEL_SCHEMA)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from benchmarks import library_main
+
+    sys.exit(library_main(__spec__.name, __doc__))

@@ -16,6 +16,7 @@ import ray
 import torch
 
 from .console import Progress
+from .errors import UsageError
 from .features import ImageFeatures, autocast, cache_uri, cached_versions, load_features, save_features, worker_device
 from .io import read_bytes
 from .models import Adapter, load_checkpoint
@@ -38,17 +39,17 @@ def resolve_model(store, name: str, fingerprint: str) -> dict | None:
         name = name[len("adapter:") :]
     record = store.model(name)
     if record is None and name == "promoted":
-        raise ValueError(
+        raise UsageError(
             f"labels.features=promoted: {store} has no promoted adapter; train one "
             f"(python -m trainer.train data.store={store}) or name one with labels.features=<model_id>"
         )
     if record is None:
-        raise ValueError(
+        raise UsageError(
             f"labels.features={name}: {store} has no trained model {name}; give backbone, latest, promoted "
             f'or a model id: python -m queries sql "SELECT model_id, status FROM models" store={store}'
         )
     if record["backbone_fingerprint"] != fingerprint:
-        raise ValueError(
+        raise UsageError(
             f"labels.features={name}: adapter {record['model_id']} was trained on features "
             f"{record['backbone_fingerprint']}, this run's backbone gives {fingerprint}: run with that backbone"
         )

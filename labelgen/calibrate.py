@@ -17,6 +17,7 @@ from sklearn.linear_model import LogisticRegression
 from . import evaluate
 from .cli import run_command
 from .config import STORE_DEFAULTS
+from .errors import UsageError
 from .manifest import read_manifest
 from .metrics import at, within
 from .store import LabelStore
@@ -60,12 +61,12 @@ def thresholds(labels: pd.DataFrame, p: np.ndarray, tried: int, covisible: int) 
 
 def calibrate(conf) -> int:
     if conf.split == "val":
-        raise ValueError("split=val: fit on dev; val is what the fit is reported on")
+        raise UsageError("split=val: fit on dev; val is what the fit is reported on")
     store = LabelStore(conf.store, conf.catalog)
     run_id, fingerprint, run_conf, manifest_uri = evaluate.run_record(store, conf.run_id)
     manifest = read_manifest(manifest_uri)
     if "truth_uri" not in manifest.columns:
-        raise ValueError(f"run {run_id}: its manifest {manifest_uri} has no part truth (truth_uri) to fit on")
+        raise UsageError(f"run {run_id}: its manifest {manifest_uri} has no part truth (truth_uri) to fit on")
     econf = OmegaConf.merge(
         evaluate.default_conf, {k: conf[k] for k in ("max_pairs", "seed", "run_id")}, {"sphere": "none"}
     )
@@ -74,7 +75,7 @@ def calibrate(conf) -> int:
     labels = rows[(rows.kind == stored) & rows.label]
     correct = within(labels.error, ALPHAS[-1:])[:, 0]
     if len(np.unique(correct)) < 2:
-        raise ValueError(
+        raise UsageError(
             f"run {run_id}, split {conf.split}: {len(labels)} labels, not both right and wrong ones to fit on"
         )
     if run_conf.labels.get("keep") is not None:

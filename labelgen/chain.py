@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import UsageError
+
 
 def best(sim: torch.Tensor, k: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(values, indices) of the k largest along `dim`, best first. k=1 is a max: on the CPU
@@ -182,7 +184,7 @@ def compose(chains: Chains, span: int, hop_px: torch.Tensor) -> Labels:
     `hop_px` (M, K-1) converts each chain's hop errors to pixels of the hop's source."""
     k = chains.idx.shape[1]
     if len(chains.tuple) and (int(chains.tuple.max()) + 1) * k * span * span >= 2**63:
-        raise ValueError(
+        raise UsageError(
             f"a chunk of {int(chains.tuple.max()) + 1} tuples over {span} patches overflows the label keys: "
             "lower labels.tuples_per_task"
         )

@@ -21,6 +21,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from .errors import UsageError
+
 # Keys with these names hold locations: a relative one is made absolute against the
 # caller's working directory at the entry point, before any Ray worker (which runs
 # elsewhere: Ray Train changes into its own folder) sees it. URIs (s3://...) stay.
@@ -64,7 +66,7 @@ STORE_DEFAULTS = {
 PACKAGES = ("labelgen", "trainer", "queries", "cluster", "benchmarks")  # whose defaults `describe` reads
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """Raised before any work; names every bad argument, one per line, and what to give."""
 
 

@@ -8,6 +8,7 @@ import pandas as pd
 from PIL import Image
 
 from .config import collection_manifest
+from .errors import UsageError
 from .geometry import plane_homography
 from .manifest import write_manifest
 
@@ -69,7 +70,7 @@ default_conf = {
 
 def load_photo(name: str) -> Image.Image:
     if name not in PHOTOS:
-        raise ValueError(f"demo photo '{name}' is unknown; choose from {sorted(PHOTOS)}")
+        raise UsageError(f"demo photo '{name}' is unknown; choose from {sorted(PHOTOS)}")
     return Image.open(PHOTOS[name]()).convert("RGB")
 
 

@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from .chain import match_pair
 from .cli import run_command
 from .config import STORE_DEFAULTS
+from .errors import UsageError
 from .features import cache_uri, load_features
 from .io import join, write_bytes
 from .labels import Foreground, pose_gap, sphere_angles
@@ -74,7 +75,7 @@ def run_record(store: LabelStore, run_id: str | None) -> tuple[str, str, DictCon
     that holds current labels (a repeated run that labelled nothing has none)."""
     row = store.latest_run(run_id)
     if row is None:
-        raise ValueError(f"store {store.uri} has no committed run {run_id or 'with current labels'} to evaluate")
+        raise UsageError(f"store {store.uri} has no committed run {run_id or 'with current labels'} to evaluate")
     return row["run_id"], row["label_features"], OmegaConf.create(row["config"]), row["manifest"]
 
 
@@ -112,7 +113,7 @@ def evaluate_homographies(conf, store: LabelStore, run_id: str, fingerprint: str
     truth = con.execute("SELECT DISTINCT image_id, homography FROM images WHERE homography IS NOT NULL").fetchall()
     con.close()
     if not truth:
-        raise ValueError(f"run {run_id} has no images with a homography: there is no truth to evaluate against")
+        raise UsageError(f"run {run_id} has no images with a homography: there is no truth to evaluate against")
     hom = {i: np.asarray(h, dtype=np.float64).reshape(3, 3) for i, h in truth}
     labels = judged_labels(
         store, run_id, conf.run_id is not None, "category, src_image_id, tgt_image_id, src_x, src_y, tgt_x, tgt_y, hops"
@@ -198,7 +199,7 @@ def evaluate_parts(conf, store: LabelStore, run_id: str, fingerprint: str, run_c
         "tgt_x, tgt_y, hops, support, similarity, cycle_error, pair_error, pose_gap, confidence, sphere_angle",
     )
     if labels.empty:
-        raise ValueError(f"run {run_id} has no labels to evaluate")
+        raise UsageError(f"run {run_id} has no labels to evaluate")
     fg = foregrounds(store, run_conf, fingerprint)
     truth = lambda i: load_truth(images.at[i, "truth_uri"])  # noqa: E731
     mapper, run_filtered = sphere_for(conf, store, run_conf, fingerprint)
@@ -316,7 +317,7 @@ def report_parts(conf, store, run_id, fingerprint, run_conf, manifest) -> int:
     )
     mine = rows[rows.split == conf.split]
     if mine.empty:
-        raise ValueError(
+        raise UsageError(
             f"run {run_id} has no labelled pair of two `{conf.split}` images; choose split= among "
             f"{sorted(rows.split.unique())}"
         )

@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 default_conf = {
     "batch_size": None,  # images per actor call; default: 32 on a GPU (x2 with flips), 8 on the CPU
-    "actors": None,  # default: one per GPU, else one per `cpus_per_actor` CPUs (at least 1)
+    "actors": None,  # default: one per GPU, else one per 2 x `cpus_per_actor` CPUs (at least 1): the rest reads
     "cpus_per_actor": 1.0,  # fractional leaves room for Ray Data's read tasks on small nodes
     "threads": None,  # torch threads per CPU actor; default: the node's cores / actors
     "micro_batch": None,  # views per forward; default: 32 on a GPU (the thread pool decodes the next one and

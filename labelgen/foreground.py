@@ -39,6 +39,7 @@ from scipy import ndimage
 from .backbones.base import IMAGENET_MEAN, IMAGENET_STD, WeightsNotFound, file_digest
 from .cli import run_command
 from .console import Progress
+from .errors import UsageError
 from .io import join, read_bytes, write_bytes
 from .manifest import BOX
 
@@ -76,11 +77,11 @@ def clip_box(box, width: int, height: int) -> tuple[int, int, int, int]:
     empty or inverted box."""
     x1, y1, x2, y2 = (float(v) for v in box)
     if not all(np.isfinite([x1, y1, x2, y2])) or x2 <= x1 or y2 <= y1:
-        raise ValueError(f"box {tuple(box)} is empty or inverted: give x1 < x2 and y1 < y2 in pixels")
+        raise UsageError(f"box {tuple(box)} is empty or inverted: give x1 < x2 and y1 < y2 in pixels")
     x1, y1 = max(0, int(np.floor(x1))), max(0, int(np.floor(y1)))
     x2, y2 = min(width, int(np.ceil(x2))), min(height, int(np.ceil(y2)))
     if x2 <= x1 or y2 <= y1:
-        raise ValueError(f"box {tuple(box)} lies outside the {width}x{height} image")
+        raise UsageError(f"box {tuple(box)} lies outside the {width}x{height} image")
     return x1, y1, x2, y2
 
 
@@ -277,13 +278,13 @@ class SaliencyEstimator:
         threads: int | None = None,
     ):
         if not 0.0 < threshold < 1.0:
-            raise ValueError(f"foreground.threshold={threshold}: give a share of the heatmap's range in (0, 1)")
+            raise UsageError(f"foreground.threshold={threshold}: give a share of the heatmap's range in (0, 1)")
         if not 0.0 < keep_mass <= 1.0:
-            raise ValueError(f"foreground.keep_mass={keep_mass}: give a share in (0, 1]; 1.0 keeps every component")
+            raise UsageError(f"foreground.keep_mass={keep_mass}: give a share in (0, 1]; 1.0 keeps every component")
         if box_margin < 0:
-            raise ValueError(f"foreground.box_margin={box_margin}: give a share of the box side, 0 or more")
+            raise UsageError(f"foreground.box_margin={box_margin}: give a share of the box side, 0 or more")
         if not 0.0 <= guide_radius < 0.5 or guide_eps <= 0:
-            raise ValueError(
+            raise UsageError(
                 f"foreground.guide_radius={guide_radius}, guide_eps={guide_eps}: give a radius in [0, 0.5) of the "
                 "longest side (0 turns the filter off) and eps > 0"
             )
@@ -465,7 +466,7 @@ def build_estimator(conf=None, device: str | None = None):
 
     conf = OmegaConf.merge(default_conf, conf or {})
     if conf.method not in ("auto", "saliency", "sam"):
-        raise ValueError(f"foreground.method={conf.method}: choose auto, saliency or sam")
+        raise UsageError(f"foreground.method={conf.method}: choose auto, saliency or sam")
 
     def saliency():
         return SaliencyEstimator(
@@ -509,7 +510,7 @@ def resolve_method(conf) -> str:
     if conf.method == "auto":
         return "sam" if find_sam(conf.sam_weights) else "saliency"
     if conf.method not in ("saliency", "sam", *WEAK):
-        raise ValueError(f"foreground.method={conf.method!r}: choose auto, saliency, sam, pca or image")
+        raise UsageError(f"foreground.method={conf.method!r}: choose auto, saliency, sam, pca or image")
     return conf.method
 
 
@@ -638,21 +639,21 @@ def measured_rows(conf) -> tuple[pd.DataFrame, str]:
     path = conf.manifest or build_collection()
     df = read_manifest(path)
     if conf.box not in ("none", "truth", "manifest"):
-        raise ValueError(f"box={conf.box}: choose none, truth or manifest")
+        raise UsageError(f"box={conf.box}: choose none, truth or manifest")
     if conf.split not in ("dev", "val", "all"):
-        raise ValueError(f"split={conf.split}: choose dev, val or all")
+        raise UsageError(f"split={conf.split}: choose dev, val or all")
     if conf.split != "all":
         if "split" not in df.columns or df["split"].isna().all():
-            raise ValueError(f"{path}: no split column to take split={conf.split} from; give split=all")
+            raise UsageError(f"{path}: no split column to take split={conf.split} from; give split=all")
         df = df[df["split"] == conf.split]
     if "mask_uri" not in df.columns or df["mask_uri"].isna().all():
-        raise ValueError(f"{path}: no image of split {conf.split} has a mask_uri to measure against")
+        raise UsageError(f"{path}: no image of split {conf.split} has a mask_uri to measure against")
     if conf.box == "manifest" and not set(BOX) <= set(df.columns):
-        raise ValueError(f"box=manifest: {path} has no columns {', '.join(BOX)}; give box=none or box=truth")
+        raise UsageError(f"box=manifest: {path} has no columns {', '.join(BOX)}; give box=none or box=truth")
     df = df[df["mask_uri"].notna()]
     if conf.limit is not None:
         if not isinstance(conf.limit, int) or conf.limit < 1:
-            raise ValueError(f"limit={conf.limit}: give a positive number of images per category, or null")
+            raise UsageError(f"limit={conf.limit}: give a positive number of images per category, or null")
         df = df.groupby("category", sort=False).head(conf.limit)
     return df.reset_index(drop=True), path
 

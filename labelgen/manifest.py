@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
+from .errors import UsageError
 from .io import is_remote, read_bytes, resolve, write_bytes
 
 REQUIRED = {"image_id": "string", "uri": "string", "category": "string"}
@@ -53,7 +54,7 @@ MAX_CATEGORY = 200  # bytes: a category names files of the store (category=<name
 SCHEMES = r"^(?:s3|gs|gcs|hdfs|abfss?|file)://"  # the storages pyarrow reads
 
 
-class ManifestError(ValueError):
+class ManifestError(UsageError):
     """Raised before any work starts; lists every problem found, one per line."""
 
 

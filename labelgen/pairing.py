@@ -32,6 +32,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 from scipy.spatial import cKDTree
 
+from .errors import UsageError
 from .geometry import rotation
 
 default_conf = {
@@ -361,7 +362,7 @@ def category_tuples(rows: pd.DataFrame, conf, descriptors=None, anchors=None) ->
     similarity walks over all rows, so a partly posed category leaves no image out."""
     mode = pose_mode(rows, conf)
     if mode not in POSE_COLUMNS:
-        raise ValueError(f"pairing.pose={conf.pose!r}: choose auto, bins, geodesic or similarity")
+        raise UsageError(f"pairing.pose={conf.pose!r}: choose auto, bins, geodesic or similarity")
     start = np.ones(len(rows), dtype=bool) if anchors is None else np.asarray(anchors, dtype=bool)
     rng = np.random.default_rng(conf.seed)
     rest = unplaced(rows, mode).to_numpy()

@@ -24,6 +24,7 @@ from . import backbones, demo, features, foreground, labels, pairing, ray_utils,
 from .adapted import adapt_features, label_fingerprint, resolve_model
 from .config import STORE_DEFAULTS, config_hash, known_keys, parse_overrides
 from .console import Progress, Stages
+from .errors import UsageError
 from .features import extract_features, stale_features, with_versions
 from .io import Fault
 from .manifest import read_manifest
@@ -273,7 +274,7 @@ def builtin_collection(conf) -> str:
         return demo.build_demo(conf.demo)
     if conf.builtin == "objects":
         return synthetic.build_collection(conf.objects)
-    raise ValueError(f"data.builtin={conf.builtin}: choose objects or demo, or give data.manifest=")
+    raise UsageError(f"data.builtin={conf.builtin}: choose objects or demo, or give data.manifest=")
 
 
 def prepare(conf, stages: Stages | None = None) -> Inputs:
@@ -318,13 +319,13 @@ def resolve(conf) -> Run:
         }
     )
     if record["config_hash"] != digest:
-        raise ValueError(
+        raise UsageError(
             f"run_id={run_id} was started with another config (hash {record['config_hash']}, now {digest}; or with "
             "another version of labelgen, whose defaults differ): resume it with the same overrides, or choose a new "
             "run_id"
         )
     if record["label_features"] != features:  # labels.features=promoted, and another model promoted since
-        raise ValueError(
+        raise UsageError(
             f"run_id={run_id} was started on features {record['label_features']}, "
             f"labels.features={conf.labels.features} now gives {features}: resume it with labels.features=<that "
             "model>, or choose a new run_id"
@@ -537,8 +538,10 @@ def label(conf) -> int:
 
 def relabel_config(store: LabelStore, run_id: str, model_id: str, overrides: list[str]) -> DictConfig:
     """The config that labels committed run `run_id`'s collection again on adapter `model_id`'s
-    features: the run's own config (less keys an older labelgen had), a new run id, then
-    `overrides` (labelgen.run's key=value)."""
+    features: the run's own config (less keys an older labelgen had) on this store (it may
+    have moved), a new run id, then `overrides` (labelgen.run's key=value)."""
     run_conf = OmegaConf.create(store.run_record(run_id)["config"])
-    run_conf.merge_with({"run_id": None, "catalog": store.catalog, "labels": {"features": model_id}})
+    run_conf.merge_with(
+        {"run_id": None, "store": store.uri, "catalog": store.catalog, "labels": {"features": model_id}}
+    )
     return parse_overrides(default_conf, list(overrides), known_keys(OmegaConf.to_container(run_conf), default_conf))

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from . import sphere
 from .cli import run_command
 from .config import STORE_DEFAULTS
+from .errors import UsageError
 from .features import cache_uri, load_features
 from .labels import Foreground
 from .models import checkpoint_bytes
@@ -48,7 +49,7 @@ def run_images(store: LabelStore, run_id: str | None) -> tuple[str, str, list[di
     still fits on the whole collection."""
     row = store.latest_run(run_id, current=False)
     if row is None:
-        raise ValueError(f"no committed label run {run_id or ''} in {store}")
+        raise UsageError(f"no committed label run {run_id or ''} in {store}")
     run_id, fingerprint, run_conf = row["run_id"], row["label_features"], OmegaConf.create(row["config"])
     con = store.connect()
     try:
@@ -67,7 +68,7 @@ def fit(store: LabelStore, images: list[dict], fingerprint: str, label_run: str,
     """Train a mapper on `images` (mapper inputs) and register it for their categories and
     `categories` (those it was asked to cover); returns its record."""
     if not images:
-        raise ValueError(
+        raise UsageError(
             f"no image of run {label_run} has foreground features to fit a spherical mapper to: "
             "check its masks (python -m queries empty_images), or run with labels.sphere=none"
         )
@@ -130,14 +131,14 @@ def resolve(store: LabelStore, name: str, fingerprint: str, categories=()) -> di
         return fits[-1] if fits else None
     records = [r for r in store.spheres() if name in ("latest", r["sphere_id"])]
     if not records:
-        raise ValueError(
+        raise UsageError(
             f"labels.sphere={name}: no such spherical mapper in {store}; train one with "
             f"`python -m labelgen.train_sphere store={store}`, or use labels.sphere=auto (labels.sphere=none: "
             "no spherical filter)"
         )
     record = records[-1]
     if record["backbone_fingerprint"] != fingerprint:
-        raise ValueError(
+        raise UsageError(
             f"spherical mapper {record['sphere_id']} was trained on features {record['backbone_fingerprint']}, "
             f"this run has {fingerprint}: train one on these features, or use labels.sphere=auto"
         )

@@ -11,6 +11,7 @@ from importlib import resources
 import duckdb
 import pandas as pd
 
+from labelgen.errors import UsageError
 from labelgen.store import LabelStore
 from labelgen.store.check import explain
 
@@ -24,7 +25,7 @@ def report_names() -> list[str]:
 def report_sql(name: str) -> str:
     path = resources.files(__package__) / f"{name}.sql"
     if not re.fullmatch(r"\w+", name) or not path.is_file():
-        raise ValueError(f"no report '{name}'; reports: {', '.join(report_names())}, or `sql \"SELECT ...\"`")
+        raise UsageError(f"no report '{name}'; reports: {', '.join(report_names())}, or `sql \"SELECT ...\"`")
     return path.read_text()
 
 
@@ -48,10 +49,10 @@ def run_sql(
             functions.register(con)
         for name, value in (params or {}).items():
             if not re.fullmatch(r"\w+", name):
-                raise ValueError(f"param {name}: names are letters, digits and _")
+                raise UsageError(f"param {name}: names are letters, digits and _")
             con.execute(f"SET VARIABLE {name} = ?", [value])
         return con.sql(sql).df()
     except duckdb.Error as e:
-        raise ValueError(explain(store, e) or f"query failed: {e}") from None
+        raise UsageError(explain(store, e) or f"query failed: {e}") from None
     finally:
         con.close()

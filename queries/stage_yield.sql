@@ -1,7 +1,7 @@
 -- Kept fraction at each filter stage: foreground seeds, survivors of the cycle check after
 -- each hop, labels composed over all ordered pairs, within the pose-gap cap (candidates), kept
--- by the vote, by the pair check, by labels.min_confidence, then by the spherical filter (when
--- the run used one).
+-- by the vote, by the pair check, by the confidence ranking (labels.keep), then by the spherical
+-- filter (when the run used one).
 -- plot: bar x=stage y=kept_of_seeds hue=run_id
 WITH kv AS (
     SELECT run_id, unnest(json_keys(counts)) AS stage, counts FROM runs WHERE status = 'committed'

@@ -25,6 +25,9 @@ KEY_VALUE = {  # entry point -> its defaults
     "trainer.schedule": "default_conf",
     "queries.__main__": "default_conf",
     "benchmarks.__main__": "default_conf",
+    "benchmarks.current_labels": "default_conf",
+    "benchmarks.exchange": "default_conf",
+    "benchmarks.growth": "default_conf",
     "benchmarks.kills": "default_conf",
     "benchmarks.catalog_stress": "default_conf",
     "benchmarks.pairing": "default_conf",
@@ -218,3 +221,75 @@ def test_progress_in_a_log_file_is_a_few_plain_lines(monkeypatch):
         "features: 100/100 images in 90.0 s (1.1 images/s)",
     ]
     assert "\r" not in out.getvalue()
+
+
+def test_a_mistake_is_one_line_and_exit_2_a_bug_says_where_in_one_line_and_v_shows_its_traceback(capsys):
+    from labelgen.cli import run_command
+    from labelgen.errors import UsageError
+
+    def mistake(conf):
+        raise UsageError("store nowhere: no label store there; run labelgen.run first")
+
+    def bug(conf):
+        return int("not a number")  # a ValueError that is no one's input
+
+    assert run_command({"a": 1}, mistake, [], announce=False) == 2
+    assert capsys.readouterr().err == "error: store nowhere: no label store there; run labelgen.run first\n"
+    assert run_command({"a": 1}, bug, [], announce=False) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ValueError: invalid literal for int()")
+    assert re.search(r"an unexpected error at tests/test_cli\.py:\d+; run again with -v for the traceback", err)
+    with pytest.raises(ValueError, match="invalid literal"):
+        run_command({"a": 1}, bug, ["-v"], announce=False)
+
+
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")  # runpy, of modules imported before
+def test_every_benchmarks_module_answers_help_and_runs_nothing_then(monkeypatch, capsys):
+    import pkgutil
+    import runpy
+
+    import benchmarks
+
+    names = [f"benchmarks.{m.name}" for m in pkgutil.iter_modules(benchmarks.__path__)]
+    assert len(names) >= 13
+    for name in names:
+        monkeypatch.setattr(sys, "argv", [name, "--help"])
+        with pytest.raises(SystemExit) as done:
+            runpy.run_module(name, run_name="__main__", alter_sys=True)
+        out = capsys.readouterr().out
+        prog = name.removesuffix(".__main__")
+        assert done.value.code == 0 and out.startswith(f"usage: python -m {prog} [-h]"), (name, out[:200])
+
+
+
+def test_the_readme_key_table_holds_the_defaults_of_the_code():
+    """Every key of the README's table is a key of labelgen.run, and a default the table
+    writes as a value (a number, a word, none) is the code's; where the code's is none, the
+    table may say what it resolves to."""
+    from omegaconf import OmegaConf
+
+    from labelgen.pipeline import default_conf
+
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    rows = re.findall(r"^\| (`[^|]+`) \| ([^|]+) \|", readme, re.M)
+    keys = set(leaves(OmegaConf.to_container(OmegaConf.create(default_conf))))
+    assert len(rows) > 20
+    for cell, default in rows:
+        names = re.findall(r"`([\w.*]+)`", cell)
+        first = names[0].rsplit(".", 1)[0] + "." if "." in names[0] else ""
+        names = [n if "." in n or not first else first + n for n in names]  # `a.b` / `c`: a.c
+        values = [v.strip() for v in default.split(" / ")] if len(names) > 1 else [default.strip()]
+        for name, value in zip(names, values):
+            known = [k for k in keys if k == name or name.endswith("*") and k.startswith(name[:-1])]
+            assert known, f"README key {name} is not a key of labelgen.run"
+            literal = re.match(r"`?(-?[\d.]+|none|true|false|[a-z][\w-]*)`?(?: \(|$)", value)
+            if literal and len(known) == 1 and not value.startswith(("one ", "all ")):
+                code = OmegaConf.select(OmegaConf.create(default_conf), name)
+                if code is None and literal.group(1) != "none":
+                    continue
+                shown = literal.group(1)
+                if not isinstance(code, str):
+                    shown = {"none": None, "true": True, "false": False}.get(shown, shown)
+                if isinstance(code, (int, float)) and not isinstance(code, bool):
+                    shown = float(shown)
+                assert shown == code, f"README says {name} = {value}; the code's default is {code}"

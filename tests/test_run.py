@@ -4,6 +4,7 @@ import glob
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -50,7 +51,10 @@ def test_pipeline_writes_queryable_labels_and_reuses_the_feature_cache(tiny_demo
     assert counts["features_computed"] == 8 and counts["labels"] == n
     con.close()
 
-    # the vote in one partition per tuple (2 per category) instead of one per category
+    # the store moved (its feature cache with it), then the vote in one partition per tuple (2 per
+    # category) instead of one per category
+    shutil.move(store, tmp_path / "moved")
+    store = tmp_path / "moved"
     second = run(["labelgen.run", *tiny_demo_args(tiny_demo), f"store={store}", "run_id=again", "labels.vote_tuples=1"])
     assert second.returncode == 0, second.stderr[-3000:]
     con = LabelStore(str(store)).connect()

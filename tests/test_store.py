@@ -1,5 +1,6 @@
 import json
 import re
+import shutil
 import threading
 from pathlib import Path
 
@@ -7,7 +8,7 @@ import duckdb
 import pytest
 
 from benchmarks.tiny import begin_run, label_table
-from labelgen.io import is_remote
+from labelgen.io import is_remote, read_bytes
 from labelgen.store import IMAGE_SCHEMA, LabelStore, catalog, extensions, images_table
 
 
@@ -477,3 +478,81 @@ def test_a_model_is_named_latest_promoted_or_by_its_id_and_has_weights(tmp_path)
     assert store.model("latest")["model_id"] == "m2" and store.model("promoted")["model_id"] == "m1"
     assert store.model("m1")["checkpoint"] == store.model_uri("m1", "adapter.pt")
     assert store.model("m3") is None and store.model("m4") is None  # training: no weights yet
+
+
+def committed_store(uri: str, catalog: str | None = None) -> LabelStore:
+    """A store with two committed runs (r1's labels superseded by r2's on one pair) and a model."""
+    store = LabelStore(uri, catalog)
+    for run_id, n in (("r1", 3), ("r2", 2)):
+        begin_run(store, run_id)
+        store.write_category(run_id, "cat", labels(run_id, n), images(run_id), {})
+        store.commit(run_id, {}, [])
+    store.save_model({"model_id": "m1", "label_runs": ["r1"], "created": "2025-01-01T00:00:00.000+00:00"}, b"w1")
+    return store
+
+
+def facts(store: LabelStore, at: int | None = None) -> tuple:
+    con = store.connect(snapshot=at)
+    try:
+        labels_now = con.execute("SELECT run_id, count(*) FROM labels GROUP BY 1").fetchall()
+        history = con.execute("SELECT count(*) FROM label_history").fetchone()[0]
+    finally:
+        con.close()
+    return labels_now, history
+
+
+def test_a_copied_moved_or_synced_store_opens_labels_and_loads_its_models_at_its_new_place(tmp_path, s3_server):
+    import boto3
+
+    original = committed_store(str(tmp_path / "a"))
+    first = original.current_snapshot() - 1  # r1's commit: the model's snapshot is still readable
+    expected = facts(original), facts(original, first)
+    files = {p.relative_to(tmp_path / "a"): p.read_bytes() for p in (tmp_path / "a").rglob("*") if p.is_file()}
+
+    shutil.copytree(tmp_path / "a", tmp_path / "copy")
+    copy = LabelStore(str(tmp_path / "copy"))
+    assert (facts(copy), facts(copy, first)) == expected
+    assert read_bytes(copy.model("m1")["checkpoint"]) == b"w1" and copy.model("m1")["checkpoint"].startswith(copy.uri)
+    assert all(f.startswith(copy.uri) for f in copy.data_files("label_history", copy.current_snapshot()))
+    begin_run(copy, "r3")  # the copy takes new runs; the original never sees them
+    copy.write_category("r3", "cat", labels("r3", 7), images("r3"), {})
+    copy.commit("r3", {}, [])
+    assert facts(copy)[0] == [("r3", 7)]
+    assert {p.relative_to(tmp_path / "a"): p.read_bytes() for p in (tmp_path / "a").rglob("*") if p.is_file()} == files
+    assert (facts(original), facts(original, first)) == expected
+
+    shutil.move(tmp_path / "copy", tmp_path / "moved")
+    assert facts(LabelStore(str(tmp_path / "moved")))[0] == [("r3", 7)]
+
+    s3 = boto3.client("s3")  # to S3 and back, as `aws s3 sync` does
+    bucket, prefix = s3_server.removeprefix("s3://"), "synced"
+    for p in (tmp_path / "moved").rglob("*"):
+        if p.is_file():
+            s3.upload_file(str(p), bucket, f"{prefix}/{p.relative_to(tmp_path / 'moved')}")
+    for obj in s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/")["Contents"]:
+        (tmp_path / "back" / obj["Key"][len(prefix) + 1 :]).parent.mkdir(parents=True, exist_ok=True)
+        s3.download_file(bucket, obj["Key"], str(tmp_path / "back" / obj["Key"][len(prefix) + 1 :]))
+    back = LabelStore(str(tmp_path / "back"))
+    assert facts(back)[0] == [("r3", 7)] and read_bytes(back.model("m1")["checkpoint"]) == b"w1"
+
+
+def test_a_store_on_a_shared_catalog_says_how_to_relocate_a_copy_or_a_move(tmp_path, postgres, capsys):
+    from labelgen.store.__main__ import main
+
+    original = committed_store(str(tmp_path / "a"), postgres("shared_a"))
+    expected = facts(original)
+    shutil.copytree(tmp_path / "a", tmp_path / "copy")
+    with pytest.raises(ValueError, match=r"is a copy of .*/a, and both name the catalog .*createdb -T OLD NEW"):
+        LabelStore(str(tmp_path / "copy")).connect()
+    postgres.pg("createdb", "-h", "127.0.0.1", "-p", str(postgres.port), "-U", "labelgen", "-T", "shared_a", "shared_b")
+    catalog_b = f"postgres:{postgres.dsn} dbname=shared_b"
+    assert main(["relocate", f"store={tmp_path / 'copy'}", f"catalog={catalog_b}"]) == 0
+    assert "catalog points here" in capsys.readouterr().out
+    copy = LabelStore(str(tmp_path / "copy"))
+    assert facts(copy) == facts(original) == expected and copy.model("m1")["checkpoint"].startswith(copy.uri)
+
+    shutil.move(tmp_path / "a", tmp_path / "moved")
+    with pytest.raises(ValueError, match=r"was moved from .*/a.*relocate store=.*/moved"):
+        LabelStore(str(tmp_path / "moved")).connect()
+    assert main(["relocate", f"store={tmp_path / 'moved'}"]) == 0
+    assert facts(LabelStore(str(tmp_path / "moved"))) == expected

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 
 from labelgen.backbones import feature_groups
 from labelgen.config import STORE_DEFAULTS
+from labelgen.errors import UsageError
 from labelgen.features import FLIPPED, ImageFeatures, cache_uri, load_features
 from labelgen.io import filesystem
 from labelgen.store import IMAGE_SCHEMA, LABEL_SCHEMA, PAIR_SCHEMA, LabelStore, current_labels_sql, current_pairs_sql
@@ -65,12 +66,12 @@ def choose_runs(con, runs) -> list[str]:
         "SELECT run_id, backbone, backbone_fingerprint FROM runs WHERE status = 'committed' ORDER BY finished"
     ).fetchall()
     if not committed:
-        raise ValueError("the store has no committed label run to train on; run `python -m labelgen.run` first")
+        raise UsageError("the store has no committed label run to train on; run `python -m labelgen.run` first")
     if runs:
         known = {r[0] for r in committed}
         missing = [r for r in runs if r not in known]
         if missing:
-            raise ValueError(f"label runs {missing} are not committed in the store; committed: {sorted(known)}")
+            raise UsageError(f"label runs {missing} are not committed in the store; committed: {sorted(known)}")
         return list(runs)
     latest = committed[-1][2]
     return [r[0] for r in committed if r[2] == latest]
@@ -90,7 +91,7 @@ def resolve_source(conf) -> dict:
             f"SELECT DISTINCT backbone, backbone_fingerprint FROM runs WHERE run_id IN ({marks})", runs
         ).fetchall()
         if len(info) != 1:
-            raise ValueError(f"label runs {runs} used different backbones {info}: train on runs of one backbone")
+            raise UsageError(f"label runs {runs} used different backbones {info}: train on runs of one backbone")
         run_config = con.execute("SELECT config FROM runs WHERE run_id = ?", [runs[-1]]).fetchone()[0]
         manifests = [
             m

@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 from labelgen.chain import match_pair
 from labelgen.cli import run_command
 from labelgen.config import STORE_DEFAULTS
+from labelgen.errors import UsageError
 from labelgen.features import FLIPPED
 from labelgen.geometry import transfer
 from labelgen.io import exists, join
@@ -293,7 +294,7 @@ def compare_models(conf) -> int:
     store = LabelStore(conf.store, conf.catalog)
     record = store.model(conf.model)
     if record is None:
-        raise ValueError(
+        raise UsageError(
             f"model={conf.model}: no such model in {store}; train one with `python -m trainer.train`, "
             "or see `python -m queries sql 'SELECT * FROM models'`"
         )

@@ -2,6 +2,7 @@
 
 import logging
 
+from ..errors import UsageError
 from .base import Backbone, WeightsNotFound
 from .dinov2 import ARCHS as DINO_ARCHS
 from .dinov2 import DinoV2, find_weights
@@ -40,7 +41,7 @@ def resolve_name(conf) -> tuple[str, str]:
     """The concrete backbone and why it was chosen."""
     if conf.name != "auto":
         if conf.name not in NAMES:
-            raise ValueError(f"backbone.name='{conf.name}' is unknown; choose from {NAMES}")
+            raise UsageError(f"backbone.name='{conf.name}' is unknown; choose from {NAMES}")
         return conf.name, "asked for"
     for name in dict.fromkeys([conf.auto_prefers, *DINO_ARCHS]):
         if find_weights(name, conf.weights) is not None:

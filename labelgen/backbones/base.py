@@ -8,11 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import MissingInput, UsageError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class WeightsNotFound(FileNotFoundError):
+class WeightsNotFound(MissingInput):
     """Pretrained weights are not on this machine; the message says where to put them."""
 
 
@@ -39,7 +41,7 @@ class Backbone(nn.Module):
 
     def check_size(self, size: int) -> int:
         if size % self.size_multiple:
-            raise ValueError(
+            raise UsageError(
                 f"backbone.image_size={size} does not suit {self.name}: use a multiple of "
                 f"{self.size_multiple}, e.g. {round(size / self.size_multiple) * self.size_multiple}"
             )

@@ -6,6 +6,7 @@ import timm
 import torch
 from huggingface_hub import try_to_load_from_cache
 
+from ..errors import UsageError
 from .base import Backbone, WeightsNotFound, normalize
 
 ARCHS = {
@@ -35,7 +36,7 @@ class DinoV2(Backbone):
     def __init__(self, name: str = "dinov2_vitb14", weights: str | None = None):
         super().__init__()
         if name not in ARCHS:
-            raise ValueError(f"backbone '{name}' is unknown; choose from {sorted(ARCHS)}")
+            raise UsageError(f"backbone '{name}' is unknown; choose from {sorted(ARCHS)}")
         arch, self.dim = ARCHS[name]
         self.name, self.groups = name, (self.dim,)
         path = find_weights(name, weights)

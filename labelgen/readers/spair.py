@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ..errors import UsageError
 from . import reader_main
 
 SPLITS = {"trn": "train", "val": "val", "test": "test"}
@@ -40,13 +41,13 @@ def _json(path: str) -> dict:
         with open(path) as f:
             return json.load(f)
     except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not a readable SPair annotation ({e})") from None
+        raise UsageError(f"{path}: not a readable SPair annotation ({e})") from None
 
 
 def read_pairs(root: str, split: str = "test") -> list[KeypointPair]:
     folder = os.path.join(root, "PairAnnotation", split)
     if not os.path.isdir(folder):
-        raise ValueError(f"{folder} does not exist: is {root} an SPair-71k folder (split one of {list(SPLITS)})?")
+        raise UsageError(f"{folder} does not exist: is {root} an SPair-71k folder (split one of {list(SPLITS)})?")
     pairs = []
     for name in sorted(os.listdir(folder)):
         if not name.endswith(".json"):
@@ -79,7 +80,7 @@ def scan(root: str) -> pd.DataFrame:
     rows = []
     ann_root = os.path.join(root, "ImageAnnotation")
     if not os.path.isdir(ann_root):
-        raise ValueError(f"{ann_root} does not exist: is {root} an SPair-71k folder?")
+        raise UsageError(f"{ann_root} does not exist: is {root} an SPair-71k folder?")
     for cat in sorted(os.listdir(ann_root)):
         for name in sorted(os.listdir(os.path.join(ann_root, cat))):
             a = _json(os.path.join(ann_root, cat, name))

@@ -8,6 +8,8 @@
         check that the catalog and every table read and that no data file is missing or damaged
     python -m labelgen.store repair [store=labelstore] [catalog=C]
         mend a catalog that `check` found damaged (data files naming column maps their table lacks)
+    python -m labelgen.store relocate [store=labelstore] [catalog=C]
+        point a moved or copied store's catalog (or, with catalog=, a copy of it) at its new place
     python -m labelgen.store attach [store=labelstore] [catalog=C] [at=SNAPSHOT]
         print the SQL that opens the store (read-only) in any DuckDB 1.4.4, e.g. the CLI:
         duckdb -cmd "$(python -m labelgen.store attach)"
@@ -19,7 +21,8 @@ import sys
 
 from ..cli import run_command
 from ..config import STORE_DEFAULTS, ConfigError
-from .catalog import resolve_catalog, statements
+from ..io import exists, join
+from .catalog import MARKER, record_catalog, relocate, resolve_catalog, statements
 from .check import check, describe, repair
 from .lake import LabelStore
 from .maintain import maintain
@@ -103,6 +106,23 @@ def repair_store(conf) -> int:
     return check_store(conf)
 
 
+def relocate_store(conf) -> int:
+    """Point the store's catalog at the store's folder after the folder was moved or copied
+    (a catalog in the folder itself follows on its own; a PostgreSQL catalog, or a SQLite
+    file elsewhere, needs this). With catalog=, that catalog (a copy of the old one, e.g.
+    `createdb -T OLD NEW`) becomes the store's own first, and the original keeps its catalog;
+    without it, the store's catalog moves here and the old place stops opening."""
+    store = LabelStore(conf.store)
+    if not exists(join(store.uri, MARKER)):
+        resolve_catalog(store.uri, None, create=False)  # no store there: said as a usage error
+    spec = conf.catalog or resolve_catalog(store.uri, None, create=False)
+    old, changed = relocate(store.uri, spec)
+    if conf.catalog:
+        record_catalog(store.uri, conf.catalog)
+    print(f"store {store}: catalog points here (was {old.rstrip('/')}); {changed} file paths rewritten")
+    return 0
+
+
 def attach_sql(conf) -> int:
     """Print the statements that load the extensions from the installed wheels, set up
     S3 credentials (the AWS chain) where the store is on S3, and attach the store
@@ -118,6 +138,7 @@ COMMANDS = {  # name -> defaults, what it does, its positional words
     "maintain": (maintain_conf, compact, None),
     "check": (STORE_DEFAULTS, check_store, None),
     "repair": (STORE_DEFAULTS, repair_store, None),
+    "relocate": (STORE_DEFAULTS, relocate_store, None),
     "attach": (attach_conf, attach_sql, None),
 }
 

@@ -16,7 +16,10 @@ warning: only that machine (the Ray head, where jobs run their drivers) can comm
 read the store. Use a PostgreSQL catalog to share it.
 
 Data files live under the store: Ray tasks write a run's Parquet files there, and the
-driver registers them in one transaction (`LabelStore.commit`).
+driver registers them in one transaction (`LabelStore.commit`). The catalog records
+where they are; a store whose folder was copied or moved is found at its new place
+(`relocate`): its own SQLite catalog is pointed there on open, a shared one (PostgreSQL,
+a SQLite file elsewhere) by `python -m labelgen.store relocate`, which the error says.
 """
 
 import json
@@ -29,6 +32,7 @@ from contextlib import closing, contextmanager
 
 import duckdb
 
+from ..errors import MissingInput, UsageError
 from ..io import DiskFull, Fault, exists, filesystem, is_remote, join, read_bytes, write_bytes
 from . import extensions
 
@@ -48,6 +52,8 @@ UNREACHABLE = re.compile(
     r"terminating connection|no connection to the server",
     re.IGNORECASE,
 )
+# DuckLake refuses a DATA_PATH other than the one its catalog recorded: the store was copied or moved
+MOVED = re.compile(r'DATA_PATH parameter "[^"]*" does not match existing data path in the catalog "(?P<old>[^"]*)"')
 ATTEMPTS = 12  # about 15 s of backoff after conflicts, 30 s while the server is unreachable
 BUSY_TIMEOUT_MS = 10_000
 
@@ -78,29 +84,27 @@ def resolve_catalog(uri: str, catalog: str | None, create: bool) -> str:
     marker = join(uri, MARKER)
     recorded = json.loads(read_bytes(marker))["catalog"] if exists(marker) else None
     if catalog and recorded and _public(catalog) != recorded:
-        raise ValueError(
+        raise UsageError(
             f"store {uri} was created with catalog={recorded}, not catalog={_public(catalog)}: "
             f"drop catalog= or give that one"
         )
     if recorded is None and not create:
         if exists(join(uri, "commits")) or exists(join(uri, "runs")):
-            raise FileNotFoundError(
+            raise MissingInput(
                 f"{uri} is a label store of an older labelgen (commit records, no catalog): "
                 f"copy it into a new one with `python -m labelgen.store migrate {uri} NEW`"
             )
-        raise FileNotFoundError(
-            f"no label store at {uri} (no {MARKER}); run `python -m labelgen.run store={uri}` first"
-        )
+        raise MissingInput(f"no label store at {uri} (no {MARKER}); run `python -m labelgen.run store={uri}` first")
     spec = catalog or recorded or default_catalog(uri)
     kind = spec.split(":", 1)[0]
     if kind not in ("sqlite", "postgres") or ":" not in spec:
-        raise ValueError(
+        raise UsageError(
             f"catalog={spec}: give postgres:<libpq string> (e.g. postgres:dbname=labels host=head), "
             "sqlite:<file>, or nothing for catalog.sqlite in the store's folder"
         )
     sqlite = sqlite_file(uri, spec)
     if recorded is None and sqlite and os.path.exists(sqlite) and not _begun_here(sqlite, uri):
-        raise ValueError(
+        raise UsageError(
             f"store {uri} is new (no {MARKER}) but its catalog {sqlite} already exists, with the files of "
             "another store: remove that file, or give another catalog="
         )
@@ -126,9 +130,13 @@ def data_path(uri: str) -> str:
 def mark_created(uri: str, catalog: str | None):
     """Write the store's catalog.json: its catalog, tables and views exist. Until then no
     reader finds a store there, and the next writer completes what a cut-short one began."""
-    marker = join(uri, MARKER)
-    if not exists(marker):
-        write_bytes(marker, json.dumps({"catalog": _public(resolve_catalog(uri, catalog, create=True))}).encode())
+    if not exists(join(uri, MARKER)):
+        record_catalog(uri, resolve_catalog(uri, catalog, create=True))
+
+
+def record_catalog(uri: str, spec: str):
+    """Name `spec` in the store's catalog.json as the catalog that later commands use."""
+    write_bytes(join(uri, MARKER), json.dumps({"catalog": _public(spec)}).encode())
 
 
 def sqlite_file(uri: str, spec: str) -> str | None:
@@ -140,7 +148,7 @@ def sqlite_file(uri: str, spec: str) -> str | None:
     if os.path.isabs(rest):
         return rest
     if is_remote(uri):
-        raise ValueError(
+        raise UsageError(
             f"catalog={spec}: a SQLite catalog cannot live on S3 ({uri}); give an absolute local path "
             "or postgres:<libpq string>"
         )
@@ -197,9 +205,7 @@ def attach(
     sqlite = sqlite_file(uri, spec)
     if sqlite and create:
         os.makedirs(os.path.dirname(sqlite), exist_ok=True)
-    con = extensions.connect()
-    con.execute("SET autoinstall_known_extensions = false")
-    con.execute("SET autoload_known_extensions = false")
+    con = _duckdb()
     try:
         for sql in statements(uri, spec, read_only=read_only, snapshot=snapshot):
             con.execute(sql)
@@ -207,9 +213,86 @@ def attach(
         con.close()
         if is_conflict(e) or UNREACHABLE.search(str(e)):
             raise  # a writer's lock, a server restarting: the caller's retry waits it out
+        if moved := MOVED.search(str(e)):
+            if not own_catalog(uri, spec):
+                raise UsageError(moved_message(uri, spec, moved["old"])) from None
+            log.warning("store %s was copied or moved from %s: its catalog now points here", uri, root_of(moved["old"]))
+            relocate(uri, spec)
+            return attach(uri, catalog, read_only=read_only, snapshot=snapshot, create=create)
         what = "snapshot " + str(snapshot) + " of " if snapshot is not None else ""
         raise RuntimeError(f"could not open {what}the catalog {_public(spec)} of store {uri}: {e}") from None
     return con
+
+
+def _duckdb() -> duckdb.DuckDBPyConnection:
+    con = extensions.connect()
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("SET autoload_known_extensions = false")
+    return con
+
+
+def root_of(path: str) -> str:
+    """The store folder of a data path (`<store>/lake/`), with a trailing slash."""
+    return path.rstrip("/").removesuffix("/lake") + "/"
+
+
+def own_catalog(uri: str, spec: str) -> bool:
+    """Is the catalog a SQLite file in the store's own folder, which moves and copies with it?"""
+    sqlite = not is_remote(uri) and sqlite_file(uri, spec)
+    return bool(sqlite) and os.path.commonpath([sqlite, uri]) == uri
+
+
+def moved_message(uri: str, spec: str, old: str) -> str:
+    old_root = root_of(old).rstrip("/")
+    fix = f"python -m labelgen.store relocate store={uri}"
+    if exists(join(old_root, MARKER)):
+        return (
+            f"store {uri} is a copy of {old_root}, and both name the catalog {_public(spec)}, which records the "
+            f"data at {old_root}. Give the copy a catalog of its own: copy the catalog (PostgreSQL: "
+            f"createdb -T OLD NEW; SQLite: cp), then `{fix} catalog=<the copy>`"
+        )
+    return (
+        f"store {uri} was moved from {old_root}, and its catalog {_public(spec)} still records the data there: "
+        f"`{fix}` points the catalog here"
+    )
+
+
+# DuckLake's tables of paths: absolute ones (`path_is_relative` false) name the store's folder
+PATH_TABLES = (
+    "ducklake_schema",
+    "ducklake_table",
+    "ducklake_data_file",
+    "ducklake_delete_file",
+    "ducklake_files_scheduled_for_deletion",
+)
+
+
+def relocate(uri: str, spec: str) -> tuple[str, int]:
+    """Point the catalog `spec` at the store's place `uri`: DuckLake's data path, and every file
+    path it recorded under the old store folder, in one transaction of the catalog's own
+    database. Returns the old store folder and how many paths changed."""
+    sqlite = sqlite_file(uri, spec)
+    con = _duckdb()
+    try:
+        con.execute(f"LOAD '{extensions.extension_path('sqlite_scanner' if sqlite else 'postgres_scanner')}'")
+        target = sqlite or spec.split(":", 1)[1]
+        con.execute(f"ATTACH '{target}' AS meta (TYPE {'sqlite' if sqlite else 'postgres'})")
+        old = con.execute("SELECT value FROM meta.ducklake_metadata WHERE key = 'data_path'").fetchone()
+        if old is None:
+            raise UsageError(f"catalog {_public(spec)} holds no DuckLake metadata: give the catalog of store {uri}")
+        old_root, new_root = root_of(old[0]), root_of(data_path(uri))
+        changed = 0
+        with transaction(con):
+            con.execute("UPDATE meta.ducklake_metadata SET value = ? WHERE key = 'data_path'", [data_path(uri) + "/"])
+            for table in PATH_TABLES:
+                changed += con.execute(
+                    f"UPDATE meta.{table} SET path = ? || path[length(?) + 1:] "
+                    "WHERE NOT path_is_relative::BOOLEAN AND starts_with(path, ?)",
+                    [new_root, old_root, old_root],
+                ).fetchone()[0]
+    finally:
+        con.close()
+    return old_root, changed
 
 
 def is_conflict(e: Exception) -> bool:

@@ -14,6 +14,7 @@ snapshot ever registered (a run's staged, uncommitted files) are left alone: the
 what a resumed run picks up.
 """
 
+from ..errors import UsageError
 from .lake import LabelStore
 
 
@@ -45,7 +46,7 @@ def maintain(store: LabelStore, older_than_days: float, log=print) -> dict:
     """Compact, expire old unpinned snapshots, delete files scheduled for deletion
     `older_than_days` ago or more; returns what it did."""
     if older_than_days < 0:
-        raise ValueError(f"older_than_days={older_than_days}: give 0 or more")
+        raise UsageError(f"older_than_days={older_than_days}: give 0 or more")
     before = store.session("count files of", _files)
     log(f"store {store}: {sum(before.values())} data files")
     store.session(

@@ -18,6 +18,7 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..errors import MissingInput, UsageError
 from ..io import exists, is_remote, join, list_dirs, list_files, read_bytes
 from .catalog import MARKER
 from .connections import now
@@ -105,13 +106,13 @@ def migrate(old_uri: str, new_uri: str, catalog: str | None = None, log=print) -
     t0 = time.perf_counter()
     old, new = _uri(old_uri), LabelStore(new_uri, catalog)
     if exists(join(old, MARKER)):
-        raise ValueError(f"{old} already is a store of this labelgen ({MARKER}): nothing to migrate")
+        raise UsageError(f"{old} already is a store of this labelgen ({MARKER}): nothing to migrate")
     if not (exists(join(old, "commits")) or exists(join(old, "runs"))):
-        raise FileNotFoundError(f"no label store of an older labelgen at {old} (no commits/ or runs/)")
+        raise MissingInput(f"no label store of an older labelgen at {old} (no commits/ or runs/)")
     if new.uri == old:
-        raise ValueError(f"migrate into a new folder, not into the old store {old} itself")
+        raise UsageError(f"migrate into a new folder, not into the old store {old} itself")
     if exists(join(new.uri, MARKER)):
-        raise ValueError(
+        raise UsageError(
             f"cannot migrate {old} into {new.uri}: {new.uri} already holds a store ({MARKER}); "
             "give a new folder, or remove that store (and its catalog) to start again"
         )

@@ -1,6 +1,8 @@
 """The trained models and spherical mappers: weights under the store, a row each in the
 catalog. model_log gets a row per state of a model (trained, decided) and the view models
-shows the latest; a sphere's row is written once."""
+shows the latest; a sphere's row is written once. A row's `checkpoint` says where its
+weights were written; records read back name them where the store is now, so a copied or
+moved store loads its own."""
 
 from ..io import join, write_bytes
 from .connections import now
@@ -22,7 +24,10 @@ class Registry:
     def models(self) -> list[dict]:
         """Model records, oldest first; `status`: the latest promotion is 'promoted', earlier
         ones 'retired', others 'rejected' or (undecided) 'training'."""
-        return self._rows("FROM lake.models ORDER BY created")
+        return [
+            {**r, "checkpoint": r["checkpoint"] and self.model_uri(r["model_id"], "adapter.pt")}
+            for r in self._rows("FROM lake.models ORDER BY created")
+        ]
 
     def promoted_model(self) -> dict | None:
         return next((r for r in self.models() if r["status"] == "promoted"), None)
@@ -40,12 +45,18 @@ class Registry:
 
     def save_sphere(self, record: dict, weights: bytes) -> dict:
         """A trained spherical mapper: weights, then its row (the row makes it visible)."""
-        uri = join(self.uri, "spheres", record["sphere_id"], "mapper.pt")
+        uri = self.sphere_uri(record["sphere_id"])
         write_bytes(uri, weights)
         record = {**record, "checkpoint": uri}
         self._append("spheres", record)
         return record
 
+    def sphere_uri(self, sphere_id: str) -> str:
+        return join(self.uri, "spheres", sphere_id, "mapper.pt")
+
     def spheres(self) -> list[dict]:
         """Spherical mapper records, oldest first."""
-        return self._rows("FROM lake.spheres ORDER BY created")
+        return [
+            {**r, "checkpoint": self.sphere_uri(r["sphere_id"])}
+            for r in self._rows("FROM lake.spheres ORDER BY created")
+        ]

@@ -24,6 +24,7 @@ from PIL import Image
 from ..config import collection_manifest
 from ..console import Progress
 from ..demo import PHOTOS, load_photo
+from ..errors import UsageError
 from ..geometry import rotation
 from ..io import read_bytes
 from ..manifest import write_manifest
@@ -230,7 +231,7 @@ def build_collection(conf=None) -> str:
         return manifest_path
     unknown = sorted(set(conf.categories) - set(CATEGORIES))
     if unknown:
-        raise ValueError(f"data.objects.categories: {unknown} are unknown; choose from {sorted(CATEGORIES)}")
+        raise UsageError(f"data.objects.categories: {unknown} are unknown; choose from {sorted(CATEGORIES)}")
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         pool.submit(render_collection, OmegaConf.to_container(conf), manifest_path).result()
     return manifest_path

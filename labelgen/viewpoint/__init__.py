@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 from omegaconf import OmegaConf
 
+from ..errors import UsageError
 from ..features import FLIPPED, boxes, cache_uri, load_features, stale_features, with_versions
 from ..io import exists, join, read_bytes, write_bytes
 from ..models import checkpoint_bytes, load_checkpoint
@@ -149,7 +150,7 @@ def choose(conf) -> tuple[str, str]:
             OrientAnything(conf.weights)  # raises WeightsNotFound, saying where to put them
         return "orient-anything", "pose.estimator=orient-anything"
     if conf.estimator != "auto":
-        raise ValueError(f"pose.estimator={conf.estimator!r}: choose auto, orient-anything, head or none")
+        raise UsageError(f"pose.estimator={conf.estimator!r}: choose auto, orient-anything, head or none")
     if found:
         return "orient-anything", f"auto: Orient Anything weights at {found}"
     return "head", (
@@ -182,7 +183,7 @@ def training_rows(run, df: pd.DataFrame, conf) -> tuple[pd.DataFrame, str]:
     if conf.train_on in ("auto", "manifest") and len(posed) >= conf.min_posed:
         return posed, f"{len(posed)} posed images of the manifest"
     if conf.train_on == "manifest":
-        raise ValueError(
+        raise UsageError(
             f"pose.train_on=manifest: the manifest has {len(posed)} images with azimuth, elevation and theta, "
             f"fewer than pose.min_posed={conf.min_posed}; give more poses or use pose.train_on=builtin"
         )
@@ -247,7 +248,7 @@ def trained_head(run, train: pd.DataFrame, conf) -> viewpoint_head.ViewpointHead
     x += [mirrors[n] for n in twins]
     y += [poses[n] * np.array([-1.0, 1.0, -1.0]) for n in twins]  # the mirror: minus the azimuth and the roll
     if len(x) < 8:
-        raise ValueError(
+        raise UsageError(
             f"pose: only {len(x)} posed images with foreground to train the viewpoint head on; "
             "give poses for more images, or pose.estimator=none (pairing by feature similarity)"
         )
