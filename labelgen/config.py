@@ -39,11 +39,12 @@ PATH_KEYS = frozenset(
         "output",
         "root",
         "workdir",
+        "out",
     }
 )
 # Keys with these names (and those whose default is text) hold text: a value YAML would
 # read as a number or a boolean (run_id=20240101, labels.sphere=off) is kept as written.
-TEXT_KEYS = PATH_KEYS | {"run_id", "model_id", "catalog", "address"}
+TEXT_KEYS = PATH_KEYS | {"run_id", "model_id", "catalog", "address", "version"}
 # Keys an earlier labelgen had, and what replaced them.
 RENAMED = {
     "labels.min_confidence": "labels.keep: a share of each source image's labels kept by rank (e.g. labels.keep=0.14), "

@@ -3,6 +3,7 @@
 python -m queries NAME [store=URI] [at=SNAPSHOT] [format=table|csv|json] [plot=out.png] [param=[k=v,...]]
 python -m queries sql "SELECT ..." [store=URI]
 python -m queries list
+python -m queries browse [store=URI] [out=browse]   a page to look at the labels (browse --help: its keys)
 """
 
 import sys
@@ -11,8 +12,10 @@ import pandas as pd
 
 from labelgen.cli import run_command
 from labelgen.config import STORE_DEFAULTS, ConfigError
+from labelgen.errors import UsageError
 
 from . import header, report_names, report_sql, run_sql
+from .browse import browse_conf, write_page
 
 FORMATS = ("table", "csv", "json")
 
@@ -38,10 +41,10 @@ def report(conf, words: list[str]) -> int:
     try:
         params = dict(str(p).split("=", 1) for p in conf.param if "=" in str(p))
         if len(params) != len(conf.param):
-            raise ValueError("param takes NAME=VALUE items, e.g. param=[a=RUN1,b=RUN2]")
+            raise UsageError("param takes NAME=VALUE items, e.g. param=[a=RUN1,b=RUN2]")
         if name == "sql":
             if len(words) < 2:
-                raise ValueError('the sql report needs the query text: python -m queries sql "SELECT ..."')
+                raise UsageError('the sql report needs the query text: python -m queries sql "SELECT ..."')
             sql, spec = words[1], {"about": "", "plot": ""}
         else:
             sql = report_sql(name)
@@ -49,7 +52,7 @@ def report(conf, words: list[str]) -> int:
         df = run_sql(conf.store, sql, params, conf.catalog, conf.at)
         if conf.plot:
             if not spec["plot"]:
-                raise ValueError(f"report '{name}' has no chart")
+                raise UsageError(f"report '{name}' has no chart")
             from .plot import chart
 
             chart(df, spec["plot"], f"{name}: {spec['about']}", conf.plot)
@@ -66,7 +69,21 @@ def report(conf, words: list[str]) -> int:
     return 0
 
 
+def browse(conf) -> int:
+    """Write a page to look at the store's current labels: per category its images and
+    pairs, a pair's labels drawn as lines from the source to the target image, coloured
+    by their truth where the collection has it (the `pairs` report's verdicts), else by
+    their confidence; filters by run, category, hops and confidence; the precision,
+    stage yield and coverage charts beside them. Open out/index.html in a browser:
+    from file:// too, and offline (the folder holds copies of its images)."""
+    print(write_page(conf))
+    return 0
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["browse"]:
+        return run_command(browse_conf, browse, argv[1:], command="browse", announce=False)
     return run_command(default_conf, report, argv, words="REPORT [SQL]", announce=False)
 
 

@@ -10,6 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from labelgen.errors import UsageError
 from labelgen.io import read_bytes  # noqa: E402
 
 
@@ -19,12 +20,13 @@ def parse(spec: str) -> tuple[str, dict[str, str]]:
 
 
 def chart(df: pd.DataFrame, spec: str, title: str, out: str):
-    """A bar or line chart of column y over x, one series per value of hue."""
+    """A bar or line chart of column y over x, one series per value of hue; rows that share
+    x and hue (precision's runs, splits and kinds of truth) are averaged: a share summed is no share."""
     kind, opts = parse(spec)
     if kind == "pairs":
         return pairs(df, title, out)
     x, y, hue = opts["x"], opts["y"], opts.get("hue")
-    wide = df.pivot_table(index=x, columns=hue, values=y, aggfunc="sum") if hue else df.set_index(x)[[y]]
+    wide = df.pivot_table(index=x, columns=hue, values=y, aggfunc="mean") if hue else df.set_index(x)[[y]]
     wide = wide.reindex(pd.unique(df[x]))  # keep the report's row order
     fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(wide) + 3), 4))
     wide.plot(kind=kind, ax=ax, legend=bool(hue))
@@ -36,11 +38,13 @@ def chart(df: pd.DataFrame, spec: str, title: str, out: str):
 
 
 def pairs(df: pd.DataFrame, title: str, out: str, max_lines: int = 60):
-    """Labels of one image pair as lines from the source (left) to the target (right);
-    green where the truth is known and the label is within 5% of the image side, red otherwise."""
+    """Labels of one image pair (the report's first) as lines from the source (left) to the
+    target (right); where truth is known (homography or part truth), green where the report
+    judged the label correct, red otherwise; yellow where it is not."""
     if df.empty:
-        raise ValueError("the pairs report returned no labels to draw")
+        raise UsageError("the pairs report returned no labels to draw")
     first = df.iloc[0]
+    df = df[(df["src_image_id"] == first["src_image_id"]) & (df["tgt_image_id"] == first["tgt_image_id"])]
     src = plt.imread(_io.BytesIO(read_bytes(first["src_uri"])), format=first["src_uri"].rsplit(".", 1)[-1])
     tgt = plt.imread(_io.BytesIO(read_bytes(first["tgt_uri"])), format=first["tgt_uri"].rsplit(".", 1)[-1])
     h = max(src.shape[0], tgt.shape[0])

@@ -24,6 +24,7 @@ KEY_VALUE = {  # entry point -> its defaults
     "trainer.evaluate": "main_conf",
     "trainer.schedule": "default_conf",
     "queries.__main__": "default_conf",
+    "labelgen.export.__main__": "default_conf",
     "benchmarks.__main__": "default_conf",
     "benchmarks.current_labels": "default_conf",
     "benchmarks.exchange": "default_conf",
@@ -259,7 +260,6 @@ def test_every_benchmarks_module_answers_help_and_runs_nothing_then(monkeypatch,
         out = capsys.readouterr().out
         prog = name.removesuffix(".__main__")
         assert done.value.code == 0 and out.startswith(f"usage: python -m {prog} [-h]"), (name, out[:200])
-
 
 
 def test_the_readme_key_table_holds_the_defaults_of_the_code():

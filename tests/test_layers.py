@@ -5,14 +5,15 @@
 The store knows files, the catalog and its schemas, never a stage or an evaluation; the
 stages never import the trainer or a report; the trainer and the reports use labelgen's
 library modules, never a command line (labelgen.run, a __main__). Every layer may use the
-base: files (labelgen.io), configs and the console (labelgen.config, .cli, .console)."""
+base: files (labelgen.io), a user's errors (labelgen.errors), configs and the console
+(labelgen.config, .cli, .console)."""
 
 import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("labelgen", "trainer", "queries", "cluster", "benchmarks")
-BASE = ("labelgen.io", "labelgen.config", "labelgen.cli", "labelgen.console")
+BASE = ("labelgen.io", "labelgen.errors", "labelgen.config", "labelgen.cli", "labelgen.console")
 MAY_IMPORT = {  # layer -> the layers it may import (besides the base)
     "base": {"base"},
     "labelgen.store": {"labelgen.store"},

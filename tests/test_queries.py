@@ -164,3 +164,63 @@ def test_the_truth_functions_come_with_the_sql_that_calls_them(store):
     assert con.sql(f"SELECT true_xy({same}, {same}, 3, 4)").fetchone() == ([3.0, 4.0],)
     con.close()
     assert functions.USED.search("SELECT part_truth (a, b)") and not functions.USED.search("SELECT my_true_xy(1)")
+
+
+def flat_truth(shift: float) -> dict:
+    """Part truth (labelgen.truth.PartTruth's fields) of a flat 40 px square seen head-on in a
+    100 x 80 view, `shift` px right of the view's centre: a point of it lies in a view of
+    shift s at its x plus s - shift."""
+    w, h, f = 100, 80, 50.0
+    x, y = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
+    part = ((abs(x - w / 2 - shift) < 20) & (abs(y - h / 2) < 20)).astype(np.uint8)
+    return dict(  # camera = object + (shift / f * depth, 0, depth): pixel x = f * (u + shift / f * 2) / 2 + w / 2
+        part=part,
+        coord=np.stack([(x - w / 2 - shift) * 2 / f, (y - h / 2) * 2 / f, np.zeros_like(x)], -1).astype(np.float32),
+        depth=np.where(part > 0, 2.0, np.inf).astype(np.float32),
+        R=np.eye(3),
+        t=np.array([shift * 2 / f, 0.0, 2.0]),
+        intrinsics=np.array([f, w / 2, h / 2]),
+        affine=np.stack([np.full((3, 3), np.nan), np.eye(3)]),
+        centre=np.zeros((2, 3)),
+        twin=np.zeros(2, dtype=int),
+    )
+
+
+def test_the_pairs_plot_judges_by_part_truth(tmp_path, capsys):
+    """A rendered collection's images carry truth_uri, not homographies: the pairs report and
+    its plot judge by part truth, as precision does (one label on the true target, one 30 px
+    off, one from a point off the object)."""
+    for name, shift in (("a", 0.0), ("b", 10.0)):
+        Image.new("RGB", (100, 80), (128, 128, 128)).save(tmp_path / f"{name}.png")
+        np.savez(tmp_path / f"{name}.npz", **flat_truth(shift))
+    store = LabelStore(str(tmp_path / "store"))
+    store.begin_run({"run_id": "r", "config_hash": "h", "config": "k: 1"})
+    ends = [((40.0, 40.0), (50.0, 40.0)), ((45.0, 45.0), (85.0, 45.0)), ((5.0, 5.0), (15.0, 5.0))]
+    rows = [
+        dict(run_id="r", category="cat", src_image_id="a", tgt_image_id="b", src_x=sx, src_y=sy, tgt_x=tx, tgt_y=ty,
+             hops=1, cycle_error=0.0, similarity=0.8, sphere_angle=None, support=2)
+        for (sx, sy), (tx, ty) in ends
+    ]  # fmt: skip
+    images = pd.DataFrame(
+        {
+            "run_id": "r",
+            "image_id": ["a", "b"],
+            "category": "cat",
+            "uri": [str(tmp_path / "a.png"), str(tmp_path / "b.png")],
+            "width": 100,
+            "height": 80,
+            "truth_uri": [str(tmp_path / "a.npz"), str(tmp_path / "b.npz")],
+        }
+    )
+    store.write_category("r", "cat", pa.Table.from_pylist(rows, schema=LABEL_SCHEMA), images_table(images), {})
+    store.commit("r", {"labels": 3}, [])
+    code, out, err = cli(capsys, "pairs", "--store", store.uri, "--format", "json", "--plot", str(tmp_path / "p.png"))
+    assert code == 0, err
+    labels = {(r["src_x"], r["src_y"]): r for r in json.loads(out)}
+    assert [labels[s]["correct"] for s, _ in ends] == [True, False, False]
+    assert {r["truth"] for r in labels.values()} == {"parts"} and labels[(40.0, 40.0)]["error"] < 0.05
+    pixels = np.asarray(Image.open(tmp_path / "p.png").convert("RGB")).reshape(-1, 3).astype(int)
+    r, g, b = pixels.T
+    assert ((r < 80) & (g > 200) & (b < 80)).sum() > 20  # lime: the correct label
+    assert ((r > 200) & (g < 80) & (b < 80)).sum() > 40  # red: the two wrong ones
+    assert not ((r > 200) & (g > 200) & (b < 80)).any()  # no yellow: every label judged

@@ -373,5 +373,6 @@ def test_old_flags_still_work_with_a_warning_and_unknown_keys_are_refused(tmp_pa
     assert main(["attach", "older_than_days=1"]) == 2
     assert "no key older_than_days; known keys: store, catalog, at" in capsys.readouterr().err
     assert (
-        main(["vacuum"]) == 2 and "name a command: migrate, maintain, check, repair, relocate, attach" in capsys.readouterr().err
+        main(["vacuum"]) == 2
+        and "name a command: migrate, maintain, check, repair, relocate, attach" in capsys.readouterr().err
     )
