@@ -1,8 +1,8 @@
 """Connecting to Ray: a cluster when an address is given, else a private local instance."""
 
+import asyncio
 import os
 import shlex
-import time
 
 import ray
 
@@ -19,7 +19,8 @@ def init_ray(conf) -> str:
 
     Ray's own loggers, here and in its workers, log at `console.ray_level()`. The local
     instance runs the dashboard on 127.0.0.1 because Ray's state API lives there (Ray
-    Train's placement-group cleaner polls it)."""
+    Train's placement-group cleaner polls it); the description gives its address, to watch
+    tasks, actors and Ray Train's runs in a browser."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if ray.is_initialized():
         return "already initialised"
@@ -31,7 +32,7 @@ def init_ray(conf) -> str:
     # actor that Ray warns about at every start, ray-project/ray#53727).
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     # Bind a local instance to loopback: nothing outside this machine can reach it.
-    ray.init(
+    context = ray.init(
         address="local",
         _node_ip_address="127.0.0.1",
         include_dashboard=True,
@@ -47,7 +48,8 @@ def init_ray(conf) -> str:
         if os.environ.get("RAY_AUTH_MODE") == "token"
         else "no authentication"
     )
-    return f"local instance on 127.0.0.1, {auth}"
+    dashboard = f"; dashboard http://{context.dashboard_url}" if context.dashboard_url else ""  # empty when it failed
+    return f"local instance on 127.0.0.1, {auth}{dashboard}"
 
 
 def wait_each(refs):
@@ -70,9 +72,6 @@ def on_every_node(fn, *args) -> list:
     )
 
 
-TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
-
-
 def submit_job(address: str, argv: list[str], runtime_env: dict | None = None):
     """Submit `argv` as a Ray job to the cluster whose dashboard is at `address`;
     returns (client, job id)."""
@@ -83,17 +82,17 @@ def submit_job(address: str, argv: list[str], runtime_env: dict | None = None):
 
 
 def follow_job(client, job: str, timeout_s: float = 24 * 3600.0, echo=print) -> str:
-    """Echo a job's log as it grows until it ends (or is stopped at the timeout); its final status."""
-    deadline, shown = time.time() + timeout_s, 0
-    while True:
-        status = str(client.get_job_status(job)).rsplit(".", 1)[-1]
-        logs = client.get_job_logs(job)
-        if len(logs) > shown:
-            echo(logs[shown:].rstrip("\n"))
-            shown = len(logs)
-        if status in TERMINAL:
-            return status
-        if time.time() > deadline:
-            client.stop_job(job)
-            return f"STOPPED after {timeout_s:.0f} s"
-        time.sleep(2)
+    """Echo a job's log as Ray streams it (`JobSubmissionClient.tail_job_logs`: from the
+    start, then each chunk as the job writes it, until the job ends), or stop the job at the
+    timeout; its final status."""
+
+    async def tail():
+        async for chunk in client.tail_job_logs(job):
+            echo(chunk.rstrip("\n"))
+
+    try:
+        asyncio.run(asyncio.wait_for(tail(), timeout_s))
+    except asyncio.TimeoutError:
+        client.stop_job(job)
+        return f"STOPPED after {timeout_s:.0f} s"
+    return str(client.get_job_status(job)).rsplit(".", 1)[-1]

@@ -6,6 +6,7 @@ says how `plot=` draws it (see `queries.plot`). Reports read parameters with
 """
 
 import re
+from contextlib import contextmanager
 from importlib import resources
 
 import duckdb
@@ -42,9 +43,7 @@ def run_sql(
 ) -> pd.DataFrame:
     """Run SQL on a read-only connection to the store (committed runs only), at its latest
     snapshot or at snapshot `at`, with the truth functions (`queries.functions`) where it calls them."""
-    store = LabelStore(store_uri, catalog)
-    con = store.connect(snapshot=at)
-    try:
+    with reading(LabelStore(store_uri, catalog), at) as con:
         if functions.USED.search(sql):
             functions.register(con)
         for name, value in (params or {}).items():
@@ -52,7 +51,16 @@ def run_sql(
                 raise UsageError(f"param {name}: names are letters, digits and _")
             con.execute(f"SET VARIABLE {name} = ?", [value])
         return con.sql(sql).df()
+
+
+@contextmanager
+def reading(store: LabelStore, at: int | None = None):
+    """A read-only connection to `store` (at snapshot `at`) whose failures name what went
+    wrong in the store, or the query, in one line."""
+    con = store.connect(snapshot=at)
+    try:
+        yield con
     except duckdb.Error as e:
-        raise UsageError(explain(store, e) or f"query failed: {e}") from None
+        raise UsageError(explain(store, e) or f"query on store {store} failed: {e}") from None
     finally:
         con.close()

@@ -22,7 +22,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -33,9 +32,8 @@ from labelgen.console import Progress
 from labelgen.errors import UsageError
 from labelgen.io import read_bytes
 from labelgen.store import LabelStore
-from labelgen.store.check import explain
 
-from . import functions, header, report_sql, run_sql
+from . import functions, header, reading, report_sql, run_sql
 
 log = logging.getLogger(__name__)
 
@@ -301,8 +299,7 @@ def write_page(conf) -> str:
     t0 = time.perf_counter()
     folder = os.path.abspath(conf.out)
     store = LabelStore(conf.store, conf.catalog)
-    con = store.connect(snapshot=conf.at)
-    try:
+    with reading(store, conf.at) as con:
         prepare(folder)
         functions.register(con)
         at = conf.at if conf.at is not None else store.current_snapshot()
@@ -310,10 +307,6 @@ def write_page(conf) -> str:
         written, size = write_labels(con, folder, conf.page_size, total)
         gallery = write_gallery(con, folder, conf.page_size)
         n_images, problems = write_images(con, folder, conf.image_size)
-    except duckdb.Error as e:
-        raise UsageError(explain(store, e) or f"reading store {store} failed: {e}") from None
-    finally:
-        con.close()
     charts = write_charts(conf, folder)
     page = index(store, at, conf.page_size, written, gallery, charts)
     write_data(folder, "index", page)

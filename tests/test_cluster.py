@@ -2,6 +2,7 @@
 on Ray's fake multi-node provider, and a real `ray up` / job / teardown over ssh; both
 clusters stop only their own processes, and another Ray instance beside them survives."""
 
+import asyncio
 import contextlib
 import copy
 import json
@@ -43,7 +44,7 @@ def test_aws_cluster_config_passes_rays_validation():
     for t in gpu_types.values():
         assert t["min_workers"] == 0 and t["max_workers"] > 0  # the autoscaler adds and removes them
         assert t["node_config"]["IamInstanceProfile"] == {"Name": "ray-autoscaler-v1"}  # S3 without keys
-    assert any("-c constraints.txt -e ." in c for c in prepared["setup_commands"])
+    assert any("-c constraints.txt -e '.[mlflow]'" in c for c in prepared["setup_commands"])
     assert prepared["file_mounts"] == {"/home/ray/labelgen": "."}
     bad = copy.deepcopy(config)
     bad["available_node_types"]["gpu_a10g"]["max_workerz"] = 2
@@ -58,6 +59,42 @@ def test_jobs_ship_the_repository_as_working_dir():
     assert env["working_dir"] == ROOT and "data/" in env["excludes"]
     for module in ENTRYPOINTS.values():  # every entry point exists
         assert os.path.exists(os.path.join(ROOT, *module.split(".")) + ".py")
+
+
+class StreamedJob:
+    """The side of Ray's JobSubmissionClient that follow_job uses: a log that Ray streams in
+    chunks as the job writes it (`tail_job_logs`, an async generator), a status, a stop."""
+
+    def __init__(self, chunks, pause_s=0.0):
+        self.chunks, self.pause_s, self.stopped = chunks, pause_s, False
+
+    async def tail_job_logs(self, job):
+        for chunk in self.chunks:
+            await asyncio.sleep(self.pause_s)
+            yield chunk
+
+    def get_job_status(self, job):
+        from ray.job_submission import JobStatus
+
+        return JobStatus.STOPPED if self.stopped else JobStatus.SUCCEEDED
+
+    def stop_job(self, job):
+        self.stopped = True
+
+    def get_job_logs(self, job):
+        raise AssertionError("follow_job downloads the whole log")
+
+
+def test_a_followed_job_s_log_is_echoed_as_ray_streams_it_and_a_job_past_its_time_is_stopped():
+    from labelgen.ray_utils import follow_job
+
+    shown = []
+    job = StreamedJob(["step 1\nstep 2\n", "done\n"])
+    assert follow_job(job, "raysubmit_1", echo=shown.append) == "SUCCEEDED"
+    assert shown == ["step 1\nstep 2", "done"] and not job.stopped
+    job, shown = StreamedJob(["step 1\n", "never shown\n"], pause_s=0.2), []
+    assert follow_job(job, "raysubmit_2", timeout_s=0.3, echo=shown.append) == "STOPPED after 0 s"
+    assert shown == ["step 1"] and job.stopped
 
 
 def ray_cli(*args, env=None, timeout=180):

@@ -1,6 +1,10 @@
 """Training, registry and retraining on a tiny labelled demo store."""
 
 import hashlib
+import re
+import shutil
+import struct
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,9 +13,12 @@ import torch
 
 from benchmarks.tiny import tiny_demo_args
 from labelgen.adapted import label_fingerprint
+from labelgen.errors import UsageError
 from labelgen.features import cache_uri, load_features
+from labelgen.io import join, list_files, read_bytes
 from labelgen.models import Adapter, load_checkpoint
 from labelgen.store import LabelStore, now
+from trainer import tracking
 from trainer.train import decide
 
 FAST = ["optim.steps=6", "optim.pairs_per_step=2", "optim.log_every=2", "checkpoint.every=3"]
@@ -101,6 +108,64 @@ def test_labels_features_names_a_model_as_every_command_does(tmp_path, caplog):
         resolve_model(store, "m1", "other")
 
 
+def scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
+    """A TensorBoard run's scalars (every event file in `logdir`, local or s3://) by tag, as
+    (step, value) in step order."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    out = {}
+    for name in (path.rsplit("/", 1)[-1] for path in list_files(logdir)):
+        data, i = read_bytes(join(logdir, name)), 0
+        while i < len(data):  # TFRecord: the length (8 bytes), its CRC (4), the event, its CRC (4)
+            (n,) = struct.unpack("<Q", data[i : i + 8])
+            event = Event.FromString(data[i + 12 : i + 12 + n])
+            i += n + 16
+            for v in event.summary.value:
+                if v.HasField("simple_value"):
+                    out.setdefault(v.tag, []).append((event.step, v.simple_value))
+    return {tag: sorted(points) for tag, points in out.items()}
+
+
+def test_metrics_reach_tensorboard_on_s3_and_mlflow_live_and_named_as_it_takes(s3_server, tmp_path, monkeypatch):
+    """As trainer.train does: the driver opens the run, a worker logs steps into it, the driver
+    adds held-out scores; event files on S3 are copied up at each flush, MLflow gets the same."""
+    from mlflow import MlflowClient
+    from omegaconf import OmegaConf
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 takes a folder only with it
+    conf = OmegaConf.create({**tracking.default_conf, "mlflow": tracking.mlflow_uri(str(tmp_path / "mlruns"))})
+    logdir = f"{s3_server}/checkpoints/m1/tensorboard"
+    with tracking.run(conf, logdir, "m1", {"optim": {"lr": 0.005}}, {"model_id": "m1"}) as driver:
+        with tracking.Tracker(driver.where, ".train") as worker:
+            for step in (1, 2, 3):
+                worker.log({"train/loss": 1.0 / step}, step)
+                worker.flush()  # as at a report: a user sees the steps so far
+            worker.log({"train/loss": 0.25}, 4)
+            assert scalars(logdir)["train/loss"][-1][0] == 3
+        driver.log({"eval/adapter_kpt_pck@0.10": 0.5, "eval/adapter_val_cycle": float("nan")}, 4)
+        driver.note("decision", "rejected: no held-out pairs to validate on")
+    got = scalars(logdir)
+    assert got["train/loss"] == [(1, 1.0), (2, 0.5), (3, pytest.approx(1 / 3)), (4, 0.25)]
+    # "@" is no character of a name in TensorBoard or MLflow; a NaN (no held-out pair) is no point
+    assert got["eval/adapter_kpt_pck_0.10"] == [(4, 0.5)] and "eval/adapter_val_cycle" not in got
+    client = MlflowClient(conf.mlflow)
+    run = client.get_run(driver.where.run_id)
+    assert (run.info.run_name, run.info.status, run.data.params["optim.lr"]) == ("m1", "FINISHED", "0.005")
+    history = client.get_metric_history(run.info.run_id, "train/loss")
+    assert [m.step for m in history] == [1, 2, 3, 4]
+    assert run.data.metrics["eval/adapter_kpt_pck_0.10"] == 0.5
+    assert run.data.tags["decision"] == "rejected: no held-out pairs to validate on"
+
+    with pytest.raises(RuntimeError), tracking.run(conf, str(tmp_path / "tb"), "m2", {}, {}, driver.where) as failed:
+        raise RuntimeError("training failed")
+    run = client.get_run(failed.where.run_id)
+    assert run.info.status == "FAILED" and run.data.tags[tracking.PARENT_TAG] == driver.where.run_id
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # not installed
+    with pytest.raises(UsageError, match=r"tracking.mlflow=http://mlflow:5000: .* pip install 'labelgen\[mlflow\]'"):
+        tracking.mlflow_client("http://mlflow:5000")
+
+
 @pytest.fixture(scope="module")
 def labelled_store(tiny_demo, tmp_path_factory, run):
     store = tmp_path_factory.mktemp("trainstore") / "store"
@@ -114,7 +179,7 @@ def test_two_worker_training_checkpoints_registers_and_retrain_waits_for_new_lab
     out = run(
         [
             "trainer.train",
-            f"data.store={labelled_store}",
+            f"store={labelled_store}",  # data.store=, as every command that reads a store spells it
             "scaling.workers=2",
             "scaling.cpus_per_worker=0.5",
             "model_id=m1",
@@ -123,6 +188,11 @@ def test_two_worker_training_checkpoints_registers_and_retrain_waits_for_new_lab
         ]
     )
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    # rank 0 logs each step once (not once per worker) beside the checkpoints; the summary says how to watch
+    curves = scalars(str(Path(labelled_store) / "checkpoints" / "m1" / "tensorboard"))
+    assert [s for s, _ in curves["train/loss"]] == [1, 2, 3, 4, 5, 6] and all(v > 0 for _, v in curves["train/lr"])
+    assert f"watch     tensorboard --logdir {Path(labelled_store) / 'checkpoints'}  (run m1/tensorboard)" in out.stdout
+    assert re.search(r"ray: local instance on 127.0.0.1, .*; dashboard http://127.0.0.1:\d+\n", out.stderr)
     store = LabelStore(labelled_store)
     (model,) = store.models()
     assert model["model_id"] == "m1" and model["label_runs"] == ["first"]
@@ -153,19 +223,26 @@ def test_two_worker_training_checkpoints_registers_and_retrain_waits_for_new_lab
     scheduled = run(["trainer.schedule", "every_s=0", "max_runs=1", "--", *retrain[1:]])
     assert scheduled.returncode == 0
 
-    relabel_with_the_adapter(labelled_store, tiny_demo, model, run)
-
-    second = run(["labelgen.run", *tiny_demo_args(tiny_demo), f"store={labelled_store}", "run_id=second"])
+    # a copy of the store relabels with m1's weights, labels and trains at its new place; the original stays as it was
+    files = {p: p.read_bytes() for p in Path(labelled_store).rglob("*") if p.is_file()}
+    copied = shutil.copytree(labelled_store, Path(labelled_store).parent / "copied")
+    store = LabelStore(str(copied))
+    assert store.models()[0]["checkpoint"] == str(copied / "models" / "m1" / "adapter.pt")
+    relabel_with_the_adapter(str(copied), tiny_demo, store.models()[0], run)
+    second = run(["labelgen.run", *tiny_demo_args(tiny_demo), f"store={copied}", "run_id=second"])
     assert second.returncode == 0, second.stderr[-3000:]
+    retrain = [a if not a.startswith("train.data.store=") else f"store={copied}" for a in retrain]
     trained = run([*retrain, "train.model_id=m2"])
     assert trained.returncode == 0, (trained.stdout + trained.stderr)[-4000:]
     assert "trained on" in trained.stdout and "since model m1" in trained.stdout
     m2 = next(m for m in store.models() if m["model_id"] == "m2")
     assert m2["label_runs"] == ["first", "relabel", "second"] and m2["parent"] is None
+    assert {p: p.read_bytes() for p in Path(labelled_store).rglob("*") if p.is_file()} == files
 
 
 @pytest.mark.slow
-def test_the_loop_relabels_with_each_promoted_model_and_stops_when_one_is_not(tiny_demo, tmp_path, run):
+def test_the_loop_relabels_with_each_promoted_model_and_stops_when_one_is_not(tiny_demo, tmp_path, run, monkeypatch):
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 takes a folder as its store only with it
     store_uri = str(tmp_path / "store")
     out = run(["labelgen.run", *tiny_demo_args(tiny_demo), f"store={store_uri}", "run_id=first"])
     assert out.returncode == 0, out.stderr[-3000:]
@@ -177,6 +254,7 @@ def test_the_loop_relabels_with_each_promoted_model_and_stops_when_one_is_not(ti
             "relabel=[]",
             "rounds=3",
             "train.model_id=loop",
+            f"train.tracking.mlflow={tmp_path / 'mlruns'}",
             *[f"train.{a}" for a in FAST],
         ]
     )
@@ -198,6 +276,33 @@ def test_the_loop_relabels_with_each_promoted_model_and_stops_when_one_is_not(ti
     else:
         assert len(models) == 3
     assert out.stdout.count("relabelling run") == sum(m["status"] == "promoted" for m in models)
+    tracked_as_runs_of_the_loop(models, str(tmp_path / "store" / "checkpoints"), tmp_path / "mlruns")
+
+
+def tracked_as_runs_of_the_loop(models: list[dict], storage: str, mlruns: Path):
+    """Each round's model is a run (TensorBoard: <storage>/<model id>/tensorboard; MLflow: nested
+    under the loop's run) with a loss per step and its held-out scores; the loop's run has each
+    round's scores at its step, so one TensorBoard compares the rounds."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(mlruns.as_uri())
+    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("labelgen").experiment_id])}
+    loop = runs.pop("loop")
+    assert sorted(runs) == [m["model_id"] for m in models] and loop.info.status == "FINISHED"
+    for m in models:
+        run, score = runs[m["model_id"]], m["metrics"]["adapter_val_cycle"]
+        assert run.data.tags[tracking.PARENT_TAG] == loop.info.run_id and run.info.status == "FINISHED"
+        assert [h.step for h in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2, 3, 4, 5, 6]
+        assert run.data.metrics["eval/adapter_val_cycle"] == score and run.data.tags["decision"].startswith(
+            m["decision"]
+        )
+        curves = scalars(join(storage, m["model_id"], "tensorboard"))
+        assert [s for s, _ in curves["train/loss"]] == [1, 2, 3, 4, 5, 6]
+        assert curves["eval/adapter_val_cycle"] == [(6, pytest.approx(score))]
+    want = [(n, pytest.approx(m["metrics"]["adapter_val_cycle"])) for n, m in enumerate(models, 1)]
+    assert scalars(join(storage, "loop", "tensorboard"))["round/adapter_val_cycle"] == want
+    history = client.get_metric_history(loop.info.run_id, "round/adapter_val_cycle")
+    assert [(h.step, h.value) for h in history] == want
 
 
 def relabel_with_the_adapter(store_uri: str, tiny_demo: str, m1: dict, run):

@@ -16,16 +16,21 @@ rejected model's data does not trigger the same training again.
 
 import sys
 import time
+from contextlib import nullcontext
 
 from omegaconf import OmegaConf
 
 from labelgen.cli import run_command
+from labelgen.errors import UsageError
+from labelgen.io import join
 from labelgen.pipeline import label, relabel_config
-from labelgen.store import LabelStore
+from labelgen.store import LabelStore, new_id
 
+from . import tracking
 from . import train as train_mod
 from .data import choose_runs
 
+STORE_ALIASES = {k: f"train.{v}" for k, v in train_mod.STORE_ALIASES.items()}
 default_conf = {
     "min_new_labels": 100_000,  # train only when this many current labels are new to the last model (from runs it did
     # not learn from)
@@ -54,7 +59,7 @@ def new_labels(conf) -> tuple[int, list[str], dict | None]:
 def relabel_conf(conf, run_id: str, model_id: str):
     """labelgen.run's config for relabelling run `run_id` with adapter `model_id`."""
     if not OmegaConf.is_list(conf.relabel):
-        raise ValueError(
+        raise UsageError(
             f"relabel={conf.relabel}: give a list of labelgen.run overrides, e.g. relabel=[] or "
             "relabel=[labels.keep=0.1]"
         )
@@ -63,10 +68,10 @@ def relabel_conf(conf, run_id: str, model_id: str):
             LabelStore(conf.train.data.store, conf.train.data.catalog), run_id, model_id, conf.relabel
         )
     except ValueError as e:
-        raise ValueError(f"relabel={list(conf.relabel)} over run {run_id}'s config: {e}") from None
+        raise UsageError(f"relabel={list(conf.relabel)} over run {run_id}'s config: {e}") from None
 
 
-def retrain(conf) -> tuple[str, dict | None]:
+def retrain(conf, loop: tracking.Tracking | None = None) -> tuple[str, dict | None]:
     n, runs, last = new_labels(conf)
     if conf.relabel is not None:
         relabel_conf(conf, runs[-1], "check")  # a bad override fails now, not after training
@@ -74,54 +79,77 @@ def retrain(conf) -> tuple[str, dict | None]:
     if n < conf.min_new_labels:
         return f"nothing to do: {n:,} new labels {since}, retraining needs {conf.min_new_labels:,}", None
     conf.train.data.runs = runs
-    record = train_mod.train(conf.train)
+    record = train_mod.train(conf.train, loop=loop)
     return f"trained on {n:,} new labels {since}", record
 
 
 def report(conf) -> int:
     if conf.rounds < 1:
-        raise ValueError(f"rounds={conf.rounds}: give 1 or more")
+        raise UsageError(f"rounds={conf.rounds}: give 1 or more")
     if conf.rounds > 1 and conf.relabel is None:
-        raise ValueError(
+        raise UsageError(
             f"rounds={conf.rounds} needs relabel=[...] (e.g. relabel=[]): without relabelling, a round has no new "
             "labels to train on"
         )
-    rounds, t0 = [], time.perf_counter()
+    loop_id, t0 = conf.train.model_id or new_id(), time.perf_counter()
+    with loop_run(conf, loop_id) as loop:
+        code, rounds = run_rounds(conf, loop_id, loop)
+    if code or conf.rounds == 1:
+        return code
+    scores = " -> ".join(f"{r['model_id']} {r['metrics']['adapter_val_cycle']:.3f} ({r['decision']})" for r in rounds)
+    if rounds and rounds[-1]["decision"] != "promoted":
+        why = ": its model was not promoted"
+    else:
+        why = ": nothing to train" if len(rounds) < conf.rounds else ""
+    print(
+        f"loop stopped after round {len(rounds)}{why}; {time.perf_counter() - t0:.0f} s; val_cycle {scores or 'none'}",
+        flush=True,
+    )
+    for line in tracking.watch(conf.train.tracking, conf.train.checkpoint.storage, loop_id):
+        print(f"  rounds    {line}", flush=True)
+    return 0
+
+
+def loop_run(conf, loop_id: str):
+    """With rounds > 1, the loop's own run: every round's scores at its step (round/...), each
+    round's model a run of its own (<loop id>-r<n>), nested under it in MLflow. One round: nowhere."""
+    if conf.rounds == 1:
+        return nullcontext(tracking.Tracker(tracking.Tracking(), ""))
+    train = conf.train  # resolved as trainer.train does, for every round
+    train.checkpoint.storage = train_mod.storage(train, LabelStore(train.data.store, train.data.catalog))
+    train.tracking.mlflow = tracking.mlflow_uri(train.tracking.mlflow)
+    logdir = join(train.checkpoint.storage, loop_id, "tensorboard")
+    return tracking.run(train.tracking, logdir, loop_id, OmegaConf.to_container(conf), {"rounds": conf.rounds})
+
+
+def run_rounds(conf, loop_id: str, loop: tracking.Tracker) -> tuple[int, list[dict]]:
+    """Train, relabel with a promoted model, train again...; the exit code and the rounds' records."""
+    rounds = []
     for n in range(1, conf.rounds + 1):
         this = OmegaConf.create(OmegaConf.to_container(conf))  # each round picks the runs and snapshot afresh
-        if conf.train.model_id and conf.rounds > 1:
-            this.train.model_id = f"{conf.train.model_id}-r{n}"
-        message, record = retrain(this)
+        if conf.rounds > 1:
+            this.train.model_id = f"{loop_id}-r{n}"
+        message, record = retrain(this, loop.where)
         tag = f"round {n}/{conf.rounds}: " if conf.rounds > 1 else ""
         print(tag + message, flush=True)
         if record:
             print(train_mod.summary(record), flush=True)
             rounds.append(record)
+            promoted = float(record["decision"] == "promoted")
+            loop.log({**{f"round/{k}": v for k, v in record["metrics"].items()}, "round/promoted": promoted}, n)
+            loop.flush()
         if not (record and record["decision"] == "promoted" and conf.relabel is not None):
             break
         run_id = record["label_runs"][-1]
         print(f"{tag}relabelling run {run_id}'s collection with the promoted adapter {record['model_id']}", flush=True)
         code = label(relabel_conf(this, run_id, record["model_id"]))
         if code:
-            return code
-    if conf.rounds > 1:
-        scores = " -> ".join(
-            f"{r['model_id']} {r['metrics']['adapter_val_cycle']:.3f} ({r['decision']})" for r in rounds
-        )
-        if rounds and rounds[-1]["decision"] != "promoted":
-            why = ": its model was not promoted"
-        else:
-            why = ": nothing to train" if len(rounds) < conf.rounds else ""
-        print(
-            f"loop stopped after round {len(rounds)}{why}; {time.perf_counter() - t0:.0f} s; val_cycle "
-            f"{scores or 'none'}",
-            flush=True,
-        )
-    return 0
+            return code, rounds
+    return 0, rounds
 
 
 def main(argv=None) -> int:
-    return run_command(default_conf, report, argv)
+    return run_command(default_conf, report, argv, aliases=STORE_ALIASES)
 
 
 if __name__ == "__main__":

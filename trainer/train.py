@@ -26,16 +26,19 @@ from ray.train.v2._internal.execution import context as train_context
 
 from labelgen import console, ray_utils
 from labelgen.cli import run_command
+from labelgen.errors import UsageError
 from labelgen.io import filesystem, join, write_bytes
 from labelgen.models import Adapter, checkpoint_bytes, load_checkpoint
 from labelgen.store import LabelStore, new_id, now
 
 from . import data as data_mod
 from . import evaluate as eval_mod
+from . import tracking
 from .losses import clip_loss, dense_loss, sample
 
 log = logging.getLogger("trainer")
 
+STORE_ALIASES = {"store": "data.store", "catalog": "data.catalog"}  # store= as every store-reading command takes it
 default_conf = {
     "data": data_mod.default_conf,
     "model": {
@@ -69,6 +72,7 @@ default_conf = {
     "max_failures": 2,  # worker failures to recover from (from the last checkpoint)
     "model_id": None,  # default: a new id
     "seed": 0,  # weights, pair sampling, augmentation
+    "tracking": tracking.default_conf,
     "ray": ray_utils.default_conf,
 }
 
@@ -127,37 +131,42 @@ def train_loop(config: dict):
         raise ValueError(f"worker {rank} of {world} has no training pair: fewer pairs ({len(data.train)}) than workers")
     rng = np.random.default_rng([conf.seed, rank, start])
     recent = []
-    for step in range(start, conf.optim.steps):
-        model.train()
-        batch = [
-            shard[i] for i in rng.choice(len(shard), size=min(len(shard), conf.optim.pairs_per_step), replace=False)
-        ]
-        loss = pair_batch_loss(model, adapter.logit_scale, bank, batch, conf, rng)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        recent.append(loss.item())
-        done = step + 1
-        save = done % conf.checkpoint.every == 0 or done == conf.optim.steps
-        if save or done % conf.optim.log_every == 0:
-            metrics = {"step": done, "loss": float(np.mean(recent)), "lr": sched.get_last_lr()[0]}
-            recent = []
-            if rank == 0:  # Ray forwards it to the driver's console
-                log.info("step %d/%d: loss %.3f, lr %.2g", done, conf.optim.steps, metrics["loss"], metrics["lr"])
-            with tempfile.TemporaryDirectory() as d:
-                ckpt = None
-                if save and rank == 0:
-                    state = {
-                        "adapter": adapter.state_dict(),
-                        "optim": opt.state_dict(),
-                        "sched": sched.state_dict(),
-                        "step": done,
-                    }
-                    torch.save(state, os.path.join(d, "state.pt"))
-                    write_bytes(os.path.join(d, "adapter.pt"), checkpoint_bytes(adapter, step=done))
-                    ckpt = Checkpoint.from_directory(d)
-                ray.train.report(metrics, checkpoint=ckpt)
+    # rank 0 logs every step (its batches' loss); a resumed run hides what the failed attempt logged after `start`
+    where = config["tracking"] if rank == 0 else tracking.Tracking()
+    with tracking.Tracker(where, ".train", purge_step=start or None) as tracker:
+        for step in range(start, conf.optim.steps):
+            model.train()
+            batch = [
+                shard[i] for i in rng.choice(len(shard), size=min(len(shard), conf.optim.pairs_per_step), replace=False)
+            ]
+            loss = pair_batch_loss(model, adapter.logit_scale, bank, batch, conf, rng)
+            lr = sched.get_last_lr()[0]  # this step's
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            recent.append(loss.item())
+            done = step + 1
+            tracker.log({"train/loss": recent[-1], "train/lr": lr}, done)
+            save = done % conf.checkpoint.every == 0 or done == conf.optim.steps
+            if save or done % conf.optim.log_every == 0:
+                metrics = {"step": done, "loss": float(np.mean(recent)), "lr": lr}
+                recent = []
+                if rank == 0:  # Ray forwards it to the driver's console
+                    log.info("step %d/%d: loss %.3f, lr %.2g", done, conf.optim.steps, metrics["loss"], lr)
+                tracker.flush()
+                with tempfile.TemporaryDirectory() as d:
+                    ray.train.report(
+                        metrics, checkpoint=save_state(d, adapter, opt, sched, done) if save and rank == 0 else None
+                    )
+
+
+def save_state(folder: str, adapter, opt, sched, step: int) -> Checkpoint:
+    """A checkpoint: what a restarted worker resumes from (state.pt), the weights the driver registers (adapter.pt)."""
+    state = {"adapter": adapter.state_dict(), "optim": opt.state_dict(), "sched": sched.state_dict(), "step": step}
+    torch.save(state, os.path.join(folder, "state.pt"))
+    write_bytes(os.path.join(folder, "adapter.pt"), checkpoint_bytes(adapter, step=step))
+    return Checkpoint.from_directory(folder)
 
 
 def decide(metrics: dict, promoted: dict | None, margin: float = 0.0) -> tuple[str, str]:
@@ -175,40 +184,99 @@ def decide(metrics: dict, promoted: dict | None, margin: float = 0.0) -> tuple[s
     return "rejected", f"{key} {new:.4f} <= {old:.4f} + {margin:g} of {against}"
 
 
-def train(conf, parent: dict | None = None) -> dict:
-    """Train, evaluate, register; returns the model record."""
+def train(conf, parent: dict | None = None, loop: tracking.Tracking | None = None) -> dict:
+    """Train, evaluate, register; returns the model record. `parent`: the model to beat (default: the
+    promoted one); `loop`: the tracking of the retrain loop this is a round of."""
     store = LabelStore(conf.data.store, conf.data.catalog)
     source = data_mod.resolve_source(conf.data)
     data = data_mod.load_label_data(source, conf.data.val_split)  # fail here, before Ray, on bad input
     if not data.train:
-        raise ValueError(f"no training pair in runs {data.runs}: every labelled pair touches a held-out image")
+        raise UsageError(f"no training pair in runs {data.runs}: every labelled pair touches a held-out image")
     if conf.optim.flip_prob > 0 and not data.flips:
-        raise ValueError(
+        raise UsageError(
             f"label runs {data.runs} cached no mirrored features: re-run them with features.flips=true "
             "(the cache is reused) or set optim.flip_prob=0"
         )
     conf.data.runs, conf.data.snapshot = data.runs, data.snapshot
+    # recorded with the model: where its checkpoints and metrics went
+    conf.checkpoint.storage = storage(conf, store)
+    conf.tracking.mlflow = tracking.mlflow_uri(conf.tracking.mlflow)
     model_id = conf.model_id or new_id()
     log.info(
         "model %s: %d training and %d held-out pairs from runs %s", model_id, len(data.train), len(data.val), data.runs
     )
     promoted = parent if parent is not None else store.promoted_model()
-    record = store.save_model(
-        {
-            "model_id": model_id,
-            "parent": promoted and promoted["model_id"],
-            "label_runs": data.runs,
-            "snapshot": data.snapshot,
-            "backbone_fingerprint": data.fingerprint,
-            "config": OmegaConf.to_yaml(conf),
-            "created": now(),
+    logdir = join(conf.checkpoint.storage, model_id, "tensorboard")
+    tags = {"model_id": model_id, "label_runs": " ".join(data.runs), "store": store.uri}
+    with tracking.run(conf.tracking, logdir, model_id, OmegaConf.to_container(conf), tags, loop) as tracker:
+        record = store.save_model(
+            {
+                "model_id": model_id,
+                "parent": promoted and promoted["model_id"],
+                "label_runs": data.runs,
+                "snapshot": data.snapshot,
+                "backbone_fingerprint": data.fingerprint,
+                "config": OmegaConf.to_yaml(conf),
+                "created": now(),
+            }
+        )
+        where = ray_utils.init_ray(conf.ray)
+        log.info("ray: %s", where)
+        for line in tracking.watch(conf.tracking, conf.checkpoint.storage, model_id):
+            log.info("metrics: %s", line)
+        t0 = time.perf_counter()
+        result = fit(conf, source, model_id, tracker.where)
+        train_s = round(time.perf_counter() - t0, 1)
+        with result.checkpoint.as_directory() as d:
+            weights = open(os.path.join(d, "adapter.pt"), "rb").read()
+        scores = held_out_scores(conf, data, weights, promoted)
+        metrics = {
+            "train_s": train_s,
+            "steps": conf.optim.steps,
+            "final_loss": result.metrics["loss"],
+            "train_pairs": len(data.train),
+            "val_pairs": len(data.val),
+            **scores,
         }
+        decision, reason = decide(metrics, promoted, conf.promote_margin)
+        tracker.log({f"eval/{k}": v for k, v in scores.items()}, conf.optim.steps)
+        tracker.note("decision", f"{decision}: {reason}")
+    return store.save_model(
+        {
+            **record,
+            "metrics": metrics,
+            "decision": decision,
+            "decided": now(),
+            "reason": reason,
+            "ray": where,
+            "ray_checkpoint": result.checkpoint.path,
+        },
+        weights,
     )
-    where = ray_utils.init_ray(conf.ray)
-    fs, path = filesystem(conf.checkpoint.storage or join(store.uri, "checkpoints"))
+
+
+def held_out_scores(conf, data, weights: bytes, promoted: dict | None) -> dict:
+    """The raw backbone's, the promoted adapter's and the new one's scores on the same held-out
+    pairs: {raw_val_cycle: ..., adapter_val_cycle: ..., ...}."""
+    models = {"raw": None}
+    if promoted:
+        models["promoted"] = load_checkpoint(Adapter, promoted["checkpoint"])
+    models["adapter"] = load_checkpoint(Adapter, weights)
+    compared = eval_mod.compare(data, models, conf.eval, conf.seed)
+    return {f"{name}_{k}": v for name, scores in compared.items() for k, v in scores.items()}
+
+
+def storage(conf, store: LabelStore) -> str:
+    """Ray Train's folder (or URI) for the runs' checkpoints and event files."""
+    return conf.checkpoint.storage or join(store.uri, "checkpoints")
+
+
+def fit(conf, source, model_id: str, where: tracking.Tracking):
+    """The training itself, on Ray Train; its result (the last checkpoint, rank 0's last metrics)."""
+    fs, path = filesystem(conf.checkpoint.storage)
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"conf": OmegaConf.to_container(conf), "source": source},
+        train_loop_config={"conf": OmegaConf.to_container(conf), "source": source, "tracking": where},
         scaling_config=ScalingConfig(
             num_workers=conf.scaling.workers,
             use_gpu=conf.scaling.use_gpu,
@@ -223,38 +291,10 @@ def train(conf, parent: dict | None = None) -> dict:
             logging_config=LoggingConfig(log_level=logging.getLevelName(console.ray_level())),
         ),
     )
-    t0 = time.perf_counter()
     result = trainer.fit()
     if result.error:
         raise RuntimeError(f"training failed: {result.error}")
-    with result.checkpoint.as_directory() as d:
-        weights = open(os.path.join(d, "adapter.pt"), "rb").read()
-    adapter = load_checkpoint(Adapter, weights)
-    baseline = load_checkpoint(Adapter, promoted["checkpoint"]) if promoted else None
-    metrics = {
-        "train_s": round(time.perf_counter() - t0, 1),
-        "steps": conf.optim.steps,
-        "final_loss": result.metrics["loss"],
-        "train_pairs": len(data.train),
-        "val_pairs": len(data.val),
-    }
-    models = {"raw": None, **({"promoted": baseline} if baseline is not None else {}), "adapter": adapter}
-    for name, compared in eval_mod.compare(data, models, conf.eval, conf.seed).items():
-        metrics.update({f"{name}_{k}": v for k, v in compared.items()})
-    decision, reason = decide(metrics, promoted, conf.promote_margin)
-    record = store.save_model(
-        {
-            **record,
-            "metrics": metrics,
-            "decision": decision,
-            "decided": now(),
-            "reason": reason,
-            "ray": where,
-            "ray_checkpoint": result.checkpoint.path,
-        },
-        weights,
-    )
-    return record
+    return result
 
 
 def summary(record: dict) -> str:
@@ -277,11 +317,17 @@ def summary(record: dict) -> str:
                 )
                 lines.append(f"  {key:18s} {row}")
     lines.append(f"  weights   {record['checkpoint']}")
+    conf = OmegaConf.create(record["config"])
+    lines += [
+        f"  watch     {line}" for line in tracking.watch(conf.tracking, conf.checkpoint.storage, record["model_id"])
+    ]
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    return run_command(default_conf, lambda conf: print(summary(train(conf)), flush=True) or 0, argv)
+    return run_command(
+        default_conf, lambda conf: print(summary(train(conf)), flush=True) or 0, argv, aliases=STORE_ALIASES
+    )
 
 
 if __name__ == "__main__":
