@@ -1058,7 +1058,8 @@ TRAIN_ARGS = [
 
 def kill_trainer(cat: Catalog, store: str, rng: random.Random, at: str = "step", model_id: str | None = None) -> dict:
     """Kill `python -m trainer.train` mid-way (at "step": a random instant of its first
-    steps; "start": once Ray Train made the run's folder), check the store, rerun the same
+    steps; "start": once Ray Train marked the run's folder, which the driver's TensorBoard files
+    are in before it), check the store, rerun the same
     command: it must succeed and register the model, once."""
     model_id = model_id or f"kill-{uuid.uuid4().hex[:6]}"
     argv = ["-m", "trainer.train", f"data.store={store}", f"model_id={model_id}", *TRAIN_ARGS]
@@ -1069,7 +1070,7 @@ def kill_trainer(cat: Catalog, store: str, rng: random.Random, at: str = "step",
         if t_kill is None:
             if at == "step" and (t := proc.seen(r"step 1/")) is not None:
                 t_kill = t + rng.uniform(0.0, 3.0)
-            elif at == "start" and os.path.isdir(folder):
+            elif at == "start" and os.path.exists(os.path.join(folder, ".validate_storage_marker")):
                 t_kill = time.monotonic()
         if t_kill is not None and time.monotonic() >= t_kill:
             break
