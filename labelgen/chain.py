@@ -31,8 +31,9 @@ def best(sim: torch.Tensor, k: int, dim: int) -> tuple[torch.Tensor, torch.Tenso
 def nearest(fa: torch.Tensor, fb: torch.Tensor, k: int, dims: tuple[int, ...] = (1, 0)) -> list[torch.Tensor]:
     """Top-k of the similarity matrix fa @ fb.T along each of `dims`, as indices, best first:
     (Na, k) patches of B per patch of A for dim 1, (Nb, k) patches of A per patch of B for
-    dim 0. One float32 matmul: a bf16 screen (4.4x faster on AVX512-BF16) needs an exact
-    re-rank of 50-70% of the rows at a safe margin, and changes near-tied matches."""
+    dim 0. One float32 matmul: a bf16 screen is faster only where the CPU has bf16 units, needs
+    an exact re-rank of most rows at a safe margin, and changes near-tied matches (README:
+    Performance)."""
     sim = fa @ fb.T
     out = [best(sim, k, d)[1] if d == 1 else best(sim, k, d)[1].T for d in dims]
     return [torch.cat([t, t[:, -1:].expand(-1, k - t.shape[1])], dim=1) for t in out]  # fewer than k: repeat the last

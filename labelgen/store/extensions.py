@@ -49,6 +49,7 @@ def extension_path(name: str) -> str:
 
 def connect() -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB that loads extensions without checking their signatures: the binaries
-    come from the pip-installed wheels, as trusted as duckdb itself, and the check costs
-    0.12 s per extension on every connection (the store opens one per operation)."""
+    come from the pip-installed wheels, as trusted as duckdb itself, and the check costs a
+    noticeable time per extension on every connection (the store opens one per operation;
+    README: Performance)."""
     return duckdb.connect(config={"allow_unsigned_extensions": True})
