@@ -5,7 +5,7 @@ import sys
 
 def library_main(name: str, doc: str, argv=None) -> int:
     """`python -m benchmarks.<name>` of a module that runs nothing by itself (a part of
-    `python -m benchmarks`, or support for it and the tests): `--help` says what it is."""
+    `python -m benchmarks`): `--help` says what it is."""
     argv = sys.argv[1:] if argv is None else argv
     if "-h" in argv or "--help" in argv:
         print(f"usage: python -m {name} [-h]\n\n{doc.strip()}\n\nIt runs nothing by itself: python -m benchmarks does.")

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from labelgen import pipeline
 from labelgen.cli import run_command
-from labelgen.features import FeatureWorker, worker_batch
+from labelgen.features import FeatureCache, FeatureWorker, worker_batch
 from labelgen.manifest import read_manifest
 
 from . import exchange
@@ -27,6 +27,7 @@ from .features import bench_backbones, bench_cache, cache_cut_dinov2, matmul_flo
 from .growth import bench_growth, render_growth
 from .memory import bench_make_run, bench_memory
 from .pairing import bench_pairing, render_pairing
+from .report import table
 from .scale import scale_model
 
 TARGETS = {"chain_speedup": 20.0, "of_bound": 0.6, "memory_growth": 1.5, "actor_share": 0.8}
@@ -55,10 +56,10 @@ def machine() -> dict:
     }
 
 
-def extract(df, backbone_conf, size, cache_root, fingerprint, batch=8) -> dict:
+def extract(df, backbone_conf, size, features: FeatureCache, batch=8) -> dict:
     """All demo features through one in-process feature actor (what a Ray actor does), after
     one batch of warm-up (as the bare backbone's rate gets)."""
-    worker = FeatureWorker(backbone_conf, size, cache_root, fingerprint, threads=os.cpu_count(), flips=True)
+    worker = FeatureWorker(backbone_conf, size, features, threads=os.cpu_count(), flips=True)
     rows = worker_batch(df)
     worker({k: v[:batch] for k, v in rows.items()})
     t0, fg = time.perf_counter(), []
@@ -92,16 +93,6 @@ def actor_steps(worker: FeatureWorker, rows: list[tuple]) -> dict:
     }
 
 
-def table(rows: list[dict], fmt: dict | None = None) -> str:
-    fmt = fmt or {}
-    keys = list(rows[0])
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    for r in rows:
-        cells = [format(r[k], fmt.get(k, ".3g")) if isinstance(r[k], float) else str(r[k]) for k in keys]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def bench(conf) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     m = machine()
@@ -120,7 +111,8 @@ def bench(conf) -> int:
     torch.set_num_threads(m["cores"])
     peak = matmul_flops()
     print(f"[1/{steps}] features: {len(df)} demo images, both flips, one actor on {m['cores']} threads", flush=True)
-    feats = extract(df, backbone_conf, size, cache_root, fingerprint)
+    features = FeatureCache(cache_root, fingerprint)
+    feats = extract(df, backbone_conf, size, features)
     backbones = bench_backbones(feats["backbone"], size, 8, peak)
     actor_share = 2 * feats["images_per_s"] / backbones[1]["images_per_s"]  # 2 passes per image (flip)
 
@@ -132,10 +124,10 @@ def bench(conf) -> int:
     sample = objects.groupby("category").head(8)  # 8 views of each 3D category
     objects_cache = os.path.join(conf.workdir, "features-objects")
     shutil.rmtree(objects_cache, ignore_errors=True)
-    extract(sample, backbone_conf, size, objects_cache, fingerprint)
+    extract(sample, backbone_conf, size, FeatureCache(objects_cache, fingerprint))
     cache = {
-        "demo photos": bench_cache(cache_root, fingerprint, df["image_id"]),
-        "3D collection (masks)": bench_cache(objects_cache, fingerprint, sample["image_id"]),
+        "demo photos": bench_cache(features, df["image_id"]),
+        "3D collection (masks)": bench_cache(FeatureCache(objects_cache, fingerprint), sample["image_id"]),
     }
     cache[DINO] = cache_cut_dinov2(cache["3D collection (masks)"]["fg_fraction"])
     torch.set_num_threads(1)
@@ -146,7 +138,7 @@ def bench(conf) -> int:
         f"{' and '.join(f'{n} tuples per category' for n in sizes.values())}",
         flush=True,
     )
-    chains = {k: bench_chains(df, conf, cache_root, fingerprint, n) for k, n in sizes.items()}
+    chains = {k: bench_chains(df, conf, features, n) for k, n in sizes.items()}
     print(
         f"[4/{steps}] memory: " + ("skipped (quick=true)" if conf.quick else "one category with 1x and 10x the tuples"),
         flush=True,
@@ -196,9 +188,11 @@ def bench(conf) -> int:
         OmegaConf.create({**exchange.default_conf, "sizes": sizes, "workdir": os.path.join(conf.workdir, "exchange")})
     )
 
+    results = dict(machine=m, peak=peak, peak_1=peak_1, feats=feats, backbones=backbones, actor_share=actor_share)
+    results.update(chains=chains, cache=cache, memory=mem, make_run=make_run, scale=scale, growth=growth)
     report = "\n".join(
         [
-            render(m, peak, peak_1, feats, backbones, actor_share, chains, cache, mem, make_run, scale, growth),
+            render(results),
             render_current_labels(current),
             render_pairing(pairing),
             exchange.markdown(one_category),
@@ -211,13 +205,29 @@ def bench(conf) -> int:
     return 0
 
 
-def render(m, peak, peak_1, feats, backbones, actor_share, chains, cache, mem, make_run, scale, growth) -> str:
-    ok = lambda v, t, less=False: "met" if (v < t if less else v >= t) else "NOT met"  # noqa: E731
-    mobilenet = backbones[1]["of_bound"]
-    dino = cache[DINO]
-    first = chains[next(iter(chains))]
-    steps = feats["steps_ms"]
-    lines = [
+def render(r: dict) -> str:
+    """The report up to the scale and growth section, from bench's results `r`, one section
+    after the other."""
+    sections = (
+        head,
+        summary,
+        label_generation,
+        feature_extraction,
+        feature_cache,
+        vote_memory,
+        make_run_stages,
+        scale_estimate,
+    )
+    return "\n".join([*(line for section in sections for line in section(r)), render_growth(r["growth"])])
+
+
+def verdict(value: float, target: float, less: bool = False) -> str:
+    return "met" if (value < target if less else value >= target) else "NOT met"
+
+
+def head(r: dict) -> list[str]:
+    m, peak, peak_1 = r["machine"], r["peak"], r["peak_1"]
+    return [
         "# Benchmarks",
         "",
         "Written by `python -m benchmarks` (`make bench`); every ratio is measured side by side in one run.",
@@ -228,63 +238,101 @@ def render(m, peak, peak_1, feats, backbones, actor_share, chains, cache, mem, m
         + (m["gpu"] or "none (no GPU measurement below; the GPU code paths are covered by the fake-GPU cluster test)")
         + ".",
         "",
+    ]
+
+
+def summary(r: dict) -> list[str]:
+    """A row per target: what it asks, what was measured, met or not."""
+    growth, make_run, backbones = r["growth"], r["make_run"], r["backbones"]
+    return [
         "## Summary",
         "",
         "| target | measured | |",
         "|---|---|---|",
-        *[
-            f"| chain stage >= {TARGETS['chain_speedup']:.0f}x the per-tuple reference per core, same labels ({name}, "
-            f"{c['tuples']} tuples) | {c['speedup']:.1f}x, labels identical: {c['identical']}. The pair matmuls alone "
-            f"take {c['adjacent_s'] + c['other_s']:.2f} s of the service's {c['service_s']:.2f} s: at most "
-            f"{c['reference_s'] / (c['adjacent_s'] + c['other_s']):.0f}x with nothing else | "
-            f"{ok(c['speedup'], TARGETS['chain_speedup'])} |"
-            for name, c in chains.items()
-        ],
-        "| chain stage on CUDA | "
-        + (
-            f"{first['cuda_tuples_per_s']:.0f} tuples/s on {m['gpu']}, labels identical: {first['cuda_identical']} | |"
-            if m["gpu"]
-            else "no GPU on this machine | not measured |"
-        ),
-        f"| vote: peak memory of one category with 10x the tuples < {TARGETS['memory_growth']}x, same labels | "
-        + (
-            f"x{mem['growth']:.2f} (the vote in one task: x{mem['growth_one_task']:.2f}), labels the same: "
-            f"{mem['same_labels']} | {ok(mem['growth'], TARGETS['memory_growth'], less=True)} |"
-            if mem
-            else "skipped (quick=true) | |"
-        ),
-        f"| feature cache: bytes per image and the chains' reads cut | DINOv2-B shaped {dino['fraction']:.0%} of the "
-        f"full grid ({dino['bytes'] / 1e6:.2f} of {dino['full_bytes'] / 1e6:.2f} MB); 3D collection "
-        f"{cache['3D collection (masks)']['fraction']:.0%}; demo photos {cache['demo photos']['fraction']:.0%} | "
-        f"{ok(1 - dino['fraction'], 1e-9)} |",
-        f"| feature actor end to end >= {TARGETS['actor_share']:.0%} of the bare backbone | {actor_share:.0%}; "
-        f"decode and cache files {steps['decode and inputs'] + steps['cache files']:.1f} ms per image beside a "
-        f"{steps['forward']:.1f} ms forward, on the same {m['cores']} cores | "
-        f"{ok(actor_share, TARGETS['actor_share'])} |",
-        f"| features >= {TARGETS['of_bound']:.0%} of the FLOP bound | MobileNetV2 {mobilenet:.0%} (channels-last), "
-        f"ViT-S/14 {backbones[2]['of_bound']:.0%} | {ok(mobilenet, TARGETS['of_bound'])} (MobileNetV2) |",
+        *[chains_row(name, c) for name, c in r["chains"].items()],
+        cuda_row(r["machine"]["gpu"], next(iter(r["chains"].values()))),
+        memory_row(r["memory"]),
+        cache_row(r["cache"]),
+        actor_row(r),
+        f"| features >= {TARGETS['of_bound']:.0%} of the FLOP bound | MobileNetV2 {backbones[1]['of_bound']:.0%} "
+        f"(channels-last), ViT-S/14 {backbones[2]['of_bound']:.0%} | "
+        f"{verdict(backbones[1]['of_bound'], TARGETS['of_bound'])} (MobileNetV2) |",
         "| `make run` wall time by stage | "
         + (
             f"{make_run['stages']['total']:.0f} s in all; the table below | |"
             if make_run
             else "skipped (quick=true) | |"
         ),
-        f"| scale ({', '.join(growth['sizes'])}) and "
-        f"growth | {sum(t['met'] for t in growth['targets'])} of {len(growth['targets'])} targets met; the section "
-        "below | |",
+        f"| scale ({', '.join(growth['sizes'])}) and growth | {sum(t['met'] for t in growth['targets'])} of "
+        f"{len(growth['targets'])} targets met; the section below | |",
         "",
+    ]
+
+
+def chains_row(name: str, c: dict) -> str:
+    matmuls = c["adjacent_s"] + c["other_s"]
+    return (
+        f"| chain stage >= {TARGETS['chain_speedup']:.0f}x the per-tuple reference per core, same labels ({name}, "
+        f"{c['tuples']} tuples) | {c['speedup']:.1f}x, labels identical: {c['identical']}. The pair matmuls alone "
+        f"take {matmuls:.2f} s of the service's {c['service_s']:.2f} s: at most {c['reference_s'] / matmuls:.0f}x "
+        f"with nothing else | {verdict(c['speedup'], TARGETS['chain_speedup'])} |"
+    )
+
+
+def cuda_row(gpu: str | None, c: dict) -> str:
+    if not gpu:
+        return "| chain stage on CUDA | no GPU on this machine | not measured |"
+    return (
+        f"| chain stage on CUDA | {c['cuda_tuples_per_s']:.0f} tuples/s on {gpu}, labels identical: "
+        f"{c['cuda_identical']} | |"
+    )
+
+
+def memory_row(mem: dict | None) -> str:
+    target = f"| vote: peak memory of one category with 10x the tuples < {TARGETS['memory_growth']}x, same labels | "
+    if not mem:
+        return target + "skipped (quick=true) | |"
+    return (
+        f"{target}x{mem['growth']:.2f} (the vote in one task: x{mem['growth_one_task']:.2f}), labels the same: "
+        f"{mem['same_labels']} | {verdict(mem['growth'], TARGETS['memory_growth'], less=True)} |"
+    )
+
+
+def cache_row(cache: dict) -> str:
+    dino = cache[DINO]
+    return (
+        f"| feature cache: bytes per image and the chains' reads cut | DINOv2-B shaped {dino['fraction']:.0%} of the "
+        f"full grid ({dino['bytes'] / 1e6:.2f} of {dino['full_bytes'] / 1e6:.2f} MB); 3D collection "
+        f"{cache['3D collection (masks)']['fraction']:.0%}; demo photos {cache['demo photos']['fraction']:.0%} | "
+        f"{verdict(1 - dino['fraction'], 1e-9)} |"
+    )
+
+
+def actor_row(r: dict) -> str:
+    steps, share = r["feats"]["steps_ms"], r["actor_share"]
+    return (
+        f"| feature actor end to end >= {TARGETS['actor_share']:.0%} of the bare backbone | {share:.0%}; "
+        f"decode and cache files {steps['decode and inputs'] + steps['cache files']:.1f} ms per image beside a "
+        f"{steps['forward']:.1f} ms forward, on the same {r['machine']['cores']} cores | "
+        f"{verdict(share, TARGETS['actor_share'])} |"
+    )
+
+
+def label_generation(r: dict) -> list[str]:
+    chains = r["chains"]
+    generators = (
+        ("published per-tuple loop (benchmarks/reference.py)", "reference"),
+        ("service chain stage (labels.candidates)", "service"),
+    )
+    rows = [
+        {"size": name, "generator": gen, "tuples/s": c[f"{key}_tuples_per_s"], "seconds": c[f"{key}_s"]}
+        for name, c in chains.items()
+        for gen, key in generators
+    ]
+    return [
         "## Label generation (one core each)",
         "",
-        table(
-            [
-                {"size": name, "generator": gen, "tuples/s": c[f"{key}_tuples_per_s"], "seconds": c[f"{key}_s"]}
-                for name, c in chains.items()
-                for gen, key in (
-                    ("published per-tuple loop (benchmarks/reference.py)", "reference"),
-                    ("service chain stage (labels.candidates)", "service"),
-                )
-            ]
-        ),
+        table(rows),
         "",
         *[
             f"{name}: {c['tuples']} tuples of K=4 over the demo's 8 categories; {c['labels']:,} candidate labels; "
@@ -294,88 +342,103 @@ def render(m, peak, peak_1, feats, backbones, actor_share, chains, cache, mem, m
             f"{c['other_s']:.2f} s; the reference computes one per hop ({3 * c['tuples']}).\n"
             for name, c in chains.items()
         ],
+    ]
+
+
+def feature_extraction(r: dict) -> list[str]:
+    feats, share = r["feats"], r["actor_share"]
+    return [
         "## Feature extraction",
         "",
-        table(backbones, {"of_bound": ".0%"}),
+        table(r["backbones"], {"of_bound": ".0%"}),
         "",
         "One feature actor end to end (PNG decode, the image and its mirror, foreground, cache write): "
         f"{feats['images_per_s']:.2f} images/s = {2 * feats['images_per_s']:.2f} backbone passes/s, "
-        f"{actor_share:.0%} of the bare backbone rate (channels-last, batch 8). Its steps one after the other, ms "
-        f"per image and mirror: {', '.join(f'{k} {v:.1f}' for k, v in feats['steps_ms'].items())}; on {m['cores']} "
-        "cores the forward keeps every core busy, so the other steps cannot hide behind it (on a GPU they run on "
-        "the CPU beside it).",
+        f"{share:.0%} of the bare backbone rate (channels-last, batch 8). Its steps one after the other, ms "
+        f"per image and mirror: {', '.join(f'{k} {v:.1f}' for k, v in feats['steps_ms'].items())}; on "
+        f"{r['machine']['cores']} cores the forward keeps every core busy, so the other steps cannot hide behind it "
+        "(on a GPU they run on the CPU beside it).",
         "",
+    ]
+
+
+def feature_cache(r: dict) -> list[str]:
+    rows = [
+        {
+            "collection": name,
+            "grid": "x".join(map(str, c["grid"])) + f"x{c['dim']}",
+            "foreground": c["fg_fraction"],
+            "stored_cells": c["stored_fraction"],
+            "bytes_per_view": float(c["bytes"]),
+            "full_grid_bytes": float(c["full_bytes"]),
+            "of_full": c["fraction"],
+        }
+        for name, c in r["cache"].items()
+    ]
+    shares, sizes = dict.fromkeys(("foreground", "stored_cells", "of_full"), ".0%"), ",.0f"
+    return [
         "## Feature cache",
         "",
-        table(
-            [
-                {
-                    "collection": name,
-                    "grid": "x".join(map(str, c["grid"])) + f"x{c['dim']}",
-                    "foreground": c["fg_fraction"],
-                    "stored_cells": c["stored_fraction"],
-                    "bytes_per_view": float(c["bytes"]),
-                    "full_grid_bytes": float(c["full_bytes"]),
-                    "of_full": c["fraction"],
-                }
-                for name, c in cache.items()
-            ],
-            {
-                "foreground": ".0%",
-                "stored_cells": ".0%",
-                "of_full": ".0%",
-                "bytes_per_view": ",.0f",
-                "full_grid_bytes": ",.0f",
-            },
-        ),
+        table(rows, {**shares, "bytes_per_view": sizes, "full_grid_bytes": sizes}),
         "",
         "A file holds the foreground cells and a ring of context cells around them (the adapter's 3x3 convolution "
         "reads it) in float16; the chain stage reads the files whole, so its read volume falls by the same factor.",
         "",
     ]
-    if mem:
-        lines += [
-            "## Memory of one category's run (whole process tree, PSS)",
-            "",
-            table(mem["rows"], {"peak_mb": ".0f", "driver_peak_mb": ".0f", "seconds": ".0f"}),
-            "",
-            f"The demo's chelsea photo in 50 views, features cached; 10x the tuples: peak x{mem['growth']:.2f} with "
-            f"the vote partitioned by source image, x{mem['growth_one_task']:.2f} with the category's vote in one "
-            f"task; the labels of both are the same: {mem['same_labels']}.",
-            "",
-        ]
-    if make_run:
-        total = make_run["stages"]["total"]
-        lines += [
-            "## `make run` by stage",
-            "",
-            table(
-                [{"stage": k, "seconds": v, "share": v / total} for k, v in make_run["stages"].items()],
-                {"seconds": ".1f", "share": ".0%"},
-            ),
-            "",
-            "The default run (the built-in 3D collection, rendered anew, in a fresh store); peak memory "
-            f"{make_run['peak_mb']:.0f} MB.",
-            "",
-        ]
-    lines += [
+
+
+def vote_memory(r: dict) -> list[str]:
+    mem = r["memory"]
+    if not mem:
+        return []
+    return [
+        "## Memory of one category's run (whole process tree, PSS)",
+        "",
+        table(mem["rows"], {"peak_mb": ".0f", "driver_peak_mb": ".0f", "seconds": ".0f"}),
+        "",
+        f"The demo's chelsea photo in 50 views, features cached; 10x the tuples: peak x{mem['growth']:.2f} with "
+        f"the vote partitioned by source image, x{mem['growth_one_task']:.2f} with the category's vote in one "
+        f"task; the labels of both are the same: {mem['same_labels']}.",
+        "",
+    ]
+
+
+def make_run_stages(r: dict) -> list[str]:
+    stages = r["make_run"] and r["make_run"]["stages"]
+    if not stages:
+        return []
+    return [
+        "## `make run` by stage",
+        "",
+        table(
+            [{"stage": k, "seconds": v, "share": v / stages["total"]} for k, v in stages.items()],
+            {"seconds": ".1f", "share": ".0%"},
+        ),
+        "",
+        "The default run (the built-in 3D collection, rendered anew, in a fresh store); peak memory "
+        f"{r['make_run']['peak_mb']:.0f} MB.",
+        "",
+    ]
+
+
+def scale_estimate(r: dict) -> list[str]:
+    s = r["scale"]
+    return [
         "## Scale model: 1M images, DINOv2-B at 840 px, g5.xlarge workers",
         "",
-        f"DINOv2-B/14 at 840 px: {scale['dinov2_b_gflops']:.0f} GFLOP per image (counted); assumed A10G at 40% of "
-        f"125 bf16 TFLOP/s -> {scale['gpu_images_per_s']:.1f} images/s per GPU with the mirrored twin. Chains: an "
-        f"image pair's nearest neighbours {scale['pair_dino_s'] * 1e3:.0f} ms at {scale['fg_patches']} foreground "
-        f"patches x 768-d (the 3D collection's share of the grid; demo {scale['pair_demo_s'] * 1e3:.1f} ms), "
-        f"{scale['pairs_per_tuple']:.2f} distinct pairs per tuple (the demo's), {scale['tuple_s'] * 1e3:.0f} ms per "
-        f"tuple per core; {scale['tuples']:,} tuples (1000 categories x 2000). Feature cache {scale['cache_tb']:.1f} "
-        f"TB (${scale['cache_usd_month']:.0f}/month on S3; full grids {scale['cache_tb_full']:.1f} TB, "
-        f"${scale['cache_usd_month_full']:.0f}); the chain stage reads {scale['chain_read_tb']:.1f} TB (full grids "
-        f"{scale['chain_read_tb_full']:.1f} TB).",
+        f"DINOv2-B/14 at 840 px: {s['dinov2_b_gflops']:.0f} GFLOP per image (counted); assumed A10G at 40% of "
+        f"125 bf16 TFLOP/s -> {s['gpu_images_per_s']:.1f} images/s per GPU with the mirrored twin. Chains: an "
+        f"image pair's nearest neighbours {s['pair_dino_s'] * 1e3:.0f} ms at {s['fg_patches']} foreground "
+        f"patches x 768-d (the 3D collection's share of the grid; demo {s['pair_demo_s'] * 1e3:.1f} ms), "
+        f"{s['pairs_per_tuple']:.2f} distinct pairs per tuple (the demo's), {s['tuple_s'] * 1e3:.0f} ms per "
+        f"tuple per core; {s['tuples']:,} tuples (1000 categories x 2000). Feature cache {s['cache_tb']:.1f} "
+        f"TB (${s['cache_usd_month']:.0f}/month on S3; full grids {s['cache_tb_full']:.1f} TB, "
+        f"${s['cache_usd_month_full']:.0f}); the chain stage reads {s['chain_read_tb']:.1f} TB (full grids "
+        f"{s['chain_read_tb_full']:.1f} TB).",
         "",
-        table(scale["rows"], {"wall_h": ".2f", "usd": ".0f"}),
+        table(s["rows"], {"wall_h": ".2f", "usd": ".0f"}),
         "",
-        render_growth(growth),
     ]
-    return "\n".join(lines)
 
 
 def main(argv=None) -> int:

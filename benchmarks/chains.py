@@ -9,7 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 from labelgen.chain import nearest
-from labelgen.features import cache_uri, load_features
+from labelgen.features import FeatureCache
 from labelgen.labels import Foreground
 from labelgen.tasks import chunk_candidates
 from labelgen.tuples import make_tuples
@@ -20,15 +20,11 @@ LIKE_REFERENCE = {"pair_radius": None, "max_gap_deg": None}  # the published gen
 KEY = ("src_image_id", "tgt_image_id", "hops", "src_x", "src_y", "tgt_x", "tgt_y")
 
 
-def service_candidates(tuples_by_cat, cache_root, fingerprint, conf, device="cpu") -> list:
+def service_candidates(tuples_by_cat, features: FeatureCache, conf, device="cpu") -> list:
     """What the service's candidate tasks compute (features loaded once per chunk)."""
     step = conf.tuples_per_task
-
-    def load(image_id):
-        return load_features(cache_uri(cache_root, fingerprint, image_id))
-
     return [
-        chunk_candidates("bench", category, tuples[s : s + step], load, conf, device=device)[0]
+        chunk_candidates("bench", category, tuples[s : s + step], features.load, conf, device=device)[0]
         for category, tuples in tuples_by_cat.items()
         for s in range(0, len(tuples), step)
     ]
@@ -59,14 +55,12 @@ def same_labels(ref: dict, svc: dict) -> dict:
     }
 
 
-def pair_matmuls(tuples_by_cat, cache_root, fingerprint) -> dict:
+def pair_matmuls(tuples_by_cat, features: FeatureCache) -> dict:
     """Seconds of the similarity matmuls (and their nearest neighbours) of the distinct image
     pairs the service needs: the adjacent ones of the chains, and the others of the pair check."""
     out = {"adjacent_pairs": 0, "other_pairs": 0, "adjacent_s": 0.0, "other_s": 0.0}
     for tuples in tuples_by_cat.values():
-        feats = {
-            i: Foreground.of(load_features(cache_uri(cache_root, fingerprint, i))).feats for t in tuples for i in t
-        }
+        feats = {i: Foreground.of(features.load(i)).feats for t in tuples for i in t}
         adjacent = {frozenset(t[h : h + 2]) for t in tuples for h in range(len(t) - 1)}
         every = {frozenset((t[i], t[j])) for t in tuples for i in range(len(t)) for j in range(i + 1, len(t))}
         for kind, pairs in (("adjacent", adjacent), ("other", every - adjacent)):
@@ -78,22 +72,19 @@ def pair_matmuls(tuples_by_cat, cache_root, fingerprint) -> dict:
     return out
 
 
-def bench_chains(df, conf, cache_root, fingerprint, tuples_per_category: int) -> dict:
+def bench_chains(df, conf, features: FeatureCache, tuples_per_category: int) -> dict:
     """Tuples/s of both on one thread; the service's stage includes reading the chunk's features.
     On a GPU, the service's tuples/s with the same code on CUDA too."""
     torch.set_num_threads(1)
-    tuples = {
-        c: t[:tuples_per_category]
-        for c, t in make_tuples(df, conf.pairing, cache_root, fingerprint).by_category.items()
-    }
+    tuples = {c: t[:tuples_per_category] for c, t in make_tuples(df, conf.pairing, features).by_category.items()}
     n = sum(len(t) for t in tuples.values())
     lconf = OmegaConf.merge(conf.labels, LIKE_REFERENCE)
     t0 = time.perf_counter()
-    tables = service_candidates(tuples, cache_root, fingerprint, lconf)
+    tables = service_candidates(tuples, features, lconf)
     svc_s = time.perf_counter() - t0
     svc = as_dict(tables)
     t0 = time.perf_counter()
-    ref = reference_candidates([t for ts in tuples.values() for t in ts], cache_root, fingerprint, lconf.radius)
+    ref = reference_candidates([t for ts in tuples.values() for t in ts], features, lconf.radius)
     ref_s = time.perf_counter() - t0
     out = {
         "tuples": n,
@@ -103,12 +94,12 @@ def bench_chains(df, conf, cache_root, fingerprint, tuples_per_category: int) ->
         "reference_tuples_per_s": n / ref_s,
         "speedup": ref_s / svc_s,
         **same_labels(ref, svc),
-        **pair_matmuls(tuples, cache_root, fingerprint),
+        **pair_matmuls(tuples, features),
     }
     if torch.cuda.is_available():
-        service_candidates(tuples, cache_root, fingerprint, lconf, "cuda")  # warm-up
+        service_candidates(tuples, features, lconf, "cuda")  # warm-up
         t0 = time.perf_counter()
-        cuda = as_dict(service_candidates(tuples, cache_root, fingerprint, lconf, "cuda"))
+        cuda = as_dict(service_candidates(tuples, features, lconf, "cuda"))
         out.update(
             cuda_tuples_per_s=n / (time.perf_counter() - t0),
             cuda_identical=same_labels(ref, cuda)["identical"],

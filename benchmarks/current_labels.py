@@ -21,6 +21,8 @@ from labelgen.cli import run_command
 from labelgen.console import Progress
 from labelgen.store import LABEL_SCHEMA, LabelStore, images_table
 
+from .report import table
+
 POINTS = 50  # labels per image pair
 
 
@@ -124,26 +126,30 @@ def bench_current_labels(root: str, runs: int = 10, labels_per_run: int = 1_000_
 
 
 def render_current_labels(r: dict) -> str:
-    lines = [
-        f"## Current labels at {r['history']:,} stored",
-        "",
-        f"{len(r['rows'])} runs of {r['rows'][0]['history']:,} labels (50 per image pair, half of each run's pairs "
-        "relabelled from the run before) committed one after the other into one store; "
-        f"{r['history']:,} in label_history, {r['current']:,} current (count(*) = distinct (pair, source point): "
-        f"{r['current'] == r['distinct']}).",
-        "",
-        "| committed labels before | commit s |",
-        "|---|---|",
-    ]
-    lines += [f"| {row['history'] - r['rows'][0]['history']:,} | {row['commit_s']:.2f} |" for row in r["rows"]]
-    lines += [
-        "",
-        f"- `SELECT count(*) FROM labels` (current): {r['current_count_s']:.2f} s; the same over label_history: "
-        f"{r['history_count_s']:.2f} s; current labels grouped by category: {r['current_group_s']:.2f} s.",
-        f"- Catalog: {r['catalog_mb']:.1f} MB.",
-        "",
-    ]
-    return "\n".join(lines)
+    first = r["rows"][0]["history"]
+    return "\n".join(
+        [
+            f"## Current labels at {r['history']:,} stored",
+            "",
+            f"{len(r['rows'])} runs of {first:,} labels (50 per image pair, half of each run's pairs "
+            "relabelled from the run before) committed one after the other into one store; "
+            f"{r['history']:,} in label_history, {r['current']:,} current (count(*) = distinct (pair, source point): "
+            f"{r['current'] == r['distinct']}).",
+            "",
+            table(
+                [
+                    {"committed labels before": f"{row['history'] - first:,}", "commit s": row["commit_s"]}
+                    for row in r["rows"]
+                ],
+                {"commit s": ".2f"},
+            ),
+            "",
+            f"- `SELECT count(*) FROM labels` (current): {r['current_count_s']:.2f} s; the same over label_history: "
+            f"{r['history_count_s']:.2f} s; current labels grouped by category: {r['current_group_s']:.2f} s.",
+            f"- Catalog: {r['catalog_mb']:.1f} MB.",
+            "",
+        ]
+    )
 
 
 default_conf = {

@@ -26,6 +26,7 @@ from labelgen.cli import run_command
 
 from .growth import fresh, render, run_counts
 from .memory import peak_memory
+from .report import replace_section, table
 
 CATEGORY = {"categories": ["chair"], "dev_instances": 1200, "val_instances": 800, "size": 64}  # x 10 views
 ARGS = ["backbone.image_size=32"]  # the smallest MobileNetV2 takes (a multiple of 32)
@@ -122,8 +123,6 @@ def summarize(result: dict) -> dict:
 
 
 def markdown(result: dict) -> str:
-    from .__main__ import table
-
     rows = []
     for key, r in result["runs"].items():
         side, n = key.split("-")
@@ -156,20 +155,6 @@ def markdown(result: dict) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def replace_section(path: str, section: str):
-    """Put `section` (a markdown `## ` section) in place of the one with its heading, or at the end."""
-    text = open(path).read() if os.path.exists(path) else ""
-    head = section.splitlines()[0]
-    if head in text:
-        start = text.index(head)
-        end = text.find("\n## ", start + len(head))
-        text = text[:start] + section.rstrip() + "\n" + (text[end:] if end >= 0 else "")
-    else:
-        text = text.rstrip() + "\n\n" + section
-    with open(path, "w") as f:
-        f.write(text)
 
 
 def bench(conf) -> int:

@@ -23,7 +23,7 @@ import torch
 from safetensors.numpy import save as st_save
 from torch.utils.flop_counter import FlopCounterMode
 
-from labelgen.features import FLIPPED, ImageFeatures, cache_uri, load_features, save_features
+from labelgen.features import FLIPPED, FeatureCache, ImageFeatures
 
 
 def best_rate(fn, work: float, reps: int = 5) -> float:
@@ -92,14 +92,13 @@ def full_grid_bytes(f: ImageFeatures) -> int:
     return len(st_save(tensors, metadata=meta))
 
 
-def bench_cache(cache_root: str, fingerprint: str, image_ids, flips: bool = True) -> dict:
+def bench_cache(features: FeatureCache, image_ids, flips: bool = True) -> dict:
     """Bytes per cached view of a collection's files against the full-grid files, and the
     share of the grid that is foreground and that is stored."""
     ids = [v for i in image_ids for v in ([i, i + FLIPPED] if flips else [i])]
     sizes, full, fg, stored = [], [], [], []
     for i in ids:
-        uri = cache_uri(cache_root, fingerprint, i)
-        f = load_features(uri)
+        uri, f = features.uri(i), features.load(i)
         sizes.append(os.path.getsize(uri))
         full.append(full_grid_bytes(f))
         fg.append(float(f.fg.float().mean()))
@@ -130,8 +129,9 @@ def cache_cut_dinov2(fg_fraction: float, side: int = 60, dim: int = 768) -> dict
     fg = ellipse(side, fg_fraction)
     f = ImageFeatures(torch.randn(side, side, dim).to(torch.float16), fg, scale=1.0, stride=14, width=840, height=840)
     with tempfile.TemporaryDirectory() as root:
-        uri = cache_uri(root, "fp", "view")
-        save_features(uri, f)
+        cache = FeatureCache(root, "fp")
+        cache.save("view", f)
+        uri = cache.uri("view")
         size = os.path.getsize(uri)
     full = full_grid_bytes(f)
     return {

@@ -25,11 +25,12 @@ import numpy as np
 import pandas as pd
 
 from labelgen.cli import run_command
-from labelgen.features import FLIPPED, cache_uri
+from labelgen.features import FLIPPED, FeatureCache
 from labelgen.store import LabelStore
 from labelgen.synthetic import build_collection
 
 from .memory import peak_memory
+from .report import table
 
 SCALES = {"1x": 1, "4x": 4, "16x": 16}  # x the default's instances per category (4 dev, 3 val)
 QUICK_SCALES = ("1x", "4x")
@@ -141,7 +142,7 @@ def seed_cache(shared: str, cache: str, manifest: str) -> int:
     for fingerprint in os.listdir(shared):
         for image_id in pd.read_parquet(manifest, columns=["image_id"])["image_id"]:
             for i in (image_id, image_id + FLIPPED):
-                src, dst = cache_uri(shared, fingerprint, i), cache_uri(cache, fingerprint, i)
+                src, dst = FeatureCache(shared, fingerprint).uri(i), FeatureCache(cache, fingerprint).uri(i)
                 if os.path.exists(src):
                     os.makedirs(os.path.dirname(dst), exist_ok=True)
                     os.link(src, dst)
@@ -265,94 +266,90 @@ def targets(sizes: dict, growth: dict) -> list[dict]:
 
 def render_growth(result: dict) -> str:
     """The markdown section: the targets, each size's figures, seconds per image by stage, the growth runs."""
-    from .__main__ import table
-
-    sizes = list(result["sizes"].values())
-    stages = list(dict.fromkeys(k for s in sizes for k in s["per_image"]))
-    first = sizes[0]
-    growth = result["growth"]
-    lines = [
-        "## Scale and growth (the built-in 3D collection)",
-        "",
-        table(
-            [
-                {"target": t["target"], "measured": t["measured"], "": "met" if t["met"] else "NOT met"}
-                for t in result["targets"]
-            ]
-        ),
-        "",
-        table(
-            [
-                {
-                    "size": s["size"],
-                    "images": s["images"],
-                    "tuples/image": s["tuples_per_image"],
-                    "labels/image": s["labels_per_image"],
-                    "coverage": "n/a" if s["coverage"] is None else format(s["coverage"], ".3f"),
-                    "peak MB": s["peak_mb"],
-                    "driver MB": s["driver_peak_mb"],
-                    "commit s": s["commit_s"],
-                    "catalog MB": s["catalog_bytes"] / 2**20,
-                    "total s": s["stages"]["total"],
-                    "render s (untimed)": s["render_s"],
-                }
-                for s in sizes
-            ],
-            {
-                "peak MB": ".0f",
-                "driver MB": ".0f",
-                "total s": ".0f",
-                "render s (untimed)": ".0f",
-                "labels/image": ".0f",
-                "tuples/image": ".1f",
-                "catalog MB": ".2f",
-                "commit s": ".1f",
-            },
-        ),
-        "",
-        "Milliseconds per image by stage, and against 1x:",
-        "",
-        table(
-            [
-                {
-                    "stage": k,
-                    **{s["size"]: 1e3 * s["per_image"].get(k, float("nan")) for s in sizes},
-                    **{f"{s['size']} / 1x": against_1x(s, first, k) for s in sizes[1:]},
-                }
-                for k in stages
-            ]
-        ),
-        "",
-        f"Growth at {growth['size']}: ~{GROWN_SHARE:.0%} of each category's instances into a fresh store (features "
-        "from the full run's cache), then the full manifest into the same store (its new images' features "
-        "computed), then the same command again; seconds against the full run at the same size:",
-        "",
-        table(
-            [
-                {
-                    "run": r["run"],
-                    "images": r["images"],
-                    "features computed": r["features_computed"],
-                    "labels added": r["labels_added"],
-                    "label_history added": r["history_added"],
-                    "run stored": r["stored"],
-                    "seconds": r["seconds"],
-                    "of full": r["of_full"],
-                    "by stage (of full)": ", ".join(
-                        f"{k} {v:.2f}" for k, v in r["stage_ratio"].items() if k != "total"
-                    ),
-                    "nothing new": r["nothing_new"] or "",
-                }
-                for r in growth["rows"]
-            ],
-            {"seconds": ".0f", "of full": ".2f"},
-        ),
-        "",
-        f"After the repeated run the store's labels count {growth['labels']:,}, their distinct (source image, target "
-        f"image, source point) {growth['distinct']:,}.",
-        "",
+    sizes, growth = list(result["sizes"].values()), result["growth"]
+    targets = [
+        {"target": t["target"], "measured": t["measured"], "": "met" if t["met"] else "NOT met"}
+        for t in result["targets"]
     ]
-    return "\n".join(lines)
+    return "\n".join(
+        [
+            "## Scale and growth (the built-in 3D collection)",
+            "",
+            table(targets),
+            "",
+            sizes_table(sizes),
+            "",
+            "Milliseconds per image by stage, and against 1x:",
+            "",
+            stages_table(sizes),
+            "",
+            f"Growth at {growth['size']}: ~{GROWN_SHARE:.0%} of each category's instances into a fresh store "
+            "(features from the full run's cache), then the full manifest into the same store (its new images' "
+            "features computed), then the same command again; seconds against the full run at the same size:",
+            "",
+            growth_table(growth["rows"]),
+            "",
+            f"After the repeated run the store's labels count {growth['labels']:,}, their distinct (source image, "
+            f"target image, source point) {growth['distinct']:,}.",
+            "",
+        ]
+    )
+
+
+def sizes_table(sizes: list[dict]) -> str:
+    rows = [
+        {
+            "size": s["size"],
+            "images": s["images"],
+            "tuples/image": s["tuples_per_image"],
+            "labels/image": s["labels_per_image"],
+            "coverage": "n/a" if s["coverage"] is None else format(s["coverage"], ".3f"),
+            "peak MB": s["peak_mb"],
+            "driver MB": s["driver_peak_mb"],
+            "commit s": s["commit_s"],
+            "catalog MB": s["catalog_bytes"] / 2**20,
+            "total s": s["stages"]["total"],
+            "render s (untimed)": s["render_s"],
+        }
+        for s in sizes
+    ]
+    whole = dict.fromkeys(("peak MB", "driver MB", "total s", "render s (untimed)", "labels/image"), ".0f")
+    return table(rows, {**whole, "tuples/image": ".1f", "catalog MB": ".2f", "commit s": ".1f"})
+
+
+def stages_table(sizes: list[dict]) -> str:
+    """Milliseconds per image of each stage at each size, and each size's against 1x's."""
+    first = sizes[0]
+    stages = list(dict.fromkeys(k for s in sizes for k in s["per_image"]))
+    return table(
+        [
+            {
+                "stage": k,
+                **{s["size"]: 1e3 * s["per_image"].get(k, float("nan")) for s in sizes},
+                **{f"{s['size']} / 1x": against_1x(s, first, k) for s in sizes[1:]},
+            }
+            for k in stages
+        ]
+    )
+
+
+def growth_table(runs: list[dict]) -> str:
+    rows = [
+        {
+            "run": r["run"],
+            "images": r["images"],
+            "features computed": r["features_computed"],
+            "labels added": r["labels_added"],
+            "label_history added": r["history_added"],
+            "run stored": r["stored"],
+            "seconds": r["seconds"],
+            "of full": r["of_full"],
+            "by stage (of full)": ", ".join(f"{k} {v:.2f}" for k, v in r["stage_ratio"].items() if k != "total"),
+            "nothing new": r["nothing_new"] or "",
+        }
+        for r in runs
+    ]
+    return table(rows, {"seconds": ".0f", "of full": ".2f"})
 
 
 default_conf = {

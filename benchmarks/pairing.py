@@ -16,6 +16,8 @@ import sys
 
 from labelgen.cli import run_command
 
+from .report import table
+
 SIZES = (1000, 4000, 16000, 50000)
 QUICK_SIZES = (1000, 4000)
 KINDS = ("full", "so3", "similarity")
@@ -77,8 +79,6 @@ def bench_pairing(quick: bool) -> list[dict]:
 
 
 def render_pairing(rows: list[dict]) -> str:
-    from .__main__ import table
-
     return "\n".join(
         [
             "## Pairing one category",

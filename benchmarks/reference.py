@@ -13,15 +13,15 @@ import sys
 
 import torch
 
-from labelgen.features import cache_uri, load_features
+from labelgen.features import FeatureCache
 from labelgen.labels import Foreground
 
 
-def reference_candidates(tuples, cache_root: str, fingerprint: str, radius: float) -> dict:
+def reference_candidates(tuples, features: FeatureCache, radius: float) -> dict:
     """{(src id, tgt id, hops, src x, src y, tgt x, tgt y): [support, smallest cycle error px, similarity]}."""
     labels = {}
     for t in tuples:
-        fgs = [Foreground.of(load_features(cache_uri(cache_root, fingerprint, i))) for i in t]  # from disk, per tuple
+        fgs = [Foreground.of(features.load(i)) for i in t]  # from disk, per tuple
         if any(len(f.feats) == 0 for f in fgs):
             continue
         chains = [[p] for p in range(len(fgs[0].feats))]

@@ -7,18 +7,15 @@ adapter's input), once, and cached beside them under their own fingerprint. The 
 `label_features` names the features the labels were made on.
 """
 
-import hashlib
 import logging
 import time
-from functools import lru_cache
 
 import ray
 import torch
 
 from .console import Progress
 from .errors import UsageError
-from .features import ImageFeatures, autocast, cache_uri, cached_versions, load_features, save_features, worker_device
-from .io import read_bytes
+from .features import FeatureCache, ImageFeatures, autocast, worker_device
 from .models import Adapter, load_checkpoint
 from .ray_utils import wait_each
 
@@ -56,41 +53,26 @@ def resolve_model(store, name: str, fingerprint: str) -> dict | None:
     return record
 
 
-def label_fingerprint(fingerprint: str, model: dict | None) -> str:
-    """The cache fingerprint of the features labels are made on: an adapter's carries a digest
-    of its weights, so two models under one id (two stores sharing a cache, a hand-given
-    model_id) never read each other's refined features."""
-    return f"{fingerprint}+adapter-{model['model_id']}-{weights_digest(model['checkpoint'])}" if model else fingerprint
-
-
-@lru_cache(maxsize=64)
-def weights_digest(checkpoint: str) -> str:
-    """The first 8 hex digits of the SHA-256 of a registered checkpoint (registered once, never rewritten)."""
-    return hashlib.sha256(read_bytes(checkpoint)).hexdigest()[:8]
-
-
 @torch.inference_mode()
 def adapt_images(
-    checkpoint: str, cache_root: str, fingerprint: str, out_fingerprint: str, image_ids: list[str], batch: int = 16
+    checkpoint: str, features: FeatureCache, refined: FeatureCache, image_ids: list[str], batch: int = 16
 ) -> int:
-    """Refine the cached backbone features of `image_ids` with the adapter and cache them
-    (the stored cells of the zero-filled grids, as the adapter was trained on)."""
+    """Refine the cached backbone `features` of `image_ids` with the adapter and cache them in
+    `refined` (the stored cells of the zero-filled grids, as the adapter was trained on)."""
     adapter = load_checkpoint(Adapter, checkpoint)
     device = worker_device()
     adapter.to(device)
     for s in range(0, len(image_ids), batch):
         ids = image_ids[s : s + batch]
-        feats = [load_features(cache_uri(cache_root, fingerprint, i)) for i in ids]
+        feats = [features.load(i) for i in ids]
         x = torch.stack([f.grid().permute(2, 0, 1).float() for f in feats]).to(
             device
         )  # one grid side per backbone and size
         with autocast(device):
             out = adapter(x).float().cpu()
         for i, f, o in zip(ids, feats, out):
-            refined = ImageFeatures(
-                o.permute(1, 2, 0).to(torch.float16), f.fg, f.scale, f.stride, f.width, f.height, content=f.content
-            )
-            save_features(cache_uri(cache_root, out_fingerprint, i), refined)
+            grid = o.permute(1, 2, 0).to(torch.float16)
+            refined.save(i, ImageFeatures(grid, f.fg, f.scale, f.stride, f.width, f.height, content=f.content))
     return len(image_ids)
 
 
@@ -99,19 +81,20 @@ def adapt_task(*args) -> int:
     return adapt_images(*args)
 
 
-def adapt_features(image_ids, model: dict, cache_root: str, fingerprint: str, per_task: int = 64) -> float:
-    """Adapter features of the images not cached for their backbone features' content yet,
-    as Ray tasks (a GPU each where the cluster has one); returns the seconds it took."""
-    out_fingerprint = label_fingerprint(fingerprint, model)
-    raw, refined = (cached_versions(cache_root, fp, image_ids) for fp in (fingerprint, out_fingerprint))
-    todo = sorted(i for i in image_ids if i not in refined or refined[i] != raw.get(i))
+def adapt_features(image_ids, model: dict, features: FeatureCache, per_task: int = 64) -> float:
+    """Adapter features (`features.refined(model)`) of the images not cached for their backbone
+    features' content yet, as Ray tasks (a GPU each where the cluster has one); returns the
+    seconds it took."""
+    refined = features.refined(model)
+    raw, done = features.versions(image_ids), refined.versions(image_ids)
+    todo = sorted(i for i in image_ids if i not in done or done[i] != raw.get(i))
     if not todo:
         return 0.0
     gpu = ray.cluster_resources().get("GPU", 0) > 0
     log.info("adapter %s: refining the features of %d images", model["model_id"], len(todo))
     task, t0 = adapt_task.options(num_gpus=1 if gpu else 0), time.perf_counter()
     refs = [
-        task.remote(model["checkpoint"], cache_root, fingerprint, out_fingerprint, todo[s : s + per_task])
+        task.remote(model["checkpoint"], features, refined, todo[s : s + per_task])
         for s in range(0, len(todo), per_task)
     ]
     with Progress(len(todo), "adapter features", "images") as bar:

@@ -63,14 +63,14 @@ def calibrate(conf) -> int:
     if conf.split == "val":
         raise UsageError("split=val: fit on dev; val is what the fit is reported on")
     store = LabelStore(conf.store, conf.catalog)
-    run_id, fingerprint, run_conf, manifest_uri = evaluate.run_record(store, conf.run_id)
+    run_id, features, run_conf, manifest_uri = evaluate.run_record(store, conf.run_id)
     manifest = read_manifest(manifest_uri)
     if "truth_uri" not in manifest.columns:
         raise UsageError(f"run {run_id}: its manifest {manifest_uri} has no part truth (truth_uri) to fit on")
     econf = OmegaConf.merge(
         evaluate.default_conf, {k: conf[k] for k in ("max_pairs", "seed", "run_id")}, {"sphere": "none"}
     )
-    rows, stored, _ = evaluate.evaluate_parts(econf, store, run_id, fingerprint, run_conf, manifest)
+    rows, stored, _ = evaluate.evaluate_parts(econf, store, run_id, features, run_conf, manifest)
     rows = rows[rows.split == conf.split]
     labels = rows[(rows.kind == stored) & rows.label]
     correct = within(labels.error, ALPHAS[-1:])[:, 0]

@@ -64,7 +64,7 @@ STORE_DEFAULTS = {
     # postgres:<libpq string> | sqlite:<file>
 }
 
-PACKAGES = ("labelgen", "trainer", "queries", "cluster", "benchmarks")  # whose defaults `describe` reads
+PACKAGES = ("labelgen", "trainer", "queries", "cluster", "benchmarks", "tests")  # whose defaults `describe` reads
 
 
 class ConfigError(UsageError):

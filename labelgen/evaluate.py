@@ -31,7 +31,7 @@ from .chain import match_pair
 from .cli import run_command
 from .config import STORE_DEFAULTS
 from .errors import UsageError
-from .features import cache_uri, load_features
+from .features import FeatureCache
 from .io import join, write_bytes
 from .labels import Foreground, pose_gap, sphere_angles
 from .manifest import read_manifest
@@ -70,13 +70,15 @@ def direct_matches(fa: Foreground, fb: Foreground, radius: float):
     return fa.pixels.numpy(), fb.pixels[tgt].numpy(), keep.numpy()
 
 
-def run_record(store: LabelStore, run_id: str | None) -> tuple[str, str, DictConfig, str]:
-    """The run to evaluate: id, features, config, manifest. Default: the latest committed run
-    that holds current labels (a repeated run that labelled nothing has none)."""
+def run_record(store: LabelStore, run_id: str | None) -> tuple[str, FeatureCache, DictConfig, str]:
+    """The run to evaluate: id, the features its labels were made on, config, manifest. Default:
+    the latest committed run that holds current labels (a repeated run that labelled nothing has none)."""
     row = store.latest_run(run_id)
     if row is None:
         raise UsageError(f"store {store.uri} has no committed run {run_id or 'with current labels'} to evaluate")
-    return row["run_id"], row["label_features"], OmegaConf.create(row["config"]), row["manifest"]
+    run_conf = OmegaConf.create(row["config"])
+    features = FeatureCache(store.feature_cache(run_conf.features.cache), row["label_features"])
+    return row["run_id"], features, run_conf, row["manifest"]
 
 
 def judged(conf, run_id: str) -> str:
@@ -101,13 +103,12 @@ def judged_labels(store: LabelStore, run_id: str, own: bool, columns: str) -> pd
         con.close()
 
 
-def foregrounds(store: LabelStore, run_conf, fingerprint: str):
-    """image id -> its Foreground from the run's feature cache, each read once."""
-    cache_root = store.feature_cache(run_conf.features.cache)
-    return cache(lambda image_id: Foreground.of(load_features(cache_uri(cache_root, fingerprint, image_id))))
+def foregrounds(features: FeatureCache):
+    """image id -> its Foreground from the feature cache, each read once."""
+    return cache(lambda image_id: Foreground.of(features.load(image_id)))
 
 
-def evaluate_homographies(conf, store: LabelStore, run_id: str, fingerprint: str, run_conf) -> pd.DataFrame:
+def evaluate_homographies(conf, store: LabelStore, run_id: str, features: FeatureCache, run_conf) -> pd.DataFrame:
     """Against homographies (the planar demo)."""
     con = store.connect()
     truth = con.execute("SELECT DISTINCT image_id, homography FROM images WHERE homography IS NOT NULL").fetchall()
@@ -118,7 +119,7 @@ def evaluate_homographies(conf, store: LabelStore, run_id: str, fingerprint: str
     labels = judged_labels(
         store, run_id, conf.run_id is not None, "category, src_image_id, tgt_image_id, src_x, src_y, tgt_x, tgt_y, hops"
     )
-    fg = foregrounds(store, run_conf, fingerprint)
+    fg = foregrounds(features)
     tally, rng, k = Tally(list(conf.alphas)), np.random.default_rng(conf.seed), run_conf.pairing.k
     for (category, a, b, hops), g in labels.groupby(["category", "src_image_id", "tgt_image_id", "hops"]):
         error = homography_error(hom[a], hom[b], xy(g, "src"), xy(g, "tgt"), max(fg(b).size))
@@ -185,7 +186,7 @@ def sphere_for(conf, store: LabelStore, run_conf, fingerprint: str):
     return (load_checkpoint(SphereMapper, record["checkpoint"]) if record else None), False
 
 
-def evaluate_parts(conf, store: LabelStore, run_id: str, fingerprint: str, run_conf, manifest: pd.DataFrame):
+def evaluate_parts(conf, store: LabelStore, run_id: str, features: FeatureCache, run_conf, manifest: pd.DataFrame):
     """Per-label verdicts against part truth for a sample of each group's image pairs:
     the stored labels, after a spherical filter, and the direct baselines on the same pairs."""
     images = manifest.set_index("image_id")
@@ -200,9 +201,9 @@ def evaluate_parts(conf, store: LabelStore, run_id: str, fingerprint: str, run_c
     )
     if labels.empty:
         raise UsageError(f"run {run_id} has no labels to evaluate")
-    fg = foregrounds(store, run_conf, fingerprint)
+    fg = foregrounds(features)
     truth = lambda i: load_truth(images.at[i, "truth_uri"])  # noqa: E731
-    mapper, run_filtered = sphere_for(conf, store, run_conf, fingerprint)
+    mapper, run_filtered = sphere_for(conf, store, run_conf, features.fingerprint)
     points = cache(lambda i: map_image(mapper, fg(i).feats))
     stored_kind = "+ sphere" if run_filtered else "chain + vote"
 
@@ -309,8 +310,8 @@ def show(title: str, frame: pd.DataFrame):
     print(frame.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 
-def report_parts(conf, store, run_id, fingerprint, run_conf, manifest) -> int:
-    rows, stored, sphere = evaluate_parts(conf, store, run_id, fingerprint, run_conf, manifest)
+def report_parts(conf, store, run_id, features, run_conf, manifest) -> int:
+    rows, stored, sphere = evaluate_parts(conf, store, run_id, features, run_conf, manifest)
     rows["kind"] = pd.Categorical(rows["kind"], KINDS)
     rows["gap"] = pd.cut(
         rows["gap"], GAP_BINS, right=False, labels=[f"{a}-{b}" for a, b in zip(GAP_BINS, GAP_BINS[1:])]
@@ -334,7 +335,7 @@ def report_parts(conf, store, run_id, fingerprint, run_conf, manifest) -> int:
         )
     elif not sphere:
         print(
-            f"no `+ sphere` rows: no spherical mapper for features {fingerprint} (sphere={conf.sphere}); "
+            f"no `+ sphere` rows: no spherical mapper for features {features.fingerprint} (sphere={conf.sphere}); "
             f"train one with `python -m labelgen.train_sphere store={store.uri} run_id={run_id}`"
         )
     alphas = list(conf.alphas)
@@ -362,11 +363,11 @@ def report_parts(conf, store, run_id, fingerprint, run_conf, manifest) -> int:
 
 def report(conf) -> int:
     store = LabelStore(conf.store, conf.catalog)
-    run_id, fingerprint, run_conf, manifest_uri = run_record(store, conf.run_id)
+    run_id, features, run_conf, manifest_uri = run_record(store, conf.run_id)
     manifest = read_manifest(manifest_uri)
     if "truth_uri" in manifest.columns:
-        return report_parts(conf, store, run_id, fingerprint, run_conf, manifest)
-    result = evaluate_homographies(conf, store, run_id, fingerprint, run_conf)
+        return report_parts(conf, store, run_id, features, run_conf, manifest)
+    result = evaluate_homographies(conf, store, run_id, features, run_conf)
     pd.set_option("display.width", 200)
     print(f"label precision of {judged(conf, result.attrs['run_id'])} (yield = labels / source foreground patches)")
     print(result.to_string(index=False, float_format=lambda v: f"{v:.3f}"))

@@ -6,12 +6,13 @@ input side, so a feature cell (row, col) covers original pixels
 when at least half of it lies on the mask: given, or estimated in the actor by a model made for
 it (labelgen.foreground), its masks cached beside the features.
 
-The cache keeps only what is read of an image: the foreground cells (the chains
-match them) and a ring of CONTEXT cells around them (the adapter's 3x3 conv reads
-a foreground cell's neighbours), float16, with the global descriptor of the full
-grid and the pixel frame. A cache file is found by the image id and holds the version
-(size and modification time) of the image and mask files it was computed from: an image
-replaced under the same id no longer matches its cached features, which are computed again.
+The cache (FeatureCache, what every stage reads through) keeps only what is read of
+an image: the foreground cells (the chains match them) and a ring of CONTEXT cells
+around them (the adapter's 3x3 conv reads a foreground cell's neighbours), float16,
+with the global descriptor of the full grid and the pixel frame. A cache file is
+found by the image id and holds the version (size and modification time) of the image
+and mask files it was computed from: an image replaced under the same id no longer
+matches its cached features, which are computed again.
 """
 
 import ctypes
@@ -24,7 +25,8 @@ import os
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import lru_cache
 from itertools import islice
 
 import numpy as np
@@ -82,6 +84,39 @@ class ImageFeatures:
             self.desc = grid_descriptor(self.feats, self.fg)
             self.stored = dilate(self.fg, CONTEXT)
             self.feats = self.feats[self.stored]
+
+    def to_bytes(self) -> bytes:
+        """A cache file: the stored cells as float16, which they are in a (h, w) uint8 map
+        (0 absent, 1 context, 2 foreground), the descriptor, and the pixel frame as metadata."""
+        tensors = {
+            "feats": self.feats.to(torch.float16).contiguous().numpy(),
+            "cells": (self.stored.to(torch.uint8) + self.fg.to(torch.uint8)).numpy(),
+            "descriptor": self.desc.float().numpy(),
+        }
+        meta = {
+            "scale": repr(self.scale),
+            "stride": str(self.stride),
+            "width": str(self.width),
+            "height": str(self.height),
+            "content": self.content,
+        }
+        return st_save(tensors, metadata=meta)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "ImageFeatures":
+        tensors, meta = st_load(data), _metadata(data)
+        cells = torch.from_numpy(tensors["cells"])
+        return cls(
+            feats=torch.from_numpy(tensors["feats"]),
+            fg=cells == 2,
+            scale=float(meta["scale"]),
+            stride=int(meta["stride"]),
+            width=int(meta["width"]),
+            height=int(meta["height"]),
+            stored=cells > 0,
+            desc=torch.from_numpy(tensors["descriptor"]),
+            content=meta.get("content", ""),
+        )
 
     def fg_index(self) -> torch.Tensor:
         """Flat cell indices of the foreground, row-major."""
@@ -243,74 +278,80 @@ def pca_foreground(feats: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
     return inside & (proj > 0)
 
 
-def cache_uri(cache_root: str, fingerprint: str, image_id: str) -> str:
-    h = hashlib.sha1(image_id.encode()).hexdigest()
-    return join(cache_root, fingerprint, h[:2], f"{h}.safetensors")
+@dataclass(frozen=True)
+class FeatureCache:
+    """The cached features of one setting (a backbone at an input size and mask fallback,
+    or an adapter's refinement of them): a file per image id and per mirrored twin
+    (`id + FLIPPED`) under root/fingerprint/. Two plain strings: it travels to Ray tasks
+    and Train workers."""
+
+    root: str
+    fingerprint: str
+
+    @property
+    def folder(self) -> str:
+        """Its files; what is learned from these features is kept here too (viewpoint heads)."""
+        return join(self.root, self.fingerprint)
+
+    def uri(self, image_id: str) -> str:
+        h = hashlib.sha1(image_id.encode()).hexdigest()
+        return join(self.folder, h[:2], f"{h}.safetensors")
+
+    def save(self, image_id: str, f: ImageFeatures):
+        write_bytes(self.uri(image_id), f.to_bytes())
+
+    def load(self, image_id: str, read=read_bytes) -> ImageFeatures:
+        """An image's features; `read` (uri -> bytes) may serve them from a node's copy (node_copy)."""
+        return ImageFeatures.from_bytes(read(self.uri(image_id)))
+
+    def _content(self, image_id: str) -> str:
+        """The `content` an image's features were computed from, read from its file's header alone."""
+        uri = self.uri(image_id)
+        head = read_head(uri, 4096)
+        length = 8 + int.from_bytes(head[:8], "little")
+        return _metadata(head if len(head) >= length else read_head(uri, length)).get("content", "")
+
+    def versions(self, image_ids, flips: bool = False) -> dict[str, str]:
+        """image id -> the content its features were computed from ("" in a cache of an older
+        labelgen), for the images cached (with their mirrored twin's): one listing, then the
+        header of each file present."""
+        present = {os.path.basename(p) for p in list_files(self.folder) if p.endswith(".safetensors")}
+
+        def have(i):
+            return os.path.basename(self.uri(i)) in present
+
+        ids = [i for i in image_ids if have(i) and (not flips or have(i + FLIPPED))]
+        with ThreadPoolExecutor(16) as pool:
+            return dict(zip(ids, pool.map(self._content, ids)))
+
+    def stale(self, df: pd.DataFrame, flips: bool = False) -> pd.DataFrame:
+        """The rows of `df` (with `content`: the files' versions now) whose features are not
+        cached for that version, with `cached`: the version they were cached for (None if
+        absent, "" if unknown)."""
+        have = self.versions(df["image_id"], flips)
+        cached = pd.Series([have.get(i) for i in df["image_id"]], index=df.index, dtype=object)
+        return df.assign(cached=cached)[cached.ne(df["content"])]
+
+    def refined(self, model: dict | None) -> "FeatureCache":
+        """The cache of adapter `model`'s refinement of these features (None: these): its
+        fingerprint carries a digest of the weights, so two models under one id (two stores
+        sharing a cache, a hand-given model_id) never read each other's."""
+        if model is None:
+            return self
+        return replace(
+            self, fingerprint=f"{self.fingerprint}+adapter-{model['model_id']}-{_weights_digest(model['checkpoint'])}"
+        )
 
 
-def save_features(uri: str, f: ImageFeatures):
-    """Store the stored cells as float16, which they are in a (h, w) uint8 map (0 absent,
-    1 context, 2 foreground), the descriptor, and the pixel frame as metadata."""
-    tensors = {
-        "feats": f.feats.to(torch.float16).contiguous().numpy(),
-        "cells": (f.stored.to(torch.uint8) + f.fg.to(torch.uint8)).numpy(),
-        "descriptor": f.desc.float().numpy(),
-    }
-    meta = {
-        "scale": repr(f.scale),
-        "stride": str(f.stride),
-        "width": str(f.width),
-        "height": str(f.height),
-        "content": f.content,
-    }
-    write_bytes(uri, st_save(tensors, metadata=meta))
+@lru_cache(maxsize=64)
+def _weights_digest(checkpoint: str) -> str:
+    """The first 8 hex digits of the SHA-256 of a registered checkpoint (registered once, never rewritten)."""
+    return hashlib.sha256(read_bytes(checkpoint)).hexdigest()[:8]
 
 
 def _metadata(data: bytes) -> dict:
     """safetensors keeps metadata in its JSON header: an 8-byte length, then the header."""
     return json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])["__metadata__"]
-
-
-def load_features(uri: str) -> ImageFeatures:
-    return parse_features(read_bytes(uri))
-
-
-def parse_features(data: bytes) -> ImageFeatures:
-    tensors = st_load(data)
-    meta = _metadata(data)
-    cells = torch.from_numpy(tensors["cells"])
-    return ImageFeatures(
-        feats=torch.from_numpy(tensors["feats"]),
-        fg=cells == 2,
-        scale=float(meta["scale"]),
-        stride=int(meta["stride"]),
-        width=int(meta["width"]),
-        height=int(meta["height"]),
-        stored=cells > 0,
-        desc=torch.from_numpy(tensors["descriptor"]),
-        content=meta.get("content", ""),
-    )
-
-
-def cached_content(uri: str) -> str:
-    """The `content` a cache file was computed from, read from its header alone."""
-    head = read_head(uri, 4096)
-    length = 8 + int.from_bytes(head[:8], "little")
-    return _metadata(head if len(head) >= length else read_head(uri, length)).get("content", "")
-
-
-def cached_versions(cache_root: str, fingerprint: str, image_ids, flips: bool = False) -> dict[str, str]:
-    """image id -> the content its cached features were computed from ("" in a cache of an
-    older labelgen), for the images cached (with their mirrored twin's): one listing, then
-    the header of each file present."""
-    present = {os.path.basename(p) for p in list_files(join(cache_root, fingerprint)) if p.endswith(".safetensors")}
-
-    def have(i):
-        return os.path.basename(cache_uri(cache_root, fingerprint, i)) in present
-
-    ids = [i for i in image_ids if have(i) and (not flips or have(i + FLIPPED))]
-    with ThreadPoolExecutor(16) as pool:
-        return dict(zip(ids, pool.map(lambda i: cached_content(cache_uri(cache_root, fingerprint, i)), ids)))
 
 
 def with_versions(df: pd.DataFrame) -> pd.DataFrame:
@@ -337,15 +378,6 @@ def boxes(df: pd.DataFrame) -> list:
     return [tuple(v) if np.isfinite(v).all() else None for v in values.tolist()]
 
 
-def stale_features(df: pd.DataFrame, cache_root: str, fingerprint: str, flips: bool = False) -> pd.DataFrame:
-    """The rows of `df` (with `content`: the files' versions now) whose features are not
-    cached for that version, with `cached`: the version they were cached for (None if
-    absent, "" if unknown)."""
-    have = cached_versions(cache_root, fingerprint, df["image_id"], flips)
-    cached = pd.Series([have.get(i) for i in df["image_id"]], index=df.index, dtype=object)
-    return df.assign(cached=cached)[cached.ne(df["content"])]
-
-
 class FeatureWorker:
     """A Ray Data actor: loads the backbone once, then turns batches of rows into cache files.
 
@@ -357,8 +389,7 @@ class FeatureWorker:
         self,
         backbone_conf,
         image_size: int,
-        cache_root: str,
-        fingerprint: str,
+        cache: FeatureCache,
         threads=None,
         flips=False,
         foreground=None,
@@ -375,9 +406,9 @@ class FeatureWorker:
         # channels-last: 1.85x on the CPU for MobileNetV2 (BENCHMARKS.md), and what cuDNN wants
         self.backbone.to(self.device, memory_format=torch.channels_last)
         self.io = ThreadPoolExecutor(max(1, torch.get_num_threads()))  # decode and write beside the forward
-        self.size, self.cache_root, self.fingerprint, self.flips = image_size, cache_root, fingerprint, flips
+        self.size, self.cache, self.flips = image_size, cache, flips
         self.micro_batch = micro_batch or (32 if self.device.type == "cuda" else None)  # None: the whole batch
-        self.masks = Foregrounds(foreground, cache_root, self.device)  # where masks come from when none is given
+        self.masks = Foregrounds(foreground, cache.root, self.device)  # where masks come from when none is given
         self.where = device_name(self.device)
         log.info("feature actor on %s (%s)", self.where, self.device)
 
@@ -431,7 +462,7 @@ class FeatureWorker:
         cached = ImageFeatures(
             f.permute(1, 2, 0).to(torch.float16), fg, scale, self.backbone.stride, *size, content=content
         )
-        save_features(cache_uri(self.cache_root, self.fingerprint, image_id), cached)
+        self.cache.save(image_id, cached)
         return image_id, int(fg.sum())
 
     @torch.inference_mode()
@@ -514,10 +545,8 @@ def plan_actors(conf, resources: dict) -> dict:
 RESULT_COLUMNS = ["image_id", "n_fg", "error", "seconds", "actor", "mask_source"]
 
 
-def extract_features(
-    todo, conf, backbone_conf, image_size: int, cache_root: str, fingerprint: str, start_ray=None, foreground=None
-):
-    """Features of the rows of `todo` (stale_features: image_id, uri, mask_uri, content) on a
+def extract_features(todo, conf, backbone_conf, image_size: int, cache: FeatureCache, start_ray=None, foreground=None):
+    """Features of the rows of `todo` (FeatureCache.stale: image_id, uri, mask_uri, content) on a
     Ray Data actor pool; returns the per-image results (errors among them) and the seconds
     it took. `start_ray` is called first when there is anything to compute (a run with
     every feature cached needs no Ray).
@@ -547,7 +576,7 @@ def extract_features(
         for attempt in range(1, conf.attempts + 1):
             try:
                 for batch in feature_dataset(
-                    todo, conf, plan, backbone_conf, image_size, cache_root, fingerprint, foreground
+                    todo, conf, plan, backbone_conf, image_size, cache, foreground
                 ).iter_batches(batch_size=None, batch_format="pandas"):
                     out.append(batch)
                     bar.update(len(batch))
@@ -556,7 +585,7 @@ def extract_features(
                 if fault := Fault.found_in(e):  # e.g. a full disk: another pass would fill it again
                     raise fault from None
                 reported = set(pd.concat(out)["image_id"]) if out else set()
-                todo = stale_features(todo.drop(columns="cached", errors="ignore"), cache_root, fingerprint, conf.flips)
+                todo = cache.stale(todo.drop(columns="cached", errors="ignore"), conf.flips)
                 todo = todo[~todo["image_id"].isin(reported)]
                 cause = str(e).strip().splitlines()[0][:200]
                 if attempt == conf.attempts:
@@ -575,7 +604,7 @@ def extract_features(
     return pd.concat(out, ignore_index=True), time.perf_counter() - t0
 
 
-def feature_dataset(todo, conf, plan, backbone_conf, image_size, cache_root, fingerprint, foreground=None):
+def feature_dataset(todo, conf, plan, backbone_conf, image_size, cache, foreground=None):
     """The Ray Data pipeline: rows of `todo` -> FeatureWorker actors -> per-image results."""
     import ray
     from ray.util.annotations import RayDeprecationWarning
@@ -591,8 +620,7 @@ def feature_dataset(todo, conf, plan, backbone_conf, image_size, cache_root, fin
             fn_constructor_kwargs={
                 "backbone_conf": backbone_conf,
                 "image_size": image_size,
-                "cache_root": cache_root,
-                "fingerprint": fingerprint,
+                "cache": cache,
                 "threads": None if plan["num_gpus"] else plan["threads"],
                 "flips": conf.flips,
                 "foreground": foreground,

@@ -21,11 +21,11 @@ import ray
 from omegaconf import DictConfig, OmegaConf
 
 from . import backbones, demo, features, foreground, labels, pairing, ray_utils, synthetic, viewpoint
-from .adapted import adapt_features, label_fingerprint, resolve_model
+from .adapted import adapt_features, resolve_model
 from .config import STORE_DEFAULTS, config_hash, known_keys, parse_overrides
 from .console import Progress, Stages
 from .errors import UsageError
-from .features import extract_features, stale_features, with_versions
+from .features import FeatureCache, extract_features, with_versions
 from .io import Fault
 from .manifest import read_manifest
 from .sphere import default_conf as sphere_conf
@@ -95,8 +95,8 @@ class Run(Inputs):
     store: LabelStore = None
     run_id: str = ""
     model: dict | None = None  # the adapter whose features the labels are made on (labels.features)
-    label_features: str = ""  # fingerprint of the features labels are made on
-    cache_root: str = ""
+    features: FeatureCache = None  # the backbone's, in the feature cache
+    label_features: FeatureCache = None  # those labels are made on: the backbone's, or the adapter's refinement
     sphere: dict | None = None  # the spherical mapper (labels.sphere); auto: resolved after the features
     labelled: set[str] = field(default_factory=set)  # images already labelled with these features and label config
     started: str = ""  # when the run's first attempt started: what every attempt compares committed runs with
@@ -114,15 +114,14 @@ class Run(Inputs):
         return self.ray
 
     def compute_features(self, todo: pd.DataFrame) -> tuple[pd.DataFrame, float]:
-        """Features (and estimated masks) of `todo`'s rows (stale_features) on the actor pool:
+        """Features (and estimated masks) of `todo`'s rows (FeatureCache.stale) on the actor pool:
         the per-image results and the seconds it took."""
         return extract_features(
             todo,
             self.conf.features,
             self.backbone,
             self.image_size,
-            self.cache_root,
-            self.fingerprint,
+            self.features,
             self.start_ray,
             OmegaConf.to_container(self.conf.foreground),
         )
@@ -133,18 +132,18 @@ def train_sphere(run: Run, df: pd.DataFrame) -> dict:
     (the driver's cores) and register it, so that later runs reuse it."""
     conf = run.conf.sphere
     pose = df["azimuth"] if "azimuth" in df.columns else pd.Series(np.nan, index=df.index)
-    images = mapper_inputs(run.cache_root, run.label_features, zip(df["image_id"], df["category"], pose))
+    images = mapper_inputs(run.label_features, zip(df["image_id"], df["category"], pose))
     log.info(
         "spherical mapper: none registered for features %s and these categories; fitting one to %d images "
         "(labels.sphere=auto; labels.sphere=none turns the filter off)",
-        run.label_features,
+        run.label_features.fingerprint,
         len(images),
     )
     with Progress(conf.steps, "sphere", "steps") as bar:
         record = fit_sphere(
             run.store,
             images,
-            run.label_features,
+            run.label_features.fingerprint,
             run.run_id,
             conf,
             log=lambda h: bar.update(h["step"] - bar.done),
@@ -299,7 +298,9 @@ def resolve(conf) -> Run:
     log.info("backbone %s (%s), features %s", inputs.backbone.name, inputs.backbone_reason, inputs.fingerprint)
     store = LabelStore(conf.store, conf.catalog)
     model = resolve_model(store, conf.labels.features, inputs.fingerprint)
-    features = label_fingerprint(inputs.fingerprint, model)
+    cache = FeatureCache(store.feature_cache(conf.features.cache), inputs.fingerprint)
+    label_cache = cache.refined(model)
+    features = label_cache.fingerprint  # what the run's record names
     run_id = conf.run_id or new_id()
     # `latest` or an id: checked now, before any work; `auto` is resolved after the features
     named = sphere_wanted(conf.labels.sphere) and conf.labels.sphere != "auto"
@@ -340,8 +341,8 @@ def resolve(conf) -> Run:
         store=store,
         run_id=run_id,
         model=model,
-        label_features=features,
-        cache_root=store.feature_cache(conf.features.cache),
+        features=cache,
+        label_features=label_cache,
         sphere=sphere,
         labelled=labelled & set(inputs.df["image_id"]),
         started=record["started"],
@@ -355,7 +356,7 @@ def features_stage(run: Run) -> tuple[pd.DataFrame, list[dict], pd.DataFrame]:
     image whose file changed since its features were cached is no longer labelled: its
     features are computed again, and it is labelled anew."""
     df, stages = run.df, run.stages
-    todo = stale_features(with_versions(df), run.cache_root, run.fingerprint, run.conf.features.flips)
+    todo = run.features.stale(with_versions(df), run.conf.features.flips)
     run.replaced = run.store.replaced_images(
         run.run_id, todo["image_id"][todo["cached"].notna()]
     )  # before the cache changes
@@ -372,7 +373,7 @@ def features_stage(run: Run) -> tuple[pd.DataFrame, list[dict], pd.DataFrame]:
     good = good.assign(mask_source=good["mask_uri"].map(lambda m: "given" if m else estimated))
     if run.model:
         run.start_ray()
-        stages.add("adapter", adapt_features(good["image_id"].tolist(), run.model, run.cache_root, run.fingerprint))
+        stages.add("adapter", adapt_features(good["image_id"].tolist(), run.model, run.features))
     return good, bad, results
 
 
@@ -383,7 +384,7 @@ def sphere_stage(run: Run, good: pd.DataFrame) -> dict | None:
         return None
     sphere, trained_s = run.sphere, 0.0
     if sphere is None:  # auto: a mapper registered for these features and the categories that have features
-        sphere = resolve_sphere(run.store, "auto", run.label_features, good["category"].unique())
+        sphere = resolve_sphere(run.store, "auto", run.label_features.fingerprint, good["category"].unique())
     if sphere is None:
         t0 = time.perf_counter()
         sphere = train_sphere(run, good)
@@ -391,7 +392,7 @@ def sphere_stage(run: Run, good: pd.DataFrame) -> dict | None:
         run.stages.add("sphere", trained_s)
     run.store.update_run(run.run_id, sphere_id=sphere["sphere_id"])
     log.info("spherical filter: mapper %s, %.1f deg", sphere["sphere_id"], run.conf.labels.sphere_deg)
-    return {**sphere, "cache": (run.cache_root, run.label_features), "trained_s": trained_s}
+    return {**sphere, "trained_s": trained_s}
 
 
 def nothing_new(run: Run, tuples: Tuples) -> str | None:
@@ -400,7 +401,7 @@ def nothing_new(run: Run, tuples: Tuples) -> str | None:
         return None
     return (
         f"all {tuples.pairable:,} pairable images were labelled by committed runs with these label features "
-        f"({run.label_features}) and label config; new_only=false labels them again"
+        f"({run.label_features.fingerprint}) and label config; new_only=false labels them again"
     )
 
 
@@ -414,7 +415,7 @@ def execute(run: Run) -> dict:
     for warning in [*foreground.warnings(run.df, run.conf.foreground), *views.warnings]:
         log.warning(warning)
     with stages("tuples"):
-        tuples = make_tuples(good, run.conf.pairing, run.cache_root, run.label_features, run.labelled)
+        tuples = make_tuples(good, run.conf.pairing, run.label_features, run.labelled)
     bad += tuples.left_out
     done = run.store.staged_categories(run.run_id)
     if done:
@@ -475,7 +476,7 @@ def run_counts(
         "feature_actors": results["actor"].value_counts().sort_index().to_dict(),  # where -> images
         "backbone": run.fingerprint,
         "backbone_reason": run.backbone_reason,
-        "label_features": run.label_features,
+        "label_features": run.label_features.fingerprint,
         "adapter_s": round(run.stages.seconds.get("adapter", 0.0), 1),
         "k": run.conf.pairing.k,
         "tuple_k": {

@@ -19,7 +19,7 @@ random walks over the category), so the tasks read them through a node-local cop
 import threading
 import time
 import uuid
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import numpy as np
 import pandas as pd
@@ -30,7 +30,6 @@ from omegaconf import OmegaConf
 
 from . import labels, pairing, vote
 from .console import Progress, quiet_ray_data
-from .features import cache_uri, parse_features
 from .node_copy import NodeCopy, remove_copies
 from .ray_utils import on_every_node
 from .store import IMAGE_SCHEMA, images_table, sum_counts
@@ -101,12 +100,10 @@ def chain_chunk(batch: dict, run_id, categories, first_chunk, data, conf, featur
     category, chunk, d = categories[c], n - int(first_chunk[c]), shared(data[categories[c]])
     step = conf.tuples_per_task
     tuples = [tuple(t) for t in d["ids"][d["idx"][chunk * step : (chunk + 1) * step]]]
-    (cache_root, fingerprint), reader = features, NodeCopy(copy_key)
-
-    def load(image_id):
-        return parse_features(reader.read(cache_uri(cache_root, fingerprint, image_id)))
-
-    table, stats, feats = chunk_candidates(run_id, category, tuples, load, conf, d["rotations"])
+    reader = NodeCopy(copy_key)
+    table, stats, feats = chunk_candidates(
+        run_id, category, tuples, partial(features.load, read=reader.read), conf, d["rotations"]
+    )
     table = drop_known_pairs(table, d["labelled"])
     stats["known_pairs"], stats["candidates"] = stats["candidates"] - table.num_rows, table.num_rows
     stats["feature_loads"], stats["feature_reads"] = len(feats), reader.reads
@@ -162,7 +159,7 @@ def label_dataset(
             "first_chunk": first_chunk,
             "data": data,
             "conf": conf,
-            "features": (run.cache_root, run.label_features),
+            "features": run.label_features,
             "copy_key": copy_key,
             "tally": tally,
         },
@@ -175,7 +172,7 @@ def label_dataset(
             "run_id": run.run_id,
             "conf": conf,
             "store_uri": run.store.uri,
-            "sphere": sphere and {"checkpoint": sphere["checkpoint"], "cache": sphere["cache"]},
+            "sphere": sphere and {"checkpoint": sphere["checkpoint"], "features": run.label_features},
             "copy_key": copy_key,
         },
     )

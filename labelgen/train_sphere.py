@@ -13,7 +13,7 @@ from . import sphere
 from .cli import run_command
 from .config import STORE_DEFAULTS
 from .errors import UsageError
-from .features import cache_uri, load_features
+from .features import FeatureCache
 from .labels import Foreground
 from .models import checkpoint_bytes
 from .store import LabelStore, new_id, now
@@ -25,12 +25,12 @@ default_conf = {
 }
 
 
-def mapper_inputs(cache_root: str, fingerprint: str, rows) -> list[dict]:
+def mapper_inputs(features: FeatureCache, rows) -> list[dict]:
     """Mapper inputs of images (image_id, category, azimuth): foreground features, grid,
     category, azimuth; images without foreground are left out."""
     out = []
     for image_id, category, azimuth in rows:
-        fg = Foreground.of(load_features(cache_uri(cache_root, fingerprint, image_id)))
+        fg = Foreground.of(features.load(image_id))
         if len(fg.feats):
             out.append(
                 {
@@ -60,8 +60,8 @@ def run_images(store: LabelStore, run_id: str | None) -> tuple[str, str, list[di
         ).fetchall()
     finally:
         con.close()
-    cache_root = store.feature_cache(run_conf.features.cache)
-    return run_id, fingerprint, mapper_inputs(cache_root, fingerprint, images)
+    features = FeatureCache(store.feature_cache(run_conf.features.cache), fingerprint)
+    return run_id, fingerprint, mapper_inputs(features, images)
 
 
 def fit(store: LabelStore, images: list[dict], fingerprint: str, label_run: str, conf, log=None, categories=()) -> dict:

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from . import pairing
-from .features import cache_uri, load_features
+from .features import FeatureCache
 
 log = logging.getLogger("labelgen")
 
@@ -41,13 +41,13 @@ class Tuples:
     paired_by: dict[str, dict[str, int]]  # category -> {its pose mode: images, similarity: images without that pose}
 
 
-def make_tuples(df: pd.DataFrame, conf, cache_root: str, fingerprint: str, labelled: set[str] = frozenset()) -> Tuples:
+def make_tuples(df: pd.DataFrame, conf, features: FeatureCache, labelled: set[str] = frozenset()) -> Tuples:
     """Tuples per category, anchored only at images not `labelled` yet; the images left out
     because they lack the pose their category is paired by; per category without a tuple,
     why and what to do."""
 
     def descriptors(rows):  # only categories without pose need them
-        return np.stack([load_features(cache_uri(cache_root, fingerprint, i)).descriptor() for i in rows["image_id"]])
+        return np.stack([features.load(i).descriptor() for i in rows["image_id"]])
 
     out, left_out, untupled, pairable, anchors, paired_by = {}, [], {}, 0, 0, {}
     for category, rows in df.groupby("category", sort=True):

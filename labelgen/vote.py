@@ -158,15 +158,14 @@ def vote_group(group: pa.Table, run_id, conf, store_uri, sphere, copy_key) -> pa
 def sphere_check(table: pa.Table, sphere: dict, threshold_deg: float, copy_key: str) -> tuple[pa.Table, int]:
     """The spherical filter (labels.sphere): the labels whose ends map within the threshold,
     and the features it read from the cache."""
-    from .features import cache_uri, parse_features  # torch, only where the filter is on
-    from .labels import Foreground, sphere_filter
+    from .labels import Foreground, sphere_filter  # torch, only where the filter is on
     from .models import SphereMapper, load_checkpoint
     from .node_copy import NodeCopy
     from .sphere import map_image
 
-    (cache_root, fingerprint), reader = sphere["cache"], NodeCopy(copy_key)
+    features, reader = sphere["features"], NodeCopy(copy_key)
     mapper = load_checkpoint(SphereMapper, sphere["checkpoint"])
     ids = sorted(set(table.column("src_image_id").to_pylist()) | set(table.column("tgt_image_id").to_pylist()))
-    fgs = {i: Foreground.of(parse_features(reader.read(cache_uri(cache_root, fingerprint, i)))) for i in ids}
+    fgs = {i: Foreground.of(features.load(i, reader.read)) for i in ids}
     points = {i: map_image(mapper, fg.feats) for i, fg in fgs.items()}
     return sphere_filter(table, fgs, points, threshold_deg), reader.reads

@@ -7,7 +7,7 @@ import tempfile
 
 import pytest
 
-from benchmarks.tiny import build_tiny_demo
+from tests.support.tiny import build_tiny_demo
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # the local catalogs of s3:// stores (labelgen.store.catalog) of this session only
@@ -108,7 +108,7 @@ def s3_server():
 def postgres():
     """The session's PostgreSQL server (.ci/run installs it): `postgres(name)` makes a
     database and returns its `catalog=postgres:...`; stop() and start() it to test outages."""
-    from benchmarks.postgres import PostgresServer, bindir
+    from tests.faults.postgres import PostgresServer, bindir
 
     if bindir() is None:
         if os.environ.get("LABELGEN_POSTGRES_TESTS"):

@@ -5,10 +5,10 @@ from omegaconf import OmegaConf
 
 from benchmarks.chains import LIKE_REFERENCE, as_dict, same_labels, service_candidates
 from benchmarks.reference import reference_candidates
-from benchmarks.tiny import tiny_demo_args
 from labelgen import pipeline
-from labelgen.features import FeatureWorker, worker_batch
+from labelgen.features import FeatureCache, FeatureWorker, worker_batch
 from labelgen.tuples import make_tuples
+from tests.support.tiny import tiny_demo_args
 
 
 def test_reference_generator_and_service_give_identical_candidates(tiny_demo, tmp_path):
@@ -16,12 +16,13 @@ def test_reference_generator_and_service_give_identical_candidates(tiny_demo, tm
     inputs = pipeline.prepare(conf)
     df, fingerprint = inputs.df, inputs.fingerprint
     cache = str(tmp_path / "features")
-    worker = FeatureWorker(inputs.backbone, inputs.image_size, cache, fingerprint, flips=False)
+    features = FeatureCache(cache, fingerprint)
+    worker = FeatureWorker(inputs.backbone, inputs.image_size, features, flips=False)
     worker(worker_batch(df))
-    tuples = make_tuples(df, conf.pairing, cache, fingerprint).by_category
+    tuples = make_tuples(df, conf.pairing, features).by_category
     assert sum(map(len, tuples.values())) == 4  # 2 categories x 1 sweep x both directions
-    svc = as_dict(service_candidates(tuples, cache, fingerprint, OmegaConf.merge(conf.labels, LIKE_REFERENCE)))
-    ref = reference_candidates([t for ts in tuples.values() for t in ts], cache, fingerprint, conf.labels.radius)
+    svc = as_dict(service_candidates(tuples, features, OmegaConf.merge(conf.labels, LIKE_REFERENCE)))
+    ref = reference_candidates([t for ts in tuples.values() for t in ts], features, conf.labels.radius)
     result = same_labels(ref, svc)
     assert result["labels"] > 10_000 and result["identical"], result
 

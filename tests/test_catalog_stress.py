@@ -1,4 +1,4 @@
-"""The PostgreSQL catalog under concurrent commits (benchmarks/catalog_stress.py): DuckLake's own
+"""The PostgreSQL catalog under concurrent commits (tests/faults/catalog_stress.py): DuckLake's own
 commit retry damages a catalog (the reduced script shows it in two connections, and the
 repair undoes it); with the store's settings, conflicts provoked on purpose damage no store."""
 
@@ -9,10 +9,10 @@ import sys
 import duckdb
 import pytest
 
-from benchmarks import catalog_stress as cs
 from labelgen.config import parse_overrides
 from labelgen.store import extensions
 from labelgen.store.check import damaged_files, mend
+from tests.faults import catalog_stress as cs
 
 BUGGY_DUCKLAKE = {"3f1b372"}  # extension versions with the retry's stale name-map ids (fixed upstream in 1f1d1b97)
 

@@ -29,9 +29,9 @@ KEY_VALUE = {  # entry point -> its defaults
     "benchmarks.current_labels": "default_conf",
     "benchmarks.exchange": "default_conf",
     "benchmarks.growth": "default_conf",
-    "benchmarks.kills": "default_conf",
-    "benchmarks.catalog_stress": "default_conf",
     "benchmarks.pairing": "default_conf",
+    "tests.faults.kills": "default_conf",
+    "tests.faults.catalog_stress": "default_conf",
     "cluster.jobs": "default_conf",
     "cluster.gpu_check": "default_conf",
     "cluster.local_up": "default_conf",
@@ -245,14 +245,13 @@ def test_a_mistake_is_one_line_and_exit_2_a_bug_says_where_in_one_line_and_v_sho
 
 
 @pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")  # runpy, of modules imported before
-def test_every_benchmarks_module_answers_help_and_runs_nothing_then(monkeypatch, capsys):
+@pytest.mark.parametrize("package, least", [("benchmarks", 11), ("tests.faults", 4), ("tests.support", 1)])
+def test_every_benchmarks_and_harness_module_answers_help_and_runs_nothing_then(package, least, monkeypatch, capsys):
     import pkgutil
     import runpy
 
-    import benchmarks
-
-    names = [f"benchmarks.{m.name}" for m in pkgutil.iter_modules(benchmarks.__path__)]
-    assert len(names) >= 13
+    names = [f"{package}.{m.name}" for m in pkgutil.iter_modules(importlib.import_module(package).__path__)]
+    assert len(names) >= least
     for name in names:
         monkeypatch.setattr(sys, "argv", [name, "--help"])
         with pytest.raises(SystemExit) as done:

@@ -17,9 +17,9 @@ import psutil
 import pytest
 import yaml
 
-from benchmarks.tiny import tiny_demo_args
 from cluster.local_up import OWNER, free_ports, running, take_down
 from labelgen.store import LabelStore
+from tests.support.tiny import tiny_demo_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)

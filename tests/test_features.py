@@ -3,16 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from labelgen.features import (
-    ImageFeatures,
-    cache_uri,
-    cached_versions,
-    fit,
-    load_features,
-    model_input,
-    preprocess,
-    save_features,
-)
+from labelgen.features import FLIPPED, FeatureCache, ImageFeatures, fit, model_input, preprocess
 
 
 def test_preprocess_pads_right_and_bottom_and_pools_the_mask():
@@ -77,9 +68,9 @@ def test_cache_keeps_the_foreground_and_its_context_ring(tmp_path):
     want = torch.nn.functional.normalize(grid[fg].mean(0), dim=0)
     assert np.allclose(f.descriptor(), want.numpy(), atol=1e-6)
 
-    uri = cache_uri(str(tmp_path), "fp", "cat/001.jpg")
-    save_features(uri, f)
-    got = load_features(uri)
+    cache = FeatureCache(str(tmp_path), "fp")
+    cache.save("cat/001.jpg", f)
+    got = cache.load("cat/001.jpg")
     assert got.feats.dtype == torch.float16 and got.feats.shape == (int(stored.sum()), 16)
     assert torch.equal(got.fg, fg) and torch.equal(got.stored, stored)
     assert torch.allclose(got.fg_feats(), grid[fg], atol=1e-3)  # float16 on disk
@@ -88,16 +79,16 @@ def test_cache_keeps_the_foreground_and_its_context_ring(tmp_path):
     assert torch.allclose(dense[stored].float(), grid[stored], atol=1e-3)
     assert np.array_equal(got.descriptor(), f.descriptor())  # taken at write time, from the full grid
     assert (got.scale, got.stride, got.width, got.height) == (0.25, 14, 300, 280)
-    assert len(open(uri, "rb").read()) < 6 * 7 * 16 * 2  # less than the full float16 grid alone
+    assert len(open(cache.uri("cat/001.jpg"), "rb").read()) < 6 * 7 * 16 * 2  # less than the full float16 grid alone
 
 
 def test_an_image_without_foreground_keeps_only_its_descriptor(tmp_path):
     grid = torch.nn.functional.normalize(torch.randn(4, 5, 8), dim=2)
-    uri = cache_uri(str(tmp_path), "fp", "empty")
-    save_features(
-        uri, ImageFeatures(grid, torch.zeros(4, 5, dtype=torch.bool), scale=1.0, stride=8, width=40, height=32)
+    cache = FeatureCache(str(tmp_path), "fp")
+    cache.save(
+        "empty", ImageFeatures(grid, torch.zeros(4, 5, dtype=torch.bool), scale=1.0, stride=8, width=40, height=32)
     )
-    got = load_features(uri)
+    got = cache.load("empty")
     assert got.feats.shape == (0, 8) and len(got.fg_feats()) == 0 and (got.grid() == 0).all()
     want = torch.nn.functional.normalize(grid.flatten(0, 1).mean(0), dim=0)  # pairing still sees the whole image
     assert np.allclose(got.descriptor(), want.numpy(), atol=1e-6)
@@ -105,12 +96,26 @@ def test_an_image_without_foreground_keeps_only_its_descriptor(tmp_path):
 
 def test_cache_listing(tmp_path):
     grid, fg = torch.randn(5, 6, 4), torch.rand(5, 6) > 0.5
-    save_features(
-        cache_uri(str(tmp_path), "fp", "cat/001.jpg"), ImageFeatures(grid, fg, 0.25, 14, 300, 280, content="7:1|")
-    )
-    assert cached_versions(str(tmp_path), "fp", ["cat/001.jpg", "cat/002.jpg"]) == {"cat/001.jpg": "7:1|"}
-    assert cached_versions(str(tmp_path), "other", ["cat/001.jpg"]) == {}
+    FeatureCache(str(tmp_path), "fp").save("cat/001.jpg", ImageFeatures(grid, fg, 0.25, 14, 300, 280, content="7:1|"))
+    assert FeatureCache(str(tmp_path), "fp").versions(["cat/001.jpg", "cat/002.jpg"]) == {"cat/001.jpg": "7:1|"}
+    assert FeatureCache(str(tmp_path), "other").versions(["cat/001.jpg"]) == {}
     assert not list(tmp_path.rglob("*.tmp"))  # written whole, then renamed
+
+
+def test_cache_files_stay_where_earlier_labelgen_wrote_them():
+    """Caches made before FeatureCache are still read: its paths are those features.cache_uri gave."""
+    s3 = FeatureCache("s3://bucket/labels/features", "mobilenetv2-320-5e0c2f9a81b4")
+    assert s3.uri("cat/001.jpg") == (
+        "s3://bucket/labels/features/mobilenetv2-320-5e0c2f9a81b4/69/69e8187666546401a0dbc8303d5e91bed643f5f8.safetensors"
+    )
+    assert s3.uri("cat/001.jpg" + FLIPPED) == (
+        "s3://bucket/labels/features/mobilenetv2-320-5e0c2f9a81b4/70/70e383306e3bab0db56b276791b98d1fadff4dc4.safetensors"
+    )
+    refined = FeatureCache("/data/store/features/", "mobilenetv2-320-5e0c2f9a81b4+adapter-m1-0badf00d")
+    assert refined.uri("chelsea_00") == (
+        "/data/store/features/mobilenetv2-320-5e0c2f9a81b4+adapter-m1-0badf00d/cb/"
+        "cb8e7c1d1fda4b1feb7df45a8826b0d82fec656a.safetensors"
+    )
 
 
 def test_pca_foreground_finds_the_object_without_its_mask(tiny_demo, offline_backbone):
@@ -151,7 +156,7 @@ def test_actor_plan_pins_one_gpu_per_actor_else_shares_the_cpus():
 def test_features_of_a_replaced_file_are_stale(tmp_path):
     import pandas as pd
 
-    from labelgen.features import stale_features, with_versions
+    from labelgen.features import with_versions
 
     (tmp_path / "a.png").write_bytes(b"first")
     (tmp_path / "b.png").write_bytes(b"other")
@@ -165,13 +170,12 @@ def test_features_of_a_replaced_file_are_stale(tmp_path):
         )
     )
     grid, fg = torch.randn(5, 6, 4), torch.rand(5, 6) > 0.5
-    save_features(
-        cache_uri(str(tmp_path), "fp", "a"), ImageFeatures(grid, fg, 0.25, 14, 300, 280, content=df.content[0])
-    )
-    save_features(cache_uri(str(tmp_path), "fp", "b"), ImageFeatures(grid, fg, 0.25, 14, 300, 280))  # an older cache
-    stale = stale_features(df, str(tmp_path), "fp")
+    cache = FeatureCache(str(tmp_path), "fp")
+    cache.save("a", ImageFeatures(grid, fg, 0.25, 14, 300, 280, content=df.content[0]))
+    cache.save("b", ImageFeatures(grid, fg, 0.25, 14, 300, 280))  # an older cache
+    stale = cache.stale(df)
     assert stale.image_id.tolist() == ["b", "c"] and stale.cached.tolist() == ["", None]
 
     (tmp_path / "a.png").write_bytes(b"second, longer")  # replaced under the same id
-    again = stale_features(with_versions(df.drop(columns="content")), str(tmp_path), "fp")
+    again = cache.stale(with_versions(df.drop(columns="content")))
     assert again.image_id.tolist() == ["a", "b", "c"] and again.cached.tolist() == [df.content[0], "", None]

@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from labelgen.backbones import default_conf as backbones_conf
-from labelgen.features import FLIPPED, FeatureWorker, cache_uri, load_features, worker_batch
+from labelgen.features import FLIPPED, FeatureCache, FeatureWorker, worker_batch
 from trainer.data import FeatureBank
 from trainer.evaluate import Matcher, default_conf
 
@@ -21,16 +21,14 @@ def test_worker_caches_the_mirrored_twin_and_pose_alignment_uses_it(tiny_demo, t
     Image.open(src).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirror)
     backbone_conf = OmegaConf.merge(OmegaConf.create(backbones_conf), {"name": "mobilenetv2"})
     batch = worker_batch(pd.DataFrame({"image_id": ["a", "b"], "uri": [src, str(mirror)], "mask_uri": [None, None]}))
-    worker = FeatureWorker(
-        backbone_conf, 320, str(tmp_path / "cache"), "fp", threads=2, flips=True, foreground={"method": "image"}
-    )
+    cache, parted = FeatureCache(str(tmp_path / "cache"), "fp"), FeatureCache(str(tmp_path / "parts"), "fp")
+    worker = FeatureWorker(backbone_conf, 320, cache, threads=2, flips=True, foreground={"method": "image"})
     out = worker(batch)
     assert out["error"].tolist() == ["", ""]
     parts = FeatureWorker(
         backbone_conf,
         320,
-        str(tmp_path / "parts"),
-        "fp",
+        parted,
         threads=2,
         flips=True,
         foreground={"method": "image"},
@@ -38,17 +36,17 @@ def test_worker_caches_the_mirrored_twin_and_pose_alignment_uses_it(tiny_demo, t
     )  # forwards of 3 and 1 views, as a GPU actor splits its batches
     assert parts(batch)["error"].tolist() == ["", ""]
     for i in ("a", "a" + FLIPPED, "b", "b" + FLIPPED):
-        whole, split = (load_features(cache_uri(str(tmp_path / d), "fp", i)) for d in ("cache", "parts"))
+        whole, split = cache.load(i), parted.load(i)
         assert torch.equal(whole.stored, split.stored) and torch.allclose(
             whole.feats.float(), split.feats.float(), atol=1e-2
         )
-    a, a_flip = (load_features(cache_uri(str(tmp_path / "cache"), "fp", i)) for i in ("a", "a" + FLIPPED))
+    a, a_flip = cache.load("a"), cache.load("a" + FLIPPED)
     assert torch.equal(a_flip.fg, a.fg.flip(1))  # 320 x 320: the mirror is cell for cell
-    b = load_features(cache_uri(str(tmp_path / "cache"), "fp", "b"))
+    b = cache.load("b")
     # the mirrored twin is the mirrored image's features
     assert torch.equal(a_flip.stored, b.stored) and torch.allclose(a_flip.feats.float(), b.feats.float(), atol=1e-2)
 
-    bank = FeatureBank(str(tmp_path / "cache"), "fp")
+    bank = FeatureBank(cache)
     conf = OmegaConf.create({**default_conf, "flip_align": True})
     matcher = Matcher(bank, None, conf)
     assert matcher.instance_distance("a" + FLIPPED, "b") < 1e-3 < matcher.instance_distance("a", "b")

@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from labelgen.features import cache_uri, load_features
+from labelgen.features import FeatureCache
 from labelgen.store import LabelStore
 from labelgen.synthetic.collection import build_collection
 from trainer.data import default_conf as data_conf
@@ -121,15 +121,15 @@ def test_a_grown_manifest_labels_only_its_new_views_and_a_repeated_run_adds_noth
     df = pd.read_parquet(full)
     changed = df.image_id.iloc[0]
     path = os.path.join(os.path.dirname(full), df.uri.iloc[0])
-    fingerprint = counts(store, "first")["backbone"]
-    before = load_features(cache_uri(os.path.join(store, "features"), fingerprint, changed))
+    cache = FeatureCache(os.path.join(store, "features"), counts(store, "first")["backbone"])
+    before = cache.load(changed)
     Image.open(path).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(path)
     replace = run([*args, f"data.manifest={full}", "run_id=replaced"])
     assert replace.returncode == 0, replace.stderr[-3000:]
     c5 = counts(store, "replaced")
     assert c5["features_computed"] == c5["features_replaced"] == 1 and c5["anchors"] == 1
     assert "1 of them again: their file changed since" in replace.stdout
-    after = load_features(cache_uri(os.path.join(store, "features"), fingerprint, changed))
+    after = cache.load(changed)
     assert after.content != before.content and not torch.equal(after.feats, before.feats)
     touching = f"(src_image_id = '{changed}' OR tgt_image_id = '{changed}')"
     assert rows(store, f"SELECT count(*) FROM labels WHERE {touching} AND run_id <> 'replaced'") == [(0,)]

@@ -1,8 +1,8 @@
 """Kill at any instant: a SIGKILLed run (the driver's whole process tree, Ray's included) in
 each stage shows nothing, leaves no process behind, and resumes to the labels of an
 undisturbed run; a driver killed inside its commit's transaction commits all or nothing;
-killed readers and trainers leave the store as it was. The harness is benchmarks/kills.py
-(`python -m benchmarks.kills` runs it at random instants, 50 per catalog); here each kill
+killed readers and trainers leave the store as it was. The harness is tests/faults/kills.py
+(`python -m tests.faults.kills` runs it at random instants, 50 per catalog); here each kill
 follows at once the first file of its stage, so where it lands is known."""
 
 import os
@@ -12,7 +12,7 @@ import signal
 
 import pytest
 
-from benchmarks import kills as K
+from tests.faults import kills as K
 
 pytestmark = pytest.mark.slow
 BROKEN = ("corrupt", "partial", "double", "failed_resume", "differ", "unregistered")

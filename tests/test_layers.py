@@ -1,18 +1,21 @@
 """The layers of the codebase (README, Layout): imports point one way.
 
     stages (labelgen) -> store (labelgen.store) <- queries, trainer;  cluster, benchmarks on top
+    tests' harnesses (tests.faults, tests.support) on top beside benchmarks, neither importing the other
 
 The store knows files, the catalog and its schemas, never a stage or an evaluation; the
 stages never import the trainer or a report; the trainer and the reports use labelgen's
 library modules, never a command line (labelgen.run, a __main__). Every layer may use the
 base: files (labelgen.io), a user's errors (labelgen.errors), configs and the console
-(labelgen.config, .cli, .console)."""
+(labelgen.config, .cli, .console). Benchmarks measure the product as it ships, so they use no
+test support; fault injection and test support serve the tests, so nothing else imports them."""
 
 import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("labelgen", "trainer", "queries", "cluster", "benchmarks")
+HARNESSES = ("tests.faults", "tests.support")  # checked like the packages; the test modules themselves are not
 BASE = ("labelgen.io", "labelgen.errors", "labelgen.config", "labelgen.cli", "labelgen.console")
 MAY_IMPORT = {  # layer -> the layers it may import (besides the base)
     "base": {"base"},
@@ -22,9 +25,10 @@ MAY_IMPORT = {  # layer -> the layers it may import (besides the base)
     "trainer": {"trainer", "labelgen", "labelgen.store"},
     "cluster": {"cluster", "labelgen", "labelgen.store", "trainer", "queries"},
     "benchmarks": {"benchmarks", "cluster", "labelgen", "labelgen.store", "trainer", "queries"},
+    "tests": {"tests", "cluster", "labelgen", "labelgen.store", "trainer", "queries"},
 }
 COMMAND_LINES = ("labelgen.run",)  # entry points that are only a command line over a library module
-TOP = ("cluster", "benchmarks")  # they drive the command lines themselves
+TOP = ("cluster", "benchmarks", "tests")  # they drive the command lines themselves
 
 
 def layer(module: str) -> str:
@@ -55,12 +59,12 @@ def imports(path: Path, root: Path = ROOT) -> list[str]:
             base = ".".join(package[: len(package) - node.level + 1]) if node.level else ""
             mod = ".".join(p for p in (base, node.module or "") if p)
             out += [f"{mod}.{a.name}" for a in node.names]
-    return [m for m in out if m.split(".")[0] in PACKAGES]
+    return [m for m in out if m.split(".")[0] in (*PACKAGES, "tests")]
 
 
 def violations(root: Path = ROOT) -> list[str]:
     broken = []
-    for path in (p for pkg in PACKAGES for p in sorted((root / pkg).rglob("*.py"))):
+    for path in (p for pkg in (*PACKAGES, *HARNESSES) for p in sorted((root / pkg.replace(".", "/")).rglob("*.py"))):
         name = module_name(path, root)
         mine = layer(name)
         for target in imports(path, root):
@@ -98,4 +102,23 @@ def test_a_broken_layer_is_found(tmp_path):
         "labelgen.store.lake imports labelgen.chain.match_pair: labelgen.store may not import labelgen",
         "trainer.retrain imports labelgen.run: another package's command line",
         "trainer.retrain imports labelgen.run.label: another package's command line",
+    ]
+
+
+def test_benchmarks_the_product_and_the_harnesses_stay_apart(tmp_path):
+    """The harnesses import the product and each other; benchmarks and the product import no
+    harness, and the harnesses no benchmark."""
+    for pkg in (*PACKAGES, *HARNESSES):
+        (tmp_path / pkg.replace(".", "/")).mkdir(parents=True)
+    (tmp_path / "tests" / "faults" / "kills.py").write_text(
+        "from labelgen import run\nfrom tests.support.tiny import labels_of\nfrom .postgres import PostgresServer\n"
+    )
+    assert violations(tmp_path) == []
+    (tmp_path / "labelgen" / "run.py").write_text("def f():\n    from tests.faults import kills\n")
+    (tmp_path / "benchmarks" / "growth.py").write_text("from tests.support.tiny import tiny_demo_args\n")
+    (tmp_path / "tests" / "support" / "tiny.py").write_text("from benchmarks.report import table\n")
+    assert violations(tmp_path) == [
+        "labelgen.run imports tests.faults.kills: labelgen may not import tests",
+        "benchmarks.growth imports tests.support.tiny.tiny_demo_args: benchmarks may not import tests",
+        "tests.support.tiny imports benchmarks.report.table: tests may not import benchmarks",
     ]

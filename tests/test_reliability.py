@@ -17,9 +17,9 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from benchmarks.tiny import labels_of, tiny_demo_args
 from labelgen import run as run_mod
 from labelgen.store import LabelStore
+from tests.support.tiny import labels_of, tiny_demo_args
 from trainer.data import default_conf, load_label_data, resolve_source
 
 

@@ -11,10 +11,10 @@ import tempfile
 
 import pytest
 
-from benchmarks.tiny import tiny_demo_args
 from labelgen.labels import LABEL_SCHEMA
 from labelgen.node_copy import COPIES
 from labelgen.store import LabelStore
+from tests.support.tiny import tiny_demo_args
 
 pytestmark = pytest.mark.slow
 

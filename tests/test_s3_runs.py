@@ -10,11 +10,11 @@ import boto3
 import psutil
 import pytest
 
-from benchmarks.tiny import labels_of, tiny_demo_args
-from faults import FaultyS3Proxy
 from labelgen import run as run_mod
 from labelgen.demo import build_demo
 from labelgen.store import LabelStore
+from tests.faults.s3 import FaultyS3Proxy
+from tests.support.tiny import labels_of, tiny_demo_args
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from labelgen.backbones import default_conf as backbones_conf
-from labelgen.features import FeatureWorker, worker_batch
+from labelgen.features import FeatureCache, FeatureWorker, worker_batch
 from labelgen.geometry import apply_homography
 from labelgen.readers.spair import KeypointPair, read_pairs, scan
 from trainer.data import FeatureBank
@@ -101,11 +101,12 @@ def test_reader_and_raw_backbone_pck_on_a_fixture(tiny_demo, tmp_path):
         read_pairs(root, "trn")
 
     backbone = OmegaConf.merge(OmegaConf.create(backbones_conf), {"name": "mobilenetv2"})
-    worker = FeatureWorker(backbone, 320, str(tmp_path / "cache"), "fp", threads=2)
+    cache = FeatureCache(str(tmp_path / "cache"), "fp")
+    worker = FeatureWorker(backbone, 320, cache, threads=2)
     uris = [os.path.join(root, u) for u in manifest["uri"]]
     out = worker(worker_batch(manifest.assign(uri=uris, mask_uri=None)))
     assert (out["error"] == "").all()
-    matcher = Matcher(FeatureBank(str(tmp_path / "cache"), "fp"), None, OmegaConf.create(default_conf))
+    matcher = Matcher(FeatureBank(cache), None, OmegaConf.create(default_conf))
     table = keypoint_pck(matcher, pairs, [0.05, 0.10]).set_index("category")
     # views 15 deg apart: the raw offline backbone finds most keypoints within 10% of the box
     assert table.loc["ALL", "keypoints"] == 10

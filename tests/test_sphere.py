@@ -142,8 +142,8 @@ def test_sphere_filter_fills_angles_and_drops_far_labels():
 
 @pytest.mark.slow
 def test_pipeline_filters_with_a_trained_mapper(tiny_demo, tmp_path, run):
-    from benchmarks.tiny import tiny_demo_args
     from labelgen.store import LabelStore
+    from tests.support.tiny import tiny_demo_args
 
     store = str(tmp_path / "store")
     args = ["labelgen.run", *tiny_demo_args(tiny_demo), f"store={store}"]

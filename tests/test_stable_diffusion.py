@@ -6,11 +6,11 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from transformers import CLIPTextModel
 
-from benchmarks.tiny import tiny_demo_args
 from labelgen import pipeline
 from labelgen.backbones import WeightsNotFound, build_backbone, default_conf
 from labelgen.backbones.stable_diffusion import StableDiffusion, StableDiffusionDino
-from labelgen.features import FeatureWorker, cache_uri, load_features, worker_batch
+from labelgen.features import FeatureCache, FeatureWorker, worker_batch
+from tests.support.tiny import tiny_demo_args
 
 
 @pytest.fixture(scope="module")
@@ -144,12 +144,11 @@ def test_the_run_config_selects_fused_features_end_to_end_through_the_cache(
     inputs = pipeline.prepare(conf)
     fingerprint = inputs.fingerprint
     assert inputs.backbone_reason == "asked for" and fingerprint.startswith("sd15_dinov2_vits14-112-")
-    worker = FeatureWorker(
-        inputs.backbone, inputs.image_size, str(tmp_path / "features"), fingerprint, foreground={"method": "image"}
-    )
+    cache = FeatureCache(str(tmp_path / "features"), fingerprint)
+    worker = FeatureWorker(inputs.backbone, inputs.image_size, cache, foreground={"method": "image"})
     rows = inputs.df.head(2)
     out = worker(worker_batch(rows.assign(mask_uri=None)))
     assert list(out["error"]) == ["", ""]
-    f = load_features(cache_uri(str(tmp_path / "features"), fingerprint, rows.image_id.iloc[0]))
+    f = cache.load(rows.image_id.iloc[0])
     assert f.grid().shape == (8, 8, 448) and f.stride == 14 and len(f.feats) == f.stored.sum() > 0
     assert torch.allclose(f.feats.float().norm(dim=-1), torch.ones(len(f.feats)), atol=2e-3)  # float16 cache

@@ -7,9 +7,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from benchmarks.tiny import begin_run, label_table
 from labelgen.io import is_remote, read_bytes
 from labelgen.store import IMAGE_SCHEMA, LabelStore, catalog, extensions, images_table
+from tests.support.tiny import begin_run, label_table
 
 
 def labels(run_id, n, category="cat"):
@@ -436,7 +436,7 @@ def test_a_catalog_whose_files_name_lost_column_maps_is_refused_on_open_and_repa
 @pytest.mark.parametrize("store", ["local", "postgres"], indirect=True)
 def test_a_model_whose_scores_are_nan_is_saved_with_null_scores(store):
     """Trained without held-out pairs, a model's scores are NaN: PostgreSQL's JSON refuses NaN
-    (found by benchmarks.kills: the trainer could not register such a model there)."""
+    (found by tests.faults.kills: the trainer could not register such a model there)."""
     store.save_model(
         {
             "model_id": "m",

@@ -11,11 +11,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from benchmarks.tiny import begin_run
 from labelgen.store import LABEL_SCHEMA, LabelStore, images_table
 from labelgen.store.__main__ import main
 from labelgen.store.maintain import maintain
 from labelgen.store.migrate import migrate
+from tests.support.tiny import begin_run
 
 OLD_LABEL_COLUMNS = LABEL_SCHEMA.names[:13]  # an older labelgen wrote no pair_error, pose_gap, confidence
 

@@ -11,13 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.tiny import tiny_demo_args
-from labelgen.adapted import label_fingerprint
 from labelgen.errors import UsageError
-from labelgen.features import cache_uri, load_features
+from labelgen.features import FeatureCache
 from labelgen.io import join, list_files, read_bytes
 from labelgen.models import Adapter, load_checkpoint
 from labelgen.store import LabelStore, now
+from tests.support.tiny import tiny_demo_args
 from trainer import tracking
 from trainer.train import decide
 
@@ -72,13 +71,11 @@ def test_an_adapter_s_cached_features_are_keyed_by_its_weights_not_only_its_id(t
     for name, weights in (("a.pt", b"one"), ("b.pt", b"two"), ("c.pt", b"one")):
         (tmp_path / name).write_bytes(weights)
     a, b, c = ({"model_id": "m1", "checkpoint": str(tmp_path / n)} for n in ("a.pt", "b.pt", "c.pt"))
-    assert label_fingerprint("fp", a) != label_fingerprint("fp", b)  # two stores' m1 sharing one cache
-    assert (
-        label_fingerprint("fp", a)
-        == label_fingerprint("fp", c)
-        == f"fp+adapter-m1-{hashlib.sha256(b'one').hexdigest()[:8]}"
-    )
-    assert label_fingerprint("fp", None) == "fp"
+    cache = FeatureCache(str(tmp_path / "features"), "fp")
+    assert cache.refined(a) != cache.refined(b)  # two stores' m1 sharing one cache
+    assert cache.refined(a) == cache.refined(c)
+    assert cache.refined(a).fingerprint == f"fp+adapter-m1-{hashlib.sha256(b'one').hexdigest()[:8]}"
+    assert cache.refined(None) == cache and cache.refined(a).root == cache.root
 
 
 def test_labels_features_names_a_model_as_every_command_does(tmp_path, caplog):
@@ -266,7 +263,7 @@ def test_the_loop_relabels_with_each_promoted_model_and_stops_when_one_is_not(ti
     con.close()
     assert [m["model_id"] for m in models] == [f"loop-r{n}" for n in range(1, len(models) + 1)]
     for n, m in enumerate(models):
-        relabelled = [r for r, f in runs.items() if f == label_fingerprint(f.split("+")[0], m)]
+        relabelled = [r for r, f in runs.items() if f == FeatureCache("", f.split("+")[0]).refined(m).fingerprint]
         if m["status"] != "promoted":  # the loop stops at the first model that is not promoted
             assert n == len(models) - 1 and not relabelled and f"loop stopped after round {n + 1}" in out.stdout
             break
@@ -331,7 +328,7 @@ def relabel_with_the_adapter(store_uri: str, tiny_demo: str, m1: dict, run):
     assert rows["relabel"] == (fingerprint, f"{fingerprint}+adapter-m1-{digest}")
     # the cached features are the adapter's output on the backbone's (float16 in the cache)
     raw, refined = (
-        load_features(cache_uri(str(Path(store_uri) / "features"), fp, image_id))
+        FeatureCache(str(Path(store_uri) / "features"), fp).load(image_id)
         for fp in (fingerprint, f"{fingerprint}+adapter-m1-{digest}")
     )
     with torch.inference_mode():

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from labelgen.backbones import feature_groups
 from labelgen.config import STORE_DEFAULTS
 from labelgen.errors import UsageError
-from labelgen.features import FLIPPED, ImageFeatures, cache_uri, load_features
+from labelgen.features import FLIPPED, FeatureCache, ImageFeatures
 from labelgen.io import filesystem
 from labelgen.store import IMAGE_SCHEMA, LABEL_SCHEMA, PAIR_SCHEMA, LabelStore, current_labels_sql, current_pairs_sql
 
@@ -47,8 +47,7 @@ class LabelData:
     runs: list[str]
     snapshot: int  # of the store, which the runs were read at
     backbone: str
-    fingerprint: str
-    cache_root: str
+    features: FeatureCache  # the runs' backbone features
     train: list[Pair]
     val: list[Pair]
     images: pd.DataFrame  # image_id -> category, split, azimuth, width, height, homography
@@ -108,9 +107,8 @@ def resolve_source(conf) -> dict:
         "runs": runs,
         "run_snapshots": snapshots,
         "backbone": info[0][0],
-        "fingerprint": info[0][1],
+        "features": FeatureCache(store.feature_cache(run_conf.features.cache), info[0][1]),
         "manifests": manifests,
-        "cache_root": store.feature_cache(run_conf.features.cache),
         "flips": bool(OmegaConf.select(run_conf, "features.flips", default=False)),
         **{table: store.data_files(table, snapshot) for table in ("label_history", "label_pairs", "images")},
     }
@@ -189,8 +187,7 @@ def load_label_data(source: dict, val_split: str) -> LabelData:
         runs,
         source["snapshot"],
         source["backbone"],
-        source["fingerprint"],
-        source["cache_root"],
+        source["features"],
         train,
         val,
         images,
@@ -204,14 +201,13 @@ def load_label_data(source: dict, val_split: str) -> LabelData:
 class FeatureBank:
     """Cached backbone features by image, loaded once per process, kept as stored (float16 cells)."""
 
-    cache_root: str
-    fingerprint: str
-    _cache: dict = field(default_factory=dict)
+    features: FeatureCache
+    _loaded: dict = field(default_factory=dict)
 
     def __call__(self, image_id: str) -> ImageFeatures:
-        if image_id not in self._cache:
-            self._cache[image_id] = load_features(cache_uri(self.cache_root, self.fingerprint, image_id))
-        return self._cache[image_id]
+        if image_id not in self._loaded:
+            self._loaded[image_id] = self.features.load(image_id)
+        return self._loaded[image_id]
 
     def grid(self, image_id: str) -> torch.Tensor:
         """(C, h, w) float32, zeros in the cells not stored."""

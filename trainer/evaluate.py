@@ -270,7 +270,7 @@ def compare(data: LabelData, models: dict[str, Adapter | None], conf, seed: int 
     pseudo-labels, the cycle consistency that decides promotion, PCK against homographies where
     known, and keypoint PCK of held-out views and of training views (never trained on: reported
     beside the truth-free score that decides)."""
-    bank = FeatureBank(data.cache_root, data.fingerprint)
+    bank = FeatureBank(data.features)
     keypoints = collection_keypoint_pairs(data, conf.keypoint_pairs, seed)
     train_keypoints = collection_keypoint_pairs(data, conf.keypoint_pairs, seed, held_out=False)
     out = {}
@@ -308,7 +308,7 @@ def compare_models(conf) -> int:
     data = load_label_data(source, conf.val_split)
     models = {"raw": None, record["model_id"]: adapter}
     if conf.spair:
-        bank, pairs = FeatureBank(data.cache_root, data.fingerprint), read_pairs(conf.spair, conf.split)
+        bank, pairs = FeatureBank(data.features), read_pairs(conf.spair, conf.split)
         tables = [
             keypoint_pck(Matcher(bank, model, conf.eval), pairs, conf.eval.alphas).assign(model=name)
             for name, model in models.items()

@@ -112,7 +112,7 @@ def train_loop(config: dict):
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(conf.seed)
     data = data_mod.load_label_data(config["source"], conf.data.val_split)  # files the driver resolved
-    bank = data_mod.FeatureBank(data.cache_root, data.fingerprint)
+    bank = data_mod.FeatureBank(data.features)
     adapter = Adapter(data.groups, conf.model.out_dim, conf.model.dropout)
     model = prepare_model(adapter)
     opt = torch.optim.AdamW(adapter.parameters(), lr=conf.optim.lr, weight_decay=conf.optim.weight_decay)
@@ -215,7 +215,7 @@ def train(conf, parent: dict | None = None, loop: tracking.Tracking | None = Non
                 "parent": promoted and promoted["model_id"],
                 "label_runs": data.runs,
                 "snapshot": data.snapshot,
-                "backbone_fingerprint": data.fingerprint,
+                "backbone_fingerprint": data.features.fingerprint,
                 "config": OmegaConf.to_yaml(conf),
                 "created": now(),
             }

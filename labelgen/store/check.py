@@ -23,7 +23,7 @@ META = "__ducklake_metadata_lake."  # DuckLake's own tables, where the catalog i
 # Data files whose mapping_id (their columns' names -> the table's field ids) is no map of their own
 # table: reading the table fails ("Unknown name map id") or maps another table's columns. DuckLake
 # 1.4's own commit retry leaves them (fixed upstream in 1f1d1b97, not in 1.4): the store turns it
-# off, and benchmarks/catalog_stress.py shows it. Catalog rows only: cheap enough for every open.
+# off, and tests/faults/catalog_stress.py shows it. Catalog rows only: cheap enough for every open.
 DAMAGED_FILES = """
 SELECT f.data_file_id, f.table_id, f.mapping_id, f.begin_snapshot
 FROM {m}ducklake_data_file f

@@ -23,7 +23,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ..errors import UsageError
-from ..features import FLIPPED, boxes, cache_uri, load_features, stale_features, with_versions
+from ..features import FLIPPED, FeatureCache, boxes, with_versions
 from ..io import exists, join, read_bytes, write_bytes
 from ..models import checkpoint_bytes, load_checkpoint
 from . import head as viewpoint_head
@@ -162,15 +162,15 @@ def choose(conf) -> tuple[str, str]:
 # ---- the head --------------------------------------------------------------------------
 
 
-def layouts(cache_root: str, fingerprint: str, ids, cells: int, mirror: bool) -> tuple[list, list]:
+def layouts(features: FeatureCache, ids, cells: int, mirror: bool) -> tuple[list, list]:
     """Per image its layout (head.layout) and its mirrored twin's (None where the cache has
     no mirror or the image no foreground)."""
 
     def one(i):
-        own = viewpoint_head.layout(load_features(cache_uri(cache_root, fingerprint, i)), cells)
+        own = viewpoint_head.layout(features.load(i), cells)
         if not mirror or own is None:
             return own, None
-        return own, viewpoint_head.layout(load_features(cache_uri(cache_root, fingerprint, i + FLIPPED)), cells)
+        return own, viewpoint_head.layout(features.load(i + FLIPPED), cells)
 
     with ThreadPoolExecutor(8) as pool:
         pairs = list(pool.map(one, ids))
@@ -205,11 +205,9 @@ def head_estimates(run, df: pd.DataFrame, todo: pd.DataFrame, conf) -> tuple[pd.
         train = train.sample(conf.max_train, random_state=0)
     train = with_versions(train)  # the files' versions: which features to compute, and the head's cache key
     if train["image_id"].str.startswith(BUILTIN_PREFIX).any():  # their features may not be cached yet
-        run.compute_features(stale_features(train, run.cache_root, run.fingerprint, run.conf.features.flips))
+        run.compute_features(run.features.stale(train, run.conf.features.flips))
     head = trained_head(run, train, conf)
-    views, mirrors = layouts(
-        run.cache_root, run.fingerprint, todo["image_id"], conf.head.cells, run.conf.features.flips
-    )
+    views, mirrors = layouts(run.features, todo["image_id"], conf.head.cells, run.conf.features.flips)
     out = pd.DataFrame(np.nan, index=range(len(todo)), columns=[*ANGLES, "confidence", "spread"])
     have = [n for n, v in enumerate(views) if v is not None]
     if have:
@@ -234,13 +232,11 @@ def trained_head(run, train: pd.DataFrame, conf) -> viewpoint_head.ViewpointHead
         "head": OmegaConf.to_container(conf.head),
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    uri = join(run.cache_root, run.fingerprint, "viewpoint-heads", f"{digest}.pt")
+    uri = join(run.features.folder, "viewpoint-heads", f"{digest}.pt")
     if exists(uri):
         return load_checkpoint(viewpoint_head.ViewpointHead, read_bytes(uri))
     t0 = time.perf_counter()
-    views, mirrors = layouts(
-        run.cache_root, run.fingerprint, train["image_id"], conf.head.cells, run.conf.features.flips
-    )
+    views, mirrors = layouts(run.features, train["image_id"], conf.head.cells, run.conf.features.flips)
     poses = train[ANGLES].to_numpy(np.float64)
     keep = [n for n, v in enumerate(views) if v is not None]
     x, y = [views[n] for n in keep], [poses[n] for n in keep]

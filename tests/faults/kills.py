@@ -1,5 +1,6 @@
-"""`python -m benchmarks.kills [kills=N] [catalog=sqlite|postgres|both] [seed=S]`: SIGKILL
-label runs at random instants, N times per catalog, and check the store's promises each time.
+"""`python -m tests.faults.kills [kills=N] [catalog=sqlite|postgres|both] [seed=S]`, from the
+repository's root: SIGKILL label runs at random instants, N times per catalog, and check the
+store's promises each time (tests/test_kills.py runs a few kills at known instants).
 
 A trial starts `python -m labelgen.run` on the tiny demo (2 photos x 4 views) with the
 run_id of its episode, waits for the stage it aims at (the console and the store's files
@@ -60,9 +61,9 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from .tiny import build_tiny_demo, labels_of, tiny_demo_args
+from tests.support.tiny import build_tiny_demo, labels_of, tiny_demo_args
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))  # where `tests` imports
 TOKEN = "LABELGEN_KILLS_TOKEN"  # in the environment of every process a trial starts, with the trial's value
 # one tuple per chain task and per vote partition, one image per feature batch: files appear one at a time through every
 # stage, with instants between them to kill at; new_only=false: every run in the shared store labels everything again
@@ -801,7 +802,7 @@ def episode(
 
 
 def dying_driver():
-    """`python -c 'from benchmarks.kills import dying_driver; dying_driver()' POINT [labelgen.run args]`:
+    """`python -c 'from tests.faults.kills import dying_driver; dying_driver()' POINT [labelgen.run args]`:
     the pipeline, SIGKILLed by itself at POINT (it prints `dying at POINT: ...` first):
 
     commit:<k>            before the k-th statement of the commit's writer connection
@@ -897,7 +898,7 @@ def dying_driver():
     sys.exit(run.main(sys.argv[2:]))
 
 
-DRIVER = ["-c", "import sys; from benchmarks.kills import dying_driver; dying_driver()"]
+DRIVER = ["-c", "import sys; from tests.faults.kills import dying_driver; dying_driver()"]
 
 
 def died_at(output: str) -> str:

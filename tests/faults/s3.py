@@ -83,3 +83,9 @@ class FaultyS3Proxy:
     def close(self):
         self.server.shutdown()
         self.server.server_close()
+
+
+if __name__ == "__main__":
+    from tests.support import help_only
+
+    help_only(__spec__.name, __doc__)

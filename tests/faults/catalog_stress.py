@@ -1,5 +1,6 @@
-"""`python -m benchmarks.catalog_stress`: many short concurrent commits into label stores on a
-PostgreSQL catalog, with catalog conflicts provoked on purpose, each store checked whole after.
+"""`python -m tests.faults.catalog_stress`, from the repository's root: many short concurrent
+commits into label stores on a PostgreSQL catalog, with catalog conflicts provoked on purpose,
+each store checked whole after (tests/test_catalog_stress.py runs a few rounds).
 
 A trial (a round) is one fresh store: a new PostgreSQL database as its catalog and a new
 data folder, its tables created by one first write, then `writers` processes that each
@@ -27,7 +28,7 @@ file id and writes no map: `Unknown name map id N`). Only a commit that makes ne
 (the first files of a table, or of a new file schema) is exposed, so a trial is a fresh
 store. `reduced=true` runs the smallest script that shows it (plain duckdb, two connections).
 
-    python -m benchmarks.catalog_stress trials=200 writers=4 variant=both
+    python -m tests.faults.catalog_stress trials=200 writers=4 variant=both
 
 Measured here (2 shared cores, 3 writers x 1 run, the defaults otherwise): DuckLake's retry
 damaged 10 of 60 stores (the first in trial 3; every one `Unknown name map id` in
@@ -54,9 +55,9 @@ import time
 from collections import Counter
 
 from labelgen.cli import run_command
+from tests.support.tiny import begin_run, label_table
 
 from .postgres import PostgresServer, bindir
-from .tiny import begin_run, label_table
 
 VARIANTS = {"ducklake": ["ducklake"], "store": ["store"], "both": ["ducklake", "store"]}
 default_conf = {
@@ -215,7 +216,7 @@ def set_variant(variant: str):
         cat._stress_original = cat.statements
     statements = cat._stress_original
     if STORE_RETRY not in statements("/nonexistent", "postgres:dbname=x"):
-        raise RuntimeError(f"catalog.statements no longer has {STORE_RETRY!r}: update benchmarks/catalog_stress.py")
+        raise RuntimeError(f"catalog.statements no longer has {STORE_RETRY!r}: update tests/faults/catalog_stress.py")
 
     def with_ducklake_retry(*args, **kwargs):
         return [DUCKLAKE_RETRY if s == STORE_RETRY else s for s in statements(*args, **kwargs)]

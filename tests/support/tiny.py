@@ -1,4 +1,4 @@
-"""The tiny demo (2 photos x 4 views, 30 deg apart) that the tests and benchmarks.kills run
+"""The tiny demo (2 photos x 4 views, 30 deg apart) that the tests and tests.faults.kills run
 the pipeline on, and a run's labels in a canonical order, to compare two runs exactly; the
 smallest run the store takes (a started run, made-up labels), for the store's tests and
 its stress harness."""
@@ -76,8 +76,6 @@ def label_table(run_id: str, category: str, pairs: dict[tuple[str, str], int], *
 
 
 if __name__ == "__main__":
-    import sys
+    from tests.support import help_only
 
-    from benchmarks import library_main
-
-    sys.exit(library_main(__spec__.name, __doc__))
+    help_only(__spec__.name, __doc__)

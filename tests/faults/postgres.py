@@ -1,5 +1,5 @@
 """A throwaway PostgreSQL server for stores with a `catalog=postgres:...` catalog: the tests'
-`postgres` fixture, benchmarks.catalog_stress and benchmarks.kills all start this one.
+`postgres` fixture, tests.faults.catalog_stress and tests.faults.kills all start this one.
 
     with PostgresServer() as server:
         catalog = server("kills")  # a new database: "postgres:host=127.0.0.1 port=... user=labelgen dbname=kills"
@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 
 from cluster.local_up import free_ports
@@ -93,6 +92,6 @@ class PostgresServer:
 
 
 if __name__ == "__main__":
-    from benchmarks import library_main
+    from tests.support import help_only
 
-    sys.exit(library_main(__spec__.name, __doc__))
+    help_only(__spec__.name, __doc__)
