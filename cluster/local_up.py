@@ -33,7 +33,7 @@ import time
 import psutil
 import yaml
 
-from labelgen.cli import OPTIONS, old_flags, run_command
+from labelgen.cli import OPTIONS, run_command
 
 from .jobs import ROOT
 
@@ -319,8 +319,9 @@ def up(conf, overrides: list[str]) -> int:
 
 
 def main(argv=None) -> int:
-    argv = old_flags(list(sys.argv[1:] if argv is None else argv), default_conf)
-    ours = [a for a in argv if a in OPTIONS or a.split("=", 1)[0] in default_conf]  # the rest: labelgen.run's
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # the rest: labelgen.run's; a flag is refused here, before any cluster starts
+    ours = [a for a in argv if a in OPTIONS or a.startswith("-") or a.split("=", 1)[0] in default_conf]
     return run_command(
         default_conf,
         lambda conf: up(conf, [a for a in argv if a not in ours]),

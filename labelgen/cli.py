@@ -25,7 +25,6 @@ from .io import Fault
 USAGE_ERRORS = (UsageError, MissingInput)  # ConfigError, ManifestError, WeightsNotFound among them
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVERRIDE = re.compile(r"[A-Za-z_][\w.]*=")  # how a key=value argument starts; anything else is a word
-FLAG = re.compile(r"--([A-Za-z][\w-]*)(?:=(.*))?", re.DOTALL)
 OPTIONS = ("-h", "--help", "-v", "--verbose")
 
 
@@ -57,39 +56,6 @@ def expand(argv: list[str], aliases: dict[str, str]) -> list[str]:
     return out
 
 
-def old_flags(argv: list[str], defaults: dict) -> list[str]:
-    """The flags of the release before as keys, each with a warning: `--some-name V` (or
-    `--some-name=V`) is some_name=V, a boolean's `--name` name=true and `--no-name`
-    name=false, and a list's flag, given again, adds to the list. A flag that names no key,
-    or lacks its value, stays as it is (and is refused as not a key=value override)."""
-    out, lists, warned = [], {}, set()
-    args = iter(argv)
-    for arg in args:
-        flag = FLAG.fullmatch(arg) if arg not in OPTIONS else None
-        name = flag and flag.group(1).replace("-", "_")
-        negated = name and name.startswith("no_") and isinstance(defaults.get(name[3:]), bool)
-        if not flag or name not in defaults and not negated:
-            out.append(arg)
-            continue
-        key, value = (name[3:], "false") if negated else (name, flag.group(2))
-        if value is None:
-            value = "true" if isinstance(defaults[key], bool) else next(args, None)
-        if value is None:  # the last argument, without its value
-            out.append(arg)
-            continue
-        if (old := arg.split("=")[0]) not in warned:
-            shown = value if isinstance(defaults[key], bool) else "..."
-            print(
-                f"warning: {old} is deprecated, write {key}={shown}; flags go away in the next release", file=sys.stderr
-            )
-            warned.add(old)
-        if isinstance(defaults[key], list):
-            lists.setdefault(key, []).append("'" + value.replace("'", "''") + "'")  # YAML-quoted, as written
-        else:
-            out.append(f"{key}={value}")
-    return out + [f"{key}=[{','.join(values)}]" for key, values in lists.items()]
-
-
 def run_command(
     defaults: dict,
     body,
@@ -119,7 +85,7 @@ def run_command(
     argv = [a for a in argv if a not in ("-v", "--verbose")]
     console.setup(verbose)
     try:
-        argv = expand(old_flags(argv, defaults), aliases or {})
+        argv = expand(argv, aliases or {})
         given = [a for a in argv if words is None or OVERRIDE.match(a) or a.startswith("-")]
         conf = parse_overrides(defaults, given, presets(given) if presets else None)
         if verbose:

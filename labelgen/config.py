@@ -45,11 +45,6 @@ PATH_KEYS = frozenset(
 # Keys with these names (and those whose default is text) hold text: a value YAML would
 # read as a number or a boolean (run_id=20240101, labels.sphere=off) is kept as written.
 TEXT_KEYS = PATH_KEYS | {"run_id", "model_id", "catalog", "address", "version"}
-# Keys an earlier labelgen had, and what replaced them.
-RENAMED = {
-    "labels.min_confidence": "labels.keep: a share of each source image's labels kept by rank (e.g. labels.keep=0.14), "
-    "not a confidence; labels.keep=null keeps every label"
-}
 # Number keys that also take null, which turns their check off (labels.keep=null keeps every label).
 OPTIONAL_KEYS = frozenset({"keep", "max_gap_deg", "pair_radius"})
 # Keys whose default is null (none given) that take an integer (a snapshot id: at=3).
@@ -172,9 +167,6 @@ def _check_key(arg: str, key: str, leaves: dict, sections: set):
     """A key of the config, or the ConfigError saying which part is not."""
     if key in leaves or key in sections:
         return
-    old = next((k for k in RENAMED if key == k or key.endswith(f".{k}")), None)
-    if old:
-        raise ConfigError(f"{arg}: {old} is gone; it is now {RENAMED[old]}")
     parts, head = key.split("."), ""
     for n, part in enumerate(parts):
         head = f"{head}.{part}" if n else part

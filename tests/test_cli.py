@@ -10,7 +10,6 @@ import sys
 
 import pytest
 
-from labelgen.cli import old_flags
 from labelgen.config import PATH_KEYS, STORE_DEFAULTS, describe, parse_overrides
 from labelgen.console import Progress
 
@@ -94,56 +93,12 @@ def test_store_defaults_are_written_once_and_documented_where_they_are_spread():
     assert rows["catalog=null"].startswith("the store's catalog: none = the one it was made with")
 
 
-def test_old_flags_work_for_one_release_with_a_warning(capsys):
-    defaults = {**STORE_DEFAULTS, "at": None, "param": [], "detach": False, "sweeps": True, "older_than_days": 7.0}
-    argv = [
-        "report",
-        "--store",
-        "s",
-        "--at=3",
-        "--param",
-        "a=b",
-        "--param",
-        "c='d",
-        "--detach",
-        "--no-sweeps",
-        "--older-than-days",
-        "0",
-        "k=v",
-        "--nope",
-        "x",
-        "--at",
-    ]
-    assert old_flags(argv, defaults) == [
-        "report",
-        "store=s",
-        "at=3",
-        "detach=true",
-        "sweeps=false",
-        "older_than_days=0",
-        "k=v",
-        "--nope",
-        "x",
-        "--at",
-        "param=['a=b','c=''d']",
-    ]
-    err = capsys.readouterr().err.splitlines()
-    assert err[0] == "warning: --store is deprecated, write store=...; flags go away in the next release"
-    assert (
-        len(err) == 6 and "write detach=true;" in err[3] and "--no-sweeps is deprecated, write sweeps=false;" in err[4]
-    )
-    conf = parse_overrides(defaults, old_flags(["--param", "a=b", "--param", "c='d"], defaults))
-    assert list(conf.param) == ["a=b", "c='d"]
-
-
-def test_old_flags_of_the_tools_work_and_unknown_keys_exit_2(tmp_path, capsys):
+def test_flags_and_unknown_keys_of_the_tools_exit_2(tmp_path, capsys):
     from cluster import local_up
     from queries.__main__ import main as queries
 
-    assert queries(["runs", "--store", str(tmp_path / "none"), "--format", "json"]) == 2
-    err = capsys.readouterr().err
-    assert "warning: --store is deprecated, write store=...;" in err and "warning: --format is deprecated" in err
-    assert f"no label store at {tmp_path / 'none'}" in err
+    assert queries(["runs", "--store", str(tmp_path / "none"), "--format", "json"]) == 2  # flags: gone
+    assert "['--store', '--format'] are not key=value overrides" in capsys.readouterr().err
     assert queries(["runs", "stor=x"]) == 2
     err = capsys.readouterr().err
     assert "the config has no key stor; did you mean store?" in err and "known keys: store, catalog, at, format" in err
@@ -152,9 +107,9 @@ def test_old_flags_of_the_tools_work_and_unknown_keys_exit_2(tmp_path, capsys):
         assert queries(["runs", f"at={at}"]) == 2 and f"at={at}: at takes an integer" in capsys.readouterr().err
     assert queries([]) == 2 and "name a report" in capsys.readouterr().err
     assert queries(["list"]) == 0 and re.search(r"^labels_per_category +\S", capsys.readouterr().out, re.M)
-    assert local_up.main(["--down", str(tmp_path), "data.builtin=demo"]) == 2  # ours by name, the rest labelgen.run's
-    err = capsys.readouterr().err
-    assert "--down is deprecated, write down=...;" in err and f"{tmp_path} has no local_cluster.yaml" in err
+    assert local_up.main([f"down={tmp_path}", "data.builtin=demo"]) == 2  # ours by name, the rest labelgen.run's
+    assert f"{tmp_path} has no local_cluster.yaml" in capsys.readouterr().err
+    assert local_up.main(["--down", str(tmp_path)]) == 2 and "not key=value overrides" in capsys.readouterr().err
 
 
 def test_python_m_help_runs_as_a_user_types_it():

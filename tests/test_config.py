@@ -19,10 +19,6 @@ def test_optional_number_keys_take_null_and_others_refuse_it():
         parse_overrides(default_conf, ["labels.radius=null"])
     with pytest.raises(ConfigError, match="labels.keep takes a finite number"):
         parse_overrides(default_conf, ["labels.keep=lots"])
-    with pytest.raises(
-        ConfigError, match=r"labels.min_confidence is gone; it is now labels.keep: .*labels.keep=null keeps"
-    ):
-        parse_overrides(default_conf, ["labels.min_confidence=0"])
 
 
 def test_unknown_keys_and_malformed_arguments_are_clear_errors():

@@ -360,15 +360,11 @@ def test_a_missing_store_is_a_clear_error(command, tmp_path, capsys):
     assert capsys.readouterr().err.startswith(f"error: no label store at {tmp_path / 'none'}")
 
 
-def test_old_flags_still_work_with_a_warning_and_unknown_keys_are_refused(tmp_path, capsys):
+def test_flags_and_unknown_keys_are_refused(tmp_path, capsys):
     assert main(["maintain", "--store", str(tmp_path / "none"), "--older-than-days", "0"]) == 2
-    err = capsys.readouterr().err.splitlines()
-    assert err[:2] == [
-        "warning: --store is deprecated, write store=...; flags go away in the next release",
-        "warning: --older-than-days is deprecated, write older_than_days=...; flags go away in the next release",
-    ]
-    assert err[2].startswith(f"error: no label store at {tmp_path / 'none'}")
-    assert main(["check", f"--store={tmp_path / 'none'}"]) == 2
+    err = capsys.readouterr().err
+    assert "arguments ['--store', " in err and "'--older-than-days', '0'] are not key=value overrides" in err
+    assert main(["check", f"store={tmp_path / 'none'}"]) == 2
     assert "no label store at" in capsys.readouterr().err
     assert main(["attach", "older_than_days=1"]) == 2
     assert "no key older_than_days; known keys: store, catalog, at" in capsys.readouterr().err

@@ -30,13 +30,7 @@ store. `reduced=true` runs the smallest script that shows it (plain duckdb, two 
 
     python -m tests.faults.catalog_stress trials=200 writers=4 variant=both
 
-Measured here (2 shared cores, 3 writers x 1 run, the defaults otherwise): DuckLake's retry
-damaged 10 of 60 stores (the first in trial 3; every one `Unknown name map id` in
-label_history and label_pairs read with another table's map: wrong values, no error), and
-`python -m labelgen.store repair` restored all 10; the store's settings damaged none of 230
-(371 serialization failures, each redone whole). With a trainer beside them, 8 of 30
-conflicts were unique violations on the snapshot id that the store did not retry then (runs
-failed); counted as conflicts since (catalog.CONFLICT), all 46 of 20 trials were redone.
+What it measured is in the README (Reliability: many writers, one catalog).
 """
 
 import json
