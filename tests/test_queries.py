@@ -67,29 +67,29 @@ def cli(capsys, *args):
 
 def test_every_report_runs(store, capsys):
     for name in report_names():
-        code, out, err = cli(capsys, name, "--store", store, "--format", "json")
+        code, out, err = cli(capsys, name, f"store={store}", "format=json")
         assert code == 0, (name, err)
         json.loads(out)
 
 
 def test_precision_against_truth(store, capsys):
-    code, out, _ = cli(capsys, "precision", "--store", store, "--format", "json", "--param", "unused=1")
+    code, out, _ = cli(capsys, "precision", f"store={store}", "format=json", "param=[unused=1]")
     rows = {r["run_id"]: r for r in json.loads(out)}
     assert list(rows) == ["r2"] and rows["r2"]["labels"] == 2 and rows["r2"]["p_10"] == 1.0  # r2 relabelled r1's pair
     r1 = commit_of(store, capsys, "r1")
-    code, out, _ = cli(capsys, "precision", "--store", store, "--format", "json", "--at", str(r1))
+    code, out, _ = cli(capsys, "precision", f"store={store}", "format=json", f"at={r1}")
     rows = {r["run_id"]: r for r in json.loads(out)}
     # r1: two labels on the true shift, one 30 px off (side 100 px: 5 px and 10 px thresholds)
     assert rows["r1"]["labels"] == 3 and rows["r1"]["p_05"] == pytest.approx(0.667, abs=1e-3)
 
 
 def commit_of(store, capsys, run_id) -> int:
-    _, out, _ = cli(capsys, "runs", "--store", store, "--format", "json")
+    _, out, _ = cli(capsys, "runs", f"store={store}", "format=json")
     return next(r["snapshot"] for r in json.loads(out) if r["run_id"] == run_id)
 
 
 def test_compare_empty_images_and_stage_yield(store, capsys):
-    _, out, _ = cli(capsys, "compare", "--store", store, "--format", "json")
+    _, out, _ = cli(capsys, "compare", f"store={store}", "format=json")
     assert json.loads(out) == [
         {
             "run_a": "r1",
@@ -102,50 +102,51 @@ def test_compare_empty_images_and_stage_yield(store, capsys):
             "only_b": 0,
         }
     ]
-    _, out, _ = cli(capsys, "compare", "--store", store, "--format", "json", "--param", "a=r2", "--param", "b=r1")
+    _, out, _ = cli(capsys, "compare", f"store={store}", "format=json", "param=[a=r2,b=r1]")
     assert json.loads(out)[0]["only_b"] == 1
-    _, out, _ = cli(capsys, "empty_images", "--store", store, "--format", "json")
+    _, out, _ = cli(capsys, "empty_images", f"store={store}", "format=json")
     assert {(r["image_id"], r["likely_reason"]) for r in json.loads(out)} == {
         ("c", "no azimuth: takes part in no tuple")
     }
-    _, out, _ = cli(capsys, "stage_yield", "--store", store, "--format", "csv")
+    _, out, _ = cli(capsys, "stage_yield", f"store={store}", "format=csv")
     assert "r1,after_hop1,8,0.8,0.8" in out
 
 
 def test_plots_are_drawn(store, capsys, tmp_path):
     for name in ("labels_per_category", "pairs", "cycle_error"):
-        code, _, err = cli(capsys, name, "--store", store, "--plot", str(tmp_path / f"{name}.png"))
+        code, _, err = cli(capsys, name, f"store={store}", "plot=" + str(tmp_path / f"{name}.png"))
         assert code == 0, err
         assert Image.open(tmp_path / f"{name}.png").size[0] > 100
 
 
 def test_free_sql_is_read_only_and_errors_are_clear(store, capsys):
-    code, out, _ = cli(capsys, "sql", "SELECT count(*) AS n FROM labels", "--store", store, "--format", "csv")
+    code, out, _ = cli(capsys, "sql", "SELECT count(*) AS n FROM labels", f"store={store}", "format=csv")
     assert code == 0 and out.splitlines() == ["n", "2"]  # current labels: r2's of the pair both runs labelled
-    code, _, err = cli(capsys, "sql", "DELETE FROM label_history", "--store", store)
+    code, _, err = cli(capsys, "sql", "DELETE FROM label_history", f"store={store}")
     assert code == 2 and "read-only" in err
-    code, _, err = cli(capsys, "nope", "--store", store)
+    code, _, err = cli(capsys, "nope", f"store={store}")
     assert code == 2 and "no report 'nope'" in err
-    code, _, err = cli(capsys, "runs", "--store", store, "--plot", "x.png")
+    code, _, err = cli(capsys, "runs", f"store={store}", "plot=x.png")
     assert code == 2 and "has no chart" in err
 
 
 def test_snapshots_go_back_to_a_commit(store, capsys):
-    code, out, err = cli(capsys, "snapshots", "--store", store, "--format", "json")
+    code, out, err = cli(capsys, "snapshots", f"store={store}", "format=json")
     assert code == 0, err
     commits = {s["run_id"]: s["snapshot"] for s in json.loads(out) if s["run_id"]}
     assert list(commits) == ["r2", "r1"] and commits["r1"] < commits["r2"]
-    code, out, err = cli(capsys, "runs", "--store", store, "--format", "json")
+    code, out, err = cli(capsys, "runs", f"store={store}", "format=json")
     assert {r["run_id"]: r["snapshot"] for r in json.loads(out)} == commits  # each run records its commit
     sql = "SELECT string_agg(DISTINCT run_id) AS runs, count(*) AS n FROM labels"
-    assert cli(capsys, "sql", sql, "--store", store, "--at", str(commits["r1"]), "--format", "csv")[1].splitlines() == [
+    assert cli(capsys, "sql", sql, f"store={store}", f"at={commits['r1']}", "format=csv")[1].splitlines() == [
         "runs,n",
         "r1,3",
     ]
-    assert cli(capsys, "sql", sql, "--store", store, "--at", str(commits["r1"] - 1), "--format", "csv")[
-        1
-    ].splitlines() == ["runs,n", ",0"]
-    code, _, err = cli(capsys, "runs", "--store", store, "--at", "999")
+    assert cli(capsys, "sql", sql, f"store={store}", f"at={commits['r1'] - 1}", "format=csv")[1].splitlines() == [
+        "runs,n",
+        ",0",
+    ]
+    code, _, err = cli(capsys, "runs", f"store={store}", "at=999")
     assert code == 2 and "snapshot 999" in err
 
 
@@ -214,7 +215,7 @@ def test_the_pairs_plot_judges_by_part_truth(tmp_path, capsys):
     )
     store.write_category("r", "cat", pa.Table.from_pylist(rows, schema=LABEL_SCHEMA), images_table(images), {})
     store.commit("r", {"labels": 3}, [])
-    code, out, err = cli(capsys, "pairs", "--store", store.uri, "--format", "json", "--plot", str(tmp_path / "p.png"))
+    code, out, err = cli(capsys, "pairs", f"store={store.uri}", "format=json", "plot=" + str(tmp_path / "p.png"))
     assert code == 0, err
     labels = {(r["src_x"], r["src_y"]): r for r in json.loads(out)}
     assert [labels[s]["correct"] for s, _ in ends] == [True, False, False]
