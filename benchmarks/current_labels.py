@@ -76,12 +76,11 @@ def bench_current_labels(root: str, runs: int = 10, labels_per_run: int = 1_000_
         table = run_labels(run_id, pairs, rng)
         step = -(-table.num_rows // parts)
         for p in range(parts):
-            store.write_part(
-                run_id, "cat", p, table.slice(p * step, step), {"labels": min(step, table.num_rows - p * step)}
+            store.files(run_id).write_part(
+                "cat", p, table.slice(p * step, step), {"labels": min(step, table.num_rows - p * step)}
             )
         ids = np.unique(pairs).astype(str)
-        store.write_images(
-            run_id,
+        store.files(run_id).write_images(
             "cat",
             images_table(
                 pa.table({"image_id": ids, "category": ["cat"] * len(ids), "run_id": [run_id] * len(ids)}).to_pandas()

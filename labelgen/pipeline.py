@@ -29,7 +29,7 @@ from .features import FeatureCache, extract_features, with_versions
 from .io import Fault
 from .manifest import read_manifest
 from .sphere import default_conf as sphere_conf
-from .store import LabelStore, new_id, sum_counts
+from .store import LabelStore, RunFiles, new_id, sum_counts
 from .tasks import run_labels
 from .train_sphere import fit as fit_sphere
 from .train_sphere import mapper_inputs
@@ -103,6 +103,11 @@ class Run(Inputs):
     replaced: set[str] = field(default_factory=set)  # images whose file changed since their features were cached
     stages: Stages = field(default_factory=Stages)
     ray: str | None = None  # where Ray runs, once started
+
+    @property
+    def files(self) -> RunFiles:
+        """The run's own files: what its tasks write, and all they get of the store."""
+        return self.store.files(self.run_id)
 
     def start_ray(self) -> str:
         """Start or join Ray on first use: a run with nothing to compute never waits for it."""
@@ -357,9 +362,7 @@ def features_stage(run: Run) -> tuple[pd.DataFrame, list[dict], pd.DataFrame]:
     features are computed again, and it is labelled anew."""
     df, stages = run.df, run.stages
     todo = run.features.stale(with_versions(df), run.conf.features.flips)
-    run.replaced = run.store.replaced_images(
-        run.run_id, todo["image_id"][todo["cached"].notna()]
-    )  # before the cache changes
+    run.replaced = run.files.replaced_images(todo["image_id"][todo["cached"].notna()])  # before the cache changes
     run.labelled = run.labelled - run.replaced
     results, feat_s = run.compute_features(todo)
     stages.add("features", feat_s)
@@ -417,7 +420,7 @@ def execute(run: Run) -> dict:
     with stages("tuples"):
         tuples = make_tuples(good, run.conf.pairing, run.label_features, run.labelled)
     bad += tuples.left_out
-    done = run.store.staged_categories(run.run_id)
+    done = run.files.done_categories()
     if done:
         log.info(
             "resuming run %s: %d of %d categories already done",
@@ -434,7 +437,7 @@ def execute(run: Run) -> dict:
     stages.add("chains", wall["chains_s"])
     stages.add("vote", wall["vote_s"])
     if run.replaced:
-        run.store.write_retractions(run.run_id, run.replaced, run.started)
+        run.store.retract_replaced(run.run_id, run.replaced, run.started)
     counts = run_counts(run, tuples, bad, results, wall, sphere, views)
     with stages("commit"):
         run.store.commit(run.run_id, counts, bad)
@@ -458,10 +461,10 @@ def run_counts(
     run: Run, tuples: Tuples, bad: list, results: pd.DataFrame, wall: dict, sphere: dict | None, views
 ) -> dict:
     """The run record's counts: the stages' sums, features, tuples and coverage."""
-    totals = {"tuples": 0, "labels": 0, **sum_counts(run.store.category_stats(run.run_id).values())}
+    totals = {"tuples": 0, "labels": 0, **sum_counts(run.files.category_stats().values())}
     filter_s = totals.pop("sphere_filter_s", 0.0)
     computed, feat_s = len(results) - int((results["error"] != "").sum()), run.stages.seconds.get("features", 0.0)
-    sources = run.store.staged_sources(run.run_id) | (run.store.source_images() & set(run.df["image_id"]))
+    sources = run.files.sources() | (run.store.source_images() & set(run.df["image_id"]))
     counts = {
         **totals,
         "images": len(run.df),

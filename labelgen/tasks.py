@@ -32,8 +32,8 @@ from . import labels, pairing, vote
 from .console import Progress, quiet_ray_data
 from .node_copy import NodeCopy, remove_copies
 from .ray_utils import on_every_node
-from .store import IMAGE_SCHEMA, images_table, sum_counts
-from .store.schema import LABEL_SCHEMA
+from .store.files import sum_counts
+from .store.schema import IMAGE_SCHEMA, LABEL_SCHEMA, images_table
 from .tuples import CategoryTuples
 
 # a candidate row on its way to the vote: the label columns, its vote partition, its source's foreground patches
@@ -169,9 +169,8 @@ def label_dataset(
         batch_format="pyarrow",
         num_cpus=1,
         fn_kwargs={
-            "run_id": run.run_id,
+            "files": run.files,
             "conf": conf,
-            "store_uri": run.store.uri,
             "sphere": sphere and {"checkpoint": sphere["checkpoint"], "features": run.label_features},
             "copy_key": copy_key,
         },
@@ -258,4 +257,4 @@ def write_images(run, df: pd.DataFrame, category: str, tally, parts: int):
     sizes = pd.DataFrame.from_dict(seen, orient="index", columns=["width", "height", "n_fg"])
     rows = df[df["category"] == category]
     images = rows[[c for c in IMAGE_COLUMNS if c in rows.columns]].join(sizes, on="image_id").assign(run_id=run.run_id)
-    run.store.write_images(run.run_id, category, images_table(images), stats, parts)
+    run.files.write_images(category, images_table(images), stats, parts)

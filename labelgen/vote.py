@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .store import LabelStore
+from .store.files import RunFiles
 from .store.schema import LABEL_SCHEMA
 
 
@@ -131,7 +131,7 @@ def confidence_filter(table: pa.Table, conf, n_fg: dict[str, int], pairs: pa.Tab
     return table.filter(pa.array(rank < allowed[group]))
 
 
-def vote_group(group: pa.Table, run_id, conf, store_uri, sphere, copy_key) -> pa.Table:
+def vote_group(group: pa.Table, files: RunFiles, conf, sphere, copy_key) -> pa.Table:
     """Reduce one vote partition of a category (`group`: its candidates, with their source's
     foreground patches): vote, keep the labels whose pair agrees and the most confident of
     them, filter on the sphere if asked; write them with the counts and the pairs examined.
@@ -151,7 +151,7 @@ def vote_group(group: pa.Table, run_id, conf, store_uri, sphere, copy_key) -> pa
         table, stats["feature_reads"] = sphere_check(table, sphere, conf.sphere_deg, copy_key)
         stats["sphere_filter_s"] = time.perf_counter() - t0
     stats["labels"] = table.num_rows
-    LabelStore(store_uri).write_part(run_id, category, part, table, stats, examined)
+    files.write_part(category, part, table, stats, examined)
     return pa.table({"category": [category], "part": pa.array([part], pa.int32()), "stats": [json.dumps(stats)]})
 
 

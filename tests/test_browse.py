@@ -66,7 +66,7 @@ def store(tmp_path_factory):
         for category, rows in categories.items():
             table = pa.Table.from_pylist(rows, schema=LABEL_SCHEMA)
             seen = images[images.category == category].assign(run_id=run_id)
-            store.write_category(run_id, category, table, images_table(seen), {})
+            store.files(run_id).write_category(category, table, images_table(seen), {})
         store.commit(run_id, {"seeds": 20, "after_hop1": 15, "candidates": 12, "labels": 9}, [])
     return str(root / "store")
 

@@ -76,7 +76,7 @@ def commit_run(store: LabelStore, run_id: str, pairs: dict, images: pd.DataFrame
                 )  # fmt: skip
         labels = pa.Table.from_pylist(rows, schema=LABEL_SCHEMA)
         frame = images[images["category"] == category].assign(run_id=run_id)
-        store.write_category(run_id, category, labels, images_table(frame), {})
+        store.files(run_id).write_category(category, labels, images_table(frame), {})
     store.commit(run_id, {"labels": sum(pairs.values())}, [])
     return store.current_snapshot()
 

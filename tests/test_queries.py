@@ -54,7 +54,9 @@ def store(tmp_path_factory):
                 "homography": [np.eye(3).flatten().tolist(), SHIFT.tolist(), None],
             }
         )
-        store.write_category(run_id, "cat", pa.Table.from_pylist(rows, schema=LABEL_SCHEMA), images_table(images), {})
+        store.files(run_id).write_category(
+            "cat", pa.Table.from_pylist(rows, schema=LABEL_SCHEMA), images_table(images), {}
+        )
         store.commit(run_id, {"seeds": 10, "after_hop1": 8, "candidates": 5, "labels": len(rows)}, [])
     return str(root / "store")
 
@@ -213,7 +215,7 @@ def test_the_pairs_plot_judges_by_part_truth(tmp_path, capsys):
             "truth_uri": [str(tmp_path / "a.npz"), str(tmp_path / "b.npz")],
         }
     )
-    store.write_category("r", "cat", pa.Table.from_pylist(rows, schema=LABEL_SCHEMA), images_table(images), {})
+    store.files("r").write_category("cat", pa.Table.from_pylist(rows, schema=LABEL_SCHEMA), images_table(images), {})
     store.commit("r", {"labels": 3}, [])
     code, out, err = cli(capsys, "pairs", f"store={store.uri}", "format=json", "plot=" + str(tmp_path / "p.png"))
     assert code == 0, err

@@ -105,7 +105,7 @@ def test_a_killed_run_shows_nothing_and_its_resume_equals_an_undisturbed_run(tmp
         assert proc.poll() is None and time.time() < deadline, "the run ended before it staged anything"
         time.sleep(0.05)
     kill_tree(proc)
-    staged = LabelStore(store).staged_categories("victim")
+    staged = LabelStore(store).files("victim").done_categories()
     assert 1 <= len(staged) < 8, staged
     con = LabelStore(store).connect()
     assert con.execute("SELECT status FROM runs WHERE run_id = 'victim'").fetchone() == ("incomplete",)

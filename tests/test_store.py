@@ -55,12 +55,12 @@ def count(store, sql):
 
 def test_a_category_in_vote_partitions_is_done_when_every_partition_is(store):
     begin_run(store, "r1")
-    store.write_images("r1", "cat", images("r1"), {"tuples": 2, "seeds": 40}, parts=2)
-    store.write_part("r1", "cat", 0, labels("r1", 3), {"voted": 4, "labels": 3})
-    assert store.staged_categories("r1") == set()  # partition 1 is missing: a resume redoes the category
-    store.write_part("r1", "cat", 1, labels("r1", 2), {"voted": 2, "labels": 2})
-    assert store.staged_categories("r1") == {"cat"}
-    assert store.category_stats("r1") == {"cat": {"tuples": 2, "seeds": 40, "voted": 6, "labels": 5}}
+    store.files("r1").write_images("cat", images("r1"), {"tuples": 2, "seeds": 40}, parts=2)
+    store.files("r1").write_part("cat", 0, labels("r1", 3), {"voted": 4, "labels": 3})
+    assert store.files("r1").done_categories() == set()  # partition 1 is missing: a resume redoes the category
+    store.files("r1").write_part("cat", 1, labels("r1", 2), {"voted": 2, "labels": 2})
+    assert store.files("r1").done_categories() == {"cat"}
+    assert store.files("r1").category_stats() == {"cat": {"tuples": 2, "seeds": 40, "voted": 6, "labels": 5}}
     store.commit("r1", {"labels": 5}, [])
     assert count(store, "SELECT count(*) FROM labels") == [(5,)]
     assert json.loads(count(store, "SELECT counts FROM run_stats")[0][0]) == {
@@ -75,11 +75,13 @@ def test_a_run_is_invisible_until_its_commit_record_lands(store):
     begin_run(store, "r1")
     assert count(store, "SELECT count(*) FROM labels") == [(0,)]
     assert count(store, "SELECT run_id, status FROM runs") == [("r1", "incomplete")]
-    store.write_category("r1", "cat", labels("r1", 5), images("r1"), {"labels": 5, "tuples": 2})
-    store.write_category("r1", "cat", labels("r1", 5), images("r1"), {"labels": 5, "tuples": 2})  # a retry overwrites
-    store.write_category("r1", "dog", labels("r1", 3, "dog"), images("r1", "dog"), {"labels": 3, "tuples": 1})
-    assert store.staged_categories("r1") == {"cat", "dog"}
-    assert store.category_stats("r1") == {"cat": {"labels": 5, "tuples": 2}, "dog": {"labels": 3, "tuples": 1}}
+    store.files("r1").write_category("cat", labels("r1", 5), images("r1"), {"labels": 5, "tuples": 2})
+    store.files("r1").write_category(
+        "cat", labels("r1", 5), images("r1"), {"labels": 5, "tuples": 2}
+    )  # a retry overwrites
+    store.files("r1").write_category("dog", labels("r1", 3, "dog"), images("r1", "dog"), {"labels": 3, "tuples": 1})
+    assert store.files("r1").done_categories() == {"cat", "dog"}
+    assert store.files("r1").category_stats() == {"cat": {"labels": 5, "tuples": 2}, "dog": {"labels": 3, "tuples": 1}}
     assert count(store, "SELECT count(*) FROM labels") == [(0,)]
     assert count(store, "SELECT count(*) FROM images") == [(0,)]
     store.commit("r1", {"labels": 8}, [{"image_id": "z", "uri": "z.png", "stage": "features", "error": "truncated"}])
@@ -127,7 +129,7 @@ def test_resume_finds_the_first_record_and_failures_are_recorded(store):
 
 def test_the_catalog_is_read_only_and_sealed(store):
     begin_run(store, "r3")
-    store.write_category("r3", "cat", labels("r3", 2), images("r3"), {"labels": 2})
+    store.files("r3").write_category("cat", labels("r3", 2), images("r3"), {"labels": 2})
     store.commit("r3", {"labels": 2}, [])
     con = store.connect()
     # an extension of the same trusted wheels that this set-up has not loaded
@@ -187,7 +189,7 @@ for i in range(n):
                      tgt_x=1.0, tgt_y=2.0, hops=1, support=1) for j in range(size)]
         frame = pd.DataFrame({"run_id": run_id, "image_id": ["a", "b"], "category": category, "uri": "x.png"})
         table = pa.Table.from_pylist(rows, schema=LABEL_SCHEMA)
-        store.write_category(run_id, category, table, images_table(frame), {"labels": size})
+        store.files(run_id).write_category(category, table, images_table(frame), {"labels": size})
     store.commit(run_id, {"labels": 12}, [])
 """
 
@@ -249,7 +251,7 @@ def test_training_reads_the_runs_of_a_snapshot_from_files_the_driver_resolved(tm
                 "config": "features: {cache: null, flips: false}",
             }
         )
-        store.write_category(run_id, "cat", labels(run_id, n), images(run_id), {})
+        store.files(run_id).write_category("cat", labels(run_id, n), images(run_id), {})
         store.commit(run_id, {"labels": n}, [])
     first = count(store, "SELECT snapshot FROM runs WHERE run_id = 'r1'")[0][0]
     conf = OmegaConf.merge(default_conf, {"store": store.uri})
@@ -265,14 +267,14 @@ def test_training_reads_the_runs_of_a_snapshot_from_files_the_driver_resolved(tm
 
 def test_the_latest_run_that_examined_a_pair_holds_its_current_labels(store):
     begin_run(store, "r1")
-    store.write_category("r1", "cat", label_table("r1", "cat", {("a", "b"): 3, ("b", "a"): 2}), images("r1"), {})
+    store.files("r1").write_category("cat", label_table("r1", "cat", {("a", "b"): 3, ("b", "a"): 2}), images("r1"), {})
     store.commit("r1", {}, [])
     pinned = store.current_snapshot()
     begin_run(store, "r2")  # relabels a -> b, and examines b -> a but keeps none of its candidates
     examined = label_table("r2", "cat", {("a", "b"): 4, ("b", "a"): 1, ("a", "c"): 1})
     kept = label_table("r2", "cat", {("a", "b"): 4, ("a", "c"): 1})
-    store.write_images("r2", "cat", images("r2"), {}, parts=1)
-    store.write_part("r2", "cat", 0, kept, {}, examined)
+    store.files("r2").write_images("cat", images("r2"), {}, parts=1)
+    store.files("r2").write_part("cat", 0, kept, {}, examined)
     store.commit("r2", {}, [])
     assert count(
         store, "SELECT run_id, src_image_id, tgt_image_id, count(*) FROM labels GROUP BY ALL ORDER BY ALL"
@@ -311,7 +313,7 @@ def test_images_in_a_tuple_of_a_committed_run_count_as_labelled_for_its_features
     )
     frame = images("r1").to_pandas()
     frame.loc[1, "n_fg"] = None  # b took part in no tuple
-    store.write_category("r1", "cat", labels("r1", 2), images_table(frame), {})
+    store.files("r1").write_category("cat", labels("r1", 2), images_table(frame), {})
     later = "2999-01-01T00:00:00+00:00"
     assert store.labelled_images("fp", "L1", later) == set()  # not committed yet
     store.commit("r1", {}, [])
@@ -324,7 +326,7 @@ def test_images_in_a_tuple_of_a_committed_run_count_as_labelled_for_its_features
 def test_a_store_of_the_layout_before_current_labels_is_upgraded_on_its_first_write(tmp_path):
     store = LabelStore(str(tmp_path / "store"))
     begin_run(store, "r1")
-    store.write_category("r1", "cat", label_table("r1", "cat", {("a", "b"): 3, ("b", "a"): 2}), images("r1"), {})
+    store.files("r1").write_category("cat", label_table("r1", "cat", {("a", "b"): 3, ("b", "a"): 2}), images("r1"), {})
     store.commit("r1", {}, [])
     con = catalog.attach(store.uri)  # back to the previous layout: one labels table, no label_pairs, no label_hash
     for sql in (
@@ -366,13 +368,13 @@ def test_check_names_a_deleted_or_damaged_data_file_with_its_run_and_reports_say
 
     for run_id in ("r1", "r2"):
         begin_run(store, run_id)
-        store.write_category(run_id, "cat", labels(run_id, 5), images(run_id), {"labels": 5})
+        store.files(run_id).write_category("cat", labels(run_id, 5), images(run_id), {"labels": 5})
         store.commit(run_id, {"labels": 5}, [])
     args = ["check", f"store={store.uri}", *([f"catalog={store.catalog}"] if store.catalog else [])]
     assert main(args) == 0
     assert "whole (12 tables and views read, 6 data files checked)" in capsys.readouterr().out
 
-    deleted, damaged = store.part_uri("r1", "cat"), store.images_uri("r2", "cat")
+    deleted, damaged = store.files("r1").part_uri("cat"), store.files("r2").images_uri("cat")
     fs, path = filesystem(deleted)
     fs.delete_file(path)
     write_bytes(damaged, b"not parquet any more")
@@ -387,7 +389,7 @@ def test_check_names_a_deleted_or_damaged_data_file_with_its_run_and_reports_say
 def test_a_commit_waits_for_a_restarting_catalog_server_and_says_so_when_it_stays_away(postgres, tmp_path, monkeypatch):
     store = LabelStore(str(tmp_path / "store"), catalog=postgres("restarting"))
     begin_run(store, "r1")
-    store.write_category("r1", "cat", labels("r1", 5), images("r1"), {"labels": 5})
+    store.files("r1").write_category("cat", labels("r1", 5), images("r1"), {"labels": 5})
     postgres.stop()
     threading.Timer(3.0, postgres.start).start()  # a restart: down for a few seconds
     store.commit("r1", {"labels": 5}, [])
@@ -410,7 +412,7 @@ def test_a_catalog_whose_files_name_lost_column_maps_is_refused_on_open_and_repa
 
     for run_id in ("r1", "r2"):
         begin_run(store, run_id)
-        store.write_category(run_id, "cat", labels(run_id, 5), images(run_id), {"labels": 5})
+        store.files(run_id).write_category("cat", labels(run_id, 5), images(run_id), {"labels": 5})
         store.commit(run_id, {"labels": 5}, [])
     ((first,),) = count(store, "SELECT snapshot FROM runs WHERE run_id = 'r1'")
     con = catalog.attach(store.uri, store.catalog)  # a first file naming a lost map: what DuckLake 1.4's retry leaves
@@ -458,7 +460,7 @@ def test_the_latest_run_is_the_latest_committed_that_holds_current_labels_unless
     store = LabelStore(str(tmp_path / "store"))
     for run_id in ("r1", "r2", "r3"):
         begin_run(store, run_id)
-    store.write_category("r1", "cat", labels("r1", 2), images("r1"), {})
+    store.files("r1").write_category("cat", labels("r1", 2), images("r1"), {})
     store.commit("r1", {}, [])
     store.commit("r2", {}, [])  # a repeated run that labelled nothing: it holds no current labels; r3 never commits
     assert store.latest_run()["run_id"] == "r1" and store.latest_run()["config"] == "k: 1"
@@ -485,7 +487,7 @@ def committed_store(uri: str, catalog: str | None = None) -> LabelStore:
     store = LabelStore(uri, catalog)
     for run_id, n in (("r1", 3), ("r2", 2)):
         begin_run(store, run_id)
-        store.write_category(run_id, "cat", labels(run_id, n), images(run_id), {})
+        store.files(run_id).write_category("cat", labels(run_id, n), images(run_id), {})
         store.commit(run_id, {}, [])
     store.save_model({"model_id": "m1", "label_runs": ["r1"], "created": "2025-01-01T00:00:00.000+00:00"}, b"w1")
     return store
@@ -515,7 +517,7 @@ def test_a_copied_moved_or_synced_store_opens_labels_and_loads_its_models_at_its
     assert read_bytes(copy.model("m1")["checkpoint"]) == b"w1" and copy.model("m1")["checkpoint"].startswith(copy.uri)
     assert all(f.startswith(copy.uri) for f in copy.data_files("label_history", copy.current_snapshot()))
     begin_run(copy, "r3")  # the copy takes new runs; the original never sees them
-    copy.write_category("r3", "cat", labels("r3", 7), images("r3"), {})
+    copy.files("r3").write_category("cat", labels("r3", 7), images("r3"), {})
     copy.commit("r3", {}, [])
     assert facts(copy)[0] == [("r3", 7)]
     assert {p.relative_to(tmp_path / "a"): p.read_bytes() for p in (tmp_path / "a").rglob("*") if p.is_file()} == files

@@ -277,7 +277,7 @@ def test_migrate_copies_what_the_old_store_showed(tmp_path, capsys):
 def commit(store, run_id, sizes):
     begin_run(store, run_id)
     for c, n in sizes.items():
-        store.write_category(run_id, c, labels(run_id, n, c), images(run_id, c), {"labels": n})
+        store.files(run_id).write_category(c, labels(run_id, n, c), images(run_id, c), {"labels": n})
     store.commit(run_id, {"labels": sum(sizes.values())}, [])
     return store.current_snapshot()
 

@@ -181,7 +181,7 @@ def test_the_precision_report_judges_stored_labels_against_part_truth(scene, tmp
             "truth_uri": [str(tmp_path / f"{n}.npz") for n in views],
         }
     )
-    store.write_category("r", "chair", table, images_table(images), {})
+    store.files("r").write_category("chair", table, images_table(images), {})
     store.commit("r", {"labels": len(labels)}, [])
     assert main(["precision", f"store={store.uri}", "format=json"]) == 0
     report = {r["hops"]: r for r in json.loads(capsys.readouterr().out)}

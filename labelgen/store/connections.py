@@ -79,10 +79,14 @@ def _json(value) -> str:
 
 
 class Connections:
-    """LabelStore's connections to its catalog (the store's `uri` and `catalog`)."""
+    """Connections to the catalog `catalog` of the store at `uri`."""
+
+    def __init__(self, uri: str, catalog: str | None = None):
+        self.uri = uri
+        self.catalog = catalog or None
 
     @contextmanager
-    def _writer(self):
+    def writer(self):
         con = cat.attach(self.uri, self.catalog, create=True)
         try:
             create_tables(con, self)
@@ -103,16 +107,16 @@ class Connections:
 
         return cat.retrying(f"{what} {self}", attempt)
 
-    def _rows(self, sql: str, params=()) -> list[dict]:
+    def rows(self, sql: str, params=()) -> list[dict]:
         """Rows of a query on the latest snapshot; none when the store does not exist yet."""
         try:
             return self.session("read", lambda con: records(con.execute(sql, params)))
         except FileNotFoundError:
             return []
 
-    def _append(self, table: str, record: dict):
+    def append(self, table: str, record: dict):
         def insert():
-            with self._writer() as con:
+            with self.writer() as con:
                 insert_log(con, table, record)
 
         cat.retrying(f"append to {table} of {self}", insert)

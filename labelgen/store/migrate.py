@@ -92,7 +92,9 @@ def _copy_run(old: str, new: LabelStore, record: dict, commit: dict) -> int:
         label_table = _table([join(old, f) for f in labels.get(category, [])], LABEL_SCHEMA)
         image_table = _table([join(old, f) for f in images.get(category, [])], IMAGE_SCHEMA)
         stats_uri = join(old, "runs", run_id, "stats", f"category={category}.json")
-        new.write_category(run_id, category, label_table, image_table, _json(stats_uri) if exists(stats_uri) else {})
+        new.files(run_id).write_category(
+            category, label_table, image_table, _json(stats_uri) if exists(stats_uri) else {}
+        )
         n += len(label_table)
     bad_files = [join(old, f) for f in files if f.split("/")[2:] == ["bad_inputs.parquet"]]
     bad = [{k: v for k, v in b.items() if k != "run_id"} for b in _table(bad_files, BAD_INPUT_SCHEMA).to_pylist()]
@@ -119,7 +121,7 @@ def migrate(old_uri: str, new_uri: str, catalog: str | None = None, log=print) -
     runs = _old_runs(old)
     summary = {"runs": 0, "committed": 0, "failed": 0, "incomplete": 0, "labels": 0, "models": 0, "spheres": 0}
     log(f"migrating {old} -> {new.uri}: {len(runs)} runs")
-    with new._writer():  # the store exists (and refuses a second migration) even with nothing to copy
+    with new.writer():  # the store exists (and refuses a second migration) even with nothing to copy
         pass
     for k, (record, commit) in enumerate(runs, 1):
         status = "committed" if commit else "failed" if record.get("error") else "incomplete"
@@ -130,7 +132,7 @@ def migrate(old_uri: str, new_uri: str, catalog: str | None = None, log=print) -
             "label_features": record.get("label_features") or record.get("backbone_fingerprint"),
             "logged": now(),
         }
-        new._append("run_log", row)  # begin_run would stamp it with today's start and code version
+        new.append("run_log", row)  # begin_run would stamp it with today's start and code version
         n = _copy_run(old, new, record, commit) if commit else 0
         summary["runs"] += 1
         summary[status] += 1

@@ -7,8 +7,8 @@ import pyarrow as pa
 
 from ..io import write_bytes
 from . import catalog as cat
+from .files import RunFiles, table_bytes
 from .schema import DATA_TABLES, LABEL_SCHEMA, LOG_TABLES, VIEWS, pair_table
-from .staging import table_bytes
 
 log = logging.getLogger(__name__)
 SQL_TYPES = {pa.float64(): "DOUBLE", pa.string(): "VARCHAR"}  # of the columns a table may gain
@@ -86,7 +86,7 @@ def _upgrade(con, store, have: set[str]):
                     ("label_history", rows.cast(LABEL_SCHEMA)),
                     ("label_pairs", pairs.select(DATA_TABLES["label_pairs"].names).cast(DATA_TABLES["label_pairs"])),
                 ):
-                    uri = store._run(run_id, name, "upgrade.parquet")
+                    uri = RunFiles(store.uri, run_id).path(name, "upgrade.parquet")
                     write_bytes(uri, table_bytes(table))
                     con.execute(f"CALL ducklake_add_data_files('lake', '{name}', ?)", [uri])
             con.execute("DROP TABLE lake.labels")

@@ -281,7 +281,7 @@ def writer(task: dict) -> dict:
                 store.update_run(run_id, sphere_id=f"sphere-{task['name']}")  # as a run with a sphere does
                 sizes = expected_run(run_id, i)
                 for category, labels, images in run_tables(run_id, sizes):
-                    store.write_category(run_id, category, labels, images, {"labels": len(labels)})
+                    store.files(run_id).write_category(category, labels, images, {"labels": len(labels)})
                 step = "commit"
                 pause()
                 store.commit(
