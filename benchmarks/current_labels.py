@@ -13,11 +13,13 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
 from labelgen.cli import run_command
+from labelgen.config import Location
 from labelgen.console import Progress
 from labelgen.store import LABEL_SCHEMA, LabelStore, images_table
 
@@ -151,12 +153,16 @@ def render_current_labels(r: dict) -> str:
     )
 
 
-default_conf = {
-    "workdir": None,  # where the store is made (store-current/, replaced); default: a new temporary folder
-    "runs": 10,  # runs committed one after the other
-    "labels_per_run": 1_000_000,  # labels of each run
-    "parts": 8,  # files per run, as vote partitions write them
-}
+@dataclass
+class CurrentLabelsConf:
+    workdir: Location | None = None  # where the store is made (store-current/, replaced); default: a new temporary
+    # folder
+    runs: int = 10  # runs committed one after the other
+    labels_per_run: int = 1_000_000  # labels of each run
+    parts: int = 8  # files per run, as vote partitions write them
+
+
+default_conf = CurrentLabelsConf
 
 
 def bench(conf) -> int:

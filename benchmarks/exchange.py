@@ -18,11 +18,13 @@ far as each finishes within `timeout_s`.
 import json
 import os
 import sys
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from labelgen.cli import run_command
+from labelgen.config import Location
 
 from .growth import fresh, render, run_counts
 from .memory import peak_memory
@@ -32,14 +34,20 @@ CATEGORY = {"categories": ["chair"], "dev_instances": 1200, "val_instances": 800
 ARGS = ["backbone.image_size=32"]  # the smallest MobileNetV2 takes (a multiple of 32)
 STAGES = ("tuples", "chains", "vote", "commit")
 TARGETS = {"exponent": 1.1, "per_image": 1.3, "memory": 1.5, "reads": 10.0}
-default_conf = {
-    "sizes": [1000, 2000, 4000, 8000, 16000, 20000],  # views of the one category
-    "workdir": "data/bench/exchange",  # the rendered views, their features and a store per run
-    "timeout_s": 1800,  # per run; a run that outlasts it is reported as not finished
-    "old": None,  # a labelgen checkout to run side by side (its exchange), e.g. a git worktree
-    "old_sizes": [1000, 2000, 4000],  # the sizes to run it at
-    "out": None,  # a markdown file whose section this replaces (e.g. BENCHMARKS.md); none: print only
-}
+
+
+@dataclass
+class ExchangeConf:
+    sizes: list[int] = field(default_factory=lambda: [1000, 2000, 4000, 8000, 16000, 20000])  # views of the one
+    # category
+    workdir: Location = "data/bench/exchange"  # the rendered views, their features and a store per run
+    timeout_s: int = 1800  # per run; a run that outlasts it is reported as not finished
+    old: str | None = None  # a labelgen checkout to run side by side (its exchange), e.g. a git worktree
+    old_sizes: list[int] = field(default_factory=lambda: [1000, 2000, 4000])  # the sizes to run it at
+    out: Location | None = None  # a markdown file whose section this replaces (e.g. BENCHMARKS.md); none: print only
+
+
+default_conf = ExchangeConf
 
 
 def instances(manifest: str, views: int, root: str) -> str:

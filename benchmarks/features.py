@@ -18,7 +18,6 @@ import tempfile
 import time
 
 import numpy as np
-import timm
 import torch
 from safetensors.numpy import save as st_save
 from torch.utils.flop_counter import FlopCounterMode
@@ -63,6 +62,8 @@ def backbone_rate(model, size: int, batch: int, channels_last: bool = False) -> 
 def bench_backbones(offline, size: int, batch: int, peak: float) -> list[dict]:
     """The offline MobileNetV2 (as the actor runs it, and channels-last) and a DINOv2 ViT-S/14
     (random weights: the FLOPs and the speed are the pretrained model's) at 448 px."""
+    import timm  # here, not for --help
+
     vit = timm.create_model("vit_small_patch14_dinov2", pretrained=False, dynamic_img_size=True).eval()
     rows = []
     for name, model, side, cl in [

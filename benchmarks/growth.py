@@ -20,11 +20,13 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from labelgen.cli import run_command
+from labelgen.config import Location
 from labelgen.features import FLIPPED, FeatureCache
 from labelgen.store import LabelStore
 from labelgen.synthetic import build_collection
@@ -352,10 +354,13 @@ def growth_table(runs: list[dict]) -> str:
     return table(rows, {"seconds": ".0f", "of full": ".2f"})
 
 
-default_conf = {
-    "workdir": "data/bench",  # collections, feature caches and stores of the runs (under growth/)
-    "quick": False,  # sizes 1x and 4x, growth at 1x; else 1x, 4x, 16x and growth at 4x
-}
+@dataclass
+class GrowthConf:
+    workdir: Location = "data/bench"  # collections, feature caches and stores of the runs (under growth/)
+    quick: bool = False  # sizes 1x and 4x, growth at 1x; else 1x, 4x, 16x and growth at 4x
+
+
+default_conf = GrowthConf
 
 
 def bench(conf) -> int:

@@ -13,6 +13,7 @@ neighbour walks). Coverage: the share of images that anchor at least one tuple.
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
 
 from labelgen.cli import run_command
 
@@ -21,9 +22,14 @@ from .report import table
 SIZES = (1000, 4000, 16000, 50000)
 QUICK_SIZES = (1000, 4000)
 KINDS = ("full", "so3", "similarity")
-default_conf = {
-    "quick": False,  # sizes 1000 and 4000 only (QUICK_SIZES), instead of up to 50000
-}
+
+
+@dataclass
+class PairingBenchConf:
+    quick: bool = False  # sizes 1000 and 4000 only (QUICK_SIZES), instead of up to 50000
+
+
+default_conf = PairingBenchConf
 
 CHILD = """
 import json, resource, sys, time

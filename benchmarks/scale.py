@@ -13,7 +13,6 @@ import math
 import sys
 import time
 
-import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -34,12 +33,14 @@ FEATURE_BYTES = 60 * 60 * 768 * 2  # one full DINOv2-B grid in float16 (what the
 # The workload
 IMAGES = 1_000_000
 IMAGES_PER_CATEGORY = 1000
-TUPLES_PER_IMAGE = pairing.default_conf["tuples_per_image"]  # each image anchors as many, whatever its category's size
+TUPLES_PER_IMAGE = pairing.default_conf.tuples_per_image  # each image anchors as many, whatever its category's size
 GRID_CELLS = 60 * 60  # DINOv2-B at 840 px
 TUPLES_PER_TASK = 256  # labels.tuples_per_task
 
 
 def dinov2_b_flops() -> int:
+    import timm  # here, not for --help
+
     with torch.device("meta"):
         model = timm.create_model("vit_base_patch14_dinov2", pretrained=False, dynamic_img_size=True)
         x = torch.randn(1, 3, 840, 840)

@@ -9,15 +9,20 @@ only lists the nodes: handy to watch the autoscaler add and remove them.
 import json
 import os
 import sys
+from dataclasses import dataclass
 
 import ray
 
 from labelgen.cli import run_command
 
-default_conf = {
-    "address": os.environ.get("RAY_ADDRESS", "auto"),  # the cluster (RAY_ADDRESS)
-    "actors": 2,  # actors asking for one GPU each
-}
+
+@dataclass
+class GpuCheckConf:
+    address: str = os.environ.get("RAY_ADDRESS", "auto")  # the cluster (RAY_ADDRESS)
+    actors: int = 2  # actors asking for one GPU each
+
+
+default_conf = GpuCheckConf
 
 
 # Restarted elsewhere when its node goes away: an idle node the autoscaler is removing can

@@ -11,6 +11,7 @@ forwards).
 
 import os
 import sys
+from dataclasses import dataclass
 
 import yaml
 
@@ -27,11 +28,17 @@ ENTRYPOINTS = {
     "evaluate": "trainer.evaluate",
     "schedule": "trainer.schedule",
 }
-default_conf = {
-    "address": os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265",  # the dashboard of the cluster (RAY_ADDRESS)
-    "detach": False,  # submit and return; follow with `ray job logs -f`
-    "timeout_s": 7 * 24 * 3600.0,  # stop the job after this long
-}
+
+
+@dataclass
+class JobConf:
+    address: str = os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265"  # the dashboard of the cluster
+    # (RAY_ADDRESS)
+    detach: bool = False  # submit and return; follow with `ray job logs -f`
+    timeout_s: float = 7 * 24 * 3600.0  # stop the job after this long
+
+
+default_conf = JobConf
 
 
 def runtime_env(path: str = RUNTIME_ENV) -> dict:

@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, fields
 
 import psutil
 import yaml
@@ -37,10 +38,14 @@ from labelgen.cli import OPTIONS, run_command
 
 from .jobs import ROOT
 
-default_conf = {
-    "keep": False,  # leave the cluster up (then: down=DIR, as printed)
-    "down": None,  # take down a cluster left up by keep=true: its processes only
-}
+
+@dataclass
+class LocalUpConf:
+    keep: bool = False  # leave the cluster up (then: down=DIR, as printed)
+    down: str | None = None  # take down a cluster left up by keep=true: its processes only
+
+
+default_conf = LocalUpConf
 
 KEY = os.path.expanduser("~/.ssh/labelgen_local")
 PROFILE_MARK = "# labelgen: the virtualenv for ray up/down over ssh"
@@ -321,7 +326,8 @@ def up(conf, overrides: list[str]) -> int:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # the rest: labelgen.run's; a flag is refused here, before any cluster starts
-    ours = [a for a in argv if a in OPTIONS or a.startswith("-") or a.split("=", 1)[0] in default_conf]
+    keys = {f.name for f in fields(default_conf)}
+    ours = [a for a in argv if a in OPTIONS or a.startswith("-") or a.split("=", 1)[0] in keys]
     return run_command(
         default_conf,
         lambda conf: up(conf, [a for a in argv if a not in ours]),

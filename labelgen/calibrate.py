@@ -8,30 +8,34 @@ labels.keep=null, so that the fit sees the labels the quota would remove.
 """
 
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
-from sklearn.linear_model import LogisticRegression
 
 from . import evaluate
 from .cli import run_command
-from .config import STORE_DEFAULTS
+from .config import StoreConf
 from .errors import UsageError
 from .manifest import read_manifest
 from .metrics import at, within
 from .store import LabelStore
 from .vote import CONFIDENCE_INPUTS, signal_frame
 
-default_conf = {
-    **STORE_DEFAULTS,
-    "run_id": None,  # fit on this run's own labels; default: the current labels on the latest labelling run's features
-    "split": "dev",  # the split to fit on; val is refused (it is for reporting)
-    "max_pairs": 60,  # image pairs per category and hop distance
-    "seed": 0,  # which pairs are sampled
-    "target_yield": 0.2,  # the recommended labels.keep keeps at least this share of co-visible patches of pairs up to
-    # 90 deg
-}
+
+@dataclass
+class CalibrateConf(StoreConf):
+    run_id: str | None = None  # fit on this run's own labels; default: the current labels on the latest labelling
+    # run's features
+    split: str = "dev"  # the split to fit on; val is refused (it is for reporting)
+    max_pairs: int = 60  # image pairs per category and hop distance
+    seed: int = 0  # which pairs are sampled
+    target_yield: float = 0.2  # the recommended labels.keep keeps at least this share of co-visible patches of pairs
+    # up to 90 deg
+
+
+default_conf = CalibrateConf
 
 
 ALPHAS = (0.05, 0.10)  # the precision columns; the model is of being correct at the last
@@ -83,6 +87,8 @@ def calibrate(conf) -> int:
             f"warning: run {run_id} kept only its most confident labels (labels.keep={run_conf.labels.keep}); the fit "
             "sees none of the others (run with labels.keep=null)"
         )
+    from sklearn.linear_model import LogisticRegression  # here: 0.7 s of imports that --help paid
+
     model = LogisticRegression(max_iter=1000).fit(signal_frame(labels).to_numpy(), correct)
     weights = {"bias": float(model.intercept_[0]), **{k: float(w) for k, w in zip(CONFIDENCE_INPUTS, model.coef_[0])}}
     raw = rows[(rows.kind == "raw NN") & (rows.gap <= 90)]

@@ -1,10 +1,11 @@
 """Every `python -m` entry point: `[-h] [-v] [key=value ...]` over the module's defaults.
 
 `-h` prints the module's purpose and every key with its default and comment (read
-from the defaults themselves); `-v` brings Ray's own log lines back; a user's mistake
-(labelgen.errors: bad key, bad input, missing file) prints one line and exits 2; a fault
-of the machine (labelgen.io.Fault: a full disk, a catalog away) one line and exits 1; any
-other exception is a bug, said in one line with where it was raised (`-v`: its traceback).
+from the defaults themselves); `config=FILE.yaml` takes keys from a file, the arguments
+override them; `-v` brings Ray's own log lines back; a user's mistake (labelgen.errors:
+bad key, bad input, missing file) prints one line and exits 2; a fault of the machine
+(labelgen.io.Fault: a full disk, a catalog away) one line and exits 1; any other
+exception is a bug, said in one line with where it was raised (`-v`: its traceback).
 A tool with positional words (a report's name, a store command's folders) takes them
 beside its keys.
 """
@@ -34,14 +35,16 @@ def prog_name(body) -> str:
     return "python -m " + name.removesuffix(".__main__")
 
 
-def help_text(prog: str, doc: str, defaults: dict, tail: str = "", aliases: dict | None = None) -> str:
+def help_text(prog: str, doc: str, defaults: type, tail: str = "", aliases: dict | None = None) -> str:
     return (
         f"usage: {prog} [-h] [-v] [key=value ...]{tail}\n\n{doc}\n\n"
         "options:\n"
-        "  -h, --help     this text\n"
-        "  -v, --verbose  also Ray's own log lines, and the whole resolved config\n\n"
+        "  -h, --help        this text\n"
+        "  -v, --verbose     also Ray's own log lines, and the whole resolved config\n"
+        "  config=FILE.yaml  the keys of a YAML file (e.g. a run's: python -m labelgen.store config RUN > FILE.yaml);\n"
+        "                    key=value arguments override them\n\n"
         "keys (key=default, then what it means; relative paths are taken from the working directory):\n"
-        + (describe(defaults) if defaults else "  (none)")
+        + (describe(defaults) or "  (none)")
         + "".join(f"\n  {short}=...  is {key}=..." for short, key in (aliases or {}).items())
     )
 
@@ -57,7 +60,7 @@ def expand(argv: list[str], aliases: dict[str, str]) -> list[str]:
 
 
 def run_command(
-    defaults: dict,
+    defaults: type,
     body,
     argv=None,
     presets=None,
@@ -67,8 +70,8 @@ def run_command(
     announce: bool = True,
     aliases: dict[str, str] | None = None,
 ) -> int:
-    """Parse `argv` over `defaults` (and `presets(argv)`, if given), run `body(conf)` for its
-    exit code.
+    """Parse `argv` over the dataclass `defaults` (and `presets(argv)`, if given), run
+    `body(conf)` for its exit code.
 
     With `words` (their usage, e.g. "REPORT [SQL]"), the arguments that are not key=value
     go to `body(conf, words)`. `command` names a subcommand: its name joins the usage and

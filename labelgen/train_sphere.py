@@ -4,6 +4,7 @@ The label pipeline then filters with it: `python -m labelgen.run labels.sphere=l
 """
 
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -11,18 +12,22 @@ from omegaconf import OmegaConf
 
 from . import sphere
 from .cli import run_command
-from .config import STORE_DEFAULTS
+from .config import StoreConf
 from .errors import UsageError
 from .features import FeatureCache
 from .labels import Foreground
 from .models import checkpoint_bytes
+from .sphere import SphereConf
 from .store import LabelStore, new_id, now
 
-default_conf = {
-    **STORE_DEFAULTS,
-    "run_id": None,  # the label run whose features to learn from; default: the latest committed run
-    "sphere": sphere.default_conf,
-}
+
+@dataclass
+class TrainSphereConf(StoreConf):
+    run_id: str | None = None  # the label run whose features to learn from; default: the latest committed run
+    sphere: SphereConf = field(default_factory=SphereConf)
+
+
+default_conf = TrainSphereConf
 
 
 def mapper_inputs(features: FeatureCache, rows) -> list[dict]:

@@ -7,11 +7,12 @@ python -m queries browse [store=URI] [out=browse]   a page to look at the labels
 """
 
 import sys
+from dataclasses import dataclass, field
 
 import pandas as pd
 
 from labelgen.cli import run_command
-from labelgen.config import STORE_DEFAULTS, ConfigError
+from labelgen.config import ConfigError, StoreConf
 from labelgen.errors import UsageError
 
 from . import header, report_names, report_sql, run_sql
@@ -19,13 +20,17 @@ from .browse import browse_conf, write_page
 
 FORMATS = ("table", "csv", "json")
 
-default_conf = {
-    **STORE_DEFAULTS,
-    "at": None,  # read the store as it was at this snapshot (report `snapshots` lists them); default: the latest
-    "format": "table",  # how to print the result: table | csv | json
-    "plot": None,  # also draw the report into this PNG (reports with a chart)
-    "param": [],  # report parameters, NAME=VALUE each, e.g. param=[a=RUN1,b=RUN2]
-}
+
+@dataclass
+class ReportConf(StoreConf):
+    at: int | None = None  # read the store as it was at this snapshot (report `snapshots` lists them); default: the
+    # latest
+    format: str = "table"  # how to print the result: table | csv | json
+    plot: str | None = None  # also draw the report into this PNG (reports with a chart)
+    param: list[str] = field(default_factory=list)  # report parameters, NAME=VALUE each, e.g. param=[a=RUN1,b=RUN2]
+
+
+default_conf = ReportConf
 
 
 def report(conf, words: list[str]) -> int:

@@ -20,6 +20,7 @@ import os
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from importlib import resources
 
 import numpy as np
@@ -27,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
-from labelgen.config import STORE_DEFAULTS
+from labelgen.config import Location, StoreConf
 from labelgen.console import Progress
 from labelgen.errors import UsageError
 from labelgen.io import read_bytes
@@ -37,13 +38,16 @@ from . import functions, header, reading, report_sql, run_sql
 
 log = logging.getLogger(__name__)
 
-browse_conf = {
-    **STORE_DEFAULTS,
-    "at": None,  # the store as it was at this snapshot (report `snapshots` lists them); default: the latest
-    "out": "browse",  # the folder to write: index.html and data/; an earlier page there is replaced
-    "page_size": 50,  # pairs (and images) per page; a page's labels are one file, read when one of its pairs opens
-    "image_size": 400,  # the longer side of the image copies the page shows, pixels
-}
+
+@dataclass
+class BrowseConf(StoreConf):
+    at: int | None = None  # the store as it was at this snapshot (report `snapshots` lists them); default: the latest
+    out: Location = "browse"  # the folder to write: index.html and data/; an earlier page there is replaced
+    page_size: int = 50  # pairs (and images) per page; a page's labels are one file, read when one of its pairs opens
+    image_size: int = 400  # the longer side of the image copies the page shows, pixels
+
+
+browse_conf = BrowseConf
 CHARTS = ("precision", "stage_yield", "coverage")  # reports drawn beside the pairs
 BATCH = 65_536  # labels per batch read from the store
 

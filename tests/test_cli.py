@@ -1,6 +1,7 @@
 """The command lines: `--help` everywhere, generated from the defaults; relative paths made
 absolute once at the entry point; progress a person can read in a log file."""
 
+import dataclasses
 import importlib
 import io
 import os
@@ -10,7 +11,7 @@ import sys
 
 import pytest
 
-from labelgen.config import PATH_KEYS, STORE_DEFAULTS, describe, parse_overrides
+from labelgen.config import StoreConf, describe, is_location, kinds, parse_overrides
 from labelgen.console import Progress
 
 KEY_VALUE = {  # entry point -> its defaults
@@ -38,12 +39,16 @@ KEY_VALUE = {  # entry point -> its defaults
 READERS = ["labelgen.readers.folder", "labelgen.readers.pose3d", "labelgen.readers.spair"]
 
 
-def leaves(d, prefix=""):
-    for k, v in d.items():
-        if isinstance(v, dict):
-            yield from leaves(v, f"{prefix}{k}.")
-        else:
-            yield f"{prefix}{k}"
+@dataclasses.dataclass
+class Inner:
+    b: float = 2.5  # a number
+    c: int | None = None  # none given
+
+
+@dataclasses.dataclass
+class Outer:
+    a: Inner = dataclasses.field(default_factory=Inner)
+    d: list[int] = dataclasses.field(default_factory=lambda: [1, 2])  # a list
 
 
 @pytest.mark.parametrize("name", list(KEY_VALUE))
@@ -54,7 +59,7 @@ def test_help_lists_every_key_with_its_default_and_what_it_means(name, capsys):
     assert out.startswith(f"usage: python -m {name.removesuffix('.__main__')} [-h] [-v] [key=value ...]")
     lines = out.split("keys (", 1)[1].splitlines()[1:]
     defaults = getattr(module, KEY_VALUE[name])
-    for key in leaves(defaults):
+    for key in kinds(defaults):
         at = next(i for i, line in enumerate(lines) if line.strip().startswith(f"{key}="))
         row = lines[at].split(None, 1)
         meaning = row[1] if len(row) > 1 else lines[at + 1].strip()  # a long default puts it on the next line
@@ -62,11 +67,15 @@ def test_help_lists_every_key_with_its_default_and_what_it_means(name, capsys):
 
 
 def test_help_shows_the_values_the_code_runs_with():
-    text = describe({"a": {"b": 2.5, "c": None}, "d": [1, 2]})
-    assert re.findall(r"^\s+(\S+)", text, re.M) == ["a.b=2.5", "a.c=null", "d=[1,2]"]
-    from labelgen import features
+    text = describe(Outer)
+    assert [line.split(None, 1) for line in text.splitlines()] == [
+        ["a.b=2.5", "a number"],
+        ["a.c=null", "none given"],
+        ["d=[1,2]", "a list"],
+    ]
+    from labelgen.pipeline import default_conf
 
-    line = next(x for x in describe({"features": features.default_conf}).splitlines() if "features.flips=" in x)
+    line = next(x for x in describe(default_conf).splitlines() if "features.flips=" in x)
     assert line.split(None, 1) == [
         "features.flips=True",
         "also cache features of the mirrored image (flip augmentation, pose alignment)",
@@ -84,10 +93,10 @@ def test_readers_answer_help_with_their_words(name, capsys):
     assert module.__doc__.splitlines()[0] in out
 
 
-def test_store_defaults_are_written_once_and_documented_where_they_are_spread():
+def test_store_defaults_are_written_once_and_documented_where_they_are_inherited():
     from queries.__main__ import default_conf
 
-    assert {k: default_conf[k] for k in STORE_DEFAULTS} == STORE_DEFAULTS
+    assert issubclass(default_conf, StoreConf) and "store" not in vars(default_conf)["__annotations__"]
     rows = dict(line.split(None, 1) for line in describe(default_conf).splitlines())
     assert rows["store=labelstore"] == "a folder or s3://bucket/prefix"
     assert rows["catalog=null"].startswith("the store's catalog: none = the one it was made with")
@@ -154,14 +163,13 @@ def test_relative_locations_are_resolved_against_the_working_directory_once(tmp_
     )
 
 
-def test_every_location_key_of_the_entry_points_is_known_as_one():
-    """A new key that names a place must be added to PATH_KEYS, or Ray workers resolve it elsewhere."""
-    places = re.compile(r"(store|manifest|cache|weights|dir|path|root|storage|folder|file|output|spair)$")
+def test_every_location_key_of_the_entry_points_is_declared_one():
+    """A key that names a place must be declared a `Location` at its field, or Ray workers
+    resolve it elsewhere; nothing else is one."""
+    places = re.compile(r"(store|manifest|cache|weights|dir|path|root|storage|folder|file|output|spair)$|^out$")
     for name, attr in KEY_VALUE.items():
-        for key in leaves(getattr(importlib.import_module(name), attr)):
-            leaf = key.rsplit(".", 1)[-1]
-            if places.search(leaf):
-                assert leaf in PATH_KEYS, f"{name}: {key}"
+        for key, kind in kinds(getattr(importlib.import_module(name), attr)).items():
+            assert is_location(kind) == bool(places.search(key.rsplit(".", 1)[-1])), f"{name}: {key}"
 
 
 def test_progress_in_a_log_file_is_a_few_plain_lines(monkeypatch):
@@ -189,14 +197,14 @@ def test_a_mistake_is_one_line_and_exit_2_a_bug_says_where_in_one_line_and_v_sho
     def bug(conf):
         return int("not a number")  # a ValueError that is no one's input
 
-    assert run_command({"a": 1}, mistake, [], announce=False) == 2
+    assert run_command(Inner, mistake, [], announce=False) == 2
     assert capsys.readouterr().err == "error: store nowhere: no label store there; run labelgen.run first\n"
-    assert run_command({"a": 1}, bug, [], announce=False) == 1
+    assert run_command(Inner, bug, [], announce=False) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ValueError: invalid literal for int()")
     assert re.search(r"an unexpected error at tests/test_cli\.py:\d+; run again with -v for the traceback", err)
     with pytest.raises(ValueError, match="invalid literal"):
-        run_command({"a": 1}, bug, ["-v"], announce=False)
+        run_command(Inner, bug, ["-v"], announce=False)
 
 
 @pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")  # runpy, of modules imported before
@@ -226,7 +234,7 @@ def test_the_readme_key_table_holds_the_defaults_of_the_code():
 
     readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
     rows = re.findall(r"^\| (`[^|]+`) \| ([^|]+) \|", readme, re.M)
-    keys = set(leaves(OmegaConf.to_container(OmegaConf.create(default_conf))))
+    keys = set(kinds(default_conf))
     assert len(rows) > 20
     for cell, default in rows:
         names = re.findall(r"`([\w.*]+)`", cell)

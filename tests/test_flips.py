@@ -47,7 +47,7 @@ def test_worker_caches_the_mirrored_twin_and_pose_alignment_uses_it(tiny_demo, t
     assert torch.equal(a_flip.stored, b.stored) and torch.allclose(a_flip.feats.float(), b.feats.float(), atol=1e-2)
 
     bank = FeatureBank(cache)
-    conf = OmegaConf.create({**default_conf, "flip_align": True})
+    conf = OmegaConf.merge(default_conf, {"flip_align": True})
     matcher = Matcher(bank, None, conf)
     assert matcher.instance_distance("a" + FLIPPED, "b") < 1e-3 < matcher.instance_distance("a", "b")
     pts = np.array([[100.0, 120.0], [200.0, 150.0], [160.0, 100.0]], dtype=np.float32)

@@ -15,6 +15,7 @@ import re
 import tempfile
 import threading
 import time
+import typing
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,7 +29,7 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 from labelgen import run as run_mod
-from labelgen.config import ConfigError, absolute, parse_overrides
+from labelgen.config import ConfigError, absolute, is_location, kinds, parse_overrides
 from labelgen.io import resolve
 from labelgen.manifest import ManifestError, read_manifest, validate
 from labelgen.store import images_table
@@ -345,11 +346,16 @@ def flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-LEAVES = flat(run_mod.default_conf)
+LEAVES = kinds(run_mod.default_conf)  # key -> its declared type
 SECTIONS = sorted({k.rsplit(".", 1)[0] for k in LEAVES if "." in k})
-PATHS = {"store", "manifest", "cache", "weights", "sd_weights", "sam_weights", "storage", "spair", "output", "root"}
-TEXT = PATHS | {"run_id", "model_id", "catalog", "address"}
-OPTIONAL = {"keep", "max_gap_deg", "pair_radius"}  # numbers that take null too
+
+
+def optional(kind) -> tuple[object, bool]:
+    """`X | None` as (X, True), any other type as (it, False)."""
+    args = typing.get_args(kind)
+    return (next(a for a in args if a is not type(None)), True) if type(None) in args else (kind, False)
+
+
 NULLS = {"null", "Null", "NULL", "~"}
 BOOLS = {
     "yes",
@@ -382,54 +388,49 @@ class Arg:
     good: bool = True
 
 
-def value_for(key: str, default):
-    """A good `key=value` for the key: (text, the value it gives)."""
-    name = key.rsplit(".", 1)[-1]
-    if isinstance(default, bool):
-        return st.sampled_from([("true", True), ("false", False), ("True", True), ("off", False)])
-    if isinstance(default, int):
-        return st.integers(-(10**9), 10**9).map(lambda v: (str(v), v))
-    if isinstance(default, float):
-        numbers = st.floats(-1e6, 1e6).map(lambda v: (repr(v), v)) | st.integers(-99, 99).map(lambda v: (str(v), v))
-        return numbers | st.just(("null", None)) if name in OPTIONAL else numbers
-    if isinstance(default, list):
-        if all(isinstance(v, str) for v in default):
-            return st.lists(plain.filter(lambda t: t not in BOOLS), max_size=3).map(
-                lambda vs: ("[" + ",".join(vs) + "]", vs)
-            )
-        kind = int if all(type(v) is int for v in default) else float
-        return st.lists(st.integers(-90, 90).map(kind), max_size=3).map(
+def value_for(kind) -> st.SearchStrategy:
+    """A good `key=value` for a key of type `kind`: (text, the value it gives)."""
+    inner, nullable = optional(kind)
+    if inner is bool:
+        values = st.sampled_from([("true", True), ("false", False), ("True", True), ("off", False)])
+    elif inner is int:
+        values = st.integers(-(10**9), 10**9).map(lambda v: (str(v), v))
+    elif inner is float:
+        values = st.floats(-1e6, 1e6).map(lambda v: (repr(v), v)) | st.integers(-99, 99).map(lambda v: (str(v), v))
+    elif typing.get_origin(inner) is list and typing.get_args(inner) == (str,):
+        values = st.lists(plain.filter(lambda t: t not in BOOLS), max_size=3).map(
+            lambda vs: ("[" + ",".join(vs) + "]", vs)
+        )
+    elif typing.get_origin(inner) is list:
+        values = st.lists(st.integers(-90, 90).map(typing.get_args(inner)[0]), max_size=3).map(
             lambda vs: ("[" + ",".join(map(str, vs)) + "]", vs)
         )
-    if isinstance(default, str) or name in TEXT:
+    else:
         texts = plain | st.integers(0, 10**6).map(str) | st.sampled_from(["off", "yes", "1e5", "007"])
-        return texts.map(lambda t: (t, absolute(t) if name in PATHS else t))
-    return st.integers(0, 64).map(lambda v: (str(v), v)) | st.just(("null", None))  # default None: anything
+        values = texts.map(lambda t: (t, absolute(t) if is_location(inner) else t))
+    return values | st.just(("null", None)) if nullable else values
 
 
 @st.composite
 def good_args(draw) -> Arg:
     key = draw(st.sampled_from(sorted(LEAVES)))
-    text, value = draw(value_for(key, LEAVES[key]))
+    text, value = draw(value_for(LEAVES[key]))
     return Arg(f"{key}={text}", key, value)
 
 
-def bad_value(key: str, default) -> st.SearchStrategy:
-    if isinstance(default, bool):
-        return st.sampled_from(["maybe", "1", "[true]", ""])
-    if isinstance(default, int):
-        return st.sampled_from(["abc", "1.5", "[1]", "true", "", "{a: 1}", "99999999999999999999", "${data.builtin}"])
-    if isinstance(default, float):
-        return st.sampled_from(["abc", ".inf", ".nan", "[1.0]", "true", "", "1e999"])
-    if isinstance(default, list):
-        return st.sampled_from(
-            ["5", "abc", "{a: 1}"] + (["[1, 2]"] if default and isinstance(default[0], str) else ["[a]"])
-        )
-    if key.rsplit(".", 1)[-1] in PATHS and default is not None:
-        return st.sampled_from(["", "null", "[a, b]"])
-    if isinstance(default, str) or key.rsplit(".", 1)[-1] in TEXT:
-        return st.sampled_from(["[a, b]", "{a: 1}"])
-    return st.nothing()
+def bad_value(kind) -> st.SearchStrategy:
+    inner, nullable = optional(kind)
+    empty = [] if nullable else [""]  # nothing: null
+    if inner is bool:
+        return st.sampled_from(["maybe", "1", "[true]", *empty])
+    if inner is int:
+        too_big = "99999999999999999999"
+        return st.sampled_from(["abc", "1.5", "[1]", "true", "{a: 1}", too_big, "${data.builtin}", *empty])
+    if inner is float:
+        return st.sampled_from(["abc", ".inf", ".nan", "[1.0]", "true", "1e999", *empty])
+    if typing.get_origin(inner) is list:
+        return st.sampled_from(["5", "abc", "{a: 1}"] + (["[1, 2]"] if typing.get_args(inner) == (str,) else ["[a]"]))
+    return st.sampled_from(["[a, b]", "{a: 1}", *empty, *(["null"] if empty else [])])
 
 
 @st.composite
@@ -452,8 +453,8 @@ def bad_args(draw) -> Arg:
     if how == "section":
         section = draw(st.sampled_from(SECTIONS))
         return Arg(f"{section}={draw(st.sampled_from(['3', '[]', 'null', 'abc']))}", section, good=False)
-    if how == "type" and not bad_value(key, LEAVES[key]).is_empty:
-        return Arg(f"{key}={draw(bad_value(key, LEAVES[key]))}", key, good=False)
+    if how == "type":
+        return Arg(f"{key}={draw(bad_value(LEAVES[key]))}", key, good=False)
     if how == "yaml":
         return Arg(
             f"{key}={draw(st.sampled_from(['[', '{', chr(39) + 'a', '!!python/object:os.system', '*a', '%x']))}",

@@ -45,7 +45,7 @@ def test_a_rolled_demo_gives_full_pose_and_its_homographies_hold(tmp_path):
     from labelgen.pairing import default_conf as pairing_conf
     from labelgen.pairing import pose_mode
 
-    assert not set(UNSEEN) & set(default_conf["photos"])  # measured on, never tuned on
+    assert not set(UNSEEN) & set(default_conf().photos)  # measured on, never tuned on
     manifest = build_demo(
         {
             "root": str(tmp_path),

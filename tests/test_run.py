@@ -70,6 +70,11 @@ def test_pipeline_writes_queryable_labels_and_reuses_the_feature_cache(tiny_demo
     con.close()
     assert len(list((store / "runs" / "again" / "labels").glob("category=*/part-*.parquet"))) == 4
     assert not glob.glob(os.path.join(COPIES, "again-*"))  # the chains' copies of features go with the run
+    # the run's config written out and given back: the same config hash, so the run is found done
+    saved = run(["labelgen.store", "config", "again", f"store={store}"])
+    (tmp_path / "again.yaml").write_text(saved.stdout)
+    replay = run(["labelgen.run", f"config={tmp_path / 'again.yaml'}"])
+    assert replay.returncode == 0 and "run again is already committed" in replay.stdout, replay.stderr[-3000:]
 
     report = run(["labelgen.evaluate", f"store={store}", "run_id=again", f"output={tmp_path / 'eval.json'}"])
     assert report.returncode == 0, report.stderr[-3000:]

@@ -124,7 +124,7 @@ def test_missing_sd_weights_say_where_to_put_them(tmp_path, monkeypatch):
     with pytest.raises(WeightsNotFound, match=r"hf download stable-diffusion-v1-5/stable-diffusion-v1-5.*sd_weights="):
         StableDiffusion()
     with pytest.raises(WeightsNotFound, match="not found at /nowhere"):
-        build_backbone(OmegaConf.create({**default_conf, "name": "sd15", "sd_weights": "/nowhere"}))
+        build_backbone(OmegaConf.merge(default_conf, {"name": "sd15", "sd_weights": "/nowhere"}))
 
 
 def test_the_run_config_selects_fused_features_end_to_end_through_the_cache(

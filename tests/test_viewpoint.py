@@ -52,7 +52,7 @@ def test_a_head_trained_on_known_poses_reads_held_out_ones():
     train = rng.uniform(-180, 180, 300)
     poses = np.stack([train, rng.uniform(0, 40, 300), rng.uniform(-10, 10, 300)], 1)
     views = synthetic_views(train, rng)
-    conf = OmegaConf.create({**H.default_conf, "steps": 300, "dropout": 0.0})
+    conf = OmegaConf.merge(H.default_conf, {"steps": 300, "dropout": 0.0})
     head = H.train_head(list(views), poses, conf)
     test = np.array([-170.0, -95.0, -20.0, 0.0, 44.0, 133.0, 178.0])
     pred = H.predict(head, synthetic_views(test, rng), synthetic_views(-test, rng))

@@ -17,20 +17,23 @@ import torch
 from omegaconf import OmegaConf
 
 from labelgen.backbones import feature_groups
-from labelgen.config import STORE_DEFAULTS
+from labelgen.config import StoreConf
 from labelgen.errors import UsageError
 from labelgen.features import FLIPPED, FeatureCache, ImageFeatures
 from labelgen.io import filesystem
 from labelgen.store import IMAGE_SCHEMA, LABEL_SCHEMA, PAIR_SCHEMA, LabelStore, current_labels_sql, current_pairs_sql
 
-default_conf = {
-    **STORE_DEFAULTS,
-    "snapshot": None,  # the store snapshot to read (python -m queries snapshots); default: the latest
-    "runs": None,  # label runs to learn from (their current labels: per image pair, the latest run's); default: every
-    # committed run with the latest run's backbone
-    "val_split": "val",  # images of this split are held out
-    "max_labels": 50,  # labels per pair and step
-}
+
+@dataclass
+class DataConf(StoreConf):
+    snapshot: int | None = None  # the store snapshot to read (python -m queries snapshots); default: the latest
+    runs: list[str] | None = None  # label runs to learn from (their current labels: per image pair, the latest run's);
+    # default: every committed run with the latest run's backbone
+    val_split: str = "val"  # images of this split are held out
+    max_labels: int = 50  # labels per pair and step
+
+
+default_conf = DataConf
 
 
 @dataclass

@@ -14,6 +14,7 @@ bounding box for keypoints) of the reference position.
 """
 
 import posixpath
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -22,7 +23,7 @@ from omegaconf import OmegaConf
 
 from labelgen.chain import match_pair
 from labelgen.cli import run_command
-from labelgen.config import STORE_DEFAULTS
+from labelgen.config import Location, StoreConf
 from labelgen.errors import UsageError
 from labelgen.features import FLIPPED
 from labelgen.geometry import transfer
@@ -40,16 +41,21 @@ from labelgen.truth import PartTruth
 from .data import FeatureBank, LabelData, Pair, load_label_data, resolve_source
 from .losses import sample, window_soft_argmax
 
-default_conf = {
-    "window": 7,  # window soft-argmax: (2w+1)^2 cells around the best match
-    "temperature": 0.02,  # of that softmax
-    "alphas": [0.05, 0.10],  # PCK thresholds, fractions of the longer image side (of the box side for keypoints)
-    "far_deg": 60.0,  # pose gap (degrees of rotation) from which a pair counts as far
-    "flip_align": False,  # GeoAware test-time pose alignment: match the mirrored source when closer
-    "keypoint_pairs": 50,  # per category: held-out keypoint pairs of a rendered collection (different instances)
-    "cycle_pairs": 300,  # held-out image pairs the promotion score (cycle consistency) is measured on
-    "cycle_radius": 1.0,  # cells: a source cell's nearest target match must map back this close
-}
+
+@dataclass
+class EvalConf:
+    window: int = 7  # window soft-argmax: (2w+1)^2 cells around the best match
+    temperature: float = 0.02  # of that softmax
+    alphas: list[float] = field(default_factory=lambda: [0.05, 0.10])  # PCK thresholds, fractions of the longer image
+    # side (of the box side for keypoints)
+    far_deg: float = 60.0  # pose gap (degrees of rotation) from which a pair counts as far
+    flip_align: bool = False  # GeoAware test-time pose alignment: match the mirrored source when closer
+    keypoint_pairs: int = 50  # per category: held-out keypoint pairs of a rendered collection (different instances)
+    cycle_pairs: int = 300  # held-out image pairs the promotion score (cycle consistency) is measured on
+    cycle_radius: float = 1.0  # cells: a source cell's nearest target match must map back this close
+
+
+default_conf = EvalConf
 
 
 class Matcher:
@@ -254,15 +260,17 @@ def keypoint_metrics(bank: FeatureBank, model, pairs: list[KeypointPair], conf, 
     return out
 
 
-main_conf = {
-    **STORE_DEFAULTS,
-    "model": "latest",  # latest (the last one trained, promoted or not) | promoted | a model id; the raw backbone is
-    # always evaluated beside it
-    "spair": None,  # an SPair-71k folder: evaluate on its pairs (features must be in the store's cache)
-    "split": "test",  # the SPair-71k pair split, with spair=
-    "eval": default_conf,
-    "val_split": "val",  # images of this manifest split are held out
-}
+@dataclass
+class CompareConf(StoreConf):
+    model: str = "latest"  # latest (the last one trained, promoted or not) | promoted | a model id; the raw backbone
+    # is always evaluated beside it
+    spair: Location | None = None  # an SPair-71k folder: evaluate on its pairs (features must be in the store's cache)
+    split: str = "test"  # the SPair-71k pair split, with spair=
+    eval: EvalConf = field(default_factory=EvalConf)
+    val_split: str = "val"  # images of this manifest split are held out
+
+
+main_conf = CompareConf
 
 
 def compare(data: LabelData, models: dict[str, Adapter | None], conf, seed: int = 0) -> dict[str, dict[str, float]]:

@@ -17,6 +17,7 @@ rejected model's data does not trigger the same training again.
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 
 from omegaconf import OmegaConf
 
@@ -31,14 +32,19 @@ from . import train as train_mod
 from .data import choose_runs
 
 STORE_ALIASES = {k: f"train.{v}" for k, v in train_mod.STORE_ALIASES.items()}
-default_conf = {
-    "min_new_labels": 100_000,  # train only when this many current labels are new to the last model (from runs it did
-    # not learn from)
-    "train": train_mod.default_conf,
-    "relabel": None,  # after a promotion, relabel the latest trained-on run's collection with the new adapter, with
-    # these labelgen.run overrides (a list; []: none); null: no relabel
-    "rounds": 1,  # with relabel: train and relabel up to this many times, stopping at the first model not promoted
-}
+
+
+@dataclass
+class RetrainConf:
+    min_new_labels: int = 100_000  # train only when this many current labels are new to the last model (from runs it
+    # did not learn from)
+    train: train_mod.TrainConf = field(default_factory=train_mod.TrainConf)
+    relabel: list[str] | None = None  # after a promotion, relabel the latest trained-on run's collection with the new
+    # adapter, with these labelgen.run overrides (a list; []: none); null: no relabel
+    rounds: int = 1  # with relabel: train and relabel up to this many times, stopping at the first model not promoted
+
+
+default_conf = RetrainConf
 
 
 def new_labels(conf) -> tuple[int, list[str], dict | None]:

@@ -10,18 +10,23 @@ import shlex
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 from labelgen.cli import run_command
 from labelgen.ray_utils import follow_job, submit_job
 
 log = logging.getLogger("trainer.schedule")
 
-default_conf = {
-    "every_s": 3600.0,  # seconds from one retrain's start to the next
-    "address": None,  # a Ray dashboard address: submit through the job API
-    "max_runs": None,  # stop after this many runs (default: run forever)
-    "job_timeout_s": 24 * 3600.0,  # a retrain job still running then is stopped
-}
+
+@dataclass
+class ScheduleConf:
+    every_s: float = 3600.0  # seconds from one retrain's start to the next
+    address: str | None = None  # a Ray dashboard address: submit through the job API
+    max_runs: int | None = None  # stop after this many runs (default: run forever)
+    job_timeout_s: float = 24 * 3600.0  # a retrain job still running then is stopped
+
+
+default_conf = ScheduleConf
 
 
 def run_once(conf, args: list[str]) -> bool:

@@ -28,13 +28,17 @@ from tensorboardX.summary import scalar, text
 from labelgen.errors import UsageError
 from labelgen.io import is_remote, join, write_bytes
 
-default_conf = {
-    "tensorboard": True,  # event files under <checkpoint storage>/<model id>/tensorboard (tensorboard --logdir
+
+@dataclass
+class TrackingConf:
+    tensorboard: bool = True  # event files under <checkpoint storage>/<model id>/tensorboard (tensorboard --logdir
     # <checkpoint storage>)
-    "mlflow": None,  # an MLflow tracking URI (http://host:5000; a folder with MLFLOW_ALLOW_FILE_STORE=true): the same
-    # metrics to an MLflow run named by the model id (pip install 'labelgen[mlflow]')
-    "experiment": "labelgen",  # the MLflow experiment of those runs
-}
+    mlflow: str | None = None  # an MLflow tracking URI (http://host:5000; a folder with MLFLOW_ALLOW_FILE_STORE=true):
+    # the same metrics to an MLflow run named by the model id (pip install 'labelgen[mlflow]')
+    experiment: str = "labelgen"  # the MLflow experiment of those runs
+
+
+default_conf = TrackingConf
 MLFLOW_BATCH = 1000  # metrics per log_batch call (MLflow's limit); params and tags: 100
 PARENT_TAG = "mlflow.parentRunId"  # MLflow shows a run with this tag nested under that run
 

@@ -14,6 +14,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import ray
@@ -26,55 +27,75 @@ from ray.train.v2._internal.execution import context as train_context
 
 from labelgen import console, ray_utils
 from labelgen.cli import run_command
+from labelgen.config import Location
 from labelgen.errors import UsageError
 from labelgen.io import filesystem, join, write_bytes
 from labelgen.models import Adapter, checkpoint_bytes, load_checkpoint
+from labelgen.ray_utils import RayConf
 from labelgen.store import LabelStore, new_id, now
 
 from . import data as data_mod
 from . import evaluate as eval_mod
 from . import tracking
 from .losses import clip_loss, dense_loss, sample
+from .tracking import TrackingConf
 
 log = logging.getLogger("trainer")
 
 STORE_ALIASES = {"store": "data.store", "catalog": "data.catalog"}  # store= as every store-reading command takes it
-default_conf = {
-    "data": data_mod.default_conf,
-    "model": {
-        "out_dim": None,  # adapter output channels; default: the backbone's
-        "dropout": 0.2,  # on the adapter's input, in training
-    },
-    "optim": {
-        "lr": 5e-3,  # AdamW peak learning rate (one-cycle schedule)
-        "weight_decay": 1e-3,  # AdamW
-        "steps": 300,  # optimiser steps
-        "pairs_per_step": 4,  # per worker
-        "dense_weight": 1.0,  # dense soft-argmax loss, beside the sparse CLIP loss
-        "temperature": 0.02,  # dense soft-argmax
-        "label_noise": 0.25,  # Gaussian noise on dense targets, grid units
-        "flip_prob": 0.5,  # mirror both images of a pair (needs features.flips=true in the label runs)
-        "log_every": 25,  # steps between progress lines
-    },
-    "eval": eval_mod.default_conf,
-    "scaling": {
-        "workers": 1,  # Ray Train workers (DDP)
-        "use_gpu": False,  # one GPU per worker
-        "cpus_per_worker": 1.0,  # CPUs Ray reserves per worker
-    },
-    "checkpoint": {
-        "every": 100,  # steps between checkpoints
-        "storage": None,  # a folder or s3:// URI; default: <store>/checkpoints
-        "keep": 2,  # checkpoints kept
-    },
-    "promote_margin": 0.02,  # promote only when the held-out cycle consistency rises by more than this (chosen on dev:
-    # rounds that gained less did not raise keypoint PCK)
-    "max_failures": 2,  # worker failures to recover from (from the last checkpoint)
-    "model_id": None,  # default: a new id
-    "seed": 0,  # weights, pair sampling, augmentation
-    "tracking": tracking.default_conf,
-    "ray": ray_utils.default_conf,
-}
+
+
+@dataclass
+class ModelConf:
+    out_dim: int | None = None  # adapter output channels; default: the backbone's
+    dropout: float = 0.2  # on the adapter's input, in training
+
+
+@dataclass
+class OptimConf:
+    lr: float = 5e-3  # AdamW peak learning rate (one-cycle schedule)
+    weight_decay: float = 1e-3  # AdamW
+    steps: int = 300  # optimiser steps
+    pairs_per_step: int = 4  # per worker
+    dense_weight: float = 1.0  # dense soft-argmax loss, beside the sparse CLIP loss
+    temperature: float = 0.02  # dense soft-argmax
+    label_noise: float = 0.25  # Gaussian noise on dense targets, grid units
+    flip_prob: float = 0.5  # mirror both images of a pair (needs features.flips=true in the label runs)
+    log_every: int = 25  # steps between progress lines
+
+
+@dataclass
+class ScalingConf:
+    workers: int = 1  # Ray Train workers (DDP)
+    use_gpu: bool = False  # one GPU per worker
+    cpus_per_worker: float = 1.0  # CPUs Ray reserves per worker
+
+
+@dataclass
+class CheckpointConf:
+    every: int = 100  # steps between checkpoints
+    storage: Location | None = None  # a folder or s3:// URI; default: <store>/checkpoints
+    keep: int = 2  # checkpoints kept
+
+
+@dataclass
+class TrainConf:
+    data: data_mod.DataConf = field(default_factory=data_mod.DataConf)
+    model: ModelConf = field(default_factory=ModelConf)
+    optim: OptimConf = field(default_factory=OptimConf)
+    eval: eval_mod.EvalConf = field(default_factory=eval_mod.EvalConf)
+    scaling: ScalingConf = field(default_factory=ScalingConf)
+    checkpoint: CheckpointConf = field(default_factory=CheckpointConf)
+    promote_margin: float = 0.02  # promote only when the held-out cycle consistency rises by more than this (chosen
+    # on dev: rounds that gained less did not raise keypoint PCK)
+    max_failures: int = 2  # worker failures to recover from (from the last checkpoint)
+    model_id: str | None = None  # default: a new id
+    seed: int = 0  # weights, pair sampling, augmentation
+    tracking: TrackingConf = field(default_factory=TrackingConf)
+    ray: RayConf = field(default_factory=RayConf)
+
+
+default_conf = TrainConf
 
 
 def pair_batch_loss(model, logit_scale, bank, pairs, conf, rng) -> torch.Tensor:

@@ -1,7 +1,9 @@
 """Backbones by name; `auto` takes DINOv2 when its weights are here, else the offline one."""
 
 import logging
+from dataclasses import dataclass
 
+from ..config import Location
 from ..errors import UsageError
 from .base import Backbone, WeightsNotFound
 from .dinov2 import ARCHS as DINO_ARCHS
@@ -12,15 +14,19 @@ from .stable_diffusion import NAMES as SD_NAMES
 
 log = logging.getLogger(__name__)
 
-default_conf = {
-    "name": "auto",  # auto | mobilenetv2 | dinov2_vits14 | dinov2_vitb14 | sd15 | sd15_dinov2_vit{s,b}14
-    "weights": None,  # a local file; default: the package / Hugging Face cache
-    "image_size": None,  # input side after padding to a square; default: the backbone's
-    "auto_prefers": "dinov2_vitb14",  # what auto takes when its weights are found
-    "sd_weights": None,  # a diffusers Stable Diffusion folder; default: the Hugging Face cache
-    "sd_timestep": 100,  # noise level the UNet sees (of 1000)
-    "sd_image_size": 960,  # SD branch input side of the fused backbones
-}
+
+@dataclass
+class BackboneConf:
+    name: str = "auto"  # auto | mobilenetv2 | dinov2_vits14 | dinov2_vitb14 | sd15 | sd15_dinov2_vit{s,b}14
+    weights: Location | None = None  # a local file; default: the package / Hugging Face cache
+    image_size: int | None = None  # input side after padding to a square; default: the backbone's
+    auto_prefers: str = "dinov2_vitb14"  # what auto takes when its weights are found
+    sd_weights: Location | None = None  # a diffusers Stable Diffusion folder; default: the Hugging Face cache
+    sd_timestep: int = 100  # noise level the UNet sees (of 1000)
+    sd_image_size: int = 960  # SD branch input side of the fused backbones
+
+
+default_conf = BackboneConf
 
 NAMES = ["auto", "mobilenetv2", *DINO_ARCHS, *SD_NAMES]
 

@@ -2,7 +2,6 @@
 
 import os
 
-import timm
 import torch
 from huggingface_hub import try_to_load_from_cache
 
@@ -47,6 +46,8 @@ class DinoV2(Backbone):
                 f"HF_HUB_CACHE), or copy model.safetensors (timm) or the Meta .pth here and set "
                 "backbone.weights=/path/to/file"
             )
+        import timm  # here: 1.7 s of imports that every --help paid
+
         self.weights = os.path.abspath(os.path.expanduser(path))
         self.model = timm.create_model(
             arch,

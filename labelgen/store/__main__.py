@@ -13,14 +13,20 @@
     python -m labelgen.store attach [store=labelstore] [catalog=C] [at=SNAPSHOT]
         print the SQL that opens the store (read-only) in any DuckDB 1.4.4, e.g. the CLI:
         duckdb -cmd "$(python -m labelgen.store attach)"
+    python -m labelgen.store config RUN [store=labelstore] [catalog=C]
+        print the config run RUN was started with, as YAML: python -m labelgen.run config=FILE.yaml replays it
 
 `python -m labelgen.store COMMAND --help` shows a command's keys.
 """
 
 import sys
+from dataclasses import dataclass
+
+from omegaconf import OmegaConf
 
 from ..cli import run_command
-from ..config import STORE_DEFAULTS, ConfigError
+from ..config import ConfigError, StoreConf
+from ..errors import UsageError
 from ..io import exists, join
 from .catalog import MARKER, record_catalog, relocate, resolve_catalog, statements
 from .check import check, describe, repair
@@ -28,17 +34,21 @@ from .lake import LabelStore
 from .maintain import maintain
 from .migrate import migrate
 
-migrate_conf = {
-    "catalog": None,  # the new store's catalog: postgres:<libpq string> | sqlite:<file>; none: catalog.sqlite in NEW
-}
-maintain_conf = {
-    **STORE_DEFAULTS,
-    "older_than_days": 7.0,  # expire snapshots, and delete files unused, this long
-}
-attach_conf = {
-    **STORE_DEFAULTS,
-    "at": None,  # open the store as it was at this snapshot; default: the latest
-}
+
+@dataclass
+class MigrateConf:
+    catalog: str | None = None  # the new store's catalog: postgres:<libpq string> | sqlite:<file>; none: catalog.sqlite
+    # in NEW
+
+
+@dataclass
+class MaintainConf(StoreConf):
+    older_than_days: float = 7.0  # expire snapshots, and delete files unused, this long
+
+
+@dataclass
+class AttachConf(StoreConf):
+    at: int | None = None  # open the store as it was at this snapshot; default: the latest
 
 
 def copy_old_store(conf, words: list[str]) -> int:
@@ -133,13 +143,27 @@ def attach_sql(conf) -> int:
     return 0
 
 
+def run_config(conf, words: list[str]) -> int:
+    """Print the config run RUN was started with, as YAML (its catalog left out): write it to
+    a file and give it back to labelgen.run as config=FILE.yaml to label with it again
+    (with run_id= for a new run; key=value arguments override the file's keys)."""
+    if len(words) != 1:
+        raise ConfigError("config takes RUN: the run whose config to print (python -m queries runs lists them)")
+    record = existing(conf).run_record(words[0])
+    if record is None:
+        raise UsageError(f"store {conf.store} has no run {words[0]} (python -m queries runs lists them)")
+    print(OmegaConf.to_yaml(OmegaConf.create(record["config"])), end="")
+    return 0
+
+
 COMMANDS = {  # name -> defaults, what it does, its positional words
-    "migrate": (migrate_conf, copy_old_store, "OLD NEW"),
-    "maintain": (maintain_conf, compact, None),
-    "check": (STORE_DEFAULTS, check_store, None),
-    "repair": (STORE_DEFAULTS, repair_store, None),
-    "relocate": (STORE_DEFAULTS, relocate_store, None),
-    "attach": (attach_conf, attach_sql, None),
+    "migrate": (MigrateConf, copy_old_store, "OLD NEW"),
+    "maintain": (MaintainConf, compact, None),
+    "check": (StoreConf, check_store, None),
+    "repair": (StoreConf, repair_store, None),
+    "relocate": (StoreConf, relocate_store, None),
+    "attach": (AttachConf, attach_sql, None),
+    "config": (StoreConf, run_config, "RUN"),
 }
 
 

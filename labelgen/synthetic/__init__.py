@@ -2,6 +2,6 @@
 yardstick for semantic correspondence (different instances, viewpoint change,
 self-occlusion, left/right twin parts)."""
 
-from .collection import build_collection, default_conf
+from .collection import ObjectsConf, build_collection, default_conf
 
-__all__ = ["build_collection", "default_conf"]
+__all__ = ["ObjectsConf", "build_collection", "default_conf"]

@@ -15,13 +15,14 @@ import json
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 from PIL import Image
 
-from ..config import collection_manifest
+from ..config import Location, collection_manifest
 from ..console import Progress
 from ..demo import PHOTOS, load_photo
 from ..errors import UsageError
@@ -32,20 +33,25 @@ from .categories import CATEGORIES, keypoints, part_names, twin
 from .render import Renderer, project
 from .shapes import PRIMITIVES
 
-default_conf = {
-    "root": "data",  # the collection lands in <root>/objects-v<format>-<config hash>/
-    "categories": list(CATEGORIES),  # quadruped, bird, chair, lamp, amphora, figure
-    "dev_instances": 4,  # per category, from the generator seed `seed`: tune on these
-    "val_instances": 3,  # per category, from seed `seed` + 1: report on these only
-    "views": 10,  # per instance, spread over the full circle of azimuths
-    "size": 320,  # square views, pixels
-    "elevation": [0.0, 40.0],  # degrees, drawn per view
-    "roll": 10.0,  # in-plane roll, degrees, drawn in [-roll, roll]
-    "fill": 0.85,  # the object's bounding sphere spans this fraction of the view
-    "scale_jitter": 0.1,  # relative
-    "shift_jitter": 0.05,  # fraction of the view
-    "seed": 0,  # the dev generator seed
-}
+
+@dataclass
+class ObjectsConf:
+    root: Location = "data"  # the collection lands in <root>/objects-v<format>-<config hash>/
+    categories: list[str] = field(default_factory=lambda: list(CATEGORIES))  # quadruped, bird, chair, lamp, amphora,
+    # figure
+    dev_instances: int = 4  # per category, from the generator seed `seed`: tune on these
+    val_instances: int = 3  # per category, from seed `seed` + 1: report on these only
+    views: int = 10  # per instance, spread over the full circle of azimuths
+    size: int = 320  # square views, pixels
+    elevation: list[float] = field(default_factory=lambda: [0.0, 40.0])  # degrees, drawn per view
+    roll: float = 10.0  # in-plane roll, degrees, drawn in [-roll, roll]
+    fill: float = 0.85  # the object's bounding sphere spans this fraction of the view
+    scale_jitter: float = 0.1  # relative
+    shift_jitter: float = 0.05  # fraction of the view
+    seed: int = 0  # the dev generator seed
+
+
+default_conf = ObjectsConf
 SPLIT_SEEDS = {"dev": 0, "val": 1}  # added to `seed`
 FORMAT = 3  # of the files; part of the folder name, so a collection of an older format is rendered anew
 

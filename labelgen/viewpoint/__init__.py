@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 from omegaconf import OmegaConf
 
+from ..config import Location
 from ..errors import UsageError
 from ..features import FLIPPED, FeatureCache, boxes, with_versions
 from ..io import exists, join, read_bytes, write_bytes
@@ -30,18 +31,23 @@ from . import head as viewpoint_head
 
 log = logging.getLogger("labelgen")
 
-default_conf = {
-    "estimator": "auto",  # images without a pose: auto (orient-anything where its weights are found, else head) |
+
+@dataclass
+class PoseConf:
+    estimator: str = "auto"  # images without a pose: auto (orient-anything where its weights are found, else head) |
     # orient-anything | head | none (they pair by feature similarity)
-    "weights": None,  # Orient Anything's checkpoint (croplargeEX2/dino_weight.pt); default: the Hugging Face cache
-    "min_confidence": 0.5,  # an estimate below this counts as no pose: its image pairs by feature similarity
-    "train_on": "auto",  # what the head learns from: auto (the manifest's posed images when it has min_posed, else the
-    # built-in collection's dev split) | manifest | builtin
-    "min_posed": 40,  # posed images a manifest needs for the head to learn from them
-    "max_train": 4000,  # posed images the head learns from at most (a uniform sample)
-    "batch_size": 32,  # Orient Anything: images per forward
-    "head": viewpoint_head.default_conf,
-}
+    weights: Location | None = None  # Orient Anything's checkpoint (croplargeEX2/dino_weight.pt); default: the Hugging
+    # Face cache
+    min_confidence: float = 0.5  # an estimate below this counts as no pose: its image pairs by feature similarity
+    train_on: str = "auto"  # what the head learns from: auto (the manifest's posed images when it has min_posed, else
+    # the built-in collection's dev split) | manifest | builtin
+    min_posed: int = 40  # posed images a manifest needs for the head to learn from them
+    max_train: int = 4000  # posed images the head learns from at most (a uniform sample)
+    batch_size: int = 32  # Orient Anything: images per forward
+    head: viewpoint_head.HeadConf = field(default_factory=viewpoint_head.HeadConf)
+
+
+default_conf = PoseConf
 ANGLES = ["azimuth", "elevation", "theta"]
 BUILTIN_PREFIX = "labelgen-builtin/"  # the built-in collection's ids in the feature cache: never a user's
 

@@ -14,6 +14,7 @@ product (the probability mass within one bin of its peak).
 
 import math
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,19 +23,23 @@ from torch import nn
 
 from ..features import ImageFeatures
 
-default_conf = {
-    "cells": 4,  # the foreground box pooled to cells x cells bins
-    "bins": 36,  # azimuth bins over the circle
-    "width": 32,  # channels per bin after the shared projection
-    "hidden": 128,  # the MLP's hidden units
-    "dropout": 0.3,  # on the pooled layout and the hidden units: a few hundred posed images are little
-    "steps": 400,  # AdamW steps
-    "batch": 256,  # views per step (a random draw): the cost does not grow with the posed images
-    "lr": 3e-3,  # one-cycle peak
-    "weight_decay": 1e-2,  # AdamW
-    "label_sigma": 1.0,  # azimuth targets: a wrapped Gaussian this many bins wide
-    "seed": 0,  # initialisation and batches
-}
+
+@dataclass
+class HeadConf:
+    cells: int = 4  # the foreground box pooled to cells x cells bins
+    bins: int = 36  # azimuth bins over the circle
+    width: int = 32  # channels per bin after the shared projection
+    hidden: int = 128  # the MLP's hidden units
+    dropout: float = 0.3  # on the pooled layout and the hidden units: a few hundred posed images are little
+    steps: int = 400  # AdamW steps
+    batch: int = 256  # views per step (a random draw): the cost does not grow with the posed images
+    lr: float = 3e-3  # one-cycle peak
+    weight_decay: float = 1e-2  # AdamW
+    label_sigma: float = 1.0  # azimuth targets: a wrapped Gaussian this many bins wide
+    seed: int = 0  # initialisation and batches
+
+
+default_conf = HeadConf
 
 
 def layout(f: ImageFeatures, cells: int) -> torch.Tensor | None:

@@ -47,32 +47,39 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass
 
 from labelgen.cli import run_command
+from labelgen.config import Location
 from tests.support.tiny import begin_run, label_table
 
 from .postgres import PostgresServer, bindir
 
 VARIANTS = {"ducklake": ["ducklake"], "store": ["store"], "both": ["ducklake", "store"]}
-default_conf = {
-    "trials": 20,  # rounds (fresh stores) per variant
-    "variant": "both",  # how commits are retried (above): ducklake | store | both
-    "writers": 4,  # label writer processes per round
-    "trainers": 0,  # processes that log models (model_log) meanwhile
-    "runs": 2,  # label runs each writer commits per round
-    "spread_ms": 1000,  # each writer starts at a random moment in this span (one's run starts meet another's commit)
-    "jitter_ms": 200,  # a random pause of up to this before each store operation
-    "seed": 0,  # of the random start offsets and pauses
-    "hold_ms": 150,  # the locker's hold of ducklake_snapshot (0: no locker)
-    "gap_ms": 150,  # the locker's pause between holds
-    "repair": True,  # try REPAIR on each damaged catalog, then read the store again
-    "keep_corrupt": False,  # keep corrupt stores' databases and folders
-    "workdir": None,  # the stores' data folders; default: a temp folder, removed after
-    "round_timeout": 300.0,  # seconds a round's writers may take
-    "max_minutes": 0.0,  # stop after this many minutes (0: run every trial)
-    "json": None,  # write the rounds and the summary to this file
-    "reduced": False,  # run only the reduced script (plain duckdb), both ways
-}
+
+
+@dataclass
+class StressConf:
+    trials: int = 20  # rounds (fresh stores) per variant
+    variant: str = "both"  # how commits are retried (above): ducklake | store | both
+    writers: int = 4  # label writer processes per round
+    trainers: int = 0  # processes that log models (model_log) meanwhile
+    runs: int = 2  # label runs each writer commits per round
+    spread_ms: int = 1000  # each writer starts at a random moment in this span (one's run starts meet another's commit)
+    jitter_ms: int = 200  # a random pause of up to this before each store operation
+    seed: int = 0  # of the random start offsets and pauses
+    hold_ms: int = 150  # the locker's hold of ducklake_snapshot (0: no locker)
+    gap_ms: int = 150  # the locker's pause between holds
+    repair: bool = True  # try REPAIR on each damaged catalog, then read the store again
+    keep_corrupt: bool = False  # keep corrupt stores' databases and folders
+    workdir: Location | None = None  # the stores' data folders; default: a temp folder, removed after
+    round_timeout: float = 300.0  # seconds a round's writers may take
+    max_minutes: float = 0.0  # stop after this many minutes (0: run every trial)
+    json: str | None = None  # write the rounds and the summary to this file
+    reduced: bool = False  # run only the reduced script (plain duckdb), both ways
+
+
+default_conf = StressConf
 STORE_RETRY = "SET ducklake_max_retry_count = 0"  # the line of catalog.statements that variant ducklake changes
 DUCKLAKE_RETRY = "SET ducklake_max_retry_count = 10"  # DuckLake's default
 PG_ERRORS = {

@@ -61,6 +61,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
+from labelgen.config import Location
 from tests.support.tiny import build_tiny_demo, labels_of, tiny_demo_args
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))  # where `tests` imports
@@ -73,16 +74,21 @@ TABLES = ("label_history", "label_pairs", "images", "runs", "run_stats", "bad_in
 FILE_TABLES = ("label_history", "label_pairs", "images")
 RUN_FILE = re.compile(r"/runs/([^/]+)/")
 CATALOGS = ("sqlite", "postgres", "both")
-default_conf = {
-    "kills": 50,  # random kills per catalog (at least)
-    "catalog": "both",  # the catalogs to kill runs on: sqlite | postgres | both
-    "seed": 0,  # of the delays and the episodes' plans
-    "fresh": 3,  # episodes on a fresh store, aimed at the start
-    "sweeps": True,  # also the sweeps through a commit and a new store's first write; false: random kills, readers, a
-    # trainer
-    "workdir": "data/bench/kills",  # demo images and stores (removed first)
-    "json": None,  # also write the trials and findings here
-}
+
+
+@dataclass
+class KillsConf:
+    kills: int = 50  # random kills per catalog (at least)
+    catalog: str = "both"  # the catalogs to kill runs on: sqlite | postgres | both
+    seed: int = 0  # of the delays and the episodes' plans
+    fresh: int = 3  # episodes on a fresh store, aimed at the start
+    sweeps: bool = True  # also the sweeps through a commit and a new store's first write; false: random kills,
+    # readers, a trainer
+    workdir: Location = "data/bench/kills"  # demo images and stores (removed first)
+    json: str | None = None  # also write the trials and findings here
+
+
+default_conf = KillsConf
 PROBLEMS = ("corrupt", "partial", "double", "failed_resume", "differ", "unregistered", "tmp", "copies")
 
 
