@@ -10,6 +10,7 @@ import platform
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ from omegaconf import OmegaConf
 
 from labelgen import pipeline
 from labelgen.cli import run_command
+from labelgen.config import Location
 from labelgen.features import FeatureCache, FeatureWorker, worker_batch
 from labelgen.manifest import read_manifest
 
@@ -33,11 +35,17 @@ from .scale import scale_model
 TARGETS = {"chain_speedup": 20.0, "of_bound": 0.6, "memory_growth": 1.5, "actor_share": 0.8}
 CHAIN_SIZES = {"full": 60, "quick": 15}  # tuples per demo category
 DINO = "DINOv2-B 60x60x768, the 3D collection's foreground"
-default_conf = {
-    "quick": False,  # the chains at the small size only; no memory or make-run runs; scale at 1x and 4x, growth at 1x
-    "out": "BENCHMARKS.md",  # the report to write
-    "workdir": "data/bench",  # demo images, features and stores of the runs
-}
+
+
+@dataclass
+class BenchConf:
+    quick: bool = False  # the chains at the small size only; no memory or make-run runs; scale at 1x and 4x, growth
+    # at 1x
+    out: Location = "BENCHMARKS.md"  # the report to write
+    workdir: Location = "data/bench"  # demo images, features and stores of the runs
+
+
+default_conf = BenchConf
 
 
 def machine() -> dict:
@@ -93,109 +101,29 @@ def actor_steps(worker: FeatureWorker, rows: list[tuple]) -> dict:
     }
 
 
+STEPS = 10
+
+
+def step(n: int, what: str):
+    print(f"[{n}/{STEPS}] {what}", flush=True)
+
+
 def bench(conf) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     m = machine()
-    steps = 10
     print(
         f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']:.0f} GiB; torch {m['torch']}; GPU: "
         f"{m['gpu'] or 'none'}",
         flush=True,
     )
-
-    conf = pipeline.parse(["data.builtin=demo", f"data.demo.root={conf.workdir}", f"store={conf.workdir}/store"])
-    inputs = pipeline.prepare(conf)
-    df, backbone_conf, size, fingerprint = inputs.df, inputs.backbone, inputs.image_size, inputs.fingerprint
-    cache_root = os.path.join(conf.workdir, "features")
-    shutil.rmtree(cache_root, ignore_errors=True)  # the actor writes every file
-    torch.set_num_threads(m["cores"])
-    peak = matmul_flops()
-    print(f"[1/{steps}] features: {len(df)} demo images, both flips, one actor on {m['cores']} threads", flush=True)
-    features = FeatureCache(cache_root, fingerprint)
-    feats = extract(df, backbone_conf, size, features)
-    backbones = bench_backbones(feats["backbone"], size, 8, peak)
-    actor_share = 2 * feats["images_per_s"] / backbones[1]["images_per_s"]  # 2 passes per image (flip)
-
-    print(
-        f"[2/{steps}] feature cache: bytes per image against the full grid (demo photos, 3D collection, DINOv2-B)",
-        flush=True,
-    )
-    objects = read_manifest(pipeline.builtin_collection(pipeline.parse([f"data.objects.root={conf.workdir}"]).data))
-    sample = objects.groupby("category").head(8)  # 8 views of each 3D category
-    objects_cache = os.path.join(conf.workdir, "features-objects")
-    shutil.rmtree(objects_cache, ignore_errors=True)
-    extract(sample, backbone_conf, size, FeatureCache(objects_cache, fingerprint))
-    cache = {
-        "demo photos": bench_cache(features, df["image_id"]),
-        "3D collection (masks)": bench_cache(FeatureCache(objects_cache, fingerprint), sample["image_id"]),
-    }
-    cache[DINO] = cache_cut_dinov2(cache["3D collection (masks)"]["fg_fraction"])
-    torch.set_num_threads(1)
-    peak_1 = matmul_flops()
-    sizes = {k: v for k, v in CHAIN_SIZES.items() if k == "quick" or not conf.quick}
-    print(
-        f"[3/{steps}] chains: the published per-tuple loop vs the service's chain stage, one core each, "
-        f"{' and '.join(f'{n} tuples per category' for n in sizes.values())}",
-        flush=True,
-    )
-    chains = {k: bench_chains(df, conf, features, n) for k, n in sizes.items()}
-    print(
-        f"[4/{steps}] memory: " + ("skipped (quick=true)" if conf.quick else "one category with 1x and 10x the tuples"),
-        flush=True,
-    )
-    mem = None if conf.quick else bench_memory(os.path.abspath(conf.workdir))
-    print(
-        f"[5/{steps}] make run: " + ("skipped (quick=true)" if conf.quick else "the default run, wall time per stage"),
-        flush=True,
-    )
-    make_run = None if conf.quick else bench_make_run(os.path.abspath(conf.workdir))
-    print(f"[6/{steps}] scale model", flush=True)
-    scale = scale_model(
-        next(iter(chains.values())),
-        feats["mean_fg"],
-        288,
-        cache["3D collection (masks)"]["fg_fraction"],
-        cache_fraction=cache[DINO]["fraction"],
-    )
-    print(
-        f"[7/{steps}] scale and growth: the 3D collection at "
-        + ("1x and 4x, growth at 1x" if conf.quick else "1x, 4x and 16x, growth at 4x"),
-        flush=True,
-    )
-    growth = bench_growth(os.path.abspath(conf.workdir), conf.quick)
-    print(
-        "growth: "
-        + "; ".join(f"{t['target']}: {t['measured']} ({'met' if t['met'] else 'NOT met'})" for t in growth["targets"]),
-        flush=True,
-    )
-
-    print(
-        f"[8/{steps}] current labels: commits and queries as the store grows to "
-        + ("1 million labels" if conf.quick else "10 million labels"),
-        flush=True,
-    )
-    current = bench_current_labels(os.path.abspath(conf.workdir), *((4, 250_000) if conf.quick else (10, 1_000_000)))
-
-    print(
-        f"[9/{steps}] pairing: one category of " + ("1,000 and 4,000" if conf.quick else "1,000 to 50,000") + " images",
-        flush=True,
-    )
-    pairing = bench_pairing(conf.quick)
-
-    print(f"[10/{steps}] one category at N views: the exchange's growth", flush=True)
-    sizes = exchange.default_conf["sizes"][:2] if conf.quick else exchange.default_conf["sizes"]
-    one_category = exchange.bench_exchange(
-        OmegaConf.create({**exchange.default_conf, "sizes": sizes, "workdir": os.path.join(conf.workdir, "exchange")})
-    )
-
-    results = dict(machine=m, peak=peak, peak_1=peak_1, feats=feats, backbones=backbones, actor_share=actor_share)
-    results.update(chains=chains, cache=cache, memory=mem, make_run=make_run, scale=scale, growth=growth)
+    results = {"machine": m, **bench_features(conf, m)}
+    results.update(bench_service(conf, results))
     report = "\n".join(
         [
             render(results),
-            render_current_labels(current),
-            render_pairing(pairing),
-            exchange.markdown(one_category),
+            render_current_labels(results["current"]),
+            render_pairing(results["pairing"]),
+            exchange.markdown(results["one_category"]),
         ]
     )
     print(report)
@@ -203,6 +131,89 @@ def bench(conf) -> int:
         f.write(report + "\n")
     print(f"written to {conf.out}")
     return 0
+
+
+def bench_features(conf, m: dict) -> dict:
+    """Steps 1-2: the feature actor against the bare backbone, and the cache's bytes per image."""
+    run_conf = pipeline.parse(["data.builtin=demo", f"data.demo.root={conf.workdir}", f"store={conf.workdir}/store"])
+    inputs = pipeline.prepare(run_conf)
+    df, backbone_conf, size, fingerprint = inputs.df, inputs.backbone, inputs.image_size, inputs.fingerprint
+    cache_root = os.path.join(conf.workdir, "features")
+    shutil.rmtree(cache_root, ignore_errors=True)  # the actor writes every file
+    torch.set_num_threads(m["cores"])
+    peak = matmul_flops()
+    step(1, f"features: {len(df)} demo images, both flips, one actor on {m['cores']} threads")
+    features = FeatureCache(cache_root, fingerprint)
+    feats = extract(df, backbone_conf, size, features)
+    backbones = bench_backbones(feats["backbone"], size, 8, peak)
+    actor_share = 2 * feats["images_per_s"] / backbones[1]["images_per_s"]  # 2 passes per image (flip)
+
+    step(2, "feature cache: bytes per image against the full grid (demo photos, 3D collection, DINOv2-B)")
+    objects = read_manifest(pipeline.builtin_collection(pipeline.parse([f"data.objects.root={conf.workdir}"]).data))
+    sample = objects.groupby("category").head(8)  # 8 views of each 3D category
+    objects_cache = FeatureCache(os.path.join(conf.workdir, "features-objects"), fingerprint)
+    shutil.rmtree(objects_cache.root, ignore_errors=True)
+    extract(sample, backbone_conf, size, objects_cache)
+    cache = {
+        "demo photos": bench_cache(features, df["image_id"]),
+        "3D collection (masks)": bench_cache(objects_cache, sample["image_id"]),
+    }
+    cache[DINO] = cache_cut_dinov2(cache["3D collection (masks)"]["fg_fraction"])
+    return dict(
+        run_conf=run_conf, df=df, features=features, peak=peak, feats=feats, backbones=backbones,
+        actor_share=actor_share, cache=cache,
+    )  # fmt: skip
+
+
+def bench_service(conf, r: dict) -> dict:
+    """Steps 3-10: chains, memory, a default run, the scale model, growth, current labels,
+    pairing and the exchange."""
+    workdir, quick = os.path.abspath(conf.workdir), conf.quick
+    torch.set_num_threads(1)
+    peak_1 = matmul_flops()
+    sizes = {k: v for k, v in CHAIN_SIZES.items() if k == "quick" or not quick}
+    step(
+        3,
+        "chains: the published per-tuple loop vs the service's chain stage, one core each, "
+        + " and ".join(f"{n} tuples per category" for n in sizes.values()),
+    )
+    chains = {k: bench_chains(r["df"], r["run_conf"], r["features"], n) for k, n in sizes.items()}
+    step(4, "memory: " + ("skipped (quick=true)" if quick else "one category with 1x and 10x the tuples"))
+    mem = None if quick else bench_memory(workdir)
+    step(5, "make run: " + ("skipped (quick=true)" if quick else "the default run, wall time per stage"))
+    make_run = None if quick else bench_make_run(workdir)
+    step(6, "scale model")
+    collection = r["cache"]["3D collection (masks)"]["fg_fraction"]
+    scale = scale_model(
+        next(iter(chains.values())), r["feats"]["mean_fg"], 288, collection, cache_fraction=r["cache"][DINO]["fraction"]
+    )
+    step(
+        7,
+        "scale and growth: the 3D collection at "
+        + ("1x and 4x, growth at 1x" if quick else "1x, 4x and 16x, growth at 4x"),
+    )
+    growth = bench_growth(workdir, quick)
+    print(
+        "growth: "
+        + "; ".join(f"{t['target']}: {t['measured']} ({'met' if t['met'] else 'NOT met'})" for t in growth["targets"]),
+        flush=True,
+    )
+    step(8, "current labels: commits and queries as the store grows to " + ("1" if quick else "10") + " million labels")
+    current = bench_current_labels(workdir, *((4, 250_000) if quick else (10, 1_000_000)))
+    step(9, "pairing: one category of " + ("1,000 and 4,000" if quick else "1,000 to 50,000") + " images")
+    pairing = bench_pairing(quick)
+    step(10, "one category at N views: the exchange's growth")
+    views = exchange.default_conf().sizes
+    one_category = exchange.bench_exchange(
+        OmegaConf.merge(
+            exchange.default_conf,
+            {"sizes": views[:2] if quick else views, "workdir": os.path.join(workdir, "exchange")},
+        )
+    )
+    return dict(
+        peak_1=peak_1, chains=chains, memory=mem, make_run=make_run, scale=scale, growth=growth,
+        current=current, pairing=pairing, one_category=one_category,
+    )  # fmt: skip
 
 
 def render(r: dict) -> str:

@@ -63,6 +63,47 @@ def run():
 
 
 @pytest.fixture(scope="session")
+def ray_head():
+    """The environment that makes a run join one Ray head on loopback (`ray start --head`,
+    started on first use), as runs join a cluster: a run's own local instance takes ~6 s of
+    2 cores to start and stop. Tests of the local instance itself (its console, its
+    dashboard, a kill) keep `run`."""
+    from cluster.local_up import OWNER, free_ports, take_down
+
+    home = tempfile.mkdtemp(prefix="labelgen-test-head-")  # its own temp dir and ports: only it is stopped at the end
+    gcs, dashboard, client, agent = free_ports(4)
+    start = subprocess.run(
+        [
+            os.path.join(os.path.dirname(sys.executable), "ray"),
+            "start",
+            "--head",
+            f"--temp-dir={home}/ray",
+            "--node-ip-address=127.0.0.1",
+            f"--port={gcs}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}",
+            f"--ray-client-server-port={client}",
+            f"--dashboard-agent-listen-port={agent}",
+            "--num-cpus=2",
+            "--disable-usage-stats",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, OWNER: home, "RAY_ADDRESS": ""},
+    )
+    assert start.returncode == 0, start.stderr[-3000:]
+    yield {"RAY_ADDRESS": f"127.0.0.1:{gcs}", "RAY_AUTH_MODE": "token"}  # Ray turns token auth on for a head
+    assert take_down(home) == []
+
+
+@pytest.fixture(scope="session")
+def run_on_head(run, ray_head):
+    """`run`, its command joining the session's Ray head (`ray_head`)."""
+    return lambda args, env=None, timeout=600: run(args, {**ray_head, **(env or {})}, timeout)
+
+
+@pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory):
     return build_tiny_demo(str(tmp_path_factory.mktemp("demo")))
 

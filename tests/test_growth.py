@@ -55,17 +55,17 @@ def grown(tmp_path_factory):
     return small, full, set(df.loc[df["instance"] == last, "image_id"])
 
 
-def test_a_grown_manifest_labels_only_its_new_views_and_a_repeated_run_adds_nothing(grown, tmp_path, run):
+def test_a_grown_manifest_labels_only_its_new_views_and_a_repeated_run_adds_nothing(grown, tmp_path, run_on_head):
     small, full, new = grown
     store = str(tmp_path / "store")
     args = ["labelgen.run", f"store={store}", "labels.keep=null"]
-    first = run([*args, f"data.manifest={small}", "run_id=first"])
+    first = run_on_head([*args, f"data.manifest={small}", "run_id=first"])
     assert first.returncode == 0, first.stderr[-3000:]
     c1 = counts(store, "first")
     assert c1["labels"] > 1000 and c1["anchors"] == c1["pairable"] == 32 and c1["coverage"] == 1.0
     assert "coverage  100.0% of the 32 pairable images" in first.stdout
 
-    second = run([*args, f"data.manifest={full}", "run_id=second"])
+    second = run_on_head([*args, f"data.manifest={full}", "run_id=second"])
     assert second.returncode == 0, second.stderr[-3000:]
     c2 = counts(store, "second")
     assert c2["features_computed"] == len(new) == 16 and c2["features_cached"] == 32
@@ -84,7 +84,7 @@ def test_a_grown_manifest_labels_only_its_new_views_and_a_repeated_run_adds_noth
     ]
     assert c2["coverage"] == 1.0 and once_each(store)
 
-    again = run([*args, f"data.manifest={full}", "run_id=again"])
+    again = run_on_head([*args, f"data.manifest={full}", "run_id=again"])
     assert again.returncode == 0, again.stderr[-3000:]
     assert "nothing new: all 48 pairable images were labelled" in again.stdout
     c3 = counts(store, "again")
@@ -94,14 +94,14 @@ def test_a_grown_manifest_labels_only_its_new_views_and_a_repeated_run_adds_noth
     assert rows(store, "SELECT count(*) FROM labels") == [(c1["labels"] + c2["labels"],)]
 
     # the reports and the evaluation still find the current labels after a run that labelled nothing
-    report = run(["labelgen.evaluate", f"store={store}", "split=dev", f"output={tmp_path / 'eval.json'}"])
+    report = run_on_head(["labelgen.evaluate", f"store={store}", "split=dev", f"output={tmp_path / 'eval.json'}"])
     assert report.returncode == 0, report.stderr[-3000:]
-    coverage = run(["queries", "coverage", f"store={store}", "format=json"])
+    coverage = run_on_head(["queries", "coverage", f"store={store}", "format=json"])
     assert coverage.returncode == 0, coverage.stderr[-3000:]
     assert {r["category"]: r["pairable"] for r in json.loads(coverage.stdout)} == {"chair": 24, "figure": 24}
 
     # a relabel (here: every image again) supersedes the labels of each pair it examined
-    relabel = run([*args, f"data.manifest={full}", "run_id=relabel", "new_only=false"])
+    relabel = run_on_head([*args, f"data.manifest={full}", "run_id=relabel", "new_only=false"])
     assert relabel.returncode == 0, relabel.stderr[-3000:]
     c4 = counts(store, "relabel")
     assert c4["anchors"] == 48 and c4["labels"] > 0
@@ -124,7 +124,7 @@ def test_a_grown_manifest_labels_only_its_new_views_and_a_repeated_run_adds_noth
     cache = FeatureCache(os.path.join(store, "features"), counts(store, "first")["backbone"])
     before = cache.load(changed)
     Image.open(path).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(path)
-    replace = run([*args, f"data.manifest={full}", "run_id=replaced"])
+    replace = run_on_head([*args, f"data.manifest={full}", "run_id=replaced"])
     assert replace.returncode == 0, replace.stderr[-3000:]
     c5 = counts(store, "replaced")
     assert c5["features_computed"] == c5["features_replaced"] == 1 and c5["anchors"] == 1

@@ -141,21 +141,23 @@ def test_sphere_filter_fills_angles_and_drops_far_labels():
 
 
 @pytest.mark.slow
-def test_pipeline_filters_with_a_trained_mapper(tiny_demo, tmp_path, run):
+def test_pipeline_filters_with_a_trained_mapper(tiny_demo, tmp_path, run_on_head):
     from labelgen.store import LabelStore
     from tests.support.tiny import tiny_demo_args
 
     store = str(tmp_path / "store")
     args = ["labelgen.run", *tiny_demo_args(tiny_demo), f"store={store}"]
-    out = run([*args, "labels.sphere=latest"])
+    out = run_on_head([*args, "labels.sphere=latest"])
     assert out.returncode == 2 and "no such spherical mapper" in out.stderr and "train_sphere" in out.stderr
     tiny = ["sphere.steps=5", "sphere.dim=32", "sphere.heads=2"]
-    assert run([*args, "run_id=base"]).returncode == 0
-    out = run([*args, "run_id=auto", "labels.sphere=auto", *tiny])  # no mapper yet: fits one to the run's features
+    assert run_on_head([*args, "run_id=base"]).returncode == 0
+    out = run_on_head(
+        [*args, "run_id=auto", "labels.sphere=auto", *tiny]
+    )  # no mapper yet: fits one to the run's features
     assert out.returncode == 0 and "fitted now to" in out.stdout, out.stderr[-3000:]
-    out = run(["labelgen.train_sphere", f"store={store}", "run_id=base", *tiny])
+    out = run_on_head(["labelgen.train_sphere", f"store={store}", "run_id=base", *tiny])
     assert out.returncode == 0 and "use it: python -m labelgen.run labels.sphere=" in out.stdout, out.stderr[-2000:]
-    out = run([*args, "run_id=filtered", "labels.sphere=latest", "labels.sphere_deg=20"])
+    out = run_on_head([*args, "run_id=filtered", "labels.sphere=latest", "labels.sphere_deg=20"])
     assert out.returncode == 0 and "(registered)" in out.stdout, out.stderr[-3000:]
     con = LabelStore(store).connect()
     base = con.execute("SELECT count(*) FROM label_history WHERE run_id = 'base'").fetchone()[0]

@@ -130,7 +130,7 @@ def test_metrics_reach_tensorboard_on_s3_and_mlflow_live_and_named_as_it_takes(s
     from omegaconf import OmegaConf
 
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 takes a folder only with it
-    conf = OmegaConf.create({**tracking.default_conf, "mlflow": tracking.mlflow_uri(str(tmp_path / "mlruns"))})
+    conf = OmegaConf.merge(tracking.default_conf, {"mlflow": tracking.mlflow_uri(str(tmp_path / "mlruns"))})
     logdir = f"{s3_server}/checkpoints/m1/tensorboard"
     with tracking.run(conf, logdir, "m1", {"optim": {"lr": 0.005}}, {"model_id": "m1"}) as driver:
         with tracking.Tracker(driver.where, ".train") as worker:
@@ -164,9 +164,9 @@ def test_metrics_reach_tensorboard_on_s3_and_mlflow_live_and_named_as_it_takes(s
 
 
 @pytest.fixture(scope="module")
-def labelled_store(tiny_demo, tmp_path_factory, run):
+def labelled_store(tiny_demo, tmp_path_factory, run_on_head):
     store = tmp_path_factory.mktemp("trainstore") / "store"
-    out = run(["labelgen.run", *tiny_demo_args(tiny_demo), f"store={store}", "run_id=first"])
+    out = run_on_head(["labelgen.run", *tiny_demo_args(tiny_demo), f"store={store}", "run_id=first"])
     assert out.returncode == 0, out.stderr[-3000:]
     return str(store)
 
@@ -238,12 +238,14 @@ def test_two_worker_training_checkpoints_registers_and_retrain_waits_for_new_lab
 
 
 @pytest.mark.slow
-def test_the_loop_relabels_with_each_promoted_model_and_stops_when_one_is_not(tiny_demo, tmp_path, run, monkeypatch):
+def test_the_loop_relabels_with_each_promoted_model_and_stops_when_one_is_not(
+    tiny_demo, tmp_path, run_on_head, monkeypatch
+):
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 takes a folder as its store only with it
     store_uri = str(tmp_path / "store")
-    out = run(["labelgen.run", *tiny_demo_args(tiny_demo), f"store={store_uri}", "run_id=first"])
+    out = run_on_head(["labelgen.run", *tiny_demo_args(tiny_demo), f"store={store_uri}", "run_id=first"])
     assert out.returncode == 0, out.stderr[-3000:]
-    out = run(
+    out = run_on_head(
         [
             "trainer.retrain",
             "min_new_labels=1",
