@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from types import SimpleNamespace
 
 import pytest
 
@@ -64,10 +65,10 @@ def run():
 
 @pytest.fixture(scope="session")
 def ray_head():
-    """The environment that makes a run join one Ray head on loopback (`ray start --head`,
-    started on first use), as runs join a cluster: a run's own local instance takes ~6 s of
-    2 cores to start and stop. Tests of the local instance itself (its console, its
-    dashboard, a kill) keep `run`."""
+    """One Ray head on loopback (`ray start --head`, started on first use) that runs join as
+    they join a cluster, since a run's own local instance takes ~6 s of 2 cores to start and
+    stop: `env` makes a command join it, `dashboard` is where jobs are submitted. Tests of
+    the local instance itself (its console, its dashboard, a kill) keep `run`."""
     from cluster.local_up import OWNER, free_ports, take_down
 
     home = tempfile.mkdtemp(prefix="labelgen-test-head-")  # its own temp dir and ports: only it is stopped at the end
@@ -93,14 +94,17 @@ def ray_head():
         env={**os.environ, OWNER: home, "RAY_ADDRESS": ""},
     )
     assert start.returncode == 0, start.stderr[-3000:]
-    yield {"RAY_ADDRESS": f"127.0.0.1:{gcs}", "RAY_AUTH_MODE": "token"}  # Ray turns token auth on for a head
+    # Ray turns token authentication on for a head: a client opts in and finds the token in ~/.ray
+    yield SimpleNamespace(
+        env={"RAY_ADDRESS": f"127.0.0.1:{gcs}", "RAY_AUTH_MODE": "token"}, dashboard=f"http://127.0.0.1:{dashboard}"
+    )
     assert take_down(home) == []
 
 
 @pytest.fixture(scope="session")
 def run_on_head(run, ray_head):
     """`run`, its command joining the session's Ray head (`ray_head`)."""
-    return lambda args, env=None, timeout=600: run(args, {**ray_head, **(env or {})}, timeout)
+    return lambda args, env=None, timeout=600: run(args, {**ray_head.env, **(env or {})}, timeout)
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 
 import pytest
 
@@ -119,69 +118,39 @@ def test_categories_with_narrow_poses_get_shorter_tuples_and_a_run_without_label
     os.environ.get("LABELGEN_SSH_TESTS") == "1",
     reason="test_cluster's ray up test submits the same job to a head started over ssh",
 )
-def test_ray_job_submit_against_a_local_head(tiny_demo, tmp_path):
-    """`ray start --head` on loopback, then `ray job submit -- python -m labelgen.run`.
+def test_ray_job_submit_against_a_local_head(tiny_demo, tmp_path, ray_head):
+    """`ray start --head` on loopback (the session's), then `ray job submit -- python -m labelgen.run`.
 
     Ray turns token authentication on for local clusters; the client opts in with
     RAY_AUTH_MODE=token and finds the head's token in ~/.ray/auth_token.
     """
-    from cluster.local_up import OWNER, free_ports, take_down
-
-    home = tempfile.mkdtemp(prefix="labelgen-head-")  # its own temp dir and ports: only it is stopped at the end
-    gcs, dashboard, client, agent = free_ports(4)
     bin_dir = os.path.dirname(sys.executable)
-    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token", "RAY_ADDRESS": ""}
-    ray = os.path.join(bin_dir, "ray")
-    try:
-        start = subprocess.run(
-            [
-                ray,
-                "start",
-                "--head",
-                f"--temp-dir={home}/ray",
-                "--node-ip-address=127.0.0.1",
-                f"--port={gcs}",
-                "--dashboard-host=127.0.0.1",
-                f"--dashboard-port={dashboard}",
-                f"--ray-client-server-port={client}",
-                f"--dashboard-agent-listen-port={agent}",
-                "--num-cpus=2",
-                "--disable-usage-stats",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=180,
-            env={**os.environ, **env, OWNER: home},
-        )
-        assert start.returncode == 0, start.stderr[-3000:]
-        store = tmp_path / "store"
-        job = subprocess.run(
-            [
-                ray,
-                "job",
-                "submit",
-                f"--address=http://127.0.0.1:{dashboard}",
-                "--",
-                "python",
-                "-m",
-                "labelgen.run",
-                *tiny_demo_args(tiny_demo),
-                f"store={store}",
-                "run_id=from-job",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            env={**os.environ, **env},
-        )
-        assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
-        assert "cluster at" in job.stdout and "succeeded" in job.stdout + job.stderr
-        con = LabelStore(str(store)).connect()
-        assert con.execute("SELECT status FROM runs WHERE run_id = 'from-job'").fetchone() == ("committed",)
-        assert con.execute("SELECT count(*) FROM labels").fetchone()[0] > 1000
-        con.close()
-    finally:
-        assert take_down(home) == []
+    store = tmp_path / "store"
+    job = subprocess.run(
+        [
+            os.path.join(bin_dir, "ray"),
+            "job",
+            "submit",
+            f"--address={ray_head.dashboard}",
+            "--",
+            "python",
+            "-m",
+            "labelgen.run",
+            *tiny_demo_args(tiny_demo),
+            f"store={store}",
+            "run_id=from-job",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token", "RAY_ADDRESS": ""},
+    )
+    assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
+    assert "cluster at" in job.stdout and "succeeded" in job.stdout + job.stderr
+    con = LabelStore(str(store)).connect()
+    assert con.execute("SELECT status FROM runs WHERE run_id = 'from-job'").fetchone() == ("committed",)
+    assert con.execute("SELECT count(*) FROM labels").fetchone()[0] > 1000
+    con.close()
 
 
 def test_a_run_on_a_postgresql_catalog_is_found_again_by_every_reader(tiny_demo, tmp_path, postgres, run):
