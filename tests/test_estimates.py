@@ -30,7 +30,7 @@ def rows(store, sql):
         con.close()
 
 
-def test_a_folder_without_poses_or_masks_gets_both_estimated_and_labelled(collection, tmp_path, run):
+def test_a_folder_without_poses_or_masks_gets_both_estimated_and_labelled(collection, tmp_path, run_on_head):
     root, manifest = collection
     df = pd.read_parquet(manifest)
     bare = manifest.replace("manifest.parquet", "bare.parquet")  # beside the collection: relative URIs stay right
@@ -39,7 +39,7 @@ def test_a_folder_without_poses_or_masks_gets_both_estimated_and_labelled(collec
     store = tmp_path / "store"
     # the viewpoint head learns from the built-in collection's dev split (here the small one above, whose val
     # split is the manifest: other instances)
-    done = run(
+    done = run_on_head(
         ["labelgen.run", f"data.manifest={bare}", f"store={store}", f"data.objects.root={root / 'data'}", *SMALL]
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -57,13 +57,13 @@ def test_a_folder_without_poses_or_masks_gets_both_estimated_and_labelled(collec
         "chair": {"given": 0, "estimated": 8},
         "figure": {"given": 0, "estimated": 8},
     }
-    coverage = run(["queries", "coverage", f"store={store}", "format=json"])
+    coverage = run_on_head(["queries", "coverage", f"store={store}", "format=json"])
     assert coverage.returncode == 0, coverage.stderr[-3000:]
     report = {r["category"]: r for r in json.loads(coverage.stdout)}
     assert report["chair"]["masks_estimated"] == 8 and report["chair"]["pose_given"] == 0
 
 
-def test_a_mixed_manifest_keeps_what_it_gives_and_estimates_the_rest(collection, tmp_path, run):
+def test_a_mixed_manifest_keeps_what_it_gives_and_estimates_the_rest(collection, tmp_path, run_on_head):
     root, manifest = collection
     df = pd.read_parquet(manifest)
     mixed = manifest.replace("manifest.parquet", "mixed.parquet")
@@ -72,7 +72,7 @@ def test_a_mixed_manifest_keeps_what_it_gives_and_estimates_the_rest(collection,
     df.loc[val, "mask_uri"] = None
     df.to_parquet(mixed)
     store = tmp_path / "store"
-    done = run(
+    done = run_on_head(
         ["labelgen.run", f"data.manifest={mixed}", f"store={store}", "pose.min_posed=16", "pose.min_confidence=0"]
     )
     assert done.returncode == 0, done.stderr[-3000:]

@@ -64,11 +64,6 @@ def new_labels(conf) -> tuple[int, list[str], dict | None]:
 
 def relabel_conf(conf, run_id: str, model_id: str):
     """labelgen.run's config for relabelling run `run_id` with adapter `model_id`."""
-    if not OmegaConf.is_list(conf.relabel):
-        raise UsageError(
-            f"relabel={conf.relabel}: give a list of labelgen.run overrides, e.g. relabel=[] or "
-            "relabel=[labels.keep=0.1]"
-        )
     try:
         return relabel_config(
             LabelStore(conf.train.data.store, conf.train.data.catalog), run_id, model_id, conf.relabel
