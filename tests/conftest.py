@@ -73,9 +73,10 @@ def ray_head():
 
     home = tempfile.mkdtemp(prefix="labelgen-test-head-")  # its own temp dir and ports: only it is stopped at the end
     gcs, dashboard, client, agent = free_ports(4)
+    bin_dir = os.path.dirname(sys.executable)  # a job's `python` is this one, as on a node set up by `ray up`
     start = subprocess.run(
         [
-            os.path.join(os.path.dirname(sys.executable), "ray"),
+            os.path.join(bin_dir, "ray"),
             "start",
             "--head",
             f"--temp-dir={home}/ray",
@@ -91,7 +92,7 @@ def ray_head():
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, OWNER: home, "RAY_ADDRESS": ""},
+        env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", OWNER: home, "RAY_ADDRESS": ""},
     )
     assert start.returncode == 0, start.stderr[-3000:]
     # Ray turns token authentication on for a head: a client opts in and finds the token in ~/.ray
