@@ -96,8 +96,9 @@ def absolute(location):
     return os.path.abspath(os.path.expanduser(location))
 
 
-def resolve_paths(conf: DictConfig, defaults: type) -> DictConfig:
-    for key, kind in kinds(defaults).items():
+def resolve_paths(conf: DictConfig, types: dict[str, object]) -> DictConfig:
+    """`conf` with its locations (by `types`: key -> declared type) made absolute."""
+    for key, kind in types.items():
         value = OmegaConf.select(conf, key)
         if is_location(kind) and isinstance(value, str):
             OmegaConf.update(conf, key, absolute(value))
@@ -119,12 +120,13 @@ def parse_overrides(defaults: type, argv: list[str], presets: dict | None = None
         raise ConfigError(
             f"config: {e.msg.splitlines()[0]}; known keys: {', '.join(k for k, _ in _keys(base))}"
         ) from None
-    problems, known = _apply(conf, argv, kinds(defaults))
+    types = kinds(defaults)
+    problems, known = _apply(conf, argv, types)
     if problems:
         raise ConfigError(_refusal(problems, known))
     out = OmegaConf.create(OmegaConf.to_container(conf))
     OmegaConf.set_struct(out, True)
-    return resolve_paths(out, defaults)
+    return resolve_paths(out, types)
 
 
 def _apply(conf: DictConfig, argv: list[str], kinds: dict) -> tuple[list[str], list[str]]:
