@@ -37,7 +37,7 @@ from .ray_utils import RayConf
 from .sphere import SphereConf
 from .store import LabelStore, RunFiles, new_id, sum_counts
 from .synthetic import ObjectsConf
-from .tasks import run_labels
+from .tasks import remove_attempt_copies, run_labels
 from .train_sphere import fit as fit_sphere
 from .train_sphere import mapper_inputs
 from .train_sphere import resolve as resolve_sphere
@@ -448,6 +448,9 @@ def execute(run: Run) -> dict:
     if todo:
         run.start_ray()
         wall = run_labels(run, good, todo, sphere)
+    elif done:  # an attempt killed after its last vote: its node-local feature copies go now
+        run.start_ray()
+        remove_attempt_copies(run)
     stages.add("chains", wall["chains_s"])
     stages.add("vote", wall["vote_s"])
     if run.replaced:

@@ -207,6 +207,11 @@ class ChainProgress:
         return self.done_at
 
 
+def remove_attempt_copies(run) -> None:
+    """Every node's copies of features made by this run's attempts (`NodeCopy`), a killed one's included."""
+    on_every_node(remove_copies, f"{run.run_id}-")
+
+
 def run_labels(run, df: pd.DataFrame, tuples_by_cat: dict[str, CategoryTuples], sphere=None) -> dict:
     """Chains and vote of every category on one Ray Data pipeline; a category's images file
     (with the chains' counts and its number of partitions) is written once its partitions are
@@ -215,7 +220,7 @@ def run_labels(run, df: pd.DataFrame, tuples_by_cat: dict[str, CategoryTuples], 
     quiet_ray_data()
     parts = {c: vote.vote_parts(len(t), run.conf.labels) for c, t in tuples_by_cat.items()}
     copy_key, tally = f"{run.run_id}-{uuid.uuid4().hex[:8]}", ChainTally.remote()
-    on_every_node(remove_copies, f"{run.run_id}-")  # of an earlier attempt, whose features may have changed since
+    remove_attempt_copies(run)  # of an earlier attempt, whose features may have changed since
     t0, voted, expected = time.perf_counter(), {c: set() for c in tuples_by_cat}, None
     chains = ChainProgress(tally, sum(len(t) for t in tuples_by_cat.values()))
     try:
@@ -234,7 +239,7 @@ def run_labels(run, df: pd.DataFrame, tuples_by_cat: dict[str, CategoryTuples], 
             bar.close()
     finally:
         chains.finish()
-        on_every_node(remove_copies, f"{run.run_id}-")
+        remove_attempt_copies(run)
         ray.kill(tally)
     return {"chains_s": chains_s, "vote_s": time.perf_counter() - t0 - chains_s}
 

@@ -12,6 +12,7 @@ import signal
 
 import pytest
 
+from labelgen.node_copy import COPIES
 from tests.faults import kills as K
 
 pytestmark = pytest.mark.slow
@@ -26,7 +27,8 @@ def broken(cat: K.Catalog) -> dict:
 def sqlite_kills(tiny_demo, tmp_path_factory):
     """The reference run on a SQLite catalog, then one run killed in features, vote and
     commit (tree kills), then by its own driver before its commit's COMMIT and right after
-    it, then resumed to completion."""
+    it, then resumed to completion. Before the driver kills, every category is voted: copies
+    planted as a killed attempt's must go all the same."""
     cat = K.Catalog("sqlite", str(tmp_path_factory.mktemp("kills-sqlite")), K.demo_args(tiny_demo))
     cat.ref = K.reference(cat)
     store, cargs = cat.shared, cat.shared_args
@@ -38,6 +40,10 @@ def sqlite_kills(tiny_demo, tmp_path_factory):
         assert a.rc is None, f"the run ended ({a.rc}) before it was killed in {target}:\n{a.output[-3000:]}"
         K.record(cat, a, target, f"victim in {target}")
         landed.append(a.landed)
+    # as an attempt killed after its last vote leaves them (the next attempts then chain nothing)
+    planted = os.path.join(COPIES, "victim-killedlate")
+    os.makedirs(planted, exist_ok=True)
+    open(os.path.join(planted, "features"), "wb").close()
     for point in ("commit:probe", "commit:after"):
         a = K.attempt(cat, store, cargs, "victim", driver=[*K.DRIVER, point])
         assert a.rc == -signal.SIGKILL, a.output[-3000:]
@@ -64,7 +70,7 @@ def test_a_run_killed_in_each_stage_shows_nothing_and_resumes_to_the_undisturbed
 
 def test_a_run_killed_right_after_its_commit_leaves_no_feature_copies(sqlite_kills):
     _, _, _, final = sqlite_kills
-    assert final["copies"] == []  # the killed attempts' copies went with the resumed run's
+    assert final["copies"] == []  # the killed attempts' copies went with a resumed run's, the planted ones too
 
 
 @pytest.fixture(scope="module")
