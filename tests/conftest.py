@@ -1,6 +1,7 @@
 """Fixtures shared by the test modules (no test module imports another)."""
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -111,6 +112,23 @@ def run_on_head(run, ray_head):
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory):
     return build_tiny_demo(str(tmp_path_factory.mktemp("demo")))
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tiny_demo, tmp_path_factory, run_on_head):
+    """`copy(dest)`: a store holding one committed run of the tiny demo (`first`, its features
+    cached in the store), labelled once a session; each test takes a copy of its own (a
+    store's SQLite catalog moves with its folder) and the original is never written."""
+    from tests.support.tiny import tiny_demo_args
+
+    store = str(tmp_path_factory.mktemp("tiny-store") / "store")
+    out = run_on_head(["labelgen.run", *tiny_demo_args(tiny_demo), f"store={store}", "run_id=first"])
+    assert out.returncode == 0, out.stderr[-3000:]
+
+    def copy(dest) -> str:
+        return str(shutil.copytree(store, dest))
+
+    return copy
 
 
 SECRET = "labelgen-test-secret-9f2c7e"

@@ -23,14 +23,15 @@ from tests.support.tiny import labels_of, tiny_demo_args
 from trainer.data import default_conf, load_label_data, resolve_source
 
 
-def start(args, **kw):
+def start(args, head=None):
+    """A label run in a process of its own, its output piped: on its own local Ray instance,
+    or joining `head` (the session's `ray_head`) where the test is not about that instance."""
     return subprocess.Popen(
         [sys.executable, "-m", "labelgen.run", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "RAY_ADDRESS": ""},
-        **kw,
+        env={**os.environ, **(head.env if head else {"RAY_ADDRESS": ""})},
     )
 
 
@@ -152,14 +153,15 @@ def bad_corpus(root, demo_manifest) -> str:
 
 @pytest.mark.slow
 def test_a_killed_feature_actor_and_a_bad_input_corpus_leave_the_labels_of_an_undisturbed_run(
-    concurrent_runs, tiny_demo, tmp_path
+    concurrent_runs, tiny_demo, tmp_path, ray_head
 ):
     reference_store, _ = concurrent_runs
     manifest = bad_corpus(tmp_path / "corpus", tiny_demo)
     store = str(tmp_path / "store")
     # no viewpoint estimates: an image without a pose pairs by similarity (estimating costs a rendered collection)
     proc = start(
-        [*tiny_demo_args(manifest), f"store={store}", "run_id=hurt", "features.batch_size=1", "pose.estimator=none"]
+        [*tiny_demo_args(manifest), f"store={store}", "run_id=hurt", "features.batch_size=1", "pose.estimator=none"],
+        ray_head,
     )
     cache, killed, deadline = os.path.join(store, "features"), [], time.time() + 300
     while not killed and time.time() < deadline and proc.poll() is None:
@@ -253,7 +255,7 @@ def test_checkpoints_load_weights_only_and_refuse_code(tmp_path, load):
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs, as root (CI runs as root)")
 @pytest.mark.parametrize("stage, size, cache", [("features", "3m", False), ("vote", "300k", True)])
 def test_a_full_disk_fails_in_words_leaves_nothing_visible_and_the_run_resumes_once_space_is_free(
-    concurrent_runs, tiny_demo, tmp_path, stage, size, cache
+    concurrent_runs, tiny_demo, tmp_path, ray_head, stage, size, cache
 ):
     reference, _ = concurrent_runs
     disk = tmp_path / "disk"
@@ -267,7 +269,7 @@ def test_a_full_disk_fails_in_words_leaves_nothing_visible_and_the_run_resumes_o
             "run_id=full",
             *([f"features.cache={tmp_path / 'cache'}"] if cache else []),
         ]
-        proc = start(args)
+        proc = start(args, ray_head)
         out = proc.communicate(timeout=600)[0]
         assert proc.returncode == 1, out[-3000:]
         error = [line for line in out.splitlines() if line.startswith("error: ")]
@@ -280,7 +282,7 @@ def test_a_full_disk_fails_in_words_leaves_nothing_visible_and_the_run_resumes_o
             assert con.execute("SELECT status FROM runs").fetchall() in ([], [("incomplete",)], [("failed",)])
             con.close()
         subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)  # space is free again
-        resumed = start(args)
+        resumed = start(args, ray_head)
         out = resumed.communicate(timeout=600)[0]
         assert resumed.returncode == 0, out[-3000:]
         assert labels_of(str(store), "full").equals(labels_of(reference, "one"))
@@ -290,11 +292,12 @@ def test_a_full_disk_fails_in_words_leaves_nothing_visible_and_the_run_resumes_o
 
 @pytest.mark.slow
 def test_a_postgresql_restart_during_a_run_is_waited_out_and_the_labels_are_those_of_an_undisturbed_run(
-    concurrent_runs, tiny_demo, tmp_path, postgres
+    concurrent_runs, tiny_demo, tmp_path, postgres, ray_head
 ):
     reference, _ = concurrent_runs
     store = tmp_path / "store"
-    proc = start([*tiny_demo_args(tiny_demo), f"store={store}", "run_id=restart", f"catalog={postgres('restart')}"])
+    args = [*tiny_demo_args(tiny_demo), f"store={store}", "run_id=restart", f"catalog={postgres('restart')}"]
+    proc = start(args, ray_head)
     deadline = time.time() + 300
     while not (store / "runs" / "restart" / "labels").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)  # the vote writes its labels: the commit comes next

@@ -141,33 +141,32 @@ def test_sphere_filter_fills_angles_and_drops_far_labels():
 
 
 @pytest.mark.slow
-def test_pipeline_filters_with_a_trained_mapper(tiny_demo, tmp_path, run_on_head):
+def test_pipeline_filters_with_a_trained_mapper(tiny_demo, tiny_store, tmp_path, run_on_head):
     from labelgen.store import LabelStore
     from tests.support.tiny import tiny_demo_args
 
-    store = str(tmp_path / "store")
+    store = tiny_store(tmp_path / "store")  # its run `first` is the base, labelled without the filter
     args = ["labelgen.run", *tiny_demo_args(tiny_demo), f"store={store}"]
     out = run_on_head([*args, "labels.sphere=latest"])
     assert out.returncode == 2 and "no such spherical mapper" in out.stderr and "train_sphere" in out.stderr
     tiny = ["sphere.steps=5", "sphere.dim=32", "sphere.heads=2"]
-    assert run_on_head([*args, "run_id=base"]).returncode == 0
     out = run_on_head(
         [*args, "run_id=auto", "labels.sphere=auto", *tiny]
     )  # no mapper yet: fits one to the run's features
     assert out.returncode == 0 and "fitted now to" in out.stdout, out.stderr[-3000:]
-    out = run_on_head(["labelgen.train_sphere", f"store={store}", "run_id=base", *tiny])
+    out = run_on_head(["labelgen.train_sphere", f"store={store}", "run_id=first", *tiny])
     assert out.returncode == 0 and "use it: python -m labelgen.run labels.sphere=" in out.stdout, out.stderr[-2000:]
     out = run_on_head([*args, "run_id=filtered", "labels.sphere=latest", "labels.sphere_deg=20"])
     assert out.returncode == 0 and "(registered)" in out.stdout, out.stderr[-3000:]
     con = LabelStore(store).connect()
-    base = con.execute("SELECT count(*) FROM label_history WHERE run_id = 'base'").fetchone()[0]
+    base = con.execute("SELECT count(*) FROM label_history WHERE run_id = 'first'").fetchone()[0]
     for run_id, deg in (("auto", 27), ("filtered", 20)):
         n, worst, nulls = con.execute(
             "SELECT count(*), max(sphere_angle), count(*) - count(sphere_angle) FROM label_history WHERE run_id = ?",
             [run_id],
         ).fetchone()
         assert nulls == 0 and worst <= deg and 0 < n <= base
-    assert con.execute("SELECT label_run FROM spheres ORDER BY created").fetchall() == [("auto",), ("base",)]
+    assert con.execute("SELECT label_run FROM spheres ORDER BY created").fetchall() == [("auto",), ("first",)]
     assert (
         con.execute("SELECT counts->'sphere'->>'sphere_id' FROM runs WHERE run_id = 'auto'").fetchone()[0] is not None
     )
