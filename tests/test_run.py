@@ -18,7 +18,7 @@ from tests.support.tiny import tiny_demo_args
 pytestmark = pytest.mark.slow
 
 
-def test_pipeline_writes_queryable_labels_and_reuses_the_feature_cache(tiny_demo, tmp_path, run):
+def test_pipeline_writes_queryable_labels_and_reuses_the_feature_cache(tiny_demo, tmp_path, run, run_on_head):
     store = tmp_path / "store"
     first = run(["labelgen.run", *tiny_demo_args(tiny_demo), f"store={store}"])
     assert first.returncode == 0, first.stderr[-3000:]
@@ -54,7 +54,9 @@ def test_pipeline_writes_queryable_labels_and_reuses_the_feature_cache(tiny_demo
     # category) instead of one per category
     shutil.move(store, tmp_path / "moved")
     store = tmp_path / "moved"
-    second = run(["labelgen.run", *tiny_demo_args(tiny_demo), f"store={store}", "run_id=again", "labels.vote_tuples=1"])
+    second = run_on_head(  # its own local instance was the first run's
+        ["labelgen.run", *tiny_demo_args(tiny_demo), f"store={store}", "run_id=again", "labels.vote_tuples=1"]
+    )
     assert second.returncode == 0, second.stderr[-3000:]
     con = LabelStore(str(store)).connect()
     counts = json.loads(con.execute("SELECT counts FROM runs WHERE run_id = 'again'").fetchone()[0])
@@ -89,7 +91,9 @@ def test_pipeline_writes_queryable_labels_and_reuses_the_feature_cache(tiny_demo
     )  # header + 2 categories: "again" relabelled every pair
 
 
-def test_categories_with_narrow_poses_get_shorter_tuples_and_a_run_without_labels_says_why(tiny_demo, tmp_path, run):
+def test_categories_with_narrow_poses_get_shorter_tuples_and_a_run_without_labels_says_why(
+    tiny_demo, tmp_path, run_on_head
+):
     import pandas as pd
 
     df = pd.read_parquet(tiny_demo)
@@ -97,7 +101,7 @@ def test_categories_with_narrow_poses_get_shorter_tuples_and_a_run_without_label
     manifest = os.path.join(os.path.dirname(tiny_demo), "manifest-narrow.parquet")  # next to the images it names
     narrow.to_parquet(manifest)
     store = tmp_path / "store"
-    out = run(["labelgen.run", *tiny_demo_args(manifest), f"store={store}", "run_id=narrow"])
+    out = run_on_head(["labelgen.run", *tiny_demo_args(manifest), f"store={store}", "run_id=narrow"])
     assert out.returncode == 0, out.stderr[-3000:]
     assert "chelsea: K=3 (its poses allow no longer)" in out.stdout
     assert "no tuple for 'motorcycle': its 1 images make no pair one hop apart" in out.stdout
@@ -109,7 +113,7 @@ def test_categories_with_narrow_poses_get_shorter_tuples_and_a_run_without_label
 
     lone = os.path.join(os.path.dirname(tiny_demo), "manifest-lone.parquet")
     df[df.category == "motorcycle"].iloc[:1].to_parquet(lone)
-    empty = run(["labelgen.run", *tiny_demo_args(lone), f"store={store}", "run_id=lone"])
+    empty = run_on_head(["labelgen.run", *tiny_demo_args(lone), f"store={store}", "run_id=lone"])
     assert empty.returncode == 0, empty.stderr[-3000:]
     assert "warning: run lone stored 0 labels: 'motorcycle': its 1 images make no pair" in empty.stdout + empty.stderr
 
