@@ -11,7 +11,6 @@ from omegaconf import OmegaConf
 from labelgen.chain import nearest
 from labelgen.features import FeatureCache
 from labelgen.labels import Foreground
-from labelgen.tasks import chunk_candidates
 from labelgen.tuples import make_tuples
 
 from .reference import reference_candidates
@@ -22,6 +21,8 @@ KEY = ("src_image_id", "tgt_image_id", "hops", "src_x", "src_y", "tgt_x", "tgt_y
 
 def service_candidates(tuples_by_cat, features: FeatureCache, conf, device="cpu") -> list:
     """What the service's candidate tasks compute (features loaded once per chunk)."""
+    from labelgen.tasks import chunk_candidates  # with Ray: not for `--help`
+
     step = conf.tuples_per_task
     return [
         chunk_candidates("bench", category, tuples[s : s + step], features.load, conf, device=device)[0]

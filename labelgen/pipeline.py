@@ -17,11 +17,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-import ray
 from omegaconf import DictConfig, OmegaConf
 
 from . import backbones, demo, foreground, ray_utils, synthetic, viewpoint
-from .adapted import adapt_features, resolve_model
 from .backbones import BackboneConf
 from .config import Location, StoreConf, config_hash, known_keys, parse_overrides
 from .console import Progress, Stages
@@ -37,7 +35,6 @@ from .ray_utils import RayConf
 from .sphere import SphereConf
 from .store import LabelStore, RunFiles, new_id, sum_counts
 from .synthetic import ObjectsConf
-from .tasks import remove_attempt_copies, run_labels
 from .train_sphere import fit as fit_sphere
 from .train_sphere import mapper_inputs
 from .train_sphere import resolve as resolve_sphere
@@ -126,6 +123,8 @@ class Run(Inputs):
     def start_ray(self) -> str:
         """Start or join Ray on first use: a run with nothing to compute never waits for it."""
         if self.ray is None:
+            import ray
+
             with self.stages("ray start"):
                 self.ray = ray_utils.init_ray(self.conf.ray)
             resources = ray.cluster_resources()
@@ -315,6 +314,8 @@ def resolve(conf) -> Run:
     stages = Stages()
     inputs = prepare(conf, stages)
     log.info("backbone %s (%s), features %s", inputs.backbone.name, inputs.backbone_reason, inputs.fingerprint)
+    from .adapted import resolve_model  # Ray, with its tasks: not for `--help`
+
     store = LabelStore(conf.store, conf.catalog)
     model = resolve_model(store, conf.labels.features, inputs.fingerprint)
     cache = FeatureCache(store.feature_cache(conf.features.cache), inputs.fingerprint)
@@ -389,6 +390,8 @@ def features_stage(run: Run) -> tuple[pd.DataFrame, list[dict], pd.DataFrame]:
     estimated = foreground.method_name(run.conf.foreground)
     good = good.assign(mask_source=good["mask_uri"].map(lambda m: "given" if m else estimated))
     if run.model:
+        from .adapted import adapt_features
+
         run.start_ray()
         stages.add("adapter", adapt_features(good["image_id"].tolist(), run.model, run.features))
     return good, bad, results
@@ -425,6 +428,8 @@ def nothing_new(run: Run, tuples: Tuples) -> str | None:
 def execute(run: Run) -> dict:
     """Features, tuples, mapper, chains and vote, commit (Ray started when first needed);
     categories a previous attempt finished are skipped."""
+    from .tasks import remove_attempt_copies, run_labels
+
     stages = run.stages
     good, bad, results = features_stage(run)
     with stages("poses"):

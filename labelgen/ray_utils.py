@@ -1,11 +1,10 @@
-"""Connecting to Ray: a cluster when an address is given, else a private local instance."""
+"""Connecting to Ray: a cluster when an address is given, else a private local instance.
+Ray is imported where it is used: a config, and so `--help`, never loads it."""
 
 import asyncio
 import os
 import shlex
 from dataclasses import dataclass
-
-import ray
 
 from . import console
 
@@ -26,6 +25,8 @@ def init_ray(conf) -> str:
     instance runs the dashboard on 127.0.0.1 because Ray's state API lives there (Ray
     Train's placement-group cleaner polls it); the description gives its address, to watch
     tasks, actors and Ray Train's runs in a browser."""
+    import ray
+
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if ray.is_initialized():
         return "already initialised"
@@ -60,6 +61,8 @@ def init_ray(conf) -> str:
 def wait_each(refs):
     """(ref, result) of each task as it finishes, fetched one at a time, so that the driver
     holds one result at a time and a progress bar can move with each."""
+    import ray
+
     pending = list(refs)
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
@@ -68,6 +71,7 @@ def wait_each(refs):
 
 def on_every_node(fn, *args) -> list:
     """`fn(*args)` once on each alive node of the cluster (e.g. to clean its local disk)."""
+    import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     task = ray.remote(num_cpus=0)(fn)

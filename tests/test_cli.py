@@ -126,6 +126,21 @@ def test_python_m_help_runs_as_a_user_types_it():
     assert done.returncode == 0 and "data.store=labelstore" in done.stdout and not done.stderr.strip()
 
 
+def test_help_loads_no_ray():
+    """`--help` answers from the defaults: no entry point but the cluster's own tools loads Ray
+    for it (the libraries are imported where they are used), in a fresh process."""
+    names = [n for n in KEY_VALUE if not n.startswith(("cluster.", "tests."))]
+    code = (
+        "import contextlib, importlib, io, sys\n"
+        f"for name in {names!r}:\n"
+        "    with contextlib.redirect_stdout(io.StringIO()):\n"
+        "        assert importlib.import_module(name).main(['--help']) == 0, name\n"
+        "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout[-2000:] + done.stderr[-3000:]
+
+
 def test_unknown_keys_and_bare_words_still_get_a_clear_error(capsys):
     from trainer import train
 
