@@ -23,8 +23,8 @@ SMALLER = [  # (what the command runs, the size knobs added to it)
     (r"^make run$", f'ARGS="{SMALL_COLLECTION}"'),
     (r"-m labelgen\.run\b.*data\.builtin=demo", "'data.demo.azimuths=[-30,0,30,60]' 'data.demo.elevations=[0]'"),
     (r"-m labelgen\.run\b", f"{SMALL_COLLECTION} sphere.steps=20"),
-    (r"-m trainer\.train\b", "optim.steps=20"),
-    (r"-m trainer\.(retrain|schedule)\b", "train.optim.steps=20"),  # schedule: after its `--`, for retrain
+    (r"-m trainer\.train\b", "optim.steps=6"),
+    (r"-m trainer\.(retrain|schedule)\b", "train.optim.steps=6"),  # schedule: after its `--`, for retrain
     (r"-m labelgen\.train_sphere\b", "sphere.steps=20"),
     (r"-m labelgen\.(evaluate|calibrate)\b", "max_pairs=4"),
 ]

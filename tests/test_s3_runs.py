@@ -20,18 +20,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def undisturbed(tiny_demo, s3_server, run):
-    """A tiny-demo run straight to the S3 server: the labels every faulted run must reproduce."""
-    store = f"{s3_server}/train"
-    out = run(["labelgen.run", *tiny_demo_args(tiny_demo), f"store={store}", "run_id=lab"])
-    assert out.returncode == 0, out.stderr[-3000:]
-    return store
-
-
-def test_a_whole_run_through_s3_faults_equals_an_undisturbed_one_and_never_shows_a_secret(
-    tiny_demo, s3_server, s3_secret, undisturbed, run
-):
-    proxy = FaultyS3Proxy(os.environ["AWS_ENDPOINT_URL"], every=10)  # 1 in 10 requests: 503; 1 in 10: dropped
+def through_faults(tiny_demo, s3_server, run):
+    """A tiny-demo run to the S3 server through a proxy that answers 1 request in 10 with 503
+    and drops 1 in 10: the store, the run's output and the proxy's counts."""
+    proxy = FaultyS3Proxy(os.environ["AWS_ENDPOINT_URL"], every=10)
     store = f"{s3_server}/whole"
     try:
         out = run(
@@ -41,13 +33,26 @@ def test_a_whole_run_through_s3_faults_equals_an_undisturbed_one_and_never_shows
     finally:
         proxy.close()
     assert out.returncode == 0, out.stderr[-3000:]
+    return store, out, proxy
+
+
+@pytest.fixture(scope="module")
+def undisturbed(tiny_store, tmp_path_factory):
+    """The labels every S3 run of the tiny demo must reproduce: the session's undisturbed run's."""
+    return labels_of(tiny_store(tmp_path_factory.mktemp("s3-reference") / "store"), "first")
+
+
+def test_a_whole_run_through_s3_faults_equals_an_undisturbed_one_and_never_shows_a_secret(
+    tiny_demo, s3_server, s3_secret, through_faults, undisturbed, run
+):
+    store, out, proxy = through_faults
     assert proxy.slow_downs >= 10 and proxy.drops >= 10, (proxy.requests, proxy.slow_downs, proxy.drops)
     keys = staged_keys("whole/")
     assert "whole/catalog.json" in keys and LabelStore(store).is_committed("s3run")
     assert sum(k.startswith("whole/features/") for k in keys) == 16  # the cache lives in the store: 8 images, 8 mirrors
     # retried, not lost or doubled: the same labels as the run that met no fault
-    faulted, reference = labels_of(store, "s3run"), labels_of(undisturbed, "lab")
-    assert len(faulted) > 1000 and faulted.equals(reference)
+    faulted = labels_of(store, "s3run")
+    assert len(faulted) > 1000 and faulted.equals(undisturbed)
 
     # credentials: not in the logs, not in anything stored, not in an error message
     assert s3_secret not in out.stdout + out.stderr
@@ -139,8 +144,8 @@ def test_a_killed_run_shows_nothing_and_its_resume_equals_an_undisturbed_run(tmp
     assert "was started with another config" in capsys.readouterr().err
 
 
-def test_training_checkpoints_to_s3(undisturbed, run):
-    store = undisturbed
+def test_training_checkpoints_to_s3(through_faults, run):
+    store = through_faults[0]
     out = run(
         [
             "trainer.train",
@@ -153,9 +158,9 @@ def test_training_checkpoints_to_s3(undisturbed, run):
         ]
     )
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
-    keys = staged_keys("train/")
-    assert any(k.startswith("train/checkpoints/s3model/checkpoint_") and k.endswith("/adapter.pt") for k in keys)
-    assert "train/models/s3model/adapter.pt" in keys, [k for k in keys if "models" in k]
+    keys = staged_keys("whole/")
+    assert any(k.startswith("whole/checkpoints/s3model/checkpoint_") and k.endswith("/adapter.pt") for k in keys)
+    assert "whole/models/s3model/adapter.pt" in keys, [k for k in keys if "models" in k]
     (model,) = LabelStore(store).models()
     assert (
         model["model_id"] == "s3model" and model["snapshot"] == LabelStore(store).current_snapshot() - 2
@@ -181,7 +186,7 @@ def test_a_run_on_three_nodes_without_a_shared_disk_gives_the_labels_of_one_node
         args = [*tiny_demo_args(tiny_demo), f"store={store}", "run_id=lab", "labels.tuples_per_task=1"]
         out = run(["labelgen.run", *args, f"ray.address={cluster.address}"])
         assert out.returncode == 0, out.stderr[-3000:]
-        assert labels_of(store, "lab").equals(labels_of(undisturbed, "lab"))
+        assert labels_of(store, "lab").equals(undisturbed)
         con = LabelStore(store).connect()
         counts = json.loads(con.execute("SELECT counts FROM runs WHERE run_id = 'lab'").fetchone()[0])
         con.close()
