@@ -10,6 +10,7 @@ config: `python -m labelgen.store config RUN`), key=value arguments override the
 
 import ast
 import difflib
+import functools
 import hashlib
 import inspect
 import io
@@ -105,6 +106,13 @@ def resolve_paths(conf: DictConfig, types: dict[str, object]) -> DictConfig:
     return conf
 
 
+@functools.cache
+def _structured(defaults: type) -> DictConfig:
+    """The defaults as OmegaConf's typed config, built once per class (half of a parse's
+    time); `OmegaConf.merge` copies it, so it is never changed."""
+    return OmegaConf.structured(defaults)
+
+
 def parse_overrides(defaults: type, argv: list[str], presets: dict | None = None) -> DictConfig:
     """Merge the dataclass `defaults`, presets, a `config=FILE.yaml`'s keys, then `key=value`
     arguments; locations come out absolute.
@@ -113,7 +121,7 @@ def parse_overrides(defaults: type, argv: list[str], presets: dict | None = None
     written for a text key; a section takes only keys); an interpolation must resolve to
     one. Every argument that does not, and a key given twice with two values, is refused
     in one ConfigError. The result holds plain values, as a stored config does."""
-    base = OmegaConf.structured(defaults)
+    base = _structured(defaults)
     try:
         conf = OmegaConf.merge(base, presets or {})
     except (ConfigKeyError, ValidationError) as e:
