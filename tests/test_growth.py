@@ -14,7 +14,8 @@ from labelgen.features import FeatureCache
 from labelgen.store import LabelStore
 from labelgen.synthetic.collection import build_collection
 from trainer.data import default_conf as data_conf
-from trainer.data import load_label_data, resolve_source
+from trainer.data import load_label_data
+from trainer.source import resolve_source
 
 pytestmark = pytest.mark.slow
 

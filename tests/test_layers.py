@@ -34,7 +34,8 @@ MAY_IMPORT = {  # layer -> the layers it may import (besides the base)
 }
 COMMAND_LINES = ("labelgen.run",)  # entry points that are only a command line over a library module
 TOP = ("cluster", "benchmarks", "tests")  # they drive the command lines themselves
-# the modules whose functions Ray runs remotely (ray.remote, map_batches, map_groups, actor pools)
+# the modules whose functions Ray runs remotely (ray.remote, map_batches, map_groups, actor pools,
+# Ray Train's workers)
 TASKS = (
     "labelgen.tasks",
     "labelgen.vote",
@@ -43,6 +44,8 @@ TASKS = (
     "labelgen.adapted",
     "labelgen.ray_utils",
     "labelgen.node_copy",
+    "trainer.fit",
+    "trainer.data",
 )
 CATALOG = (  # the catalog side of the store: its modules, and the names the package loads from them on use
     *(f"labelgen.store.{m}" for m in ("lake", "connections", "catalog", "tables", "migrate", "maintain", "check")),
@@ -208,18 +211,21 @@ def test_task_code_cannot_reach_the_catalog():
 
 
 def test_a_task_module_that_reaches_the_catalog_is_found(tmp_path):
-    for pkg in ("labelgen", "labelgen/store"):
+    for pkg in ("labelgen", "labelgen/store", "trainer"):
         (tmp_path / pkg).mkdir()
         (tmp_path / pkg / "__init__.py").write_text("")
     for name in TASKS:
         module_path(name, tmp_path).parent.mkdir(parents=True, exist_ok=True)
-        module_path(name, tmp_path).write_text("from .store.files import RunFiles\n")
+        module_path(name, tmp_path).write_text("from labelgen.store.files import RunFiles\n")
     (tmp_path / "labelgen" / "store" / "files.py").write_text("from .schema import LABEL_SCHEMA\n")
     (tmp_path / "labelgen" / "store" / "schema.py").write_text("")
     assert catalog_reach(tmp_path) == []
     (tmp_path / "labelgen" / "chain.py").write_text("from labelgen.store import LabelStore\n")
     (tmp_path / "labelgen" / "vote.py").write_text("from . import chain\n")
     assert catalog_reach(tmp_path) == ["labelgen.vote -> labelgen.chain -> labelgen.store.LabelStore"]
+    (tmp_path / "trainer" / "source.py").write_text("from labelgen.store import LabelStore\n")
+    (tmp_path / "trainer" / "data.py").write_text("from .source import resolve_source\n")  # the worker's data
+    assert "trainer.data -> trainer.source -> labelgen.store.LabelStore" in catalog_reach(tmp_path)
     (tmp_path / "labelgen" / "store" / "schema.py").write_text("def f():\n    from .lake import LabelStore\n")
     deep = [c for c in catalog_reach(tmp_path) if "schema" in c]  # one chain: each module is walked once
     assert len(deep) == 1 and deep[0].endswith(

@@ -20,7 +20,8 @@ from PIL import Image
 from labelgen import run as run_mod
 from labelgen.store import LabelStore
 from tests.support.tiny import labels_of, tiny_demo_args
-from trainer.data import default_conf, load_label_data, resolve_source
+from trainer.data import default_conf, load_label_data
+from trainer.source import resolve_source
 
 
 def start(args, head=None):

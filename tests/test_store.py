@@ -238,7 +238,8 @@ def test_two_concurrent_writers_land_every_run_once_and_a_reader_never_sees_half
 def test_training_reads_the_runs_of_a_snapshot_from_files_the_driver_resolved(tmp_path):
     from omegaconf import OmegaConf
 
-    from trainer.data import default_conf, load_label_data, resolve_source
+    from trainer.data import default_conf, load_label_data
+    from trainer.source import resolve_source
 
     store = LabelStore(str(tmp_path / "store"))
     for run_id, n in (("r1", 5), ("r2", 3)):

@@ -14,14 +14,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import torch
-from omegaconf import OmegaConf
 
 from labelgen.backbones import feature_groups
 from labelgen.config import StoreConf
-from labelgen.errors import UsageError
 from labelgen.features import FLIPPED, FeatureCache, ImageFeatures
 from labelgen.io import filesystem
-from labelgen.store import IMAGE_SCHEMA, LABEL_SCHEMA, PAIR_SCHEMA, LabelStore, current_labels_sql, current_pairs_sql
+from labelgen.store import IMAGE_SCHEMA, LABEL_SCHEMA, PAIR_SCHEMA, current_labels_sql, current_pairs_sql
 
 
 @dataclass
@@ -61,60 +59,6 @@ class LabelData:
     @property
     def groups(self) -> list[int]:
         return feature_groups(self.backbone)
-
-
-def choose_runs(con, runs) -> list[str]:
-    committed = con.execute(
-        "SELECT run_id, backbone, backbone_fingerprint FROM runs WHERE status = 'committed' ORDER BY finished"
-    ).fetchall()
-    if not committed:
-        raise UsageError("the store has no committed label run to train on; run `python -m labelgen.run` first")
-    if runs:
-        known = {r[0] for r in committed}
-        missing = [r for r in runs if r not in known]
-        if missing:
-            raise UsageError(f"label runs {missing} are not committed in the store; committed: {sorted(known)}")
-        return list(runs)
-    latest = committed[-1][2]
-    return [r[0] for r in committed if r[2] == latest]
-
-
-def resolve_source(conf) -> dict:
-    """Driver side: the snapshot, the runs and the Parquet files that hold them, read from the
-    catalog once. Train workers get only this (they never open the catalog), and the model
-    records the snapshot, so it can say exactly which labels it saw."""
-    store = LabelStore(conf.store, conf.catalog)
-    snapshot = store.current_snapshot() if conf.snapshot is None else int(conf.snapshot)
-    con = store.connect(snapshot=snapshot)
-    try:
-        runs = choose_runs(con, conf.runs)
-        marks = ", ".join("?" * len(runs))
-        info = con.execute(
-            f"SELECT DISTINCT backbone, backbone_fingerprint FROM runs WHERE run_id IN ({marks})", runs
-        ).fetchall()
-        if len(info) != 1:
-            raise UsageError(f"label runs {runs} used different backbones {info}: train on runs of one backbone")
-        run_config = con.execute("SELECT config FROM runs WHERE run_id = ?", [runs[-1]]).fetchone()[0]
-        manifests = [
-            m
-            for (m,) in con.execute(
-                f"SELECT DISTINCT manifest FROM runs WHERE run_id IN ({marks}) ORDER BY 1", runs
-            ).fetchall()
-        ]
-        snapshots = dict(con.execute(f"SELECT run_id, snapshot FROM runs WHERE run_id IN ({marks})", runs).fetchall())
-    finally:
-        con.close()
-    run_conf = OmegaConf.create(run_config)
-    return {
-        "snapshot": snapshot,
-        "runs": runs,
-        "run_snapshots": snapshots,
-        "backbone": info[0][0],
-        "features": FeatureCache(store.feature_cache(run_conf.features.cache), info[0][1]),
-        "manifests": manifests,
-        "flips": bool(OmegaConf.select(run_conf, "features.flips", default=False)),
-        **{table: store.data_files(table, snapshot) for table in ("label_history", "label_pairs", "images")},
-    }
 
 
 def _read(uris: list[str], schema: pa.Schema, columns: list[str], runs: list[str]) -> pa.Table:

@@ -38,8 +38,9 @@ from labelgen.store import LabelStore
 from labelgen.synthetic.collection import read_keypoints
 from labelgen.truth import PartTruth
 
-from .data import FeatureBank, LabelData, Pair, load_label_data, resolve_source
+from .data import FeatureBank, LabelData, Pair, load_label_data
 from .losses import sample, window_soft_argmax
+from .source import resolve_source
 
 
 @dataclass

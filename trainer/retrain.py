@@ -29,7 +29,7 @@ from labelgen.store import LabelStore, new_id
 
 from . import tracking
 from . import train as train_mod
-from .data import choose_runs
+from .source import choose_runs
 
 STORE_ALIASES = {k: f"train.{v}" for k, v in train_mod.STORE_ALIASES.items()}
 

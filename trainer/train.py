@@ -30,6 +30,7 @@ from labelgen.store import LabelStore, new_id, now
 from . import data as data_mod
 from . import evaluate as eval_mod
 from . import tracking
+from .source import resolve_source
 from .tracking import TrackingConf
 
 log = logging.getLogger("trainer")
@@ -109,7 +110,7 @@ def train(conf, parent: dict | None = None, loop: tracking.Tracking | None = Non
     """Train, evaluate, register; returns the model record. `parent`: the model to beat (default: the
     promoted one); `loop`: the tracking of the retrain loop this is a round of."""
     store = LabelStore(conf.data.store, conf.data.catalog)
-    source = data_mod.resolve_source(conf.data)
+    source = resolve_source(conf.data)
     data = data_mod.load_label_data(source, conf.data.val_split)  # fail here, before Ray, on bad input
     if not data.train:
         raise UsageError(f"no training pair in runs {data.runs}: every labelled pair touches a held-out image")
