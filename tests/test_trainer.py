@@ -169,7 +169,9 @@ def labelled_store(tiny_store, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_two_worker_training_checkpoints_registers_and_retrain_waits_for_new_labels(labelled_store, tiny_demo, run):
+def test_two_worker_training_checkpoints_registers_and_retrain_waits_for_new_labels(
+    labelled_store, tiny_demo, run, run_on_head
+):
     out = run(
         [
             "trainer.train",
@@ -222,8 +224,8 @@ def test_two_worker_training_checkpoints_registers_and_retrain_waits_for_new_lab
     copied = shutil.copytree(labelled_store, Path(labelled_store).parent / "copied")
     store = LabelStore(str(copied))
     assert store.models()[0]["checkpoint"] == str(copied / "models" / "m1" / "adapter.pt")
-    relabel_with_the_adapter(str(copied), tiny_demo, store.models()[0], run)
-    second = run(["labelgen.run", *tiny_demo_args(tiny_demo), f"store={copied}", "run_id=second"])
+    relabel_with_the_adapter(str(copied), tiny_demo, store.models()[0], run_on_head)
+    second = run_on_head(["labelgen.run", *tiny_demo_args(tiny_demo), f"store={copied}", "run_id=second"])
     assert second.returncode == 0, second.stderr[-3000:]
     retrain = [a if not a.startswith("train.data.store=") else f"store={copied}" for a in retrain]
     trained = run([*retrain, "train.model_id=m2"])
@@ -334,16 +336,18 @@ def relabel_with_the_adapter(store_uri: str, tiny_demo: str, m1: dict, run):
 
 
 @pytest.mark.slow
-def test_training_refuses_unknown_runs(labelled_store, run):
-    out = run(["trainer.train", f"data.store={labelled_store}", "data.runs=[nope]"])
-    assert out.returncode == 2 and "label runs ['nope'] are not committed" in out.stderr
-    out = run(["trainer.retrain", f"train.data.store={labelled_store}", "relabel=[labels.radious=3]"])
-    assert out.returncode == 2 and "relabel=['labels.radious=3'] over run " in out.stderr
-    assert "labels.radius" in out.stderr
-    out = run(["trainer.retrain", f"train.data.store={labelled_store}", "relabel=labels.radius=3"])
-    assert out.returncode == 2 and "relabel takes a list of text or null" in out.stderr  # its declared type
-    out = run(["trainer.retrain", f"train.data.store={labelled_store}", "rounds=3"])
-    assert out.returncode == 2 and "rounds=3 needs relabel=[...]" in out.stderr
+def test_training_refuses_unknown_runs(labelled_store, capsys):
+    from trainer import retrain, train
+
+    assert train.main([f"data.store={labelled_store}", "data.runs=[nope]"]) == 2  # in-process: refused before Ray
+    assert "label runs ['nope'] are not committed" in capsys.readouterr().err
+    assert retrain.main([f"train.data.store={labelled_store}", "relabel=[labels.radious=3]"]) == 2
+    err = capsys.readouterr().err
+    assert "relabel=['labels.radious=3'] over run " in err and "labels.radius" in err
+    assert retrain.main([f"train.data.store={labelled_store}", "relabel=labels.radius=3"]) == 2
+    assert "relabel takes a list of text or null" in capsys.readouterr().err  # its declared type
+    assert retrain.main([f"train.data.store={labelled_store}", "rounds=3"]) == 2
+    assert "rounds=3 needs relabel=[...]" in capsys.readouterr().err
 
 
 @pytest.mark.slow
