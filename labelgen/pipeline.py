@@ -453,8 +453,9 @@ def execute(run: Run) -> dict:
     if todo:
         run.start_ray()
         wall = run_labels(run, good, todo, sphere)
-    elif done:  # an attempt killed after its last vote: its node-local feature copies go now
-        run.start_ray()
+    elif done:  # an attempt killed after its last vote left its node-local feature copies
+        if ray_utils.cluster_address(run.conf.ray):
+            run.start_ray()  # to reach every node's
         remove_attempt_copies(run)
     stages.add("chains", wall["chains_s"])
     stages.add("vote", wall["vote_s"])

@@ -18,6 +18,11 @@ class RayConf:
 default_conf = RayConf
 
 
+def cluster_address(conf) -> str | None:
+    """The cluster a run joins; None: it starts a local instance, this machine its one node."""
+    return conf.address or os.environ.get("RAY_ADDRESS") or None
+
+
 def init_ray(conf) -> str:
     """Start or join Ray; returns a short description for the log and the run record.
 
@@ -30,7 +35,7 @@ def init_ray(conf) -> str:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if ray.is_initialized():
         return "already initialised"
-    address = conf.address or os.environ.get("RAY_ADDRESS")
+    address = cluster_address(conf)
     if address:
         ray.init(address=address, log_to_driver=True, logging_level=console.ray_level())
         return f"cluster at {address}"

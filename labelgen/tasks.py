@@ -208,8 +208,12 @@ class ChainProgress:
 
 
 def remove_attempt_copies(run) -> None:
-    """Every node's copies of features made by this run's attempts (`NodeCopy`), a killed one's included."""
-    on_every_node(remove_copies, f"{run.run_id}-")
+    """Every node's copies of features made by this run's attempts (`NodeCopy`), a killed one's
+    included; without Ray (no cluster to join, so no instance to start for it) this machine's."""
+    if ray.is_initialized():
+        on_every_node(remove_copies, f"{run.run_id}-")
+    else:
+        remove_copies(f"{run.run_id}-")
 
 
 def run_labels(run, df: pd.DataFrame, tuples_by_cat: dict[str, CategoryTuples], sphere=None) -> dict:
