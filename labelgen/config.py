@@ -85,9 +85,16 @@ def is_location(kind) -> bool:
     return _optional(kind)[0] == Location
 
 
+@functools.cache
+def _structured(defaults: type) -> DictConfig:
+    """The defaults as OmegaConf's typed config, built once per class (half of a parse's
+    time); `OmegaConf.merge` copies it, so it is never changed."""
+    return OmegaConf.structured(defaults)
+
+
 def plain(defaults: type) -> dict:
     """The defaults as nested dicts of their values."""
-    return OmegaConf.to_container(OmegaConf.structured(defaults))
+    return OmegaConf.to_container(_structured(defaults))
 
 
 def absolute(location):
@@ -104,13 +111,6 @@ def resolve_paths(conf: DictConfig, types: dict[str, object]) -> DictConfig:
         if is_location(kind) and isinstance(value, str):
             OmegaConf.update(conf, key, absolute(value))
     return conf
-
-
-@functools.cache
-def _structured(defaults: type) -> DictConfig:
-    """The defaults as OmegaConf's typed config, built once per class (half of a parse's
-    time); `OmegaConf.merge` copies it, so it is never changed."""
-    return OmegaConf.structured(defaults)
 
 
 def parse_overrides(defaults: type, argv: list[str], presets: dict | None = None) -> DictConfig:
@@ -384,7 +384,7 @@ def config_hash(conf: DictConfig) -> str:
 def collection_manifest(defaults: type, conf, name: str) -> tuple[DictConfig, str]:
     """A built-in collection's merged config and manifest path,
     <root>/<name>-<hash of the config without root>/manifest.parquet: another config, another folder."""
-    conf = OmegaConf.merge(OmegaConf.structured(defaults), conf or {})
+    conf = OmegaConf.merge(_structured(defaults), conf or {})
     body = OmegaConf.masked_copy(conf, [k for k in conf if k != "root"])
     digest = hashlib.sha256(json.dumps(OmegaConf.to_container(body), sort_keys=True).encode()).hexdigest()[:10]
     return conf, os.path.join(os.path.abspath(conf.root), f"{name}-{digest}", "manifest.parquet")
